@@ -1,0 +1,244 @@
+r"""Expectation–maximisation with an exact E-step.
+
+Each iteration t computes the exact posterior :math:`q_t(z_i) = p_{\theta_t}(z_i \mid x_i)` (the
+E-step; the KL term of the ELBO identity is zero, so the ELBO equals :math:`\log p_{\theta_t}(D)`)
+and then raises the auxiliary function
+
+.. math::
+    Q(\theta) = \sum_i E_{q_t}[\log p_\theta(x_i, z_i)] + \log p(\theta)
+
+(the M-step). Because :math:`\log p_\theta(D) \ge Q(\theta) + H(q_t)` with equality at
+:math:`\theta_t`, any :math:`\theta_{t+1}` with :math:`Q(\theta_{t+1}) \ge Q(\theta_t)` gives
+:math:`\log p_{\theta_{t+1}}(D) \ge \log p_{\theta_t}(D)`.
+
+The M-step is either a closed form the model supplies, or gradient ascent on :math:`Q/N` with an
+optax optimiser (L-BFGS by default), warm-started from :math:`\theta_t`. A gradient step that fails
+to raise Q is rejected (θ is kept), so log p(D) never decreases; rejections are counted.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax import lax
+
+from jaxvi.chunks import num_data
+from jaxvi.exact import enumerate as enumeration
+from jaxvi.latents import discrete_sizes
+from jaxvi.model import Model
+from jaxvi.result import FAULT_LOG_EVIDENCE, FAULT_PARAMS, NO_FAULT, Fault, Result, no_fault
+
+__all__ = ["EM", "EMState", "EMDiagnostics", "gradient_m_step"]
+
+PyTree = Any
+MStep = Callable[[PyTree, PyTree, enumeration.DiscretePosterior], PyTree]
+
+
+class EMState(NamedTuple):
+    """The state of one EM run, between iterations.
+
+    Attributes:
+      params: θ_t, the parameters the next E-step starts from.
+      last_params: θ_{t-1}, returned instead of θ_t if θ_t turns out non-finite.
+      log_evidence: log p(D | θ_{t-1}) (+ log prior) from the last E-step; -inf before the first.
+      trace: ``(max_iter,)`` log p(D | θ_s) (+ log prior) for s < n_iter.
+      n_iter: iterations (E-step + M-step) completed.
+      converged: whether the change of log p(D) per datum fell below ``tol``.
+      m_step_rejections: gradient M-steps that failed to raise Q and were rejected.
+      fault: the first numerical fault, if any (it stops the run).
+    """
+
+    params: PyTree
+    last_params: PyTree
+    log_evidence: jax.Array
+    trace: jax.Array
+    n_iter: jax.Array
+    converged: jax.Array
+    m_step_rejections: jax.Array
+    fault: Fault
+
+    @property
+    def done(self) -> jax.Array:
+        return self.converged | (self.fault.kind != NO_FAULT)
+
+
+class EMDiagnostics(NamedTuple):
+    """What happened during an EM fit, beyond the objective.
+
+    Attributes:
+      m_step_rejections: gradient M-steps that failed to raise Q (θ was kept).
+      fault: the first numerical fault (``kind == 0``: none).
+      restart_objectives: ``(n_init,)`` final objective of every restart; the best is returned.
+    """
+
+    m_step_rejections: jax.Array
+    fault: Fault
+    restart_objectives: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class EM:
+    r"""Expectation–maximisation with an exact E-step.
+
+    Args:
+      max_iter: the most EM iterations (E-step + M-step).
+      tol: stop when :math:`|\log p_{\theta_t}(D) - \log p_{\theta_{t-1}}(D)| / N <` ``tol``.
+      n_init: restarts from ``n_init`` keys, run together (vmapped) in one compiled call; the
+        restart with the highest final objective is returned.
+      m_step: a closed-form M-step ``m_step(params, data, posterior) -> params`` returning
+        :math:`\arg\max_\theta Q(\theta)`, or None for the gradient M-step (any differentiable
+        log-joint; parameters should be unconstrained).
+      m_step_optimizer: the optax optimiser of the gradient M-step; None means ``optax.lbfgs()``.
+      m_step_iters: optimiser steps per gradient M-step.
+      chunk_size: how many data the E-step evaluates at once (bounds intermediate memory).
+
+    Example:
+      >>> result = jaxvi.infer(model, jaxvi.EM(max_iter=200, n_init=4), data, key=jax.random.key(0))
+    """
+
+    max_iter: int = 100
+    tol: float = 1e-3
+    n_init: int = 1
+    m_step: MStep | None = None
+    m_step_optimizer: optax.GradientTransformation | None = None
+    m_step_iters: int = 20
+    chunk_size: int = 1024
+
+    def __post_init__(self):
+        for name in ("max_iter", "n_init", "m_step_iters", "chunk_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"EM({name}): expected an integer >= 1, got {value!r}")
+        if not isinstance(self.tol, (int, float)) or not self.tol >= 0:
+            raise ValueError(f"EM(tol): expected a number >= 0, got {self.tol!r}")
+        if self.m_step is not None and not callable(self.m_step):
+            raise ValueError(f"EM(m_step): expected a function (params, data, posterior) -> params or None, got {self.m_step!r}")
+        opt = self.m_step_optimizer
+        if opt is not None and not isinstance(opt, optax.GradientTransformation):
+            raise ValueError(f"EM(m_step_optimizer): expected an optax GradientTransformation, got {type(opt).__name__}")
+
+    def check(self, model: Model) -> None:
+        """Raises ValueError if this method cannot fit ``model`` (EM needs an exact posterior)."""
+        discrete_sizes(model.latent)
+
+    def posterior(self, model: Model, params: PyTree, data: PyTree) -> enumeration.DiscretePosterior:
+        """The exact posterior p(z_i | x_i, params) of every datum: the E-step."""
+        return enumeration.posterior(model.log_joint, model.latent, params, data, self.chunk_size)
+
+    def init(self, model: Model, data: PyTree, key: jax.Array, params: PyTree | None = None) -> EMState:
+        """The state before the first iteration, from ``model.init(key, data)`` or given ``params``."""
+        params = model.init(key, data) if params is None else params
+        params = jax.tree_util.tree_map(lambda a: lax.convert_element_type(a, jnp.result_type(a)), params)
+        dtype = jnp.result_type(*jax.tree_util.tree_leaves(data), jnp.float32)
+        dtype = dtype if jnp.issubdtype(dtype, jnp.floating) else jnp.float32
+        return EMState(
+            params=params,
+            last_params=params,
+            log_evidence=jnp.array(-jnp.inf, dtype),
+            trace=jnp.zeros(self.max_iter, dtype),
+            n_iter=jnp.array(0, jnp.int32),
+            converged=jnp.array(False),
+            m_step_rejections=jnp.array(0, jnp.int32),
+            fault=no_fault(),
+        )
+
+    def step(self, model: Model, state: EMState, data: PyTree, key: jax.Array | None = None
+             ) -> tuple[EMState, jax.Array]:
+        """One EM iteration: the E-step at θ_t, then the M-step. Returns the state and log p(D | θ_t)."""
+        post = self.posterior(model, state.params, data)
+        log_evidence = (jnp.sum(post.log_evidence) + model.total_log_prior(state.params)).astype(state.trace.dtype)
+        new_params, rejected = self._m_step(model, state.params, data, post)
+        leaf_finite = jnp.stack([jnp.all(jnp.isfinite(a)) for a in jax.tree_util.tree_leaves(new_params)])
+        evidence_ok, params_ok = jnp.isfinite(log_evidence), jnp.all(leaf_finite)
+        fault = _first_fault(state.n_iter, evidence_ok, post.log_evidence, params_ok, leaf_finite)
+        accept = evidence_ok & params_ok
+        change = jnp.abs(log_evidence - state.log_evidence) / num_data(data)
+        new_state = EMState(
+            params=_where(accept, new_params, state.params),
+            last_params=_where(accept, state.params, state.last_params),
+            log_evidence=log_evidence,
+            trace=state.trace.at[state.n_iter].set(log_evidence),
+            n_iter=state.n_iter + accept.astype(jnp.int32),
+            converged=evidence_ok & (state.n_iter > 0) & (change < self.tol),
+            m_step_rejections=state.m_step_rejections + rejected.astype(jnp.int32),
+            fault=fault,
+        )
+        return new_state, log_evidence
+
+    def finalize(self, model: Model, state: EMState, data: PyTree) -> Result:
+        """The fit's Result: the last finite parameters, their log p(D), the padded trace."""
+        params = _where(state.fault.kind == FAULT_LOG_EVIDENCE, state.last_params, state.params)
+        post = self.posterior(model, params, data)
+        objective = (jnp.sum(post.log_evidence) + model.total_log_prior(params)).astype(state.trace.dtype)
+        trace = jnp.where(jnp.arange(self.max_iter) < state.n_iter, state.trace, objective)
+        diagnostics = EMDiagnostics(state.m_step_rejections, state.fault, objective[None])
+        return Result(params, objective, trace, state.n_iter, state.converged, diagnostics, model, self)
+
+    def _m_step(self, model: Model, params: PyTree, data: PyTree, post) -> tuple[PyTree, jax.Array]:
+        if self.m_step is not None:
+            return _like(self.m_step(params, data, post), params, "EM(m_step)"), jnp.array(False)
+        optimizer = optax.lbfgs() if self.m_step_optimizer is None else self.m_step_optimizer
+        return gradient_m_step(model, params, data, post, optimizer, self.m_step_iters, self.chunk_size)
+
+
+def gradient_m_step(model: Model, params: PyTree, data: PyTree, post: enumeration.DiscretePosterior,
+                    optimizer: optax.GradientTransformation, num_steps: int, chunk_size: int = 1024
+                    ) -> tuple[PyTree, jax.Array]:
+    r"""Raises :math:`Q(\theta)/N` by ``num_steps`` optimiser steps from ``params``.
+
+    Returns:
+      ``(new_params, rejected)``: the optimised parameters if they raise Q, else ``params``
+      unchanged and ``rejected = True``.
+    """
+    n = num_data(data)
+
+    def neg_q(p):
+        q = enumeration.expected_log_joint(model.log_joint, p, data, post, chunk_size)
+        return -(q + model.total_log_prior(p)) / n
+
+    def body(carry, _):
+        p, opt_state = carry
+        value, grad = _value_and_grad(neg_q, p, opt_state)
+        updates, opt_state = optimizer.update(grad, opt_state, p, value=value, grad=grad, value_fn=neg_q)
+        return (optax.apply_updates(p, updates), opt_state), None
+
+    (new_params, _), _ = lax.scan(body, (params, optimizer.init(params)), length=num_steps)
+    new_params = _like(new_params, params, "the gradient M-step")
+    improved = neg_q(new_params) <= neg_q(params)
+    return _where(improved, new_params, params), ~improved
+
+
+def _first_fault(iteration, evidence_ok, datum_log_evidence, params_ok, leaf_finite) -> Fault:
+    """The fault of this iteration: non-finite log evidence (which datum) before non-finite params (which leaf)."""
+    kind = jnp.where(evidence_ok, jnp.where(params_ok, NO_FAULT, FAULT_PARAMS), FAULT_LOG_EVIDENCE)
+    datum = jnp.argmin(jnp.isfinite(datum_log_evidence))
+    leaf = jnp.argmin(leaf_finite)
+    index = jnp.where(kind == FAULT_LOG_EVIDENCE, datum, jnp.where(kind == FAULT_PARAMS, leaf, -1))
+    return Fault(jnp.where(kind == NO_FAULT, -1, iteration).astype(jnp.int32), kind.astype(jnp.int32),
+                 index.astype(jnp.int32))
+
+
+def _value_and_grad(fn, params, opt_state):
+    """Value and gradient, reused from the optimiser's state when it keeps them (L-BFGS)."""
+    try:
+        return optax.value_and_grad_from_state(fn)(params, state=opt_state)
+    except ValueError:  # the optimiser keeps no value/grad in its state (e.g. Adam)
+        return jax.value_and_grad(fn)(params)
+
+
+def _where(pred, on_true: PyTree, on_false: PyTree) -> PyTree:
+    return jax.tree_util.tree_map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
+
+
+def _like(new: PyTree, old: PyTree, who: str) -> PyTree:
+    """``new`` cast to ``old``'s dtypes; a ValueError if the tree structure or shapes differ."""
+    new_def, old_def = jax.tree_util.tree_structure(new), jax.tree_util.tree_structure(old)
+    if new_def != old_def:
+        raise ValueError(f"{who}: expected params with the structure of init's, {old_def}, got {new_def}")
+    for a, b in zip(jax.tree_util.tree_leaves(new), jax.tree_util.tree_leaves(old)):
+        if jnp.shape(a) != jnp.shape(b):
+            raise ValueError(f"{who}: expected a params leaf of shape {jnp.shape(b)}, got {jnp.shape(a)}")
+    return jax.tree_util.tree_map(lambda a, b: jnp.asarray(a, b.dtype), new, old)

@@ -1,0 +1,116 @@
+"""``infer``: validate the inputs, initialise, run the compiled loop, finalise, pick the best restart."""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxvi import loop
+from jaxvi.model import Model, check_data, check_key, check_model, is_traced
+from jaxvi.result import FAULT_LOG_EVIDENCE, FAULT_PARAMS, Result
+
+__all__ = ["infer"]
+
+PyTree = Any
+
+
+def infer(model: Model, method, data: PyTree, *, key: jax.Array, progress: bool = True,
+          init_params: PyTree | None = None) -> Result:
+    """Fits ``model`` to ``data`` with ``method``.
+
+    Args:
+      model: a ``jaxvi.Model``.
+      method: the fitting method's settings, e.g. ``jaxvi.EM(max_iter=200)``.
+      data: an array or pytree of arrays; the leading axis of every leaf indexes the data.
+      key: a PRNG key, ``jax.random.key(seed)`` or ``jax.random.PRNGKey(seed)``. Same key, same result.
+      progress: show a progress bar. Ignored (off) when ``infer`` runs inside ``jit`` or ``vmap``:
+        with ``progress=False`` infer is a pure JAX function that can be vmapped over data or keys.
+      init_params: initial parameters to start from instead of ``model.init(key, data)``
+        (only with a single restart).
+
+    Returns:
+      A ``jaxvi.Result``.
+
+    Raises:
+      ValueError: bad input (named in the message), or initial parameters at which the
+        log-joint is not finite.
+      FloatingPointError: the fit hit a non-finite log evidence or parameters; the message says
+        the iteration and the datum or parameter leaf, and ``err.result`` holds the last finite fit.
+
+    Example:
+      >>> result = jaxvi.infer(model, jaxvi.EM(), data, key=jax.random.key(0))
+      >>> result.objective, result.posterior(data).probs
+    """
+    data = check_data(data)
+    key = check_key(key)
+    if not hasattr(method, "init") or not hasattr(method, "step"):
+        raise ValueError(f"method: expected a jaxvi method such as jaxvi.EM(), got {type(method).__name__}")
+    check_model(model, data, key, init_params)
+    method.check(model)
+    if init_params is not None and method.n_init > 1:
+        raise ValueError(f"init_params: a single starting point needs n_init=1, got n_init={method.n_init}")
+    traced = is_traced(data, key, init_params)
+    keys = jax.random.split(key, method.n_init)
+    states = _init(model, method, data, keys, init_params)
+    run_chunk = functools.partial(_run, model, method, data=data)
+    states = loop.drive(lambda s, stop: run_chunk(s, stop=stop), states, method.max_iter,
+                        progress=progress and not traced, desc=type(method).__name__,
+                        describe=functools.partial(_describe, n=jax.tree_util.tree_leaves(data)[0].shape[0]))
+    result = _finalize(model, method, states, data)
+    if not traced:
+        _raise_on_fault(result)
+    return result
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _init(model, method, data, keys, init_params):
+    return jax.vmap(lambda k: method.init(model, data, k, init_params))(keys)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _run(model, method, states, *, data, stop):
+    def step(state):
+        return method.step(model, state, data)[0]
+
+    return jax.vmap(lambda s: loop.run_until(step, s, stop))(states)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _finalize(model, method, states, data) -> Result:
+    """Finalises every restart and keeps the one with the highest finite objective."""
+    results = jax.vmap(lambda s: method.finalize(model, s, data))(states)
+    healthy = (results.diagnostics.fault.kind == 0) & jnp.isfinite(results.objective)
+    best = jnp.argmax(jnp.where(healthy, results.objective, -jnp.inf))
+    chosen = jax.tree_util.tree_map(lambda a: a[best], results)
+    diagnostics = chosen.diagnostics._replace(restart_objectives=results.objective)
+    return dataclasses.replace(chosen, diagnostics=diagnostics)
+
+
+def _describe(states, n: int) -> str:
+    return f"log p(D)/N={float(np.max(np.asarray(states.log_evidence))) / n:.5g}"
+
+
+def _raise_on_fault(result: Result) -> None:
+    fault = jax.tree_util.tree_map(int, result.diagnostics.fault)
+    if fault.kind == 0:
+        return
+    if fault.kind == FAULT_LOG_EVIDENCE and fault.iteration == 0:
+        where = f"datum {fault.index}" if fault.index >= 0 else "log_prior"
+        raise ValueError(
+            f"init: expected initial parameters at which log_joint is finite, but log p(x) is "
+            f"not finite for {where}; check init (or init_params) and the log_joint")
+    if fault.kind == FAULT_LOG_EVIDENCE:
+        what = f"log p(x_i) became non-finite for datum {fault.index}" if fault.index >= 0 else \
+            "log_prior became non-finite"
+    else:
+        paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(result.params)[0]]
+        what = f"the update made params leaf {paths[fault.index] or 'params'} non-finite"
+    err = FloatingPointError(
+        f"{type(result.method).__name__} stopped at iteration {fault.iteration}: {what}. "
+        f"The result holds the last finite parameters (err.result).")
+    err.result = result
+    raise err

@@ -1,0 +1,168 @@
+"""The model: a pure log-joint for one datum, a latent spec, and an initialiser.
+
+This module also holds the checks run at the boundary, before anything is compiled: data,
+keys and a model's outputs are validated here, and every failure is a ``ValueError`` that names
+the argument, what was expected and what came.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["Model", "check_data", "check_key", "check_model", "is_traced"]
+
+PyTree = Any
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Model:
+    r"""A latent-variable model written as a pure function of one datum.
+
+    Args:
+      log_joint: ``log_joint(params, z, x) -> scalar``, the log density
+        :math:`\log p_\theta(x_i, z_i)` of ONE datum ``x`` (a slice along the leading axis of every
+        leaf of the data) and one latent value ``z``. Plain ``jax.numpy``; no side effects.
+        jaxvi vmaps it over data and latent values.
+      latent: the latent spec, e.g. ``jaxvi.Discrete(K)``, or a pytree of specs.
+      init: ``init(key, data) -> params``, the initial parameters :math:`\theta_0` (any pytree).
+        Parameters optimised by gradient (EM without a closed-form M-step) should be unconstrained
+        reals: write logits, log-scales and Cholesky factors, and map them inside ``log_joint``.
+      log_prior: optional ``log_prior(params) -> scalar``; fitting then maximises
+        :math:`\log p(D \mid \theta) + \log p(\theta)` (MAP) instead of the likelihood.
+
+    Models compare by identity: the same ``Model`` object reuses compiled code.
+
+    Example:
+      >>> def log_joint(params, z, x):
+      ...     log_w = jax.nn.log_softmax(params["logits"])
+      ...     return log_w[z] + jax.scipy.stats.norm.logpdf(x, params["loc"][z]).sum()
+      >>> model = jaxvi.Model(log_joint, jaxvi.Discrete(2), init=lambda key, data: {
+      ...     "logits": jnp.zeros(2), "loc": jax.random.normal(key, (2, data.shape[1]))})
+    """
+
+    log_joint: Callable[[PyTree, PyTree, PyTree], jax.Array]
+    latent: Any
+    init: Callable[[jax.Array, PyTree], PyTree]
+    log_prior: Callable[[PyTree], jax.Array] | None = None
+
+    def __post_init__(self):
+        for name in ("log_joint", "init"):
+            if not callable(getattr(self, name)):
+                raise ValueError(f"Model({name}): expected a function, got {getattr(self, name)!r}")
+        if self.log_prior is not None and not callable(self.log_prior):
+            raise ValueError(f"Model(log_prior): expected a function or None, got {self.log_prior!r}")
+
+    def total_log_prior(self, params: PyTree) -> jax.Array:
+        """``log_prior(params)``, or 0 for maximum likelihood."""
+        return jnp.zeros(()) if self.log_prior is None else self.log_prior(params)
+
+
+def is_traced(*trees: PyTree) -> bool:
+    """Whether any leaf is a tracer: ``infer`` is then running inside a user's jit or vmap."""
+    return any(isinstance(leaf, jax.core.Tracer) for tree in trees for leaf in jax.tree_util.tree_leaves(tree))
+
+
+def check_data(data: PyTree) -> PyTree:
+    """Validates ``data``: a non-empty pytree of numeric arrays sharing a leading datum axis.
+
+    Returns:
+      The data with every leaf a ``jax.Array``.
+
+    Raises:
+      ValueError: no leaves, a non-numeric leaf, a leaf of rank 0, leading axes of different
+        sizes, zero data, or (when the values are concrete) a NaN or infinite value.
+    """
+    leaves, treedef = jax.tree_util.tree_flatten(data)
+    if not leaves:
+        raise ValueError("data: expected an array or a pytree of arrays, got an empty pytree")
+    paths = [jax.tree_util.keystr(path) or "data" for path, _ in jax.tree_util.tree_flatten_with_path(data)[0]]
+    arrays = []
+    for path, leaf in zip(paths, leaves):
+        if not isinstance(leaf, jax.core.Tracer):
+            leaf = np.asarray(leaf)
+            if not (np.issubdtype(leaf.dtype, np.number) or leaf.dtype == np.bool_):
+                raise ValueError(f"data {path}: expected a numeric array, got dtype {leaf.dtype}")
+        if leaf.ndim == 0:
+            raise ValueError(f"data {path}: expected a leading datum axis (rank >= 1), got a scalar")
+        arrays.append(leaf)
+    sizes = {path: a.shape[0] for path, a in zip(paths, arrays)}
+    if len(set(sizes.values())) > 1:
+        raise ValueError(f"data: every leaf needs the same leading (datum) axis, got sizes {sizes}")
+    if arrays[0].shape[0] == 0:
+        raise ValueError(f"data: expected at least one datum, got leading axis of size 0 (shape {arrays[0].shape})")
+    for path, a in zip(paths, arrays):
+        if isinstance(a, np.ndarray) and np.issubdtype(a.dtype, np.inexact) and not np.isfinite(a).all():
+            bad = np.argwhere(~np.isfinite(a))[0]
+            raise ValueError(f"data {path}: expected finite values, got {a[tuple(bad)]} at index {tuple(bad.tolist())}")
+    return jax.tree_util.tree_unflatten(treedef, [jnp.asarray(a) for a in arrays])
+
+
+def check_key(key) -> jax.Array:
+    """Validates ``key`` and returns it as a typed PRNG key.
+
+    Accepts a typed key (``jax.random.key``) or a legacy raw key (``jax.random.PRNGKey``:
+    uint32 of shape (2,)).
+    """
+    dtype = getattr(key, "dtype", None)
+    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+        if key.shape != ():
+            raise ValueError(f"key: expected one PRNG key (shape ()), got shape {key.shape}")
+        return key
+    if dtype is not None and dtype == jnp.uint32 and getattr(key, "shape", None) == (2,):
+        return jax.random.wrap_key_data(key)
+    raise ValueError(
+        "key: expected a PRNG key from jax.random.key(seed) or jax.random.PRNGKey(seed), "
+        f"got {type(key).__name__} with dtype {dtype} and shape {getattr(key, 'shape', None)}"
+    )
+
+
+def check_model(model: Model, data: PyTree, key: jax.Array, params: PyTree | None = None) -> PyTree:
+    """Traces ``init`` and one call of ``log_joint`` abstractly (no compilation) and checks them.
+
+    Args:
+      model: the model.
+      data: validated data.
+      key: a typed key.
+      params: initial parameters given by the user, or None to use ``model.init``.
+
+    Returns:
+      The abstract parameters (``jax.ShapeDtypeStruct`` leaves).
+
+    Raises:
+      ValueError: ``init`` or ``log_joint`` fails on these data, or ``log_joint`` does not return a
+        real scalar.
+    """
+    if not isinstance(model, Model):
+        raise ValueError(f"model: expected a jaxvi.Model, got {type(model).__name__}")
+    if params is None:
+        try:
+            params = jax.eval_shape(model.init, key, data)
+        except Exception as err:
+            raise ValueError(f"init: init(key, data) failed on data of shapes {_shapes(data)}: {err}") from err
+    datum = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), data)
+    z = _one_latent_value(model.latent)
+    try:
+        out = jax.eval_shape(model.log_joint, params, z, datum)
+    except Exception as err:
+        raise ValueError(
+            f"log_joint: log_joint(params, z, x) failed for one datum x of shapes {_shapes(datum)} "
+            f"(data shapes {_shapes(data)}): {err}") from err
+    if not isinstance(out, jax.ShapeDtypeStruct) or out.shape != ():
+        raise ValueError(f"log_joint: expected a scalar log density for one datum, got {out}")
+    if not jnp.issubdtype(out.dtype, jnp.floating):
+        raise ValueError(f"log_joint: expected a real floating-point scalar, got dtype {out.dtype}")
+    return params
+
+
+def _one_latent_value(latent) -> PyTree:
+    from jaxvi.exact.enumerate import latent_values
+
+    return jax.tree_util.tree_map(lambda v: v[0], latent_values(latent))
+
+
+def _shapes(tree: PyTree) -> str:
+    return str(jax.tree_util.tree_map(lambda a: tuple(a.shape), tree))

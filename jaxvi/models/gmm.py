@@ -1,0 +1,189 @@
+r"""Gaussian mixture: :math:`z \sim \mathrm{Cat}(\pi)`, :math:`x \mid z \sim N(\mu_z, \Sigma_z)`.
+
+Parameters follow scikit-learn's ``GaussianMixture``: ``logits`` (``log_softmax`` gives
+:math:`\log \pi`), ``means`` and ``prec_chol``, the Cholesky factor :math:`P_k` of the precision
+:math:`\Sigma_k^{-1} = P_k P_k^\top` (upper triangular, ``(K, D, D)``) for ``"full"``, or
+:math:`1/\sigma_{kd}` (``(K, D)``) for ``"diag"``. The log density of one datum is
+
+.. math::
+    \log p(x, z{=}k) = \log \pi_k + \log|\det P_k| - \tfrac12 \|(x - \mu_k)^\top P_k\|^2
+    - \tfrac{D}{2}\log 2\pi .
+
+The closed-form M-step is scikit-learn's, including its regularisation: ``reg_covar`` is added
+to the diagonal of every covariance, so a component that loses all its data keeps a finite
+(tiny, isotropic) covariance instead of producing NaN; its weight then goes to ~0.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.scipy.linalg import solve_triangular
+
+from jaxvi.chunks import sum_data
+from jaxvi.latents import Discrete
+from jaxvi.model import Model
+
+__all__ = ["GMMParams", "GaussianMixture", "gaussian_mixture", "gmm_m_step"]
+
+COVARIANCES = ("full", "diag")
+INITS = ("kmeans++", "random")
+
+
+class GMMParams(NamedTuple):
+    """Gaussian-mixture parameters (shapes for K components in D dimensions).
+
+    Attributes:
+      logits: ``(K,)``; mixture weights are ``softmax(logits)``.
+      means: ``(K, D)``.
+      prec_chol: ``(K, D, D)`` upper-triangular precision Cholesky factors (full) or ``(K, D)``
+        inverse standard deviations (diag).
+    """
+
+    logits: jax.Array
+    means: jax.Array
+    prec_chol: jax.Array
+
+    @property
+    def weights(self) -> jax.Array:
+        return jax.nn.softmax(self.logits, axis=-1)
+
+    @property
+    def covariances(self) -> jax.Array:
+        """``(K, D, D)`` covariances (full) or ``(K, D)`` variances (diag)."""
+        if self.prec_chol.ndim == self.means.ndim:
+            return 1.0 / self.prec_chol**2
+        precision = self.prec_chol @ jnp.swapaxes(self.prec_chol, -1, -2)
+        return jnp.linalg.inv(precision)
+
+
+class GaussianMixture(NamedTuple):
+    """A Gaussian mixture model and its closed-form M-step, for ``jaxvi.EM(m_step=...)``."""
+
+    model: Model
+    m_step: Callable
+
+
+def gaussian_mixture(n_components: int, *, covariance: str = "full", init: str = "kmeans++",
+                     reg_covar: float = 1e-6, chunk_size: int = 1024) -> GaussianMixture:
+    """A Gaussian mixture of ``n_components`` components for data of shape ``(N, D)``.
+
+    Args:
+      n_components: K >= 1.
+      covariance: ``"full"`` or ``"diag"``.
+      init: ``"kmeans++"`` (k-means++ seeding) or ``"random"`` (K distinct data points) picks the
+        means; every datum is assigned to its nearest mean and one M-step gives the parameters.
+      reg_covar: added to the diagonal of every covariance (keeps them positive definite).
+      chunk_size: data per chunk in the M-step's sums.
+
+    Example:
+      >>> gm = jaxvi.models.gaussian_mixture(3)
+      >>> result = jaxvi.infer(gm.model, jaxvi.EM(m_step=gm.m_step), X, key=jax.random.key(0))
+    """
+    if covariance not in COVARIANCES:
+        raise ValueError(f"covariance: expected one of {COVARIANCES}, got {covariance!r}")
+    if init not in INITS:
+        raise ValueError(f"init: expected one of {INITS}, got {init!r}")
+    if not reg_covar >= 0:
+        raise ValueError(f"reg_covar: expected a number >= 0, got {reg_covar!r}")
+    latent = Discrete(n_components)
+    m_step = gmm_m_step(covariance, reg_covar, chunk_size)
+
+    def init_params(key, data):
+        _check_data(data, n_components)
+        pick = _kmeans_plusplus if init == "kmeans++" else _random_points
+        centers = pick(key, data, n_components)
+        resp = jax.nn.one_hot(jnp.argmin(_square_distances(data, centers), axis=1), n_components, dtype=data.dtype)
+        return m_step(None, data, _Responsibilities(resp))
+
+    log_joint = _log_joint_full if covariance == "full" else _log_joint_diag
+    return GaussianMixture(Model(log_joint, latent, init_params), m_step)
+
+
+def gmm_m_step(covariance: str = "full", reg_covar: float = 1e-6, chunk_size: int = 1024) -> Callable:
+    r"""The closed-form M-step :math:`\arg\max_\theta Q(\theta)` of a Gaussian mixture.
+
+    With responsibilities :math:`r_{ik}` and :math:`N_k = \sum_i r_{ik}` (+ 10 machine epsilon):
+    :math:`\pi_k = N_k / \sum_j N_j`, :math:`\mu_k = \sum_i r_{ik} x_i / N_k`,
+    :math:`\Sigma_k = \sum_i r_{ik}(x_i - \mu_k)(x_i - \mu_k)^\top / N_k + \text{reg\_covar}\, I`.
+    """
+    def m_step(params, data, posterior) -> GMMParams:
+        resp = posterior.probs.astype(data.dtype)
+        nk = resp.sum(axis=0) + 10 * jnp.finfo(data.dtype).eps
+        means = (resp.T @ data) / nk[:, None]
+        if covariance == "full":
+            def scatter(chunk):
+                x, r = chunk
+                centred = x[:, None, :] - means
+                return jnp.einsum("bk,bkd,bke->kde", r, centred, centred)
+
+            cov = sum_data(scatter, (data, resp), chunk_size) / nk[:, None, None]
+            cov = cov + reg_covar * jnp.eye(data.shape[1], dtype=data.dtype)
+            prec_chol = _precision_cholesky(cov)
+        else:
+            var = (resp.T @ data**2) / nk[:, None] - means**2 + reg_covar
+            prec_chol = jax.lax.rsqrt(jnp.maximum(var, reg_covar))
+        return GMMParams(jnp.log(nk / nk.sum()), means, prec_chol)
+
+    return m_step
+
+
+def _log_joint_full(params: GMMParams, z, x):
+    prec_chol = jnp.triu(params.prec_chol[z])
+    y = x @ prec_chol - params.means[z] @ prec_chol
+    log_det = jnp.sum(jnp.log(jnp.abs(jnp.diagonal(prec_chol))))
+    return jax.nn.log_softmax(params.logits)[z] + log_det - 0.5 * (y @ y + x.shape[-1] * math.log(2 * math.pi))
+
+
+def _log_joint_diag(params: GMMParams, z, x):
+    prec = params.prec_chol[z]
+    y = (x - params.means[z]) * prec
+    log_det = jnp.sum(jnp.log(jnp.abs(prec)))
+    return jax.nn.log_softmax(params.logits)[z] + log_det - 0.5 * (y @ y + x.shape[-1] * math.log(2 * math.pi))
+
+
+def _precision_cholesky(cov):
+    """Upper-triangular P with P P^T = cov^{-1}: P = (L^{-1})^T for cov = L L^T."""
+    chol = jnp.linalg.cholesky(cov)
+    eye = jnp.broadcast_to(jnp.eye(cov.shape[-1], dtype=cov.dtype), cov.shape)
+    return jnp.swapaxes(solve_triangular(chol, eye, lower=True), -1, -2)
+
+
+def _square_distances(x, centers):
+    return jnp.sum(x**2, 1)[:, None] - 2 * x @ centers.T + jnp.sum(centers**2, 1)
+
+
+def _kmeans_plusplus(key, data, k):
+    """k-means++ seeding (Arthur & Vassilvitskii 2007): each next center drawn with prob. ∝ D(x)^2."""
+    first_key, key = jax.random.split(key)
+    first = data[jax.random.randint(first_key, (), 0, data.shape[0])]
+    centers = jnp.zeros((k, data.shape[1]), data.dtype).at[0].set(first)
+    min_d2 = jnp.sum((data - first) ** 2, axis=1)
+
+    def add_center(j, carry):
+        centers, min_d2, key = carry
+        key, sub = jax.random.split(key)
+        center = data[jax.random.categorical(sub, jnp.log(min_d2))]
+        return centers.at[j].set(center), jnp.minimum(min_d2, jnp.sum((data - center) ** 2, axis=1)), key
+
+    centers, _, _ = jax.lax.fori_loop(1, k, add_center, (centers, min_d2, key))
+    return centers
+
+
+def _random_points(key, data, k):
+    return data[jax.random.choice(key, data.shape[0], (k,), replace=False)]
+
+
+class _Responsibilities(NamedTuple):
+    probs: jax.Array
+
+
+def _check_data(data, k):
+    if not hasattr(data, "ndim") or data.ndim != 2:
+        raise ValueError(f"data: a Gaussian mixture expects one (N, D) array, got {getattr(data, 'shape', type(data))}")
+    if data.shape[0] < k:
+        raise ValueError(f"data: expected at least n_components={k} data, got {data.shape[0]}")
+    if not jnp.issubdtype(data.dtype, jnp.floating):
+        raise ValueError(f"data: a Gaussian mixture expects real-valued data, got dtype {data.dtype}")
