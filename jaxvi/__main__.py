@@ -1,0 +1,5 @@
+import sys
+
+from jaxvi.cli import main
+
+sys.exit(main())

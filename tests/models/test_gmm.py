@@ -1,0 +1,92 @@
+"""The Gaussian mixture against scikit-learn's GaussianMixture: same data, same init, same iterations."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from sklearn.mixture import GaussianMixture
+
+import jaxvi
+from jaxvi.models import GMMParams, gaussian_mixture
+
+K = 4
+
+
+def sklearn_init(params: GMMParams, covariance: str):
+    weights = np.asarray(params.weights, np.float64)
+    prec_chol = np.asarray(params.prec_chol, np.float64)
+    precisions = np.einsum("kij,klj->kil", prec_chol, prec_chol) if covariance == "full" else prec_chol**2
+    return dict(weights_init=weights / weights.sum(), means_init=np.asarray(params.means, np.float64),
+                precisions_init=precisions)
+
+
+def fit_both(x, covariance, iters):
+    gm = gaussian_mixture(K, covariance=covariance)
+    init = gm.model.init(jax.random.key(1), jnp.asarray(x))
+    ours = jaxvi.infer(gm.model, jaxvi.EM(max_iter=iters, tol=0.0, m_step=gm.m_step), x,
+                       key=jax.random.key(0), init_params=init, progress=False)
+    theirs = GaussianMixture(K, covariance_type=covariance, max_iter=iters, tol=0.0,
+                             **sklearn_init(init, covariance)).fit(np.asarray(x, np.float64))
+    return ours, theirs
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.parametrize("covariance", ["full", "diag"])
+def test_matches_sklearn_in_float32(blobs, covariance):
+    x = blobs.astype(np.float32)
+    ours, theirs = fit_both(x, covariance, iters=25)
+    assert int(ours.n_iter) == 25
+    np.testing.assert_allclose(float(ours.objective), theirs.score(x.astype(np.float64)) * len(x), rtol=1e-4)
+    np.testing.assert_allclose(ours.params.weights, theirs.weights_, rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(ours.params.means, theirs.means_, rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(ours.params.prec_chol, theirs.precisions_cholesky_, rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(ours.posterior(x).probs, theirs.predict_proba(x.astype(np.float64)), atol=1e-3)
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.parametrize("covariance", ["full", "diag"])
+def test_matches_sklearn_to_machine_precision_in_float64(blobs, covariance):
+    with jax.enable_x64(True):
+        ours, theirs = fit_both(blobs, covariance, iters=25)
+        assert ours.objective.dtype == jnp.float64
+        np.testing.assert_allclose(float(ours.objective), theirs.score(blobs) * len(blobs), rtol=1e-12)
+        np.testing.assert_allclose(ours.params.means, theirs.means_, rtol=1e-10)
+        np.testing.assert_allclose(ours.params.prec_chol, theirs.precisions_cholesky_, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("init", ["kmeans++", "random"])
+def test_initialisers_recover_well_separated_clusters(init):
+    rng = np.random.default_rng(3)
+    centers = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]])
+    labels = rng.integers(0, 4, 800)
+    x = (centers[labels] + rng.normal(size=(800, 2))).astype(np.float32)
+    gm = gaussian_mixture(4, init=init)
+    result = jaxvi.infer(gm.model, jaxvi.EM(m_step=gm.m_step, n_init=4), x, key=jax.random.key(0), progress=False)
+    found = np.asarray(result.params.means)
+    nearest = np.linalg.norm(found[:, None] - centers[None], axis=-1).min(axis=0)
+    assert nearest.max() < 0.3
+    np.testing.assert_allclose(np.sort(np.asarray(result.params.weights)), np.sort(np.bincount(labels) / 800), atol=0.01)
+
+
+def test_a_component_that_loses_all_its_data_stays_finite():
+    x = np.random.default_rng(0).normal(size=(200, 2)).astype(np.float32)
+    gm = gaussian_mixture(2)
+    far_away = GMMParams(jnp.zeros(2), jnp.array([[0.0, 0.0], [1e3, 1e3]]), jnp.stack([jnp.eye(2)] * 2))
+    result = jaxvi.infer(gm.model, jaxvi.EM(max_iter=10, m_step=gm.m_step), x, key=jax.random.key(0),
+                         init_params=far_away, progress=False)
+    assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(result.params))
+    assert float(result.params.weights[1]) < 1e-6
+    # the empty component keeps scikit-learn's regularised covariance reg_covar * I
+    np.testing.assert_allclose(result.params.covariances[1], 1e-6 * np.eye(2), rtol=1e-3)
+    np.testing.assert_allclose(result.params.means[1], 0.0, atol=1e-6)
+
+
+def test_bad_settings_and_data_are_rejected_with_a_named_argument():
+    with pytest.raises(ValueError, match="covariance"):
+        gaussian_mixture(2, covariance="tied")
+    with pytest.raises(ValueError, match="init"):
+        gaussian_mixture(2, init="kmeans")
+    gm = gaussian_mixture(3)
+    with pytest.raises(ValueError, match=r"\(N, D\)"):
+        jaxvi.infer(gm.model, jaxvi.EM(m_step=gm.m_step), np.ones(10, np.float32), key=jax.random.key(0))
+    with pytest.raises(ValueError, match="at least n_components=3"):
+        jaxvi.infer(gm.model, jaxvi.EM(m_step=gm.m_step), np.ones((2, 2), np.float32), key=jax.random.key(0))
