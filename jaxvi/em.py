@@ -87,7 +87,8 @@ class EM:
       max_iter: the most EM iterations (E-step + M-step).
       tol: stop when :math:`|\log p_{\theta_t}(D) - \log p_{\theta_{t-1}}(D)| / N <` ``tol``.
       n_init: restarts from ``n_init`` keys, run together (vmapped) in one compiled call; the
-        restart with the highest final objective is returned.
+        restart with the highest final objective is returned. Restart r starts from
+        ``model.init(jax.random.split(key, n_init)[r], data)``, so it equals a single fit with that key.
       m_step: a closed-form M-step ``m_step(params, data, posterior) -> params`` returning
         :math:`\arg\max_\theta Q(\theta)`, or None for the gradient M-step (any differentiable
         log-joint; parameters should be unconstrained).

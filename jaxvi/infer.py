@@ -54,7 +54,7 @@ def infer(model: Model, method, data: PyTree, *, key: jax.Array, progress: bool 
     if init_params is not None and method.n_init > 1:
         raise ValueError(f"init_params: a single starting point needs n_init=1, got n_init={method.n_init}")
     traced = is_traced(data, key, init_params)
-    keys = jax.random.split(key, method.n_init)
+    keys = key[None] if method.n_init == 1 else jax.random.split(key, method.n_init)
     states = _init(model, method, data, keys, init_params)
     run_chunk = functools.partial(_run, model, method, data=data)
     states = loop.drive(lambda s, stop: run_chunk(s, stop=stop), states, method.max_iter,

@@ -43,5 +43,7 @@ def drive(run_chunk: Callable[[State, jax.Array], State], state: State, max_iter
             if describe is not None:
                 bar.set_postfix_str(describe(state), refresh=False)
             if np.all(done | (n_iter < min(stop, max_iter))):
+                bar.total = bar.n  # every run stopped early: close the bar at the iterations run
+                bar.refresh()
                 break
     return state

@@ -172,7 +172,8 @@ def test_the_log_joint_is_traced_once_per_shape():
     jaxvi.infer(model, method, mixture_data(0, n=50), key=jax.random.key(0), progress=False)
     first = len(traces)
     jaxvi.infer(model, method, mixture_data(1, n=50), key=jax.random.key(1), progress=False)
-    assert len(traces) == first + 1  # the abstract shape check only; nothing recompiles
+    # jax may re-run the abstract shape check (one trace); the compiled fit must not be traced again
+    assert len(traces) - first <= 1
 
 
 def test_non_finite_params_from_an_m_step_stop_the_run_with_the_iteration_and_leaf():
