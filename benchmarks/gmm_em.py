@@ -98,6 +98,14 @@ def one_fit(library: str, restarts: int, n: int) -> dict:
     return out
 
 
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown CPU"
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=N)
@@ -116,7 +124,7 @@ def main():
             out = subprocess.run([sys.executable, __file__, "--n", str(args.n), "--child", library, str(restarts)],
                                  check=True, capture_output=True, text=True).stdout
             rows[(library, restarts)] = json.loads(out.strip().splitlines()[-1])
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {jax.devices()[0].device_kind}"
+    machine = f"{cpu_model()}, {os.cpu_count()} cores ({platform.machine()}), jax device: {jax.devices()[0].device_kind}"
     lines = [f"# GMM EM benchmark: N={args.n}, D={D}, K={K}, {ITERS} iterations, full covariance",
              f"machine: {machine}; jax {jax.__version__}; scikit-learn {sklearn.__version__}", "",
              "| restarts | library | compile s | run s | total s | log-lik / datum | peak RSS MB |",

@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxvi.exact.enumerate import latent_values
+
 __all__ = ["Model", "check_data", "check_key", "check_model", "is_traced"]
 
 PyTree = Any
@@ -159,8 +161,6 @@ def check_model(model: Model, data: PyTree, key: jax.Array, params: PyTree | Non
 
 
 def _one_latent_value(latent) -> PyTree:
-    from jaxvi.exact.enumerate import latent_values
-
     return jax.tree_util.tree_map(lambda v: v[0], latent_values(latent))
 
 

@@ -7,6 +7,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jaxvi.model import check_data, is_traced
+
 __all__ = ["Result", "Fault", "no_fault", "NO_FAULT", "FAULT_LOG_EVIDENCE", "FAULT_PARAMS"]
 
 PyTree = Any
@@ -64,8 +66,6 @@ class Result:
         For ``Discrete`` latents a ``DiscretePosterior``: ``.probs`` are the ``(N, K)``
         responsibilities, ``.log_evidence`` the per-datum log p(x_i).
         """
-        from jaxvi.model import check_data, is_traced
-
         data = check_data(data)
         if is_traced(data, self.params):
             return self.method.posterior(self.model, self.params, data)
