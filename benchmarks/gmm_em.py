@@ -1,7 +1,8 @@
 """Full-covariance GMM by EM: jaxvi against scikit-learn's GaussianMixture, same data, same init.
 
 N=200,000, D=16, K=16, 20 iterations (tol=0, so both run exactly 20). Prints compile time, run
-time, the ratio and the final log-likelihood of both; then n_init=8 restarts (one vmapped jaxvi
+time (the faster of two compiled repeats; compile = first call - that), the ratio and the final
+log-likelihood of both; then n_init=8 restarts (one vmapped jaxvi
 call against scikit-learn's sequential n_init=8). Peak memory is measured per fit in a fresh
 subprocess (ru_maxrss), so the two libraries do not share a high-water mark.
 
@@ -29,7 +30,9 @@ def make_data(n: int, seed: int = 0) -> np.ndarray:
     means = rng.normal(0, 3, (K, D))
     factors = rng.normal(0, 0.5, (K, D, D)) / np.sqrt(D) + np.eye(D)
     labels = rng.integers(0, K, n)
-    x = means[labels] + np.einsum("nd,nde->ne", rng.normal(size=(n, D)), factors[labels])
+    x = rng.normal(size=(n, D))
+    for k in range(K):  # per cluster, so data generation never holds an (N, D, D) array
+        x[labels == k] = means[k] + x[labels == k] @ factors[k]
     return x.astype(np.float32)
 
 
@@ -66,10 +69,13 @@ def fit_jaxvi(x, seeds):
     result = jaxvi.infer(model, method, xj, key=jax.random.key(0), progress=False)
     jax.block_until_ready(result)
     first = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    result = jaxvi.infer(model, method, xj, key=jax.random.key(0), progress=False)
-    jax.block_until_ready(result)
-    run = time.perf_counter() - t0
+    runs = []
+    for _ in range(2):  # the compiled run time is the faster of two repeats (the machine is shared)
+        t0 = time.perf_counter()
+        result = jaxvi.infer(model, method, xj, key=jax.random.key(0), progress=False)
+        jax.block_until_ready(result)
+        runs.append(time.perf_counter() - t0)
+    run = min(runs)
     return {"total_s": first, "run_s": run, "compile_s": first - run,
             "log_likelihood": float(result.objective) / len(x), "n_iter": int(result.n_iter)}
 
