@@ -18,6 +18,7 @@ to raise Q is rejected (θ is kept), so log p(D) never decreases; rejections are
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -25,16 +26,16 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
+from jaxvi import exact
 from jaxvi.chunks import num_data
-from jaxvi.exact import enumerate as enumeration
-from jaxvi.latents import discrete_sizes
+from jaxvi.latents import Gaussian, exact_family
 from jaxvi.model import Model
-from jaxvi.result import FAULT_LOG_EVIDENCE, FAULT_PARAMS, NO_FAULT, Fault, Result, no_fault
+from jaxvi.result import FAULT_LOG_EVIDENCE, FAULT_NOT_QUADRATIC, FAULT_PARAMS, NO_FAULT, Fault, Result, no_fault
 
 __all__ = ["EM", "EMState", "EMDiagnostics", "gradient_m_step"]
 
 PyTree = Any
-MStep = Callable[[PyTree, PyTree, enumeration.DiscretePosterior], PyTree]
+MStep = Callable[[PyTree, PyTree, Any], PyTree]
 
 
 class EMState(NamedTuple):
@@ -122,12 +123,22 @@ class EM:
             raise ValueError(f"EM(m_step_optimizer): expected an optax GradientTransformation, got {type(opt).__name__}")
 
     def check(self, model: Model) -> None:
-        """Raises ValueError if this method cannot fit ``model`` (EM needs an exact posterior)."""
-        discrete_sizes(model.latent)
+        """Raises ValueError if this method cannot fit ``model`` (EM needs an exact posterior).
 
-    def posterior(self, model: Model, params: PyTree, data: PyTree) -> enumeration.DiscretePosterior:
-        """The exact posterior p(z_i | x_i, params) of every datum: the E-step."""
-        return enumeration.posterior(model.log_joint, model.latent, params, data, self.chunk_size)
+        Warns when the E-step is a Laplace approximation (``Gaussian(d, laplace=True)``).
+        """
+        exact_family(model.latent)
+        if isinstance(model.latent, Gaussian) and model.latent.laplace:
+            warnings.warn("EM with Gaussian(laplace=True): the E-step is the Laplace approximation, so the "
+                          "objective is an approximate log p(D) and need not rise every iteration",
+                          stacklevel=3)
+
+    def posterior(self, model: Model, params: PyTree, data: PyTree):
+        """The exact posterior p(z_i | x_i, params) of every datum: the E-step.
+
+        A ``DiscretePosterior``, ``ChainPosterior`` or ``GaussianPosterior`` by the model's latent spec.
+        """
+        return exact.posterior(model.log_joint, model.latent, params, data, self.chunk_size)
 
     def init(self, model: Model, data: PyTree, key: jax.Array, params: PyTree | None = None) -> EMState:
         """The state before the first iteration, from ``model.init(key, data)`` or given ``params``."""
@@ -154,8 +165,9 @@ class EM:
         new_params, rejected = self._m_step(model, state.params, data, post)
         leaf_finite = jnp.stack([jnp.all(jnp.isfinite(a)) for a in jax.tree_util.tree_leaves(new_params)])
         evidence_ok, params_ok = jnp.isfinite(log_evidence), jnp.all(leaf_finite)
-        fault = _first_fault(state.n_iter, evidence_ok, post.log_evidence, params_ok, leaf_finite)
-        accept = evidence_ok & params_ok
+        well_posed = exact.well_posed(post)
+        fault = _first_fault(state.n_iter, well_posed, evidence_ok, post.log_evidence, params_ok, leaf_finite)
+        accept = jnp.all(well_posed) & evidence_ok & params_ok
         change = jnp.abs(log_evidence - state.log_evidence) / num_data(data)
         new_state = EMState(
             params=_where(accept, new_params, state.params),
@@ -171,7 +183,8 @@ class EM:
 
     def finalize(self, model: Model, state: EMState, data: PyTree) -> Result:
         """The fit's Result: the last finite parameters, their log p(D), the padded trace."""
-        params = _where(state.fault.kind == FAULT_LOG_EVIDENCE, state.last_params, state.params)
+        params = _where((state.fault.kind == FAULT_LOG_EVIDENCE) | (state.fault.kind == FAULT_NOT_QUADRATIC),
+                        state.last_params, state.params)
         post = self.posterior(model, params, data)
         objective = (jnp.sum(post.log_evidence) + model.total_log_prior(params)).astype(state.trace.dtype)
         trace = jnp.where(jnp.arange(self.max_iter) < state.n_iter, state.trace, objective)
@@ -185,7 +198,7 @@ class EM:
         return gradient_m_step(model, params, data, post, optimizer, self.m_step_iters, self.chunk_size)
 
 
-def gradient_m_step(model: Model, params: PyTree, data: PyTree, post: enumeration.DiscretePosterior,
+def gradient_m_step(model: Model, params: PyTree, data: PyTree, post,
                     optimizer: optax.GradientTransformation, num_steps: int, chunk_size: int = 1024
                     ) -> tuple[PyTree, jax.Array]:
     r"""Raises :math:`Q(\theta)/N` by ``num_steps`` optimiser steps from ``params``.
@@ -197,7 +210,7 @@ def gradient_m_step(model: Model, params: PyTree, data: PyTree, post: enumeratio
     n = num_data(data)
 
     def neg_q(p):
-        q = enumeration.expected_log_joint(model.log_joint, p, data, post, chunk_size)
+        q = exact.expected_log_joint(model.log_joint, p, data, post, chunk_size)
         return -(q + model.total_log_prior(p)) / n
 
     def body(carry, _):
@@ -212,12 +225,15 @@ def gradient_m_step(model: Model, params: PyTree, data: PyTree, post: enumeratio
     return _where(improved, new_params, params), ~improved
 
 
-def _first_fault(iteration, evidence_ok, datum_log_evidence, params_ok, leaf_finite) -> Fault:
-    """The fault of this iteration: non-finite log evidence (which datum) before non-finite params (which leaf)."""
+def _first_fault(iteration, well_posed, evidence_ok, datum_log_evidence, params_ok, leaf_finite) -> Fault:
+    """The fault of this iteration, the first of: a datum whose log-joint is not quadratic (Gaussian
+    latents), non-finite log evidence (which datum), non-finite params (which leaf)."""
     kind = jnp.where(evidence_ok, jnp.where(params_ok, NO_FAULT, FAULT_PARAMS), FAULT_LOG_EVIDENCE)
-    datum = jnp.argmin(jnp.isfinite(datum_log_evidence))
+    kind = jnp.where(jnp.all(well_posed), kind, FAULT_NOT_QUADRATIC)
+    datum = jnp.where(kind == FAULT_NOT_QUADRATIC, jnp.argmin(well_posed), jnp.argmin(jnp.isfinite(datum_log_evidence)))
     leaf = jnp.argmin(leaf_finite)
-    index = jnp.where(kind == FAULT_LOG_EVIDENCE, datum, jnp.where(kind == FAULT_PARAMS, leaf, -1))
+    index = jnp.where((kind == FAULT_LOG_EVIDENCE) | (kind == FAULT_NOT_QUADRATIC), datum,
+                      jnp.where(kind == FAULT_PARAMS, leaf, -1))
     return Fault(jnp.where(kind == NO_FAULT, -1, iteration).astype(jnp.int32), kind.astype(jnp.int32),
                  index.astype(jnp.int32))
 

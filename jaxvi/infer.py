@@ -11,7 +11,7 @@ import numpy as np
 
 from jaxvi import loop
 from jaxvi.model import Model, check_data, check_key, check_model, is_traced
-from jaxvi.result import FAULT_LOG_EVIDENCE, FAULT_PARAMS, Result
+from jaxvi.result import FAULT_LOG_EVIDENCE, FAULT_NOT_QUADRATIC, FAULT_PARAMS, Result
 
 __all__ = ["infer"]
 
@@ -98,6 +98,13 @@ def _raise_on_fault(result: Result) -> None:
     fault = jax.tree_util.tree_map(int, result.diagnostics.fault)
     if fault.kind == 0:
         return
+    if fault.kind == FAULT_NOT_QUADRATIC:
+        raise ValueError(
+            f"log_joint: a Gaussian({result.model.latent.d}) latent needs log_joint(params, z, x) quadratic "
+            f"in z with a negative definite Hessian (an exact Gaussian posterior), but at iteration "
+            f"{fault.iteration} it is not for datum {fault.index}: the log-joint differs from its "
+            f"second-order expansion, or its curvature in z is not negative. Write the model so z enters "
+            f"quadratically, or ask for the approximate posterior with Gaussian(d, laplace=True)")
     if fault.kind == FAULT_LOG_EVIDENCE and fault.iteration == 0:
         where = f"datum {fault.index}" if fault.index >= 0 else "log_prior"
         raise ValueError(

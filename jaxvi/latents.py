@@ -10,7 +10,7 @@ import operator
 
 import jax
 
-__all__ = ["Discrete", "discrete_sizes"]
+__all__ = ["Discrete", "Gaussian", "Markov", "discrete_sizes", "exact_family"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,13 +32,100 @@ class Discrete:
     K: int
 
     def __post_init__(self):
-        try:
-            size = operator.index(self.K)
-        except TypeError:
-            raise ValueError(f"Discrete(K): expected an integer >= 1, got {self.K!r}") from None
-        if size < 1:
-            raise ValueError(f"Discrete(K): expected an integer >= 1, got K={size}")
-        object.__setattr__(self, "K", size)
+        object.__setattr__(self, "K", _positive_int("Discrete(K)", self.K))
+
+
+@dataclasses.dataclass(frozen=True)
+class Markov:
+    r"""A chain of discrete states :math:`z_0 .. z_{T-1}`, each in ``[0, K)``, over one sequence datum.
+
+    The datum is a whole sequence: every leaf of the data has shape ``(N, T, ...)`` (sequences,
+    time, ...), or the data are ``jaxvi.Sequences(obs, lengths)`` for sequences of unequal length.
+    The model's ``log_joint(params, z, x)`` is the log-joint of ONE step,
+
+    .. math:: \log p_\theta(x_t, z_t \mid z_{t-1}) \quad\text{with}\quad z = (z_{t-1}, z_t),
+
+    where ``x`` is the observation at step t and ``z_{t-1}`` is ``None`` at the first step (so the
+    same function gives the initial term :math:`\log p_\theta(x_0, z_0)`). The log-joint of a
+    sequence is the sum over its steps. jaxvi evaluates the step on all K x K state pairs by vmap
+    and runs forward–backward in log space.
+
+    Args:
+      K: the number of states, an integer >= 1.
+      parallel: False runs the forward and backward recursions as a sequential ``lax.scan``
+        (O(T) depth, O(T K^2) work); True as a ``lax.associative_scan`` of K x K log-matrix
+        products (O(log T) depth, O(T K^3) work), the faster one on accelerators for long sequences.
+
+    Example:
+      >>> def log_joint(params, z, x):
+      ...     prev, state = z
+      ...     log_move = (jax.nn.log_softmax(params["start"]) if prev is None
+      ...                 else jax.nn.log_softmax(params["trans"][prev]))[state]
+      ...     return log_move + jax.scipy.stats.norm.logpdf(x, params["loc"][state]).sum()
+      >>> model = jaxvi.Model(log_joint, jaxvi.Markov(3), init=...)
+    """
+
+    K: int
+    parallel: bool = False
+
+    def __post_init__(self):
+        object.__setattr__(self, "K", _positive_int("Markov(K)", self.K))
+        if not isinstance(self.parallel, bool):
+            raise ValueError(f"Markov(parallel): expected True or False, got {self.parallel!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Gaussian:
+    r"""A real latent vector :math:`z \in \mathbb{R}^d` that enters the log-joint quadratically.
+
+    If :math:`\log p_\theta(x, z) = c + g^\top z - \tfrac12 z^\top \Lambda z` with
+    :math:`\Lambda` positive definite (factor analysis, probabilistic PCA, linear-Gaussian models),
+    the posterior is exactly :math:`N(\Lambda^{-1} g, \Lambda^{-1})` and the evidence is a Gaussian
+    integral. jaxvi reads :math:`c, g, -\Lambda` off the log-joint's value, gradient and Hessian in
+    ``z`` at ``z = 0`` and checks the expansion at a second point; a log-joint that is not
+    quadratic stops the fit with an error.
+
+    Args:
+      d: the dimension of z, an integer >= 1.
+      laplace: for a log-joint that is NOT quadratic, use the Laplace approximation instead:
+        Newton's method finds the mode, the posterior is N(mode, (-Hessian at the mode)^-1) and
+        log p(x) is approximated by the Gaussian integral there. The E-step is then approximate:
+        log p(D) is approximate and EM's monotone ascent is not guaranteed.
+      newton_steps: Newton iterations to the mode (only with ``laplace=True``).
+
+    Example:
+      >>> jaxvi.Gaussian(3)
+      Gaussian(d=3, laplace=False, newton_steps=20)
+    """
+
+    d: int
+    laplace: bool = False
+    newton_steps: int = 20
+
+    def __post_init__(self):
+        object.__setattr__(self, "d", _positive_int("Gaussian(d)", self.d))
+        object.__setattr__(self, "newton_steps", _positive_int("Gaussian(newton_steps)", self.newton_steps))
+        if not isinstance(self.laplace, bool):
+            raise ValueError(f"Gaussian(laplace): expected True or False, got {self.laplace!r}")
+
+
+def exact_family(latent) -> str:
+    """Which exact E-step a latent spec has: ``"discrete"``, ``"markov"`` or ``"gaussian"``.
+
+    Raises:
+      ValueError: the latent is not a pytree of ``Discrete`` specs, one ``Markov`` or one ``Gaussian``.
+    """
+    if isinstance(latent, Markov):
+        return "markov"
+    if isinstance(latent, Gaussian):
+        return "gaussian"
+    leaves = jax.tree_util.tree_leaves(latent, is_leaf=_is_spec)
+    if any(isinstance(leaf, (Markov, Gaussian)) for leaf in leaves):
+        raise ValueError(
+            f"latent: a Markov or Gaussian spec must be the whole latent (not combined with others) "
+            f"for an exact E-step, got {latent!r}")
+    discrete_sizes(latent)
+    return "discrete"
 
 
 def discrete_sizes(latent) -> tuple[list[int], jax.tree_util.PyTreeDef]:
@@ -59,4 +146,14 @@ def discrete_sizes(latent) -> tuple[list[int], jax.tree_util.PyTreeDef]:
 
 
 def _is_spec(node) -> bool:
-    return isinstance(node, Discrete)
+    return isinstance(node, (Discrete, Markov, Gaussian))
+
+
+def _positive_int(name: str, value) -> int:
+    try:
+        size = operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name}: expected an integer >= 1, got {value!r}") from None
+    if isinstance(value, bool) or size < 1:
+        raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
+    return size

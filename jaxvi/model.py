@@ -13,7 +13,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxvi.exact.chain import Sequences
 from jaxvi.exact.enumerate import latent_values
+from jaxvi.latents import exact_family
 
 __all__ = ["Model", "check_data", "check_key", "check_model", "is_traced"]
 
@@ -78,6 +80,8 @@ def check_data(data: PyTree) -> PyTree:
       ValueError: no leaves, a non-numeric leaf, a leaf of rank 0, leading axes of different
         sizes, zero data, or (when the values are concrete) a NaN or infinite value.
     """
+    if isinstance(data, Sequences):
+        return _check_sequences(data)
     leaves, treedef = jax.tree_util.tree_flatten(data)
     if not leaves:
         raise ValueError("data: expected an array or a pytree of arrays, got an empty pytree")
@@ -101,6 +105,28 @@ def check_data(data: PyTree) -> PyTree:
             bad = np.argwhere(~np.isfinite(a))[0]
             raise ValueError(f"data {path}: expected finite values, got {a[tuple(bad)]} at index {tuple(bad.tolist())}")
     return jax.tree_util.tree_unflatten(treedef, [jnp.asarray(a) for a in arrays])
+
+
+def _check_sequences(data: Sequences) -> Sequences:
+    """Validates padded sequences: the observations as data of shape (N, T, ...), the lengths in [1, T]."""
+    obs = check_data(data.obs)
+    shapes = [a.shape for a in jax.tree_util.tree_leaves(obs)]
+    if any(len(shape) < 2 for shape in shapes):
+        raise ValueError(f"data.obs: expected sequences, leaves of shape (N, T, ...), got shapes {shapes}")
+    n, t = shapes[0][:2]
+    if any(shape[1] != t for shape in shapes):
+        raise ValueError(f"data.obs: every leaf needs the same time axis (axis 1), got shapes {shapes}")
+    lengths = data.lengths
+    if not isinstance(lengths, jax.core.Tracer):
+        lengths = np.asarray(lengths)
+        if not np.issubdtype(lengths.dtype, np.integer) or lengths.shape != (n,):
+            raise ValueError(f"data.lengths: expected {n} integers (one per sequence), got dtype "
+                             f"{lengths.dtype} and shape {lengths.shape}")
+        if lengths.min() < 1 or lengths.max() > t:
+            bad = int(np.argmax((lengths < 1) | (lengths > t)))
+            raise ValueError(f"data.lengths: expected lengths in [1, {t}] (the padded length), got "
+                             f"{lengths[bad]} for sequence {bad}")
+    return Sequences(obs, jnp.asarray(lengths, jnp.int32))
 
 
 def check_key(key) -> jax.Array:
@@ -145,23 +171,33 @@ def check_model(model: Model, data: PyTree, key: jax.Array, params: PyTree | Non
             params = jax.eval_shape(model.init, key, data)
         except Exception as err:
             raise ValueError(f"init: init(key, data) failed on data of shapes {_shapes(data)}: {err}") from err
-    datum = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), data)
-    z = _one_latent_value(model.latent)
-    try:
-        out = jax.eval_shape(model.log_joint, params, z, datum)
-    except Exception as err:
-        raise ValueError(
-            f"log_joint: log_joint(params, z, x) failed for one datum x of shapes {_shapes(datum)} "
-            f"(data shapes {_shapes(data)}): {err}") from err
-    if not isinstance(out, jax.ShapeDtypeStruct) or out.shape != ():
-        raise ValueError(f"log_joint: expected a scalar log density for one datum, got {out}")
-    if not jnp.issubdtype(out.dtype, jnp.floating):
-        raise ValueError(f"log_joint: expected a real floating-point scalar, got dtype {out.dtype}")
+    family = exact_family(model.latent)
+    if family == "markov":
+        obs = data.obs if isinstance(data, Sequences) else data
+        shapes = [a.shape for a in jax.tree_util.tree_leaves(obs)]
+        if any(len(shape) < 2 for shape in shapes):
+            raise ValueError(f"data: a Markov latent needs sequences, every leaf of shape (N, T, ...) "
+                             f"(sequences, steps, ...), got shapes {shapes}")
+        datum = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape[2:], a.dtype), obs)
+        state = jax.ShapeDtypeStruct((), jnp.int32)
+        trials = [((None, state), "one step x (z = (None, state))"), ((state, state), "one step x (z = (state, state))")]
+    else:
+        datum = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), data)
+        z = (jax.ShapeDtypeStruct((model.latent.d,), jnp.zeros(0).dtype) if family == "gaussian"
+             else jax.tree_util.tree_map(lambda v: v[0], latent_values(model.latent)))
+        trials = [(z, "one datum x")]
+    for z, what in trials:
+        try:
+            out = jax.eval_shape(model.log_joint, params, z, datum)
+        except Exception as err:
+            raise ValueError(
+                f"log_joint: log_joint(params, z, x) failed for {what} of shapes {_shapes(datum)} "
+                f"(data shapes {_shapes(data)}): {err}") from err
+        if not isinstance(out, jax.ShapeDtypeStruct) or out.shape != ():
+            raise ValueError(f"log_joint: expected a scalar log density for {what.removesuffix(' x')}, got {getattr(out, 'shape', out)}")
+        if not jnp.issubdtype(out.dtype, jnp.floating):
+            raise ValueError(f"log_joint: expected a real floating-point scalar, got dtype {out.dtype}")
     return params
-
-
-def _one_latent_value(latent) -> PyTree:
-    return jax.tree_util.tree_map(lambda v: v[0], latent_values(latent))
 
 
 def _shapes(tree: PyTree) -> str:

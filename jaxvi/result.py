@@ -9,11 +9,11 @@ import jax.numpy as jnp
 
 from jaxvi.model import check_data, is_traced
 
-__all__ = ["Result", "Fault", "no_fault", "NO_FAULT", "FAULT_LOG_EVIDENCE", "FAULT_PARAMS"]
+__all__ = ["Result", "Fault", "no_fault", "NO_FAULT", "FAULT_LOG_EVIDENCE", "FAULT_PARAMS", "FAULT_NOT_QUADRATIC"]
 
 PyTree = Any
 
-NO_FAULT, FAULT_LOG_EVIDENCE, FAULT_PARAMS = 0, 1, 2
+NO_FAULT, FAULT_LOG_EVIDENCE, FAULT_PARAMS, FAULT_NOT_QUADRATIC = 0, 1, 2, 3
 
 
 class Fault(NamedTuple):
@@ -21,9 +21,10 @@ class Fault(NamedTuple):
 
     Attributes:
       iteration: the iteration it happened in (-1: none).
-      kind: 0 none; 1 the log evidence was non-finite; 2 an update made parameters non-finite.
+      kind: 0 none; 1 the log evidence was non-finite; 2 an update made parameters non-finite;
+        3 a ``Gaussian`` latent's log-joint was not quadratic in z (or its precision not positive definite).
       index: for kind 1 the first datum with non-finite log evidence (-1 if only the log prior
-        was), for kind 2 the index of the first non-finite leaf in ``jax.tree_util.tree_leaves(params)``.
+        was), for kind 3 the first datum that failed the check, for kind 2 the index of the first non-finite leaf in ``jax.tree_util.tree_leaves(params)``.
     """
 
     iteration: jax.Array
@@ -63,8 +64,10 @@ class Result:
     def posterior(self, data: PyTree):
         """The exact posterior p(z_i | x_i, θ) of every datum of ``data`` at the fitted θ.
 
-        For ``Discrete`` latents a ``DiscretePosterior``: ``.probs`` are the ``(N, K)``
-        responsibilities, ``.log_evidence`` the per-datum log p(x_i).
+        For ``Discrete`` latents a ``DiscretePosterior`` (``.probs`` are the ``(N, K)``
+        responsibilities), for ``Markov`` a ``ChainPosterior`` (``.marginals``, ``.mode()``,
+        ``.sample(key)``), for ``Gaussian`` a ``GaussianPosterior`` (``.mean``, ``.covariance``).
+        Every one has ``.log_evidence``, the per-datum log p(x_i), and ``.expect(f, data)``.
         """
         data = check_data(data)
         if is_traced(data, self.params):

@@ -1,4 +1,41 @@
-"""Exact posteriors: the E-step of EM, from the latent's structure."""
-from jaxvi.exact.enumerate import DiscretePosterior, elbo, expected_log_joint, latent_values, posterior
+"""Exact posteriors: the E-step of EM, from the latent's structure.
 
-__all__ = ["DiscretePosterior", "elbo", "expected_log_joint", "latent_values", "posterior"]
+``posterior`` picks the algorithm from the latent spec (``latents.exact_family``): enumeration for
+``Discrete`` (``enumerate.py``), forward–backward for ``Markov`` (``chain.py``), the Gaussian
+integral for ``Gaussian`` (``gaussian.py``). ``expected_log_joint`` picks it from the posterior.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxvi.exact import chain, enumerate, gaussian
+from jaxvi.exact.chain import ChainPosterior, Sequences
+from jaxvi.exact.enumerate import DiscretePosterior, elbo, latent_values
+from jaxvi.exact.gaussian import GaussianPosterior
+from jaxvi.latents import exact_family
+
+__all__ = ["ChainPosterior", "DiscretePosterior", "GaussianPosterior", "Sequences", "elbo", "expected_log_joint",
+           "latent_values", "posterior", "well_posed"]
+
+_MODULES = {"discrete": enumerate, "markov": chain, "gaussian": gaussian}
+_BY_POSTERIOR = {DiscretePosterior: enumerate, ChainPosterior: chain, GaussianPosterior: gaussian}
+
+
+def posterior(log_joint, latent, params, data, chunk_size: int = 1024):
+    """The exact posterior p(z_i | x_i, params) of every datum, by the latent's own algorithm."""
+    return _MODULES[exact_family(latent)].posterior(log_joint, latent, params, data, chunk_size)
+
+
+def expected_log_joint(log_joint, params, data, post, chunk_size: int = 1024) -> jax.Array:
+    r"""EM's auxiliary function :math:`Q(\theta) = \sum_i E_{q_i}[\log p_\theta(x_i, z_i)]` for any exact posterior."""
+    return _BY_POSTERIOR[type(post)].expected_log_joint(log_joint, params, data, post, chunk_size)
+
+
+def well_posed(post) -> jax.Array:
+    """``(N,)`` False for data where the E-step's assumption failed (a ``Gaussian`` log-joint not quadratic)."""
+    if isinstance(post, GaussianPosterior):
+        return post.quadratic
+    return jnp.ones(post.log_evidence.shape, bool)
