@@ -1,0 +1,287 @@
+r"""Hidden Markov models: a chain :math:`z_0..z_{T-1}` of K states with per-state emissions.
+
+.. math::
+    \log p_\theta(x, z) = \log \pi_{z_0} + \sum_{t \ge 1} \log A_{z_{t-1} z_t} + \sum_t \log p(x_t \mid \eta_{z_t}),
+
+written for jaxvi as the step log-joint of a ``Markov(K)`` latent (``z = (previous, state)``,
+``previous`` None at the first step). Parameters are ``HMMParams``: ``initial_logits`` (``log_softmax``
+gives :math:`\log \pi`), ``transition_logits`` (row-wise ``log_softmax`` gives :math:`\log A`) and
+the emission parameters :math:`\eta`.
+
+Emissions: Gaussian (diagonal or full covariance, the precision-Cholesky convention of
+``models.gaussian_mixture``), categorical, Poisson. Each model comes with a closed-form M-step from
+the posterior's state marginals :math:`\gamma_t` and expected transition counts
+:math:`\sum_t \xi_t`; any of them can also be fitted by EM's gradient M-step.
+
+States that the data never visit (expected occupancy below ``1e-6``) keep their previous emission
+parameters and transition row instead of dividing by zero, and probabilities are floored at the
+smallest normal float before the log, so logits stay finite: the fit never produces NaN for an
+unused state.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxvi.exact.chain import split_sequences
+from jaxvi.latents import Markov
+from jaxvi.model import Model
+from jaxvi.models.gmm import _kmeans_plusplus, _precision_cholesky
+
+__all__ = ["CategoricalEmission", "GaussianEmission", "HMM", "HMMParams", "PoissonEmission", "categorical_hmm",
+           "gaussian_hmm", "poisson_hmm"]
+
+PyTree = Any
+VISITED = 1e-6  # expected occupancy below which a state keeps its previous parameters
+
+
+class HMMParams(NamedTuple):
+    """Parameters of a K-state HMM.
+
+    Attributes:
+      initial_logits: ``(K,)``; the initial distribution is ``softmax(initial_logits)``.
+      transition_logits: ``(K, K)``; row i of the transition matrix is ``softmax(transition_logits[i])``.
+      emission: the emission parameters (``GaussianEmission``, ``CategoricalEmission``, ``PoissonEmission``).
+    """
+
+    initial_logits: jax.Array
+    transition_logits: jax.Array
+    emission: PyTree
+
+    @property
+    def initial_probs(self) -> jax.Array:
+        return jax.nn.softmax(self.initial_logits, axis=-1)
+
+    @property
+    def transition_matrix(self) -> jax.Array:
+        return jax.nn.softmax(self.transition_logits, axis=-1)
+
+
+class GaussianEmission(NamedTuple):
+    """``means`` ``(K, D)``; ``prec_chol`` ``(K, D)`` inverse standard deviations (diag) or ``(K, D, D)``
+    upper-triangular precision Cholesky factors (full)."""
+
+    means: jax.Array
+    prec_chol: jax.Array
+
+    @property
+    def covariances(self) -> jax.Array:
+        """``(K, D)`` variances (diag) or ``(K, D, D)`` covariances (full)."""
+        if self.prec_chol.ndim == self.means.ndim:
+            return 1.0 / self.prec_chol**2
+        return jnp.linalg.inv(self.prec_chol @ jnp.swapaxes(self.prec_chol, -1, -2))
+
+
+class CategoricalEmission(NamedTuple):
+    """``logits`` ``(K, S)``: symbol probabilities ``softmax(logits[k])`` in state k."""
+
+    logits: jax.Array
+
+
+class PoissonEmission(NamedTuple):
+    """``log_rates`` ``(K, D)``: independent Poisson counts with rates ``exp(log_rates[k])`` in state k."""
+
+    log_rates: jax.Array
+
+
+class HMM(NamedTuple):
+    """An HMM and its closed-form M-step, for ``jaxvi.EM(m_step=...)``."""
+
+    model: Model
+    m_step: Callable
+
+
+def _step_log_joint(emission_log_prob: Callable) -> Callable:
+    def log_joint(params: HMMParams, z, x):
+        previous, state = z
+        logits = params.initial_logits if previous is None else params.transition_logits[previous]
+        return jax.nn.log_softmax(logits)[state] + emission_log_prob(params.emission, state, x)
+
+    return log_joint
+
+
+# --- emissions ------------------------------------------------------------------------------------
+
+def _gaussian_diag_log_prob(emission: GaussianEmission, state, x):
+    prec = emission.prec_chol[state]
+    y = (x - emission.means[state]) * prec
+    return jnp.sum(jnp.log(jnp.abs(prec))) - 0.5 * (y @ y + x.shape[-1] * math.log(2 * math.pi))
+
+
+def _gaussian_full_log_prob(emission: GaussianEmission, state, x):
+    prec_chol = jnp.triu(emission.prec_chol[state])
+    y = (x - emission.means[state]) @ prec_chol
+    log_det = jnp.sum(jnp.log(jnp.abs(jnp.diagonal(prec_chol))))
+    return log_det - 0.5 * (y @ y + x.shape[-1] * math.log(2 * math.pi))
+
+
+def _categorical_log_prob(emission: CategoricalEmission, state, x):
+    return jax.nn.log_softmax(emission.logits[state])[x]
+
+
+def _poisson_log_prob(emission: PoissonEmission, state, x):
+    log_rate = emission.log_rates[state]
+    return jnp.sum(x * log_rate - jnp.exp(log_rate) - jax.scipy.special.gammaln(x + 1.0))
+
+
+# --- M-steps --------------------------------------------------------------------------------------
+
+def _log_probs(counts: jax.Array, old_logits: jax.Array) -> jax.Array:
+    """Row-normalised ``log(counts)``, floored at the smallest normal float; rows with (almost) no
+    counts keep ``old_logits``."""
+    totals = counts.sum(axis=-1, keepdims=True)
+    probs = counts / jnp.maximum(totals, VISITED)
+    log_probs = jnp.log(jnp.maximum(probs, jnp.finfo(counts.dtype).tiny))
+    return jnp.where(totals > VISITED, log_probs, old_logits)
+
+
+def _chain_m_step(params: HMMParams, post) -> tuple[jax.Array, jax.Array]:
+    r"""The chain part of the M-step: :math:`\pi \propto \sum_n \gamma_{n,0}`, :math:`A_{ij} \propto \sum_{n,t} \xi_{n,t}(i, j)`."""
+    dtype = params.initial_logits.dtype
+    initial = _log_probs(post.marginals[:, 0].sum(axis=0).astype(dtype), params.initial_logits)
+    transition = _log_probs(post.transitions.sum(axis=0).astype(dtype), params.transition_logits)
+    return initial, transition
+
+
+def _occupancy(post, dtype) -> tuple[jax.Array, jax.Array]:
+    """``(gamma (N, T, K), n_k (K,))``: state marginals and expected occupancy of every state."""
+    gamma = post.marginals.astype(dtype)
+    return gamma, gamma.sum(axis=(0, 1))
+
+
+def gaussian_hmm(n_states: int, *, covariance: str = "diag", covar_prior: float = 1e-2) -> HMM:
+    r"""A Gaussian HMM for sequences of D-vectors: data ``(N, T, D)`` or ``jaxvi.Sequences``.
+
+    The M-step is the maximum a posteriori one of hmmlearn's ``GaussianHMM`` (with its default
+    priors): :math:`\mu_k = \sum \gamma_{tk} x_t / n_k` and
+    :math:`\Sigma_k = (\sum \gamma_{tk}(x_t - \mu_k)(x_t - \mu_k)^\top + c\,I) / n_k` (diagonal:
+    the diagonal of it), with :math:`c` = ``covar_prior``. The model's ``log_prior`` is the matching
+    :math:`-\tfrac c2 \sum_k \operatorname{tr}\Sigma_k^{-1}`, so EM's objective (log p(D) + log prior)
+    rises every iteration. For ``"full"`` hmmlearn adds ``covars_prior`` to every entry of the
+    scatter matrix, jaxvi to its diagonal.
+
+    Args:
+      n_states: K >= 1.
+      covariance: ``"diag"`` or ``"full"``.
+      covar_prior: c >= 0 above; it keeps the variances of rarely visited states away from zero.
+
+    Example:
+      >>> hmm = jaxvi.models.gaussian_hmm(4)
+      >>> result = jaxvi.infer(hmm.model, jaxvi.EM(m_step=hmm.m_step), sequences, key=jax.random.key(0))
+    """
+    if covariance not in ("diag", "full"):
+        raise ValueError(f"covariance: expected 'diag' or 'full', got {covariance!r}")
+    if not covar_prior >= 0:
+        raise ValueError(f"covar_prior: expected a number >= 0, got {covar_prior!r}")
+    diag = covariance == "diag"
+
+    def m_step(params: HMMParams, data, post) -> HMMParams:
+        obs, _ = split_sequences(data)
+        dtype = obs.dtype
+        gamma, nk = _occupancy(post, dtype)
+        denom = jnp.maximum(nk, VISITED)
+        visited = nk > VISITED
+        means = jnp.einsum("ntk,ntd->kd", gamma, obs) / denom[:, None]
+        if diag:
+            sum_x2 = jnp.einsum("ntk,ntd->kd", gamma, obs**2)
+            sum_x = jnp.einsum("ntk,ntd->kd", gamma, obs)
+            scatter = sum_x2 - 2 * means * sum_x + means**2 * nk[:, None]
+            variances = jnp.maximum((scatter + covar_prior) / denom[:, None], jnp.finfo(dtype).tiny)
+            prec_chol = jax.lax.rsqrt(variances)
+            keep = visited[:, None]
+        else:
+            centred = obs[:, :, None, :] - means
+            scatter = jnp.einsum("ntk,ntkd,ntke->kde", gamma, centred, centred)
+            eye = jnp.eye(obs.shape[-1], dtype=dtype)
+            prec_chol = _precision_cholesky((scatter + covar_prior * eye) / denom[:, None, None])
+            keep = visited[:, None, None]
+        emission = GaussianEmission(jnp.where(visited[:, None], means, params.emission.means),
+                                    jnp.where(keep, prec_chol, params.emission.prec_chol))
+        return HMMParams(*_chain_m_step(params, post), emission)
+
+    def init(key, data) -> HMMParams:
+        obs = _checked_obs(data, "gaussian_hmm", floating=True, rank=3)
+        flat = obs.reshape(-1, obs.shape[-1])
+        means = _kmeans_plusplus(key, flat, n_states)
+        variances = jnp.var(flat, axis=0) + 1e-3
+        prec_chol = (jnp.broadcast_to(jax.lax.rsqrt(variances), means.shape) if diag else
+                     jnp.broadcast_to(jnp.diag(jax.lax.rsqrt(variances)), (n_states,) + variances.shape * 2))
+        return HMMParams(*_chain_init(n_states, obs.dtype), GaussianEmission(means, prec_chol))
+
+    def log_prior(params: HMMParams) -> jax.Array:
+        prec_chol = params.emission.prec_chol
+        return -0.5 * covar_prior * jnp.sum(prec_chol**2)  # sum of tr(Sigma_k^{-1}) = sum ||P_k||_F^2
+
+    emission_log_prob = _gaussian_diag_log_prob if diag else _gaussian_full_log_prob
+    model = Model(_step_log_joint(emission_log_prob), Markov(n_states), init,
+                  log_prior=log_prior if covar_prior > 0 else None)
+    return HMM(model, m_step)
+
+
+def categorical_hmm(n_states: int, n_symbols: int) -> HMM:
+    r"""An HMM with categorical emissions: data ``(N, T)`` integers in ``[0, n_symbols)``, or ``jaxvi.Sequences``.
+
+    The M-step is maximum likelihood (hmmlearn's ``CategoricalHMM`` with its default priors):
+    emission probabilities :math:`\propto \sum_t \gamma_{tk} [x_t = s]`.
+    """
+    def m_step(params: HMMParams, data, post) -> HMMParams:
+        obs, _ = split_sequences(data)
+        dtype = params.emission.logits.dtype
+        counts = jnp.einsum("ntk,nts->ks", post.marginals.astype(dtype), jax.nn.one_hot(obs, n_symbols, dtype=dtype))
+        return HMMParams(*_chain_m_step(params, post), CategoricalEmission(_log_probs(counts, params.emission.logits)))
+
+    def init(key, data) -> HMMParams:
+        obs = _checked_obs(data, "categorical_hmm", floating=False, rank=2)
+        probs = jax.random.dirichlet(key, jnp.ones(n_symbols), (n_states,))
+        return HMMParams(*_chain_init(n_states, jnp.float32), CategoricalEmission(jnp.log(probs)))
+
+    return HMM(Model(_step_log_joint(_categorical_log_prob), Markov(n_states), init), m_step)
+
+
+def poisson_hmm(n_states: int) -> HMM:
+    r"""An HMM with independent Poisson counts: data ``(N, T, D)`` non-negative counts, or ``jaxvi.Sequences``.
+
+    The M-step is maximum likelihood: :math:`\lambda_k = \sum_t \gamma_{tk} x_t / n_k`.
+    """
+    def m_step(params: HMMParams, data, post) -> HMMParams:
+        obs, _ = split_sequences(data)
+        dtype = params.emission.log_rates.dtype
+        gamma, nk = _occupancy(post, dtype)
+        rates = jnp.einsum("ntk,ntd->kd", gamma, obs.astype(dtype)) / jnp.maximum(nk, VISITED)[:, None]
+        log_rates = jnp.log(jnp.maximum(rates, jnp.finfo(dtype).tiny))
+        keep = (nk > VISITED)[:, None]
+        return HMMParams(*_chain_m_step(params, post),
+                         PoissonEmission(jnp.where(keep, log_rates, params.emission.log_rates)))
+
+    def init(key, data) -> HMMParams:
+        obs = _checked_obs(data, "poisson_hmm", floating=None, rank=3)
+        flat = obs.reshape(-1, obs.shape[-1]).astype(jnp.float32)
+        picks = flat[jax.random.choice(key, flat.shape[0], (n_states,), replace=flat.shape[0] < n_states)]
+        rates = 0.5 * picks + 0.5 * flat.mean(axis=0) + 0.1
+        return HMMParams(*_chain_init(n_states, jnp.float32), PoissonEmission(jnp.log(rates)))
+
+    return HMM(Model(_step_log_joint(_poisson_log_prob), Markov(n_states), init), m_step)
+
+
+def _chain_init(n_states: int, dtype) -> tuple[jax.Array, jax.Array]:
+    """A uniform initial distribution and a sticky transition matrix (0.5 to stay, the rest spread)."""
+    stay = 0.5 if n_states > 1 else 1.0
+    move = (1.0 - stay) / max(n_states - 1, 1)
+    transition = jnp.full((n_states, n_states), move, dtype).at[jnp.diag_indices(n_states)].set(stay)
+    return jnp.zeros(n_states, dtype), jnp.log(transition)
+
+
+def _checked_obs(data, who: str, *, floating: bool | None, rank: int) -> jax.Array:
+    obs, _ = split_sequences(data)
+    if not hasattr(obs, "ndim") or obs.ndim != rank:
+        expected = "(N, T, D)" if rank == 3 else "(N, T)"
+        raise ValueError(f"data: {who} expects sequences of shape {expected} (or jaxvi.Sequences of them), "
+                         f"got {getattr(obs, 'shape', type(obs))}")
+    if floating is True and not jnp.issubdtype(obs.dtype, jnp.floating):
+        raise ValueError(f"data: {who} expects real-valued observations, got dtype {obs.dtype}")
+    if floating is False and not jnp.issubdtype(obs.dtype, jnp.integer):
+        raise ValueError(f"data: {who} expects integer symbols, got dtype {obs.dtype}")
+    return obs

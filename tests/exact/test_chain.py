@@ -1,0 +1,384 @@
+"""The forward–backward E-step of ``Markov`` latents against brute-force enumeration over all paths."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxvi
+from jaxvi import exact
+from jaxvi.exact import enumerate as enumeration
+
+V = 4  # categories of the categorical emissions
+
+
+def gaussian_step(params, z, x):
+    prev, state = z
+    move = params["log_start"][state] if prev is None else params["log_trans"][prev, state]
+    return move + jax.scipy.stats.norm.logpdf(x, params["loc"][state], params["scale"][state])
+
+
+def categorical_step(params, z, x):
+    prev, state = z
+    move = params["log_start"][state] if prev is None else params["log_trans"][prev, state]
+    return move + params["log_emit"][state, x]
+
+
+def vector_gaussian_step(params, z, x):
+    prev, state = z
+    move = params["log_start"][state] if prev is None else params["log_trans"][prev, state]
+    return move + jnp.sum(jax.scipy.stats.norm.logpdf(x, params["loc"][state], params["scale"][state]))
+
+
+STEPS = {"gaussian": gaussian_step, "categorical": categorical_step}
+
+
+def random_hmm(seed, K, emission="gaussian", D=None):
+    """NumPy float64 parameters of an HMM with random initial/transition probabilities."""
+    rng = np.random.default_rng(seed)
+    params = {"log_start": np.log(rng.dirichlet(np.ones(K))),
+              "log_trans": np.log(rng.dirichlet(np.ones(K), size=K))}
+    if emission == "categorical":
+        params["log_emit"] = np.log(rng.dirichlet(np.ones(V), size=K))
+    else:
+        shape = (K,) if D is None else (K, D)
+        params["loc"] = rng.normal(0.0, 1.5, shape)
+        params["scale"] = rng.uniform(0.7, 1.5, shape)
+    return params
+
+
+def simulate(params, T, N, seed, emission="gaussian"):
+    """N sequences of length T drawn from the HMM (NumPy)."""
+    rng = np.random.default_rng(seed)
+    start, trans = np.exp(params["log_start"]), np.exp(params["log_trans"])
+    K = len(start)
+    states = np.zeros((N, T), int)
+    states[:, 0] = rng.choice(K, size=N, p=start)
+    cum = np.cumsum(trans, axis=1)
+    for t in range(1, T):
+        u = rng.uniform(size=N)
+        states[:, t] = np.minimum((u[:, None] > cum[states[:, t - 1]]).sum(axis=1), K - 1)
+    if emission == "categorical":
+        emit_cum = np.cumsum(np.exp(params["log_emit"]), axis=1)
+        u = rng.uniform(size=(N, T))
+        return np.minimum((u[..., None] > emit_cum[states]).sum(axis=-1), V - 1).astype(np.int32)
+    loc, scale = params["loc"][states], params["scale"][states]
+    return loc + scale * rng.normal(size=loc.shape)
+
+
+def to_jax(tree, dtype=None):
+    return jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype) if dtype is not None else jnp.asarray(a), tree)
+
+
+def path_log_joint_of(step, T):
+    """The log-joint of a whole path z = (z_0, ..., z_{T-1}) of one sequence x (T, ...)."""
+    def path_log_joint(params, z, x):
+        total = step(params, (None, z[0]), x[0])
+        for t in range(1, T):
+            total = total + step(params, (z[t - 1], z[t]), x[t])
+        return total
+    return path_log_joint
+
+
+def brute_force(step, params, obs, K):
+    """Exhaustive enumeration over all K^T paths with jaxvi's Discrete enumeration."""
+    N, T = obs.shape[:2]
+    latent = tuple(jaxvi.Discrete(K) for _ in range(T))
+    path_log_joint = path_log_joint_of(step, T)
+    post = enumeration.posterior(path_log_joint, latent, params, obs)
+    probs = np.asarray(post.probs)                                      # (N, M)
+    paths = np.stack([np.asarray(v) for v in post.values], axis=1)     # (M, T)
+    marginals = np.stack([np.asarray(m) for m in post.marginals(latent)], axis=1)  # (N, T, K)
+    pair = np.zeros((N, T, K, K))
+    for t in range(1, T):
+        one_hot = np.eye(K * K)[paths[:, t - 1] * K + paths[:, t]]     # (M, K*K)
+        pair[:, t] = (probs @ one_hot).reshape(N, K, K)
+    return {"log_evidence": np.asarray(post.log_evidence), "marginals": marginals, "pair": pair,
+            "transitions": pair.sum(axis=1), "probs": probs, "paths": paths, "post": post,
+            "path_log_joint": path_log_joint, "latent": latent}
+
+
+# --- brute force ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("T, K, emission", [
+    (1, 3, "gaussian"), (2, 2, "categorical"), (3, 3, "gaussian"), (4, 2, "categorical"),
+    (6, 3, "gaussian"), (5, 3, "categorical"),
+])
+def test_forward_backward_equals_enumeration_over_all_paths(T, K, emission):
+    step = STEPS[emission]
+    np_params = random_hmm(T * 10 + K, K, emission)
+    np_obs = simulate(np_params, T, 3, seed=T + K, emission=emission)
+    with jax.enable_x64(True):
+        params, obs = to_jax(np_params), jnp.asarray(np_obs)
+        assert params["log_trans"].dtype == jnp.float64
+        truth = brute_force(step, params, obs, K)
+        np.testing.assert_allclose(truth["probs"].sum(axis=1), 1.0, rtol=1e-12)
+        for parallel in (False, True):
+            post = exact.posterior(step, jaxvi.Markov(K, parallel=parallel), params, obs)
+            assert isinstance(post, jaxvi.ChainPosterior)
+            assert post.log_evidence.dtype == jnp.float64
+            assert post.marginals.shape == (3, T, K)
+            assert post.transitions.shape == (3, K, K)
+            assert post.pair_marginals.shape == (3, T, K, K)
+            np.testing.assert_allclose(post.log_evidence, truth["log_evidence"], rtol=1e-10, atol=1e-10)
+            np.testing.assert_allclose(post.marginals, truth["marginals"], rtol=1e-10, atol=1e-10)
+            np.testing.assert_allclose(post.pair_marginals, truth["pair"], rtol=1e-10, atol=1e-10)
+            np.testing.assert_allclose(post.transitions, truth["transitions"], rtol=1e-10, atol=1e-10)
+            np.testing.assert_allclose(post.transitions.sum(axis=(1, 2)), T - 1, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("T, K, emission", [(1, 3, "gaussian"), (5, 2, "categorical"), (6, 3, "gaussian")])
+def test_viterbi_equals_the_most_probable_enumerated_path(T, K, emission):
+    step = STEPS[emission]
+    np_params = random_hmm(100 + T, K, emission)
+    np_obs = simulate(np_params, T, 4, seed=7 * T, emission=emission)
+    with jax.enable_x64(True):
+        params, obs = to_jax(np_params), jnp.asarray(np_obs)
+        truth = brute_force(step, params, obs, K)
+        best = truth["paths"][np.argmax(truth["probs"], axis=1)]          # (N, T)
+        # no near ties, so the argmax is well defined
+        top_two = np.sort(truth["probs"], axis=1)[:, -2:]
+        assert np.all(top_two[:, 1] - top_two[:, 0] > 1e-6)
+        for parallel in (False, True):
+            post = exact.posterior(step, jaxvi.Markov(K, parallel=parallel), params, obs)
+            for mode_parallel in (False, True):
+                mode = np.asarray(post.mode(parallel=mode_parallel))
+                assert mode.shape == (4, T)
+                np.testing.assert_array_equal(mode, best)
+
+
+# --- padded sequences -----------------------------------------------------------------------------
+
+def test_padded_sequences_equal_each_sequence_run_alone():
+    K, T, lengths = 3, 6, np.array([6, 2, 4, 1])
+    np_params = random_hmm(5, K)
+    full = simulate(np_params, T, len(lengths), seed=3)
+    padded = full.copy()
+    junk = np.random.default_rng(9).normal(0, 50.0, padded.shape)
+    past = np.arange(T)[None, :] >= lengths[:, None]
+    padded[past] = junk[past]  # finite garbage past the ends must be ignored
+    with jax.enable_x64(True):
+        params = to_jax(np_params)
+        data = jaxvi.Sequences(jnp.asarray(padded), jnp.asarray(lengths, jnp.int32))
+        truths = [brute_force(gaussian_step, params, jnp.asarray(full[n:n + 1, :L]), K)
+                  for n, L in enumerate(lengths)]
+        for parallel in (False, True):
+            latent = jaxvi.Markov(K, parallel=parallel)
+            post = exact.posterior(gaussian_step, latent, params, data, chunk_size=3)
+            np.testing.assert_array_equal(post.lengths, lengths)
+            mode = np.asarray(post.mode())
+            sample = np.asarray(post.sample(jax.random.key(0)))
+            occupancy = np.asarray(post.expect(lambda z: jax.nn.one_hot(z[1], K)))
+            occupancy_x = np.asarray(post.expect(lambda z, x: jax.nn.one_hot(z[1], K) * x, data))
+            for n, L in enumerate(lengths):
+                alone = exact.posterior(gaussian_step, latent, params, jnp.asarray(full[n:n + 1, :L]))
+                truth = truths[n]
+                np.testing.assert_allclose(post.log_evidence[n], alone.log_evidence[0], rtol=1e-12)
+                np.testing.assert_allclose(post.log_evidence[n], truth["log_evidence"][0], rtol=1e-10)
+                np.testing.assert_allclose(post.marginals[n, :L], alone.marginals[0], rtol=1e-10, atol=1e-12)
+                np.testing.assert_allclose(post.marginals[n, :L], truth["marginals"][0], rtol=1e-10, atol=1e-12)
+                np.testing.assert_array_equal(post.marginals[n, L:], 0.0)
+                np.testing.assert_array_equal(post.pair_marginals[n, L:], 0.0)
+                np.testing.assert_allclose(post.transitions[n], truth["transitions"][0], rtol=1e-10, atol=1e-12)
+                np.testing.assert_array_equal(mode[n, :L], alone.mode()[0])
+                np.testing.assert_array_equal(mode[n, :L], truth["paths"][np.argmax(truth["probs"][0])])
+                np.testing.assert_array_equal(mode[n, L:], -1)
+                np.testing.assert_array_equal(np.asarray(post.mode(parallel=True))[n], mode[n])
+                assert np.all((sample[n, :L] >= 0) & (sample[n, :L] < K))
+                np.testing.assert_array_equal(sample[n, L:], -1)
+                np.testing.assert_allclose(occupancy[n], truth["marginals"][0].sum(axis=0), rtol=1e-10)
+                np.testing.assert_allclose(occupancy_x[n], truth["marginals"][0].T @ full[n, :L], rtol=1e-10,
+                                           atol=1e-12)
+
+
+def test_from_concatenated_pads_hmmlearn_style_input():
+    K, D, lengths = 2, 2, np.array([3, 5, 1])
+    np_params = random_hmm(11, K, D=D)
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(lengths.sum(), D))
+    data = jaxvi.Sequences.from_concatenated(x, lengths)
+    assert data.obs.shape == (3, 5, D)
+    np.testing.assert_array_equal(data.lengths, lengths)
+    np.testing.assert_array_equal(data.obs[1], x[3:8])
+    np.testing.assert_array_equal(data.obs[0, :3], x[:3])
+    np.testing.assert_array_equal(data.obs[0, 3:], np.broadcast_to(x[2], (2, D)))  # last row repeated
+    np.testing.assert_array_equal(data.obs[2], np.broadcast_to(x[8], (5, D)))
+    with pytest.raises(ValueError, match="lengths"):
+        jaxvi.Sequences.from_concatenated(x, [3, 5])
+    with jax.enable_x64(True):
+        params = to_jax(np_params)
+        post = exact.posterior(vector_gaussian_step, jaxvi.Markov(K), params,
+                               jaxvi.Sequences(jnp.asarray(data.obs), jnp.asarray(data.lengths)))
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        for n, (s, L) in enumerate(zip(starts, lengths)):
+            truth = brute_force(vector_gaussian_step, params, jnp.asarray(x[None, s:s + L]), K)
+            np.testing.assert_allclose(post.log_evidence[n], truth["log_evidence"][0], rtol=1e-10)
+            np.testing.assert_allclose(post.marginals[n, :L], truth["marginals"][0], rtol=1e-10, atol=1e-12)
+            np.testing.assert_array_equal(post.marginals[n, L:], 0.0)
+
+
+# --- sampling -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_ffbs_path_frequencies_match_the_exact_posterior(parallel):
+    K, T, n = 2, 3, 20000
+    np_params = {"log_start": np.log([0.6, 0.4]), "log_trans": np.log([[0.7, 0.3], [0.2, 0.8]]),
+                 "loc": np.array([-0.5, 0.5]), "scale": np.array([1.0, 1.2])}
+    x = np.array([[0.3, -0.4, 0.9]])
+    with jax.enable_x64(True):
+        params = to_jax(np_params)
+        truth = brute_force(gaussian_step, params, jnp.asarray(x), K)
+    exact_probs = truth["probs"][0]                                  # over truth["paths"]
+    assert exact_probs.min() > 0.02                                  # every path is seen often
+    post = exact.posterior(gaussian_step, jaxvi.Markov(K, parallel=parallel), to_jax(np_params, jnp.float32),
+                           jnp.asarray(np.repeat(x, n, axis=0), jnp.float32))
+    samples = np.asarray(post.sample(jax.random.key(42), parallel=parallel))
+    assert samples.shape == (n, T)
+    index = (samples * K ** np.arange(T - 1, -1, -1)).sum(axis=1)   # row-major, like latent_values
+    codes = (truth["paths"] * K ** np.arange(T - 1, -1, -1)).sum(axis=1)
+    counts = np.bincount(index, minlength=K ** T)[codes]
+    freq = counts / n
+    se = np.sqrt(exact_probs * (1 - exact_probs) / n)
+    assert np.all(np.abs(freq - exact_probs) < 4.5 * se), (freq, exact_probs)
+    # a different key gives different draws
+    other = np.asarray(post.sample(jax.random.key(43), parallel=parallel))
+    assert np.mean(other != samples) > 0.1
+
+
+# --- sequential scan against associative scan -----------------------------------------------------
+
+def test_scan_and_associative_scan_agree():
+    K, T, N = 4, 200, 3
+    np_params = random_hmm(21, K)
+    obs = jnp.asarray(simulate(np_params, T, N, seed=22), jnp.float32)
+    params = to_jax(np_params, jnp.float32)
+    seq = exact.posterior(gaussian_step, jaxvi.Markov(K), params, obs)
+    par = exact.posterior(gaussian_step, jaxvi.Markov(K, parallel=True), params, obs)
+    assert seq.log_evidence.dtype == jnp.float32
+    np.testing.assert_allclose(par.log_evidence, seq.log_evidence, rtol=1e-5)
+    np.testing.assert_allclose(par.marginals, seq.marginals, atol=1e-5)
+    np.testing.assert_allclose(par.pair_marginals, seq.pair_marginals, atol=1e-5)
+    np.testing.assert_allclose(par.transitions, seq.transitions, rtol=1e-5, atol=1e-4)
+    np.testing.assert_array_equal(par.mode(), seq.mode())
+    np.testing.assert_array_equal(seq.mode(parallel=True), seq.mode())
+
+
+# --- long sequences -------------------------------------------------------------------------------
+
+def test_a_sequence_of_100000_steps_in_float32_matches_float64():
+    K, T = 3, 100_000
+    np_params = random_hmm(31, K)
+    np_params["log_trans"] = np.log(np.array([[0.9, 0.05, 0.05], [0.1, 0.8, 0.1], [0.05, 0.15, 0.8]]))
+    np_params["loc"] = np.array([-2.0, 0.0, 2.0])
+    x = simulate(np_params, T, 1, seed=32)
+    with jax.enable_x64(True):
+        reference = exact.posterior(gaussian_step, jaxvi.Markov(K), to_jax(np_params), jnp.asarray(x))
+        ref_log_evidence = float(reference.log_evidence[0])
+        ref_marginals = np.asarray(reference.marginals)
+    assert np.isfinite(ref_log_evidence)
+    for parallel in (False, True):
+        post = exact.posterior(gaussian_step, jaxvi.Markov(K, parallel=parallel), to_jax(np_params, jnp.float32),
+                               jnp.asarray(x, jnp.float32))
+        assert post.log_evidence.dtype == jnp.float32
+        assert np.isfinite(post.log_evidence[0])
+        np.testing.assert_allclose(post.log_evidence[0], ref_log_evidence, rtol=1e-5)
+        marginals = np.asarray(post.marginals)
+        assert np.all(np.isfinite(marginals))
+        np.testing.assert_allclose(marginals.sum(axis=-1), 1.0, atol=1e-5)
+        np.testing.assert_allclose(marginals, ref_marginals, atol=1e-3)
+        assert np.all(np.isfinite(np.asarray(post.transitions)))
+        np.testing.assert_allclose(post.transitions.sum(), T - 1, rtol=1e-4)
+
+
+# --- expectations ---------------------------------------------------------------------------------
+
+def test_expect_and_expected_log_joint_equal_enumeration():
+    K, T, N = 3, 4, 2
+    np_params = random_hmm(41, K)
+    np_obs = simulate(np_params, T, N, seed=42)
+    with jax.enable_x64(True):
+        params, obs = to_jax(np_params), jnp.asarray(np_obs)
+        truth = brute_force(gaussian_step, params, obs, K)
+        brute_q = enumeration.expected_log_joint(truth["path_log_joint"], params, obs, truth["post"])
+        for parallel in (False, True):
+            post = exact.posterior(gaussian_step, jaxvi.Markov(K, parallel=parallel), params, obs)
+
+            per_sequence = post.expect(lambda z, x: gaussian_step(params, z, x), obs)
+            assert per_sequence.shape == (N,)
+            brute_per_sequence = truth["post"].expect(lambda z, x: truth["path_log_joint"](params, z, x), obs)
+            np.testing.assert_allclose(per_sequence, brute_per_sequence, rtol=1e-10)
+            q = exact.expected_log_joint(gaussian_step, params, obs, post)
+            np.testing.assert_allclose(q, brute_q, rtol=1e-10)
+            np.testing.assert_allclose(q, per_sequence.sum(), rtol=1e-12)
+            # ELBO identity: Q + H(q) = log p(x) for the exact posterior
+            probs = truth["probs"]
+            entropy = -np.sum(np.where(probs > 0, probs * np.log(np.where(probs > 0, probs, 1.0)), 0.0))
+            np.testing.assert_allclose(q + entropy, truth["log_evidence"].sum(), rtol=1e-10)
+
+            def indicators(z, x):
+                prev, state = z
+                if prev is None:
+                    return jnp.concatenate([jax.nn.one_hot(state, K), jnp.zeros(K * K)])
+                pair = jax.nn.one_hot(prev * K + state, K * K)
+                return jnp.concatenate([jnp.zeros(K), pair])
+
+            features = np.asarray(post.expect(indicators, obs))
+            assert features.shape == (N, K + K * K)
+            np.testing.assert_allclose(features[:, :K], truth["marginals"][:, 0], rtol=1e-10, atol=1e-12)
+            np.testing.assert_allclose(features[:, K:].reshape(N, K, K), truth["transitions"], rtol=1e-10,
+                                       atol=1e-12)
+
+            weighted = post.expect(lambda z, x: jnp.stack([jax.nn.one_hot(z[1], K) * x,
+                                                           jax.nn.one_hot(z[1], K) * x ** 2]), obs)
+            assert weighted.shape == (N, 2, K)
+            np.testing.assert_allclose(weighted[:, 0], np.einsum("ntk,nt->nk", truth["marginals"], np_obs),
+                                       rtol=1e-10, atol=1e-12)
+            np.testing.assert_allclose(weighted[:, 1], np.einsum("ntk,nt->nk", truth["marginals"], np_obs ** 2),
+                                       rtol=1e-10, atol=1e-12)
+
+            no_data = post.expect(lambda z: jax.nn.one_hot(z[1], K) + (0.0 if z[0] is None else 10.0 * z[0]))
+            brute_no_data = truth["marginals"].sum(axis=1) + 10.0 * np.einsum(
+                "ntk,k->n", truth["marginals"][:, :-1], np.arange(K))[:, None]
+            np.testing.assert_allclose(no_data, brute_no_data, rtol=1e-10)
+
+
+# --- impossible transitions -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_an_impossible_transition_gets_zero_probability_and_no_nan(parallel):
+    K, T, N = 3, 5, 3
+    np_params = random_hmm(51, K)
+    trans = np.exp(np_params["log_trans"])
+    trans[0, 2] = 0.0
+    trans[2, 1] = 0.0
+    trans /= trans.sum(axis=1, keepdims=True)
+    with np.errstate(divide="ignore"):
+        np_params["log_trans"] = np.log(trans)
+        np_params["log_start"] = np.log(np.array([0.5, 0.5, 0.0]))  # never starts in state 2
+    assert np.isneginf(np_params["log_trans"][0, 2])
+    np_obs = simulate(np_params, T, N, seed=52)
+    with jax.enable_x64(True):
+        params, obs = to_jax(np_params), jnp.asarray(np_obs)
+        truth = brute_force(gaussian_step, params, obs, K)
+        post = exact.posterior(gaussian_step, jaxvi.Markov(K, parallel=parallel), params, obs)
+        fields = [post.log_evidence, post.marginals, post.pair_marginals, post.transitions]
+        for field in fields:
+            assert not np.any(np.isnan(np.asarray(field)))
+        assert np.all(np.isfinite(post.log_evidence))
+        np.testing.assert_allclose(post.log_evidence, truth["log_evidence"], rtol=1e-10)
+        np.testing.assert_allclose(post.marginals, truth["marginals"], rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(post.transitions, truth["transitions"], rtol=1e-10, atol=1e-12)
+        np.testing.assert_array_equal(post.transitions[:, 0, 2], 0.0)
+        np.testing.assert_array_equal(post.transitions[:, 2, 1], 0.0)
+        np.testing.assert_array_equal(post.marginals[:, 0, 2], 0.0)
+        q = exact.expected_log_joint(gaussian_step, params, obs, post)
+        assert np.isfinite(q)
+        np.testing.assert_allclose(
+            q, enumeration.expected_log_joint(truth["path_log_joint"], params, obs, truth["post"]), rtol=1e-10)
+        mode = np.asarray(post.mode(parallel=parallel))
+        np.testing.assert_array_equal(mode, truth["paths"][np.argmax(truth["probs"], axis=1)])
+        samples = np.asarray(jax.vmap(lambda k: post.sample(k, parallel=parallel))(
+            jax.random.split(jax.random.key(1), 200)))
+        for path in (mode, *samples):
+            assert np.all(path[:, 0] != 2)
+            moves = path[:, :-1] * K + path[:, 1:]
+            assert not np.any((moves == 0 * K + 2) | (moves == 2 * K + 1))
