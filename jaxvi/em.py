@@ -208,10 +208,11 @@ def gradient_m_step(model: Model, params: PyTree, data: PyTree, post,
       unchanged and ``rejected = True``.
     """
     n = num_data(data)
+    dtype = jnp.result_type(*jax.tree_util.tree_leaves(params), jnp.float32)
 
-    def neg_q(p):
+    def neg_q(p):  # in the parameters' precision, as the optimiser's line search expects
         q = exact.expected_log_joint(model.log_joint, p, data, post, chunk_size)
-        return -(q + model.total_log_prior(p)) / n
+        return (-(q + model.total_log_prior(p)) / n).astype(dtype)
 
     def body(carry, _):
         p, opt_state = carry

@@ -166,11 +166,6 @@ def check_model(model: Model, data: PyTree, key: jax.Array, params: PyTree | Non
     """
     if not isinstance(model, Model):
         raise ValueError(f"model: expected a jaxvi.Model, got {type(model).__name__}")
-    if params is None:
-        try:
-            params = jax.eval_shape(model.init, key, data)
-        except Exception as err:
-            raise ValueError(f"init: init(key, data) failed on data of shapes {_shapes(data)}: {err}") from err
     family = exact_family(model.latent)
     if family == "markov":
         obs = data.obs if isinstance(data, Sequences) else data
@@ -178,6 +173,12 @@ def check_model(model: Model, data: PyTree, key: jax.Array, params: PyTree | Non
         if any(len(shape) < 2 for shape in shapes):
             raise ValueError(f"data: a Markov latent needs sequences, every leaf of shape (N, T, ...) "
                              f"(sequences, steps, ...), got shapes {shapes}")
+    if params is None:
+        try:
+            params = jax.eval_shape(model.init, key, data)
+        except Exception as err:
+            raise ValueError(f"init: init(key, data) failed on data of shapes {_shapes(data)}: {err}") from err
+    if family == "markov":
         datum = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape[2:], a.dtype), obs)
         state = jax.ShapeDtypeStruct((), jnp.int32)
         trials = [((None, state), "one step x (z = (None, state))"), ((state, state), "one step x (z = (state, state))")]

@@ -235,8 +235,9 @@ def categorical_hmm(n_states: int, n_symbols: int) -> HMM:
 
     def init(key, data) -> HMMParams:
         obs = _checked_obs(data, "categorical_hmm", floating=False, rank=2)
-        probs = jax.random.dirichlet(key, jnp.ones(n_symbols), (n_states,))
-        return HMMParams(*_chain_init(n_states, jnp.float32), CategoricalEmission(jnp.log(probs)))
+        dtype = jnp.zeros(()).dtype  # float32, or float64 with jax_enable_x64
+        probs = jax.random.dirichlet(key, jnp.ones(n_symbols, dtype), (n_states,))
+        return HMMParams(*_chain_init(n_states, dtype), CategoricalEmission(jnp.log(probs)))
 
     return HMM(Model(_step_log_joint(_categorical_log_prob), Markov(n_states), init), m_step)
 
@@ -258,10 +259,10 @@ def poisson_hmm(n_states: int) -> HMM:
 
     def init(key, data) -> HMMParams:
         obs = _checked_obs(data, "poisson_hmm", floating=None, rank=3)
-        flat = obs.reshape(-1, obs.shape[-1]).astype(jnp.float32)
+        flat = obs.reshape(-1, obs.shape[-1]).astype(jnp.zeros(()).dtype)
         picks = flat[jax.random.choice(key, flat.shape[0], (n_states,), replace=flat.shape[0] < n_states)]
         rates = 0.5 * picks + 0.5 * flat.mean(axis=0) + 0.1
-        return HMMParams(*_chain_init(n_states, jnp.float32), PoissonEmission(jnp.log(rates)))
+        return HMMParams(*_chain_init(n_states, flat.dtype), PoissonEmission(jnp.log(rates)))
 
     return HMM(Model(_step_log_joint(_poisson_log_prob), Markov(n_states), init), m_step)
 
@@ -276,6 +277,7 @@ def _chain_init(n_states: int, dtype) -> tuple[jax.Array, jax.Array]:
 
 def _checked_obs(data, who: str, *, floating: bool | None, rank: int) -> jax.Array:
     obs, _ = split_sequences(data)
+    obs = jnp.asarray(obs) if hasattr(obs, "ndim") else obs
     if not hasattr(obs, "ndim") or obs.ndim != rank:
         expected = "(N, T, D)" if rank == 3 else "(N, T)"
         raise ValueError(f"data: {who} expects sequences of shape {expected} (or jaxvi.Sequences of them), "
