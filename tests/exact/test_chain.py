@@ -152,15 +152,31 @@ def test_forward_backward_equals_enumeration_over_all_paths(T, K, emission):
         for parallel in (False, True):
             post = chain_posterior(step, jaxvi.Markov(K, parallel=parallel), params, obs)
             assert isinstance(post, jaxvi.ChainPosterior)
-            assert post.log_evidence.dtype == jnp.float64
-            assert post.marginals.shape == (3, T, K)
-            assert post.transitions.shape == (3, K, K)
-            assert post.pair_marginals.shape == (3, T, K, K)
-            np.testing.assert_allclose(post.log_evidence, truth["log_evidence"], rtol=1e-10, atol=1e-10)
-            np.testing.assert_allclose(post.marginals, truth["marginals"], rtol=1e-10, atol=1e-10)
-            np.testing.assert_allclose(post.pair_marginals, truth["pair"], rtol=1e-10, atol=1e-10)
-            np.testing.assert_allclose(post.transitions, truth["transitions"], rtol=1e-10, atol=1e-10)
-            np.testing.assert_allclose(post.transitions.sum(axis=(1, 2)), T - 1, rtol=1e-10, atol=1e-10)
+            st = stats_of(post)
+            assert st["log_evidence"].dtype == jnp.float64
+            assert st["marginals"].shape == (3, T, K)
+            assert st["transitions"].shape == (3, K, K)
+            assert st["pair"].shape == (3, T, K, K)
+            np.testing.assert_allclose(st["log_evidence"], truth["log_evidence"], rtol=1e-10, atol=1e-10)
+            np.testing.assert_allclose(st["marginals"], truth["marginals"], rtol=1e-10, atol=1e-10)
+            np.testing.assert_allclose(st["pair"], truth["pair"], rtol=1e-10, atol=1e-10)
+            np.testing.assert_allclose(st["transitions"], truth["transitions"], rtol=1e-10, atol=1e-10)
+            np.testing.assert_allclose(st["transitions"].sum(axis=(1, 2)), T - 1, rtol=1e-10, atol=1e-10)
+
+
+def test_posterior_dispatches_on_the_markov_latent_without_jit():
+    K, T = 2, 3
+    np_params = random_hmm(3, K)
+    np_obs = simulate(np_params, T, 2, seed=4)
+    with jax.enable_x64(True):
+        params, obs = to_jax(np_params), jnp.asarray(np_obs)
+        post = exact.posterior(gaussian_step, jaxvi.Markov(K), params, obs, 1)
+        assert isinstance(post, jaxvi.ChainPosterior)
+        truth = brute_force(gaussian_step, params, obs, K)
+        np.testing.assert_allclose(post.log_evidence, truth["log_evidence"], rtol=1e-10)
+        np.testing.assert_allclose(post.marginals, truth["marginals"], rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(post.transitions, truth["transitions"], rtol=1e-10, atol=1e-12)
+        np.testing.assert_array_equal(exact.well_posed(post), True)
 
 
 @pytest.mark.parametrize("T, K, emission", [(1, 3, "gaussian"), (5, 2, "categorical"), (6, 3, "gaussian")])
@@ -185,6 +201,17 @@ def test_viterbi_equals_the_most_probable_enumerated_path(T, K, emission):
 
 # --- padded sequences -----------------------------------------------------------------------------
 
+@functools.lru_cache(maxsize=None)
+def occupancy(K):
+    """f(z) = one_hot(z_t): its expectation is the expected time spent in every state."""
+    return lambda z: jax.nn.one_hot(z[1], K)
+
+
+@functools.lru_cache(maxsize=None)
+def occupancy_times_x(K):
+    return lambda z, x: jax.nn.one_hot(z[1], K) * x
+
+
 def test_padded_sequences_equal_each_sequence_run_alone():
     K, T, lengths = 3, 6, np.array([6, 2, 4, 1])
     np_params = random_hmm(5, K)
@@ -196,35 +223,41 @@ def test_padded_sequences_equal_each_sequence_run_alone():
     with jax.enable_x64(True):
         params = to_jax(np_params)
         data = jaxvi.Sequences(jnp.asarray(padded), jnp.asarray(lengths, jnp.int32))
-        truths = [brute_force(gaussian_step, params, jnp.asarray(full[n:n + 1, :L]), K)
-                  for n, L in enumerate(lengths)]
+        truths, alone = [], []
+        for n, L in enumerate(lengths):
+            x = jnp.asarray(full[n:n + 1, :L])
+            truths.append(brute_force(gaussian_step, params, x, K))
+            one = chain_posterior(gaussian_step, jaxvi.Markov(K), params, x)
+            alone.append((stats_of(one), np.asarray(mode_of(one))[0]))
         for parallel in (False, True):
-            latent = jaxvi.Markov(K, parallel=parallel)
-            post = chain_posterior(gaussian_step, latent, params, data, chunk_size=3)
+            post = chain_posterior(gaussian_step, jaxvi.Markov(K, parallel=parallel), params, data, chunk_size=3)
+            st = stats_of(post)
             np.testing.assert_array_equal(post.lengths, lengths)
             mode = np.asarray(mode_of(post))
-            mode_true = np.asarray(mode_of(post, True))
-            sample = np.asarray(sample_of(post, jax.random.key(0)))
-            occupancy = np.asarray(post.expect(lambda z: jax.nn.one_hot(z[1], K)))
-            occupancy_x = np.asarray(post.expect(lambda z, x: jax.nn.one_hot(z[1], K) * x, data))
+            mode_parallel = np.asarray(mode_of(post, True))
+            sample = np.asarray(sample_of(post, jax.random.key(0), parallel))
+            time_in_state = np.asarray(expect_of(post, occupancy(K)))
+            time_in_state_x = np.asarray(expect_of(post, occupancy_times_x(K), data))
             for n, L in enumerate(lengths):
-                alone = chain_posterior(gaussian_step, latent, params, jnp.asarray(full[n:n + 1, :L]))
-                truth = truths[n]
-                np.testing.assert_allclose(post.log_evidence[n], alone.log_evidence[0], rtol=1e-12)
-                np.testing.assert_allclose(post.log_evidence[n], truth["log_evidence"][0], rtol=1e-10)
-                np.testing.assert_allclose(post.marginals[n, :L], alone.marginals[0], rtol=1e-10, atol=1e-12)
-                np.testing.assert_allclose(post.marginals[n, :L], truth["marginals"][0], rtol=1e-10, atol=1e-12)
-                np.testing.assert_array_equal(post.marginals[n, L:], 0.0)
-                np.testing.assert_array_equal(post.pair_marginals[n, L:], 0.0)
-                np.testing.assert_allclose(post.transitions[n], truth["transitions"][0], rtol=1e-10, atol=1e-12)
-                np.testing.assert_array_equal(mode[n, :L], mode_of(alone)[0])
+                truth, (alone_stats, alone_mode) = truths[n], alone[n]
+                np.testing.assert_allclose(st["log_evidence"][n], alone_stats["log_evidence"][0], rtol=1e-12)
+                np.testing.assert_allclose(st["log_evidence"][n], truth["log_evidence"][0], rtol=1e-10)
+                np.testing.assert_allclose(st["marginals"][n, :L], alone_stats["marginals"][0], rtol=1e-10,
+                                           atol=1e-12)
+                np.testing.assert_allclose(st["marginals"][n, :L], truth["marginals"][0], rtol=1e-10, atol=1e-12)
+                np.testing.assert_array_equal(st["marginals"][n, L:], 0.0)
+                np.testing.assert_array_equal(st["pair"][n, L:], 0.0)
+                np.testing.assert_allclose(st["transitions"][n], alone_stats["transitions"][0], rtol=1e-10,
+                                           atol=1e-12)
+                np.testing.assert_allclose(st["transitions"][n], truth["transitions"][0], rtol=1e-10, atol=1e-12)
+                np.testing.assert_array_equal(mode[n, :L], alone_mode)
                 np.testing.assert_array_equal(mode[n, :L], truth["paths"][np.argmax(truth["probs"][0])])
                 np.testing.assert_array_equal(mode[n, L:], -1)
-                np.testing.assert_array_equal(mode_true[n], mode[n])
+                np.testing.assert_array_equal(mode_parallel[n], mode[n])
                 assert np.all((sample[n, :L] >= 0) & (sample[n, :L] < K))
                 np.testing.assert_array_equal(sample[n, L:], -1)
-                np.testing.assert_allclose(occupancy[n], truth["marginals"][0].sum(axis=0), rtol=1e-10)
-                np.testing.assert_allclose(occupancy_x[n], truth["marginals"][0].T @ full[n, :L], rtol=1e-10,
+                np.testing.assert_allclose(time_in_state[n], truth["marginals"][0].sum(axis=0), rtol=1e-10)
+                np.testing.assert_allclose(time_in_state_x[n], truth["marginals"][0].T @ full[n, :L], rtol=1e-10,
                                            atol=1e-12)
 
 
@@ -246,12 +279,14 @@ def test_from_concatenated_pads_hmmlearn_style_input():
         params = to_jax(np_params)
         post = chain_posterior(vector_gaussian_step, jaxvi.Markov(K), params,
                                jaxvi.Sequences(jnp.asarray(data.obs), jnp.asarray(data.lengths)))
+        st = stats_of(post)
         starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
         for n, (s, L) in enumerate(zip(starts, lengths)):
             truth = brute_force(vector_gaussian_step, params, jnp.asarray(x[None, s:s + L]), K)
-            np.testing.assert_allclose(post.log_evidence[n], truth["log_evidence"][0], rtol=1e-10)
-            np.testing.assert_allclose(post.marginals[n, :L], truth["marginals"][0], rtol=1e-10, atol=1e-12)
-            np.testing.assert_array_equal(post.marginals[n, L:], 0.0)
+            np.testing.assert_allclose(st["log_evidence"][n], truth["log_evidence"][0], rtol=1e-10)
+            np.testing.assert_allclose(st["marginals"][n, :L], truth["marginals"][0], rtol=1e-10, atol=1e-12)
+            np.testing.assert_allclose(st["transitions"][n], truth["transitions"][0], rtol=1e-10, atol=1e-12)
+            np.testing.assert_array_equal(st["marginals"][n, L:], 0.0)
 
 
 # --- sampling -------------------------------------------------------------------------------------
@@ -263,17 +298,16 @@ def test_ffbs_path_frequencies_match_the_exact_posterior(parallel):
                  "loc": np.array([-0.5, 0.5]), "scale": np.array([1.0, 1.2])}
     x = np.array([[0.3, -0.4, 0.9]])
     with jax.enable_x64(True):
-        params = to_jax(np_params)
-        truth = brute_force(gaussian_step, params, jnp.asarray(x), K)
+        truth = brute_force(gaussian_step, to_jax(np_params), jnp.asarray(x), K)
     exact_probs = truth["probs"][0]                                  # over truth["paths"]
     assert exact_probs.min() > 0.01                                  # every path is seen often
+    # the same sequence n times: n independent posterior draws in one call
     post = chain_posterior(gaussian_step, jaxvi.Markov(K, parallel=parallel), to_jax(np_params, jnp.float32),
                            jnp.asarray(np.repeat(x, n, axis=0), jnp.float32))
     samples = np.asarray(sample_of(post, jax.random.key(42), parallel))
     assert samples.shape == (n, T)
-    index = (samples * K ** np.arange(T - 1, -1, -1)).sum(axis=1)   # row-major, like latent_values
-    codes = (truth["paths"] * K ** np.arange(T - 1, -1, -1)).sum(axis=1)
-    counts = np.bincount(index, minlength=K ** T)[codes]
+    weights = K ** np.arange(T - 1, -1, -1)
+    counts = np.bincount(samples @ weights, minlength=K ** T)[truth["paths"] @ weights]
     freq = counts / n
     se = np.sqrt(exact_probs * (1 - exact_probs) / n)
     assert np.all(np.abs(freq - exact_probs) < 4.5 * se), (freq, exact_probs)
@@ -291,40 +325,49 @@ def test_scan_and_associative_scan_agree():
     params = to_jax(np_params, jnp.float32)
     seq = chain_posterior(gaussian_step, jaxvi.Markov(K), params, obs)
     par = chain_posterior(gaussian_step, jaxvi.Markov(K, parallel=True), params, obs)
-    assert seq.log_evidence.dtype == jnp.float32
-    np.testing.assert_allclose(par.log_evidence, seq.log_evidence, rtol=1e-5)
-    np.testing.assert_allclose(par.marginals, seq.marginals, atol=1e-5)
-    np.testing.assert_allclose(par.pair_marginals, seq.pair_marginals, atol=1e-5)
-    np.testing.assert_allclose(par.transitions, seq.transitions, rtol=1e-5, atol=1e-4)
-    np.testing.assert_array_equal(mode_of(par), mode_of(seq))
-    np.testing.assert_array_equal(mode_of(seq, True), mode_of(seq))
+    seq_stats, par_stats = stats_of(seq), stats_of(par)
+    assert seq_stats["log_evidence"].dtype == jnp.float32
+    np.testing.assert_allclose(par_stats["log_evidence"], seq_stats["log_evidence"], rtol=1e-5)
+    np.testing.assert_allclose(par_stats["marginals"], seq_stats["marginals"], atol=1e-5)
+    np.testing.assert_allclose(par_stats["pair"], seq_stats["pair"], atol=1e-5)
+    np.testing.assert_allclose(par_stats["transitions"], seq_stats["transitions"], rtol=1e-5, atol=1e-4)
+    np.testing.assert_array_equal(mode_of(par, True), mode_of(seq))
 
 
 # --- long sequences -------------------------------------------------------------------------------
 
-def test_a_sequence_of_100000_steps_in_float32_matches_float64():
-    K, T = 3, 100_000
-    np_params = random_hmm(31, K)
+LONG_K, LONG_T = 3, 100_000
+
+
+@pytest.fixture(scope="module")
+def long_sequence():
+    """One sequence of 100000 steps and its float64 posterior (log evidence, marginals)."""
+    np_params = random_hmm(31, LONG_K)
     np_params["log_trans"] = np.log(np.array([[0.9, 0.05, 0.05], [0.1, 0.8, 0.1], [0.05, 0.15, 0.8]]))
     np_params["loc"] = np.array([-2.0, 0.0, 2.0])
-    x = simulate(np_params, T, 1, seed=32)
+    x = simulate(np_params, LONG_T, 1, seed=32)
     with jax.enable_x64(True):
-        reference = chain_posterior(gaussian_step, jaxvi.Markov(K), to_jax(np_params), jnp.asarray(x))
-        ref_log_evidence = float(reference.log_evidence[0])
-        ref_marginals = np.asarray(reference.marginals)
-    assert np.isfinite(ref_log_evidence)
-    for parallel in (False, True):
-        post = chain_posterior(gaussian_step, jaxvi.Markov(K, parallel=parallel), to_jax(np_params, jnp.float32),
-                               jnp.asarray(x, jnp.float32))
-        assert post.log_evidence.dtype == jnp.float32
-        assert np.isfinite(post.log_evidence[0])
-        np.testing.assert_allclose(post.log_evidence[0], ref_log_evidence, rtol=1e-5)
-        marginals = np.asarray(post.marginals)
-        assert np.all(np.isfinite(marginals))
-        np.testing.assert_allclose(marginals.sum(axis=-1), 1.0, atol=1e-5)
-        np.testing.assert_allclose(marginals, ref_marginals, atol=1e-3)
-        assert np.all(np.isfinite(np.asarray(post.transitions)))
-        np.testing.assert_allclose(post.transitions.sum(), T - 1, rtol=1e-4)
+        reference = chain_posterior(gaussian_step, jaxvi.Markov(LONG_K), to_jax(np_params), jnp.asarray(x))
+        ref = jax.tree_util.tree_map(np.asarray, stats_of(reference))
+    assert ref["log_evidence"].dtype == np.float64
+    return np_params, x, ref
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_a_sequence_of_100000_steps_in_float32_matches_float64(long_sequence, parallel):
+    np_params, x, ref = long_sequence
+    assert np.isfinite(ref["log_evidence"][0])
+    post = chain_posterior(gaussian_step, jaxvi.Markov(LONG_K, parallel=parallel), to_jax(np_params, jnp.float32),
+                           jnp.asarray(x, jnp.float32))
+    st = jax.tree_util.tree_map(np.asarray, stats_of(post))
+    assert st["log_evidence"].dtype == np.float32
+    assert np.isfinite(st["log_evidence"][0])
+    np.testing.assert_allclose(st["log_evidence"], ref["log_evidence"], rtol=1e-5)
+    assert np.all(np.isfinite(st["marginals"]))
+    np.testing.assert_allclose(st["marginals"].sum(axis=-1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(st["marginals"], ref["marginals"], atol=1e-3)
+    assert np.all(np.isfinite(st["transitions"]))
+    np.testing.assert_allclose(st["transitions"].sum(), LONG_T - 1, rtol=1e-4)
 
 
 # --- expectations ---------------------------------------------------------------------------------
@@ -333,50 +376,57 @@ def test_expect_and_expected_log_joint_equal_enumeration():
     K, T, N = 3, 4, 2
     np_params = random_hmm(41, K)
     np_obs = simulate(np_params, T, N, seed=42)
+
+    def indicators(z, x):
+        prev, state = z
+        if prev is None:
+            return jnp.concatenate([jax.nn.one_hot(state, K), jnp.zeros(K * K)])
+        return jnp.concatenate([jnp.zeros(K), jax.nn.one_hot(prev * K + state, K * K)])
+
+    def moments(z, x):
+        return jnp.stack([jax.nn.one_hot(z[1], K) * x, jax.nn.one_hot(z[1], K) * x ** 2])
+
+    def no_data(z):
+        return jax.nn.one_hot(z[1], K) + (0.0 if z[0] is None else 10.0 * z[0])
+
     with jax.enable_x64(True):
         params, obs = to_jax(np_params), jnp.asarray(np_obs)
         truth = brute_force(gaussian_step, params, obs, K)
-        brute_q = _enumerated_expected_log_joint(truth["path_log_joint"], params, obs, truth["post"])
+        path_log_joint = truth["path_log_joint"]
+        brute_q = _enumerated_expected_log_joint(path_log_joint, params, obs, truth["post"])
+        brute_per_sequence = expect_of(truth["post"], functools.partial(path_log_joint, params), obs)
+        probs = truth["probs"]
+        entropy = -np.sum(np.where(probs > 0, probs * np.log(np.where(probs > 0, probs, 1.0)), 0.0))
+        step_of_params = functools.partial(gaussian_step, params)
         for parallel in (False, True):
             post = chain_posterior(gaussian_step, jaxvi.Markov(K, parallel=parallel), params, obs)
 
-            per_sequence = post.expect(lambda z, x: gaussian_step(params, z, x), obs)
+            per_sequence = expect_of(post, step_of_params, obs)
             assert per_sequence.shape == (N,)
-            brute_per_sequence = truth["post"].expect(lambda z, x: truth["path_log_joint"](params, z, x), obs)
             np.testing.assert_allclose(per_sequence, brute_per_sequence, rtol=1e-10)
             q = expected_log_joint(gaussian_step, params, obs, post)
             np.testing.assert_allclose(q, brute_q, rtol=1e-10)
             np.testing.assert_allclose(q, per_sequence.sum(), rtol=1e-12)
             # ELBO identity: Q + H(q) = log p(x) for the exact posterior
-            probs = truth["probs"]
-            entropy = -np.sum(np.where(probs > 0, probs * np.log(np.where(probs > 0, probs, 1.0)), 0.0))
             np.testing.assert_allclose(q + entropy, truth["log_evidence"].sum(), rtol=1e-10)
 
-            def indicators(z, x):
-                prev, state = z
-                if prev is None:
-                    return jnp.concatenate([jax.nn.one_hot(state, K), jnp.zeros(K * K)])
-                pair = jax.nn.one_hot(prev * K + state, K * K)
-                return jnp.concatenate([jnp.zeros(K), pair])
-
-            features = np.asarray(post.expect(indicators, obs))
+            features = np.asarray(expect_of(post, indicators, obs))
             assert features.shape == (N, K + K * K)
             np.testing.assert_allclose(features[:, :K], truth["marginals"][:, 0], rtol=1e-10, atol=1e-12)
             np.testing.assert_allclose(features[:, K:].reshape(N, K, K), truth["transitions"], rtol=1e-10,
                                        atol=1e-12)
 
-            weighted = post.expect(lambda z, x: jnp.stack([jax.nn.one_hot(z[1], K) * x,
-                                                           jax.nn.one_hot(z[1], K) * x ** 2]), obs)
+            weighted = expect_of(post, moments, obs)
             assert weighted.shape == (N, 2, K)
             np.testing.assert_allclose(weighted[:, 0], np.einsum("ntk,nt->nk", truth["marginals"], np_obs),
                                        rtol=1e-10, atol=1e-12)
             np.testing.assert_allclose(weighted[:, 1], np.einsum("ntk,nt->nk", truth["marginals"], np_obs ** 2),
                                        rtol=1e-10, atol=1e-12)
 
-            no_data = post.expect(lambda z: jax.nn.one_hot(z[1], K) + (0.0 if z[0] is None else 10.0 * z[0]))
-            brute_no_data = truth["marginals"].sum(axis=1) + 10.0 * np.einsum(
-                "ntk,k->n", truth["marginals"][:, :-1], np.arange(K))[:, None]
-            np.testing.assert_allclose(no_data, brute_no_data, rtol=1e-10)
+            expected_previous = np.einsum("ntk,k->n", truth["marginals"][:, :-1], np.arange(K))
+            np.testing.assert_allclose(expect_of(post, no_data),
+                                       truth["marginals"].sum(axis=1) + 10.0 * expected_previous[:, None],
+                                       rtol=1e-10)
 
 
 # --- impossible transitions -----------------------------------------------------------------------
@@ -398,16 +448,16 @@ def test_an_impossible_transition_gets_zero_probability_and_no_nan(parallel):
         params, obs = to_jax(np_params), jnp.asarray(np_obs)
         truth = brute_force(gaussian_step, params, obs, K)
         post = chain_posterior(gaussian_step, jaxvi.Markov(K, parallel=parallel), params, obs)
-        fields = [post.log_evidence, post.marginals, post.pair_marginals, post.transitions]
-        for field in fields:
-            assert not np.any(np.isnan(np.asarray(field)))
-        assert np.all(np.isfinite(post.log_evidence))
-        np.testing.assert_allclose(post.log_evidence, truth["log_evidence"], rtol=1e-10)
-        np.testing.assert_allclose(post.marginals, truth["marginals"], rtol=1e-10, atol=1e-12)
-        np.testing.assert_allclose(post.transitions, truth["transitions"], rtol=1e-10, atol=1e-12)
-        np.testing.assert_array_equal(post.transitions[:, 0, 2], 0.0)
-        np.testing.assert_array_equal(post.transitions[:, 2, 1], 0.0)
-        np.testing.assert_array_equal(post.marginals[:, 0, 2], 0.0)
+        st = jax.tree_util.tree_map(np.asarray, stats_of(post))
+        for name, field in st.items():
+            assert not np.any(np.isnan(field)), name
+        assert np.all(np.isfinite(st["log_evidence"]))
+        np.testing.assert_allclose(st["log_evidence"], truth["log_evidence"], rtol=1e-10)
+        np.testing.assert_allclose(st["marginals"], truth["marginals"], rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(st["transitions"], truth["transitions"], rtol=1e-10, atol=1e-12)
+        np.testing.assert_array_equal(st["transitions"][:, 0, 2], 0.0)
+        np.testing.assert_array_equal(st["transitions"][:, 2, 1], 0.0)
+        np.testing.assert_array_equal(st["marginals"][:, 0, 2], 0.0)
         q = expected_log_joint(gaussian_step, params, obs, post)
         assert np.isfinite(q)
         np.testing.assert_allclose(
