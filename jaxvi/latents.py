@@ -82,7 +82,7 @@ class Gaussian:
     :math:`\Lambda` positive definite (factor analysis, probabilistic PCA, linear-Gaussian models),
     the posterior is exactly :math:`N(\Lambda^{-1} g, \Lambda^{-1})` and the evidence is a Gaussian
     integral. jaxvi reads :math:`c, g, -\Lambda` off the log-joint's value, gradient and Hessian in
-    ``z`` at ``z = 0`` and checks the expansion at a second point; a log-joint that is not
+    ``z`` at ``z = 0`` and checks the expansion at two more points; a log-joint that is not
     quadratic stops the fit with an error.
 
     Args:

@@ -9,8 +9,8 @@ If, for one datum, :math:`f(z) = \log p_\theta(x, z) = c + g^\top z + \tfrac12 z
 
 and for any quadratic :math:`h`, :math:`E_q[h(z)] = h(\mu) + \tfrac12 \operatorname{tr}(H_h \Sigma)`.
 :math:`c, g, H` are the value, gradient and Hessian of the log-joint in z at z = 0 (autodiff).
-The expansion is checked at a second point, one posterior standard deviation from the mean in a
-fixed direction; where the log-joint differs from it the datum is flagged as not quadratic.
+The expansion is checked at two more points, one posterior standard deviation either side of the mean
+in a fixed direction; where the log-joint differs from it the datum is flagged as not quadratic.
 
 With ``Gaussian(d, laplace=True)`` the expansion point is the mode instead (found by Newton's
 method), which gives the Laplace approximation: exact for quadratic log-joints, approximate otherwise.
@@ -107,16 +107,22 @@ def _posterior_one(log_joint: LogJoint, params: PyTree, x: PyTree, latent) -> tu
     log_det_precision = 2.0 * jnp.sum(jnp.log(jnp.diag(chol)))
     log_evidence = value + 0.5 * gradient @ shift + 0.5 * latent.d * math.log(2 * math.pi) - 0.5 * log_det_precision
 
-    # the probe: one posterior standard deviation from the mean, in a fixed generic direction
+    # the probes: one posterior standard deviation either side of the mean, in a fixed generic direction.
+    # Two points, because one of them may be the expansion point itself, where any function matches.
     direction = jnp.cos(1.0 + 2.399 * jnp.arange(latent.d, dtype=dtype))
-    offset = shift + jax.scipy.linalg.solve_triangular(chol.T, direction / jnp.linalg.norm(direction), lower=False)
-    linear, curvature = gradient @ offset, 0.5 * offset @ hessian @ offset
-    actual = f(center + offset)
-    tolerance = jnp.sqrt(jnp.finfo(dtype).eps) * (1.0 + jnp.abs(value) + jnp.abs(actual) + jnp.abs(linear)
-                                                  + jnp.abs(curvature))
-    matches = jnp.abs(actual - (value + linear + curvature)) <= tolerance
+    step = jax.scipy.linalg.solve_triangular(chol.T, direction / jnp.linalg.norm(direction), lower=False)
+    matches = jnp.all(jax.vmap(lambda offset: _matches_expansion(f, center, offset, value, gradient, hessian))(
+        jnp.stack([shift + step, shift - step])))
     quadratic = jnp.all(jnp.isfinite(chol)) & (matches | latent.laplace)
     return center + shift, covariance, log_evidence, quadratic
+
+
+def _matches_expansion(f: Callable, center, offset, value, gradient, hessian) -> jax.Array:
+    """Whether f(center + offset) equals the second-order expansion at ``center`` to sqrt(eps) relative."""
+    linear, curvature = gradient @ offset, 0.5 * offset @ hessian @ offset
+    actual = f(center + offset)
+    scale = 1.0 + jnp.abs(value) + jnp.abs(actual) + jnp.abs(linear) + jnp.abs(curvature)
+    return jnp.abs(actual - (value + linear + curvature)) <= jnp.sqrt(jnp.finfo(value.dtype).eps) * scale
 
 
 def _symmetric(matrix: jax.Array) -> jax.Array:
