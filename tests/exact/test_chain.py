@@ -212,53 +212,65 @@ def occupancy_times_x(K):
     return lambda z, x: jax.nn.one_hot(z[1], K) * x
 
 
-def test_padded_sequences_equal_each_sequence_run_alone():
-    K, T, lengths = 3, 6, np.array([6, 2, 4, 1])
-    np_params = random_hmm(5, K)
-    full = simulate(np_params, T, len(lengths), seed=3)
-    padded = full.copy()
-    junk = np.random.default_rng(9).normal(0, 50.0, padded.shape)
-    past = np.arange(T)[None, :] >= lengths[:, None]
-    padded[past] = junk[past]  # finite garbage past the ends must be ignored
+PADDED_K, PADDED_T, PADDED_LENGTHS = 3, 6, np.array([6, 2, 4, 1])
+
+
+@pytest.fixture(scope="module")
+def padded():
+    """Sequences padded with finite garbage past their ends, and each one's brute-force posterior alone."""
+    np_params = random_hmm(5, PADDED_K)
+    full = simulate(np_params, PADDED_T, len(PADDED_LENGTHS), seed=3)
+    obs = full.copy()
+    junk = np.random.default_rng(9).normal(0, 50.0, obs.shape)
+    past = np.arange(PADDED_T)[None, :] >= PADDED_LENGTHS[:, None]
+    obs[past] = junk[past]  # must be ignored
     with jax.enable_x64(True):
         params = to_jax(np_params)
-        data = jaxvi.Sequences(jnp.asarray(padded), jnp.asarray(lengths, jnp.int32))
-        truths, alone = [], []
-        for n, L in enumerate(lengths):
-            x = jnp.asarray(full[n:n + 1, :L])
-            truths.append(brute_force(gaussian_step, params, x, K))
-            one = chain_posterior(gaussian_step, jaxvi.Markov(K), params, x)
-            alone.append((stats_of(one), np.asarray(mode_of(one))[0]))
-        for parallel in (False, True):
-            post = chain_posterior(gaussian_step, jaxvi.Markov(K, parallel=parallel), params, data, chunk_size=3)
-            st = stats_of(post)
-            np.testing.assert_array_equal(post.lengths, lengths)
-            mode = np.asarray(mode_of(post))
-            mode_parallel = np.asarray(mode_of(post, True))
-            sample = np.asarray(sample_of(post, jax.random.key(0), parallel))
-            time_in_state = np.asarray(expect_of(post, occupancy(K)))
-            time_in_state_x = np.asarray(expect_of(post, occupancy_times_x(K), data))
-            for n, L in enumerate(lengths):
-                truth, (alone_stats, alone_mode) = truths[n], alone[n]
-                np.testing.assert_allclose(st["log_evidence"][n], alone_stats["log_evidence"][0], rtol=1e-12)
-                np.testing.assert_allclose(st["log_evidence"][n], truth["log_evidence"][0], rtol=1e-10)
-                np.testing.assert_allclose(st["marginals"][n, :L], alone_stats["marginals"][0], rtol=1e-10,
-                                           atol=1e-12)
-                np.testing.assert_allclose(st["marginals"][n, :L], truth["marginals"][0], rtol=1e-10, atol=1e-12)
-                np.testing.assert_array_equal(st["marginals"][n, L:], 0.0)
-                np.testing.assert_array_equal(st["pair"][n, L:], 0.0)
-                np.testing.assert_allclose(st["transitions"][n], alone_stats["transitions"][0], rtol=1e-10,
-                                           atol=1e-12)
-                np.testing.assert_allclose(st["transitions"][n], truth["transitions"][0], rtol=1e-10, atol=1e-12)
-                np.testing.assert_array_equal(mode[n, :L], alone_mode)
-                np.testing.assert_array_equal(mode[n, :L], truth["paths"][np.argmax(truth["probs"][0])])
-                np.testing.assert_array_equal(mode[n, L:], -1)
-                np.testing.assert_array_equal(mode_parallel[n], mode[n])
-                assert np.all((sample[n, :L] >= 0) & (sample[n, :L] < K))
-                np.testing.assert_array_equal(sample[n, L:], -1)
-                np.testing.assert_allclose(time_in_state[n], truth["marginals"][0].sum(axis=0), rtol=1e-10)
-                np.testing.assert_allclose(time_in_state_x[n], truth["marginals"][0].T @ full[n, :L], rtol=1e-10,
-                                           atol=1e-12)
+        truths = [brute_force(gaussian_step, params, jnp.asarray(full[n:n + 1, :L]), PADDED_K)
+                  for n, L in enumerate(PADDED_LENGTHS)]
+    return np_params, full, obs, truths
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_padded_sequences_equal_each_sequence_run_alone(padded, parallel):
+    np_params, full, obs, truths = padded
+    K = PADDED_K
+    with jax.enable_x64(True):
+        params = to_jax(np_params)
+        data = jaxvi.Sequences(jnp.asarray(obs), jnp.asarray(PADDED_LENGTHS, jnp.int32))
+        post = chain_posterior(gaussian_step, jaxvi.Markov(K, parallel=parallel), params, data, chunk_size=3)
+        st = stats_of(post)
+        np.testing.assert_array_equal(post.lengths, PADDED_LENGTHS)
+        mode = np.asarray(mode_of(post, parallel))
+        for n, L in enumerate(PADDED_LENGTHS):
+            truth = truths[n]  # the unpadded sequence alone
+            np.testing.assert_allclose(st["log_evidence"][n], truth["log_evidence"][0], rtol=1e-10)
+            np.testing.assert_allclose(st["marginals"][n, :L], truth["marginals"][0], rtol=1e-10, atol=1e-12)
+            np.testing.assert_array_equal(st["marginals"][n, L:], 0.0)
+            np.testing.assert_allclose(st["pair"][n, :L], truth["pair"][0], rtol=1e-10, atol=1e-12)
+            np.testing.assert_array_equal(st["pair"][n, L:], 0.0)
+            np.testing.assert_allclose(st["transitions"][n], truth["transitions"][0], rtol=1e-10, atol=1e-12)
+            np.testing.assert_array_equal(mode[n, :L], truth["paths"][np.argmax(truth["probs"][0])])
+            np.testing.assert_array_equal(mode[n, L:], -1)
+
+
+def test_padded_sequences_sample_and_expect(padded):
+    np_params, full, obs, truths = padded
+    K = PADDED_K
+    with jax.enable_x64(True):
+        params = to_jax(np_params)
+        data = jaxvi.Sequences(jnp.asarray(obs), jnp.asarray(PADDED_LENGTHS, jnp.int32))
+        post = chain_posterior(gaussian_step, jaxvi.Markov(K), params, data)
+        sample = np.asarray(sample_of(post, jax.random.key(0)))
+        time_in_state = np.asarray(expect_of(post, occupancy(K)))
+        time_in_state_x = np.asarray(expect_of(post, occupancy_times_x(K), data))
+        for n, L in enumerate(PADDED_LENGTHS):
+            truth = truths[n]
+            assert np.all((sample[n, :L] >= 0) & (sample[n, :L] < K))
+            np.testing.assert_array_equal(sample[n, L:], -1)
+            np.testing.assert_allclose(time_in_state[n], truth["marginals"][0].sum(axis=0), rtol=1e-10)
+            np.testing.assert_allclose(time_in_state_x[n], truth["marginals"][0].T @ full[n, :L], rtol=1e-10,
+                                       atol=1e-12)
 
 
 def test_from_concatenated_pads_hmmlearn_style_input():
