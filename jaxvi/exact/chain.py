@@ -19,13 +19,22 @@ so the chain starts from a dummy state 0 and every step has the same K x K form.
 :math:`\xi_t(i, j) \propto \exp(\alpha_{t-1}(i) + \phi_t(i, j) + \beta_t(j))`.
 
 Numerics: the messages are renormalised at every step (their log normalisers are summed
-separately), so float32 keeps its precision for sequences of 10^5 steps and more. Steps past a
-sequence's length get the identity potential (0 on the diagonal, -inf off it): they carry the
-messages unchanged and add nothing.
+separately), so float32 keeps its precision for sequences of 10^5 steps and more. A sequence no
+path can explain gets :math:`\log p_\theta(x) = -\infty`, never NaN. Steps past a sequence's
+length carry the messages unchanged and add nothing.
 
-The recursions run either as a sequential ``lax.scan`` or as a ``lax.associative_scan`` over
-K x K matrices in the (logsumexp, +) semiring, O(log T) deep. Replacing logsumexp by max gives the
-Viterbi (max-product) recursion with the same code.
+Two ways to run the recursions:
+
+- sequential (``Markov(K)``): one ``lax.scan`` over time for all sequences at once, with the
+  sequence axis LAST in every array (``(K, N)`` messages, ``(K, K, N)`` potentials), so each
+  reduction over states is a vector operation across sequences. The step potentials are computed
+  inside the scan from one step of the data and never stored; the backward scan also sums the
+  pair marginals, which is all EM's M-step needs of them. (Measured on a 2-core CPU, K = 8,
+  200 x 1000 steps: about 3x faster than a per-sequence scan over stored potentials.)
+- parallel (``Markov(K, parallel=True)``): per sequence, a ``lax.associative_scan`` over K x K
+  matrices in the (logsumexp, +) semiring, O(log T) deep, on stored potentials.
+
+Replacing logsumexp by max gives the Viterbi (max-product) recursion with the same code.
 """
 from __future__ import annotations
 
@@ -38,7 +47,8 @@ from jax import lax
 
 from jaxvi.chunks import map_data, sum_data
 
-__all__ = ["ChainPosterior", "Sequences", "expected_log_joint", "posterior", "step_potentials"]
+__all__ = ["ChainPosterior", "Sequences", "backtrack", "backward_scan", "expected_log_joint", "forward_scan", "parallel_backward",
+           "parallel_forward", "posterior", "step_potentials"]
 
 PyTree = Any
 LogJoint = Callable[[PyTree, PyTree, PyTree], jax.Array]
@@ -86,7 +96,8 @@ def step_potentials(log_joint: LogJoint, params: PyTree, obs: PyTree, length: ja
 
     Args:
       obs: one sequence, leaves of shape ``(T, ...)``.
-      length: how many steps are real; later steps get the identity potential.
+      length: how many steps are real; later steps get the identity potential (0 on the diagonal,
+        -inf off it), which carries the messages unchanged.
     """
     states = jnp.arange(K, dtype=jnp.int32)
     first_obs = jax.tree_util.tree_map(lambda a: a[0], obs)
@@ -96,11 +107,25 @@ def step_potentials(log_joint: LogJoint, params: PyTree, obs: PyTree, length: ja
     rest = jax.vmap(lambda x: on_pairs(states, states, x))(rest_obs)
     potentials = jnp.concatenate([jnp.broadcast_to(first, (1, K, K)), rest.astype(first.dtype)])
     real = jnp.arange(potentials.shape[0]) < length
-    return jnp.where(real[:, None, None], potentials, _log_identity(K, potentials.dtype))
+    identity = jnp.where(jnp.eye(K, dtype=bool), 0.0, -jnp.inf).astype(potentials.dtype)
+    return jnp.where(real[:, None, None], potentials, identity)
 
 
-def _log_identity(K: int, dtype) -> jax.Array:
-    return jnp.where(jnp.eye(K, dtype=bool), 0.0, -jnp.inf).astype(dtype)
+def _potential_functions(log_joint: LogJoint, params: PyTree, K: int) -> tuple[Callable, Callable]:
+    r"""``(first, pairs)``: :math:`\phi_0(0, \cdot)` as ``(K, N)`` and :math:`\phi_t` as ``(K, K, N)`` from
+    one step of every sequence (leaves ``(N, ...)``), the sequence axis last."""
+    states = jnp.arange(K, dtype=jnp.int32)
+    initial = jax.vmap(lambda j, x: log_joint(params, (None, j), x), (None, 0))
+    moving = jax.vmap(lambda i, j, x: log_joint(params, (i, j), x), (None, None, 0))
+    on_pairs = jax.vmap(jax.vmap(moving, (None, 0, None)), (0, None, None))
+
+    def first(x):
+        return jax.vmap(initial, (0, None))(states, x)
+
+    def pairs(x):
+        return on_pairs(states, states, x)
+
+    return first, pairs
 
 
 # --- recursions in a semiring: "sum" is (logsumexp, +), "max" is (max, +) -----------------------
@@ -110,64 +135,135 @@ def _reducer(semiring: str):
 
 
 def _normalise(log_values: jax.Array, reduce, axis) -> tuple[jax.Array, jax.Array]:
-    """``(log_values - c, c)`` with c the reduction over ``axis`` (0 where it is not finite)."""
+    """``(log_values - c, c)`` with c the reduction over ``axis`` (kept). Where c = -inf (nothing
+    is possible) the values are left as they are and c stays -inf."""
     c = reduce(log_values, axis=axis, keepdims=True)
-    c = jnp.where(jnp.isfinite(c), c, 0.0)
-    return log_values - c, c
+    return log_values - jnp.where(jnp.isfinite(c), c, 0.0), c
 
 
-def forward(potentials: jax.Array, semiring: str = "sum", parallel: bool = False
-            ) -> tuple[jax.Array, jax.Array]:
-    r"""Normalised forward messages :math:`\hat\alpha_t` ``(T, K)`` and :math:`\log \sum_j \alpha_{T-1}(j)`.
+def forward_scan(first: jax.Array, steps: PyTree, potentials_of: Callable, lengths: jax.Array,
+                 semiring: str = "sum") -> tuple[jax.Array, jax.Array, jax.Array | None]:
+    r"""The forward recursion of N sequences at once, sequence axis last.
 
-    In the "sum" semiring the total is :math:`\log p(x)`; in "max" it is the log-joint of the most
-    probable path.
+    Args:
+      first: ``(K, N)`` :math:`\phi_0(0, j)` of every sequence.
+      steps: the inputs of steps 1..T-1, leaves with a leading axis of size T - 1.
+      potentials_of: maps one step's inputs to its ``(K, K, N)`` potentials :math:`\phi_t`.
+      lengths: ``(N,)`` sequence lengths; later steps change nothing.
+      semiring: ``"sum"`` (forward algorithm) or ``"max"`` (Viterbi).
+
+    Returns:
+      ``(messages, log_total, choices)``: normalised messages :math:`\hat\alpha_t` ``(T, K, N)``;
+      ``(N,)`` :math:`\log \sum_j \alpha_{T-1}(j)` (sum: :math:`\log p(x)`; max: the log-joint of the
+      best path); for "max" the backpointers ``(T - 1, K, N)`` (``choices[t-1][j]`` is the best
+      :math:`z_{t-1}` given :math:`z_t = j`), else None.
     """
     reduce = _reducer(semiring)
-    if parallel:
-        prefix_matrices, prefix_scales = lax.associative_scan(
-            lambda a, b: _combine(a, b, reduce), _elements(potentials, reduce))
-        first_rows, row_scale = _normalise(prefix_matrices[:, 0, :], reduce, -1)
-        total = prefix_scales[-1, 0, 0] + row_scale[-1, 0]
-        return first_rows, total
+    K = first.shape[0]
+    message, scale = _normalise(first, reduce, 0)
 
-    K = potentials.shape[-1]
-    start = jnp.full(K, -jnp.inf, potentials.dtype).at[0].set(0.0)
+    def step(previous, inputs):
+        t, x = inputs
+        joint = previous[:, None, :] + potentials_of(x).astype(previous.dtype)      # (from i, to j, N)
+        new, new_scale = _normalise(reduce(joint, axis=0), reduce, 0)
+        real = t < lengths
+        message = jnp.where(real, new, previous)
+        outputs = (message, jnp.where(real, new_scale[0], 0.0))
+        if semiring == "max":
+            keep = jnp.arange(K, dtype=jnp.int32)[:, None]
+            outputs += (jnp.where(real, jnp.argmax(joint, axis=0).astype(jnp.int32), keep),)
+        return message, outputs
 
-    def step(prev, potential):
-        message, scale = _normalise(reduce(prev[:, None] + potential, axis=0), reduce, -1)
-        return message, (message, scale[0])
+    T = 1 + jax.tree_util.tree_leaves(steps)[0].shape[0]
+    _, outputs = lax.scan(step, message, (jnp.arange(1, T), steps))
+    messages = jnp.concatenate([message[None], outputs[0]])
+    log_total = scale[0] + jnp.sum(outputs[1], axis=0)
+    return messages, log_total, (outputs[2] if semiring == "max" else None)
 
-    _, (messages, scales) = lax.scan(step, start, potentials)
-    return messages, jnp.sum(scales)
+
+def backward_scan(steps: PyTree, potentials_of: Callable, lengths: jax.Array, log_forward: jax.Array
+                  ) -> tuple[jax.Array, jax.Array]:
+    r"""The backward recursion of N sequences at once, and the expected transition counts.
+
+    At step t the pair marginal is computed from the same exponentials as the message:
+    with :math:`w(i, j) = \exp(\phi_t(i, j) + \hat\beta_t(j) - m(i))`, :math:`m(i) = \max_j`,
+    :math:`b(i) = m(i) + \log \sum_j w(i, j)` (the unnormalised :math:`\beta_{t-1}`) and
+    :math:`Z = \operatorname{logsumexp}_i \hat\alpha_{t-1}(i) + b(i)`,
+
+    .. math:: \xi_t(i, j) = w(i, j) \exp(\hat\alpha_{t-1}(i) + m(i) - Z),
+
+    where both factors are at most 1. The counts are summed with Kahan compensation, so float32
+    keeps them to ~1e-7 relative over 10^6 steps.
+
+    Args:
+      steps, potentials_of, lengths: as for ``forward_scan``.
+      log_forward: ``(T, K, N)`` the forward messages from ``forward_scan``.
+
+    Returns:
+      ``(messages, transitions)``: :math:`\hat\beta_t` ``(T, K, N)`` and
+      :math:`\sum_{t \ge 1} \xi_t(i, j)` ``(K, K, N)``.
+    """
+    last = jnp.zeros(log_forward.shape[1:], log_forward.dtype)
+    zero_counts = jnp.zeros((last.shape[0],) + last.shape, last.dtype)
+
+    def step(carry, inputs):
+        following, counts, compensation = carry
+        t, x, previous_forward = inputs
+        joint = potentials_of(x).astype(following.dtype) + following[None, :, :]    # (from i, to j, N)
+        top = jnp.max(joint, axis=1)
+        safe_top = jnp.where(jnp.isfinite(top), top, 0.0)
+        weights = jnp.exp(joint - safe_top[:, None, :])
+        unnormalised = safe_top + jnp.log(jnp.sum(weights, axis=1))                 # -inf for impossible rows
+        message, _ = _normalise(unnormalised, jax.nn.logsumexp, 0)
+        z = jax.nn.logsumexp(previous_forward + unnormalised, axis=0)
+        row_factor = jnp.exp(previous_forward + safe_top - jnp.where(jnp.isfinite(z), z, 0.0))
+        real = (t < lengths) & jnp.isfinite(z)
+        row_factor = jnp.where(jnp.isfinite(top) & real, row_factor, 0.0)
+        counts, compensation = _kahan_add(counts, compensation, weights * row_factor[:, None, :])
+        return (jnp.where(t < lengths, message, following), counts, compensation), \
+            jnp.where(t < lengths, message, following)
+
+    T = log_forward.shape[0]
+    (_, counts, _), messages = lax.scan(step, (last, zero_counts, zero_counts),
+                                        (jnp.arange(1, T), steps, log_forward[:-1]), reverse=True)
+    return jnp.concatenate([messages, last[None]]), counts
 
 
-def backward(potentials: jax.Array, semiring: str = "sum", parallel: bool = False) -> jax.Array:
-    r"""Normalised backward messages :math:`\hat\beta_t` ``(T, K)``."""
+def _kahan_add(total: jax.Array, compensation: jax.Array, value: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Compensated summation: ``total + value`` with the rounding error carried in ``compensation``."""
+    y = value - compensation
+    new_total = total + y
+    return new_total, (new_total - total) - y
+
+
+def parallel_forward(potentials: jax.Array, semiring: str = "sum") -> tuple[jax.Array, jax.Array]:
+    r"""One sequence's normalised forward messages ``(T, K)`` and log total by ``lax.associative_scan``.
+
+    The prefix products :math:`\phi_0 \otimes \dots \otimes \phi_t` of the ``(T, K, K)``
+    potentials in the semiring; row 0 of each is :math:`\alpha_t` (the chain starts in state 0).
+    """
     reduce = _reducer(semiring)
+    prefix_matrices, prefix_scales = lax.associative_scan(
+        lambda a, b: _combine(a, b, reduce), _elements(potentials))
+    first_rows, row_scale = _normalise(prefix_matrices[:, 0, :], reduce, -1)
+    return first_rows, prefix_scales[-1, 0, 0] + row_scale[-1, 0]
+
+
+def parallel_backward(potentials: jax.Array) -> jax.Array:
+    r"""One sequence's normalised backward messages :math:`\hat\beta_t` ``(T, K)`` by ``lax.associative_scan``."""
     K = potentials.shape[-1]
     last = jnp.zeros((1, K), potentials.dtype)
     if potentials.shape[0] == 1:
         return last
-    if parallel:
-        suffix_matrices, _ = lax.associative_scan(
-            lambda later, earlier: _combine(earlier, later, reduce), _elements(potentials[1:], reduce),
-            reverse=True)
-        messages, _ = _normalise(reduce(suffix_matrices, axis=-1), reduce, -1)
-        return jnp.concatenate([messages, last])
-
-    def step(following, potential):
-        message, _ = _normalise(reduce(potential + following[None, :], axis=1), reduce, -1)
-        return message, message
-
-    _, messages = lax.scan(step, last[0], potentials[1:], reverse=True)
+    suffix_matrices, _ = lax.associative_scan(
+        lambda later, earlier: _combine(earlier, later, jax.nn.logsumexp), _elements(potentials[1:]), reverse=True)
+    messages, _ = _normalise(jax.nn.logsumexp(suffix_matrices, axis=-1), jax.nn.logsumexp, -1)
     return jnp.concatenate([messages, last])
 
 
-def _elements(potentials: jax.Array, reduce) -> tuple[jax.Array, jax.Array]:
+def _elements(potentials: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Each potential as (matrix with maximum 0, its log scale), the associative scan's elements."""
-    matrices, scales = _normalise(potentials, jnp.max, (-2, -1))
-    return matrices, scales
+    return _normalise(potentials, jnp.max, (-2, -1))
 
 
 def _combine(a, b, reduce):
@@ -179,27 +275,28 @@ def _combine(a, b, reduce):
 
 
 def backtrack(choices: jax.Array, last: jax.Array, parallel: bool = False) -> jax.Array:
-    r"""A path from backpointers: :math:`z_{T-1} =` ``last``, :math:`z_{t-1} =` ``choices[t][z_t]``.
+    r"""Paths from backpointers: :math:`z_{T-1} =` ``last``, :math:`z_{t-1} =` ``choices[t-1][z_t]``.
 
     Args:
-      choices: ``(T, K)`` integer maps; ``choices[0]`` is unused.
-      last: the final state.
-      parallel: compose the maps with an associative scan instead of a sequential one.
+      choices: ``(T - 1, K, N)`` integer maps, the sequence axis last.
+      last: ``(N,)`` the final states.
+      parallel: compose the maps with an associative scan instead of a sequential scan.
+
+    Returns:
+      ``(T, N)`` the paths.
     """
-    if choices.shape[0] == 1:
-        return last[None]
-    maps = choices[1:]
     if parallel:
-        # composed[t] = maps[t] o maps[t+1] o ... o maps[-1]
+        # composed[t] = choices[t] o choices[t+1] o ... o choices[-1], as maps of z_{T-1}
         composed = lax.associative_scan(
-            lambda later, earlier: jnp.take_along_axis(earlier, later, axis=-1), maps, reverse=True)
-        return jnp.concatenate([composed[:, last], last[None]])
+            lambda later, earlier: jnp.take_along_axis(earlier, later, axis=-2), choices, reverse=True)
+        index = jnp.broadcast_to(last[None, None, :], (choices.shape[0], 1, last.shape[0]))
+        path = jnp.take_along_axis(composed, index, axis=-2)[:, 0, :]
+    else:
+        def step(state, choice):
+            previous = jnp.take_along_axis(choice, state[None, :], axis=0)[0]
+            return previous, previous
 
-    def step(state, choice):
-        previous = choice[state]
-        return previous, previous
-
-    _, path = lax.scan(step, last, maps, reverse=True)
+        _, path = lax.scan(step, last, choices, reverse=True)
     return jnp.concatenate([path, last[None]])
 
 
@@ -211,9 +308,12 @@ class ChainPosterior(NamedTuple):
     Attributes:
       log_evidence: ``(N,)`` per-sequence :math:`\log p_\theta(x)`.
       log_potentials: ``(N, T, K, K)`` step potentials :math:`\phi_t(i, j)` (module docstring).
+        Under ``jit`` they are only computed when something reads them (``pair_marginals``,
+        ``expect``, ``mode``, ``sample``); EM with a closed-form M-step does not.
       log_forward: ``(N, T, K)`` normalised forward messages :math:`\hat\alpha_t`, so that
         ``softmax(log_forward[n, t])`` is the filtered :math:`p(z_t \mid x_{0:t})`.
       log_backward: ``(N, T, K)`` normalised backward messages :math:`\hat\beta_t`.
+      transitions: ``(N, K, K)`` expected transition counts :math:`\sum_{t \ge 1} \xi_t(i, j)`.
       lengths: ``(N,)`` sequence lengths.
     """
 
@@ -221,6 +321,7 @@ class ChainPosterior(NamedTuple):
     log_potentials: jax.Array
     log_forward: jax.Array
     log_backward: jax.Array
+    transitions: jax.Array
     lengths: jax.Array
 
     @property
@@ -237,13 +338,7 @@ class ChainPosterior(NamedTuple):
     @property
     def pair_marginals(self) -> jax.Array:
         r"""``(N, T, K, K)`` pair marginals :math:`\xi_t(i, j) = p(z_{t-1} = i, z_t = j \mid x)`; 0 at t = 0 and past the end."""
-        weights = self._step_weights()
-        return weights.at[:, 0].set(0.0)
-
-    @property
-    def transitions(self) -> jax.Array:
-        r"""``(N, K, K)`` expected transition counts :math:`\sum_{t \ge 1} \xi_t(i, j)`."""
-        return jnp.sum(self.pair_marginals, axis=1)
+        return self._step_weights().at[:, 0].set(0.0)
 
     def _step_weights(self) -> jax.Array:
         r"""``(N, T, K, K)``: :math:`\xi_t` for real steps t >= 1, :math:`\gamma_0` in row 0 at t = 0, else 0.
@@ -251,12 +346,7 @@ class ChainPosterior(NamedTuple):
         These are the posterior probabilities of the arguments of every call of the step
         log-joint, so :math:`E_q[\log p(x, z)] = \sum_{t,i,j} w_t(i, j) \phi_t(i, j)`.
         """
-        n, _, K = self.log_forward.shape
-        start = jnp.full((n, 1, K), -jnp.inf, self.log_forward.dtype).at[:, 0, 0].set(0.0)
-        previous = jnp.concatenate([start, self.log_forward[:, :-1]], axis=1)
-        log_xi = previous[..., :, None] + self.log_potentials + self.log_backward[..., None, :]
-        log_xi, _ = _normalise(log_xi, jax.nn.logsumexp, (-2, -1))
-        return jnp.where(self.real_steps[..., None, None], jnp.exp(log_xi), 0.0)
+        return _step_weights(self.log_potentials, self.log_forward, self.log_backward, self.real_steps)
 
     def expect(self, f: Callable, data: PyTree | None = None, *, chunk_size: int = 1024) -> jax.Array:
         r"""Per-sequence :math:`E_q[\sum_t f((z_{t-1}, z_t), x_t)]`, with :math:`z_{-1}` = None.
@@ -283,13 +373,16 @@ class ChainPosterior(NamedTuple):
 
     def mode(self, parallel: bool = False) -> jax.Array:
         """``(N, T)`` the most probable state path of every sequence (Viterbi); -1 past its end."""
-        def one(potentials):
-            messages, _ = forward(potentials, "max", parallel)
-            previous = jnp.concatenate([messages[:1], messages[:-1]])
-            choices = jnp.argmax(previous[:, :, None] + potentials, axis=1).astype(jnp.int32)
-            return backtrack(choices, jnp.argmax(messages[-1]).astype(jnp.int32), parallel)
-
-        return jnp.where(self.real_steps, jax.vmap(one)(self.log_potentials), -1)
+        if parallel:
+            messages = jax.vmap(lambda p: parallel_forward(p, "max")[0])(self.log_potentials)      # (N, T, K)
+            previous = messages[:, :-1, :, None] + self.log_potentials[:, 1:]
+            choices = jnp.moveaxis(jnp.argmax(previous, axis=2).astype(jnp.int32), 0, -1)      # (T-1, K, N)
+            last = jnp.argmax(messages[:, -1], axis=-1).astype(jnp.int32)
+        else:
+            first, steps = self._time_major_potentials()
+            messages, _, choices = forward_scan(first, steps, lambda p: p, self.lengths, "max")
+            last = jnp.argmax(messages[-1], axis=0).astype(jnp.int32)
+        return jnp.where(self.real_steps, backtrack(choices, last, parallel).T, -1)
 
     def sample(self, key: jax.Array, parallel: bool = False) -> jax.Array:
         r"""``(N, T)`` one path per sequence drawn from the exact posterior; -1 past its end.
@@ -298,16 +391,27 @@ class ChainPosterior(NamedTuple):
         :math:`z_{t-1} \mid z_t = j \sim \propto \hat\alpha_{t-1}(i) + \phi_t(i, j)`, drawn for every j
         at once by the Gumbel-max trick and followed back like Viterbi's backpointers.
         """
-        def one(key, potentials, messages):
-            final_key, step_key = jax.random.split(key)
-            previous = jnp.concatenate([messages[:1], messages[:-1]])
-            gumbel = jax.random.gumbel(step_key, potentials.shape, potentials.dtype)
-            choices = jnp.argmax(previous[:, :, None] + potentials + gumbel, axis=1).astype(jnp.int32)
-            last = jax.random.categorical(final_key, messages[-1]).astype(jnp.int32)
-            return backtrack(choices, last, parallel)
+        final_key, step_key = jax.random.split(key)
+        potentials = self.log_potentials[:, 1:]
+        gumbel = jax.random.gumbel(step_key, potentials.shape, potentials.dtype)
+        previous = self.log_forward[:, :-1, :, None] + potentials + gumbel
+        choices = jnp.moveaxis(jnp.argmax(previous, axis=2).astype(jnp.int32), 0, -1)          # (T-1, K, N)
+        last = jax.random.categorical(final_key, self.log_forward[:, -1]).astype(jnp.int32)
+        return jnp.where(self.real_steps, backtrack(choices, last, parallel).T, -1)
 
-        keys = jax.random.split(key, self.log_potentials.shape[0])
-        return jnp.where(self.real_steps, jax.vmap(one)(keys, self.log_potentials, self.log_forward), -1)
+    def _time_major_potentials(self) -> tuple[jax.Array, jax.Array]:
+        """``(K, N)`` :math:`\\phi_0(0, \\cdot)` and ``(T - 1, K, K, N)`` :math:`\\phi_{1..T-1}`."""
+        return self.log_potentials[:, 0, 0, :].T, jnp.moveaxis(self.log_potentials[:, 1:], 0, -1)
+
+
+def _step_weights(log_potentials, log_forward, log_backward, real_steps) -> jax.Array:
+    """The weights of ``ChainPosterior._step_weights`` from its fields."""
+    n, _, K = log_forward.shape
+    start = jnp.full((n, 1, K), -jnp.inf, log_forward.dtype).at[:, 0, 0].set(0.0)
+    previous = jnp.concatenate([start, log_forward[:, :-1]], axis=1)
+    log_xi = previous[..., :, None] + log_potentials + log_backward[..., None, :]
+    log_xi, _ = _normalise(log_xi, jax.nn.logsumexp, (-2, -1))
+    return jnp.where(real_steps[..., None, None], jnp.exp(log_xi), 0.0)
 
 
 def _expect_one(f: Callable, obs: PyTree, weights: jax.Array) -> jax.Array:
@@ -328,21 +432,44 @@ def _weighted_sum(weights: jax.Array, values: jax.Array) -> jax.Array:
     return jnp.sum(jnp.where(w > 0, w * values, 0.0), axis=tuple(range(weights.ndim)))
 
 
-def _posterior_one(log_joint: LogJoint, params: PyTree, obs: PyTree, length: jax.Array, K: int,
-                   parallel: bool) -> tuple[jax.Array, ...]:
-    potentials = step_potentials(log_joint, params, obs, length, K)
-    log_forward, log_evidence = forward(potentials, "sum", parallel)
-    log_backward = backward(potentials, "sum", parallel)
-    return log_evidence, potentials, log_forward, log_backward
+def _sequential(log_joint: LogJoint, params: PyTree, obs: PyTree, lengths: jax.Array, K: int
+                ) -> tuple[jax.Array, ...]:
+    """Forward and backward scans over all sequences at once; the potentials computed step by step."""
+    first_of, pairs_of = _potential_functions(log_joint, params, K)
+    time_major = jax.tree_util.tree_map(lambda a: jnp.moveaxis(a, 1, 0), obs)                  # (T, N, ...)
+    first = first_of(jax.tree_util.tree_map(lambda a: a[0], time_major))
+    steps = jax.tree_util.tree_map(lambda a: a[1:], time_major)
+    log_forward, log_evidence, _ = forward_scan(first, steps, pairs_of, lengths, "sum")
+    log_backward, transitions = backward_scan(steps, pairs_of, lengths, log_forward)
+    sequence_first = lambda a: jnp.moveaxis(a, -1, 0)
+    return log_evidence, sequence_first(log_forward), sequence_first(log_backward), sequence_first(transitions)
+
+
+def _parallel(potentials: jax.Array, lengths: jax.Array) -> tuple[jax.Array, ...]:
+    """Associative-scan forward and backward of every sequence, from stored potentials."""
+    log_forward, log_evidence = jax.vmap(parallel_forward)(potentials)
+    log_backward = jax.vmap(parallel_backward)(potentials)
+    real_steps = jnp.arange(potentials.shape[1]) < lengths[:, None]
+    weights = _step_weights(potentials, log_forward, log_backward, real_steps)
+    return log_evidence, log_forward, log_backward, jnp.sum(weights[:, 1:], axis=1)
 
 
 def posterior(log_joint: LogJoint, latent, params: PyTree, data: PyTree, chunk_size: int = 1024
               ) -> ChainPosterior:
-    """The exact E-step for a ``Markov`` latent: step potentials, then forward–backward per sequence."""
+    """The exact E-step for a ``Markov`` latent: forward–backward over every sequence.
+
+    ``chunk_size`` bounds how many sequences' potentials are evaluated at once for the stored
+    ``log_potentials``; the sequential recursions run on all sequences together (their memory is
+    O(N T K) for the messages).
+    """
     obs, lengths = split_sequences(data)
-    outputs = map_data(lambda args: _posterior_one(log_joint, params, *args, latent.K, latent.parallel),
-                       (obs, lengths), chunk_size)
-    return ChainPosterior(*outputs, lengths)
+    potentials = map_data(lambda args: step_potentials(log_joint, params, *args, latent.K), (obs, lengths),
+                          chunk_size)
+    if latent.parallel:
+        log_evidence, log_forward, log_backward, transitions = _parallel(potentials, lengths)
+    else:
+        log_evidence, log_forward, log_backward, transitions = _sequential(log_joint, params, obs, lengths, latent.K)
+    return ChainPosterior(log_evidence, potentials, log_forward, log_backward, transitions, lengths)
 
 
 def expected_log_joint(log_joint: LogJoint, params: PyTree, data: PyTree, post: ChainPosterior,
