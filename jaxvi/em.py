@@ -41,13 +41,17 @@ MStep = Callable[[PyTree, PyTree, Any], PyTree]
 class EMState(NamedTuple):
     """The state of one EM run, between iterations.
 
+    Iteration t is the E-step at θ_t and, unless the run stops there, the M-step θ_t → θ_{t+1}.
+    The run ends with an E-step, so the returned parameters' log p(D) is always known.
+
     Attributes:
-      params: θ_t, the parameters the next E-step starts from.
-      last_params: θ_{t-1}, returned instead of θ_t if θ_t turns out non-finite.
-      log_evidence: log p(D | θ_{t-1}) (+ log prior) from the last E-step; -inf before the first.
-      trace: ``(max_iter,)`` log p(D | θ_s) (+ log prior) for s < n_iter.
-      n_iter: iterations (E-step + M-step) completed.
+      params: θ_t, the parameters the next E-step evaluates; after the run, the fitted ones.
+      last_params: θ_{t-1}, returned instead of θ_t if θ_t's E-step turns out non-finite.
+      log_evidence: log p(D | θ) (+ log prior) from the last E-step that was finite; -inf before the first.
+      trace: ``(max_iter + 1,)`` log p(D | θ_s) (+ log prior) for s = 0, 1, ... as they are computed.
+      n_iter: M-steps taken (θ_0 → ... → θ_{n_iter}).
       converged: whether the change of log p(D) per datum fell below ``tol``.
+      done: whether the run has stopped: converged, ``max_iter`` M-steps taken, or a fault.
       m_step_rejections: gradient M-steps that failed to raise Q and were rejected.
       fault: the first numerical fault, if any (it stops the run).
     """
@@ -58,12 +62,9 @@ class EMState(NamedTuple):
     trace: jax.Array
     n_iter: jax.Array
     converged: jax.Array
+    done: jax.Array
     m_step_rejections: jax.Array
     fault: Fault
-
-    @property
-    def done(self) -> jax.Array:
-        return self.converged | (self.fault.kind != NO_FAULT)
 
 
 class EMDiagnostics(NamedTuple):
@@ -150,46 +151,54 @@ class EM:
             params=params,
             last_params=params,
             log_evidence=jnp.array(-jnp.inf, dtype),
-            trace=jnp.zeros(self.max_iter, dtype),
+            trace=jnp.zeros(self.max_iter + 1, dtype),
             n_iter=jnp.array(0, jnp.int32),
             converged=jnp.array(False),
+            done=jnp.array(False),
             m_step_rejections=jnp.array(0, jnp.int32),
             fault=no_fault(),
         )
 
     def step(self, model: Model, state: EMState, data: PyTree, key: jax.Array | None = None
              ) -> tuple[EMState, jax.Array]:
-        """One EM iteration: the E-step at θ_t, then the M-step. Returns the state and log p(D | θ_t)."""
+        """One EM iteration: the E-step at θ_t, then, unless the run stops here, the M-step.
+
+        Returns the state and log p(D | θ_t).
+        """
         post = self.posterior(model, state.params, data)
         log_evidence = (jnp.sum(post.log_evidence) + model.total_log_prior(state.params)).astype(state.trace.dtype)
-        new_params, rejected = self._m_step(model, state.params, data, post)
-        leaf_finite = jnp.stack([jnp.all(jnp.isfinite(a)) for a in jax.tree_util.tree_leaves(new_params)])
-        evidence_ok, params_ok = jnp.isfinite(log_evidence), jnp.all(leaf_finite)
         well_posed = exact.well_posed(post)
-        fault = _first_fault(state.n_iter, well_posed, evidence_ok, post.log_evidence, params_ok, leaf_finite)
-        accept = jnp.all(well_posed) & evidence_ok & params_ok
+        evidence_ok = jnp.isfinite(log_evidence) & jnp.all(well_posed)
         change = jnp.abs(log_evidence - state.log_evidence) / num_data(data)
+        converged = evidence_ok & (state.n_iter > 0) & (change < self.tol)
+        move = evidence_ok & ~converged & (state.n_iter < self.max_iter)
+        new_params, rejected = lax.cond(move, lambda: self._m_step(model, state.params, data, post),
+                                        lambda: (state.params, jnp.array(False)))
+        leaf_finite = jnp.stack([jnp.all(jnp.isfinite(a)) for a in jax.tree_util.tree_leaves(new_params)])
+        fault = _first_fault(state.n_iter, well_posed, jnp.isfinite(log_evidence), post.log_evidence,
+                             jnp.all(leaf_finite), leaf_finite)
+        advance = move & jnp.all(leaf_finite)
         new_state = EMState(
-            params=_where(accept, new_params, state.params),
-            last_params=_where(accept, state.params, state.last_params),
-            log_evidence=log_evidence,
-            trace=state.trace.at[state.n_iter].set(log_evidence),
-            n_iter=state.n_iter + accept.astype(jnp.int32),
-            converged=evidence_ok & (state.n_iter > 0) & (change < self.tol),
+            params=_where(advance, new_params, state.params),
+            last_params=_where(advance, state.params, state.last_params),
+            log_evidence=jnp.where(evidence_ok, log_evidence, state.log_evidence),
+            trace=jnp.where(evidence_ok, state.trace.at[state.n_iter].set(log_evidence), state.trace),
+            n_iter=state.n_iter + advance.astype(jnp.int32),
+            converged=converged,
+            done=~advance,
             m_step_rejections=state.m_step_rejections + rejected.astype(jnp.int32),
             fault=fault,
         )
         return new_state, log_evidence
 
     def finalize(self, model: Model, state: EMState, data: PyTree) -> Result:
-        """The fit's Result: the last finite parameters, their log p(D), the padded trace."""
-        params = _where((state.fault.kind == FAULT_LOG_EVIDENCE) | (state.fault.kind == FAULT_NOT_QUADRATIC),
-                        state.last_params, state.params)
-        post = self.posterior(model, params, data)
-        objective = (jnp.sum(post.log_evidence) + model.total_log_prior(params)).astype(state.trace.dtype)
-        trace = jnp.where(jnp.arange(self.max_iter) < state.n_iter, state.trace, objective)
-        diagnostics = EMDiagnostics(state.m_step_rejections, state.fault, objective[None])
-        return Result(params, objective, trace, state.n_iter, state.converged, diagnostics, model, self)
+        """The fit's Result: the last parameters whose E-step was finite, their log p(D), the padded trace."""
+        e_step_failed = (state.fault.kind == FAULT_LOG_EVIDENCE) | (state.fault.kind == FAULT_NOT_QUADRATIC)
+        params = _where(e_step_failed, state.last_params, state.params)
+        evaluated = state.n_iter + jnp.where(e_step_failed, 0, 1)
+        trace = jnp.where(jnp.arange(self.max_iter + 1) < evaluated, state.trace, state.log_evidence)
+        diagnostics = EMDiagnostics(state.m_step_rejections, state.fault, state.log_evidence[None])
+        return Result(params, state.log_evidence, trace, state.n_iter, state.converged, diagnostics, model, self)
 
     def _m_step(self, model: Model, params: PyTree, data: PyTree, post) -> tuple[PyTree, jax.Array]:
         if self.m_step is not None:

@@ -26,24 +26,26 @@ def run_until(step: Callable[[State], State], state: State, stop_iter: jax.Array
 
 def drive(run_chunk: Callable[[State, jax.Array], State], state: State, max_iter: int, *,
           progress: bool, desc: str, describe: Callable[[State], str] | None = None) -> State:
-    """Runs ``run_chunk(state, stop_iter)`` to ``max_iter``: in one call, or in chunks with a tqdm bar.
+    """Runs ``run_chunk(state, stop_iter)`` until every run is done: in one call, or in chunks with a tqdm bar.
 
-    ``state`` may carry a leading restart axis; the bar follows the slowest restart.
+    A run stops by itself (``state.done``) after at most ``max_iter`` iterations; ``stop_iter`` only
+    pauses it between chunks, so the last chunk's is ``max_iter + 1``. ``state`` may carry a
+    leading restart axis; the bar follows the slowest restart.
     """
+    end = max_iter + 1
     if not progress:
-        return run_chunk(state, jnp.asarray(max_iter, jnp.int32))
+        return run_chunk(state, jnp.asarray(end, jnp.int32))
     from tqdm.auto import tqdm
 
     chunk = max(1, math.ceil(max_iter / 20))
     with tqdm(total=max_iter, desc=desc, unit="it", dynamic_ncols=True) as bar:
-        for stop in range(chunk, max_iter + chunk, chunk):
-            state = run_chunk(state, jnp.asarray(min(stop, max_iter), jnp.int32))
-            done, n_iter = np.asarray(state.done), np.asarray(state.n_iter)
-            bar.update(int(np.max(n_iter)) - bar.n)
+        for stop in range(chunk, end + chunk, chunk):
+            state = run_chunk(state, jnp.asarray(stop if stop < max_iter else end, jnp.int32))
+            bar.update(int(np.max(np.asarray(state.n_iter))) - bar.n)
             if describe is not None:
                 bar.set_postfix_str(describe(state), refresh=False)
-            if np.all(done | (n_iter < min(stop, max_iter))):
-                bar.total = bar.n  # every run stopped early: close the bar at the iterations run
+            if np.all(np.asarray(state.done)):
+                bar.total = bar.n  # close the bar at the iterations run
                 bar.refresh()
                 break
     return state

@@ -44,8 +44,9 @@ class Result:
       params: the fitted parameters θ.
       objective: the quantity the method maximised, at ``params``: log p(D | θ) for EM
         (+ log p(θ) with a prior).
-      trace: ``(max_iter,)`` objective per iteration, padded with ``objective`` after the last.
-      n_iter: iterations run.
+      trace: the objective per iteration, padded with ``objective`` after the last. For EM,
+        ``(max_iter + 1,)``: log p(D | θ_s) for s = 0 .. n_iter, the last being ``objective``.
+      n_iter: iterations run (for EM: M-steps taken).
       converged: whether the stopping tolerance was met before ``max_iter``.
       diagnostics: method-specific details (for EM: ``EMDiagnostics``).
       model: the model that was fitted (static).

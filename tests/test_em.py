@@ -154,10 +154,13 @@ def test_convergence_stops_early_and_pads_the_trace():
                          progress=False)
     n = int(result.n_iter)
     assert bool(result.converged) and 2 <= n < 500
-    changes = np.abs(np.diff(np.asarray(result.trace)[:n])) / len(x)
-    assert changes[-1] < 1e-4 and np.all(changes[:-1] >= 1e-4)
     trace = np.asarray(result.trace)
+    assert trace.shape == (501,)
+    changes = np.abs(np.diff(trace[:n + 1])) / len(x)  # trace[s] = log p(D | theta_s), s = 0..n
+    assert changes[-1] < 1e-4 and np.all(changes[:-1] >= 1e-4)
     np.testing.assert_array_equal(trace[n:], float(result.objective))
+    # the run ends with the E-step of the returned parameters: no M-step after convergence
+    np.testing.assert_allclose(float(result.objective), float(jnp.sum(result.posterior(x).log_evidence)), rtol=1e-6)
 
 
 def test_the_log_joint_is_traced_once_per_shape():
