@@ -55,15 +55,27 @@ def infer(model: Model, method, data: PyTree, *, key: jax.Array, progress: bool 
         raise ValueError(f"init_params: a single starting point needs n_init=1, got n_init={method.n_init}")
     traced = is_traced(data, key, init_params)
     keys = key[None] if method.n_init == 1 else jax.random.split(key, method.n_init)
-    states = _init(model, method, data, keys, init_params)
-    run_chunk = functools.partial(_run, model, method, data=data)
-    states = loop.drive(lambda s, stop: run_chunk(s, stop=stop), states, method.max_iter,
-                        progress=progress and not traced, desc=type(method).__name__,
-                        describe=functools.partial(_describe, n=jax.tree_util.tree_leaves(data)[0].shape[0]))
-    result = _finalize(model, method, states, data)
+    if progress and not traced:  # compiled in three parts, the loop in chunks between which the bar moves
+        states = _init(model, method, data, keys, init_params)
+        run_chunk = functools.partial(_run, model, method, data=data)
+        states = loop.drive(lambda s, stop: run_chunk(s, stop=stop), states, method.max_iter, progress=True,
+                            desc=type(method).__name__,
+                            describe=functools.partial(_describe, n=jax.tree_util.tree_leaves(data)[0].shape[0]))
+        result = _finalize(model, method, states, data)
+    else:  # one compiled call
+        result = _fit(model, method, data, keys, init_params)
     if not traced:
         _raise_on_fault(result)
     return result
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _fit(model, method, data, keys, init_params) -> Result:
+    """``_init``, ``_run`` to the end and ``_finalize`` in one compiled function."""
+    states = jax.vmap(lambda k: method.init(model, data, k, init_params))(keys)
+    states = loop.drive(lambda s, stop: _run_until(model, method, s, data, stop), states, method.max_iter,
+                        progress=False, desc="")
+    return _finalize_restarts(model, method, states, data)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
@@ -73,6 +85,11 @@ def _init(model, method, data, keys, init_params):
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def _run(model, method, states, *, data, stop):
+    return _run_until(model, method, states, data, stop)
+
+
+def _run_until(model, method, states, data, stop):
+    """Every restart's iterations until it is done or has taken ``stop`` of them."""
     def step(state):
         return method.step(model, state, data)[0]
 
@@ -81,6 +98,10 @@ def _run(model, method, states, *, data, stop):
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def _finalize(model, method, states, data) -> Result:
+    return _finalize_restarts(model, method, states, data)
+
+
+def _finalize_restarts(model, method, states, data) -> Result:
     """Finalises every restart and keeps the one with the highest finite objective."""
     results = jax.vmap(lambda s: method.finalize(model, s, data))(states)
     healthy = (results.diagnostics.fault.kind == 0) & jnp.isfinite(results.objective)
