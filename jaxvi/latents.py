@@ -52,9 +52,10 @@ class Markov:
 
     Args:
       K: the number of states, an integer >= 1.
-      parallel: False runs the forward and backward recursions as a sequential ``lax.scan``
-        (O(T) depth, O(T K^2) work); True as a ``lax.associative_scan`` of K x K log-matrix
-        products (O(log T) depth, O(T K^3) work), the faster one on accelerators for long sequences.
+      parallel: False runs the forward and backward recursions as one sequential ``lax.scan`` over
+        time for all sequences at once (O(T) depth, O(T K^2) work), the faster one on CPUs; True
+        as a parallel prefix scan of K x K log-matrix products per sequence (recursive doubling:
+        O(log T) depth, O(T log T K^3) work), the faster one on accelerators.
 
     Example:
       >>> def log_joint(params, z, x):

@@ -8,6 +8,7 @@ import pytest
 
 import jaxvi
 from jaxvi import exact
+from jaxvi.exact import chain
 from jaxvi.exact import enumerate as enumeration
 
 V = 4  # categories of the categorical emissions
@@ -482,3 +483,53 @@ def test_an_impossible_transition_gets_zero_probability_and_no_nan(parallel):
             assert np.all(path[:, 0] != 2)
             moves = path[:, :-1] * K + path[:, 1:]
             assert not np.any((moves == 0 * K + 2) | (moves == 2 * K + 1))
+
+
+# --- the parallel prefix scan ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("T", [1, 2, 5, 8, 13])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_prefix_scan_equals_sequential_matrix_products(T, reverse):
+    """Non-commutative: products of random 3x3 matrices, against numpy's running products."""
+    mats = np.random.default_rng(T).normal(size=(T, 3, 3))
+    with jax.enable_x64(True):
+        out = np.asarray(jax.jit(lambda m: chain.prefix_scan(jnp.matmul, m, reverse=reverse))(jnp.asarray(mats)))
+    for t in range(T):
+        expected = np.eye(3)
+        for m in (mats[t:] if reverse else mats[:t + 1]):
+            expected = expected @ m
+        np.testing.assert_allclose(out[t], expected, rtol=1e-10, atol=1e-12)
+
+
+# --- a sequence no path explains ------------------------------------------------------------------
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_a_sequence_no_path_explains_has_log_evidence_minus_infinity_and_no_nan(parallel):
+    """State 1 can only follow state 1; the second sequence's symbol 1 at t = 1 needs state 1 there, but
+    state 1 is never a start and 0 -> 1 is impossible, so p(x) = 0 exactly."""
+    K = 2
+    with np.errstate(divide="ignore"):
+        params = {"log_start": np.log([1.0, 0.0]), "log_trans": np.log([[1.0, 0.0], [0.5, 0.5]]),
+                  "log_emit": np.log(np.array([[0.5, 0.0, 0.25, 0.25], [0.25, 0.25, 0.25, 0.25]]))}
+    obs = np.array([[0, 2, 3], [0, 1, 2]], np.int32)
+    with jax.enable_x64(True):
+        post = chain_posterior(categorical_step, jaxvi.Markov(K, parallel=parallel), to_jax(params), jnp.asarray(obs))
+        truth = brute_force(categorical_step, to_jax(params), jnp.asarray(obs), K)
+        log_evidence = np.asarray(post.log_evidence)
+    assert np.isneginf(truth["log_evidence"][1]) and np.isneginf(log_evidence[1])
+    np.testing.assert_allclose(log_evidence[0], truth["log_evidence"][0], rtol=1e-12)
+    assert not np.any(np.isnan(np.asarray(post.log_forward)))
+
+
+def test_em_stops_on_a_sequence_no_path_explains_and_names_it():
+    K = 2
+
+    def init(key, data):
+        with np.errstate(divide="ignore"):
+            return {"log_start": jnp.log(jnp.array([1.0, 0.0])), "log_trans": jnp.log(jnp.array([[1.0, 0.0], [0.5, 0.5]])),
+                    "log_emit": jnp.log(jnp.array([[0.5, 0.0, 0.25, 0.25], [0.25, 0.25, 0.25, 0.25]]))}
+
+    model = jaxvi.Model(categorical_step, jaxvi.Markov(K), init)
+    obs = np.array([[0, 2, 3], [0, 2, 2], [0, 1, 2]], np.int32)
+    with pytest.raises(ValueError, match=r"log p\(x\) is not finite for datum 2"):
+        jaxvi.infer(model, jaxvi.EM(max_iter=3, m_step=lambda p, d, q: p), obs, key=jax.random.key(0), progress=False)
