@@ -72,7 +72,7 @@ def infer(model: Model, method, data: PyTree, *, key: jax.Array, progress: bool 
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def _fit(model, method, data, keys, init_params) -> Result:
     """``_init``, ``_run`` to the end and ``_finalize`` in one compiled function."""
-    states = jax.vmap(lambda k: method.init(model, data, k, init_params))(keys)
+    states = _over_restarts(lambda k: method.init(model, data, k, init_params), keys)
     states = loop.drive(lambda s, stop: _run_until(model, method, s, data, stop), states, method.max_iter,
                         progress=False, desc="")
     return _finalize_restarts(model, method, states, data)
@@ -80,7 +80,7 @@ def _fit(model, method, data, keys, init_params) -> Result:
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def _init(model, method, data, keys, init_params):
-    return jax.vmap(lambda k: method.init(model, data, k, init_params))(keys)
+    return _over_restarts(lambda k: method.init(model, data, k, init_params), keys)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
@@ -93,7 +93,7 @@ def _run_until(model, method, states, data, stop):
     def step(state):
         return method.step(model, state, data)[0]
 
-    return jax.vmap(lambda s: loop.run_until(step, s, stop))(states)
+    return _over_restarts(lambda s: loop.run_until(step, s, stop), states)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
@@ -103,12 +103,21 @@ def _finalize(model, method, states, data) -> Result:
 
 def _finalize_restarts(model, method, states, data) -> Result:
     """Finalises every restart and keeps the one with the highest finite objective."""
-    results = jax.vmap(lambda s: method.finalize(model, s, data))(states)
+    results = _over_restarts(lambda s: method.finalize(model, s, data), states)
     healthy = (results.diagnostics.fault.kind == 0) & jnp.isfinite(results.objective)
     best = jnp.argmax(jnp.where(healthy, results.objective, -jnp.inf))
     chosen = jax.tree_util.tree_map(lambda a: a[best], results)
     diagnostics = chosen.diagnostics._replace(restart_objectives=results.objective)
     return dataclasses.replace(chosen, diagnostics=diagnostics)
+
+
+def _over_restarts(fn, batched: PyTree) -> PyTree:
+    """``jax.vmap(fn)(batched)`` over the leading restart axis; with one restart, ``fn`` on it unbatched
+    (the same result, without batching the loop: faster to trace, and its ``lax.cond`` stays a branch)."""
+    if jax.tree_util.tree_leaves(batched)[0].shape[0] == 1:
+        out = fn(jax.tree_util.tree_map(lambda a: a[0], batched))
+        return jax.tree_util.tree_map(lambda a: a[None], out)
+    return jax.vmap(fn)(batched)
 
 
 def _describe(states, n: int) -> str:
