@@ -3,16 +3,16 @@
 Part 1: K=8 states, D=4, diagonal covariance, 200 sequences x 1,000 steps simulated from a known
 HMM (float32), 10 EM iterations (tol=0 for jaxvi, tol=-inf for hmmlearn, so both run exactly 10).
 jaxvi runs with the sequential forward-backward (``Markov(8)``, a ``lax.scan``) and with the
-associative scan (``Markov(8, parallel=True)``). Prints compile time (first call minus the faster
+parallel scan (``Markov(8, parallel=True)``). Prints compile time (first call minus the faster
 of two compiled repeats), run time, the speed-up over hmmlearn with and without compile, and the
 final log-likelihood of both (jaxvi ``result.posterior(data).log_evidence.sum()``, hmmlearn
 ``score(X, lengths)``).
 
-Part 2 (``--skip-long`` leaves it out): ONE sequence of 1,000,000 steps, same K and D. The E-step
+Part 2 (``--skip-long`` leaves it out, ``--skip-short`` leaves out part 1): ONE sequence of 1,000,000 steps, same K and D. The E-step
 alone, jitted, sequential against parallel: forward only (the log evidence) and the full E-step
 (forward-backward and the expected counts the M-step needs, returned so that XLA cannot drop the
-backward pass); then 10 EM iterations with both, and hmmlearn's ``score`` and ``fit`` on the same
-sequence.
+backward pass); then 10 EM iterations with the parallel scan (``--long-em sequential`` or ``both`` for
+the sequential scan, the faster one on a CPU) and hmmlearn's ``fit`` on the same sequence.
 
 Every fit runs in a fresh subprocess, so compile times are cold, peak memory (ru_maxrss; on an
 accelerator also the device's peak_bytes_in_use) is per fit, and the parent never holds the
@@ -22,6 +22,7 @@ Usage:
   python benchmarks/hmm_em.py --json benchmarks/results/hmm_em_cpu.json --markdown benchmarks/results/hmm_em_cpu.md
   python benchmarks/hmm_em.py --json benchmarks/results/hmm_em_gpu.json --markdown benchmarks/results/hmm_em_gpu.md
   python benchmarks/hmm_em.py --quick --skip-long          # smoke run, small sizes
+  python benchmarks/hmm_em.py --skip-short --json benchmarks/results/hmm_em_long_gpu.json ...  # part 2 alone
 """
 from __future__ import annotations
 
@@ -126,7 +127,8 @@ def _timed(fn, repeats: int = 2) -> tuple[float, float, object]:
 
 def _device_info(jax) -> dict:
     device = jax.devices()[0]
-    info = {"device": f"{device.platform}: {device.device_kind}"}
+    kind = device.device_kind
+    info = {"device": kind if kind.lower() == device.platform else f"{device.platform} ({kind})"}
     try:
         stats = device.memory_stats()
     except Exception:  # noqa: BLE001 - not every backend has memory statistics
@@ -239,7 +241,8 @@ def run_child(task: str, args) -> dict:
 
     warnings.filterwarnings("ignore")
     part = TASKS[task][0]
-    x = simulate(1, args.long_steps) if part == "long" else simulate(args.n_seq, args.steps)
+    long_steps = args.long_em_steps if task.startswith("long-em") else args.long_steps
+    x = simulate(1, long_steps) if part == "long" else simulate(args.n_seq, args.steps)
     out = TASKS[task][2](x, args)
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return out
@@ -256,7 +259,8 @@ def cpu_model() -> str:
 def spawn(task: str, args) -> dict:
     """Runs one task in a fresh interpreter; a failure or a time-out is recorded, not raised."""
     command = [sys.executable, __file__, "--child", task, "--n-seq", str(args.n_seq), "--steps", str(args.steps),
-               "--long-steps", str(args.long_steps), "--iters", str(args.iters)]
+               "--long-steps", str(args.long_steps), "--long-em-steps", str(args.long_em_steps),
+               "--iters", str(args.iters)]
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(command, capture_output=True, text=True, timeout=args.child_timeout)
@@ -279,23 +283,37 @@ def _rel(a: float, b: float) -> float:
     return abs(a - b) / abs(b)
 
 
+def _memory(r: dict) -> str:
+    """Peak host RSS, and on an accelerator the device's peak bytes in use, in MB."""
+    text = _fmt(r, "peak_rss_mb", 0)
+    return text + (f" ({r['peak_device_mb']:.0f})" if "peak_device_mb" in r else "")
+
+
+def _reduced(steps: int) -> str:
+    return "" if steps == LONG_STEPS else f" (reduced from the default {LONG_STEPS:,})"
+
+
+def _em_row(library: str, r: dict) -> str:
+    if "error" in r:
+        return f"| {library} | {r['error']} | | | | | |"
+    return (f"| {library} | {_fmt(r, 'compile_s')} | {_fmt(r, 'run_s')} | {_fmt(r, 'total_s')} | {r['n_iter']} | "
+            f"{r['log_likelihood']:.2f} | {_memory(r)} |")
+
+
 def report(args, rows: dict, device: str) -> tuple[str, dict]:
     machine = f"{cpu_model()}, {os.cpu_count()} cores ({platform.machine()}), jax device: {device}"
     versions = {name: importlib.metadata.version(name) for name in ("jax", "jaxlib", "hmmlearn")}
     summary: dict = {}
     lines = [f"# Gaussian HMM EM benchmark: K={K}, D={D}, diagonal covariance, {args.iters} iterations",
              f"machine: {machine}; " + "; ".join(f"{k} {v}" for k, v in versions.items()),
-             "hmmlearn always runs on the CPU (implementation='log'); jaxvi float32, hmmlearn float64.", "",
-             f"## {args.n_seq} sequences x {args.steps} steps, {args.iters} EM iterations", "",
-             "| library | compile s | run s | total s | iterations | log-likelihood | peak RSS MB |",
-             "|---|---|---|---|---|---|---|"]
+             "hmmlearn always runs on the CPU (implementation='log'); jaxvi float32, hmmlearn float64."]
     short = {TASKS[t][1]: rows[t] for t in ("em-jaxvi", "em-jaxvi-parallel", "em-hmmlearn") if t in rows}
+    if short:
+        lines += ["", f"## {args.n_seq} sequences x {args.steps} steps, {args.iters} EM iterations", "",
+                  "| library | compile s | run s | total s | iterations | log-likelihood | peak RSS MB (device MB) |",
+                  "|---|---|---|---|---|---|---|"]
     for library, r in short.items():
-        if "error" in r:
-            lines.append(f"| {library} | {r['error']} | | | | | |")
-            continue
-        lines.append(f"| {library} | {_fmt(r, 'compile_s')} | {_fmt(r, 'run_s')} | {_fmt(r, 'total_s')} | "
-                     f"{r['n_iter']} | {r['log_likelihood']:.2f} | {_fmt(r, 'peak_rss_mb', 0)} |")
+        lines.append(_em_row(library, r))
     lines.append("")
     ref = short.get("hmmlearn", {})
     for library in ("jaxvi", "jaxvi parallel"):
@@ -320,13 +338,11 @@ def report(args, rows: dict, device: str) -> tuple[str, dict]:
                      f"{rows['em-hmmlearn']['score_s']:.2f} s)")
 
     if not args.skip_long:
-        reduced = "" if args.long_steps == LONG_STEPS else \
-            f" (reduced from the default {LONG_STEPS:,} with --long-steps to fit this machine)"
-        lines += ["", f"## one sequence of {args.long_steps:,} steps{reduced}", "",
-                  "E-step alone at the starting point (jaxvi: jitted `exact.posterior`; forward = log evidence "
-                  "only, E-step = forward-backward + expected state and transition counts; hmmlearn: "
-                  "`score` / `predict_proba`), then EM:", "",
-                  "| what | library | compile s | run s | total s | log-likelihood | peak RSS MB |",
+        lines += ["", f"## one sequence of {args.long_steps:,} steps: the E-step alone{_reduced(args.long_steps)}", "",
+                  "At the starting point. jaxvi: jitted `exact.posterior`; forward = the log evidence only, "
+                  "E-step = forward-backward and the expected state and transition counts. hmmlearn: `score` "
+                  "(forward) and `predict_proba` (forward-backward and the state marginals).", "",
+                  "| what | library | compile s | run s | total s | log-likelihood | peak RSS MB (device MB) |",
                   "|---|---|---|---|---|---|---|"]
         for what in ("forward", "estep"):
             for task in ("long-estep-jaxvi", "long-estep-jaxvi-parallel", "long-estep-hmmlearn"):
@@ -338,45 +354,50 @@ def report(args, rows: dict, device: str) -> tuple[str, dict]:
                     continue
                 w = r[what]
                 lines.append(f"| {what} | {TASKS[task][1]} | {_fmt(w, 'compile_s')} | {_fmt(w, 'run_s')} | "
-                             f"{_fmt(w, 'total_s')} | {w['log_likelihood']:.2f} | {_fmt(r, 'peak_rss_mb', 0)} |")
-        for task in ("long-em-jaxvi", "long-em-jaxvi-parallel", "long-em-hmmlearn"):
-            r = rows.get(task)
-            if r is None:
-                continue
-            if "error" in r:
-                lines.append(f"| EM {args.iters} it. | {TASKS[task][1]} | {r['error']} | | | | |")
-                continue
-            lines.append(f"| EM {r['n_iter']} it. | {TASKS[task][1]} | {_fmt(r, 'compile_s')} | {_fmt(r, 'run_s')} | "
-                         f"{_fmt(r, 'total_s')} | {r['log_likelihood']:.2f} | {_fmt(r, 'peak_rss_mb', 0)} |")
+                             f"{_fmt(w, 'total_s')} | {w['log_likelihood']:.2f} | {_memory(r)} |")
         lines.append("")
-        seq, par = rows.get("long-estep-jaxvi", {}), rows.get("long-estep-jaxvi-parallel", {})
+        seq, par, h = (rows.get(t, {}) for t in ("long-estep-jaxvi", "long-estep-jaxvi-parallel", "long-estep-hmmlearn"))
         long_summary = {}
-        if "forward" in seq and "forward" in par:
-            for what in ("forward", "estep"):
+        for what in ("forward", "estep"):
+            if what in seq and what in par:
                 rel = _rel(par[what]["log_likelihood"], seq[what]["log_likelihood"])
                 ratio = seq[what]["run_s"] / par[what]["run_s"]
-                long_summary[f"{what}_parallel_speedup"] = ratio
-                long_summary[f"{what}_log_evidence_rel_diff"] = rel
-                lines.append(f"{what}: parallel / sequential speed-up {ratio:.2f}x (compiled); "
-                             f"log evidence rel. diff {rel:.2e}")
-            h = rows.get("long-estep-hmmlearn", {})
-            if "forward" in h:
-                rel = _rel(seq["forward"]["log_likelihood"], h["forward"]["log_likelihood"])
-                long_summary["forward_rel_diff_vs_hmmlearn"] = rel
-                lines.append(f"log evidence rel. diff jaxvi (sequential) vs hmmlearn: {rel:.2e}")
-        h = rows.get("long-em-hmmlearn", {})
-        for task in ("long-em-jaxvi", "long-em-jaxvi-parallel"):
-            r = rows.get(task, {})
-            if "run_s" in r and "run_s" in h:
-                s = {"speedup_compiled": h["run_s"] / r["run_s"], "speedup_with_compile": h["run_s"] / r["total_s"],
-                     "log_likelihood_rel_diff": _rel(r["log_likelihood"], h["log_likelihood"])}
-                long_summary[TASKS[task][1]] = s
-                lines.append(f"EM, {TASKS[task][1]}: speed-up over hmmlearn {s['speedup_compiled']:.2f}x compiled, "
-                             f"{s['speedup_with_compile']:.2f}x including compile; log-lik rel. diff "
-                             f"{s['log_likelihood_rel_diff']:.2e}")
+                long_summary[f"{what}_parallel_over_sequential_speedup"] = ratio
+                long_summary[f"{what}_parallel_vs_sequential_log_evidence_rel_diff"] = rel
+                lines.append(f"{what}: parallel is {ratio:.2f}x as fast as sequential (compiled); "
+                             f"log evidence rel. diff parallel vs sequential {rel:.2e}")
+            if what in seq and what in h:
+                ratio = h[what]["run_s"] / seq[what]["run_s"]
+                long_summary[f"{what}_sequential_speedup_over_hmmlearn"] = ratio
+                lines.append(f"{what}: jaxvi sequential is {ratio:.2f}x as fast as hmmlearn (compiled)")
+        if "forward" in seq and "forward" in h:
+            rel = _rel(seq["forward"]["log_likelihood"], h["forward"]["log_likelihood"])
+            long_summary["log_evidence_rel_diff_vs_hmmlearn"] = rel
+            lines.append(f"log evidence rel. diff jaxvi sequential vs hmmlearn: {rel:.2e}")
+
+        em_tasks = [t for t in ("long-em-jaxvi", "long-em-jaxvi-parallel", "long-em-hmmlearn") if t in rows]
+        if em_tasks:
+            lines += ["", f"## one sequence of {args.long_em_steps:,} steps: {args.iters} EM iterations"
+                          f"{_reduced(args.long_em_steps)}", "",
+                      "| library | compile s | run s | total s | iterations | log-likelihood | peak RSS MB (device MB) |",
+                      "|---|---|---|---|---|---|---|"]
+            for task in em_tasks:
+                lines.append(_em_row(TASKS[task][1], rows[task]))
+            lines.append("")
+            h = rows.get("long-em-hmmlearn", {})
+            for task in ("long-em-jaxvi", "long-em-jaxvi-parallel"):
+                r = rows.get(task, {})
+                if "run_s" in r and "run_s" in h:
+                    s = {"speedup_compiled": h["run_s"] / r["run_s"], "speedup_with_compile": h["run_s"] / r["total_s"],
+                         "log_likelihood_rel_diff": _rel(r["log_likelihood"], h["log_likelihood"])}
+                    long_summary[f"em {TASKS[task][1]}"] = s
+                    lines.append(f"{TASKS[task][1]}: speed-up over hmmlearn {s['speedup_compiled']:.2f}x compiled, "
+                                 f"{s['speedup_with_compile']:.2f}x including compile; log-lik rel. diff "
+                                 f"{s['log_likelihood_rel_diff']:.2e}")
         summary["long"] = long_summary
     meta = {"machine": machine, **versions, "k": K, "d": D, "iterations": args.iters, "n_seq": args.n_seq,
             "steps": args.steps, "long_steps": None if args.skip_long else args.long_steps,
+            "long_em_steps": None if args.skip_long or args.skip_long_em else args.long_em_steps,
             "target_speedup_with_compile": TARGET, "log_likelihood_rtol": LL_RTOL}
     return "\n".join(lines), {**meta, "summary": summary}
 
@@ -386,10 +407,16 @@ def main():
     parser.add_argument("--n-seq", type=int, default=N_SEQ, help="sequences in part 1")
     parser.add_argument("--steps", type=int, default=STEPS, help="steps per sequence in part 1")
     parser.add_argument("--long-steps", type=int, default=LONG_STEPS, help="steps of the one sequence in part 2")
+    parser.add_argument("--long-em-steps", type=int, default=None,
+                        help="steps of the one sequence for part 2's EM fits (default: --long-steps)")
     parser.add_argument("--iters", type=int, default=ITERS, help="EM iterations")
     parser.add_argument("--quick", action="store_true", help=f"smoke run with small sizes {QUICK}")
+    parser.add_argument("--skip-short", action="store_true", help="leave out part 1 (the many sequences)")
     parser.add_argument("--skip-long", action="store_true", help="leave out part 2 (the long sequence)")
     parser.add_argument("--skip-long-em", action="store_true", help="in part 2, time the E-step only")
+    parser.add_argument("--long-em", choices=("parallel", "sequential", "both"), default="parallel",
+                        help="in part 2, which jaxvi variants fit EM (on an accelerator the parallel one; on a CPU "
+                             "the sequential one, whose 10^6 steps run one after another)")
     parser.add_argument("--child-timeout", type=float, default=1800, help="seconds before one fit is abandoned")
     parser.add_argument("--json", default=None, help="write the results here")
     parser.add_argument("--markdown", default=None, help="write the report here")
@@ -399,15 +426,19 @@ def main():
         for name, value in QUICK.items():
             if parser.get_default(name) == getattr(args, name):
                 setattr(args, name, value)
+    if args.long_em_steps is None:
+        args.long_em_steps = args.long_steps
     if args.child:
         print(json.dumps(run_child(args.child, args)))
         return
 
-    tasks = ["em-jaxvi", "em-jaxvi-parallel", "em-hmmlearn"]
+    tasks = [] if args.skip_short else ["em-jaxvi", "em-jaxvi-parallel", "em-hmmlearn"]
     if not args.skip_long:
         tasks += ["long-estep-jaxvi", "long-estep-jaxvi-parallel", "long-estep-hmmlearn"]
         if not args.skip_long_em:
-            tasks += ["long-em-jaxvi", "long-em-jaxvi-parallel", "long-em-hmmlearn"]
+            tasks += ["long-em-jaxvi"] if args.long_em in ("sequential", "both") else []
+            tasks += ["long-em-jaxvi-parallel"] if args.long_em in ("parallel", "both") else []
+            tasks += ["long-em-hmmlearn"]
     rows = {}
     for task in tasks:
         rows[task] = spawn(task, args)
