@@ -1,12 +1,17 @@
 """jaxvi: fit latent-variable models written as pure log-joint functions, compiled with JAX."""
 from jaxvi.em import EM, EMDiagnostics, EMState
+from jaxvi.evidence import Evidence, evidence
 from jaxvi.exact import ChainPosterior, DiscretePosterior, GaussianPosterior, Sequences
 from jaxvi.infer import infer
-from jaxvi.latents import Discrete, Gaussian, Markov
+from jaxvi.latents import Discrete, Gaussian, Global, Markov, Real
 from jaxvi.model import Model
 from jaxvi.result import Fault, Result
+from jaxvi.vi import (SVI, Categorical, Delta, FittedGuide, Flow, FullRank, LowRank, MeanField, SVIDiagnostics, interval,
+                      ordered, positive, simplex)
 from jaxvi import models
 
-__all__ = ["ChainPosterior", "Discrete", "DiscretePosterior", "EM", "EMDiagnostics", "EMState", "Fault", "Gaussian",
-           "GaussianPosterior", "Markov", "Model", "Result", "Sequences", "infer", "models"]
+__all__ = ["Categorical", "ChainPosterior", "Delta", "Discrete", "DiscretePosterior", "EM", "EMDiagnostics", "EMState",
+           "Evidence", "Fault", "FittedGuide", "Flow", "FullRank", "Gaussian", "GaussianPosterior", "Global", "LowRank", "Markov",
+           "MeanField", "Model", "Real", "Result", "SVI", "SVIDiagnostics", "Sequences", "evidence", "infer", "interval", "models",
+           "ordered", "positive", "simplex"]
 __version__ = "0.1.0"

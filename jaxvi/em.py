@@ -23,6 +23,7 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax import lax
 
@@ -134,12 +135,22 @@ class EM:
                           "objective is an approximate log p(D) and need not rise every iteration",
                           stacklevel=3)
 
-    def posterior(self, model: Model, params: PyTree, data: PyTree):
+    def e_step(self, model: Model, params: PyTree, data: PyTree):
         """The exact posterior p(z_i | x_i, params) of every datum: the E-step.
 
         A ``DiscretePosterior``, ``ChainPosterior`` or ``GaussianPosterior`` by the model's latent spec.
         """
         return exact.posterior(model.log_joint, model.latent, params, data, self.chunk_size)
+
+    def posterior(self, result: Result, data: PyTree):
+        """The exact posterior of ``data`` at the fitted parameters (what ``Result.posterior`` returns)."""
+        if data is None:
+            raise ValueError("data: expected the data whose exact posterior to compute, got None")
+        return self.e_step(result.model, result.params, data)
+
+    def describe(self, states: EMState, n: int) -> str:
+        """The progress bar's text: log p(D) per datum."""
+        return f"log p(D)/N={float(np.max(np.asarray(states.log_evidence))) / n:.5g}"
 
     def init(self, model: Model, data: PyTree, key: jax.Array, params: PyTree | None = None) -> EMState:
         """The state before the first iteration, from ``model.init(key, data)`` or given ``params``."""
@@ -165,7 +176,7 @@ class EM:
 
         Returns the state and log p(D | θ_t).
         """
-        post = self.posterior(model, state.params, data)
+        post = self.e_step(model, state.params, data)
         log_evidence = (jnp.sum(post.log_evidence) + model.total_log_prior(state.params)).astype(state.trace.dtype)
         well_posed = exact.well_posed(post)
         evidence_ok = jnp.isfinite(log_evidence) & jnp.all(well_posed)
@@ -245,7 +256,7 @@ def _first_fault(iteration, well_posed, evidence_ok, datum_log_evidence, params_
     index = jnp.where((kind == FAULT_LOG_EVIDENCE) | (kind == FAULT_NOT_QUADRATIC), datum,
                       jnp.where(kind == FAULT_PARAMS, leaf, -1))
     return Fault(jnp.where(kind == NO_FAULT, -1, iteration).astype(jnp.int32), kind.astype(jnp.int32),
-                 index.astype(jnp.int32))
+                 index.astype(jnp.int32), jnp.array(-1, jnp.int32))
 
 
 def _value_and_grad(fn, params, opt_state):

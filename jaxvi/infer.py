@@ -7,11 +7,12 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxvi import loop
+from jaxvi.exact.chain import Sequences
 from jaxvi.model import Model, check_data, check_key, check_model, is_traced
-from jaxvi.result import FAULT_LOG_EVIDENCE, FAULT_NOT_QUADRATIC, FAULT_PARAMS, Result
+from jaxvi.result import (FAULT_LOG_EVIDENCE, FAULT_NOT_QUADRATIC, FAULT_OBJECTIVE, FAULT_PARAMS, OBJECTIVE_TERMS,
+                           Result)
 
 __all__ = ["infer"]
 
@@ -51,6 +52,8 @@ def infer(model: Model, method, data: PyTree, *, key: jax.Array, progress: bool 
         raise ValueError(f"method: expected a jaxvi method such as jaxvi.EM(), got {type(method).__name__}")
     check_model(model, data, key, init_params)
     method.check(model)
+    if hasattr(method, "check_data"):
+        method.check_data(data)
     if init_params is not None and method.n_init > 1:
         raise ValueError(f"init_params: a single starting point needs n_init=1, got n_init={method.n_init}")
     traced = is_traced(data, key, init_params)
@@ -60,7 +63,7 @@ def infer(model: Model, method, data: PyTree, *, key: jax.Array, progress: bool 
         run_chunk = functools.partial(_run, model, method, data=data)
         states = loop.drive(lambda s, stop: run_chunk(s, stop=stop), states, method.max_iter, progress=True,
                             desc=type(method).__name__,
-                            describe=functools.partial(_describe, n=jax.tree_util.tree_leaves(data)[0].shape[0]))
+                            describe=functools.partial(method.describe, n=_num_data(data)))
         result = _finalize(model, method, states, data)
     else:  # one compiled call
         result = _fit(model, method, data, keys, init_params)
@@ -120,8 +123,8 @@ def _over_restarts(fn, batched: PyTree) -> PyTree:
     return jax.vmap(fn)(batched)
 
 
-def _describe(states, n: int) -> str:
-    return f"log p(D)/N={float(np.max(np.asarray(states.log_evidence))) / n:.5g}"
+def _num_data(data: PyTree) -> int:
+    return jax.tree_util.tree_leaves(data.obs if isinstance(data, Sequences) else data)[0].shape[0]
 
 
 def _raise_on_fault(result: Result) -> None:
@@ -143,11 +146,20 @@ def _raise_on_fault(result: Result) -> None:
     if fault.kind == FAULT_LOG_EVIDENCE:
         what = f"log p(x_i) became non-finite for datum {fault.index}" if fault.index >= 0 else \
             "log_prior became non-finite"
-    else:
+    elif fault.kind == FAULT_PARAMS:
         paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(result.params)[0]]
         what = f"the update made params leaf {paths[fault.index] or 'params'} non-finite"
+    elif fault.kind == FAULT_OBJECTIVE:
+        term = OBJECTIVE_TERMS[fault.term] if 0 <= fault.term < len(OBJECTIVE_TERMS) else "an unknown term"
+        where = f" for datum {fault.index}" if fault.index >= 0 else ""
+        what = f"the ELBO was not finite: its {term} term{where}"
+    else:
+        tree = {"params": result.params, "guide_params": result.guide_params}
+        paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+        what = f"the gradient of {paths[fault.index]} was not finite"
+    step = "iteration" if fault.kind in (FAULT_LOG_EVIDENCE, FAULT_PARAMS) else "step"
     err = FloatingPointError(
-        f"{type(result.method).__name__} stopped at iteration {fault.iteration}: {what}. "
+        f"{type(result.method).__name__} stopped at {step} {fault.iteration}: {what}. "
         f"The result holds the last finite parameters (err.result).")
     err.result = result
     raise err

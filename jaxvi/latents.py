@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import dataclasses
 import operator
+from typing import Any, Callable
 
 import jax
 
-__all__ = ["Discrete", "Gaussian", "Markov", "discrete_sizes", "exact_family"]
+__all__ = ["Discrete", "Gaussian", "Global", "Markov", "Real", "discrete_sizes", "exact_family", "is_spec"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,6 +111,71 @@ class Gaussian:
             raise ValueError(f"Gaussian(laplace): expected True or False, got {self.laplace!r}")
 
 
+@dataclasses.dataclass(frozen=True)
+class Real:
+    r"""A continuous latent of any shape, for variational inference (no exact E-step).
+
+    ``z = bijector.forward(u)`` for an unconstrained :math:`u \in \mathbb{R}^{shape}`; guides live
+    on u and the ELBO adds :math:`\log |\det \partial z / \partial u|`. Without a bijector z is
+    unconstrained. A pytree of ``Real`` specs (a dict of named latents) is one latent.
+
+    Args:
+      shape: the shape of z, e.g. ``()`` for a scalar or ``(8,)``.
+      bijector: a distrax bijector (or anything with ``forward_and_log_det``) onto the support of z,
+        applied elementwise or to the whole event of ``shape``: ``distrax.Lambda(jnp.exp)`` or
+        ``distrax.Block(distrax.ScalarAffine(...), 1)`` style objects. ``jaxvi.positive()``,
+        ``jaxvi.interval(a, b)`` and ``jaxvi.simplex()`` build the common ones.
+
+    Example:
+      >>> jaxvi.Real((3,))                              # z in R^3
+      >>> jaxvi.Real((), bijector=jaxvi.positive())     # a scale, z > 0
+    """
+
+    shape: tuple = ()
+    bijector: Any = None
+
+    def __post_init__(self):
+        shape = (self.shape,) if isinstance(self.shape, int) and not isinstance(self.shape, bool) else self.shape
+        try:
+            shape = tuple(operator.index(n) for n in shape)
+        except TypeError:
+            raise ValueError(f"Real(shape): expected a tuple of integers >= 0, got {self.shape!r}") from None
+        if any(n < 0 for n in shape):
+            raise ValueError(f"Real(shape): expected a tuple of integers >= 0, got {self.shape!r}")
+        object.__setattr__(self, "shape", shape)
+        if self.bijector is not None and not hasattr(self.bijector, "forward_and_log_det"):
+            raise ValueError(f"Real(bijector): expected a distrax bijector or None, got {self.bijector!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Global:
+    r"""A latent shared by all the data (a Bayesian model's unknowns), for variational inference.
+
+    The model is :math:`p_\theta(z) \prod_i p_\theta(x_i \mid z)`: ``log_prior(params, z)`` is
+    :math:`\log p_\theta(z)` and the model's ``log_joint(params, z, x)`` is the log-likelihood of
+    ONE datum, :math:`\log p_\theta(x_i \mid z)`. On a minibatch of B of the N data, the
+    likelihood sum is scaled by N / B, an unbiased estimate.
+
+    Args:
+      latent: a ``Real`` spec or a pytree of them.
+      log_prior: ``log_prior(params, z) -> scalar``.
+
+    Example:
+      >>> latent = jaxvi.Global({"w": jaxvi.Real((3,))},
+      ...                       log_prior=lambda params, z: jax.scipy.stats.norm.logpdf(z["w"]).sum())
+    """
+
+    latent: Any
+    log_prior: Callable
+
+    def __post_init__(self):
+        if not callable(self.log_prior):
+            raise ValueError(f"Global(log_prior): expected a function (params, z) -> scalar, got {self.log_prior!r}")
+        leaves = jax.tree_util.tree_leaves(self.latent, is_leaf=is_spec)
+        if not leaves or not all(isinstance(leaf, (Real, Gaussian)) for leaf in leaves):
+            raise ValueError(f"Global(latent): expected a Real spec or a pytree of them, got {self.latent!r}")
+
+
 def exact_family(latent) -> str:
     """Which exact E-step a latent spec has: ``"discrete"``, ``"markov"`` or ``"gaussian"``.
 
@@ -120,7 +186,10 @@ def exact_family(latent) -> str:
         return "markov"
     if isinstance(latent, Gaussian):
         return "gaussian"
-    leaves = jax.tree_util.tree_leaves(latent, is_leaf=_is_spec)
+    leaves = jax.tree_util.tree_leaves(latent, is_leaf=is_spec)
+    if isinstance(latent, Global) or any(isinstance(leaf, Real) for leaf in leaves):
+        raise ValueError(f"latent: {latent!r} has no exact posterior (no E-step for Real or Global latents); "
+                         f"fit it with jaxvi.SVI")
     if any(isinstance(leaf, (Markov, Gaussian)) for leaf in leaves):
         raise ValueError(
             f"latent: a Markov or Gaussian spec must be the whole latent (not combined with others) "
@@ -135,7 +204,7 @@ def discrete_sizes(latent) -> tuple[list[int], jax.tree_util.PyTreeDef]:
     Raises:
       ValueError: if ``latent`` is empty or a leaf is not a ``Discrete`` spec.
     """
-    leaves, treedef = jax.tree_util.tree_flatten(latent, is_leaf=_is_spec)
+    leaves, treedef = jax.tree_util.tree_flatten(latent, is_leaf=is_spec)
     if not leaves:
         raise ValueError("latent: expected a Discrete spec or a pytree of them, got an empty pytree")
     for leaf in leaves:
@@ -146,8 +215,9 @@ def discrete_sizes(latent) -> tuple[list[int], jax.tree_util.PyTreeDef]:
     return [leaf.K for leaf in leaves], treedef
 
 
-def _is_spec(node) -> bool:
-    return isinstance(node, (Discrete, Markov, Gaussian))
+def is_spec(node) -> bool:
+    """Whether ``node`` is a latent spec (a leaf of a latent pytree)."""
+    return isinstance(node, (Discrete, Markov, Gaussian, Real, Global))
 
 
 def _positive_int(name: str, value) -> int:

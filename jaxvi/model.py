@@ -15,7 +15,7 @@ import numpy as np
 
 from jaxvi.exact.chain import Sequences
 from jaxvi.exact.enumerate import latent_values
-from jaxvi.latents import exact_family
+from jaxvi.latents import Gaussian, Global, Real, exact_family, is_spec
 
 __all__ = ["Model", "check_data", "check_key", "check_model", "is_traced"]
 
@@ -166,7 +166,7 @@ def check_model(model: Model, data: PyTree, key: jax.Array, params: PyTree | Non
     """
     if not isinstance(model, Model):
         raise ValueError(f"model: expected a jaxvi.Model, got {type(model).__name__}")
-    family = exact_family(model.latent)
+    family = _family(model.latent)
     if family == "markov":
         obs = data.obs if isinstance(data, Sequences) else data
         shapes = [a.shape for a in jax.tree_util.tree_leaves(obs)]
@@ -184,9 +184,19 @@ def check_model(model: Model, data: PyTree, key: jax.Array, params: PyTree | Non
         trials = [((None, state), "one step x (z = (None, state))"), ((state, state), "one step x (z = (state, state))")]
     else:
         datum = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), data)
-        z = (jax.ShapeDtypeStruct((model.latent.d,), jnp.zeros(0).dtype) if family == "gaussian"
-             else jax.tree_util.tree_map(lambda v: v[0], latent_values(model.latent)))
+        real = jnp.zeros(0).dtype  # float32, or float64 with jax_enable_x64
+        if family == "gaussian":
+            z = jax.ShapeDtypeStruct((model.latent.d,), real)
+        elif family == "discrete":
+            z = jax.tree_util.tree_map(lambda v: v[0], latent_values(model.latent))
+        else:  # continuous: Real specs, local or inside Global
+            specs = model.latent.latent if family == "global" else model.latent
+            z = jax.tree_util.tree_map(
+                lambda spec: jax.ShapeDtypeStruct(spec.shape if isinstance(spec, Real) else (spec.d,), real),
+                specs, is_leaf=is_spec)
         trials = [(z, "one datum x")]
+        if family == "global":
+            _check_scalar(model.latent.log_prior, (params, z), "Global(log_prior)", "log_prior(params, z)")
     for z, what in trials:
         try:
             out = jax.eval_shape(model.log_joint, params, z, datum)
@@ -199,6 +209,27 @@ def check_model(model: Model, data: PyTree, key: jax.Array, params: PyTree | Non
         if not jnp.issubdtype(out.dtype, jnp.floating):
             raise ValueError(f"log_joint: expected a real floating-point scalar, got dtype {out.dtype}")
     return params
+
+
+def _family(latent) -> str:
+    """The latent's kind: an exact family (``exact_family``), ``"global"``, or ``"continuous"`` (local Real specs)."""
+    if isinstance(latent, Global):
+        return "global"
+    leaves = jax.tree_util.tree_leaves(latent, is_leaf=is_spec)
+    if leaves and all(isinstance(leaf, (Real, Gaussian)) for leaf in leaves) and any(isinstance(leaf, Real) for leaf in leaves):
+        return "continuous"
+    return exact_family(latent)
+
+
+def _check_scalar(fn, args, name: str, call: str) -> None:
+    """Raises ValueError unless ``fn(*args)`` traces to a real scalar."""
+    try:
+        out = jax.eval_shape(fn, *args)
+    except Exception as err:
+        raise ValueError(f"{name}: {call} failed: {err}") from err
+    if not isinstance(out, jax.ShapeDtypeStruct) or out.shape != () or not jnp.issubdtype(out.dtype, jnp.floating):
+        raise ValueError(f"{name}: expected {call} to return a real scalar, got {getattr(out, 'shape', out)} "
+                         f"of dtype {getattr(out, 'dtype', None)}")
 
 
 def _shapes(tree: PyTree) -> str:

@@ -9,11 +9,13 @@ import jax.numpy as jnp
 
 from jaxvi.model import check_data, is_traced
 
-__all__ = ["Result", "Fault", "no_fault", "NO_FAULT", "FAULT_LOG_EVIDENCE", "FAULT_PARAMS", "FAULT_NOT_QUADRATIC"]
+__all__ = ["Result", "Fault", "no_fault", "NO_FAULT", "FAULT_LOG_EVIDENCE", "FAULT_PARAMS", "FAULT_NOT_QUADRATIC",
+           "FAULT_OBJECTIVE", "FAULT_GRADIENT", "OBJECTIVE_TERMS"]
 
 PyTree = Any
 
-NO_FAULT, FAULT_LOG_EVIDENCE, FAULT_PARAMS, FAULT_NOT_QUADRATIC = 0, 1, 2, 3
+NO_FAULT, FAULT_LOG_EVIDENCE, FAULT_PARAMS, FAULT_NOT_QUADRATIC, FAULT_OBJECTIVE, FAULT_GRADIENT = range(6)
+OBJECTIVE_TERMS = ("log_joint", "log_det_jacobian", "log_q", "log_prior")  # what Fault.term indexes
 
 
 class Fault(NamedTuple):
@@ -21,19 +23,27 @@ class Fault(NamedTuple):
 
     Attributes:
       iteration: the iteration it happened in (-1: none).
-      kind: 0 none; 1 the log evidence was non-finite; 2 an update made parameters non-finite;
-        3 a ``Gaussian`` latent's log-joint was not quadratic in z (or its precision not positive definite).
-      index: for kind 1 the first datum with non-finite log evidence (-1 if only the log prior
-        was), for kind 3 the first datum that failed the check, for kind 2 the index of the first non-finite leaf in ``jax.tree_util.tree_leaves(params)``.
+      kind: 0 none; 1 the log evidence was non-finite (EM); 2 an update made parameters
+        non-finite (EM); 3 a ``Gaussian`` latent's log-joint was not quadratic in z (or its
+        precision not positive definite); 4 the objective was non-finite (SVI); 5 a gradient was
+        non-finite (SVI).
+      index: kinds 1 and 3: the first datum concerned (-1 if only the log prior was); kind 2: the
+        index of the first non-finite leaf in ``jax.tree_util.tree_leaves(params)``; kind 4: the
+        first datum whose log-joint was not finite (-1 if another term was); kind 5: the index of
+        the first non-finite leaf in ``jax.tree_util.tree_leaves((params, guide_params))``.
+      term: kind 4: which term of the objective was not finite first, an index into
+        ``OBJECTIVE_TERMS`` (log_joint, log_det_jacobian, log_q, log_prior); else -1.
     """
 
     iteration: jax.Array
     kind: jax.Array
     index: jax.Array
+    term: jax.Array
 
 
 def no_fault() -> Fault:
-    return Fault(jnp.array(-1, jnp.int32), jnp.array(NO_FAULT, jnp.int32), jnp.array(-1, jnp.int32))
+    minus_one = jnp.array(-1, jnp.int32)
+    return Fault(minus_one, jnp.array(NO_FAULT, jnp.int32), minus_one, minus_one)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,9 +58,10 @@ class Result:
         ``(max_iter + 1,)``: log p(D | θ_s) for s = 0 .. n_iter, the last being ``objective``.
       n_iter: iterations run (for EM: M-steps taken).
       converged: whether the stopping tolerance was met before ``max_iter``.
-      diagnostics: method-specific details (for EM: ``EMDiagnostics``).
+      diagnostics: method-specific details (``EMDiagnostics``, ``SVIDiagnostics``).
       model: the model that was fitted (static).
       method: the method's settings (static).
+      guide_params: the variational parameters ψ of an SVI fit (None for EM).
     """
 
     params: PyTree
@@ -61,27 +72,32 @@ class Result:
     diagnostics: Any
     model: Any
     method: Any
+    guide_params: PyTree = None
 
-    def posterior(self, data: PyTree):
-        """The exact posterior p(z_i | x_i, θ) of every datum of ``data`` at the fitted θ.
+    def posterior(self, data: PyTree | None = None):
+        """The fitted posterior.
 
-        For ``Discrete`` latents a ``DiscretePosterior`` (``.probs`` are the ``(N, K)``
+        EM: the exact posterior p(z_i | x_i, θ) of every datum of ``data`` at the fitted θ: for
+        ``Discrete`` latents a ``DiscretePosterior`` (``.probs`` are the ``(N, K)``
         responsibilities), for ``Markov`` a ``ChainPosterior`` (``.marginals``, ``.mode()``,
         ``.sample(key)``), for ``Gaussian`` a ``GaussianPosterior`` (``.mean``, ``.covariance``).
         Every one has ``.log_evidence``, the per-datum log p(x_i), and ``.expect(f, data)``.
+
+        SVI: the fitted guide, a ``FittedGuide`` (``.sample(key, n)``, ``.mean()``, ``.stddev()``),
+        one q for a global latent or one per training datum; ``data`` is not needed (for a
+        latent that was summed out, the exact posterior on ``data``).
         """
-        data = check_data(data)
+        data = None if data is None else check_data(data)
         if is_traced(data, self.params):
-            return self.method.posterior(self.model, self.params, data)
-        return _posterior(self.method, self.model, self.params, data)
+            return self.method.posterior(self, data)
+        return _posterior(self, data)
 
 
 jax.tree_util.register_dataclass(
     Result,
-    data_fields=["params", "objective", "trace", "n_iter", "converged", "diagnostics"],
+    data_fields=["params", "objective", "trace", "n_iter", "converged", "diagnostics", "guide_params"],
     meta_fields=["model", "method"],
 )
 
 
-_posterior = jax.jit(lambda method, model, params, data: method.posterior(model, params, data),
-                     static_argnums=(0, 1))
+_posterior = jax.jit(lambda result, data: result.method.posterior(result, data))

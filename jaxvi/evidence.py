@@ -1,0 +1,146 @@
+r"""``jaxvi.evidence``: log p(D | θ), exactly where the latent allows it, else by importance sampling.
+
+With a proposal q (a fitted guide) and S draws :math:`u_s \sim q`, for one latent (one datum's,
+or the global one)
+
+.. math::
+    \hat p = \frac1S \sum_s e^{w_s}, \quad w_s = \log p_\theta(x, z(u_s)) + \log|J(u_s)| - \log q(u_s),
+    \qquad \log p_\theta(x) \approx \log \hat p,
+
+an estimate that is unbiased for p(x) (so :math:`E[\log \hat p] \le \log p(x)`: it is the IWAE-S
+bound) and consistent as S grows. Its standard error is the delta method's,
+:math:`\operatorname{sd}(e^{w}) / (\sqrt S\, \hat p)`, summed in quadrature over data.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxvi import exact
+from jaxvi.chunks import map_data
+from jaxvi.latents import Global, exact_family
+from jaxvi.model import Model, check_data, check_key
+
+__all__ = ["Evidence", "evidence"]
+
+PyTree = Any
+
+
+class Evidence(NamedTuple):
+    """log p(D | θ) and how it was obtained.
+
+    Attributes:
+      log_evidence: the (estimated) log evidence, a scalar.
+      stderr: its Monte-Carlo standard error (0 when exact).
+      exact: whether it is exact (True) or an importance-sampling estimate.
+    """
+
+    log_evidence: jax.Array
+    stderr: jax.Array
+    exact: bool
+
+
+def evidence(model: Model, params: PyTree, data: PyTree, *, key: jax.Array | None = None, posterior=None,
+             num_samples: int = 1000, chunk_size: int = 1024) -> Evidence:
+    r"""The log evidence :math:`\log p_\theta(D) = \sum_i \log p_\theta(x_i)` (no prior on θ).
+
+    Exact for ``Discrete``, ``Markov`` and ``Gaussian`` latents (the E-step's normaliser). For
+    ``Real`` and ``Global`` latents, importance sampling from ``posterior``, a fitted guide
+    (``result.posterior()`` of an SVI fit), with ``num_samples`` draws per latent.
+
+    Args:
+      model: the model.
+      params: θ.
+      data: the data (for local latents, the data the guide was fitted to).
+      key: a PRNG key (needed for importance sampling).
+      posterior: the proposal, a ``jaxvi.FittedGuide`` (needed for importance sampling).
+      num_samples: draws per latent.
+      chunk_size: data evaluated at once.
+
+    Example:
+      >>> result = jaxvi.infer(model, jaxvi.SVI(), data, key=jax.random.key(0))
+      >>> jaxvi.evidence(model, result.params, data, key=jax.random.key(1), posterior=result.posterior())
+    """
+    data = check_data(data)
+    try:
+        exact_family(model.latent)
+    except ValueError:
+        pass
+    else:
+        post = _exact_posterior(model, params, data, chunk_size)
+        return Evidence(jnp.sum(post.log_evidence), jnp.zeros((), post.log_evidence.dtype), True)
+    if key is None or posterior is None:
+        raise ValueError("evidence: this latent has no exact posterior; importance sampling needs key= and "
+                         "posterior= (a fitted guide, e.g. result.posterior() of an SVI fit)")
+    key = check_key(key)
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 2:
+        raise ValueError(f"num_samples: expected an integer >= 2, got {num_samples!r}")
+    n = jax.tree_util.tree_leaves(data)[0].shape[0]
+    rows = jax.tree_util.tree_leaves(posterior.params)[0].shape[0]
+    if not posterior.is_global and rows != n:
+        raise ValueError(f"posterior: a local guide fitted to {rows} data cannot propose for {n} data; pass the "
+                         f"data it was fitted to")
+    log_p, variance = _importance_sampled(model, params, data, key, posterior, num_samples, chunk_size)
+    return Evidence(log_p, jnp.sqrt(variance), False)
+
+
+def _exact_posterior(model, params, data, chunk_size):
+    return jax.jit(exact.posterior, static_argnums=(0, 1, 4))(model.log_joint, model.latent, params, data, chunk_size)
+
+
+@jax.jit
+def _log_mean_exp_and_variance(log_weights: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(log mean exp w, var of log mean exp w)`` over the last axis (delta method)."""
+    num = log_weights.shape[-1]
+    log_mean = jax.nn.logsumexp(log_weights, axis=-1) - math.log(num)
+    ratio = jnp.exp(log_weights - log_mean[..., None])                   # e^w / p_hat
+    return log_mean, jnp.var(ratio, axis=-1) / num
+
+
+def _importance_sampled(model, params, data, key, posterior, num_samples, chunk_size):
+    if isinstance(model.latent, Global):
+        return _global(model, posterior, params, data, key, num_samples)
+    return _local(model, posterior, params, data, key, num_samples, chunk_size)
+
+
+def _weights(model, guide, space, log_joint_of_z, guide_params, key, num_samples):
+    u, log_q = guide.sample_and_log_prob(guide_params, key, num_samples)
+
+    def one(u):
+        z, log_det = space.constrain(u)
+        return log_joint_of_z(z) + log_det
+
+    return jax.vmap(one)(u) - log_q
+
+
+def _global(model, posterior, params, data, key, num_samples):
+    @jax.jit
+    def run(params, data, guide_params, key):
+        def log_joint_of_z(z):
+            log_lik = jax.vmap(lambda x: model.log_joint(params, z, x))(data)
+            return model.latent.log_prior(params, z) + jnp.sum(log_lik)
+
+        weights = _weights(model, posterior.guide, posterior.space, log_joint_of_z, guide_params, key, num_samples)
+        return _log_mean_exp_and_variance(weights)
+
+    return run(params, data, posterior.params, key)
+
+
+def _local(model, posterior, params, data, key, num_samples, chunk_size):
+    @jax.jit
+    def run(params, data, guide_params, key):
+        keys = jax.random.split(key, jax.tree_util.tree_leaves(guide_params)[0].shape[0])
+
+        def one_datum(args):
+            x, psi, k = args
+            weights = _weights(model, posterior.guide, posterior.space, lambda z: model.log_joint(params, z, x),
+                               psi, k, num_samples)
+            return _log_mean_exp_and_variance(weights)
+
+        log_p, variance = map_data(one_datum, (data, guide_params, keys), chunk_size)
+        return jnp.sum(log_p), jnp.sum(variance)
+
+    return run(params, data, posterior.params, key)

@@ -1,0 +1,10 @@
+"""Variational inference: guides (``guides.py``), ELBO estimators (``objectives.py``), the unconstrained
+latent space and its bijectors (``space.py``), and the ``SVI`` method (``svi.py``)."""
+from jaxvi.vi.guides import Categorical, Delta, Flow, FullRank, LowRank, MeanField
+from jaxvi.vi.objectives import ESTIMATORS
+from jaxvi.vi.space import LatentSpace, interval, latent_space, ordered, positive, simplex
+from jaxvi.vi.svi import SVI, FittedGuide, SVIDiagnostics, SVIState
+
+__all__ = ["Categorical", "Delta", "ESTIMATORS", "FittedGuide", "Flow", "FullRank", "LatentSpace", "LowRank",
+           "MeanField", "SVI", "SVIDiagnostics", "SVIState", "interval", "latent_space", "ordered", "positive",
+           "simplex"]

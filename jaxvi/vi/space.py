@@ -1,0 +1,172 @@
+r"""The unconstrained space variational guides live on, and the bijectors onto constrained supports.
+
+A continuous latent (a ``Real`` spec, a ``Gaussian`` one, or a pytree of them) is flattened into
+one unconstrained vector :math:`u \in \mathbb{R}^D`. ``LatentSpace.constrain(u)`` maps it back
+to the latent's pytree ``z`` through each leaf's bijector and returns
+:math:`\log |\det \partial z / \partial u|`, which the ELBO adds to :math:`\log p(x, z)` so that
+it is the density of u that the guide approximates:
+
+.. math:: \log p(x, u) = \log p(x, z(u)) + \log |\det J_z(u)|.
+
+The bijectors here have distrax's interface (``forward_and_log_det``); any distrax bijector that
+keeps the shape works as well. ``simplex()`` changes it: K - 1 unconstrained values give a point
+of the K-simplex.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxvi.latents import Gaussian, Real, is_spec
+
+__all__ = ["LatentSpace", "Ordered", "Positive", "Interval", "Simplex", "interval", "latent_space", "ordered",
+           "positive", "simplex"]
+
+PyTree = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Positive:
+    r""":math:`z = \exp(u) > 0` elementwise; :math:`\log|\det J| = \sum u`."""
+
+    def forward_and_log_det(self, u):
+        return jnp.exp(u), u
+
+    def unconstrained_shape(self, shape: tuple) -> tuple:
+        return shape
+
+
+@dataclasses.dataclass(frozen=True)
+class Interval:
+    r""":math:`z = a + (b - a)\,\sigma(u) \in (a, b)` elementwise."""
+
+    low: float
+    high: float
+
+    def forward_and_log_det(self, u):
+        width = self.high - self.low
+        return self.low + width * jax.nn.sigmoid(u), math.log(width) + jax.nn.log_sigmoid(u) + jax.nn.log_sigmoid(-u)
+
+    def unconstrained_shape(self, shape: tuple) -> tuple:
+        return shape
+
+
+@dataclasses.dataclass(frozen=True)
+class Ordered:
+    r"""An increasing vector: :math:`z_0 = u_0`, :math:`z_k = z_{k-1} + \exp(u_k)`; :math:`\log|\det J| = \sum_{k \ge 1} u_k`."""
+
+    def forward_and_log_det(self, u):
+        z = jnp.cumsum(jnp.concatenate([u[..., :1], jnp.exp(u[..., 1:])], axis=-1), axis=-1)
+        return z, jnp.sum(u[..., 1:], axis=-1)
+
+    def unconstrained_shape(self, shape: tuple) -> tuple:
+        return shape
+
+
+@dataclasses.dataclass(frozen=True)
+class Simplex:
+    r"""Stick-breaking onto the K-simplex from :math:`u \in \mathbb{R}^{K-1}`.
+
+    With :math:`v_k = \sigma(u_k - \log(K - 1 - k))` (so u = 0 is the uniform point),
+    :math:`z_k = v_k \prod_{j<k} (1 - v_j)` for k < K - 1 and :math:`z_{K-1} = \prod_j (1 - v_j)`;
+    :math:`\log|\det J| = \sum_k \log v_k + \log(1 - v_k) + \log \prod_{j<k}(1 - v_j)`.
+    """
+
+    def forward_and_log_det(self, u):
+        k = u.shape[-1]
+        shifted = u - jnp.log(jnp.arange(k, 0, -1, dtype=u.dtype))
+        log_v, log_1mv = jax.nn.log_sigmoid(shifted), jax.nn.log_sigmoid(-shifted)
+        log_remaining = jnp.cumsum(log_1mv, axis=-1)                      # log prod_{j<=k} (1 - v_j)
+        log_before = jnp.concatenate([jnp.zeros_like(log_v[..., :1]), log_remaining[..., :-1]], axis=-1)
+        z = jnp.concatenate([jnp.exp(log_v + log_before), jnp.exp(log_remaining[..., -1:])], axis=-1)
+        return z, jnp.sum(log_v + log_1mv + log_before, axis=-1)
+
+    def unconstrained_shape(self, shape: tuple) -> tuple:
+        if not shape or shape[-1] < 2:
+            raise ValueError(f"Real(bijector=simplex()): expected a shape (..., K) with K >= 2, got {shape}")
+        return shape[:-1] + (shape[-1] - 1,)
+
+
+def positive() -> Positive:
+    """The bijector onto z > 0 (exp)."""
+    return Positive()
+
+
+def interval(low: float, high: float) -> Interval:
+    """The bijector onto low < z < high (a scaled sigmoid)."""
+    if not (np.isfinite(low) and np.isfinite(high) and low < high):
+        raise ValueError(f"interval(low, high): expected finite low < high, got ({low}, {high})")
+    return Interval(float(low), float(high))
+
+
+def ordered() -> Ordered:
+    """The bijector onto increasing vectors."""
+    return Ordered()
+
+
+def simplex() -> Simplex:
+    """The bijector onto the probability simplex (stick-breaking), for ``Real((K,), bijector=simplex())``."""
+    return Simplex()
+
+
+class LatentSpace(NamedTuple):
+    """How a continuous latent is flattened into one unconstrained vector (static: no arrays).
+
+    Attributes:
+      treedef: the latent's pytree structure.
+      shapes: every leaf's constrained shape.
+      unconstrained_shapes: every leaf's unconstrained shape.
+      bijectors: every leaf's bijector (None: identity).
+      dim: the length D of the unconstrained vector.
+    """
+
+    treedef: Any
+    shapes: tuple
+    unconstrained_shapes: tuple
+    bijectors: tuple
+    dim: int
+
+    def constrain(self, u: jax.Array) -> tuple[PyTree, jax.Array]:
+        r"""``(z, log_det)``: the latent pytree at the unconstrained ``(D,)`` vector u, and
+        :math:`\log|\det \partial z / \partial u|` (a scalar)."""
+        leaves, log_det, start = [], jnp.zeros((), u.dtype), 0
+        for shape, free_shape, bijector in zip(self.shapes, self.unconstrained_shapes, self.bijectors):
+            size = math.prod(free_shape)
+            free = u[start:start + size].reshape(free_shape)
+            start += size
+            if bijector is None:
+                leaves.append(free)
+                continue
+            z, leaf_log_det = bijector.forward_and_log_det(free)
+            leaves.append(jnp.reshape(z, shape))
+            log_det = log_det + jnp.sum(leaf_log_det)
+        return jax.tree_util.tree_unflatten(self.treedef, leaves), log_det
+
+
+def latent_space(latent) -> LatentSpace:
+    """The unconstrained space of a ``Real`` / ``Gaussian`` spec or a pytree of them.
+
+    Raises:
+      ValueError: a leaf that is not a continuous spec.
+    """
+    leaves, treedef = jax.tree_util.tree_flatten(latent, is_leaf=is_spec)
+    shapes, free_shapes, bijectors = [], [], []
+    for leaf in leaves:
+        if isinstance(leaf, Gaussian):
+            leaf = Real((leaf.d,))
+        if not isinstance(leaf, Real):
+            raise ValueError(f"latent: expected Real or Gaussian specs for a continuous guide, got {leaf!r}")
+        shapes.append(leaf.shape)
+        bijector = leaf.bijector
+        free = bijector.unconstrained_shape(leaf.shape) if hasattr(bijector, "unconstrained_shape") else leaf.shape
+        free_shapes.append(tuple(free))
+        bijectors.append(bijector)
+    dim = sum(math.prod(shape) for shape in free_shapes)
+    if dim == 0:
+        raise ValueError(f"latent: expected at least one continuous value, got {latent!r}")
+    return LatentSpace(treedef, tuple(shapes), tuple(free_shapes), tuple(bijectors), dim)

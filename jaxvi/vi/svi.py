@@ -1,0 +1,533 @@
+r"""Stochastic variational inference: gradient ascent on the ELBO over θ and a guide's ψ.
+
+For local latents (one per datum) the objective is
+
+.. math::
+    \mathcal{L}(\theta, \psi) = \sum_i E_{q_{\psi_i}(u_i)}[\log p_\theta(x_i, z(u_i)) + \log|J(u_i)| - \log q_{\psi_i}(u_i)]
+    + \log p(\theta) \;\le\; \log p_\theta(D) + \log p(\theta),
+
+with one ψ_i per datum; for a ``Global`` latent it is
+:math:`E_{q_\psi(u)}[\log p_\theta(z) + \sum_i \log p_\theta(x_i \mid z) + \log|J| - \log q_\psi(u)] + \log p(\theta)`.
+Each step draws a minibatch of B of the N data (without replacement) and scales its sum by N / B,
+an unbiased estimate; for local latents only the batch's ψ_i and their optimiser states move.
+
+``Discrete`` and ``Markov`` latents are summed out exactly by default (``discrete="enumerate"``):
+the local term is then :math:`\log p_\theta(x_i)` itself (no guide, no gap) and SVI is maximum
+likelihood by stochastic gradients. ``discrete="guide"`` fits a ``Categorical`` q_i per datum
+with the score-function estimator instead, for latents with too many values to enumerate.
+
+Where the latent has an exact posterior (``Discrete``, ``Markov``, ``Gaussian``) the result also
+carries the exact log p(D) at the fitted θ and the gap :math:`\sum_i KL(q_i \| p(z_i \mid x_i))`
+= log p(D) - ELBO.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import lax
+
+from jaxvi import exact
+from jaxvi.chunks import num_data
+from jaxvi.exact.enumerate import latent_values
+from jaxvi.latents import Discrete, Global, Markov, exact_family, is_spec
+from jaxvi.model import Model
+from jaxvi.result import NO_FAULT, FAULT_GRADIENT, FAULT_OBJECTIVE, Fault, Result, no_fault
+from jaxvi.vi.guides import Categorical, Flow, MeanField, is_guide
+from jaxvi.vi.objectives import ESTIMATORS, estimate, particle_terms
+from jaxvi.vi.space import LatentSpace, latent_space
+
+__all__ = ["SVI", "SVIDiagnostics", "SVIState", "FittedGuide"]
+
+PyTree = Any
+
+
+class SVIState(NamedTuple):
+    """The state of one SVI run, between steps.
+
+    Attributes:
+      params: θ.
+      guide_params: ψ: one pytree for a global latent, leaves with a leading datum axis for local
+        latents, None when the latent is summed out.
+      opt_state: the optimiser state of (θ, global ψ).
+      local_opt_state: per-datum optimiser states of the local ψ_i (leading datum axis), or None.
+      key: the PRNG key of the next step.
+      trace: ``(num_steps,)`` the ELBO estimate (+ log p(θ)) of every step, scaled to all N data.
+      smoothed: an exponential moving average of the trace (weight 1/window per step).
+      smoothed_at_check: ``smoothed`` at the last convergence check.
+      n_iter: steps taken.
+      converged: whether the smoothed ELBO changed by less than ``tol`` per datum over a window.
+      done: whether the run has stopped.
+      fault: the first non-finite objective or gradient (it stops the run; θ and ψ keep their
+        last finite values).
+    """
+
+    params: PyTree
+    guide_params: PyTree
+    opt_state: PyTree
+    local_opt_state: PyTree
+    key: jax.Array
+    trace: jax.Array
+    smoothed: jax.Array
+    smoothed_at_check: jax.Array
+    n_iter: jax.Array
+    converged: jax.Array
+    done: jax.Array
+    fault: Fault
+
+
+class SVIDiagnostics(NamedTuple):
+    """What an SVI fit knows beyond its objective.
+
+    Attributes:
+      elbo_stderr: the Monte-Carlo standard error of the final ELBO estimate.
+      log_evidence: the exact log p(D | θ) (+ log p(θ)) at the fitted θ where the latent has an
+        exact posterior, else NaN (``jaxvi.evidence`` estimates it by importance sampling).
+      gap: ``log_evidence - objective``, :math:`\\sum_i KL(q_i \\| p(z_i \\mid x_i))` (NaN where unknown).
+      fault: the first numerical fault (``kind == 0``: none).
+      restart_objectives: ``(n_init,)`` final objective of every restart; the best is returned.
+    """
+
+    elbo_stderr: jax.Array
+    log_evidence: jax.Array
+    gap: jax.Array
+    fault: Fault
+    restart_objectives: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class SVI:
+    r"""Stochastic variational inference.
+
+    Args:
+      guide: the variational family for continuous latents: ``MeanField()`` (default), ``FullRank()``,
+        ``LowRank(rank)``, ``Flow(...)``, ``Delta()`` (MAP). Ignored for latents that are summed out.
+      optimizer: an optax optimiser; None means ``optax.adam(1e-2)``.
+      num_steps: gradient steps.
+      batch_size: data per step (None: all N). Each step draws a minibatch without replacement.
+      num_particles: Monte-Carlo samples of the latent per datum (local) or per step (global).
+      estimator: ``"elbo"`` (reparameterised, default), ``"analytic"`` (closed-form entropy),
+        ``"stl"`` (sticking the landing), ``"iwae"`` (importance-weighted bound with
+        ``num_particles`` samples) or ``"score"`` (score function; the default, and the only one,
+        for a ``Categorical`` guide). See ``jaxvi.vi.objectives``.
+      discrete: for ``Discrete`` latents, ``"enumerate"`` (sum them out exactly; ``Markov`` latents
+        always are) or ``"guide"`` (a ``Categorical`` q per datum, score-function gradients).
+      tol: stop when the smoothed ELBO changes by less than ``tol`` per datum over ``window``
+        steps; None (default) runs all ``num_steps``.
+      window: steps between convergence checks, and the averaging length of the smoothed ELBO.
+      num_eval_particles: particles for the final ELBO estimate and its standard error.
+      n_init: restarts from ``jax.random.split(key, n_init)``, vmapped in one call; the best final
+        ELBO is kept.
+
+    Example:
+      >>> result = jaxvi.infer(model, jaxvi.SVI(num_steps=2000, batch_size=256), data, key=jax.random.key(0))
+      >>> result.objective, result.posterior().mean()
+    """
+
+    guide: Any = MeanField()
+    optimizer: optax.GradientTransformation | None = None
+    num_steps: int = 1000
+    batch_size: int | None = None
+    num_particles: int = 1
+    estimator: str = "elbo"
+    discrete: str = "enumerate"
+    tol: float | None = None
+    window: int = 100
+    num_eval_particles: int = 100
+    n_init: int = 1
+
+    def __post_init__(self):
+        for name in ("num_steps", "num_particles", "window", "num_eval_particles", "n_init"):
+            _check_positive_int(f"SVI({name})", getattr(self, name))
+        if self.batch_size is not None:
+            _check_positive_int("SVI(batch_size)", self.batch_size)
+        if not is_guide(self.guide):
+            raise ValueError(f"SVI(guide): expected a jaxvi guide such as jaxvi.MeanField(), got {self.guide!r}")
+        if self.optimizer is not None and not isinstance(self.optimizer, optax.GradientTransformation):
+            raise ValueError(f"SVI(optimizer): expected an optax GradientTransformation, got "
+                             f"{type(self.optimizer).__name__}")
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"SVI(estimator): expected one of {ESTIMATORS}, got {self.estimator!r}")
+        if self.discrete not in ("enumerate", "guide"):
+            raise ValueError(f"SVI(discrete): expected 'enumerate' or 'guide', got {self.discrete!r}")
+        if self.tol is not None and (isinstance(self.tol, bool) or not isinstance(self.tol, (int, float))
+                                     or not self.tol >= 0):
+            raise ValueError(f"SVI(tol): expected a number >= 0 or None, got {self.tol!r}")
+
+    @property
+    def max_iter(self) -> int:
+        return self.num_steps
+
+    # --- what kind of latent, and checks before compiling -------------------------------------------
+
+    def _kind(self, model: Model) -> str:
+        """``"global"``, ``"local"`` (continuous, a guide per datum), ``"categorical"`` or ``"summed"``."""
+        latent = model.latent
+        if isinstance(latent, Global):
+            return "global"
+        if isinstance(latent, Markov):
+            return "summed"
+        leaves = jax.tree_util.tree_leaves(latent, is_leaf=is_spec)
+        if leaves and all(isinstance(leaf, Discrete) for leaf in leaves):
+            return "summed" if self.discrete == "enumerate" else "categorical"
+        return "local"
+
+    def _guide(self, model: Model):
+        return Categorical() if self._kind(model) == "categorical" else self.guide
+
+    def _estimator(self, model: Model) -> str:
+        return "score" if self._kind(model) == "categorical" else self.estimator
+
+    def check(self, model: Model) -> None:
+        """Raises ValueError for a model this SVI cannot fit, before anything compiles."""
+        kind = self._kind(model)
+        if kind in ("global", "local"):
+            space = latent_space(model.latent.latent if kind == "global" else model.latent)
+            guide = self.guide
+            if self.estimator == "analytic" and not guide.has_entropy:
+                raise ValueError(f"SVI(estimator='analytic'): {type(guide).__name__} has no closed-form entropy; "
+                                 f"use estimator='elbo' or 'stl'")
+            if self.estimator == "score" and self.num_particles < 2:
+                raise ValueError("SVI(num_particles): the score-function estimator's baseline needs num_particles >= 2")
+            if isinstance(guide, Flow) and space.dim < 2:
+                raise ValueError(f"SVI(guide=Flow()): a coupling flow needs a latent of at least 2 values, got {space.dim}")
+        if kind == "categorical" and self.num_particles < 2:
+            raise ValueError("SVI(num_particles): discrete='guide' uses the score-function estimator, whose "
+                             "baseline needs num_particles >= 2")
+        if kind == "summed" and self.estimator != "elbo":
+            raise ValueError(f"SVI(estimator={self.estimator!r}): the latent is summed out exactly, so the "
+                             f"objective is log p(D) itself; leave estimator='elbo'")
+
+    def check_data(self, data: PyTree) -> None:
+        """Raises ValueError if ``batch_size`` exceeds the number of data."""
+        n = num_data(data.obs if isinstance(data, exact.Sequences) else data)
+        if self.batch_size is not None and self.batch_size > n:
+            raise ValueError(f"SVI(batch_size): expected at most the number of data, {n}, got {self.batch_size}")
+
+    # --- the state machine --------------------------------------------------------------------------
+
+    def init(self, model: Model, data: PyTree, key: jax.Array, params: PyTree | None = None) -> SVIState:
+        """θ from ``model.init`` (or ``params``), ψ from the guide, the optimiser states."""
+        model_key, guide_key, run_key = jax.random.split(key, 3)
+        params = model.init(model_key, data) if params is None else params
+        params = jax.tree_util.tree_map(lambda a: lax.convert_element_type(a, jnp.result_type(a)), params)
+        dtype = _float_dtype(data)
+        kind, guide, n = self._kind(model), self._guide(model), _num(data)
+        optimizer = self._optimizer()
+        guide_params, local_opt_state = None, None
+        if kind == "global":
+            guide_params = guide.init(guide_key, latent_space(model.latent.latent).dim, dtype)
+        elif kind in ("local", "categorical"):
+            dim = (latent_space(model.latent).dim if kind == "local"
+                   else jax.tree_util.tree_leaves(latent_values(model.latent))[0].shape[0])
+            guide_params = jax.vmap(lambda k: guide.init(k, dim, dtype))(jax.random.split(guide_key, n))
+            local_opt_state = jax.vmap(optimizer.init)(guide_params)
+        trainable = (params, guide_params if kind == "global" else None)
+        return SVIState(
+            params=params, guide_params=guide_params, opt_state=optimizer.init(trainable),
+            local_opt_state=local_opt_state, key=run_key, trace=jnp.zeros(self.num_steps, dtype),
+            smoothed=jnp.array(jnp.nan, dtype), smoothed_at_check=jnp.array(jnp.nan, dtype),
+            n_iter=jnp.array(0, jnp.int32), converged=jnp.array(False), done=jnp.array(False), fault=no_fault())
+
+    def step(self, model: Model, state: SVIState, data: PyTree, key: jax.Array | None = None
+             ) -> tuple[SVIState, jax.Array]:
+        """One gradient step on a minibatch. Returns the state and the step's ELBO estimate."""
+        kind, n = self._kind(model), _num(data)
+        next_key, batch_key, particle_key = jax.random.split(state.key, 3)
+        index = (jnp.arange(n) if self.batch_size is None
+                 else jax.random.choice(batch_key, n, (self.batch_size,), replace=False))
+        batch = _take(data, index)
+        local = kind in ("local", "categorical")
+        batch_psi = _take(state.guide_params, index) if local else None
+        global_psi = state.guide_params if kind == "global" else None
+
+        def objective(params, global_psi, batch_psi):
+            surrogate, bound, parts = self._objective(model, params, global_psi, batch_psi, batch, particle_key,
+                                                      n / index.shape[0], self.num_particles)
+            return surrogate, (bound, parts)
+
+        (_, (bound, parts)), grads = jax.value_and_grad(objective, argnums=(0, 1, 2), has_aux=True)(
+            state.params, global_psi, batch_psi)
+        grads = jax.tree_util.tree_map(jnp.negative, grads)  # optax minimises
+        leaf_finite = jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves(grads)])
+        fault = _fault(state.n_iter, bound, parts, index, leaf_finite)
+        ok = fault.kind == NO_FAULT
+
+        optimizer = self._optimizer()
+        updates, opt_state = optimizer.update((grads[0], grads[1]), state.opt_state, (state.params, global_psi))
+        new_params, new_global = optax.apply_updates((state.params, global_psi), updates)
+        guide_params, local_opt_state = state.guide_params, state.local_opt_state
+        if local:
+            rows_opt = _take(state.local_opt_state, index)
+            row_updates, rows_opt = jax.vmap(optimizer.update)(grads[2], rows_opt, batch_psi)
+            new_rows = optax.apply_updates(batch_psi, row_updates)
+            guide_params = _where(ok, _put(state.guide_params, index, new_rows), state.guide_params)
+            local_opt_state = _where(ok, _put(state.local_opt_state, index, rows_opt), state.local_opt_state)
+        elif kind == "global":
+            guide_params = _where(ok, new_global, state.guide_params)
+
+        bound = bound.astype(state.trace.dtype)
+        smoothed = jnp.where(jnp.isnan(state.smoothed), bound,
+                             state.smoothed + (bound - state.smoothed) / min(self.window, self.num_steps))
+        n_iter = state.n_iter + ok.astype(jnp.int32)
+        check = ok & (n_iter % self.window == 0)
+        converged = (check & (self.tol is not None) & jnp.isfinite(state.smoothed_at_check)
+                     & (jnp.abs(smoothed - state.smoothed_at_check) / n < (self.tol or 0.0)))
+        new_state = SVIState(
+            params=_where(ok, new_params, state.params),
+            guide_params=guide_params,
+            opt_state=_where(ok, opt_state, state.opt_state),
+            local_opt_state=local_opt_state,
+            key=next_key,
+            trace=jnp.where(ok, state.trace.at[state.n_iter].set(bound), state.trace),
+            smoothed=jnp.where(ok, smoothed, state.smoothed),
+            smoothed_at_check=jnp.where(check, smoothed, state.smoothed_at_check),
+            n_iter=n_iter,
+            converged=converged,
+            done=~ok | converged | (n_iter >= self.num_steps),
+            fault=fault,
+        )
+        return new_state, bound
+
+    def finalize(self, model: Model, state: SVIState, data: PyTree) -> Result:
+        """The fit's Result: the final ELBO on all the data, its standard error, the exact evidence and gap."""
+        kind, n = self._kind(model), _num(data)
+        global_psi = state.guide_params if kind == "global" else None
+        local_psi = state.guide_params if kind in ("local", "categorical") else None
+        surrogate_key = jax.random.fold_in(state.key, 1)
+        _, elbo, parts = self._objective(model, state.params, global_psi, local_psi, data, surrogate_key, 1.0,
+                                         self.num_eval_particles)
+        elbo = elbo.astype(state.trace.dtype)
+        log_evidence = jnp.array(jnp.nan, elbo.dtype)
+        if kind != "global" and _has_exact_posterior(model.latent):
+            post = exact.posterior(model.log_joint, model.latent, state.params, data)
+            log_evidence = (jnp.sum(post.log_evidence) + model.total_log_prior(state.params)).astype(elbo.dtype)
+        if kind == "summed":
+            log_evidence = elbo
+        trace = jnp.where(jnp.arange(self.num_steps) < state.n_iter, state.trace, elbo)
+        diagnostics = SVIDiagnostics(parts["stderr"].astype(elbo.dtype), log_evidence, log_evidence - elbo,
+                                     state.fault, elbo[None])
+        return Result(state.params, elbo, trace, state.n_iter, state.converged, diagnostics, model, self,
+                      guide_params=state.guide_params)
+
+    def posterior(self, result: Result, data: PyTree | None = None):
+        """The fitted q: a ``FittedGuide`` (sample, log_prob, mean, stddev in the latent's own space),
+        or, for a latent that was summed out, its exact posterior on ``data``."""
+        model = result.model
+        kind = self._kind(model)
+        if kind == "summed":
+            if data is None:
+                raise ValueError("data: the latent was summed out exactly; pass the data to get its posterior")
+            return exact.posterior(model.log_joint, model.latent, result.params, data)
+        if kind == "categorical":
+            space = latent_values(model.latent)
+        else:
+            space = latent_space(model.latent.latent if kind == "global" else model.latent)
+        return FittedGuide(self._guide(model), space, result.guide_params, kind == "global")
+
+    def describe(self, states: SVIState, n: int) -> str:
+        """The progress bar's text: the smoothed ELBO per datum."""
+        return f"ELBO/N={float(np.max(np.asarray(states.smoothed))) / n:.5g}"
+
+    # --- the objective ------------------------------------------------------------------------------
+
+    def _optimizer(self) -> optax.GradientTransformation:
+        return optax.adam(1e-2) if self.optimizer is None else self.optimizer
+
+    def _objective(self, model: Model, params, global_psi, batch_psi, batch, key, scale, num_particles):
+        """``(surrogate, bound, parts)`` on a batch, scaled to N data, + log p(θ).
+
+        ``parts`` holds the finite-ness of every term (for fault reports) and the estimate's
+        standard error."""
+        kind, estimator, guide = self._kind(model), self._estimator(model), self._guide(model)
+        log_prior = model.total_log_prior(params)
+        if kind == "summed":
+            per_datum = exact.posterior(model.log_joint, model.latent, params, batch).log_evidence
+            total = scale * jnp.sum(per_datum) + log_prior
+            parts = _parts(per_datum, None, None, log_prior, jnp.zeros((), per_datum.dtype))
+            return total, total, parts
+        if kind == "global":
+            space = latent_space(model.latent.latent)
+
+            def log_joint_at(u):
+                z, log_det = space.constrain(u)
+                log_lik = jax.vmap(lambda x: model.log_joint(params, z, x))(batch)
+                latent_prior = model.latent.log_prior(params, z)
+                return latent_prior + scale * jnp.sum(log_lik), _log_det(guide, log_det), (log_lik, latent_prior)
+
+            terms, (log_lik, latent_prior) = particle_terms(log_joint_at, guide, global_psi, key, num_particles,
+                                                            estimator)
+            surrogate, bound = estimate(terms, estimator)
+            weights = terms.log_joint + terms.log_det - terms.log_q
+            stderr = jnp.std(weights) / math.sqrt(num_particles)
+            parts = _parts(jnp.mean(log_lik, axis=0), terms.log_det, terms.log_q, log_prior + jnp.mean(latent_prior),
+                           stderr)
+            return surrogate + log_prior, bound + log_prior, parts
+
+        space = latent_values(model.latent) if kind == "categorical" else latent_space(model.latent)
+        keys = jax.random.split(key, jax.tree_util.tree_leaves(batch_psi)[0].shape[0])
+
+        def one_datum(x, psi, k):
+            def log_joint_at(u):
+                if kind == "categorical":
+                    z = jax.tree_util.tree_map(lambda v: v[u], space)
+                    return model.log_joint(params, z, x), jnp.zeros((), _float_dtype(x)), ()
+                z, log_det = space.constrain(u)
+                return model.log_joint(params, z, x), _log_det(guide, log_det), ()
+
+            terms, _ = particle_terms(log_joint_at, guide, psi, k, num_particles, estimator)
+            surrogate, bound = estimate(terms, estimator)
+            weights = terms.log_joint + terms.log_det - terms.log_q
+            return surrogate, bound, jnp.var(weights) / num_particles, terms
+
+        surrogates, bounds, variances, terms = jax.vmap(one_datum)(batch, batch_psi, keys)
+        stderr = scale * jnp.sqrt(jnp.sum(variances))
+        parts = _parts(jnp.mean(terms.log_joint, axis=1), jnp.mean(terms.log_det, axis=1),
+                       jnp.mean(terms.log_q, axis=1), log_prior, stderr)
+        return scale * jnp.sum(surrogates) + log_prior, scale * jnp.sum(bounds) + log_prior, parts
+
+
+class FittedGuide(NamedTuple):
+    """The fitted variational distribution, in the latent's own (constrained) space.
+
+    Attributes:
+      guide: the guide family (static).
+      space: the ``LatentSpace`` (or, for a ``Categorical`` guide, the enumerated latent values).
+      params: ψ; for local latents every leaf has a leading datum axis.
+      is_global: whether there is one q for all the data (else one per datum).
+    """
+
+    guide: Any
+    space: Any
+    params: PyTree
+    is_global: bool
+
+    def sample(self, key: jax.Array, num_samples: int = 1) -> PyTree:
+        """``num_samples`` draws of z: leaves ``(num_samples, *shape)``, or ``(N, num_samples, *shape)`` for local q."""
+        def draw(params, k):
+            u, _ = self.guide.sample_and_log_prob(params, k, num_samples)
+            return self._values(u)
+
+        if self.is_global:
+            return draw(self.params, key)
+        keys = jax.random.split(key, jax.tree_util.tree_leaves(self.params)[0].shape[0])
+        return jax.vmap(draw)(self.params, keys)
+
+    def log_prob_unconstrained(self, u: jax.Array) -> jax.Array:
+        """:math:`\\log q(u)` of unconstrained ``(..., D)`` vectors (per datum for local q: ``(N, ..., D)``)."""
+        if self.is_global:
+            return self.guide.log_prob(self.params, u)
+        return jax.vmap(self.guide.log_prob)(self.params, u)
+
+    def mean(self, key: jax.Array | None = None, num_samples: int = 4096) -> PyTree:
+        """E_q[z]: exact for a Normal guide on a latent without bijectors, else a Monte-Carlo average
+        of ``num_samples`` draws (then ``key`` is required)."""
+        return self._moment(key, num_samples, lambda z: z)
+
+    def stddev(self, key: jax.Array | None = None, num_samples: int = 4096) -> PyTree:
+        """The standard deviation of z under q, exact or by Monte Carlo like ``mean``."""
+        mean = self.mean(key, num_samples)
+        second = self._moment(key, num_samples, lambda z: z**2, exact_transform=False)
+        if second is None:
+            return jax.tree_util.tree_map(lambda s: s, self._exact("stddev"))
+        return jax.tree_util.tree_map(lambda m, s: jnp.sqrt(jnp.maximum(s - m**2, 0.0)), mean, second)
+
+    def _moment(self, key, num_samples, f, exact_transform: bool = True):
+        exact_values = self._exact("mean")
+        if exact_values is not None:
+            return exact_values if exact_transform else None
+        if key is None:
+            raise ValueError("key: this q's moments need Monte Carlo (a bijector or a flow): pass a PRNG key")
+        draws = self.sample(key, num_samples)
+        axis = 0 if self.is_global else 1
+        return jax.tree_util.tree_map(lambda d: jnp.mean(f(d), axis=axis), draws)
+
+    def _exact(self, moment: str):
+        """The exact mean or stddev of z where q is Normal (or a point mass) and z = u; else None."""
+        if isinstance(self.space, LatentSpace) and all(b is None for b in self.space.bijectors):
+            fn = getattr(self.guide, moment)
+            values = fn(self.params) if self.is_global else jax.vmap(fn)(self.params)
+            if values is not None:
+                return self._values(values)
+        return None
+
+    def _values(self, u: jax.Array) -> PyTree:
+        """Unconstrained vectors ``(..., D)`` (or value indices) as latent pytrees ``(..., *shape)``."""
+        if not isinstance(self.space, LatentSpace):
+            return jax.tree_util.tree_map(lambda v: v[u], self.space)
+        batch = u.shape[:-1]
+        flat = u.reshape((-1, u.shape[-1]))
+        z = jax.vmap(lambda v: self.space.constrain(v)[0])(flat)
+        return jax.tree_util.tree_map(lambda a: a.reshape(batch + a.shape[1:]), z)
+
+
+jax.tree_util.register_pytree_node(
+    FittedGuide,
+    lambda g: ((g.params,), (g.guide, g.space, g.is_global)),
+    lambda aux, children: FittedGuide(aux[0], aux[1], children[0], aux[2]))
+
+
+# --- helpers ----------------------------------------------------------------------------------------
+
+def _check_positive_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
+
+
+def _float_dtype(data: PyTree):
+    dtype = jnp.result_type(*jax.tree_util.tree_leaves(data), jnp.float32)
+    return dtype if jnp.issubdtype(dtype, jnp.floating) else jnp.float32
+
+
+def _num(data: PyTree) -> int:
+    return num_data(data.obs if isinstance(data, exact.Sequences) else data)
+
+
+def _take(tree: PyTree, index: jax.Array) -> PyTree:
+    return jax.tree_util.tree_map(lambda a: a[index], tree)
+
+
+def _put(tree: PyTree, index: jax.Array, rows: PyTree) -> PyTree:
+    return jax.tree_util.tree_map(lambda a, r: a.at[index].set(r), tree, rows)
+
+
+def _where(pred, on_true: PyTree, on_false: PyTree) -> PyTree:
+    return jax.tree_util.tree_map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
+
+
+def _log_det(guide, log_det: jax.Array) -> jax.Array:
+    """A point mass fits z itself (MAP in the latent's own space): no log-Jacobian."""
+    return jnp.zeros_like(log_det) if guide.point_mass else log_det
+
+
+def _has_exact_posterior(latent) -> bool:
+    try:
+        exact_family(latent)
+    except ValueError:
+        return False
+    return True
+
+
+def _parts(per_datum, log_det, log_q, log_prior, stderr) -> dict:
+    """Which terms of the objective are finite, the first datum (in the batch) whose log-joint is not."""
+    finite = lambda a: jnp.array(True) if a is None else jnp.all(jnp.isfinite(a))
+    per_datum_finite = jnp.isfinite(per_datum)
+    return {"finite": jnp.stack([jnp.all(per_datum_finite), finite(log_det), finite(log_q), finite(log_prior)]),
+            "first_bad_datum": jnp.argmin(per_datum_finite), "stderr": stderr}
+
+
+def _fault(iteration, bound, parts, index, leaf_finite) -> Fault:
+    """The first of: a non-finite objective (which term, which datum), a non-finite gradient (which leaf)."""
+    bad_objective = ~jnp.isfinite(bound)
+    term = jnp.where(bad_objective, jnp.argmin(parts["finite"]), -1)
+    datum = jnp.where(bad_objective & (term == 0), index[parts["first_bad_datum"]], -1)
+    bad_gradient = ~jnp.all(leaf_finite)
+    kind = jnp.where(bad_objective, FAULT_OBJECTIVE, jnp.where(bad_gradient, FAULT_GRADIENT, NO_FAULT))
+    where = jnp.where(bad_objective, datum, jnp.where(bad_gradient, jnp.argmin(leaf_finite), -1))
+    return Fault(jnp.where(kind == NO_FAULT, -1, iteration).astype(jnp.int32), kind.astype(jnp.int32),
+                 where.astype(jnp.int32), term.astype(jnp.int32))

@@ -1,0 +1,379 @@
+"""SVI against closed-form posteriors and evidences, exact enumeration, and its own invariants."""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import scipy.special
+import scipy.stats
+
+import jaxvi
+from jaxvi.exact import elbo as exact_elbo
+
+KEY = jax.random.key(0)
+
+
+def gaussian_kl(q_mean, q_sd, mean, precision):
+    """KL(N(q_mean, diag(q_sd^2)) || N(mean, precision^-1)), in closed form."""
+    q_mean, q_sd = np.asarray(q_mean, np.float64), np.asarray(q_sd, np.float64)
+    diff = q_mean - mean
+    return 0.5 * (np.sum(np.diag(precision) * q_sd**2) + diff @ precision @ diff - len(mean)
+                  - np.linalg.slogdet(precision)[1] - 2 * np.sum(np.log(q_sd)))
+
+
+# --- Normal-Normal: a global mean with a conjugate prior --------------------------------------------
+
+SIGMA, PRIOR_MEAN, PRIOR_SD = 2.0, 0.5, 3.0
+
+
+@pytest.fixture(scope="module")
+def normal_data():
+    return np.random.default_rng(0).normal(1.5, SIGMA, 50).astype(np.float32)
+
+
+def normal_model():
+    latent = jaxvi.Global({"mu": jaxvi.Real(())},
+                          log_prior=lambda params, z: jax.scipy.stats.norm.logpdf(z["mu"], PRIOR_MEAN, PRIOR_SD))
+    return jaxvi.Model(lambda params, z, x: jax.scipy.stats.norm.logpdf(x, z["mu"], SIGMA), latent, lambda k, d: {})
+
+
+def normal_posterior(x):
+    precision = 1 / PRIOR_SD**2 + len(x) / SIGMA**2
+    mean = (PRIOR_MEAN / PRIOR_SD**2 + np.sum(x, dtype=np.float64) / SIGMA**2) / precision
+    log_evidence = scipy.stats.multivariate_normal(np.full(len(x), PRIOR_MEAN),
+                                                   SIGMA**2 * np.eye(len(x)) + PRIOR_SD**2).logpdf(x)
+    return mean, precision**-0.5, log_evidence
+
+
+@pytest.mark.parametrize("guide", [jaxvi.MeanField(), jaxvi.FullRank()])
+def test_normal_normal_recovers_the_exact_posterior_and_evidence(normal_data, guide):
+    mean, sd, log_evidence = normal_posterior(normal_data)
+    model = normal_model()
+    result = jaxvi.infer(model, jaxvi.SVI(guide=guide, num_steps=1500, num_particles=4, estimator="stl",
+                                          optimizer=optax.adam(3e-2)),
+                         normal_data, key=KEY, progress=False)
+    q = result.posterior()
+    np.testing.assert_allclose(q.mean()["mu"], mean, rtol=2e-3)
+    np.testing.assert_allclose(q.stddev()["mu"], sd, rtol=2e-3)
+    # the family contains the posterior: the ELBO reaches log p(D)
+    np.testing.assert_allclose(float(result.objective), log_evidence, rtol=1e-5)
+    assert float(result.diagnostics.elbo_stderr) < 1e-3
+    assert np.isnan(float(result.diagnostics.log_evidence))  # a Global latent has no exact E-step
+    estimate = jaxvi.evidence(model, result.params, normal_data, key=jax.random.key(1), posterior=q)
+    assert not estimate.exact
+    np.testing.assert_allclose(float(estimate.log_evidence), log_evidence, rtol=1e-5)
+
+
+def test_minibatches_give_an_unbiased_elbo_and_the_same_posterior(normal_data):
+    mean, sd, log_evidence = normal_posterior(normal_data)
+    model = normal_model()
+    method = jaxvi.SVI(num_steps=4000, batch_size=10, optimizer=optax.adam(optax.exponential_decay(3e-2, 4000, 0.05)))
+    result = jaxvi.infer(model, method, normal_data, key=KEY, progress=False)
+    q = result.posterior()
+    np.testing.assert_allclose(q.mean()["mu"], mean, atol=0.1 * sd)
+    np.testing.assert_allclose(q.stddev()["mu"], sd, rtol=0.1)
+    np.testing.assert_allclose(float(result.objective), log_evidence, atol=0.1)
+    # the trace holds the per-step estimates, scaled to all N data: their mean over the last steps is the ELBO
+    tail = np.asarray(result.trace)[-1000:]
+    assert abs(tail.mean() - log_evidence) < 4.5 * tail.std() / np.sqrt(len(tail)) + 0.1
+
+
+# --- Beta-Bernoulli through a bijector --------------------------------------------------------------
+
+def test_beta_bernoulli_through_an_interval_bijector():
+    a, b = 2.0, 2.0
+    x = np.r_[np.ones(60), np.zeros(140)].astype(np.float32)
+    latent = jaxvi.Global({"p": jaxvi.Real((), bijector=jaxvi.interval(0.0, 1.0))},
+                          log_prior=lambda params, z: jax.scipy.stats.beta.logpdf(z["p"], a, b))
+    model = jaxvi.Model(lambda params, z, x: x * jnp.log(z["p"]) + (1 - x) * jnp.log1p(-z["p"]), latent,
+                        lambda k, d: {})
+    result = jaxvi.infer(model, jaxvi.SVI(num_steps=2000, num_particles=8, estimator="stl",
+                                          optimizer=optax.adam(3e-2)), x, key=KEY, progress=False)
+    posterior = scipy.stats.beta(a + 60, b + 140)
+    log_evidence = scipy.special.betaln(a + 60, b + 140) - scipy.special.betaln(a, b)
+    q = result.posterior()
+    np.testing.assert_allclose(q.mean(jax.random.key(2), 200_000)["p"], posterior.mean(), rtol=2e-2)
+    np.testing.assert_allclose(q.stddev(jax.random.key(2), 200_000)["p"], posterior.std(), rtol=2e-2)
+    # the logit-Normal family nearly contains Beta(62, 142): the bound is tight to a few thousandths
+    elbo, se = float(result.objective), float(result.diagnostics.elbo_stderr)
+    assert elbo <= log_evidence + 4.5 * se
+    assert log_evidence - elbo < 5e-3
+    estimate = jaxvi.evidence(model, result.params, x, key=jax.random.key(3), posterior=q, num_samples=4000)
+    np.testing.assert_allclose(float(estimate.log_evidence), log_evidence, atol=4.5 * float(estimate.stderr) + 1e-4)
+
+
+# --- Bayesian linear regression: full-rank reaches the posterior, mean-field its closed-form optimum ----
+
+@pytest.fixture(scope="module")
+def regression():
+    """Correlated features (so a correlated posterior), the model, and the exact posterior and evidence."""
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(80, 3))
+    X[:, 2] = X[:, 1] + 0.3 * rng.normal(size=80)
+    y = X @ np.array([1.0, -2.0, 0.5]) + 0.7 * rng.normal(size=80)
+    alpha, noise = 0.5, 0.7
+    latent = jaxvi.Global({"w": jaxvi.Real((3,))},
+                          log_prior=lambda params, z: jnp.sum(jax.scipy.stats.norm.logpdf(z["w"], 0.0, alpha**-0.5)))
+    model = jaxvi.Model(lambda params, z, d: jax.scipy.stats.norm.logpdf(d["y"], d["x"] @ z["w"], noise), latent,
+                        lambda k, d: {})
+    precision = alpha * np.eye(3) + X.T @ X / noise**2
+    covariance = np.linalg.inv(precision)
+    mean = covariance @ X.T @ y / noise**2
+    log_evidence = scipy.stats.multivariate_normal(np.zeros(80), noise**2 * np.eye(80) + X @ X.T / alpha).logpdf(y)
+    data = {"x": X.astype(np.float32), "y": y.astype(np.float32)}
+    return model, data, mean, covariance, precision, log_evidence
+
+
+def test_bayesian_linear_regression_full_rank_equals_the_analytic_posterior(regression):
+    model, data, mean, covariance, _, log_evidence = regression
+    result = jaxvi.infer(model, jaxvi.SVI(guide=jaxvi.FullRank(), num_steps=3000, num_particles=4, estimator="stl",
+                                          optimizer=optax.adam(2e-2)), data, key=KEY, progress=False)
+    q = result.posterior()
+    np.testing.assert_allclose(q.mean()["w"], mean, rtol=2e-3, atol=1e-3)
+    raw = np.asarray(result.guide_params["scale_tril"], np.float64)
+    tril = np.tril(raw, -1) + np.diag(np.log1p(np.exp(np.diagonal(raw))))
+    np.testing.assert_allclose(tril @ tril.T, covariance, rtol=2e-2, atol=1e-4)
+    np.testing.assert_allclose(float(result.objective), log_evidence, rtol=1e-5)
+
+
+def test_mean_field_on_a_correlated_posterior_pays_its_closed_form_kl(regression):
+    """The best factorised q of N(m, S) has means m and variances 1 / Lambda_ii (Lambda = S^-1), and its
+    KL from the posterior is (sum_i log Lambda_ii - log det Lambda) / 2: the ELBO sits that far below log p(D)."""
+    model, data, mean, _, precision, log_evidence = regression
+    method = jaxvi.SVI(num_steps=6000, num_particles=4, estimator="stl", num_eval_particles=20_000,
+                       optimizer=optax.adam(optax.exponential_decay(3e-2, 6000, 0.01)))
+    result = jaxvi.infer(model, method, data, key=KEY, progress=False)
+    q = result.posterior()
+    best_kl = 0.5 * (np.sum(np.log(np.diag(precision))) - np.linalg.slogdet(precision)[1])
+    assert best_kl > 0.3
+    fitted_kl = gaussian_kl(q.mean()["w"], q.stddev()["w"], mean, precision)
+    assert best_kl <= fitted_kl < 1.02 * best_kl
+    np.testing.assert_allclose(q.stddev()["w"], np.diag(precision) ** -0.5, rtol=1e-2)
+    # the reported ELBO is log p(D) - KL(q || p) of the fitted q, to its Monte-Carlo error
+    se = float(result.diagnostics.elbo_stderr)
+    assert abs(float(result.objective) - (log_evidence - fitted_kl)) < 4.5 * se + 1e-3
+
+
+# --- a Gaussian mixture: local discrete latents, the gap to the exact evidence ----------------------
+
+@pytest.fixture(scope="module")
+def mixture():
+    rng = np.random.default_rng(2)
+    x = np.concatenate([rng.normal(-2.0, 1.0, (40, 1)), rng.normal(2.5, 0.8, (30, 1))]).astype(np.float32)
+    return jaxvi.models.gaussian_mixture(2, covariance="diag"), x
+
+
+def test_categorical_guide_bound_is_below_the_exact_evidence_and_the_gap_is_the_kl(mixture):
+    gm, x = mixture
+    result = jaxvi.infer(gm.model, jaxvi.SVI(discrete="guide", num_particles=8, num_steps=600,
+                                             optimizer=optax.adam(5e-2), num_eval_particles=400),
+                         x, key=KEY, progress=False)
+    d = result.diagnostics
+    exact = jaxvi.evidence(gm.model, result.params, x)
+    assert exact.exact
+    log_evidence = float(exact.log_evidence)  # log p(D | fitted theta), by enumeration
+    np.testing.assert_allclose(float(d.log_evidence), log_evidence, rtol=1e-6)
+    np.testing.assert_allclose(float(d.gap), float(d.log_evidence) - float(result.objective), rtol=1e-6)
+    # the fitted q's exact ELBO (by enumeration) and KL: the bound holds and the reported gap is the KL
+    log_q = jax.nn.log_softmax(result.guide_params["logits"], axis=-1)
+    true_elbo = float(jnp.sum(exact_elbo(gm.model.log_joint, gm.model.latent, result.params, jnp.asarray(x), log_q)))
+    assert true_elbo <= log_evidence + 1e-4
+    np.testing.assert_allclose(float(result.objective), true_elbo, atol=4.5 * float(d.elbo_stderr) + 1e-3)
+    assert float(d.gap) > -4.5 * float(d.elbo_stderr)
+    # ... and it holds at other parameters too: the initial ones
+    init = gm.model.init(KEY, jnp.asarray(x))
+    uniform = jnp.full((len(x), 2), -math.log(2.0))
+    assert float(jnp.sum(exact_elbo(gm.model.log_joint, gm.model.latent, init, jnp.asarray(x), uniform))) \
+        <= float(jaxvi.evidence(gm.model, init, x).log_evidence)
+
+
+def test_enumerated_discrete_latents_make_the_elbo_the_exact_evidence(mixture):
+    gm, x = mixture
+    svi = jaxvi.infer(gm.model, jaxvi.SVI(num_steps=1500, optimizer=optax.adam(5e-2)), x, key=KEY, progress=False)
+    assert float(svi.diagnostics.gap) == 0.0
+    em = jaxvi.infer(gm.model, jaxvi.EM(m_step=gm.m_step, max_iter=500, tol=1e-7), x, key=KEY, progress=False)
+    # gradient ascent on log p(D) reaches EM's maximum
+    np.testing.assert_allclose(float(svi.objective), float(em.objective), rtol=1e-4)
+
+
+# --- local continuous latents: one q per datum, against exact Gaussian posteriors ------------------
+
+@pytest.fixture(scope="module")
+def factor_data():
+    rng = np.random.default_rng(3)
+    W = rng.normal(size=(4, 2))
+    x = (rng.normal(size=(60, 2)) @ W.T + 0.5 * rng.normal(size=(60, 4)) + 1.0).astype(np.float32)
+    return x, W
+
+
+def test_local_guides_on_minibatches_against_exact_gaussian_posteriors(factor_data):
+    """A fixed factor-analysis model (no theta): every datum's posterior is N(mu_i, Sigma), so a full-rank q_i
+    closes the gap and a mean-field q_i pays KL = (sum_j log Lambda_jj - log det Lambda) / 2 per datum."""
+    x, W = factor_data
+    params = jaxvi.models.FactorAnalysisParams(jnp.ones(4), jnp.asarray(W, jnp.float32), jnp.full(4, math.log(0.25)))
+    fa = jaxvi.models.factor_analysis(2)
+    model = jaxvi.Model(lambda p, z, x: fa.model.log_joint(params, z, x), jaxvi.Gaussian(2), lambda k, d: {})
+    exact = jaxvi.EM().e_step(fa.model, params, jnp.asarray(x))
+    log_evidence = float(jnp.sum(exact.log_evidence))
+    precision = np.linalg.inv(np.asarray(exact.covariance[0], np.float64))
+    schedule = optax.exponential_decay(5e-2, 2000, 0.01)  # per-datum states count their own ~2000 updates
+    gaps = {}
+    for name, guide in (("full-rank", jaxvi.FullRank()), ("mean-field", jaxvi.MeanField())):
+        method = jaxvi.SVI(guide=guide, num_steps=6000, batch_size=20, num_particles=2, estimator="stl",
+                           optimizer=optax.adam(schedule), num_eval_particles=2000)
+        result = jaxvi.infer(model, method, x, key=KEY, progress=False)
+        d = result.diagnostics
+        np.testing.assert_allclose(float(d.log_evidence), log_evidence, rtol=1e-6)
+        np.testing.assert_allclose(float(d.gap), float(d.log_evidence) - float(result.objective), rtol=1e-6)
+        q = result.posterior()
+        gaps[name] = float(d.gap), float(d.elbo_stderr)
+        if name == "full-rank":
+            np.testing.assert_allclose(q.mean(), exact.mean, atol=1e-3)
+            assert abs(gaps[name][0]) < 0.01
+        else:
+            best = 0.5 * (np.sum(np.log(np.diag(precision))) - np.linalg.slogdet(precision)[1])
+            fitted = sum(gaussian_kl(m, s, np.asarray(e, np.float64), precision)
+                         for m, s, e in zip(q.mean(), q.stddev(), exact.mean))
+            assert 60 * best <= fitted < 1.02 * 60 * best
+            assert abs(gaps[name][0] - fitted) < 4.5 * gaps[name][1] + 1e-2
+
+
+def test_factor_analysis_by_svi_learns_theta_to_em_s_maximum(factor_data):
+    x, _ = factor_data
+    fa = jaxvi.models.factor_analysis(2)
+    method = jaxvi.SVI(guide=jaxvi.FullRank(), num_steps=3000, num_particles=2, estimator="stl",
+                       optimizer=optax.adam(optax.exponential_decay(3e-2, 3000, 0.03)))
+    result = jaxvi.infer(fa.model, method, x, key=KEY, progress=False)
+    d = result.diagnostics
+    em = jaxvi.infer(fa.model, jaxvi.EM(m_step=fa.m_step, max_iter=500, tol=1e-8), x, key=KEY, progress=False)
+    assert float(d.log_evidence) <= float(em.objective) + 1e-3            # EM's is the maximum
+    np.testing.assert_allclose(float(d.log_evidence), float(em.objective), atol=0.1)
+    assert -4.5 * float(d.elbo_stderr) < float(d.gap) < 0.1
+
+
+# --- the Delta guide is MAP; the flow beats mean-field on a banana ----------------------------------
+
+def test_delta_guide_finds_the_posterior_mode(normal_data):
+    mean, _, _ = normal_posterior(normal_data)  # Normal posterior: mode = mean
+    result = jaxvi.infer(normal_model(), jaxvi.SVI(guide=jaxvi.Delta(), num_steps=1000, optimizer=optax.adam(5e-2)),
+                         normal_data, key=KEY, progress=False)
+    np.testing.assert_allclose(result.posterior().mean()["mu"], mean, rtol=1e-4)
+
+
+def banana_model():
+    """z = (a, b): a ~ N(0, 1), b | a ~ N(a^2, 0.3^2); one dummy datum."""
+    def log_prior(params, z):
+        a, b = z["ab"][0], z["ab"][1]
+        return jax.scipy.stats.norm.logpdf(a) + jax.scipy.stats.norm.logpdf(b, a**2, 0.3)
+
+    latent = jaxvi.Global({"ab": jaxvi.Real((2,))}, log_prior)
+    return jaxvi.Model(lambda params, z, x: jnp.zeros(()), latent, lambda k, d: {})
+
+
+def test_a_flow_fits_a_banana_better_than_mean_field():
+    model, x = banana_model(), np.zeros((1, 1), np.float32)  # log Z = 0: the ELBO is -KL
+    bounds = {}
+    for name, guide in (("mean-field", jaxvi.MeanField()), ("flow", jaxvi.Flow(num_layers=4, hidden=(16, 16)))):
+        result = jaxvi.infer(model, jaxvi.SVI(guide=guide, num_steps=3000, num_particles=8,
+                                              optimizer=optax.adam(5e-3), num_eval_particles=4000),
+                             x, key=KEY, progress=False)
+        bounds[name] = (float(result.objective), float(result.diagnostics.elbo_stderr))
+    for value, se in bounds.values():
+        assert value < 4.5 * se  # a bound on log Z = 0
+    assert bounds["flow"][0] > bounds["mean-field"][0] + 0.05, bounds
+
+
+# --- compiled behaviour: vmap over data sets, restarts, no retracing --------------------------------
+
+def test_vmap_over_data_sets_equals_separate_fits():
+    model = normal_model()
+    datasets = np.random.default_rng(5).normal(1.0, SIGMA, (3, 20)).astype(np.float32)
+    method = jaxvi.SVI(num_steps=300, estimator="stl", optimizer=optax.adam(5e-2))
+    fit = lambda d, k: jaxvi.infer(model, method, d, key=k, progress=False)
+    keys = jax.random.split(KEY, 3)
+    batched = jax.jit(jax.vmap(fit))(jnp.asarray(datasets), keys)
+    for i in range(3):
+        single = fit(jnp.asarray(datasets[i]), keys[i])
+        np.testing.assert_allclose(batched.objective[i], single.objective, rtol=1e-5)
+        np.testing.assert_allclose(batched.guide_params["loc"][i], single.guide_params["loc"], rtol=1e-5, atol=1e-6)
+        mean, _, _ = normal_posterior(datasets[i])
+        np.testing.assert_allclose(single.posterior().mean()["mu"], mean, atol=0.1)
+
+
+def test_restarts_keep_the_best_and_the_progress_bar_changes_nothing(normal_data):
+    model = normal_model()
+    method = jaxvi.SVI(num_steps=200, n_init=3, optimizer=optax.adam(5e-2))
+    quiet = jaxvi.infer(model, method, normal_data, key=KEY, progress=False)
+    shown = jaxvi.infer(model, method, normal_data, key=KEY, progress=True)
+    np.testing.assert_allclose(shown.objective, quiet.objective, rtol=1e-6)
+    objectives = np.asarray(quiet.diagnostics.restart_objectives)
+    assert objectives.shape == (3,) and float(quiet.objective) == objectives.max()
+
+
+def test_same_key_same_result_and_the_log_joint_is_traced_once_per_shape(normal_data):
+    traces = []
+
+    def log_lik(params, z, x):
+        traces.append(1)
+        return jax.scipy.stats.norm.logpdf(x, z["mu"], SIGMA)
+
+    model = jaxvi.Model(log_lik, normal_model().latent, lambda k, d: {})
+    method = jaxvi.SVI(num_steps=50)
+    a = jaxvi.infer(model, method, normal_data, key=KEY, progress=False)
+    first = len(traces)
+    b = jaxvi.infer(model, method, normal_data, key=KEY, progress=False)
+    assert len(traces) - first <= 2  # the abstract checks may trace; the compiled fit is not traced again
+    np.testing.assert_array_equal(a.trace, b.trace)
+
+
+# --- faults and bad input ---------------------------------------------------------------------------
+
+def test_a_non_finite_log_joint_stops_the_run_and_names_the_step_term_and_datum(normal_data):
+    trap = jnp.asarray(normal_data).at[7].set(123.0)
+
+    def log_lik(params, z, x):
+        # a NaN for the datum 123.0 once mu has moved past 1.0
+        return jnp.where((x == 123.0) & (z["mu"] > 1.0), jnp.nan, jax.scipy.stats.norm.logpdf(x, z["mu"], SIGMA))
+
+    model = jaxvi.Model(log_lik, normal_model().latent, lambda k, d: {})
+    method = jaxvi.SVI(guide=jaxvi.Delta(), num_steps=500, optimizer=optax.sgd(1e-3))
+    with pytest.raises(FloatingPointError, match=r"SVI stopped at step \d+: the ELBO was not finite: its log_joint "
+                                                 r"term for datum 7") as err:
+        jaxvi.infer(model, method, trap, key=KEY, progress=False)
+    result = err.value.result
+    assert np.all(np.isfinite(np.asarray(result.guide_params["loc"])))
+    assert 0 < int(result.n_iter) < 500
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"num_steps": 0}, "num_steps"), ({"batch_size": 0}, "batch_size"), ({"num_particles": 1.5}, "num_particles"),
+    ({"estimator": "reinforce"}, "estimator"), ({"discrete": "sample"}, "discrete"), ({"tol": -1.0}, "tol"),
+    ({"guide": "normal"}, "guide"), ({"optimizer": "adam"}, "optimizer"),
+])
+def test_bad_svi_settings(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        jaxvi.SVI(**kwargs)
+
+
+def test_bad_models_and_combinations_are_named_before_compiling(normal_data, mixture):
+    model = normal_model()
+    with pytest.raises(ValueError, match="batch_size"):
+        jaxvi.infer(model, jaxvi.SVI(batch_size=51), normal_data, key=KEY, progress=False)
+    with pytest.raises(ValueError, match="closed-form entropy"):
+        jaxvi.infer(banana_model(), jaxvi.SVI(guide=jaxvi.Flow(), estimator="analytic"), np.zeros((1, 1)), key=KEY)
+    with pytest.raises(ValueError, match="num_particles >= 2"):
+        jaxvi.infer(mixture[0].model, jaxvi.SVI(discrete="guide"), mixture[1], key=KEY)
+    with pytest.raises(ValueError, match="fit it with jaxvi.SVI"):
+        jaxvi.infer(model, jaxvi.EM(), normal_data, key=KEY)
+    bad_prior = jaxvi.Global({"mu": jaxvi.Real((2,))}, log_prior=lambda params, z: z["mu"])
+    with pytest.raises(ValueError, match=r"Global\(log_prior\)"):
+        jaxvi.infer(jaxvi.Model(lambda p, z, x: jnp.sum(z["mu"]) * x, bad_prior, lambda k, d: {}), jaxvi.SVI(),
+                    normal_data, key=KEY)
+    with pytest.raises(ValueError, match=r"Real\(shape\)"):
+        jaxvi.Real((-1,))
+    with pytest.raises(ValueError, match=r"Global\(log_prior\)"):
+        jaxvi.Global({"mu": jaxvi.Real(())}, log_prior=3.0)
+    with pytest.raises(ValueError, match="interval"):
+        jaxvi.interval(1.0, 0.0)
