@@ -21,6 +21,9 @@ import time
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import cpu_model  # noqa: E402
+
 N, D, K, ITERS, RESTARTS = 200_000, 16, 16, 20, 8
 
 
@@ -102,14 +105,6 @@ def one_fit(library: str, restarts: int, n: int) -> dict:
     out = fit_jaxvi(x, seeds) if library == "jaxvi" else fit_sklearn(x, seeds)
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return out
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown CPU"
 
 
 def main():

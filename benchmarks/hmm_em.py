@@ -39,6 +39,9 @@ import time
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import cpu_model, timed  # noqa: E402
+
 K, D, N_SEQ, STEPS, ITERS, LONG_STEPS = 8, 4, 200, 1_000, 10, 1_000_000
 QUICK = {"n_seq": 20, "steps": 200, "long_steps": 20_000}
 TARGET = 5.0  # the issue's target: jaxvi >= 5x faster than hmmlearn including compile
@@ -110,21 +113,6 @@ def _jax_setup(parallel: bool):
     return jax, jnp, jaxvi, hmm, model, to_params
 
 
-def _timed(fn, repeats: int = 2) -> tuple[float, float, object]:
-    """``(first call s, faster of ``repeats`` later calls s, last output)``; every call is blocked on."""
-    import jax
-
-    t0 = time.perf_counter()
-    out = jax.block_until_ready(fn())
-    first = time.perf_counter() - t0
-    runs = []
-    for _ in range(repeats):  # the machine is shared: the compiled run time is the faster repeat
-        t0 = time.perf_counter()
-        out = jax.block_until_ready(fn())
-        runs.append(time.perf_counter() - t0)
-    return first, min(runs), out
-
-
 def _device_info(jax) -> dict:
     device = jax.devices()[0]
     kind = device.device_kind
@@ -145,7 +133,7 @@ def jaxvi_em(x: np.ndarray, parallel: bool, iters: int) -> dict:
     method = jaxvi.EM(max_iter=iters, tol=0.0, m_step=hmm.m_step)
     xj = jax.device_put(jnp.asarray(x))
     fit = lambda: jaxvi.infer(model, method, xj, key=jax.random.key(0), progress=False, init_params=init)
-    first, run, result = _timed(fit)
+    first, run, result = timed(fit)
     log_lik = float(np.sum(np.asarray(result.posterior(xj).log_evidence, np.float64)))
     params = result.params
     return {"total_s": first, "run_s": run, "compile_s": first - run, "log_likelihood": log_lik,
@@ -172,7 +160,7 @@ def jaxvi_estep(x: np.ndarray, parallel: bool) -> dict:
 
     out = {}
     for name, fn in (("forward", forward_only), ("estep", full_estep)):
-        first, run, value = _timed(lambda: fn(params, xj))
+        first, run, value = timed(lambda: fn(params, xj))
         log_ev = value if name == "forward" else value[0]
         out[name] = {"total_s": first, "run_s": run, "compile_s": first - run,
                      "log_likelihood": float(np.sum(np.asarray(log_ev, np.float64)))}
@@ -246,14 +234,6 @@ def run_child(task: str, args) -> dict:
     out = TASKS[task][2](x, args)
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return out
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown CPU"
 
 
 def spawn(task: str, args) -> dict:

@@ -68,6 +68,9 @@ def infer(model: Model, method, data: PyTree, *, key: jax.Array, progress: bool 
     else:  # one compiled call
         result = _fit(model, method, data, keys, init_params)
     if not traced:
+        if hasattr(method, "diagnose") and int(result.diagnostics.fault.kind) == FAULT_OBJECTIVE:
+            result = dataclasses.replace(result, diagnostics=result.diagnostics._replace(
+                fault=method.diagnose(result, data)))
         _raise_on_fault(result)
     return result
 

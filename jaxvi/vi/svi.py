@@ -37,7 +37,7 @@ from jaxvi.chunks import num_data
 from jaxvi.exact.enumerate import latent_values
 from jaxvi.latents import Discrete, Global, Markov, exact_family, is_spec
 from jaxvi.model import Model
-from jaxvi.result import NO_FAULT, FAULT_GRADIENT, FAULT_OBJECTIVE, Fault, Result, no_fault
+from jaxvi.result import FAULT_GRADIENT, FAULT_OBJECTIVE, NO_FAULT, Fault, Result, no_fault
 from jaxvi.vi.guides import Categorical, Flow, MeanField, is_guide
 from jaxvi.vi.objectives import ESTIMATORS, estimate, particle_terms
 from jaxvi.vi.space import LatentSpace, latent_space
@@ -91,6 +91,7 @@ class SVIDiagnostics(NamedTuple):
       gap: ``log_evidence - objective``, :math:`\\sum_i KL(q_i \\| p(z_i \\mid x_i))` (NaN where unknown).
       fault: the first numerical fault (``kind == 0``: none).
       restart_objectives: ``(n_init,)`` final objective of every restart; the best is returned.
+      fault_key: the PRNG key of the faulty step (of the next step if none), to replay it.
     """
 
     elbo_stderr: jax.Array
@@ -98,6 +99,7 @@ class SVIDiagnostics(NamedTuple):
     gap: jax.Array
     fault: Fault
     restart_objectives: jax.Array
+    fault_key: jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
@@ -239,23 +241,27 @@ class SVI:
         """One gradient step on a minibatch. Returns the state and the step's ELBO estimate."""
         kind, n = self._kind(model), _num(data)
         next_key, batch_key, particle_key = jax.random.split(state.key, 3)
-        index = (jnp.arange(n) if self.batch_size is None
-                 else jax.random.choice(batch_key, n, (self.batch_size,), replace=False))
-        batch = _take(data, index)
+        full = self.batch_size is None or self.batch_size == n
+        index = jnp.arange(n) if full else jax.random.choice(batch_key, n, (self.batch_size,), replace=False)
+        batch = data if full else _take(data, index)
         local = kind in ("local", "categorical")
-        batch_psi = _take(state.guide_params, index) if local else None
+        batch_psi = (state.guide_params if full else _take(state.guide_params, index)) if local else None
         global_psi = state.guide_params if kind == "global" else None
 
-        def objective(params, global_psi, batch_psi):
-            surrogate, bound, parts = self._objective(model, params, global_psi, batch_psi, batch, particle_key,
-                                                      n / index.shape[0], self.num_particles)
-            return surrogate, (bound, parts)
+        scale = n / index.shape[0]
 
-        (_, (bound, parts)), grads = jax.value_and_grad(objective, argnums=(0, 1, 2), has_aux=True)(
+        def objective(params, global_psi, batch_psi):
+            surrogate, bound, _, _ = self._objective(model, params, global_psi, batch_psi, batch, particle_key, scale,
+                                                     self.num_particles)
+            return surrogate, bound
+
+        (_, bound), grads = jax.value_and_grad(objective, argnums=(0, 1, 2), has_aux=True)(
             state.params, global_psi, batch_psi)
         grads = jax.tree_util.tree_map(jnp.negative, grads)  # optax minimises
         leaf_finite = jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves(grads)])
-        fault = _fault(state.n_iter, bound, parts, index, leaf_finite)
+        # which term and datum went non-finite is found by finalize, which replays this step (the key
+        # is kept): tracking the per-datum terms at every step would slow the step threefold
+        fault = _fault(state.n_iter, bound, _no_parts(), index, leaf_finite)
         ok = fault.kind == NO_FAULT
 
         optimizer = self._optimizer()
@@ -263,11 +269,14 @@ class SVI:
         new_params, new_global = optax.apply_updates((state.params, global_psi), updates)
         guide_params, local_opt_state = state.guide_params, state.local_opt_state
         if local:
-            rows_opt = _take(state.local_opt_state, index)
+            rows_opt = state.local_opt_state if full else _take(state.local_opt_state, index)
             row_updates, rows_opt = jax.vmap(optimizer.update)(grads[2], rows_opt, batch_psi)
             new_rows = optax.apply_updates(batch_psi, row_updates)
-            guide_params = _where(ok, _put(state.guide_params, index, new_rows), state.guide_params)
-            local_opt_state = _where(ok, _put(state.local_opt_state, index, rows_opt), state.local_opt_state)
+            if not full:
+                new_rows = _put(state.guide_params, index, new_rows)
+                rows_opt = _put(state.local_opt_state, index, rows_opt)
+            guide_params = _where(ok, new_rows, state.guide_params)
+            local_opt_state = _where(ok, rows_opt, state.local_opt_state)
         elif kind == "global":
             guide_params = _where(ok, new_global, state.guide_params)
 
@@ -283,7 +292,7 @@ class SVI:
             guide_params=guide_params,
             opt_state=_where(ok, opt_state, state.opt_state),
             local_opt_state=local_opt_state,
-            key=next_key,
+            key=jnp.where(ok, next_key, state.key),
             trace=jnp.where(ok, state.trace.at[state.n_iter].set(bound), state.trace),
             smoothed=jnp.where(ok, smoothed, state.smoothed),
             smoothed_at_check=jnp.where(check, smoothed, state.smoothed_at_check),
@@ -295,13 +304,14 @@ class SVI:
         return new_state, bound
 
     def finalize(self, model: Model, state: SVIState, data: PyTree) -> Result:
-        """The fit's Result: the final ELBO on all the data, its standard error, the exact evidence and gap."""
+        """The fit's Result: the final ELBO on all the data, its standard error, the exact evidence and gap;
+        after a fault, which term and datum it came from."""
         kind, n = self._kind(model), _num(data)
         global_psi = state.guide_params if kind == "global" else None
         local_psi = state.guide_params if kind in ("local", "categorical") else None
         surrogate_key = jax.random.fold_in(state.key, 1)
-        _, elbo, parts = self._objective(model, state.params, global_psi, local_psi, data, surrogate_key, 1.0,
-                                         self.num_eval_particles)
+        _, elbo, stderr, _ = self._objective(model, state.params, global_psi, local_psi, data, surrogate_key, 1.0,
+                                             self.num_eval_particles)
         elbo = elbo.astype(state.trace.dtype)
         log_evidence = jnp.array(jnp.nan, elbo.dtype)
         if kind != "global" and _has_exact_posterior(model.latent):
@@ -310,10 +320,56 @@ class SVI:
         if kind == "summed":
             log_evidence = elbo
         trace = jnp.where(jnp.arange(self.num_steps) < state.n_iter, state.trace, elbo)
-        diagnostics = SVIDiagnostics(parts["stderr"].astype(elbo.dtype), log_evidence, log_evidence - elbo,
-                                     state.fault, elbo[None])
+        diagnostics = SVIDiagnostics(stderr.astype(elbo.dtype), log_evidence, log_evidence - elbo, state.fault,
+                                     elbo[None], state.key)
         return Result(state.params, elbo, trace, state.n_iter, state.converged, diagnostics, model, self,
                       guide_params=state.guide_params)
+
+    def elbo(self, result: Result, data: PyTree, *, key: jax.Array, num_particles: int = 1000
+             ) -> tuple[jax.Array, jax.Array]:
+        """``(ELBO, standard error)`` of a fit's q on ``data`` (+ log p(θ)), with ``num_particles`` draws.
+
+        For a global latent ``data`` may be new (a held-out bound); for local latents it must be
+        the data the fit's q_i belong to. Compiles on every call; for evaluation, not for loops.
+        """
+        model, kind = result.model, self._kind(result.model)
+        _check_positive_int("num_particles", num_particles)
+        if kind in ("local", "categorical"):
+            rows = jax.tree_util.tree_leaves(result.guide_params)[0].shape[0]
+            if rows != _num(data):
+                raise ValueError(f"data: the fit has one q per datum for {rows} data, got {_num(data)} data")
+
+        @jax.jit
+        def evaluate(params, guide_params, data, key):
+            global_psi = guide_params if kind == "global" else None
+            local_psi = guide_params if kind in ("local", "categorical") else None
+            _, bound, stderr, _ = self._objective(model, params, global_psi, local_psi, data, key, 1.0, num_particles)
+            return bound, stderr
+
+        return evaluate(result.params, result.guide_params, data, key)
+
+    def diagnose(self, result: Result, data: PyTree) -> Fault:
+        """A non-finite objective's fault, completed with the term and the datum it came from.
+
+        Replays the faulty step: the result holds that step's parameters and key. ``infer`` calls
+        this before it raises; the fault in a result from a traced ``infer`` lacks the two.
+        """
+        model, fault = result.model, result.diagnostics.fault
+        kind, n = self._kind(model), _num(data)
+
+        @jax.jit
+        def replay(params, guide_params, data, key):
+            _, batch_key, particle_key = jax.random.split(key, 3)
+            full = self.batch_size is None or self.batch_size == n
+            index = jnp.arange(n) if full else jax.random.choice(batch_key, n, (self.batch_size,), replace=False)
+            local = kind in ("local", "categorical")
+            _, bound, _, parts = self._objective(
+                model, params, guide_params if kind == "global" else None,
+                _take(guide_params, index) if local else None, _take(data, index), particle_key,
+                n / index.shape[0], self.num_particles)
+            return _fault(fault.iteration, bound, parts, index, jnp.ones(1, bool))
+
+        return replay(result.params, result.guide_params, data, result.diagnostics.fault_key)
 
     def posterior(self, result: Result, data: PyTree | None = None):
         """The fitted q: a ``FittedGuide`` (sample, log_prob, mean, stddev in the latent's own space),
@@ -340,17 +396,17 @@ class SVI:
         return optax.adam(1e-2) if self.optimizer is None else self.optimizer
 
     def _objective(self, model: Model, params, global_psi, batch_psi, batch, key, scale, num_particles):
-        """``(surrogate, bound, parts)`` on a batch, scaled to N data, + log p(θ).
+        """``(surrogate, bound, stderr, parts)`` on a batch, scaled to N data, + log p(θ).
 
-        ``parts`` holds the finite-ness of every term (for fault reports) and the estimate's
-        standard error."""
+        ``stderr`` is the bound's Monte-Carlo standard error; ``parts`` holds the finite-ness of
+        every term, for fault reports. (Unused outputs cost nothing: XLA drops them.)"""
         kind, estimator, guide = self._kind(model), self._estimator(model), self._guide(model)
         log_prior = model.total_log_prior(params)
         if kind == "summed":
             per_datum = exact.posterior(model.log_joint, model.latent, params, batch).log_evidence
             total = scale * jnp.sum(per_datum) + log_prior
-            parts = _parts(per_datum, None, None, log_prior, jnp.zeros((), per_datum.dtype))
-            return total, total, parts
+            parts = _parts(per_datum, None, None, log_prior)
+            return total, total, jnp.zeros((), total.dtype), parts
         if kind == "global":
             space = latent_space(model.latent.latent)
 
@@ -365,9 +421,8 @@ class SVI:
             surrogate, bound = estimate(terms, estimator)
             weights = terms.log_joint + terms.log_det - terms.log_q
             stderr = jnp.std(weights) / math.sqrt(num_particles)
-            parts = _parts(jnp.mean(log_lik, axis=0), terms.log_det, terms.log_q, log_prior + jnp.mean(latent_prior),
-                           stderr)
-            return surrogate + log_prior, bound + log_prior, parts
+            parts = _parts(jnp.mean(log_lik, axis=0), terms.log_det, terms.log_q, log_prior + jnp.mean(latent_prior))
+            return surrogate + log_prior, bound + log_prior, stderr, parts
 
         space = latent_values(model.latent) if kind == "categorical" else latent_space(model.latent)
         keys = jax.random.split(key, jax.tree_util.tree_leaves(batch_psi)[0].shape[0])
@@ -388,8 +443,8 @@ class SVI:
         surrogates, bounds, variances, terms = jax.vmap(one_datum)(batch, batch_psi, keys)
         stderr = scale * jnp.sqrt(jnp.sum(variances))
         parts = _parts(jnp.mean(terms.log_joint, axis=1), jnp.mean(terms.log_det, axis=1),
-                       jnp.mean(terms.log_q, axis=1), log_prior, stderr)
-        return scale * jnp.sum(surrogates) + log_prior, scale * jnp.sum(bounds) + log_prior, parts
+                       jnp.mean(terms.log_q, axis=1), log_prior)
+        return scale * jnp.sum(surrogates) + log_prior, scale * jnp.sum(bounds) + log_prior, stderr, parts
 
 
 class FittedGuide(NamedTuple):
@@ -513,12 +568,17 @@ def _has_exact_posterior(latent) -> bool:
     return True
 
 
-def _parts(per_datum, log_det, log_q, log_prior, stderr) -> dict:
+def _parts(per_datum, log_det, log_q, log_prior) -> dict:
     """Which terms of the objective are finite, the first datum (in the batch) whose log-joint is not."""
     finite = lambda a: jnp.array(True) if a is None else jnp.all(jnp.isfinite(a))
     per_datum_finite = jnp.isfinite(per_datum)
     return {"finite": jnp.stack([jnp.all(per_datum_finite), finite(log_det), finite(log_q), finite(log_prior)]),
-            "first_bad_datum": jnp.argmin(per_datum_finite), "stderr": stderr}
+            "first_bad_datum": jnp.argmin(per_datum_finite).astype(jnp.int32)}
+
+
+def _no_parts() -> dict:
+    """``_parts`` of an objective whose every term is finite."""
+    return {"finite": jnp.ones(4, bool), "first_bad_datum": jnp.array(0, jnp.int32)}
 
 
 def _fault(iteration, bound, parts, index, leaf_finite) -> Fault:

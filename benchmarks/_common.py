@@ -1,0 +1,57 @@
+"""What every benchmark shares: naming the machine, timing compiled calls, running a fit in a fresh process."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown CPU"
+
+
+def machine(jax) -> str:
+    """The CPU, its cores, and the device JAX runs on."""
+    device = jax.devices()[0]
+    kind = device.device_kind
+    name = kind if kind.lower() == device.platform else f"{device.platform} ({kind})"
+    return f"{cpu_model()}, {os.cpu_count()} cores ({platform.machine()}), jax device: {name}"
+
+
+def timed(fn, repeats: int = 2) -> tuple[float, float, object]:
+    """``(first call s, faster of ``repeats`` later calls s, last output)``; every call is blocked on."""
+    import jax
+
+    t0 = time.perf_counter()
+    out = jax.block_until_ready(fn())
+    first = time.perf_counter() - t0
+    runs = []
+    for _ in range(repeats):  # the machine is shared: the compiled run time is the faster repeat
+        t0 = time.perf_counter()
+        out = jax.block_until_ready(fn())
+        runs.append(time.perf_counter() - t0)
+    return first, min(runs) if runs else first, out
+
+
+def spawn(script: str, args: list[str], timeout: float) -> dict:
+    """Runs ``script --child ...`` in a fresh interpreter and returns the JSON its last line prints;
+    a failure or a time-out is recorded as ``{"error": ...}``, not raised."""
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        print(f"  {' '.join(args)}: timed out after {timeout:.0f} s", flush=True)
+        return {"error": f"timed out after {timeout:.0f} s"}
+    if proc.returncode != 0:
+        tail = proc.stderr.strip().splitlines()[-1:] or ["(no stderr)"]
+        print(f"  {' '.join(args)}: failed: {tail[0]}", flush=True)
+        return {"error": tail[0]}
+    print(f"  {' '.join(args)}: {time.perf_counter() - t0:.1f} s wall", flush=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
