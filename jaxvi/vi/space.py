@@ -25,7 +25,7 @@ import numpy as np
 from jaxvi.latents import Gaussian, Real, is_spec
 
 __all__ = ["LatentSpace", "Ordered", "Positive", "Interval", "Simplex", "interval", "latent_space", "ordered",
-           "positive", "simplex"]
+           "positive", "simplex", "unconstrain"]
 
 PyTree = Any
 
@@ -36,6 +36,9 @@ class Positive:
 
     def forward_and_log_det(self, u):
         return jnp.exp(u), u
+
+    def inverse(self, z):
+        return jnp.log(z)
 
     def unconstrained_shape(self, shape: tuple) -> tuple:
         return shape
@@ -52,6 +55,10 @@ class Interval:
         width = self.high - self.low
         return self.low + width * jax.nn.sigmoid(u), math.log(width) + jax.nn.log_sigmoid(u) + jax.nn.log_sigmoid(-u)
 
+    def inverse(self, z):
+        p = (z - self.low) / (self.high - self.low)
+        return jnp.log(p) - jnp.log1p(-p)
+
     def unconstrained_shape(self, shape: tuple) -> tuple:
         return shape
 
@@ -63,6 +70,9 @@ class Ordered:
     def forward_and_log_det(self, u):
         z = jnp.cumsum(jnp.concatenate([u[..., :1], jnp.exp(u[..., 1:])], axis=-1), axis=-1)
         return z, jnp.sum(u[..., 1:], axis=-1)
+
+    def inverse(self, z):
+        return jnp.concatenate([z[..., :1], jnp.log(jnp.diff(z, axis=-1))], axis=-1)
 
     def unconstrained_shape(self, shape: tuple) -> tuple:
         return shape
@@ -86,10 +96,23 @@ class Simplex:
         z = jnp.concatenate([jnp.exp(log_v + log_before), jnp.exp(log_remaining[..., -1:])], axis=-1)
         return z, jnp.sum(log_v + log_1mv + log_before, axis=-1)
 
+    def inverse(self, z):
+        k = z.shape[-1] - 1
+        remaining = 1.0 - jnp.concatenate([jnp.zeros_like(z[..., :1]), jnp.cumsum(z[..., :-2], axis=-1)], axis=-1)
+        v = z[..., :-1] / remaining
+        return jnp.log(v) - jnp.log1p(-v) + jnp.log(jnp.arange(k, 0, -1, dtype=z.dtype))
+
     def unconstrained_shape(self, shape: tuple) -> tuple:
         if not shape or shape[-1] < 2:
             raise ValueError(f"Real(bijector=simplex()): expected a shape (..., K) with K >= 2, got {shape}")
         return shape[:-1] + (shape[-1] - 1,)
+
+
+def _inverse(bijector, z):
+    """The unconstrained value of z: the bijector's ``inverse`` (distrax: ``inverse``)."""
+    if not hasattr(bijector, "inverse"):
+        raise ValueError(f"{bijector!r} has no inverse; log densities of constrained values need one")
+    return bijector.inverse(z)
 
 
 def positive() -> Positive:
@@ -146,6 +169,15 @@ class LatentSpace(NamedTuple):
             leaves.append(jnp.reshape(z, shape))
             log_det = log_det + jnp.sum(leaf_log_det)
         return jax.tree_util.tree_unflatten(self.treedef, leaves), log_det
+
+
+def unconstrain(space: LatentSpace, z: PyTree) -> jax.Array:
+    """The ``(D,)`` unconstrained vector of a latent value ``z`` (the inverse of ``constrain``)."""
+    parts = []
+    for leaf, bijector, free_shape in zip(space.treedef.flatten_up_to(z), space.bijectors, space.unconstrained_shapes):
+        free = leaf if bijector is None else _inverse(bijector, leaf)
+        parts.append(jnp.reshape(free, (math.prod(free_shape),)))
+    return jnp.concatenate(parts)
 
 
 def latent_space(latent) -> LatentSpace:

@@ -40,7 +40,7 @@ from jaxvi.model import Model
 from jaxvi.result import FAULT_GRADIENT, FAULT_OBJECTIVE, NO_FAULT, Fault, Result, no_fault
 from jaxvi.vi.guides import Categorical, Flow, MeanField, is_guide
 from jaxvi.vi.objectives import ESTIMATORS, estimate, particle_terms
-from jaxvi.vi.space import LatentSpace, latent_space
+from jaxvi.vi.space import LatentSpace, latent_space, unconstrain
 
 __all__ = ["SVI", "SVIDiagnostics", "SVIState", "FittedGuide"]
 
@@ -92,6 +92,7 @@ class SVIDiagnostics(NamedTuple):
       fault: the first numerical fault (``kind == 0``: none).
       restart_objectives: ``(n_init,)`` final objective of every restart; the best is returned.
       fault_key: the PRNG key of the faulty step (of the next step if none), to replay it.
+      opt_state: the optimiser states at the end: ``(state of (θ, global ψ), per-datum states of local ψ or None)``.
     """
 
     elbo_stderr: jax.Array
@@ -100,6 +101,7 @@ class SVIDiagnostics(NamedTuple):
     fault: Fault
     restart_objectives: jax.Array
     fault_key: jax.Array
+    opt_state: PyTree
 
 
 @dataclasses.dataclass(frozen=True)
@@ -321,7 +323,7 @@ class SVI:
             log_evidence = elbo
         trace = jnp.where(jnp.arange(self.num_steps) < state.n_iter, state.trace, elbo)
         diagnostics = SVIDiagnostics(stderr.astype(elbo.dtype), log_evidence, log_evidence - elbo, state.fault,
-                                     elbo[None], state.key)
+                                     elbo[None], state.key, (state.opt_state, state.local_opt_state))
         return Result(state.params, elbo, trace, state.n_iter, state.converged, diagnostics, model, self,
                       guide_params=state.guide_params)
 
@@ -473,11 +475,25 @@ class FittedGuide(NamedTuple):
         keys = jax.random.split(key, jax.tree_util.tree_leaves(self.params)[0].shape[0])
         return jax.vmap(draw)(self.params, keys)
 
-    def log_prob_unconstrained(self, u: jax.Array) -> jax.Array:
-        """:math:`\\log q(u)` of unconstrained ``(..., D)`` vectors (per datum for local q: ``(N, ..., D)``)."""
-        if self.is_global:
-            return self.guide.log_prob(self.params, u)
-        return jax.vmap(self.guide.log_prob)(self.params, u)
+    def log_prob(self, z: PyTree) -> jax.Array:
+        r"""The density of q at a latent value z (a pytree like the latent's; local q: leaves with a
+        leading datum axis), in z's own space: :math:`\log q(u(z)) - \log|\det \partial z / \partial u|`."""
+        if not isinstance(self.space, LatentSpace):
+            index = self._index_of(z)
+            logits = jax.nn.log_softmax(self.params["logits"], axis=-1)
+            return logits[index] if self.is_global else jnp.take_along_axis(logits, index[:, None], axis=1)[:, 0]
+
+        def one(params, z):
+            u = unconstrain(self.space, z)
+            return self.guide.log_prob(params, u) - self.space.constrain(u)[1]
+
+        return one(self.params, z) if self.is_global else jax.vmap(one)(self.params, z)
+
+    def _index_of(self, z: PyTree) -> jax.Array:
+        """The index of a discrete value among the enumerated values (a pytree of Discrete values)."""
+        matches = [v == jnp.asarray(leaf)[..., None] for v, leaf in
+                   zip(jax.tree_util.tree_leaves(self.space), jax.tree_util.tree_leaves(z))]
+        return jnp.argmax(jnp.all(jnp.stack(matches), axis=0), axis=-1)
 
     def mean(self, key: jax.Array | None = None, num_samples: int = 4096) -> PyTree:
         """E_q[z]: exact for a Normal guide on a latent without bijectors, else a Monte-Carlo average
