@@ -11,7 +11,7 @@ with one ψ_i per datum; for a ``Global`` latent it is
 Each step draws a minibatch of B of the N data (without replacement) and scales its sum by N / B,
 an unbiased estimate; for local latents only the batch's ψ_i and their optimiser states move.
 
-``Discrete`` and ``Markov`` latents are summed out exactly by default (``discrete="enumerate"``):
+``Discrete`` latents of up to 256 values and ``Markov`` latents are summed out exactly by default:
 the local term is then :math:`\log p_\theta(x_i)` itself (no guide, no gap) and SVI is maximum
 likelihood by stochastic gradients. ``discrete="guide"`` fits a ``Categorical`` q_i per datum
 with the score-function estimator instead, for latents with too many values to enumerate.
@@ -42,9 +42,11 @@ from jaxvi.vi.guides import Categorical, Flow, MeanField, is_guide
 from jaxvi.vi.objectives import ESTIMATORS, estimate, particle_terms
 from jaxvi.vi.space import LatentSpace, latent_space, unconstrain
 
-__all__ = ["SVI", "SVIDiagnostics", "SVIState", "FittedGuide"]
+__all__ = ["ENUMERATE_MAX", "SVI", "SVIDiagnostics", "SVIState", "FittedGuide"]
 
 PyTree = Any
+
+ENUMERATE_MAX = 256  # discrete="auto" sums a Discrete latent out up to this many values
 
 
 class SVIState(NamedTuple):
@@ -120,7 +122,8 @@ class SVI:
         ``num_particles`` samples) or ``"score"`` (score function; the default, and the only one,
         for a ``Categorical`` guide). See ``jaxvi.vi.objectives``.
       discrete: for ``Discrete`` latents, ``"enumerate"`` (sum them out exactly; ``Markov`` latents
-        always are) or ``"guide"`` (a ``Categorical`` q per datum, score-function gradients).
+        always are), ``"guide"`` (a ``Categorical`` q per datum, score-function gradients), or
+        ``"auto"`` (default): enumerate up to ``ENUMERATE_MAX`` = 256 values, a guide beyond.
       tol: stop when the smoothed ELBO changes by less than ``tol`` per datum over ``window``
         steps; None (default) runs all ``num_steps``.
       window: steps between convergence checks, and the averaging length of the smoothed ELBO.
@@ -139,7 +142,7 @@ class SVI:
     batch_size: int | None = None
     num_particles: int = 1
     estimator: str = "elbo"
-    discrete: str = "enumerate"
+    discrete: str = "auto"
     tol: float | None = None
     window: int = 100
     num_eval_particles: int = 100
@@ -157,8 +160,8 @@ class SVI:
                              f"{type(self.optimizer).__name__}")
         if self.estimator not in ESTIMATORS:
             raise ValueError(f"SVI(estimator): expected one of {ESTIMATORS}, got {self.estimator!r}")
-        if self.discrete not in ("enumerate", "guide"):
-            raise ValueError(f"SVI(discrete): expected 'enumerate' or 'guide', got {self.discrete!r}")
+        if self.discrete not in ("auto", "enumerate", "guide"):
+            raise ValueError(f"SVI(discrete): expected 'auto', 'enumerate' or 'guide', got {self.discrete!r}")
         if self.tol is not None and (isinstance(self.tol, bool) or not isinstance(self.tol, (int, float))
                                      or not self.tol >= 0):
             raise ValueError(f"SVI(tol): expected a number >= 0 or None, got {self.tol!r}")
@@ -178,7 +181,9 @@ class SVI:
             return "summed"
         leaves = jax.tree_util.tree_leaves(latent, is_leaf=is_spec)
         if leaves and all(isinstance(leaf, Discrete) for leaf in leaves):
-            return "summed" if self.discrete == "enumerate" else "categorical"
+            size = math.prod(leaf.K for leaf in leaves)
+            enumerate_ = self.discrete == "enumerate" or (self.discrete == "auto" and size <= ENUMERATE_MAX)
+            return "summed" if enumerate_ else "categorical"
         return "local"
 
     def _guide(self, model: Model):
@@ -201,8 +206,9 @@ class SVI:
             if isinstance(guide, Flow) and space.dim < 2:
                 raise ValueError(f"SVI(guide=Flow()): a coupling flow needs a latent of at least 2 values, got {space.dim}")
         if kind == "categorical" and self.num_particles < 2:
-            raise ValueError("SVI(num_particles): discrete='guide' uses the score-function estimator, whose "
-                             "baseline needs num_particles >= 2")
+            raise ValueError("SVI(num_particles): a Categorical guide (discrete='guide', or 'auto' with more than "
+                             f"{ENUMERATE_MAX} latent values) uses the score-function estimator, whose baseline "
+                             "needs num_particles >= 2")
         if kind == "summed" and self.estimator != "elbo":
             raise ValueError(f"SVI(estimator={self.estimator!r}): the latent is summed out exactly, so the "
                              f"objective is log p(D) itself; leave estimator='elbo'")

@@ -469,3 +469,14 @@ def test_other_guides_and_estimators_reach_the_regression_posterior(regression, 
         assert float(elbo) <= float(result.objective) + 4.5 * (se + float(elbo_se))
     else:
         assert log_evidence - float(result.objective) < 1.2  # mean-field's closed-form optimum pays 1.15
+
+
+def test_auto_enumerates_small_discrete_latents_and_guides_large_ones():
+    small = jaxvi.Model(lambda p, z, x: -(x - z) ** 2, jaxvi.Discrete(4), lambda k, d: {})
+    large = jaxvi.Model(lambda p, z, x: -(x - z[0] - z[1]) ** 2, (jaxvi.Discrete(20), jaxvi.Discrete(20)),
+                        lambda k, d: {})
+    assert jaxvi.SVI()._kind(small) == "summed"
+    assert jaxvi.SVI()._kind(large) == "categorical"      # 400 values > ENUMERATE_MAX
+    assert jaxvi.SVI(discrete="enumerate")._kind(large) == "summed"
+    with pytest.raises(ValueError, match="more than 256 latent values"):
+        jaxvi.infer(large, jaxvi.SVI(), np.zeros(3, np.float32), key=KEY)
