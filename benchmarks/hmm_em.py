@@ -33,14 +33,13 @@ import json
 import os
 import platform
 import resource
-import subprocess
 import sys
 import time
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import cpu_model, timed  # noqa: E402
+from _common import cpu_model, spawn, timed  # noqa: E402
 
 K, D, N_SEQ, STEPS, ITERS, LONG_STEPS = 8, 4, 200, 1_000, 10, 1_000_000
 QUICK = {"n_seq": 20, "steps": 200, "long_steps": 20_000}
@@ -236,23 +235,11 @@ def run_child(task: str, args) -> dict:
     return out
 
 
-def spawn(task: str, args) -> dict:
+def spawn_task(task: str, args) -> dict:
     """Runs one task in a fresh interpreter; a failure or a time-out is recorded, not raised."""
-    command = [sys.executable, __file__, "--child", task, "--n-seq", str(args.n_seq), "--steps", str(args.steps),
-               "--long-steps", str(args.long_steps), "--long-em-steps", str(args.long_em_steps),
-               "--iters", str(args.iters)]
-    t0 = time.perf_counter()
-    try:
-        proc = subprocess.run(command, capture_output=True, text=True, timeout=args.child_timeout)
-    except subprocess.TimeoutExpired:
-        print(f"  {task}: timed out after {args.child_timeout:.0f} s", flush=True)
-        return {"error": f"timed out after {args.child_timeout:.0f} s"}
-    if proc.returncode != 0:
-        tail = proc.stderr.strip().splitlines()[-1:] or ["(no stderr)"]
-        print(f"  {task}: failed: {tail[0]}", flush=True)
-        return {"error": tail[0]}
-    print(f"  {task}: {time.perf_counter() - t0:.1f} s wall", flush=True)
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return spawn(__file__, ["--child", task, "--n-seq", str(args.n_seq), "--steps", str(args.steps),
+                            "--long-steps", str(args.long_steps), "--long-em-steps", str(args.long_em_steps),
+                            "--iters", str(args.iters)], args.child_timeout)
 
 
 def _fmt(row: dict, key: str, digits: int = 2) -> str:
@@ -421,7 +408,7 @@ def main():
             tasks += ["long-em-hmmlearn"]
     rows = {}
     for task in tasks:
-        rows[task] = spawn(task, args)
+        rows[task] = spawn_task(task, args)
     device = next((r["device"] for t, r in rows.items() if "jaxvi" in t and "device" in r), "unknown")
     text, meta = report(args, rows, device)
     print(text)

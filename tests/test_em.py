@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import jaxvi
-from jaxvi.models import GMMParams, bernoulli_mixture, gaussian_mixture
+from jaxvi.models import bernoulli_mixture, gaussian_mixture
 
 
 def mixture_data(seed, n=120, k=3, d=2):

@@ -6,8 +6,6 @@ integral for ``Gaussian`` (``gaussian.py``). ``expected_log_joint`` picks it fro
 """
 from __future__ import annotations
 
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 

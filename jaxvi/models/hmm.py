@@ -234,7 +234,7 @@ def categorical_hmm(n_states: int, n_symbols: int) -> HMM:
         return HMMParams(*_chain_m_step(params, post), CategoricalEmission(_log_probs(counts, params.emission.logits)))
 
     def init(key, data) -> HMMParams:
-        obs = _checked_obs(data, "categorical_hmm", floating=False, rank=2)
+        _checked_obs(data, "categorical_hmm", floating=False, rank=2)
         dtype = jnp.zeros(()).dtype  # float32, or float64 with jax_enable_x64
         probs = jax.random.dirichlet(key, jnp.ones(n_symbols, dtype), (n_states,))
         return HMMParams(*_chain_init(n_states, dtype), CategoricalEmission(jnp.log(probs)))

@@ -43,10 +43,9 @@ def _positive_float(name: str, value) -> float:
     return float(value)
 
 
-class _Gaussian:
-    """Shared methods of the Gaussian families: their distrax distribution does the work."""
+class _FromDistribution:
+    """Guides whose ``distribution(params)`` (distrax) does the sampling and the densities."""
 
-    reparameterized = True
     point_mass = False
     has_entropy = True
 
@@ -58,6 +57,12 @@ class _Gaussian:
 
     def entropy(self, params: PyTree) -> jax.Array:
         return self.distribution(params).entropy()
+
+
+class _Gaussian(_FromDistribution):
+    """The Gaussian families: reparameterised, their mean is ``loc``."""
+
+    reparameterized = True
 
     def mean(self, params: PyTree) -> jax.Array:
         return params["loc"]
@@ -262,29 +267,18 @@ class Delta:
 
 
 @dataclasses.dataclass(frozen=True)
-class Categorical:
+class Categorical(_FromDistribution):
     r"""A categorical q over the M values of a ``Discrete`` latent (or a pytree of them), for data
     whose latent has too many values to enumerate: ψ are the M logits. Not reparameterisable: its
     gradient is the score-function estimator with a leave-one-out baseline (``num_particles >= 2``)."""
 
     reparameterized = False
-    point_mass = False
-    has_entropy = True
 
     def init(self, key: jax.Array, dim: int, dtype=jnp.float32) -> PyTree:
         return {"logits": jnp.zeros(dim, dtype)}
 
     def distribution(self, params: PyTree) -> distrax.Distribution:
         return distrax.Categorical(logits=params["logits"])
-
-    def sample_and_log_prob(self, params: PyTree, key: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
-        return self.distribution(params).sample_and_log_prob(seed=key, sample_shape=(n,))
-
-    def log_prob(self, params: PyTree, u: jax.Array) -> jax.Array:
-        return self.distribution(params).log_prob(u)
-
-    def entropy(self, params: PyTree) -> jax.Array:
-        return self.distribution(params).entropy()
 
     def mean(self, params: PyTree) -> jax.Array:
         return jax.nn.softmax(params["logits"])

@@ -312,9 +312,8 @@ class SVI:
         return new_state, bound
 
     def finalize(self, model: Model, state: SVIState, data: PyTree) -> Result:
-        """The fit's Result: the final ELBO on all the data, its standard error, the exact evidence and gap;
-        after a fault, which term and datum it came from."""
-        kind, n = self._kind(model), _num(data)
+        """The fit's Result: the final ELBO on all the data, its standard error, the exact evidence and gap."""
+        kind = self._kind(model)
         global_psi = state.guide_params if kind == "global" else None
         local_psi = state.guide_params if kind in ("local", "categorical") else None
         surrogate_key = jax.random.fold_in(state.key, 1)
