@@ -6,12 +6,12 @@ from jaxvi.infer import infer
 from jaxvi.latents import Discrete, Gaussian, Global, Markov, Real
 from jaxvi.model import Model
 from jaxvi.result import Fault, Result
-from jaxvi.vi import (SVI, Categorical, Delta, FittedGuide, Flow, FullRank, LowRank, MeanField, SVIDiagnostics, interval,
+from jaxvi.vi import (SVI, Amortized, Categorical, Delta, FittedGuide, Flow, FullRank, LowRank, MeanField, SVIDiagnostics, interval,
                       ordered, positive, simplex)
-from jaxvi import models
+from jaxvi import models, nn
 
-__all__ = ["Categorical", "ChainPosterior", "Delta", "Discrete", "DiscretePosterior", "EM", "EMDiagnostics", "EMState",
+__all__ = ["Amortized", "Categorical", "ChainPosterior", "Delta", "Discrete", "DiscretePosterior", "EM", "EMDiagnostics", "EMState",
            "Evidence", "Fault", "FittedGuide", "Flow", "FullRank", "Gaussian", "GaussianPosterior", "Global", "LowRank", "Markov",
-           "MeanField", "Model", "Real", "Result", "SVI", "SVIDiagnostics", "Sequences", "evidence", "infer", "interval", "models",
+           "MeanField", "Model", "Real", "Result", "SVI", "SVIDiagnostics", "Sequences", "evidence", "infer", "interval", "models", "nn",
            "ordered", "positive", "simplex"]
 __version__ = "0.1.0"

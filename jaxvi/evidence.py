@@ -44,7 +44,7 @@ class Evidence(NamedTuple):
 
 
 def evidence(model: Model, params: PyTree, data: PyTree, *, key: jax.Array | None = None, posterior=None,
-             num_samples: int = 1000, chunk_size: int = 1024) -> Evidence:
+             num_samples: int = 1000, exact: bool | None = None, chunk_size: int = 1024) -> Evidence:
     r"""The log evidence :math:`\log p_\theta(D) = \sum_i \log p_\theta(x_i)` (no prior on θ).
 
     Exact for ``Discrete``, ``Markov`` and ``Gaussian`` latents (the E-step's normaliser). For
@@ -57,8 +57,11 @@ def evidence(model: Model, params: PyTree, data: PyTree, *, key: jax.Array | Non
       data: the data (for local latents, the data the guide was fitted to).
       key: a PRNG key (needed for importance sampling).
       posterior: the proposal, a ``jaxvi.FittedGuide`` (needed for importance sampling).
-      num_samples: draws per latent.
-      chunk_size: data evaluated at once.
+      num_samples: draws per latent (an IWAE-``num_samples`` estimate: 5,000 is what VAE papers report).
+      exact: None computes it exactly where the latent allows; False importance-samples even then
+        (to see an estimator or a guide against the exact value); True requires it exact.
+      chunk_size: data evaluated at once; fewer when ``num_samples`` is large, so that at most 65,536
+        log-joint evaluations are in memory together.
 
     Example:
       >>> result = jaxvi.infer(model, jaxvi.SVI(), data, key=jax.random.key(0))
@@ -67,9 +70,12 @@ def evidence(model: Model, params: PyTree, data: PyTree, *, key: jax.Array | Non
     data = check_data(data)
     try:
         exact_family(model.latent)
+        exact_possible = True
     except ValueError:
-        pass
-    else:
+        exact_possible = False
+    if exact and not exact_possible:
+        raise ValueError(f"exact: latent {model.latent!r} has no exact posterior; use exact=None or False")
+    if exact_possible and exact is not False:
         post = _exact_posterior(model, params, data, chunk_size)
         return Evidence(jnp.sum(post.log_evidence), jnp.zeros((), post.log_evidence.dtype), True)
     if key is None or posterior is None:
@@ -106,14 +112,18 @@ def _importance_sampled(model, params, data, key, posterior, num_samples, chunk_
     return _local(model, posterior, params, data, key, num_samples, chunk_size)
 
 
-def _weights(model, guide, space, log_joint_of_z, guide_params, key, num_samples):
+EVALUATIONS_AT_ONCE = 65_536  # log-joint evaluations held in memory together
+
+
+def _weights(model, guide, space, log_joint_of_z, guide_params, key, num_samples, batch_size=None):
+    """``(num_samples,)`` log importance weights, the log-joint evaluated ``batch_size`` particles at a time."""
     u, log_q = guide.sample_and_log_prob(guide_params, key, num_samples)
 
     def one(u):
         z, log_det = space.constrain(u)
         return log_joint_of_z(z) + log_det
 
-    return jax.vmap(one)(u) - log_q
+    return jax.lax.map(one, u, batch_size=batch_size) - log_q
 
 
 def _global(model, posterior, params, data, key, num_samples):
@@ -123,7 +133,9 @@ def _global(model, posterior, params, data, key, num_samples):
             log_lik = jax.vmap(lambda x: model.log_joint(params, z, x))(data)
             return model.latent.log_prior(params, z) + jnp.sum(log_lik)
 
-        weights = _weights(model, posterior.guide, posterior.space, log_joint_of_z, guide_params, key, num_samples)
+        per_particle = max(1, EVALUATIONS_AT_ONCE // jax.tree_util.tree_leaves(data)[0].shape[0])
+        weights = _weights(model, posterior.guide, posterior.space, log_joint_of_z, guide_params, key, num_samples,
+                           min(per_particle, num_samples))
         return _log_mean_exp_and_variance(weights)
 
     return run(params, data, posterior.params, key)
@@ -140,7 +152,8 @@ def _local(model, posterior, params, data, key, num_samples, chunk_size):
                                psi, k, num_samples)
             return _log_mean_exp_and_variance(weights)
 
-        log_p, variance = map_data(one_datum, (data, guide_params, keys), chunk_size)
+        at_once = max(1, min(chunk_size, EVALUATIONS_AT_ONCE // num_samples))  # memory: data x particles
+        log_p, variance = map_data(one_datum, (data, guide_params, keys), at_once)
         return jnp.sum(log_p), jnp.sum(variance)
 
     return run(params, data, posterior.params, key)

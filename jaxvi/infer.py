@@ -61,7 +61,7 @@ def infer(model: Model, method, data: PyTree, *, key: jax.Array, progress: bool 
     if progress and not traced:  # compiled in three parts, the loop in chunks between which the bar moves
         states = _init(model, method, data, keys, init_params)
         run_chunk = functools.partial(_run, model, method, data=data)
-        states = loop.drive(lambda s, stop: run_chunk(s, stop=stop), states, method.max_iter, progress=True,
+        states = loop.drive(lambda s, stop: run_chunk(s, stop=stop), states, _max_iter(method, data), progress=True,
                             desc=type(method).__name__,
                             describe=functools.partial(method.describe, n=_num_data(data)))
         result = _finalize(model, method, states, data)
@@ -79,7 +79,7 @@ def infer(model: Model, method, data: PyTree, *, key: jax.Array, progress: bool 
 def _fit(model, method, data, keys, init_params) -> Result:
     """``_init``, ``_run`` to the end and ``_finalize`` in one compiled function."""
     states = _over_restarts(lambda k: method.init(model, data, k, init_params), keys)
-    states = loop.drive(lambda s, stop: _run_until(model, method, s, data, stop), states, method.max_iter,
+    states = loop.drive(lambda s, stop: _run_until(model, method, s, data, stop), states, _max_iter(method, data),
                         progress=False, desc="")
     return _finalize_restarts(model, method, states, data)
 
@@ -124,6 +124,11 @@ def _over_restarts(fn, batched: PyTree) -> PyTree:
         out = fn(jax.tree_util.tree_map(lambda a: a[0], batched))
         return jax.tree_util.tree_map(lambda a: a[None], out)
     return jax.vmap(fn)(batched)
+
+
+def _max_iter(method, data: PyTree) -> int:
+    """The most iterations the method runs on these data."""
+    return method.iterations(data) if hasattr(method, "iterations") else method.max_iter
 
 
 def _num_data(data: PyTree) -> int:

@@ -42,7 +42,7 @@ from jaxvi.vi.guides import Categorical, Flow, MeanField, is_guide
 from jaxvi.vi.objectives import ESTIMATORS, estimate, particle_terms
 from jaxvi.vi.space import LatentSpace, latent_space, unconstrain
 
-__all__ = ["ENUMERATE_MAX", "SVI", "SVIDiagnostics", "SVIState", "FittedGuide"]
+__all__ = ["ENUMERATE_MAX", "SVI", "SVIDiagnostics", "SVIState", "FittedGuide", "guide_elbo", "local_objective"]
 
 PyTree = Any
 
@@ -432,26 +432,58 @@ class SVI:
             return surrogate + log_prior, bound + log_prior, stderr, parts
 
         space = latent_values(model.latent) if kind == "categorical" else latent_space(model.latent)
-        keys = jax.random.split(key, jax.tree_util.tree_leaves(batch_psi)[0].shape[0])
+        return local_objective(model, guide, space, estimator, params, batch_psi, batch, key, scale, num_particles)
 
-        def one_datum(x, psi, k):
-            def log_joint_at(u):
-                if kind == "categorical":
-                    z = jax.tree_util.tree_map(lambda v: v[u], space)
-                    return model.log_joint(params, z, x), jnp.zeros((), _float_dtype(x)), ()
-                z, log_det = space.constrain(u)
-                return model.log_joint(params, z, x), _log_det(guide, log_det), ()
 
-            terms, _ = particle_terms(log_joint_at, guide, psi, k, num_particles, estimator)
-            surrogate, bound = estimate(terms, estimator)
-            weights = terms.log_joint + terms.log_det - terms.log_q
-            return surrogate, bound, jnp.var(weights) / num_particles, terms
+def guide_elbo(model: Model, params: PyTree, data: PyTree, posterior: "FittedGuide", *, key: jax.Array,
+               num_particles: int = 1000) -> tuple[jax.Array, jax.Array]:
+    """``(ELBO, standard error)`` of any fitted guide on ``data`` (+ log p(θ)), with ``num_particles`` draws per latent.
 
-        surrogates, bounds, variances, terms = jax.vmap(one_datum)(batch, batch_psi, keys)
-        stderr = scale * jnp.sqrt(jnp.sum(variances))
-        parts = _parts(jnp.mean(terms.log_joint, axis=1), jnp.mean(terms.log_det, axis=1),
-                       jnp.mean(terms.log_q, axis=1), log_prior)
-        return scale * jnp.sum(surrogates) + log_prior, scale * jnp.sum(bounds) + log_prior, stderr, parts
+    For local latents ``posterior`` holds one q per datum of ``data`` (an SVI fit on these data, an
+    encoder's ``Result.posterior(data)``, a refined guide); a global one serves any data.
+    """
+    _check_positive_int("num_particles", num_particles)
+    space, guide = posterior.space, posterior.guide
+
+    @jax.jit
+    def evaluate(params, guide_params, data, key):
+        if posterior.is_global:
+            method = SVI(guide=guide)
+            return method._objective(model, params, guide_params, None, data, key, 1.0, num_particles)[1:3]
+        return local_objective(model, guide, space, "elbo", params, guide_params, data, key, 1.0, num_particles)[1:3]
+
+    return evaluate(params, posterior.params, data, key)
+
+
+def local_objective(model: Model, guide, space, estimator: str, params, batch_psi, batch, key, scale: float,
+                    num_particles: int):
+    r"""The ELBO of local latents on a batch, every datum with its own q (``batch_psi``, leading datum axis).
+
+    Returns ``(surrogate, bound, stderr, parts)`` as ``SVI._objective``: the sums over the batch scaled
+    by ``scale`` (N / B), + log p(θ). ``space`` is a ``LatentSpace``, or for a ``Categorical`` guide
+    the enumerated latent values. Shared by SVI and amortized inference (whose ψ_i come from an encoder).
+    """
+    log_prior = model.total_log_prior(params)
+    keys = jax.random.split(key, jax.tree_util.tree_leaves(batch_psi)[0].shape[0])
+
+    def one_datum(x, psi, k):
+        def log_joint_at(u):
+            if not isinstance(space, LatentSpace):
+                z = jax.tree_util.tree_map(lambda v: v[u], space)
+                return model.log_joint(params, z, x), jnp.zeros((), _float_dtype(x)), ()
+            z, log_det = space.constrain(u)
+            return model.log_joint(params, z, x), _log_det(guide, log_det), ()
+
+        terms, _ = particle_terms(log_joint_at, guide, psi, k, num_particles, estimator)
+        surrogate, bound = estimate(terms, estimator)
+        weights = terms.log_joint + terms.log_det - terms.log_q
+        return surrogate, bound, jnp.var(weights) / num_particles, terms
+
+    surrogates, bounds, variances, terms = jax.vmap(one_datum)(batch, batch_psi, keys)
+    stderr = scale * jnp.sqrt(jnp.sum(variances))
+    parts = _parts(jnp.mean(terms.log_joint, axis=1), jnp.mean(terms.log_det, axis=1),
+                   jnp.mean(terms.log_q, axis=1), log_prior)
+    return scale * jnp.sum(surrogates) + log_prior, scale * jnp.sum(bounds) + log_prior, stderr, parts
 
 
 class FittedGuide(NamedTuple):

@@ -1,0 +1,194 @@
+"""Amortized inference: PPCA against its exact evidence, IWAE bounds, adapters, gradients, training controls."""
+import dataclasses
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import sklearn.datasets
+
+import jaxvi
+from jaxvi.vi import AmortizedParams, guide_elbo
+
+KEY = jax.random.key(0)
+
+
+@pytest.fixture(scope="module")
+def ppca_fit():
+    """PPCA data (D=5, d=2) fitted with a linear encoder and a full-rank q: the exact posterior is in the family."""
+    rng = np.random.default_rng(0)
+    W = rng.normal(size=(5, 2))
+    x = (rng.normal(size=(400, 2)) @ W.T + 0.3 * rng.normal(size=(400, 5)) + 0.5).astype(np.float32)
+    pp = jaxvi.models.ppca(2)
+    method = jaxvi.Amortized(encoder=jaxvi.nn.mlp(()), guide=jaxvi.FullRank(), num_steps=6000, batch_size=50,
+                             num_particles=2, objective="stl", validation=0.0,
+                             optimizer=optax.adam(optax.exponential_decay(1e-2, 6000, 0.01)))
+    result = jaxvi.infer(pp.model, method, x, key=KEY, progress=False)
+    return pp, method, result, x
+
+
+def test_ppca_amortized_elbo_reaches_the_exact_log_likelihood(ppca_fit):
+    pp, method, result, x = ppca_fit
+    exact = jaxvi.evidence(pp.model, result.params, x)
+    assert exact.exact
+    elbo, se = method.elbo(result, x, key=jax.random.key(1), num_particles=200)
+    gap = float(exact.log_evidence) - float(elbo)
+    assert -4.5 * float(se) < gap < 0.01 * abs(float(exact.log_evidence))
+    # and the fitted theta is PPCA's maximum likelihood
+    em = jaxvi.infer(pp.model, jaxvi.EM(m_step=pp.m_step, max_iter=500, tol=1e-8), x, key=KEY, progress=False)
+    np.testing.assert_allclose(float(exact.log_evidence), float(em.objective), rtol=1e-3)
+
+
+def test_iwae_bound_rises_with_k_and_stays_below_the_exact_evidence(ppca_fit):
+    pp, _, result, x = ppca_fit
+    q = result.posterior(x)
+    exact = float(jaxvi.evidence(pp.model, result.params, x).log_evidence)
+    bounds = []
+    for k in (1, 10, 100):
+        estimate = jaxvi.evidence(pp.model, result.params, x, key=jax.random.key(k), posterior=q, num_samples=k,
+                                  exact=False) if k > 1 else None
+        if k == 1:
+            value, se = guide_elbo(pp.model, result.params, x, q, key=jax.random.key(1), num_particles=1)
+            bounds.append((float(value), float(se)))
+        else:
+            bounds.append((float(estimate.log_evidence), float(estimate.stderr)))
+    means = [b for b, _ in bounds]
+    assert means[0] <= means[1] + 4.5 * bounds[0][1] and means[1] <= means[2] + 4.5 * bounds[1][1]
+    assert all(b <= exact + 4.5 * s + 1e-3 for b, s in bounds)
+
+
+@pytest.fixture(scope="module")
+def digits_fit():
+    x = (sklearn.datasets.load_digits().data / 16.0 > 0.5).astype(np.float32)
+    vae = jaxvi.models.vae(4, 64, decoder=jaxvi.nn.mlp((64,)))
+    method = jaxvi.Amortized(encoder=jaxvi.nn.mlp((64,)), num_epochs=6, batch_size=64, validation=0.1,
+                             optimizer=optax.adam(3e-3))
+    result = jaxvi.infer(vae.model, method, x, key=KEY, progress=False)
+    return vae, method, result, x
+
+
+def test_on_digits_iwae_is_above_the_elbo_and_the_fit_reconstructs_and_samples(digits_fit):
+    vae, method, result, x = digits_fit
+    test = x[-100:]
+    q = result.posterior(test)
+    elbo, elbo_se = guide_elbo(vae.model, result.params, test, q, key=jax.random.key(2), num_particles=100)
+    iwae = jaxvi.evidence(vae.model, result.params, test, key=jax.random.key(3), posterior=q, num_samples=500)
+    assert not iwae.exact
+    assert float(iwae.log_evidence) > float(elbo) + 4.5 * (float(iwae.stderr) + float(elbo_se))
+    assert np.isfinite(float(result.objective)) and np.isfinite(float(result.diagnostics.heldout_elbo))
+    heldout = np.asarray(result.diagnostics.heldout_trace)
+    assert heldout.shape == (6,) and np.all(np.isfinite(heldout)) and heldout[-1] > heldout[0]
+    assert int(result.diagnostics.epochs) == 6
+    recon = np.asarray(vae.reconstruct(result, test))
+    assert recon.shape == (100, 64) and np.all((recon >= 0) & (recon <= 1))
+    # reconstructions carry the datum: closer to it than the best constant image (the pixel means) is,
+    # and closer to their own digit than to the others
+    own = ((recon - test) ** 2).sum(-1).mean()
+    constant = ((x.mean(axis=0) - test) ** 2).sum(-1).mean()
+    other = ((recon[:, None, :] - test[None, :, :]) ** 2).sum(-1)[~np.eye(100, dtype=bool)].mean()
+    assert own < 0.75 * constant and own < 0.75 * other, (own, constant, other)
+    samples = np.asarray(vae.sample(result, jax.random.key(4), 7))
+    assert samples.shape == (7, 64) and np.all((samples >= 0) & (samples <= 1))
+
+
+def test_refinement_closes_part_of_the_amortization_gap(digits_fit):
+    vae, method, result, x = digits_fit
+    test = x[-50:]
+    amortized = result.posterior(test)
+    refined = method.refine(result, test, key=jax.random.key(5), num_steps=200)
+    before, se_before = guide_elbo(vae.model, result.params, test, amortized, key=jax.random.key(6), num_particles=200)
+    after, se_after = guide_elbo(vae.model, result.params, test, refined, key=jax.random.key(6), num_particles=200)
+    assert float(after) > float(before) + 4.5 * (float(se_before) + float(se_after))
+    # the evidence with and without refinement: two estimates of the same log p(D)
+    with_encoder = jaxvi.evidence(vae.model, result.params, test, key=jax.random.key(7), posterior=amortized,
+                                  num_samples=1000)
+    with_refined = jaxvi.evidence(vae.model, result.params, test, key=jax.random.key(7), posterior=refined,
+                                  num_samples=1000)
+    assert abs(float(with_encoder.log_evidence) - float(with_refined.log_evidence)) < \
+        4.5 * (float(with_encoder.stderr) + float(with_refined.stderr)) + 1.0
+
+
+class EqxMLP(eqx.Module):
+    layers: list
+
+    def __init__(self, sizes, key):
+        keys = jax.random.split(key, len(sizes) - 1)
+        self.layers = [eqx.nn.Linear(a, b, key=k) for a, b, k in zip(sizes[:-1], sizes[1:], keys)]
+
+    def __call__(self, x):
+        for layer in self.layers[:-1]:
+            x = jnp.tanh(layer(x))
+        return self.layers[-1](x)
+
+
+def test_an_equinox_encoder_gives_the_same_elbo_as_the_built_in_mlp_with_the_same_weights(digits_fit):
+    vae, method, result, x = digits_fit
+    weights = result.guide_params.encoder                                  # [(W (in, out), b), ...]
+    module = EqxMLP((64, 64, 8), jax.random.key(9))
+    module = eqx.tree_at(lambda m: [l.weight for l in m.layers] + [l.bias for l in m.layers], module,
+                         [w.T for w, _ in weights] + [b for _, b in weights])
+    adapted = dataclasses.replace(method, encoder=jaxvi.nn.from_equinox(module))
+    eqx_result = dataclasses.replace(result, method=adapted,
+                                     guide_params=AmortizedParams(eqx.filter(module, eqx.is_array), {}))
+    ours = method.elbo(result, x[:200], key=jax.random.key(8), num_particles=10)
+    theirs = adapted.elbo(eqx_result, x[:200], key=jax.random.key(8), num_particles=10)
+    np.testing.assert_allclose(float(theirs[0]), float(ours[0]), rtol=1e-5)
+
+
+def test_the_joint_objective_s_gradient_matches_finite_differences():
+    """On a tiny VAE in float64 with the particles' key fixed, the objective is a smooth function of (theta, phi)."""
+    with jax.enable_x64(True):
+        x = jnp.asarray(np.random.default_rng(1).uniform(size=(6, 3)) > 0.5, jnp.float64)
+        vae = jaxvi.models.vae(2, 3, decoder=jaxvi.nn.mlp((4,)))
+        method = jaxvi.Amortized(encoder=jaxvi.nn.mlp((4,)), num_steps=1, batch_size=6, validation=0.0)
+        state = method.init(vae.model, x, KEY)
+
+        def objective(params, variational):
+            return method._objective(vae.model, params, variational, x, jax.random.key(3), 1.0, 3, "elbo")[0]
+
+        jax.test_util.check_grads(objective, (state.params, state.variational), order=1, modes=["rev"],
+                                  atol=1e-6, rtol=1e-6)
+
+
+def test_early_stopping_returns_the_best_epoch():
+    x = (sklearn.datasets.load_digits().data[:300] / 16.0 > 0.5).astype(np.float32)
+    vae = jaxvi.models.vae(2, 64, decoder=jaxvi.nn.mlp((16,)))
+    # a learning rate this large overfits and then degrades: the held-out ELBO stops improving
+    method = jaxvi.Amortized(encoder=jaxvi.nn.mlp((16,)), num_epochs=200, batch_size=30, validation=0.2,
+                             patience=3, optimizer=optax.adam(5e-2))
+    result = jaxvi.infer(vae.model, method, x, key=KEY, progress=False)
+    epochs = int(result.diagnostics.epochs)
+    heldout = np.asarray(result.diagnostics.heldout_trace)[:epochs]
+    assert bool(result.converged) and epochs < 200
+    best = int(np.nanargmax(heldout))
+    assert epochs - 1 - best == 3                                  # stopped after 3 epochs without a better one
+    np.testing.assert_allclose(float(result.diagnostics.heldout_elbo), heldout[best], rtol=1e-6)
+    assert np.all(np.isnan(np.asarray(result.diagnostics.heldout_trace)[epochs:]))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({}, "exactly one of num_steps and num_epochs"), ({"num_steps": 10, "num_epochs": 2}, "exactly one"),
+    ({"num_steps": 10, "objective": "kl"}, "objective"), ({"num_steps": 10, "guide": jaxvi.Delta()}, "guide"),
+    ({"num_steps": 10, "validation": 1.0}, "validation"), ({"num_steps": 10, "patience": 2, "validation": 0.0}, "patience"),
+    ({"num_steps": 10, "encoder": lambda p, x: x}, "encoder"), ({"num_steps": 10, "batch_size": 0}, "batch_size"),
+])
+def test_bad_amortized_settings(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        jaxvi.Amortized(**kwargs)
+
+
+def test_bad_models_and_data_for_amortized_inference():
+    gm = jaxvi.models.gaussian_mixture(2)
+    x = np.random.default_rng(0).normal(size=(50, 2)).astype(np.float32)
+    with pytest.raises(ValueError, match="continuous guide"):
+        jaxvi.infer(gm.model, jaxvi.Amortized(num_steps=5, batch_size=10), x, key=KEY)
+    vae = jaxvi.models.vae(2, 2)
+    with pytest.raises(ValueError, match="batch_size"):
+        jaxvi.infer(vae.model, jaxvi.Amortized(num_steps=5, batch_size=49), x, key=KEY)
+    wrong = jaxvi.Amortized(num_steps=5, batch_size=10, encoder=jaxvi.nn.from_equinox(EqxMLP((2, 3), KEY)))
+    with pytest.raises(ValueError, match="encoder: expected an output of shape"):
+        jaxvi.infer(vae.model, wrong, x, key=KEY)
+    with pytest.raises(ValueError, match="data_dim"):
+        jaxvi.models.vae(2, 0)
