@@ -158,9 +158,9 @@ def _raise_on_fault(result: Result) -> None:
         paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(result.params)[0]]
         what = f"the update made params leaf {paths[fault.index] or 'params'} non-finite"
     elif fault.kind == FAULT_OBJECTIVE:
-        term = OBJECTIVE_TERMS[fault.term] if 0 <= fault.term < len(OBJECTIVE_TERMS) else "an unknown term"
         where = f" for datum {fault.index}" if fault.index >= 0 else ""
-        what = f"the ELBO was not finite: its {term} term{where}"
+        what = (f"the ELBO was not finite: its {OBJECTIVE_TERMS[fault.term]} term{where}"
+                if 0 <= fault.term < len(OBJECTIVE_TERMS) else "the ELBO was not finite")
     else:
         tree = {"params": result.params, "guide_params": result.guide_params}
         paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]

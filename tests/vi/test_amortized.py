@@ -192,3 +192,35 @@ def test_bad_models_and_data_for_amortized_inference():
         jaxvi.infer(vae.model, wrong, x, key=KEY)
     with pytest.raises(ValueError, match="data_dim"):
         jaxvi.models.vae(2, 0)
+
+
+def test_a_gaussian_vae_with_a_linear_decoder_is_factor_analysis():
+    """A linear decoder with a per-dimension Gaussian noise is factor analysis: the amortized ELBO approaches
+    the factor-analysis maximum likelihood from EM (and stays below it), and the progress bar changes nothing."""
+    rng = np.random.default_rng(3)
+    x = (rng.normal(size=(300, 2)) @ rng.normal(size=(2, 4)) + rng.uniform(0.2, 0.6, 4) * rng.normal(size=(300, 4))
+         ).astype(np.float32)
+    vae = jaxvi.models.vae(2, 4, decoder=jaxvi.nn.mlp(()), likelihood="gaussian")
+    method = jaxvi.Amortized(encoder=jaxvi.nn.mlp(()), guide=jaxvi.FullRank(), num_steps=8000, batch_size=300,
+                             num_particles=2, objective="stl", validation=0.0, optimizer=optax.adam(3e-2))
+    result = jaxvi.infer(vae.model, method, x, key=KEY, progress=True)
+    fa = jaxvi.models.factor_analysis(2)
+    em = jaxvi.infer(fa.model, jaxvi.EM(m_step=fa.m_step, max_iter=1000, tol=1e-9), x, key=KEY, progress=False)
+    elbo, se = method.elbo(result, x, key=jax.random.key(1), num_particles=200)
+    assert float(elbo) <= float(em.objective) + 4.5 * float(se)
+    np.testing.assert_allclose(float(elbo), float(em.objective), rtol=1e-2)
+
+
+def test_a_flow_guide_amortizes_its_base_and_shares_its_layers():
+    x = (sklearn.datasets.load_digits().data[:200] / 16.0 > 0.5).astype(np.float32)
+    vae = jaxvi.models.vae(2, 64, decoder=jaxvi.nn.mlp((32,)))
+    method = jaxvi.Amortized(encoder=jaxvi.nn.mlp((32,)), guide=jaxvi.Flow(num_layers=2, hidden=(8,)), num_steps=50,
+                             batch_size=50, validation=0.0)
+    result = jaxvi.infer(vae.model, method, x, key=KEY, progress=False)
+    assert jaxvi.vi.guide_size(jaxvi.Flow(), 2) == 4
+    assert len(result.guide_params.shared["layers"]) == 2
+    q = result.posterior(x[:3])
+    assert q.params["layers"][0][0][0].shape[0] == 3          # the shared layers, one copy per datum
+    assert np.isfinite(float(result.objective))
+    draws = q.sample(jax.random.key(1), 4)
+    assert draws.shape == (3, 4, 2)
