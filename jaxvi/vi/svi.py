@@ -115,7 +115,9 @@ class SVI:
         ``LowRank(rank)``, ``Flow(...)``, ``Delta()`` (MAP). Ignored for latents that are summed out.
       optimizer: an optax optimiser; None means ``optax.adam(1e-2)``.
       num_steps: gradient steps.
-      batch_size: data per step (None: all N). Each step draws a minibatch without replacement.
+      batch_size: data per step (None: all N). Each step draws a minibatch without replacement. The
+        local ψ_i have one optimiser state per datum, advanced only when datum i is in the batch, so
+        a learning-rate schedule counts that datum's own updates (about num_steps x B / N of them).
       num_particles: Monte-Carlo samples of the latent per datum (local) or per step (global).
       estimator: ``"elbo"`` (reparameterised, default), ``"analytic"`` (closed-form entropy),
         ``"stl"`` (sticking the landing), ``"iwae"`` (importance-weighted bound with
