@@ -52,16 +52,17 @@ class Result:
 
     Attributes:
       params: the fitted parameters θ.
-      objective: the quantity the method maximised, at ``params``: log p(D | θ) for EM
-        (+ log p(θ) with a prior).
+      objective: the quantity the method maximised, at ``params``: log p(D | θ) for EM, the
+        ELBO for SVI and amortized inference (+ log p(θ) with a prior).
       trace: the objective per iteration, padded with ``objective`` after the last. For EM,
         ``(max_iter + 1,)``: log p(D | θ_s) for s = 0 .. n_iter, the last being ``objective``.
       n_iter: iterations run (for EM: M-steps taken).
       converged: whether the stopping tolerance was met before ``max_iter``.
-      diagnostics: method-specific details (``EMDiagnostics``, ``SVIDiagnostics``).
+      diagnostics: method-specific details (``EMDiagnostics``, ``SVIDiagnostics``, ``AmortizedDiagnostics``).
       model: the model that was fitted (static).
       method: the method's settings (static).
-      guide_params: the variational parameters ψ of an SVI fit (None for EM).
+      guide_params: the variational parameters: ψ of an SVI fit, the encoder of an amortized one
+        (None for EM).
     """
 
     params: PyTree
@@ -92,6 +93,32 @@ class Result:
             return self.method.posterior(self, data)
         return _posterior(self, data)
 
+    def summary(self) -> str:
+        """A table a person reads: the method, the objective and what it is, iterations, and the
+        method's diagnostics (evidence, gap, held-out ELBO, faults); parameters by shape."""
+        method, d = type(self.method).__name__, self.diagnostics
+        name = "log p(D)" if method == "EM" else "ELBO"
+        rows = [("method", repr(self.method)), ("latent", repr(self.model.latent)),
+                (f"objective ({name})", _number(self.objective)), ("iterations", _number(self.n_iter)),
+                ("converged", str(bool(jnp.all(self.converged))))]
+        for field in ("elbo_stderr", "log_evidence", "gap", "heldout_elbo", "epochs", "m_step_rejections"):
+            if hasattr(d, field):
+                rows.append((field.replace("_", " "), _number(getattr(d, field))))
+        fault = d.fault
+        rows.append(("fault", "none" if int(jnp.max(fault.kind)) == 0 else
+                     f"kind {int(jnp.max(fault.kind))} at iteration {int(jnp.max(fault.iteration))}"))
+        for path, leaf in jax.tree_util.tree_flatten_with_path(self.params)[0]:
+            rows.append((f"params{jax.tree_util.keystr(path)}", f"{jnp.shape(leaf)} {jnp.result_type(leaf)}"))
+        width = max(len(label) for label, _ in rows)
+        return "\n".join(f"{label:<{width}}  {value}" for label, value in rows)
+
+    def save(self, path) -> None:
+        """Writes the arrays of this result (params, guide_params, objective, trace, n_iter, converged,
+        diagnostics) to an ``.npz`` file; ``jaxvi.load(path, like=result)`` reads them back."""
+        from jaxvi.io import save
+
+        save(self, path)
+
 
 jax.tree_util.register_dataclass(
     Result,
@@ -101,3 +128,10 @@ jax.tree_util.register_dataclass(
 
 
 _posterior = jax.jit(lambda result, data: result.method.posterior(result, data))
+
+
+def _number(value) -> str:
+    array = jnp.asarray(value)
+    if array.size == 1:
+        return f"{float(array):.6g}" if jnp.issubdtype(array.dtype, jnp.floating) else str(array.item())
+    return str(jax.device_get(array).round(6).tolist())

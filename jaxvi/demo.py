@@ -1,0 +1,264 @@
+"""``jaxvi demo``: one model fitted three ways, and the evidence identity shown with numbers.
+
+Writes ``jaxvi-report/`` (a markdown report and PNG plots) from bundled or simulated data only:
+
+1. factor analysis of scikit-learn's wine data, by EM (exact), SVI (a mean-field q per datum) and
+   amortized inference (an encoder): each fit's ELBO, the exact log p(D) at its own θ, the gap;
+2. a Gaussian mixture of the wine data by EM and by SVI with a categorical q per datum;
+3. a Gaussian HMM on a SIMULATED regime-switching series, by EM, with the Viterbi path;
+4. a VAE on scikit-learn's digits, with the test log-likelihood (IWAE) and reconstructions.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import numpy as np
+
+__all__ = ["run"]
+
+
+def run(out_dir: str = "jaxvi-report", quick: bool = False, progress: bool = True) -> dict:
+    """Runs the demo, writes the report into ``out_dir`` and returns its numbers.
+
+    Args:
+      out_dir: where ``report.md`` and the PNGs go (created if absent).
+      quick: small fits (a smoke run, ~1 minute).
+      progress: show progress bars.
+    """
+    import jax
+    import matplotlib
+
+    matplotlib.use("Agg")
+    os.makedirs(out_dir, exist_ok=True)
+    started = time.perf_counter()
+    numbers: dict[str, Any] = {}
+    sections = [f"# jaxvi demo\n\njax {jax.__version__} on {jax.devices()[0].platform}"
+                f"{' (quick run: small fits)' if quick else ''}.\n"]
+    for part in (_factor_analysis, _mixture, _hmm, _vae):
+        print(f"jaxvi demo: {part.__doc__.splitlines()[0]}", flush=True)
+        text, values = part(out_dir, quick, progress)
+        sections.append(text)
+        numbers.update(values)
+    seconds = time.perf_counter() - started
+    sections.append(f"\nThe whole demo took {seconds:.0f} s.\n")
+    path = os.path.join(out_dir, "report.md")
+    with open(path, "w") as f:
+        f.write("\n".join(sections))
+    print(f"jaxvi demo: the report is in {os.path.abspath(path)}", flush=True)
+    numbers["seconds"] = seconds
+    return numbers
+
+
+def _wine() -> np.ndarray:
+    from sklearn.datasets import load_wine
+
+    x = load_wine().data
+    return ((x - x.mean(0)) / x.std(0)).astype(np.float32)
+
+
+def _identity_table(rows: list[tuple[str, float, float]], n: int) -> str:
+    lines = ["| fit | ELBO | + KL(q ‖ p) | = log p(D) at its θ | per datum |", "|---|---|---|---|---|"]
+    for label, elbo, log_p in rows:
+        gap = log_p - elbo
+        gap = 0.0 if abs(gap) < 0.005 else gap  # no "-0.00" from float32 rounding of an exact 0
+        lines.append(f"| {label} | {elbo:.2f} | {gap:.2f} | {log_p:.2f} | {log_p / n:.4f} |")
+    return "\n".join(lines)
+
+
+def _factor_analysis(out_dir, quick, progress):
+    """factor analysis of the wine data, three ways (EM, SVI, amortized)"""
+    import jax
+    import matplotlib.pyplot as plt
+    import optax
+
+    import jaxvi
+
+    x = _wine()
+    n = len(x)
+    fa = jaxvi.models.factor_analysis(3)
+    steps = 300 if quick else 3000
+    fits = {
+        "EM (exact E-step)": (jaxvi.EM(m_step=fa.m_step, max_iter=500, tol=1e-6), fa.model),
+        "SVI (mean-field q per datum)": (jaxvi.SVI(num_steps=steps, num_particles=4, estimator="stl",
+                                                  optimizer=optax.adam(optax.exponential_decay(3e-2, steps, 0.05))),
+                                         fa.model),
+        "amortized (MLP encoder)": (jaxvi.Amortized(encoder=jaxvi.nn.mlp((32,)), num_steps=steps, batch_size=32,
+                                                   num_particles=4, objective="stl", validation=0.0,
+                                                   optimizer=optax.adam(optax.exponential_decay(1e-2, steps, 0.1))),
+                                    fa.model),
+    }
+    results, rows = {}, []
+    for i, (label, (method, model)) in enumerate(fits.items()):
+        result = jaxvi.infer(model, method, x, key=jax.random.key(i), progress=progress)
+        log_p = float(jaxvi.evidence(model, result.params, x).log_evidence)
+        if isinstance(method, jaxvi.Amortized):
+            elbo = float(method.elbo(result, x, key=jax.random.key(10), num_particles=1000)[0])
+        else:
+            elbo = float(result.objective)
+        results[label] = result
+        rows.append((label, elbo, log_p))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    jaxvi.plot.trace(results, ax=axes[0], per_datum=n)
+    axes[0].set_title("the objective of every iteration (EM: log p(D); VI: its ELBO)")
+    _identity_bars(axes[1], rows, n)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "factor_analysis.png"), dpi=100)
+    plt.close(fig)
+    text = ("\n## 1. Factor analysis of the wine data, fitted three ways\n\n"
+            f"{n} wines, 13 standardised measurements, 3 factors. Every fit's ELBO plus the KL divergence of its q "
+            "from the exact posterior is the exact log p(D) at that fit's θ (an exact Gaussian integral). EM's q "
+            "is the exact posterior, so its KL is 0; a mean-field q per datum pays for the correlations it "
+            "cannot hold; an encoder pays in addition for serving every datum with one network.\n\n"
+            + _identity_table(rows, n) + "\n\n![traces and the identity](factor_analysis.png)\n")
+    return text, {f"fa {label}": {"elbo": elbo, "log_p": log_p} for label, elbo, log_p in rows}
+
+
+def _identity_bars(ax, rows, n):
+    labels = [label.split(" (")[0] for label, _, _ in rows]
+    elbo = np.array([e for _, e, _ in rows]) / n
+    log_p = np.array([p for _, _, p in rows]) / n
+    bottom = min(elbo.min(), log_p.min()) - 0.1
+    ax.bar(labels, elbo - bottom, bottom=bottom, label="ELBO")
+    ax.bar(labels, log_p - elbo, bottom=elbo, hatch="//", fill=False, label="KL(q ‖ p(z | x))")
+    ax.axhline(log_p.max(), color="k", lw=0.8, ls=":")
+    ax.set_ylabel("nats per datum")
+    ax.set_title("log p(D) = ELBO + KL, per fit at its own θ")
+    ax.legend()
+
+
+def _mixture(out_dir, quick, progress):
+    """a Gaussian mixture of the wine data by EM and by SVI"""
+    import jax
+    import jax.numpy as jnp
+    import matplotlib.pyplot as plt
+    import optax
+
+    import jaxvi
+
+    x = _wine()
+    n = len(x)
+    gm = jaxvi.models.gaussian_mixture(3, covariance="diag")
+    em = jaxvi.infer(gm.model, jaxvi.EM(m_step=gm.m_step, n_init=8, max_iter=300, tol=1e-6), x,
+                     key=jax.random.key(0), progress=progress)
+    steps = 300 if quick else 2000
+    svi = jaxvi.infer(gm.model, jaxvi.SVI(discrete="guide", num_particles=8, num_steps=steps, num_eval_particles=1000,
+                                          optimizer=optax.adam(5e-2)), x, key=jax.random.key(1), progress=progress)
+    rows = [("EM (exact posterior)", float(em.objective), float(em.objective)),
+            ("SVI (categorical q per datum)", float(svi.objective), float(svi.diagnostics.log_evidence))]
+    from sklearn.datasets import load_wine
+
+    labels = load_wine().target
+    components = np.linalg.svd(x - x.mean(0), full_matrices=False)[2][:2]
+    projected = x @ components.T
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    for ax, (title, result) in zip(axes, (("EM", em), ("SVI", svi))):
+        probs = np.asarray(result.posterior(x).probs) if title == "EM" else np.asarray(
+            jax.nn.softmax(result.guide_params["logits"], axis=-1))
+        ax.scatter(projected[:, 0], projected[:, 1], c=probs[:, :3], s=18, edgecolors="none")
+        for k in range(3):
+            ax.scatter(*projected[labels == k].mean(0), marker="x", color="k")
+        ax.set_title(f"{title}: q(z) as colour (x: cultivar means)")
+        ax.set_xlabel("principal component 1")
+        ax.set_ylabel("principal component 2")
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "gmm_clusters.png"), dpi=100)
+    plt.close(fig)
+    agreement = float(np.max([np.mean(np.argmax(np.asarray(em.posterior(x).probs), 1) == perm[labels])
+                              for perm in _permutations(3)]))
+    text = ("\n## 2. A Gaussian mixture of the wine data\n\n"
+            "Three diagonal-covariance components. EM's log p(D) is exact; SVI fits θ and a categorical q per datum "
+            "by score-function gradients, and its result carries the exact log p(D) at its own θ, so the gap is "
+            f"known. EM's clusters match the three cultivars for {agreement:.0%} of the wines.\n\n"
+            + _identity_table(rows, n) + "\n\n![clusters](gmm_clusters.png)\n")
+    return text, {"gmm em": float(em.objective), "gmm svi elbo": float(svi.objective),
+                  "gmm svi log_p": float(svi.diagnostics.log_evidence), "gmm agreement": agreement}
+
+
+def _permutations(k):
+    from itertools import permutations
+
+    return [np.array(p) for p in permutations(range(k))]
+
+
+def _hmm(out_dir, quick, progress):
+    """a Gaussian HMM on a simulated regime-switching series"""
+    import jax
+    import matplotlib.pyplot as plt
+
+    import jaxvi
+
+    rng = np.random.default_rng(0)
+    T = 600 if quick else 2000
+    stay = np.array([0.98, 0.97, 0.95])
+    transition = np.where(np.eye(3, dtype=bool), stay[:, None], (1 - stay[:, None]) / 2)
+    regimes = np.zeros(T, int)
+    for t in range(1, T):
+        regimes[t] = rng.choice(3, p=transition[regimes[t - 1]])
+    levels, scales = np.array([-1.0, 0.5, 2.0]), np.array([0.6, 0.3, 0.8])
+    series = (levels[regimes] + scales[regimes] * rng.normal(size=T)).astype(np.float32)
+    hmm = jaxvi.models.gaussian_hmm(3)
+    result = jaxvi.infer(hmm.model, jaxvi.EM(m_step=hmm.m_step, n_init=4, max_iter=200, tol=1e-6), series[None, :, None],
+                         key=jax.random.key(0), progress=progress)
+    post = result.posterior(series[None, :, None])
+    path = np.asarray(post.mode())[0]
+    order = np.argsort(np.asarray(result.params.emission.means)[:, 0])
+    decoded = np.argsort(order)[path]                       # states numbered by their mean, like the truth
+    accuracy = float(np.mean(decoded == regimes))
+    fig, ax = plt.subplots(figsize=(12, 3.5))
+    ax.plot(series, lw=0.6, color="0.5", label="series")
+    ax.plot(levels[regimes], lw=1.5, label="true regime level")
+    ax.plot(np.sort(np.asarray(result.params.emission.means)[:, 0])[decoded], lw=1.0, ls="--",
+            label="Viterbi path (fitted state means)")
+    ax.set_xlabel("t")
+    ax.legend(loc="upper right")
+    ax.set_title("a simulated 3-regime series and the HMM's decoded states")
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "hmm_states.png"), dpi=100)
+    plt.close(fig)
+    text = ("\n## 3. A Gaussian HMM on a simulated regime-switching series\n\n"
+            f"The series is SIMULATED: {T} steps from a 3-state chain with sticky transitions and Gaussian levels. "
+            f"EM (exact forward-backward E-step) reaches log p(D) = {float(result.objective):.2f}; the Viterbi path "
+            f"recovers the true regime at {accuracy:.1%} of the steps.\n\n![decoded states](hmm_states.png)\n")
+    return text, {"hmm log_p": float(result.objective), "hmm accuracy": accuracy}
+
+
+def _vae(out_dir, quick, progress):
+    """a VAE on the digits, with its test log-likelihood"""
+    import jax
+    import matplotlib.pyplot as plt
+    import optax
+    from sklearn.datasets import load_digits
+
+    import jaxvi
+
+    x = (load_digits().data > 8).astype(np.float32)
+    train, test = x[:1500], x[1500:]
+    vae = jaxvi.models.vae(8, 64, decoder=jaxvi.nn.mlp((256, 256)))
+    method = jaxvi.Amortized(num_epochs=10 if quick else 150, batch_size=128, optimizer=optax.adam(1e-3),
+                             validation=0.1, patience=15)
+    result = jaxvi.infer(vae.model, method, train, key=jax.random.key(0), progress=progress)
+    q = result.posterior(test)
+    samples = 200 if quick else 2000
+    iwae = jaxvi.evidence(vae.model, result.params, test, key=jax.random.key(1), posterior=q, num_samples=samples)
+    elbo, _ = jaxvi.vi.guide_elbo(vae.model, result.params, test, q, key=jax.random.key(2), num_particles=100)
+    recon = np.asarray(vae.reconstruct(result, test[:8]))
+    drawn = np.asarray(vae.sample(result, jax.random.key(3), 8))
+    fig, axes = plt.subplots(3, 8, figsize=(8, 3.3))
+    for row, (title, images) in enumerate((("test digit", test[:8]), ("reconstruction", recon), ("sample", drawn))):
+        for col in range(8):
+            axes[row, col].imshow(images[col].reshape(8, 8), cmap="gray_r", vmin=0, vmax=1)
+            axes[row, col].axis("off")
+        axes[row, 0].set_title(title, fontsize=8, loc="left")
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "vae_digits.png"), dpi=100)
+    plt.close(fig)
+    m = len(test)
+    text = ("\n## 4. A VAE on the digits\n\n"
+            f"1,500 binarised 8x8 digits train (10% of them held out for early stopping), {m} test. An MLP encoder "
+            f"and decoder (256-256), 8 latent dimensions, {int(result.diagnostics.epochs)} epochs. On the test "
+            f"digits: ELBO {float(elbo) / m:.3f} nats per image, log-likelihood by importance sampling from the "
+            f"encoder (IWAE-{samples}) {float(iwae.log_evidence) / m:.3f} ± {float(iwae.stderr) / m:.3f}: the "
+            "bound sits below the evidence by the amortized q's KL.\n\n![digits](vae_digits.png)\n")
+    return text, {"vae test elbo": float(elbo) / m, "vae test iwae": float(iwae.log_evidence) / m}
