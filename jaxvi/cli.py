@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
 __all__ = ["main"]
 
@@ -14,11 +13,22 @@ def main(argv: list[str] | None = None) -> int:
     run_demo = commands.add_parser("demo", help="fit models three ways (EM, SVI, amortized), write jaxvi-report/")
     run_demo.add_argument("--quick", action="store_true", help="small fits, for a smoke run")
     run_demo.add_argument("--out", default="jaxvi-report", help="the report's folder (default: jaxvi-report)")
+    run_bench = commands.add_parser("bench", help="run the benchmarks/ suite against the installed peers")
+    run_bench.add_argument("names", nargs="*", help="benchmarks to run (default: all): gmm_em hmm_em svi_logreg "
+                                                     "vae_digits")
+    run_bench.add_argument("--quick", action="store_true", help="the benchmarks' smoke sizes")
+    run_bench.add_argument("--repeats", type=int, default=1, help="runs of each benchmark (median and spread)")
+    run_bench.add_argument("--out", default="jaxvi-bench", help="the reports' folder (default: jaxvi-bench)")
+    run_bench.add_argument("--without", nargs="*", default=(), help="modules to treat as not installed")
     args = parser.parse_args(argv)
     if args.command == "demo":
         from jaxvi.demo import run
 
         run(args.out, quick=args.quick)
+    elif args.command == "bench":
+        from jaxvi.bench import run
+
+        run(args.names, quick=args.quick, repeats=args.repeats, out_dir=args.out, without=tuple(args.without))
     return 0
 
 

@@ -60,3 +60,24 @@ def test_main_lists_the_commands(capsys):
         main(["--help"])
     out = capsys.readouterr().out
     assert exit_.value.code == 0 and "demo" in out
+
+
+def test_bench_quick_runs_one_benchmark_and_skips_a_missing_peer(tmp_path, capsys):
+    import json
+
+    assert main(["bench", "gmm_em", "hmm_em", "--quick", "--without", "hmmlearn", "--out", str(tmp_path)]) == 0
+    assert "skipping hmm_em: its peer hmmlearn is not installed" in capsys.readouterr().out
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert {"device", "jax", "commit", "quick", "repeats", "benchmarks"} <= set(report)
+    assert report["quick"] is True and report["repeats"] == 1
+    assert report["benchmarks"]["hmm_em"] == {"skipped": "skipping hmm_em: its peer hmmlearn is not installed "
+                                                         "(pip install hmmlearn)"}
+    gmm = report["benchmarks"]["gmm_em"]
+    assert gmm["peer"] == "scikit-learn" and len(gmm["runs"]) == 1
+    for key in ("n_init=1.speedup_with_compile", "n_init=8.speedup_compiled", "n_init=1.log_likelihood_rel_diff"):
+        value = gmm["summary"][key]
+        assert math.isfinite(value["median"]) and value["min"] <= value["median"] <= value["max"]
+    assert gmm["summary"]["n_init=1.log_likelihood_rel_diff"]["median"] < 1e-4   # the same fit as scikit-learn
+    assert "## gmm_em" in (tmp_path / "bench.md").read_text()
+    with pytest.raises(ValueError, match="names"):
+        main(["bench", "no_such_benchmark", "--out", str(tmp_path)])

@@ -1,0 +1,146 @@
+"""``jaxvi bench``: the benchmarks/ suite, side by side with the peers that are installed.
+
+Every benchmark script in a jaxvi checkout's ``benchmarks/`` runs jaxvi and a peer in the same
+process tree on the same data and writes JSON with a ``summary`` of ratios (speed-ups, differences).
+``run`` executes the chosen scripts ``repeats`` times each (``--quick``: their smoke sizes), skips
+one whose peer is not importable with a line that says so, and writes ``bench.json`` and
+``bench.md``: per benchmark and summary number, the median and the spread (min, max) over repeats,
+with the device, the jax version and the git commit.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["BENCHMARKS", "run"]
+
+# benchmark -> (the peer it compares against, the modules that peer needs, how to install it)
+BENCHMARKS = {
+    "gmm_em": ("scikit-learn", ("sklearn",), "pip install scikit-learn"),
+    "hmm_em": ("hmmlearn", ("hmmlearn",), "pip install hmmlearn"),
+    "svi_logreg": ("NumPyro", ("numpyro",), "pip install numpyro"),
+    "vae_digits": ("PyTorch", ("torch",), "pip install torch==2.13.0"),
+}
+QUICK_ARGS = {"hmm_em": ["--quick", "--skip-long"]}
+
+
+def benchmarks_dir() -> Path:
+    """The checkout's ``benchmarks/`` folder.
+
+    Raises:
+      FileNotFoundError: jaxvi is not installed from a source checkout.
+    """
+    folder = Path(__file__).resolve().parents[1] / "benchmarks"
+    if not (folder / "_common.py").exists():
+        raise FileNotFoundError(f"jaxvi bench runs the benchmarks/ folder of a jaxvi source checkout; there is none "
+                                f"at {folder} (install jaxvi with pip install -e from a clone)")
+    return folder
+
+
+def run(names: list[str] | None = None, *, quick: bool = False, repeats: int = 1, out_dir: str = "jaxvi-bench",
+        without: tuple[str, ...] = (), timeout: float = 3600) -> dict:
+    """Runs the benchmarks and writes ``out_dir/bench.json`` and ``out_dir/bench.md``.
+
+    Args:
+      names: benchmarks to run (default: all of ``BENCHMARKS``).
+      quick: the scripts' smoke sizes.
+      repeats: runs of each benchmark; the report gives the median and the spread.
+      out_dir: where the reports go.
+      without: module names to treat as not installed (to see the skip path).
+      timeout: seconds before one run is abandoned.
+
+    Returns:
+      The JSON written.
+    """
+    import jax
+
+    names = list(BENCHMARKS) if not names else names
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        raise ValueError(f"names: expected benchmarks among {sorted(BENCHMARKS)}, got {unknown}")
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats: expected an integer >= 1, got {repeats!r}")
+    folder = benchmarks_dir()
+    os.makedirs(out_dir, exist_ok=True)
+    device = jax.devices()[0]
+    kind = device.device_kind
+    report = {"device": kind if kind.lower() == device.platform else f"{device.platform} ({kind})", "jax": jax.__version__,
+              "commit": _commit(folder), "quick": quick, "repeats": repeats, "benchmarks": {}}
+    for name in names:
+        peer, modules, install = BENCHMARKS[name]
+        missing = [m for m in modules if m in without or importlib.util.find_spec(m) is None]
+        if missing:
+            line = f"skipping {name}: its peer {peer} is not installed ({install})"
+            print(line, flush=True)
+            report["benchmarks"][name] = {"skipped": line}
+            continue
+        runs = []
+        for repeat in range(repeats):
+            path = Path(out_dir) / f"{name}_{repeat}.json"
+            args = [sys.executable, str(folder / f"{name}.py"), "--json", str(path),
+                    "--markdown", str(path.with_suffix(".md"))] + (QUICK_ARGS.get(name, ["--quick"]) if quick else [])
+            started = time.perf_counter()
+            print(f"running {name} ({repeat + 1}/{repeats}){' --quick' if quick else ''}", flush=True)
+            proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
+            if proc.returncode != 0:
+                tail = (proc.stderr.strip().splitlines() or ["(no stderr)"])[-1]
+                raise RuntimeError(f"benchmark {name} failed: {tail}")
+            with open(path) as f:
+                runs.append({"seconds": time.perf_counter() - started, **json.load(f)})
+        report["benchmarks"][name] = {"peer": peer, "runs": runs, "summary": _spread(runs)}
+    with open(Path(out_dir) / "bench.json", "w") as f:
+        json.dump(report, f, indent=1)
+    with open(Path(out_dir) / "bench.md", "w") as f:
+        f.write(_markdown(report))
+    print(f"jaxvi bench: the report is in {os.path.abspath(Path(out_dir) / 'bench.md')}", flush=True)
+    return report
+
+
+def _flatten(tree, prefix: str = "") -> dict:
+    """The numbers of a nested dict, keyed by dotted paths (booleans as 0/1 are left out)."""
+    out = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, name + "."))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[name] = float(value)
+    return out
+
+
+def _spread(runs: list[dict]) -> dict:
+    """Per summary number: the median, min and max over the runs."""
+    flat = [_flatten(r.get("summary", {})) for r in runs]
+    keys = sorted(set().union(*flat)) if flat else []
+    return {k: {"median": statistics.median(values), "min": min(values), "max": max(values)}
+            for k in keys if (values := [f[k] for f in flat if k in f])}
+
+
+def _markdown(report: dict) -> str:
+    lines = [f"# jaxvi bench{' (quick)' if report['quick'] else ''}",
+             f"device: {report['device']}; jax {report['jax']}; commit {report['commit']}; "
+             f"{report['repeats']} run(s) per benchmark", ""]
+    for name, entry in report["benchmarks"].items():
+        lines.append(f"## {name}")
+        if "skipped" in entry:
+            lines += [entry["skipped"], ""]
+            continue
+        lines += [f"against {entry['peer']}", "", "| number | median | min | max |", "|---|---|---|---|"]
+        for key, value in entry["summary"].items():
+            lines.append(f"| {key} | {value['median']:.4g} | {value['min']:.4g} | {value['max']:.4g} |")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def _commit(folder: Path) -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=folder, capture_output=True, text=True,
+                              timeout=10).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
