@@ -10,7 +10,7 @@ $(PY):
 	$(PY) -m pip install -q --upgrade pip
 
 demo: $(PY)
-	$(PY) -m pip install -q -e '.[plot]'
+	$(PY) -m pip install -q -e '.[demo]'
 	$(PY) -m jaxvi demo
 
 test: $(PY)
