@@ -55,3 +55,43 @@ def spawn(script: str, args: list[str], timeout: float) -> dict:
         return {"error": tail[0]}
     print(f"  {' '.join(args)}: {time.perf_counter() - t0:.1f} s wall", flush=True)
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def parse(parser, quick: dict, tasks: dict):
+    """Adds ``--quick``, ``--child-timeout``, ``--json``, ``--markdown`` and the hidden ``--child`` to a
+    benchmark's parser, parses, and under ``--quick`` replaces every size left at its default by ``quick``'s."""
+    import argparse
+
+    parser.add_argument("--quick", action="store_true", help=f"smoke run with small sizes {quick}")
+    parser.add_argument("--child-timeout", type=float, default=1800, help="seconds before one fit is abandoned")
+    parser.add_argument("--json", default=None, help="write the results here")
+    parser.add_argument("--markdown", default=None, help="write the report here")
+    parser.add_argument("--child", choices=sorted(tasks), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.quick:
+        for name, value in quick.items():
+            if parser.get_default(name) == getattr(args, name):
+                setattr(args, name, value)
+    return args
+
+
+def run_child(task, args) -> None:
+    """In a child process: runs the task, adds its peak memory, prints its JSON line."""
+    import resource
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    out = task(args)
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(out))
+
+
+def write(args, text: str, meta: dict, rows: dict) -> None:
+    """Prints the report and writes it (``--markdown``) and the results (``--json``)."""
+    print(text)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({**meta, "results": rows}, f, indent=1)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(text + "\n")

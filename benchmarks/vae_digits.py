@@ -17,17 +17,15 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
-import json
 import math
 import os
-import resource
 import sys
 import time
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import machine, spawn  # noqa: E402
+from _common import machine, parse, run_child, spawn, write  # noqa: E402
 
 LATENT, HIDDEN, BATCH, LR, STEPS, N_TRAIN = 8, 256, 128, 1e-3, 3_000, 1_500
 ELBO_PARTICLES, IWAE_K = 100, 5_000
@@ -185,33 +183,15 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=STEPS)
     parser.add_argument("--iwae-k", type=int, default=IWAE_K)
-    parser.add_argument("--quick", action="store_true", help=f"smoke run with small sizes {QUICK}")
-    parser.add_argument("--child-timeout", type=float, default=1800)
-    parser.add_argument("--json", default=None)
-    parser.add_argument("--markdown", default=None)
-    parser.add_argument("--child", choices=sorted(TASKS), help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.quick:
-        for name, value in QUICK.items():
-            if parser.get_default(name) == getattr(args, name):
-                setattr(args, name, value)
+    args = parse(parser, QUICK, TASKS)
     if args.child:
-        out = TASKS[args.child](args)
-        out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(json.dumps(out))
+        run_child(TASKS[args.child], args)
         return
     size = ["--steps", str(args.steps), "--iwae-k", str(args.iwae_k)]
     rows = {task: spawn(__file__, ["--child", task, *size], args.child_timeout) for task in TASKS}
     import jax
 
-    text, meta = report(args, rows, machine(jax))
-    print(text)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({**meta, "results": rows}, f, indent=1)
-    if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(text + "\n")
+    write(args, *report(args, rows, machine(jax)), rows)
 
 
 if __name__ == "__main__":

@@ -131,7 +131,6 @@ def _identity_bars(ax, rows, n):
 def _mixture(out_dir, quick, progress):
     """a Gaussian mixture of the wine data by EM and by SVI"""
     import jax
-    import jax.numpy as jnp
     import matplotlib.pyplot as plt
     import optax
 

@@ -1,6 +1,5 @@
 """`jaxvi demo --quick` runs end to end and writes a report whose numbers are finite and consistent."""
 import math
-import os
 import re
 
 import pytest

@@ -35,7 +35,7 @@ from jaxvi.nn import Network, mlp
 from jaxvi.result import FAULT_GRADIENT, FAULT_OBJECTIVE, NO_FAULT, Fault, Result, no_fault
 from jaxvi.vi.guides import Flow, FullRank, MeanField, _inverse_softplus
 from jaxvi.vi.space import latent_space
-from jaxvi.vi.svi import FittedGuide, local_objective
+from jaxvi.vi.svi import FittedGuide, _check_positive_int, _float_dtype, _take, _where, local_objective
 
 __all__ = ["Amortized", "AmortizedDiagnostics", "AmortizedParams", "AmortizedState", "guide_size"]
 
@@ -229,10 +229,10 @@ class Amortized:
         example = jax.tree_util.tree_map(lambda a: a[0], data)
         encoder = self._encoder()
         encoder_params = encoder.init(encoder_key, example, guide_size(self.guide, space.dim))
-        variational = AmortizedParams(encoder_params, _shared_init(self.guide, shared_key, space.dim, _dtype(data)))
+        variational = AmortizedParams(encoder_params, _shared_init(self.guide, shared_key, space.dim, _float_dtype(data)))
         permutation = _shuffled(split_key, jnp.arange(n))
         train_index, valid_index = permutation[:n_train], permutation[n_train:]
-        dtype = _dtype(data)
+        dtype = _float_dtype(data)
         steps, epochs = self.iterations_for(n), self._epochs(n)
         order_key, run_key = jax.random.split(run_key)
         return AmortizedState(
@@ -449,21 +449,3 @@ def _shuffled(key: jax.Array, index: jax.Array) -> jax.Array:
     """``index`` in a uniformly random order: sorted by i.i.d. uniform keys (one sort; cheaper to compile
     than ``jax.random.permutation``'s rounds)."""
     return index[jnp.argsort(jax.random.uniform(key, index.shape))]
-
-
-def _check_positive_int(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
-
-
-def _dtype(data: PyTree):
-    dtype = jnp.result_type(*jax.tree_util.tree_leaves(data), jnp.float32)
-    return dtype if jnp.issubdtype(dtype, jnp.floating) else jnp.float32
-
-
-def _take(tree: PyTree, index: jax.Array) -> PyTree:
-    return jax.tree_util.tree_map(lambda a: a[index], tree)
-
-
-def _where(pred, on_true: PyTree, on_false: PyTree) -> PyTree:
-    return jax.tree_util.tree_map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
