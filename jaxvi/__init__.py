@@ -9,10 +9,10 @@ from jaxvi.model import Model
 from jaxvi.result import Fault, Result
 from jaxvi.vi import (SVI, Amortized, Categorical, Delta, FittedGuide, Flow, FullRank, LowRank, MeanField, SVIDiagnostics, interval,
                       ordered, positive, simplex)
-from jaxvi import models, nn, plot
+from jaxvi import models, nn, parallel, plot
 
 __all__ = ["Amortized", "Categorical", "ChainPosterior", "Delta", "Discrete", "DiscretePosterior", "EM", "EMDiagnostics", "EMState",
            "Evidence", "Fault", "FittedGuide", "Flow", "FullRank", "Gaussian", "GaussianPosterior", "Global", "LowRank", "Markov",
-           "MeanField", "Model", "Real", "Result", "SVI", "SVIDiagnostics", "Sequences", "evidence", "infer", "load", "interval", "models", "nn", "plot",
+           "MeanField", "Model", "Real", "Result", "SVI", "SVIDiagnostics", "Sequences", "evidence", "infer", "load", "interval", "models", "nn", "parallel", "plot",
            "ordered", "positive", "simplex"]
 __version__ = "0.1.0"

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from jaxvi import loop
 from jaxvi.exact.chain import Sequences
 from jaxvi.model import Model, check_data, check_key, check_model, is_traced
+from jaxvi.parallel import shard_data
 from jaxvi.result import (FAULT_LOG_EVIDENCE, FAULT_NOT_QUADRATIC, FAULT_OBJECTIVE, FAULT_PARAMS, OBJECTIVE_TERMS,
                            Result)
 
@@ -20,7 +21,7 @@ PyTree = Any
 
 
 def infer(model: Model, method, data: PyTree, *, key: jax.Array, progress: bool = True,
-          init_params: PyTree | None = None) -> Result:
+          init_params: PyTree | None = None, mesh=None) -> Result:
     """Fits ``model`` to ``data`` with ``method``.
 
     Args:
@@ -32,6 +33,8 @@ def infer(model: Model, method, data: PyTree, *, key: jax.Array, progress: bool 
         with ``progress=False`` infer is a pure JAX function that can be vmapped over data or keys.
       init_params: initial parameters to start from instead of ``model.init(key, data)``
         (only with a single restart).
+      mesh: a ``jax.sharding.Mesh``: the data's leading axis is split over its devices and every sum
+        over data becomes an all-reduce (``jaxvi.parallel``). Data already sharded need none.
 
     Returns:
       A ``jaxvi.Result``.
@@ -47,6 +50,8 @@ def infer(model: Model, method, data: PyTree, *, key: jax.Array, progress: bool 
       >>> result.objective, result.posterior(data).probs
     """
     data = check_data(data)
+    if mesh is not None:
+        data = shard_data(data, mesh)
     key = check_key(key)
     if not hasattr(method, "init") or not hasattr(method, "step"):
         raise ValueError(f"method: expected a jaxvi method such as jaxvi.EM(), got {type(method).__name__}")

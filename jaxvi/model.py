@@ -88,8 +88,9 @@ def check_data(data: PyTree) -> PyTree:
     paths = [jax.tree_util.keystr(path) or "data" for path, _ in jax.tree_util.tree_flatten_with_path(data)[0]]
     arrays = []
     for path, leaf in zip(paths, leaves):
-        if not isinstance(leaf, jax.core.Tracer):
+        if not isinstance(leaf, jax.Array):  # jax arrays stay where they are (a sharded one stays sharded)
             leaf = np.asarray(leaf)
+        if not isinstance(leaf, jax.core.Tracer):
             if not (np.issubdtype(leaf.dtype, np.number) or leaf.dtype == np.bool_):
                 raise ValueError(f"data {path}: expected a numeric array, got dtype {leaf.dtype}")
         if leaf.ndim == 0:
@@ -101,10 +102,14 @@ def check_data(data: PyTree) -> PyTree:
     if arrays[0].shape[0] == 0:
         raise ValueError(f"data: expected at least one datum, got leading axis of size 0 (shape {arrays[0].shape})")
     for path, a in zip(paths, arrays):
-        if isinstance(a, np.ndarray) and np.issubdtype(a.dtype, np.inexact) and not np.isfinite(a).all():
-            bad = np.argwhere(~np.isfinite(a))[0]
-            raise ValueError(f"data {path}: expected finite values, got {a[tuple(bad)]} at index {tuple(bad.tolist())}")
-    return jax.tree_util.tree_unflatten(treedef, [jnp.asarray(a) for a in arrays])
+        if isinstance(a, jax.core.Tracer) or not np.issubdtype(a.dtype, np.inexact):
+            continue
+        finite = np.isfinite(a).all() if isinstance(a, np.ndarray) else bool(jnp.isfinite(a).all())
+        if not finite:
+            bad = np.argwhere(~np.isfinite(np.asarray(a)))[0]
+            raise ValueError(f"data {path}: expected finite values, got {np.asarray(a)[tuple(bad)]} at index "
+                             f"{tuple(bad.tolist())}")
+    return jax.tree_util.tree_unflatten(treedef, [a if isinstance(a, jax.Array) else jnp.asarray(a) for a in arrays])
 
 
 def _check_sequences(data: Sequences) -> Sequences:

@@ -1,0 +1,69 @@
+"""Data parallelism on 4 CPU devices (a subprocess with XLA_FLAGS forcing them): the same fits as on one device."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+SCRIPT = textwrap.dedent('''
+    import json
+    import jax, jax.numpy as jnp, numpy as np, optax
+    from jax.sharding import Mesh
+    import jaxvi
+
+    assert len(jax.devices()) == 4
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    rng = np.random.default_rng(0)
+    out = {}
+
+    def compare(name, model, method, data):
+        one = jaxvi.infer(model, method, data, key=jax.random.key(0), progress=False)
+        four = jaxvi.infer(model, method, data, key=jax.random.key(0), progress=False, mesh=mesh)
+        sharded = jax.tree_util.tree_leaves(jaxvi.parallel.shard_data(data, mesh))[0].sharding
+        lowered = jax.jit(lambda d: jaxvi.infer(model, method, d, key=jax.random.key(0), progress=False).objective)
+        hlo = lowered.lower(jaxvi.parallel.shard_data(data, mesh)).compile().as_text()
+        out[name] = {"objective": [float(one.objective), float(four.objective)],
+                     "trace_max_rel": float(np.max(np.abs(np.asarray(one.trace) - np.asarray(four.trace))
+                                                   / np.abs(np.asarray(one.trace)))),
+                     "devices": len(sharded.device_set), "all_reduce": "all-reduce" in hlo}
+
+    x = rng.normal(size=(400, 3)).astype(np.float32) + rng.integers(0, 3, (400, 1)) * 3.0
+    gm = jaxvi.models.gaussian_mixture(3)
+    compare("em gmm", gm.model, jaxvi.EM(m_step=gm.m_step, max_iter=30, tol=0.0), x)
+    hmm = jaxvi.models.gaussian_hmm(2)
+    seqs = (rng.normal(size=(8, 50, 2)) + np.repeat(rng.integers(0, 2, (8, 5, 1)) * 3.0, 10, axis=1)).astype(np.float32)
+    compare("em hmm", hmm.model, jaxvi.EM(m_step=hmm.m_step, max_iter=10, tol=0.0), seqs)
+    X = rng.normal(size=(800, 5)).astype(np.float32)
+    y = (rng.uniform(size=800) < 1 / (1 + np.exp(-X @ np.arange(5.0)))).astype(np.float32)
+    latent = jaxvi.Global({"w": jaxvi.Real((5,))}, lambda p, z: jnp.sum(jax.scipy.stats.norm.logpdf(z["w"])))
+    logreg = jaxvi.Model(lambda p, z, d: d["y"] * (d["x"] @ z["w"]) - jax.nn.softplus(d["x"] @ z["w"]), latent,
+                         lambda k, d: {})
+    compare("svi", logreg, jaxvi.SVI(num_steps=200, batch_size=200, optimizer=optax.adam(1e-2)), {"x": X, "y": y})
+    vae = jaxvi.models.vae(2, 5, decoder=jaxvi.nn.mlp((8,)))
+    compare("amortized", vae.model, jaxvi.Amortized(encoder=jaxvi.nn.mlp((8,)), num_steps=100, batch_size=40,
+                                                   validation=0.0), (X > 0).astype(np.float32))
+    errors = []
+    for bad in (lambda: jaxvi.infer(gm.model, jaxvi.EM(), x[:398], key=jax.random.key(0), mesh=mesh),
+                lambda: jaxvi.infer(gm.model, jaxvi.EM(), x, key=jax.random.key(0), mesh="four devices")):
+        try:
+            bad()
+        except ValueError as err:
+            errors.append(str(err))
+    out["errors"] = errors
+    print(json.dumps(out))
+''')
+
+
+def test_fits_on_four_devices_equal_fits_on_one():
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    for name in ("em gmm", "em hmm", "svi", "amortized"):
+        fit = out[name]
+        assert fit["devices"] == 4 and fit["all_reduce"], (name, fit)        # really split, really reduced
+        one, four = fit["objective"]
+        assert abs(four - one) <= 1e-5 * abs(one), (name, fit)
+        assert fit["trace_max_rel"] <= 1e-5, (name, fit)                     # the same run, step by step
+    assert "split evenly over the mesh's 4 devices" in out["errors"][0]
+    assert "expected a jax.sharding.Mesh" in out["errors"][1]
