@@ -3,12 +3,16 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
+import zlib
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxvi import loop
+from jaxvi.io import fill, load_tree, save_tree
 from jaxvi.exact.chain import Sequences
 from jaxvi.model import Model, check_data, check_key, check_model, is_traced
 from jaxvi.parallel import shard_data
@@ -21,7 +25,8 @@ PyTree = Any
 
 
 def infer(model: Model, method, data: PyTree, *, key: jax.Array, progress: bool = True,
-          init_params: PyTree | None = None, mesh=None) -> Result:
+          init_params: PyTree | None = None, mesh=None, checkpoint=None, checkpoint_every: int | None = None
+          ) -> Result:
     """Fits ``model`` to ``data`` with ``method``.
 
     Args:
@@ -35,6 +40,10 @@ def infer(model: Model, method, data: PyTree, *, key: jax.Array, progress: bool 
         (only with a single restart).
       mesh: a ``jax.sharding.Mesh``: the data's leading axis is split over its devices and every sum
         over data becomes an all-reduce (``jaxvi.parallel``). Data already sharded need none.
+      checkpoint: a file path: the method's state is written there (atomically: a temporary file,
+        then a rename) every ``checkpoint_every`` iterations, and a rerun with the same arguments
+        that finds the file resumes from it, reaching the result of an uninterrupted run.
+      checkpoint_every: iterations between checkpoints (default: a twentieth of the run).
 
     Returns:
       A ``jaxvi.Result``.
@@ -62,13 +71,25 @@ def infer(model: Model, method, data: PyTree, *, key: jax.Array, progress: bool 
     if init_params is not None and method.n_init > 1:
         raise ValueError(f"init_params: a single starting point needs n_init=1, got n_init={method.n_init}")
     traced = is_traced(data, key, init_params)
+    if checkpoint is not None and traced:
+        raise ValueError("checkpoint: files cannot be written from inside jit or vmap; checkpoint a plain infer call")
+    if checkpoint_every is not None and (isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int)
+                                         or checkpoint_every < 1):
+        raise ValueError(f"checkpoint_every: expected an integer >= 1 or None, got {checkpoint_every!r}")
     keys = key[None] if method.n_init == 1 else jax.random.split(key, method.n_init)
-    if progress and not traced:  # compiled in three parts, the loop in chunks between which the bar moves
+    if (progress or checkpoint is not None) and not traced:  # compiled in three parts, the loop in chunks
         states = _init(model, method, data, keys, init_params)
+        after_chunk = None
+        if checkpoint is not None:
+            fingerprint = _fingerprint(method, data, keys)
+            if os.path.exists(checkpoint):
+                states = _resume(checkpoint, states, fingerprint)
+            after_chunk = lambda s: save_tree(checkpoint, {"state": s}, fingerprint)  # noqa: E731
         run_chunk = functools.partial(_run, model, method, data=data)
-        states = loop.drive(lambda s, stop: run_chunk(s, stop=stop), states, _max_iter(method, data), progress=True,
-                            desc=type(method).__name__,
-                            describe=functools.partial(method.describe, n=_num_data(data)))
+        states = loop.drive(lambda s, stop: run_chunk(s, stop=stop), states, _max_iter(method, data),
+                            progress=progress, desc=type(method).__name__,
+                            describe=functools.partial(method.describe, n=_num_data(data)),
+                            every=checkpoint_every, after_chunk=after_chunk)
         result = _finalize(model, method, states, data)
     else:  # one compiled call
         result = _fit(model, method, data, keys, init_params)
@@ -129,6 +150,32 @@ def _over_restarts(fn, batched: PyTree) -> PyTree:
         out = fn(jax.tree_util.tree_map(lambda a: a[0], batched))
         return jax.tree_util.tree_map(lambda a: a[None], out)
     return jax.vmap(fn)(batched)
+
+
+CHECKPOINT_FORMAT = "jaxvi-checkpoint-1"
+
+
+def _fingerprint(method, data: PyTree, keys: jax.Array) -> dict:
+    """What a checkpoint must match to be resumed: the method, the data (shapes, dtypes, a CRC of the
+    bytes) and the keys."""
+    leaves = jax.tree_util.tree_leaves(data)
+    return {"format": CHECKPOINT_FORMAT, "method": type(method).__name__,
+            "data": [[list(a.shape), str(a.dtype), zlib.crc32(np.asarray(a).tobytes())] for a in leaves],
+            "keys": np.asarray(jax.random.key_data(keys)).tolist()}
+
+
+def _resume(path, states, fingerprint: dict):
+    """The state stored at ``path``, in the structure of ``states``.
+
+    Raises:
+      ValueError: the file is a checkpoint of another fit (method, data or key).
+    """
+    stored, meta = load_tree(path)
+    for field, what in (("format", "file format"), ("method", "method"), ("data", "data"), ("keys", "key")):
+        if meta.get(field) != fingerprint[field]:
+            raise ValueError(f"checkpoint: {path} holds a fit with another {what} than this call's; delete it "
+                             f"or pass another path")
+    return fill(states, stored, "state")
 
 
 def _max_iter(method, data: PyTree) -> int:

@@ -8,28 +8,22 @@ returns the plain ``{section: {path: array}}`` dictionaries.
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import jax
 import numpy as np
 
-__all__ = ["load", "save"]
+__all__ = ["fill", "load", "load_tree", "save", "save_tree"]
 
 SECTIONS = ("params", "guide_params", "objective", "trace", "n_iter", "converged", "diagnostics")
 FORMAT = "jaxvi-result-1"
 
 
 def save(result, path) -> None:
-    """Writes ``result``'s arrays to ``path`` (an ``.npz`` file)."""
-    arrays, kinds = {}, {}
-    for section in SECTIONS:
-        for key_path, leaf in jax.tree_util.tree_flatten_with_path(getattr(result, section))[0]:
-            name = f"{section}/{jax.tree_util.keystr(key_path)}"
-            is_key = jax.dtypes.issubdtype(getattr(leaf, "dtype", np.float32), jax.dtypes.prng_key)
-            arrays[name] = np.asarray(jax.random.key_data(leaf) if is_key else leaf)
-            kinds[name] = "key" if is_key else "array"
-    meta = {"format": FORMAT, "method": repr(result.method), "kinds": kinds}
-    np.savez(path, __meta__=np.array(json.dumps(meta)), **arrays)
+    """Writes ``result``'s arrays to ``path`` (an ``.npz`` file), atomically."""
+    save_tree(path, {section: getattr(result, section) for section in SECTIONS},
+              {"format": FORMAT, "method": repr(result.method)})
 
 
 def load(path, like=None) -> Any:
@@ -46,13 +40,9 @@ def load(path, like=None) -> Any:
     Raises:
       ValueError: the file is not a jaxvi result, or does not match ``like``'s structure.
     """
-    with np.load(path, allow_pickle=False) as file:
-        if "__meta__" not in file.files:
-            raise ValueError(f"path: {path} is not a file written by Result.save")
-        meta = json.loads(str(file["__meta__"]))
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"path: expected format {FORMAT}, got {meta.get('format')!r}")
-        stored = {name: file[name] for name in file.files if name != "__meta__"}
+    stored, meta = load_tree(path)
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"path: expected a result written by Result.save ({FORMAT}), got {meta.get('format')!r}")
     if like is None:
         out = {section: {} for section in SECTIONS}
         for name, array in stored.items():
@@ -61,17 +51,49 @@ def load(path, like=None) -> Any:
         return out
     import dataclasses
 
-    sections = {}
-    for section in SECTIONS:
-        flat, treedef = jax.tree_util.tree_flatten_with_path(getattr(like, section))
-        leaves = []
-        for key_path, leaf in flat:
+    return dataclasses.replace(like, **{section: fill(getattr(like, section), stored, section) for section in SECTIONS})
+
+
+def save_tree(path, sections: dict, meta: dict) -> None:
+    """Writes every leaf of every ``{section: pytree}`` to an ``.npz`` at ``path``: first to a temporary
+    file beside it, then renamed over it, so a reader never sees half a file."""
+    arrays, kinds = {}, {}
+    for section, tree in sections.items():
+        for key_path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
             name = f"{section}/{jax.tree_util.keystr(key_path)}"
-            if name not in stored:
-                raise ValueError(f"like: the file has no {name}; was it saved from a result of this model and method?")
-            array = stored[name]
-            if np.shape(array) != np.shape(jax.random.key_data(leaf) if meta["kinds"].get(name) == "key" else leaf):
-                raise ValueError(f"like: {name} has shape {np.shape(array)} in the file, {np.shape(leaf)} in like")
-            leaves.append(jax.random.wrap_key_data(array) if meta["kinds"].get(name) == "key" else jax.numpy.asarray(array))
-        sections[section] = jax.tree_util.tree_unflatten(treedef, leaves)
-    return dataclasses.replace(like, **sections)
+            is_key = jax.dtypes.issubdtype(getattr(leaf, "dtype", np.float32), jax.dtypes.prng_key)
+            arrays[name] = np.asarray(jax.random.key_data(leaf) if is_key else leaf)
+            kinds[name] = "key" if is_key else "array"
+    path = os.fspath(path)
+    temporary = f"{path}.{os.getpid()}.tmp"
+    with open(temporary, "wb") as f:
+        np.savez(f, __meta__=np.array(json.dumps({**meta, "kinds": kinds})), **arrays)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temporary, path)
+
+
+def load_tree(path) -> tuple[dict, dict]:
+    """``(arrays by name, metadata)`` of a file written by ``save_tree``."""
+    with np.load(path, allow_pickle=False) as file:
+        if "__meta__" not in file.files:
+            raise ValueError(f"path: {path} is not a file written by jaxvi")
+        meta = json.loads(str(file["__meta__"]))
+        return {name: file[name] for name in file.files if name != "__meta__"}, meta
+
+
+def fill(like, stored: dict, section: str, kinds: dict | None = None):
+    """``like``'s pytree with its leaves replaced by ``stored[section/path]`` (keys re-wrapped)."""
+    flat, treedef = jax.tree_util.tree_flatten_with_path(like)
+    leaves = []
+    for key_path, leaf in flat:
+        name = f"{section}/{jax.tree_util.keystr(key_path)}"
+        if name not in stored:
+            raise ValueError(f"like: the file has no {name}; was it written for this model and method?")
+        array = stored[name]
+        is_key = jax.dtypes.issubdtype(getattr(leaf, "dtype", np.float32), jax.dtypes.prng_key)
+        expected = np.shape(jax.random.key_data(leaf)) if is_key else np.shape(leaf)
+        if np.shape(array) != expected:
+            raise ValueError(f"like: {name} has shape {np.shape(array)} in the file, {expected} here")
+        leaves.append(jax.random.wrap_key_data(array) if is_key else jax.numpy.asarray(array, leaf.dtype))
+    return jax.tree_util.tree_unflatten(treedef, leaves)

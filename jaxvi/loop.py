@@ -25,27 +25,47 @@ def run_until(step: Callable[[State], State], state: State, stop_iter: jax.Array
 
 
 def drive(run_chunk: Callable[[State, jax.Array], State], state: State, max_iter: int, *,
-          progress: bool, desc: str, describe: Callable[[State], str] | None = None) -> State:
-    """Runs ``run_chunk(state, stop_iter)`` until every run is done: in one call, or in chunks with a tqdm bar.
+          progress: bool, desc: str = "", describe: Callable[[State], str] | None = None,
+          every: int | None = None, after_chunk: Callable[[State], None] | None = None) -> State:
+    """Runs ``run_chunk(state, stop_iter)`` until every run is done: in one call, or in chunks.
 
     A run stops by itself (``state.done``) after at most ``max_iter`` iterations; ``stop_iter`` only
     pauses it between chunks, so the last chunk's is ``max_iter + 1``. ``state`` may carry a
-    leading restart axis; the bar follows the slowest restart.
+    leading restart axis; the bar follows the slowest restart. A state that has already run some
+    iterations (a resumed checkpoint) continues from there.
+
+    Args:
+      progress: show a tqdm bar, fed between chunks.
+      describe: the bar's text for a state.
+      every: iterations per chunk (default: a twentieth of ``max_iter``).
+      after_chunk: called with the state after every chunk (to write a checkpoint).
     """
     end = max_iter + 1
-    if not progress:
+    if not progress and after_chunk is None:
         return run_chunk(state, jnp.asarray(end, jnp.int32))
-    from tqdm.auto import tqdm
+    chunk = every or max(1, math.ceil(max_iter / 20))
+    done_so_far = int(np.min(np.asarray(state.n_iter)))
+    stop = (done_so_far // chunk + 1) * chunk
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
 
-    chunk = max(1, math.ceil(max_iter / 20))
-    with tqdm(total=max_iter, desc=desc, unit="it", dynamic_ncols=True) as bar:
-        for stop in range(chunk, end + chunk, chunk):
+        bar = tqdm(total=max_iter, initial=int(np.max(np.asarray(state.n_iter))), desc=desc, unit="it",
+                   dynamic_ncols=True)
+    try:
+        while not np.all(np.asarray(state.done)):
             state = run_chunk(state, jnp.asarray(stop if stop < max_iter else end, jnp.int32))
-            bar.update(int(np.max(np.asarray(state.n_iter))) - bar.n)
-            if describe is not None:
-                bar.set_postfix_str(describe(state), refresh=False)
-            if np.all(np.asarray(state.done)):
-                bar.total = bar.n  # close the bar at the iterations run
-                bar.refresh()
-                break
+            stop += chunk
+            if after_chunk is not None:
+                after_chunk(state)
+            if bar is not None:
+                bar.update(int(np.max(np.asarray(state.n_iter))) - bar.n)
+                if describe is not None:
+                    bar.set_postfix_str(describe(state), refresh=False)
+        if bar is not None:
+            bar.total = bar.n  # close the bar at the iterations run
+            bar.refresh()
+    finally:
+        if bar is not None:
+            bar.close()
     return state
