@@ -213,6 +213,11 @@ def _raise_on_fault(result: Result) -> None:
         where = f" for datum {fault.index}" if fault.index >= 0 else ""
         what = (f"the ELBO was not finite: its {OBJECTIVE_TERMS[fault.term]} term{where}"
                 if 0 <= fault.term < len(OBJECTIVE_TERMS) else "the ELBO was not finite")
+        if fault.iteration == 0:
+            which = (f"its {OBJECTIVE_TERMS[fault.term]} term{where} is"
+                     if 0 <= fault.term < len(OBJECTIVE_TERMS) else "it is")
+            raise ValueError(f"init: expected initial parameters at which the ELBO is finite, but {which} not finite "
+                             f"at the first step; check init (or init_params) and the log_joint")
     else:
         tree = {"params": result.params, "guide_params": result.guide_params}
         paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]

@@ -111,3 +111,51 @@ def test_other_bad_arguments():
 def test_an_m_step_returning_the_wrong_structure_is_named():
     with pytest.raises(ValueError, match=r"EM\(m_step\): expected params with the structure of init's"):
         fit(method=jaxvi.EM(m_step=lambda params, data, post: {"a": params}))
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: jaxvi.Markov(0), r"Markov\(K\): expected an integer >= 1"),
+    (lambda: jaxvi.Gaussian(0), r"Gaussian\(d\): expected an integer >= 1"),
+    (lambda: jaxvi.Real((-1,)), r"Real\(shape\): expected a tuple of integers >= 0"),
+    (lambda: jaxvi.Real((2,), bijector="exp"), r"Real\(bijector\): expected a distrax bijector"),
+    (lambda: jaxvi.Global({"w": jaxvi.Discrete(2)}, lambda p, z: 0.0), r"Global\(latent\): expected a Real spec"),
+])
+def test_bad_latent_specs(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_bad_sequences():
+    hmm = jaxvi.models.gaussian_hmm(2)
+    obs = np.zeros((3, 5, 1), np.float32)
+    with pytest.raises(ValueError, match=r"data.lengths: expected lengths in \[1, 5\]"):
+        fit(hmm.model, jaxvi.Sequences(obs, np.array([5, 6, 2])))
+    with pytest.raises(ValueError, match=r"data.lengths: expected 3 integers"):
+        fit(hmm.model, jaxvi.Sequences(obs, np.array([5, 2])))
+    with pytest.raises(ValueError, match=r"data: a Markov latent needs sequences"):
+        fit(hmm.model, np.zeros(5, np.float32))
+    with pytest.raises(ValueError, match=r"data: gaussian_hmm expects sequences of shape \(N, T, D\)"):
+        fit(hmm.model, np.zeros((3, 5), np.float32))
+
+
+def test_bad_vi_inputs():
+    latent = jaxvi.Global({"mu": jaxvi.Real(())}, lambda p, z: -z["mu"] ** 2)
+    model = jaxvi.Model(lambda p, z, x: -(x - z["mu"]) ** 2, latent, lambda k, d: {})
+    x = np.zeros(10, np.float32)
+    with pytest.raises(ValueError, match=r"SVI\(batch_size\): expected at most the number of data, 10"):
+        fit(model, x, jaxvi.SVI(batch_size=11))
+    with pytest.raises(ValueError, match=r"SVI\(optimizer\): expected an optax GradientTransformation"):
+        jaxvi.SVI(optimizer=lambda g: g)
+    with pytest.raises(ValueError, match=r"Amortized\(optimizer\): expected an optax GradientTransformation"):
+        jaxvi.Amortized(num_steps=1, optimizer="adam")
+    with pytest.raises(ValueError, match=r"fit it with jaxvi.SVI"):
+        fit(model, x)
+    nan_prior = jaxvi.Global({"mu": jaxvi.Real(())}, lambda p, z: jnp.log(z["mu"] - 10.0))
+    with pytest.raises(ValueError, match=r"init: expected initial parameters at which the ELBO is finite, but its "
+                                         r"log_prior term is not finite"):
+        fit(jaxvi.Model(lambda p, z, x: -(x - z["mu"]) ** 2, nan_prior, lambda k, d: {}), x, jaxvi.SVI(num_steps=3))
+    vae = jaxvi.models.vae(2, 3)
+    with pytest.raises(ValueError, match=r"Amortized\(batch_size\): expected at most the 9 training data"):
+        fit(vae.model, np.zeros((10, 3), np.float32), jaxvi.Amortized(num_steps=2, batch_size=10))
+    with pytest.raises(ValueError, match=r"data: expected data of 3 values per datum"):
+        fit(vae.model, np.zeros((10, 4), np.float32), jaxvi.Amortized(num_steps=2, batch_size=5))
