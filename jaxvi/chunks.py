@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-__all__ = ["map_data", "sum_data", "num_data"]
+__all__ = ["map_data", "minibatch", "sum_data", "num_data"]
 
 PyTree = Any
 
@@ -58,3 +58,9 @@ def sum_data(fn: Callable[[PyTree], PyTree], data: PyTree, chunk_size: int) -> P
         tail = jax.tree_util.tree_map(lambda a: a[n_full * size:], data)
         total = jax.tree_util.tree_map(jnp.add, total, fn(tail))
     return total
+
+
+def minibatch(key: jax.Array, n: int, size: int) -> jax.Array:
+    """``size`` distinct indices in ``[0, n)``, uniformly without replacement: the top ``size`` of n
+    uniform keys (O(n log size); ``jax.random.choice(replace=False)`` sorts all n, 40 ms at n = 50,000)."""
+    return jax.lax.top_k(jax.random.uniform(key, (n,)), size)[1]

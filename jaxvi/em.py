@@ -32,6 +32,7 @@ from jaxvi.chunks import num_data
 from jaxvi.latents import Gaussian, exact_family
 from jaxvi.model import Model
 from jaxvi.result import FAULT_LOG_EVIDENCE, FAULT_NOT_QUADRATIC, FAULT_PARAMS, NO_FAULT, Fault, Result, no_fault
+from jaxvi.statistics import Statistics, streamed_e_step
 
 __all__ = ["EM", "EMState", "EMDiagnostics", "gradient_m_step"]
 
@@ -93,11 +94,14 @@ class EM:
         restart with the highest final objective is returned. Restart r starts from
         ``model.init(jax.random.split(key, n_init)[r], data)``, so it equals a single fit with that key.
       m_step: a closed-form M-step ``m_step(params, data, posterior) -> params`` returning
-        :math:`\arg\max_\theta Q(\theta)`, or None for the gradient M-step (any differentiable
-        log-joint; parameters should be unconstrained).
+        :math:`\arg\max_\theta Q(\theta)`; or a ``jaxvi.Statistics`` M-step (through expected
+        sufficient statistics), with which the E-step streams ``chunk_size`` data at a time and
+        never holds the posterior of all the data; or None for the gradient M-step (any
+        differentiable log-joint; parameters should be unconstrained).
       m_step_optimizer: the optax optimiser of the gradient M-step; None means ``optax.lbfgs()``.
       m_step_iters: optimiser steps per gradient M-step.
-      chunk_size: how many data the E-step evaluates at once (bounds intermediate memory).
+      chunk_size: how many data the E-step evaluates at once (bounds intermediate memory; with a
+        ``Statistics`` M-step, the streaming chunk, so memory is bounded by the data alone).
 
     Example:
       >>> result = jaxvi.infer(model, jaxvi.EM(max_iter=200, n_init=4), data, key=jax.random.key(0))
@@ -118,7 +122,7 @@ class EM:
                 raise ValueError(f"EM({name}): expected an integer >= 1, got {value!r}")
         if not isinstance(self.tol, (int, float)) or not self.tol >= 0:
             raise ValueError(f"EM(tol): expected a number >= 0, got {self.tol!r}")
-        if self.m_step is not None and not callable(self.m_step):
+        if self.m_step is not None and not callable(self.m_step) and not isinstance(self.m_step, Statistics):
             raise ValueError(f"EM(m_step): expected a function (params, data, posterior) -> params or None, got {self.m_step!r}")
         opt = self.m_step_optimizer
         if opt is not None and not isinstance(opt, optax.GradientTransformation):
@@ -176,6 +180,8 @@ class EM:
 
         Returns the state and log p(D | θ_t).
         """
+        if isinstance(self.m_step, Statistics):
+            return self._streamed_step(model, state, data)
         post = self.e_step(model, state.params, data)
         log_evidence = (jnp.sum(post.log_evidence) + model.total_log_prior(state.params)).astype(state.trace.dtype)
         well_posed = exact.well_posed(post)
@@ -198,6 +204,40 @@ class EM:
             converged=converged,
             done=~advance,
             m_step_rejections=state.m_step_rejections + rejected.astype(jnp.int32),
+            fault=fault,
+        )
+        return new_state, log_evidence
+
+    def _streamed_step(self, model: Model, state: EMState, data: PyTree) -> tuple[EMState, jax.Array]:
+        """``step`` with a ``Statistics`` M-step: the E-step streams ``chunk_size`` data at a time into
+        the statistics; no posterior of all the data is held."""
+        streamed = streamed_e_step(model, state.params, data, self.chunk_size, self.m_step.collect)
+        log_evidence = (streamed.log_evidence + model.total_log_prior(state.params)).astype(state.trace.dtype)
+        evidence_ok = jnp.isfinite(log_evidence) & (streamed.bad_start < 0)
+        change = jnp.abs(log_evidence - state.log_evidence) / num_data(data)
+        converged = evidence_ok & (state.n_iter > 0) & (change < self.tol)
+        move = evidence_ok & ~converged & (state.n_iter < self.max_iter)
+        new_params = lax.cond(move, lambda: _like(self.m_step.maximize(state.params, streamed.stats, num_data(data)),
+                                                  state.params, "EM(m_step=Statistics).maximize"),
+                              lambda: state.params)
+        leaf_finite = jnp.stack([jnp.all(jnp.isfinite(a)) for a in jax.tree_util.tree_leaves(new_params)])
+        params_ok = jnp.all(leaf_finite)
+        kind = jnp.where(evidence_ok, jnp.where(params_ok, NO_FAULT, FAULT_PARAMS), FAULT_LOG_EVIDENCE)
+        index = jnp.where(kind == FAULT_LOG_EVIDENCE, streamed.bad_start,
+                          jnp.where(kind == FAULT_PARAMS, jnp.argmin(leaf_finite), -1))
+        fault = Fault(jnp.where(kind == NO_FAULT, -1, state.n_iter).astype(jnp.int32), kind.astype(jnp.int32),
+                      index.astype(jnp.int32),
+                      jnp.where(kind == FAULT_LOG_EVIDENCE, streamed.bad_end, -1).astype(jnp.int32))
+        advance = move & params_ok
+        new_state = EMState(
+            params=_where(advance, new_params, state.params),
+            last_params=_where(advance, state.params, state.last_params),
+            log_evidence=jnp.where(evidence_ok, log_evidence, state.log_evidence),
+            trace=jnp.where(evidence_ok, state.trace.at[state.n_iter].set(log_evidence), state.trace),
+            n_iter=state.n_iter + advance.astype(jnp.int32),
+            converged=converged,
+            done=~advance,
+            m_step_rejections=state.m_step_rejections,
             fault=fault,
         )
         return new_state, log_evidence

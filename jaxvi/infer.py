@@ -200,12 +200,15 @@ def _raise_on_fault(result: Result) -> None:
             f"quadratically, or ask for the approximate posterior with Gaussian(d, laplace=True)")
     if fault.kind == FAULT_LOG_EVIDENCE and fault.iteration == 0:
         where = f"datum {fault.index}" if fault.index >= 0 else "log_prior"
+        where = f"a datum in [{fault.index}, {fault.term})" if fault.term > fault.index >= 0 else where
         raise ValueError(
             f"init: expected initial parameters at which log_joint is finite, but log p(x) is "
             f"not finite for {where}; check init (or init_params) and the log_joint")
     if fault.kind == FAULT_LOG_EVIDENCE:
         what = f"log p(x_i) became non-finite for datum {fault.index}" if fault.index >= 0 else \
             "log_prior became non-finite"
+        if fault.term > fault.index >= 0:  # a streamed E-step knows the chunk
+            what = f"log p(x_i) became non-finite for a datum in [{fault.index}, {fault.term})"
     elif fault.kind == FAULT_PARAMS:
         paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(result.params)[0]]
         what = f"the update made params leaf {paths[fault.index] or 'params'} non-finite"

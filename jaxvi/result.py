@@ -32,7 +32,8 @@ class Fault(NamedTuple):
         first datum whose log-joint was not finite (-1 if another term was); kind 5: the index of
         the first non-finite leaf in ``jax.tree_util.tree_leaves((params, guide_params))``.
       term: kind 4: which term of the objective was not finite first, an index into
-        ``OBJECTIVE_TERMS`` (log_joint, log_det_jacobian, log_q, log_prior); else -1.
+        ``OBJECTIVE_TERMS`` (log_joint, log_det_jacobian, log_q, log_prior); kind 1 of a streamed
+        E-step: the end of the chunk ``[index, term)`` the datum is in; else -1.
     """
 
     iteration: jax.Array

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 
 from jaxvi.latents import Gaussian
 from jaxvi.model import Model
+from jaxvi.statistics import Statistics
 
 __all__ = ["FactorAnalysisParams", "LinearGaussian", "PPCAParams", "factor_analysis", "ppca"]
 
@@ -65,10 +66,13 @@ class PPCAParams(NamedTuple):
 
 
 class LinearGaussian(NamedTuple):
-    """A linear-Gaussian latent model and its closed-form M-step, for ``jaxvi.EM(m_step=...)``."""
+    """A linear-Gaussian latent model and its closed-form M-step, for ``jaxvi.EM(m_step=...)``; the same
+    M-step through sufficient statistics (``statistics``: for a streamed E-step, ``EM(m_step=statistics)``,
+    or ``jaxvi.OnlineEM``)."""
 
     model: Model
     m_step: Callable
+    statistics: Statistics
 
 
 def _log_joint(params, z, x):
@@ -79,17 +83,23 @@ def _log_joint(params, z, x):
     return log_lik - 0.5 * (z @ z + z.shape[0] * math.log(2 * math.pi))
 
 
-def _regression(data: jax.Array, post) -> tuple[jax.Array, jax.Array, jax.Array]:
-    r"""``([W, mu], residual sum of squares per dimension, N)`` from the posterior moments."""
+def _collect(params, data: jax.Array, post) -> dict:
+    r"""The sufficient statistics of a chunk, sums over it: with :math:`\tilde z = (z, 1)`,
+    :math:`A = \sum E[\tilde z \tilde z^\top]`, :math:`B = \sum x E[\tilde z]^\top`, :math:`\sum x^2`, :math:`\sum x`, n."""
     n = data.shape[0]
     mean, cov = post.mean.astype(data.dtype), post.covariance.astype(data.dtype)
     ez = jnp.concatenate([mean, jnp.ones((n, 1), data.dtype)], axis=1)
-    a = jnp.einsum("ni,nj->ij", ez, ez)
-    a = a.at[:-1, :-1].add(cov.sum(axis=0))
-    b = data.T @ ez
-    coefficients = jnp.linalg.solve(a, b.T).T  # B A^{-1}, A symmetric
-    residual = jnp.sum(data**2, axis=0) - jnp.sum(coefficients * b, axis=1)
-    return coefficients, residual, n
+    a = jnp.einsum("ni,nj->ij", ez, ez).at[:-1, :-1].add(cov.sum(axis=0))
+    return {"a": a, "b": data.T @ ez, "xx": jnp.sum(data**2, axis=0), "x": jnp.sum(data, axis=0),
+            "n": jnp.asarray(n, data.dtype)}
+
+
+def _regression(stats: dict) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    r"""``([W, mu], residual sum of squares per dimension, N, data variance per dimension)`` from the statistics."""
+    coefficients = jnp.linalg.solve(stats["a"], stats["b"].T).T  # B A^{-1}, A symmetric
+    residual = stats["xx"] - jnp.sum(coefficients * stats["b"], axis=1)
+    n = stats["n"]
+    return coefficients, residual, n, stats["xx"] / n - (stats["x"] / n) ** 2
 
 
 def _init(key, data, d: int, who: str):
@@ -113,17 +123,19 @@ def factor_analysis(n_factors: int) -> LinearGaussian:
     """
     latent = Gaussian(n_factors)
 
-    def m_step(params: FactorAnalysisParams, data, post) -> FactorAnalysisParams:
-        coefficients, residual, n = _regression(data, post)
-        floor = NOISE_FLOOR * jnp.var(data, axis=0) + jnp.finfo(data.dtype).tiny
-        noise = jnp.maximum(residual / n, floor)
+    def maximize(params: FactorAnalysisParams, stats, n=None) -> FactorAnalysisParams:
+        coefficients, residual, count, variance = _regression(stats)
+        noise = jnp.maximum(residual / count, NOISE_FLOOR * variance + jnp.finfo(residual.dtype).tiny)
         return FactorAnalysisParams(coefficients[:, -1], coefficients[:, :-1], jnp.log(noise))
+
+    def m_step(params: FactorAnalysisParams, data, post) -> FactorAnalysisParams:
+        return maximize(params, _collect(params, data, post))
 
     def init(key, data) -> FactorAnalysisParams:
         mean, loadings, variance = _init(key, data, n_factors, "factor_analysis")
         return FactorAnalysisParams(mean, loadings, jnp.log(variance))
 
-    return LinearGaussian(Model(_log_joint, latent, init), m_step)
+    return LinearGaussian(Model(_log_joint, latent, init), m_step, Statistics(_collect, maximize))
 
 
 def ppca(n_components: int) -> LinearGaussian:
@@ -134,14 +146,17 @@ def ppca(n_components: int) -> LinearGaussian:
     """
     latent = Gaussian(n_components)
 
-    def m_step(params: PPCAParams, data, post) -> PPCAParams:
-        coefficients, residual, n = _regression(data, post)
-        floor = NOISE_FLOOR * jnp.mean(jnp.var(data, axis=0)) + jnp.finfo(data.dtype).tiny
-        noise = jnp.maximum(jnp.sum(residual) / (n * data.shape[1]), floor)
+    def maximize(params: PPCAParams, stats, n=None) -> PPCAParams:
+        coefficients, residual, count, variance = _regression(stats)
+        floor = NOISE_FLOOR * jnp.mean(variance) + jnp.finfo(residual.dtype).tiny
+        noise = jnp.maximum(jnp.sum(residual) / (count * residual.shape[0]), floor)
         return PPCAParams(coefficients[:, -1], coefficients[:, :-1], jnp.log(noise))
+
+    def m_step(params: PPCAParams, data, post) -> PPCAParams:
+        return maximize(params, _collect(params, data, post))
 
     def init(key, data) -> PPCAParams:
         mean, loadings, variance = _init(key, data, n_components, "ppca")
         return PPCAParams(mean, loadings, jnp.log(jnp.mean(variance)))
 
-    return LinearGaussian(Model(_log_joint, latent, init), m_step)
+    return LinearGaussian(Model(_log_joint, latent, init), m_step, Statistics(_collect, maximize))

@@ -25,8 +25,9 @@ from jax.scipy.linalg import solve_triangular
 from jaxvi.chunks import sum_data
 from jaxvi.latents import Discrete
 from jaxvi.model import Model
+from jaxvi.statistics import Statistics
 
-__all__ = ["GMMParams", "GaussianMixture", "gaussian_mixture", "gmm_m_step"]
+__all__ = ["GMMParams", "GaussianMixture", "gaussian_mixture", "gmm_m_step", "gmm_statistics"]
 
 COVARIANCES = ("full", "diag")
 INITS = ("kmeans++", "random")
@@ -60,10 +61,13 @@ class GMMParams(NamedTuple):
 
 
 class GaussianMixture(NamedTuple):
-    """A Gaussian mixture model and its closed-form M-step, for ``jaxvi.EM(m_step=...)``."""
+    """A Gaussian mixture model and its closed-form M-step, for ``jaxvi.EM(m_step=...)``; the M-step
+    through sufficient statistics (``statistics``: for a streamed E-step, ``EM(m_step=statistics)``,
+    or ``jaxvi.OnlineEM``)."""
 
     model: Model
     m_step: Callable
+    statistics: Statistics
 
 
 def gaussian_mixture(n_components: int, *, covariance: str = "full", init: str = "kmeans++",
@@ -99,7 +103,34 @@ def gaussian_mixture(n_components: int, *, covariance: str = "full", init: str =
         return m_step(None, data, _Responsibilities(resp))
 
     log_joint = _log_joint_full if covariance == "full" else _log_joint_diag
-    return GaussianMixture(Model(log_joint, latent, init_params), m_step)
+    return GaussianMixture(Model(log_joint, latent, init_params), m_step, gmm_statistics(covariance, reg_covar))
+
+
+def gmm_statistics(covariance: str = "full", reg_covar: float = 1e-6) -> Statistics:
+    r"""The M-step of ``gmm_m_step`` through the sums :math:`N_k = \sum_i r_{ik}`, :math:`\sum_i r_{ik} x_i`
+    and :math:`\sum_i r_{ik} x_i x_i^\top` (diag: :math:`\sum_i r_{ik} x_i^2`), which chunks of data add up.
+
+    The covariance is then :math:`E[x x^\top] - \mu\mu^\top`: raw moments, so data far from the origin
+    relative to their spread lose float32 precision; centre the data first.
+    """
+    def collect(params, data, posterior) -> dict:
+        resp = posterior.probs.astype(data.dtype)
+        second = (jnp.einsum("bk,bd,be->kde", resp, data, data) if covariance == "full" else resp.T @ data**2)
+        return {"n": resp.sum(axis=0), "x": resp.T @ data, "xx": second}
+
+    def maximize(params, stats, n=None) -> GMMParams:
+        nk = stats["n"] + 10 * jnp.finfo(stats["n"].dtype).eps
+        means = stats["x"] / nk[:, None]
+        if covariance == "full":
+            eye = jnp.eye(means.shape[1], dtype=means.dtype)
+            cov = stats["xx"] / nk[:, None, None] - means[:, :, None] * means[:, None, :] + reg_covar * eye
+            prec_chol = _precision_cholesky(cov)
+        else:
+            var = stats["xx"] / nk[:, None] - means**2 + reg_covar
+            prec_chol = jax.lax.rsqrt(jnp.maximum(var, reg_covar))
+        return GMMParams(jnp.log(nk / nk.sum()), means, prec_chol)
+
+    return Statistics(collect, maximize)
 
 
 def gmm_m_step(covariance: str = "full", reg_covar: float = 1e-6, chunk_size: int = 1024) -> Callable:

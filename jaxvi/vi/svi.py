@@ -33,7 +33,7 @@ import optax
 from jax import lax
 
 from jaxvi import exact
-from jaxvi.chunks import num_data
+from jaxvi.chunks import minibatch, num_data
 from jaxvi.exact.enumerate import latent_values
 from jaxvi.latents import Discrete, Global, Markov, exact_family, is_spec
 from jaxvi.model import Model
@@ -252,7 +252,7 @@ class SVI:
         kind, n = self._kind(model), _num(data)
         next_key, batch_key, particle_key = jax.random.split(state.key, 3)
         full = self.batch_size is None or self.batch_size == n
-        index = jnp.arange(n) if full else jax.random.choice(batch_key, n, (self.batch_size,), replace=False)
+        index = jnp.arange(n) if full else minibatch(batch_key, n, self.batch_size)
         batch = data if full else _take(data, index)
         local = kind in ("local", "categorical")
         batch_psi = (state.guide_params if full else _take(state.guide_params, index)) if local else None
@@ -370,7 +370,7 @@ class SVI:
         def replay(params, guide_params, data, key):
             _, batch_key, particle_key = jax.random.split(key, 3)
             full = self.batch_size is None or self.batch_size == n
-            index = jnp.arange(n) if full else jax.random.choice(batch_key, n, (self.batch_size,), replace=False)
+            index = jnp.arange(n) if full else minibatch(batch_key, n, self.batch_size)
             local = kind in ("local", "categorical")
             _, bound, _, parts = self._objective(
                 model, params, guide_params if kind == "global" else None,

@@ -1,0 +1,94 @@
+r"""M-steps through expected sufficient statistics, and the E-step that streams data to them.
+
+For exponential-family complete-data models the M-step depends on the data only through expected
+sufficient statistics :math:`s = \sum_i E_{q_i}[t(x_i, z_i)]`, sums over data. A ``Statistics``
+M-step gives ``collect`` (the sums over one chunk of data, from that chunk's exact posterior) and
+``maximize`` (θ from the summed statistics). Then
+
+- ``EM(m_step=statistics)`` streams the data through the E-step ``chunk_size`` data at a time,
+  adding up statistics and log p(D): memory holds one chunk's posterior, never the N-datum one
+  (N x K responsibilities for a mixture), and the fit is the same as in memory;
+- ``OnlineEM`` (Cappé & Moulines 2009) keeps a running average of minibatch statistics,
+  :math:`\hat s_t = (1 - \rho_t)\hat s_{t-1} + \rho_t \tfrac{N}{B} s(\text{batch}_t)`,
+  :math:`\rho_t = (t + 1)^{-\kappa}`, and takes θ_t = maximize(ŝ_t): one pass can suffice.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxvi import exact
+from jaxvi.chunks import num_data
+
+__all__ = ["Statistics", "StreamedEStep", "streamed_e_step"]
+
+PyTree = Any
+
+
+class Statistics(NamedTuple):
+    """A closed-form M-step through expected sufficient statistics.
+
+    Attributes:
+      collect: ``collect(params, chunk, posterior) -> stats``: the statistics of one chunk of data
+        (leading datum axis) under its exact posterior, as SUMS over the chunk (so chunks add up).
+      maximize: ``maximize(params, stats, n) -> params``: θ maximising Q given the statistics of all
+        n data (the current params are given for parts the statistics do not determine).
+    """
+
+    collect: Callable[[PyTree, PyTree, Any], PyTree]
+    maximize: Callable[[PyTree, PyTree, Any], PyTree]
+
+
+class StreamedEStep(NamedTuple):
+    """The E-step summed over chunks.
+
+    Attributes:
+      log_evidence: :math:`\\log p_\\theta(D) = \\sum_i \\log p_\\theta(x_i)`.
+      stats: the summed statistics.
+      bad_start, bad_end: the data range ``[bad_start, bad_end)`` of the first chunk with a
+        non-finite log evidence or an ill-posed posterior (-1, -1 if none).
+    """
+
+    log_evidence: jax.Array
+    stats: PyTree
+    bad_start: jax.Array
+    bad_end: jax.Array
+
+
+def streamed_e_step(model, params: PyTree, data: PyTree, chunk_size: int, collect: Callable) -> StreamedEStep:
+    """The exact E-step of ``data`` one chunk at a time (a ``lax.scan`` over full chunks, then the rest)."""
+    n = num_data(data)
+    size = min(chunk_size, n)
+    n_full = n // size
+
+    def one_chunk(chunk, start):
+        post = exact.posterior(model.log_joint, model.latent, params, chunk, size)
+        ok = jnp.all(jnp.isfinite(post.log_evidence)) & jnp.all(exact.well_posed(post))
+        return jnp.sum(post.log_evidence), collect(params, chunk, post), ok, start
+
+    def add(carry, inputs):
+        total, stats, bad_start, bad_end = carry
+        chunk, start = inputs
+        value, chunk_stats, ok, _ = one_chunk(chunk, start)
+        first = ~ok & (bad_start < 0)
+        return (total + value, jax.tree_util.tree_map(jnp.add, stats, chunk_stats),
+                jnp.where(first, start, bad_start), jnp.where(first, start + size, bad_end)), None
+
+    head = jax.tree_util.tree_map(lambda a: a[: n_full * size].reshape(n_full, size, *a.shape[1:]), data)
+    first_chunk = jax.tree_util.tree_map(lambda a: a[0], head)
+    total, stats, ok, _ = one_chunk(first_chunk, 0)
+    minus_one = jnp.array(-1, jnp.int32)
+    carry = (total, stats, jnp.where(ok, minus_one, 0), jnp.where(ok, minus_one, size))
+    starts = jnp.arange(1, n_full, dtype=jnp.int32) * size
+    carry, _ = lax.scan(add, carry, (jax.tree_util.tree_map(lambda a: a[1:], head), starts))
+    if n_full * size < n:
+        tail = jax.tree_util.tree_map(lambda a: a[n_full * size:], data)
+        total, stats, bad_start, bad_end = carry
+        value, tail_stats, ok, _ = one_chunk(tail, n_full * size)
+        first = ~ok & (bad_start < 0)
+        carry = (total + value, jax.tree_util.tree_map(jnp.add, stats, tail_stats),
+                 jnp.where(first, n_full * size, bad_start), jnp.where(first, n, bad_end))
+    return StreamedEStep(*carry)

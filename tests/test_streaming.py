@@ -1,0 +1,105 @@
+"""Streamed E-steps (a Statistics M-step) equal the in-memory fit with memory bounded by a chunk; online EM
+reaches the batch fit."""
+import importlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxvi
+
+KEY = jax.random.key(0)
+infer_module = importlib.import_module("jaxvi.infer")
+
+
+def clusters(n, seed=0, d=2, k=3):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(k, d)) * 4
+    return centers[rng.integers(0, k, n)] + rng.normal(size=(n, d))
+
+
+@pytest.mark.parametrize("zoo", ["gmm full", "gmm diag", "factor analysis", "ppca"])
+def test_a_streamed_e_step_gives_the_in_memory_fit(zoo):
+    make = {"gmm full": lambda: jaxvi.models.gaussian_mixture(3), "gmm diag": lambda: jaxvi.models.gaussian_mixture(
+        3, covariance="diag"), "factor analysis": lambda: jaxvi.models.factor_analysis(1),
+            "ppca": lambda: jaxvi.models.ppca(1)}[zoo]
+    with jax.enable_x64(True):
+        x = clusters(1000, d=3)                                   # 1000 = 7 chunks of 128 and a rest of 104
+        fit = make()
+        memory = jaxvi.infer(fit.model, jaxvi.EM(m_step=fit.m_step, max_iter=25, tol=0.0), x, key=KEY, progress=False)
+        streamed = jaxvi.infer(fit.model, jaxvi.EM(m_step=fit.statistics, max_iter=25, tol=0.0, chunk_size=128), x,
+                               key=KEY, progress=False)
+    np.testing.assert_allclose(streamed.trace, memory.trace, rtol=1e-10)
+    for a, b in zip(jax.tree_util.tree_leaves(streamed.params), jax.tree_util.tree_leaves(memory.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-10)
+
+
+def temp_bytes(method, n):
+    """The scratch memory of the compiled EM iterations (not of the initialiser, which sees all data at once)."""
+    gm = jaxvi.models.gaussian_mixture(8)
+    x = jnp.asarray(clusters(n, k=8), jnp.float32)
+    states = infer_module._init(gm.model, method(gm), x, KEY[None], None)
+    compiled = infer_module._run.lower(gm.model, method(gm), states, data=x, stop=jnp.asarray(4)).compile()
+    return compiled.memory_analysis().temp_size_in_bytes
+
+
+def test_a_streamed_e_step_holds_one_chunk_not_every_datum():
+    """XLA's own account of the compiled iterations (K = 8 components, D = 2): the streamed E-step's scratch
+    memory is at most about one copy of the data (N x D floats), never the N x K responsibilities that the
+    in-memory E-step holds."""
+    streamed = lambda gm: jaxvi.EM(m_step=gm.statistics, max_iter=3, chunk_size=256)
+    memory = lambda gm: jaxvi.EM(m_step=gm.m_step, max_iter=3, chunk_size=256)
+    n, d, k, float_bytes = 65536, 2, 8, 4
+    assert temp_bytes(streamed, n) < 1.2 * n * d * float_bytes
+    assert temp_bytes(memory, n) > n * k * float_bytes
+
+
+def test_a_streamed_fault_names_the_chunk():
+    x = clusters(1000).astype(np.float32)
+
+    def log_joint(params, z, x):
+        trap = jnp.where((x[0] == 123.0) & (params.means[0, 0] > -1e9), jnp.nan, 0.0)
+        return gm.model.log_joint(params, z, x) + trap
+
+    gm = jaxvi.models.gaussian_mixture(3)
+    model = jaxvi.Model(log_joint, gm.model.latent, gm.model.init)
+    with pytest.raises(ValueError, match=r"not finite for a datum in \[256, 384\)"):
+        jaxvi.infer(model, jaxvi.EM(m_step=gm.statistics, chunk_size=128), x.at[300, 0].set(123.0) if hasattr(
+            x, "at") else np.where(np.arange(1000)[:, None] == 300, 123.0, x).astype(np.float32), key=KEY,
+            progress=False)
+
+
+@pytest.mark.parametrize("zoo", ["gmm", "factor analysis"])
+def test_online_em_reaches_the_batch_fit_in_a_few_passes(zoo):
+    n = 20_000
+    if zoo == "gmm":
+        x, fit = clusters(n, k=4).astype(np.float32), jaxvi.models.gaussian_mixture(4)
+    else:
+        rng = np.random.default_rng(1)
+        x = (rng.normal(size=(n, 2)) @ rng.normal(size=(2, 5)) + 0.5 * rng.normal(size=(n, 5))).astype(np.float32)
+        fit = jaxvi.models.factor_analysis(2)
+    batch = jaxvi.infer(fit.model, jaxvi.EM(m_step=fit.m_step, max_iter=300, tol=1e-7, n_init=4), x, key=KEY,
+                        progress=False)
+    online = jaxvi.infer(fit.model, jaxvi.OnlineEM(fit.statistics, batch_size=500, num_steps=400, n_init=4), x,
+                         key=KEY, progress=False)                 # 10 passes over the data
+    assert float(online.objective) <= float(batch.objective) + 1e-4 * abs(float(batch.objective))
+    assert (float(batch.objective) - float(online.objective)) / n < 0.01      # nats per datum
+    # the trace holds unbiased minibatch estimates of log p(D), near the final one at the end
+    tail = np.asarray(online.trace)[-100:]
+    assert abs(tail.mean() - float(online.objective)) < 4.5 * tail.std() / np.sqrt(len(tail)) + 1e-3 * abs(tail.mean())
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"statistics": lambda p, d, q: p}, "OnlineEM\\(statistics\\)"),
+    ({"batch_size": 0}, "OnlineEM\\(batch_size\\)"), ({"step_size_power": 0.5}, "step_size_power"),
+])
+def test_bad_online_em_settings(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        jaxvi.OnlineEM(**{"statistics": jaxvi.models.gaussian_mixture(2).statistics, **kwargs})
+
+
+def test_online_em_refuses_a_batch_larger_than_the_data():
+    gm = jaxvi.models.gaussian_mixture(2)
+    with pytest.raises(ValueError, match="OnlineEM\\(batch_size\\): expected at most the number of data, 10"):
+        jaxvi.infer(gm.model, jaxvi.OnlineEM(gm.statistics, batch_size=11), np.zeros((10, 2), np.float32), key=KEY)
