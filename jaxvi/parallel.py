@@ -11,7 +11,9 @@ hand-written communication, and the same numbers as on one device up to the orde
 Several hosts: call ``jax.distributed.initialize()`` on every process, build the mesh over the global
 ``jax.devices()``, give each process its slice of the data with
 ``jax.make_array_from_process_local_data(NamedSharding(mesh, P(mesh.axis_names)), local_data)``, and
-call ``jaxvi.infer`` on every process with the same arguments (SPMD).
+call ``jaxvi.infer`` on every process with the same arguments (SPMD). On CPUs, cross-process
+collectives need ``jax.config.update("jax_cpu_collectives_implementation", "gloo")`` first; the tests
+run two such processes on one machine.
 """
 from __future__ import annotations
 

@@ -67,3 +67,55 @@ def test_fits_on_four_devices_equal_fits_on_one():
         assert fit["trace_max_rel"] <= 1e-5, (name, fit)                     # the same run, step by step
     assert "split evenly over the mesh's 4 devices" in out["errors"][0]
     assert "expected a jax.sharding.Mesh" in out["errors"][1]
+
+
+WORKER = textwrap.dedent('''
+    import json, sys
+    import jax
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=sys.argv[2], num_processes=2, process_id=int(sys.argv[1]))
+    import numpy as np
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    import jaxvi
+
+    pid = int(sys.argv[1])
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(400, 2)) + rng.integers(0, 3, (400, 1)) * 3.0).astype(np.float32)
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    mine = jax.make_array_from_process_local_data(NamedSharding(mesh, P("data")), x[pid * 200:(pid + 1) * 200])
+    gm = jaxvi.models.gaussian_mixture(3)
+    result = jaxvi.infer(gm.model, jaxvi.EM(m_step=gm.m_step, max_iter=20, tol=0.0), mine, key=jax.random.key(0),
+                         progress=False)
+    print(json.dumps({"devices": len(jax.devices()), "processes": jax.process_count(),
+                      "objective": float(result.objective)}))
+''')
+
+
+def test_two_processes_on_one_machine_fit_as_one():
+    """The multi-host path on one machine: jax.distributed with two CPU processes (gloo), each holding half the
+    data; both get the fit of all the data in one process."""
+    import socket
+
+    import jax
+    import numpy as np
+
+    import jaxvi
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        address = f"localhost:{s.getsockname()[1]}"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    workers = [subprocess.Popen([sys.executable, "-c", WORKER, str(i), address], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=env) for i in range(2)]
+    outputs = [w.communicate(timeout=300) for w in workers]
+    for worker, (out, err) in zip(workers, outputs):
+        assert worker.returncode == 0, err[-3000:]
+    results = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(400, 2)) + rng.integers(0, 3, (400, 1)) * 3.0).astype(np.float32)
+    gm = jaxvi.models.gaussian_mixture(3)
+    alone = jaxvi.infer(gm.model, jaxvi.EM(m_step=gm.m_step, max_iter=20, tol=0.0), x, key=jax.random.key(0),
+                        progress=False)
+    for result in results:
+        assert result["devices"] == 2 and result["processes"] == 2
+        assert abs(result["objective"] - float(alone.objective)) <= 1e-5 * abs(float(alone.objective))
