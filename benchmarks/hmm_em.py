@@ -39,7 +39,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import cpu_model, spawn, timed  # noqa: E402
+from _common import cpu_model, parse, spawn, timed, write  # noqa: E402
 
 K, D, N_SEQ, STEPS, ITERS, LONG_STEPS = 8, 4, 200, 1_000, 10, 1_000_000
 QUICK = {"n_seq": 20, "steps": 200, "long_steps": 20_000}
@@ -377,22 +377,13 @@ def main():
     parser.add_argument("--long-em-steps", type=int, default=None,
                         help="steps of the one sequence for part 2's EM fits (default: --long-steps)")
     parser.add_argument("--iters", type=int, default=ITERS, help="EM iterations")
-    parser.add_argument("--quick", action="store_true", help=f"smoke run with small sizes {QUICK}")
     parser.add_argument("--skip-short", action="store_true", help="leave out part 1 (the many sequences)")
     parser.add_argument("--skip-long", action="store_true", help="leave out part 2 (the long sequence)")
     parser.add_argument("--skip-long-em", action="store_true", help="in part 2, time the E-step only")
     parser.add_argument("--long-em", choices=("parallel", "sequential", "both"), default="parallel",
                         help="in part 2, which jaxvi variants fit EM (on an accelerator the parallel one; on a CPU "
                              "the sequential one, whose 10^6 steps run one after another)")
-    parser.add_argument("--child-timeout", type=float, default=1800, help="seconds before one fit is abandoned")
-    parser.add_argument("--json", default=None, help="write the results here")
-    parser.add_argument("--markdown", default=None, help="write the report here")
-    parser.add_argument("--child", choices=sorted(TASKS), help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.quick:
-        for name, value in QUICK.items():
-            if parser.get_default(name) == getattr(args, name):
-                setattr(args, name, value)
+    args = parse(parser, QUICK, TASKS)
     if args.long_em_steps is None:
         args.long_em_steps = args.long_steps
     if args.child:
@@ -411,14 +402,7 @@ def main():
         rows[task] = spawn_task(task, args)
     device = next((r["device"] for t, r in rows.items() if "jaxvi" in t and "device" in r), "unknown")
     text, meta = report(args, rows, device)
-    print(text)
-    results = [{"task": t, "part": TASKS[t][0], "library": TASKS[t][1], **r} for t, r in rows.items()]
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({**meta, "results": results}, f, indent=1)
-    if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(text + "\n")
+    write(args, text, meta, [{"task": t, "part": TASKS[t][0], "library": TASKS[t][1], **r} for t, r in rows.items()])
 
 
 if __name__ == "__main__":

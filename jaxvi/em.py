@@ -178,24 +178,48 @@ class EM:
              ) -> tuple[EMState, jax.Array]:
         """One EM iteration: the E-step at θ_t, then, unless the run stops here, the M-step.
 
-        Returns the state and log p(D | θ_t).
+        With a ``Statistics`` M-step the E-step streams ``chunk_size`` data at a time into the
+        statistics, and no posterior of all the data is held. Returns the state and log p(D | θ_t).
         """
+        prior = model.total_log_prior(state.params)
         if isinstance(self.m_step, Statistics):
-            return self._streamed_step(model, state, data)
-        post = self.e_step(model, state.params, data)
-        log_evidence = (jnp.sum(post.log_evidence) + model.total_log_prior(state.params)).astype(state.trace.dtype)
-        well_posed = exact.well_posed(post)
-        evidence_ok = jnp.isfinite(log_evidence) & jnp.all(well_posed)
+            streamed = streamed_e_step(model, state.params, data, self.chunk_size, self.m_step.collect)
+            log_evidence = (streamed.log_evidence + prior).astype(state.trace.dtype)
+            evidence_ok = jnp.isfinite(log_evidence) & (streamed.bad_start < 0)
+
+            def m_step():
+                new = self.m_step.maximize(state.params, streamed.stats, num_data(data))
+                return _like(new, state.params, "EM(m_step=Statistics).maximize"), jnp.array(False)
+
+            def fault_of(leaf_finite):
+                params_ok = jnp.all(leaf_finite)
+                kind = jnp.where(evidence_ok, jnp.where(params_ok, NO_FAULT, FAULT_PARAMS), FAULT_LOG_EVIDENCE)
+                index = jnp.where(kind == FAULT_LOG_EVIDENCE, streamed.bad_start,
+                                  jnp.where(kind == FAULT_PARAMS, jnp.argmin(leaf_finite), -1))
+                end = jnp.where(kind == FAULT_LOG_EVIDENCE, streamed.bad_end, -1)  # the chunk [index, end)
+                return Fault(jnp.where(kind == NO_FAULT, -1, state.n_iter).astype(jnp.int32), kind.astype(jnp.int32),
+                             index.astype(jnp.int32), end.astype(jnp.int32))
+        else:
+            post = self.e_step(model, state.params, data)
+            log_evidence = (jnp.sum(post.log_evidence) + prior).astype(state.trace.dtype)
+            well_posed = exact.well_posed(post)
+            evidence_ok = jnp.isfinite(log_evidence) & jnp.all(well_posed)
+            m_step = lambda: self._m_step(model, state.params, data, post)  # noqa: E731
+            fault_of = lambda leaf_finite: _first_fault(  # noqa: E731
+                state.n_iter, well_posed, jnp.isfinite(log_evidence), post.log_evidence, jnp.all(leaf_finite),
+                leaf_finite)
+        return self._advance(state, data, log_evidence, evidence_ok, m_step, fault_of), log_evidence
+
+    def _advance(self, state: EMState, data: PyTree, log_evidence, evidence_ok, m_step, fault_of) -> EMState:
+        """The state after an E-step: converged or at ``max_iter`` (no M-step), or θ_{t+1} from ``m_step()``;
+        a fault (``fault_of(leaf finite-ness)``) stops the run with the last finite parameters."""
         change = jnp.abs(log_evidence - state.log_evidence) / num_data(data)
         converged = evidence_ok & (state.n_iter > 0) & (change < self.tol)
         move = evidence_ok & ~converged & (state.n_iter < self.max_iter)
-        new_params, rejected = lax.cond(move, lambda: self._m_step(model, state.params, data, post),
-                                        lambda: (state.params, jnp.array(False)))
+        new_params, rejected = lax.cond(move, m_step, lambda: (state.params, jnp.array(False)))
         leaf_finite = jnp.stack([jnp.all(jnp.isfinite(a)) for a in jax.tree_util.tree_leaves(new_params)])
-        fault = _first_fault(state.n_iter, well_posed, jnp.isfinite(log_evidence), post.log_evidence,
-                             jnp.all(leaf_finite), leaf_finite)
         advance = move & jnp.all(leaf_finite)
-        new_state = EMState(
+        return EMState(
             params=_where(advance, new_params, state.params),
             last_params=_where(advance, state.params, state.last_params),
             log_evidence=jnp.where(evidence_ok, log_evidence, state.log_evidence),
@@ -204,43 +228,8 @@ class EM:
             converged=converged,
             done=~advance,
             m_step_rejections=state.m_step_rejections + rejected.astype(jnp.int32),
-            fault=fault,
+            fault=fault_of(leaf_finite),
         )
-        return new_state, log_evidence
-
-    def _streamed_step(self, model: Model, state: EMState, data: PyTree) -> tuple[EMState, jax.Array]:
-        """``step`` with a ``Statistics`` M-step: the E-step streams ``chunk_size`` data at a time into
-        the statistics; no posterior of all the data is held."""
-        streamed = streamed_e_step(model, state.params, data, self.chunk_size, self.m_step.collect)
-        log_evidence = (streamed.log_evidence + model.total_log_prior(state.params)).astype(state.trace.dtype)
-        evidence_ok = jnp.isfinite(log_evidence) & (streamed.bad_start < 0)
-        change = jnp.abs(log_evidence - state.log_evidence) / num_data(data)
-        converged = evidence_ok & (state.n_iter > 0) & (change < self.tol)
-        move = evidence_ok & ~converged & (state.n_iter < self.max_iter)
-        new_params = lax.cond(move, lambda: _like(self.m_step.maximize(state.params, streamed.stats, num_data(data)),
-                                                  state.params, "EM(m_step=Statistics).maximize"),
-                              lambda: state.params)
-        leaf_finite = jnp.stack([jnp.all(jnp.isfinite(a)) for a in jax.tree_util.tree_leaves(new_params)])
-        params_ok = jnp.all(leaf_finite)
-        kind = jnp.where(evidence_ok, jnp.where(params_ok, NO_FAULT, FAULT_PARAMS), FAULT_LOG_EVIDENCE)
-        index = jnp.where(kind == FAULT_LOG_EVIDENCE, streamed.bad_start,
-                          jnp.where(kind == FAULT_PARAMS, jnp.argmin(leaf_finite), -1))
-        fault = Fault(jnp.where(kind == NO_FAULT, -1, state.n_iter).astype(jnp.int32), kind.astype(jnp.int32),
-                      index.astype(jnp.int32),
-                      jnp.where(kind == FAULT_LOG_EVIDENCE, streamed.bad_end, -1).astype(jnp.int32))
-        advance = move & params_ok
-        new_state = EMState(
-            params=_where(advance, new_params, state.params),
-            last_params=_where(advance, state.params, state.last_params),
-            log_evidence=jnp.where(evidence_ok, log_evidence, state.log_evidence),
-            trace=jnp.where(evidence_ok, state.trace.at[state.n_iter].set(log_evidence), state.trace),
-            n_iter=state.n_iter + advance.astype(jnp.int32),
-            converged=converged,
-            done=~advance,
-            m_step_rejections=state.m_step_rejections,
-            fault=fault,
-        )
-        return new_state, log_evidence
 
     def finalize(self, model: Model, state: EMState, data: PyTree) -> Result:
         """The fit's Result: the last parameters whose E-step was finite, their log p(D), the padded trace."""
