@@ -79,20 +79,18 @@ def _factor_analysis(out_dir, quick, progress):
     n = len(x)
     fa = jaxvi.models.factor_analysis(3)
     steps = 300 if quick else 3000
-    fits = {
-        "EM (exact E-step)": (jaxvi.EM(m_step=fa.m_step, max_iter=500, tol=1e-6), fa.model),
-        "SVI (mean-field q per datum)": (jaxvi.SVI(num_steps=steps, num_particles=4, estimator="stl",
+    methods = {
+        "EM (exact E-step)": jaxvi.EM(m_step=fa.m_step, max_iter=500, tol=1e-6),
+        "SVI (mean-field q per datum)": jaxvi.SVI(num_steps=steps, num_particles=4, estimator="stl",
                                                   optimizer=optax.adam(optax.exponential_decay(3e-2, steps, 0.05))),
-                                         fa.model),
-        "amortized (MLP encoder)": (jaxvi.Amortized(encoder=jaxvi.nn.mlp((32,)), num_steps=steps, batch_size=32,
+        "amortized (MLP encoder)": jaxvi.Amortized(encoder=jaxvi.nn.mlp((32,)), num_steps=steps, batch_size=32,
                                                    num_particles=4, objective="stl", validation=0.0,
                                                    optimizer=optax.adam(optax.exponential_decay(1e-2, steps, 0.1))),
-                                    fa.model),
     }
     results, rows = {}, []
-    for i, (label, (method, model)) in enumerate(fits.items()):
-        result = jaxvi.infer(model, method, x, key=jax.random.key(i), progress=progress)
-        log_p = float(jaxvi.evidence(model, result.params, x).log_evidence)
+    for i, (label, method) in enumerate(methods.items()):
+        result = jaxvi.infer(fa.model, method, x, key=jax.random.key(i), progress=progress)
+        log_p = float(jaxvi.evidence(fa.model, result.params, x).log_evidence)
         if isinstance(method, jaxvi.Amortized):
             elbo = float(method.elbo(result, x, key=jax.random.key(10), num_particles=1000)[0])
         else:

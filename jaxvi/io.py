@@ -82,7 +82,7 @@ def load_tree(path) -> tuple[dict, dict]:
         return {name: file[name] for name in file.files if name != "__meta__"}, meta
 
 
-def fill(like, stored: dict, section: str, kinds: dict | None = None):
+def fill(like, stored: dict, section: str):
     """``like``'s pytree with its leaves replaced by ``stored[section/path]`` (keys re-wrapped)."""
     flat, treedef = jax.tree_util.tree_flatten_with_path(like)
     leaves = []

@@ -251,13 +251,8 @@ class SVI:
         """One gradient step on a minibatch. Returns the state and the step's ELBO estimate."""
         kind, n = self._kind(model), _num(data)
         next_key, batch_key, particle_key = jax.random.split(state.key, 3)
-        full = self.batch_size is None or self.batch_size == n
-        index = jnp.arange(n) if full else minibatch(batch_key, n, self.batch_size)
-        batch = data if full else _take(data, index)
-        local = kind in ("local", "categorical")
-        batch_psi = (state.guide_params if full else _take(state.guide_params, index)) if local else None
-        global_psi = state.guide_params if kind == "global" else None
-
+        full, index, batch, global_psi, batch_psi = self._batch(kind, data, state.guide_params, batch_key)
+        local = batch_psi is not None
         scale = n / index.shape[0]
 
         def objective(params, global_psi, batch_psi):
@@ -269,8 +264,8 @@ class SVI:
             state.params, global_psi, batch_psi)
         grads = jax.tree_util.tree_map(jnp.negative, grads)  # optax minimises
         leaf_finite = jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves(grads)])
-        # which term and datum went non-finite is found by finalize, which replays this step (the key
-        # is kept): tracking the per-datum terms at every step would slow the step threefold
+        # which term and datum went non-finite is found by diagnose, which infer calls to replay this step
+        # (its key is kept): tracking the per-datum terms at every step would slow the step threefold
         fault = _fault(state.n_iter, bound, _no_parts(), index, leaf_finite)
         ok = fault.kind == NO_FAULT
 
@@ -316,18 +311,18 @@ class SVI:
     def finalize(self, model: Model, state: SVIState, data: PyTree) -> Result:
         """The fit's Result: the final ELBO on all the data, its standard error, the exact evidence and gap."""
         kind = self._kind(model)
-        global_psi = state.guide_params if kind == "global" else None
-        local_psi = state.guide_params if kind in ("local", "categorical") else None
+        global_psi, local_psi = _split_psi(kind, state.guide_params)
         surrogate_key = jax.random.fold_in(state.key, 1)
         _, elbo, stderr, _ = self._objective(model, state.params, global_psi, local_psi, data, surrogate_key, 1.0,
                                              self.num_eval_particles)
         elbo = elbo.astype(state.trace.dtype)
-        log_evidence = jnp.array(jnp.nan, elbo.dtype)
-        if kind != "global" and _has_exact_posterior(model.latent):
+        if kind == "summed":  # the objective is log p(D) itself
+            log_evidence = elbo
+        elif kind != "global" and _has_exact_posterior(model.latent):
             post = exact.posterior(model.log_joint, model.latent, state.params, data)
             log_evidence = (jnp.sum(post.log_evidence) + model.total_log_prior(state.params)).astype(elbo.dtype)
-        if kind == "summed":
-            log_evidence = elbo
+        else:
+            log_evidence = jnp.array(jnp.nan, elbo.dtype)
         trace = jnp.where(jnp.arange(self.num_steps) < state.n_iter, state.trace, elbo)
         diagnostics = SVIDiagnostics(stderr.astype(elbo.dtype), log_evidence, log_evidence - elbo, state.fault,
                                      elbo[None], state.key, (state.opt_state, state.local_opt_state))
@@ -350,9 +345,8 @@ class SVI:
 
         @jax.jit
         def evaluate(params, guide_params, data, key):
-            global_psi = guide_params if kind == "global" else None
-            local_psi = guide_params if kind in ("local", "categorical") else None
-            _, bound, stderr, _ = self._objective(model, params, global_psi, local_psi, data, key, 1.0, num_particles)
+            _, bound, stderr, _ = self._objective(model, params, *_split_psi(kind, guide_params), data, key, 1.0,
+                                                  num_particles)
             return bound, stderr
 
         return evaluate(result.params, result.guide_params, data, key)
@@ -368,14 +362,10 @@ class SVI:
 
         @jax.jit
         def replay(params, guide_params, data, key):
-            _, batch_key, particle_key = jax.random.split(key, 3)
-            full = self.batch_size is None or self.batch_size == n
-            index = jnp.arange(n) if full else minibatch(batch_key, n, self.batch_size)
-            local = kind in ("local", "categorical")
-            _, bound, _, parts = self._objective(
-                model, params, guide_params if kind == "global" else None,
-                _take(guide_params, index) if local else None, _take(data, index), particle_key,
-                n / index.shape[0], self.num_particles)
+            _, batch_key, particle_key = jax.random.split(key, 3)  # as step splits it
+            _, index, batch, global_psi, batch_psi = self._batch(kind, data, guide_params, batch_key)
+            _, bound, _, parts = self._objective(model, params, global_psi, batch_psi, batch, particle_key,
+                                                 n / index.shape[0], self.num_particles)
             return _fault(fault.iteration, bound, parts, index, jnp.ones(1, bool))
 
         return replay(result.params, result.guide_params, data, result.diagnostics.fault_key)
@@ -403,6 +393,16 @@ class SVI:
 
     def _optimizer(self) -> optax.GradientTransformation:
         return optax.adam(1e-2) if self.optimizer is None else self.optimizer
+
+    def _batch(self, kind: str, data: PyTree, guide_params: PyTree, batch_key: jax.Array):
+        """``(full, index, batch, global ψ, the batch's local ψ)`` of a step: all data, or a minibatch
+        drawn with ``batch_key``."""
+        n = _num(data)
+        global_psi, local_psi = _split_psi(kind, guide_params)
+        if self.batch_size is None or self.batch_size == n:
+            return True, jnp.arange(n), data, global_psi, local_psi
+        index = minibatch(batch_key, n, self.batch_size)
+        return False, index, _take(data, index), global_psi, None if local_psi is None else _take(local_psi, index)
 
     def _objective(self, model: Model, params, global_psi, batch_psi, batch, key, scale, num_particles):
         """``(surrogate, bound, stderr, parts)`` on a batch, scaled to N data, + log p(θ).
@@ -537,25 +537,22 @@ class FittedGuide(NamedTuple):
     def mean(self, key: jax.Array | None = None, num_samples: int = 4096) -> PyTree:
         """E_q[z]: exact for a Normal guide on a latent without bijectors, else a Monte-Carlo average
         of ``num_samples`` draws (then ``key`` is required)."""
-        return self._moment(key, num_samples, lambda z: z)
+        exact_mean = self._exact("mean")
+        return exact_mean if exact_mean is not None else self._monte_carlo(key, num_samples)[0]
 
     def stddev(self, key: jax.Array | None = None, num_samples: int = 4096) -> PyTree:
         """The standard deviation of z under q, exact or by Monte Carlo like ``mean``."""
-        mean = self.mean(key, num_samples)
-        second = self._moment(key, num_samples, lambda z: z**2, exact_transform=False)
-        if second is None:
-            return jax.tree_util.tree_map(lambda s: s, self._exact("stddev"))
-        return jax.tree_util.tree_map(lambda m, s: jnp.sqrt(jnp.maximum(s - m**2, 0.0)), mean, second)
+        exact_sd = self._exact("stddev")
+        return exact_sd if exact_sd is not None else self._monte_carlo(key, num_samples)[1]
 
-    def _moment(self, key, num_samples, f, exact_transform: bool = True):
-        exact_values = self._exact("mean")
-        if exact_values is not None:
-            return exact_values if exact_transform else None
+    def _monte_carlo(self, key, num_samples) -> tuple[PyTree, PyTree]:
+        """``(mean, standard deviation)`` of ``num_samples`` draws of z."""
         if key is None:
             raise ValueError("key: this q's moments need Monte Carlo (a bijector or a flow): pass a PRNG key")
         draws = self.sample(key, num_samples)
         axis = 0 if self.is_global else 1
-        return jax.tree_util.tree_map(lambda d: jnp.mean(f(d), axis=axis), draws)
+        return (jax.tree_util.tree_map(lambda d: jnp.mean(d, axis=axis), draws),
+                jax.tree_util.tree_map(lambda d: jnp.std(d, axis=axis), draws))
 
     def _exact(self, moment: str):
         """The exact mean or stddev of z where q is Normal (or a point mass) and z = u; else None."""
@@ -608,6 +605,12 @@ def _put(tree: PyTree, index: jax.Array, rows: PyTree) -> PyTree:
 
 def _where(pred, on_true: PyTree, on_false: PyTree) -> PyTree:
     return jax.tree_util.tree_map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
+
+
+def _split_psi(kind: str, guide_params: PyTree) -> tuple[PyTree, PyTree]:
+    """``(global ψ, per-datum ψ)``: ``guide_params`` in the place its latent's kind gives it, None in the other."""
+    return (guide_params if kind == "global" else None,
+            guide_params if kind in ("local", "categorical") else None)
 
 
 def _log_det(guide, log_det: jax.Array) -> jax.Array:
