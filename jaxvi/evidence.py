@@ -115,7 +115,7 @@ def _importance_sampled(model, params, data, key, posterior, num_samples, chunk_
 EVALUATIONS_AT_ONCE = 65_536  # log-joint evaluations held in memory together
 
 
-def _weights(model, guide, space, log_joint_of_z, guide_params, key, num_samples, batch_size=None):
+def _weights(guide, space, log_joint_of_z, guide_params, key, num_samples, batch_size=None):
     """``(num_samples,)`` log importance weights, the log-joint evaluated ``batch_size`` particles at a time."""
     u, log_q = guide.sample_and_log_prob(guide_params, key, num_samples)
 
@@ -134,7 +134,7 @@ def _global(model, posterior, params, data, key, num_samples):
             return model.latent.log_prior(params, z) + jnp.sum(log_lik)
 
         per_particle = max(1, EVALUATIONS_AT_ONCE // jax.tree_util.tree_leaves(data)[0].shape[0])
-        weights = _weights(model, posterior.guide, posterior.space, log_joint_of_z, guide_params, key, num_samples,
+        weights = _weights(posterior.guide, posterior.space, log_joint_of_z, guide_params, key, num_samples,
                            min(per_particle, num_samples))
         return _log_mean_exp_and_variance(weights)
 
@@ -148,7 +148,7 @@ def _local(model, posterior, params, data, key, num_samples, chunk_size):
 
         def one_datum(args):
             x, psi, k = args
-            weights = _weights(model, posterior.guide, posterior.space, lambda z: model.log_joint(params, z, x),
+            weights = _weights(posterior.guide, posterior.space, lambda z: model.log_joint(params, z, x),
                                psi, k, num_samples)
             return _log_mean_exp_and_variance(weights)
 
