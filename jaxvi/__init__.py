@@ -1,20 +1,22 @@
 """jaxvi: fit latent-variable models written as pure log-joint functions, compiled with JAX."""
-from jaxvi.em import EM, EMDiagnostics, EMState
+from jaxvi.data import Batch, Sequences
 from jaxvi.evidence import Evidence, evidence
-from jaxvi.exact import ChainPosterior, DiscretePosterior, GaussianPosterior, Sequences
+from jaxvi.exact import ChainPosterior, DiscretePosterior, GaussianPosterior
 from jaxvi.infer import infer
 from jaxvi.io import load
 from jaxvi.latents import Discrete, Gaussian, Global, Markov, Real
+from jaxvi.methods import (EM, SVI, Amortized, AmortizedParams, EMDiagnostics, EMState, Method, OnlineEM,
+                           SVIDiagnostics)
 from jaxvi.model import Model
-from jaxvi.online import OnlineEM
 from jaxvi.result import Fault, Result
 from jaxvi.statistics import Statistics
-from jaxvi.vi import (SVI, Amortized, Categorical, Delta, FittedGuide, Flow, FullRank, LowRank, MeanField, SVIDiagnostics, interval,
+from jaxvi.vi import (Categorical, Delta, FittedGuide, Flow, FullRank, GlobalLocal, LowRank, MeanField, interval,
                       ordered, positive, simplex)
-from jaxvi import models, nn, parallel, plot
+from jaxvi import models, nn, parallel, plot, run
 
-__all__ = ["Amortized", "Categorical", "ChainPosterior", "Delta", "Discrete", "DiscretePosterior", "EM", "EMDiagnostics", "EMState",
-           "Evidence", "Fault", "FittedGuide", "Flow", "FullRank", "Gaussian", "GaussianPosterior", "Global", "LowRank", "Markov",
-           "MeanField", "Model", "OnlineEM", "Real", "Result", "SVI", "SVIDiagnostics", "Sequences", "Statistics", "evidence", "infer", "load", "interval", "models", "nn", "parallel", "plot",
-           "ordered", "positive", "simplex"]
+__all__ = ["Amortized", "AmortizedParams", "Batch", "Categorical", "ChainPosterior", "Delta", "Discrete",
+           "DiscretePosterior", "EM", "EMDiagnostics", "EMState", "Evidence", "Fault", "FittedGuide", "Flow", "FullRank",
+           "Gaussian", "GaussianPosterior", "Global", "GlobalLocal", "LowRank", "Markov", "MeanField", "Method", "Model",
+           "OnlineEM", "Real", "Result", "SVI", "SVIDiagnostics", "Sequences", "Statistics", "evidence", "infer",
+           "interval", "load", "models", "nn", "ordered", "parallel", "plot", "positive", "run", "simplex"]
 __version__ = "0.1.0"

@@ -4,20 +4,20 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import zlib
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from jaxvi import loop
-from jaxvi.io import fill, load_tree, save_tree
-from jaxvi.exact.chain import Sequences
+from jaxvi.data import num_data
+from jaxvi.io import save_tree
+from jaxvi.methods.protocol import Method
 from jaxvi.model import Model, check_data, check_key, check_model, is_traced
 from jaxvi.parallel import shard_data
-from jaxvi.result import (FAULT_LOG_EVIDENCE, FAULT_NOT_QUADRATIC, FAULT_OBJECTIVE, FAULT_PARAMS, OBJECTIVE_TERMS,
-                           Result)
+from jaxvi.result import FAULT_OBJECTIVE, Result
+from jaxvi.run import checkpoint as checkpoints
+from jaxvi.run import loop
+from jaxvi.run.guard import raise_on_fault
 
 __all__ = ["infer"]
 
@@ -31,19 +31,21 @@ def infer(model: Model, method, data: PyTree, *, key: jax.Array, progress: bool 
 
     Args:
       model: a ``jaxvi.Model``.
-      method: the fitting method's settings, e.g. ``jaxvi.EM(max_iter=200)``.
+      method: the fitting method's settings, e.g. ``jaxvi.EM(max_iter=200)``. Its numbers
+        (tolerances, learning rates) are traced: a new value does not recompile.
       data: an array or pytree of arrays; the leading axis of every leaf indexes the data.
       key: a PRNG key, ``jax.random.key(seed)`` or ``jax.random.PRNGKey(seed)``. Same key, same result.
       progress: show a progress bar. Ignored (off) when ``infer`` runs inside ``jit`` or ``vmap``:
-        with ``progress=False`` infer is a pure JAX function that can be vmapped over data or keys.
+        with ``progress=False`` infer is a pure JAX function that can be vmapped over data, keys
+        or the method's numbers.
       init_params: initial parameters to start from instead of ``model.init(key, data)``
         (only with a single restart).
       mesh: a ``jax.sharding.Mesh``: the data's leading axis is split over its devices and every sum
         over data becomes an all-reduce (``jaxvi.parallel``). Data already sharded need none.
-      checkpoint: a file path: the method's state is written there (atomically: a temporary file,
-        then a rename) every ``checkpoint_every`` iterations, and a rerun with the same arguments
-        that finds the file resumes from it, reaching the result of an uninterrupted run.
-      checkpoint_every: iterations between checkpoints (default: a twentieth of the run).
+      checkpoint: a file path: the run is written there (atomically: a temporary file, then a
+        rename) every ``checkpoint_every`` steps, and a rerun with the same arguments that finds
+        the file resumes from it, reaching the result of an uninterrupted run.
+      checkpoint_every: steps between checkpoints (default: a twentieth of the run).
 
     Returns:
       A ``jaxvi.Result``.
@@ -62,15 +64,13 @@ def infer(model: Model, method, data: PyTree, *, key: jax.Array, progress: bool 
     if mesh is not None:
         data = shard_data(data, mesh)
     key = check_key(key)
-    if not hasattr(method, "init") or not hasattr(method, "step"):
-        raise ValueError(f"method: expected a jaxvi method such as jaxvi.EM(), got {type(method).__name__}")
+    if isinstance(method, type) or not isinstance(method, Method):
+        raise ValueError(f"method: expected a jaxvi method such as jaxvi.EM(), got {method!r}")
     check_model(model, data, key, init_params)
-    method.check(model)
-    if hasattr(method, "check_data"):
-        method.check_data(data)
+    method.check(model, data)
     if init_params is not None and method.n_init > 1:
         raise ValueError(f"init_params: a single starting point needs n_init=1, got n_init={method.n_init}")
-    traced = is_traced(data, key, init_params)
+    traced = is_traced(data, key, init_params, method)
     if checkpoint is not None and traced:
         raise ValueError("checkpoint: files cannot be written from inside jit or vmap; checkpoint a plain infer call")
     if checkpoint_every is not None and (isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int)
@@ -78,69 +78,73 @@ def infer(model: Model, method, data: PyTree, *, key: jax.Array, progress: bool 
         raise ValueError(f"checkpoint_every: expected an integer >= 1 or None, got {checkpoint_every!r}")
     keys = key[None] if method.n_init == 1 else jax.random.split(key, method.n_init)
     if (progress or checkpoint is not None) and not traced:  # compiled in three parts, the loop in chunks
-        states = _init(model, method, data, keys, init_params)
+        runs = _start(model, method, data, keys, init_params)
         after_chunk = None
         if checkpoint is not None:
-            fingerprint = _fingerprint(method, data, keys)
+            expected = checkpoints.fingerprint(method, data, keys)
             if os.path.exists(checkpoint):
-                states = _resume(checkpoint, states, fingerprint)
-            after_chunk = lambda s: save_tree(checkpoint, {"state": s}, fingerprint)  # noqa: E731
-        run_chunk = functools.partial(_run, model, method, data=data)
-        states = loop.drive(lambda s, stop: run_chunk(s, stop=stop), states, _max_iter(method, data),
-                            progress=progress, desc=type(method).__name__,
-                            describe=functools.partial(method.describe, n=_num_data(data)),
-                            every=checkpoint_every, after_chunk=after_chunk)
-        result = _finalize(model, method, states, data)
+                runs = checkpoints.resume(checkpoint, runs, expected)
+            after_chunk = lambda r: save_tree(checkpoint, {"state": r}, expected)  # noqa: E731
+        n = num_data(data)
+        runs = loop.drive(lambda r, stop: _run(model, method, r, data=data, stop=stop), runs,
+                          method.schedule(n).max_steps, progress=progress, desc=type(method).__name__,
+                          describe=functools.partial(_describe, method.reports, n),
+                          every=checkpoint_every, after_chunk=after_chunk)
+        result, chosen = _finish(model, method, runs, data)
     else:  # one compiled call
-        result = _fit(model, method, data, keys, init_params)
+        result, chosen, runs = _fit(model, method, data, keys, init_params)
     if not traced:
-        if hasattr(method, "diagnose") and int(result.diagnostics.fault.kind) == FAULT_OBJECTIVE:
+        if int(result.diagnostics.fault.kind) == FAULT_OBJECTIVE and hasattr(method, "explain"):
+            run = jax.tree_util.tree_map(lambda a: a[int(chosen)], runs)
             result = dataclasses.replace(result, diagnostics=result.diagnostics._replace(
-                fault=method.diagnose(result, data)))
-        _raise_on_fault(result)
+                fault=_explain(model, method, run, data)))
+        raise_on_fault(result)
     return result
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _fit(model, method, data, keys, init_params) -> Result:
-    """``_init``, ``_run`` to the end and ``_finalize`` in one compiled function."""
-    states = _over_restarts(lambda k: method.init(model, data, k, init_params), keys)
-    states = loop.drive(lambda s, stop: _run_until(model, method, s, data, stop), states, _max_iter(method, data),
-                        progress=False, desc="")
-    return _finalize_restarts(model, method, states, data)
+@functools.partial(jax.jit, static_argnums=0)
+def _fit(model, method, data, keys, init_params):
+    """``_start``, the run to its end and ``_finish`` in one compiled function."""
+    runs = _over_restarts(lambda k: loop.start(method, model, k, data, init_params), keys)
+    stop = jnp.asarray(method.schedule(num_data(data)).max_steps + 1, jnp.int32)
+    runs = _over_restarts(lambda r: loop.run_until(method, model, data, r, stop), runs)
+    result, chosen = _finish_restarts(model, method, runs, data)
+    return result, chosen, runs
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _init(model, method, data, keys, init_params):
-    return _over_restarts(lambda k: method.init(model, data, k, init_params), keys)
+@functools.partial(jax.jit, static_argnums=0)
+def _start(model, method, data, keys, init_params):
+    return _over_restarts(lambda k: loop.start(method, model, k, data, init_params), keys)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _run(model, method, states, *, data, stop):
-    return _run_until(model, method, states, data, stop)
+@functools.partial(jax.jit, static_argnums=0)
+def _run(model, method, runs, *, data, stop):
+    return _over_restarts(lambda r: loop.run_until(method, model, data, r, stop), runs)
 
 
-def _run_until(model, method, states, data, stop):
-    """Every restart's iterations until it is done or has taken ``stop`` of them."""
-    def step(state):
-        return method.step(model, state, data)[0]
-
-    return _over_restarts(lambda s: loop.run_until(step, s, stop), states)
+@functools.partial(jax.jit, static_argnums=0)
+def _finish(model, method, runs, data):
+    return _finish_restarts(model, method, runs, data)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _finalize(model, method, states, data) -> Result:
-    return _finalize_restarts(model, method, states, data)
+@functools.partial(jax.jit, static_argnums=0)
+def _explain(model, method, run, data):
+    """The fault of a run stopped by a non-finite objective, completed by the method's ``explain``
+    (which term, which datum): the faulty step replayed with its keys and batch."""
+    n = num_data(data)
+    step_key, batch_key = loop.step_keys(run.key, run.fault.iteration)
+    batch = loop._batch(method.schedule(n), data, run, batch_key)
+    return method.explain(model, step_key, run.state, batch, num_data=n)._replace(iteration=run.fault.iteration)
 
 
-def _finalize_restarts(model, method, states, data) -> Result:
+def _finish_restarts(model, method, runs, data) -> tuple[Result, jax.Array]:
     """Finalises every restart and keeps the one with the highest finite objective."""
-    results = _over_restarts(lambda s: method.finalize(model, s, data), states)
+    results = _over_restarts(lambda r: loop.finish(method, model, data, r), runs)
     healthy = (results.diagnostics.fault.kind == 0) & jnp.isfinite(results.objective)
     best = jnp.argmax(jnp.where(healthy, results.objective, -jnp.inf))
     chosen = jax.tree_util.tree_map(lambda a: a[best], results)
     diagnostics = chosen.diagnostics._replace(restart_objectives=results.objective)
-    return dataclasses.replace(chosen, diagnostics=diagnostics)
+    return dataclasses.replace(chosen, diagnostics=diagnostics), best
 
 
 def _over_restarts(fn, batched: PyTree) -> PyTree:
@@ -152,82 +156,10 @@ def _over_restarts(fn, batched: PyTree) -> PyTree:
     return jax.vmap(fn)(batched)
 
 
-CHECKPOINT_FORMAT = "jaxvi-checkpoint-1"
+def _describe(reports: str, n: int, runs) -> str:
+    """The progress bar's text: the latest objective per datum of the leading restart."""
+    import numpy as np
 
-
-def _fingerprint(method, data: PyTree, keys: jax.Array) -> dict:
-    """What a checkpoint must match to be resumed: the method, the data (shapes, dtypes, a CRC of the
-    bytes) and the keys."""
-    leaves = jax.tree_util.tree_leaves(data)
-    return {"format": CHECKPOINT_FORMAT, "method": type(method).__name__,
-            "data": [[list(a.shape), str(a.dtype), zlib.crc32(np.asarray(a).tobytes())] for a in leaves],
-            "keys": np.asarray(jax.random.key_data(keys)).tolist()}
-
-
-def _resume(path, states, fingerprint: dict):
-    """The state stored at ``path``, in the structure of ``states``.
-
-    Raises:
-      ValueError: the file is a checkpoint of another fit (method, data or key).
-    """
-    stored, meta = load_tree(path)
-    for field, what in (("format", "file format"), ("method", "method"), ("data", "data"), ("keys", "key")):
-        if meta.get(field) != fingerprint[field]:
-            raise ValueError(f"checkpoint: {path} holds a fit with another {what} than this call's; delete it "
-                             f"or pass another path")
-    return fill(states, stored, "state")
-
-
-def _max_iter(method, data: PyTree) -> int:
-    """The most iterations the method runs on these data."""
-    return method.iterations(data) if hasattr(method, "iterations") else method.max_iter
-
-
-def _num_data(data: PyTree) -> int:
-    return jax.tree_util.tree_leaves(data.obs if isinstance(data, Sequences) else data)[0].shape[0]
-
-
-def _raise_on_fault(result: Result) -> None:
-    fault = jax.tree_util.tree_map(int, result.diagnostics.fault)
-    if fault.kind == 0:
-        return
-    if fault.kind == FAULT_NOT_QUADRATIC:
-        raise ValueError(
-            f"log_joint: a Gaussian({result.model.latent.d}) latent needs log_joint(params, z, x) quadratic "
-            f"in z with a negative definite Hessian (an exact Gaussian posterior), but at iteration "
-            f"{fault.iteration} it is not for datum {fault.index}: the log-joint differs from its "
-            f"second-order expansion, or its curvature in z is not negative. Write the model so z enters "
-            f"quadratically, or ask for the approximate posterior with Gaussian(d, laplace=True)")
-    if fault.kind == FAULT_LOG_EVIDENCE and fault.iteration == 0:
-        where = f"datum {fault.index}" if fault.index >= 0 else "log_prior"
-        where = f"a datum in [{fault.index}, {fault.term})" if fault.term > fault.index >= 0 else where
-        raise ValueError(
-            f"init: expected initial parameters at which log_joint is finite, but log p(x) is "
-            f"not finite for {where}; check init (or init_params) and the log_joint")
-    if fault.kind == FAULT_LOG_EVIDENCE:
-        what = f"log p(x_i) became non-finite for datum {fault.index}" if fault.index >= 0 else \
-            "log_prior became non-finite"
-        if fault.term > fault.index >= 0:  # a streamed E-step knows the chunk
-            what = f"log p(x_i) became non-finite for a datum in [{fault.index}, {fault.term})"
-    elif fault.kind == FAULT_PARAMS:
-        paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(result.params)[0]]
-        what = f"the update made params leaf {paths[fault.index] or 'params'} non-finite"
-    elif fault.kind == FAULT_OBJECTIVE:
-        where = f" for datum {fault.index}" if fault.index >= 0 else ""
-        what = (f"the ELBO was not finite: its {OBJECTIVE_TERMS[fault.term]} term{where}"
-                if 0 <= fault.term < len(OBJECTIVE_TERMS) else "the ELBO was not finite")
-        if fault.iteration == 0:
-            which = (f"its {OBJECTIVE_TERMS[fault.term]} term{where} is"
-                     if 0 <= fault.term < len(OBJECTIVE_TERMS) else "it is")
-            raise ValueError(f"init: expected initial parameters at which the ELBO is finite, but {which} not finite "
-                             f"at the first step; check init (or init_params) and the log_joint")
-    else:
-        tree = {"params": result.params, "guide_params": result.guide_params}
-        paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
-        what = f"the gradient of {paths[fault.index]} was not finite"
-    step = "iteration" if fault.kind in (FAULT_LOG_EVIDENCE, FAULT_PARAMS) else "step"
-    err = FloatingPointError(
-        f"{type(result.method).__name__} stopped at {step} {fault.iteration}: {what}. "
-        f"The result holds the last finite parameters (err.result).")
-    err.result = result
-    raise err
+    steps = int(np.max(np.asarray(runs.n_iter)))
+    last = np.asarray(runs.trace)[..., max(steps - 1, 0)]
+    return f"{reports}/N={float(np.max(last)) / n:.5g}"

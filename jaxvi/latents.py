@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import dataclasses
 import operator
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 
-__all__ = ["Discrete", "Gaussian", "Global", "Markov", "Real", "discrete_sizes", "exact_family", "is_spec"]
+__all__ = ["Discrete", "Gaussian", "Global", "LatentParts", "Markov", "Real", "discrete_sizes", "exact_family", "is_spec",
+           "split_latent"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,6 +175,77 @@ class Global:
         leaves = jax.tree_util.tree_leaves(self.latent, is_leaf=is_spec)
         if not leaves or not all(isinstance(leaf, (Real, Gaussian)) for leaf in leaves):
             raise ValueError(f"Global(latent): expected a Real spec or a pytree of them, got {self.latent!r}")
+
+
+class LatentParts(NamedTuple):
+    """A model's latent split into its shared (``Global``) part and its per-datum (local) part.
+
+    This is the one place that says which parts of a latent pytree are global and which local;
+    every method reads it from here.
+
+    Attributes:
+      treedef: the latent pytree's structure, with specs (``Global`` nodes included) as leaves.
+      is_global: for every leaf, whether it is a ``Global`` node.
+      globals: the ``Global`` nodes, in leaf order.
+      local: the local latent: the whole latent when there is no global part; else its one local
+        spec, or the latent pytree with ``None`` in place of each ``Global`` node; None when every
+        leaf is global.
+    """
+
+    treedef: Any
+    is_global: tuple
+    globals: tuple
+    local: Any
+
+    def combine(self, z_global, z_local) -> Any:
+        """The latent value ``z`` that ``log_joint`` receives from the global value (in the structure
+        of ``global_latent``) and one datum's local value, in the latent's structure."""
+        if not self.globals:
+            return z_local
+        if self.local is None:
+            locals_ = []
+        elif is_spec(self.local):
+            locals_ = [z_local]
+        else:
+            locals_ = jax.tree_util.tree_leaves(z_local)
+        z_globals, locals_ = self._as_list(z_global), list(locals_)
+        leaves = [z_globals.pop(0) if is_global else locals_.pop(0) for is_global in self.is_global]
+        return jax.tree_util.tree_unflatten(self.treedef, leaves)
+
+    def global_log_prior(self, params, z_global) -> Any:
+        """:math:`\\sum_j \\log p_\\theta(z_j)` over the ``Global`` nodes (each counts once)."""
+        return sum(node.log_prior(params, z) for node, z in zip(self.globals, self._as_list(z_global)))
+
+    @property
+    def global_latent(self) -> Any:
+        """The specs of the global value: the one ``Global`` node's latent, or a list of every node's."""
+        if len(self.globals) == 1:
+            return self.globals[0].latent
+        return [node.latent for node in self.globals]
+
+    def _as_list(self, z_global) -> list:
+        return [z_global] if len(self.globals) == 1 else list(z_global)
+
+
+def split_latent(latent) -> LatentParts:
+    """The ``LatentParts`` of a latent pytree.
+
+    Raises:
+      ValueError: a ``Global`` node whose latent holds another ``Global``.
+    """
+    leaves, treedef = jax.tree_util.tree_flatten(latent, is_leaf=is_spec)
+    is_global = tuple(isinstance(leaf, Global) for leaf in leaves)
+    globals_ = tuple(leaf for leaf in leaves if isinstance(leaf, Global))
+    local_leaves = [leaf for leaf in leaves if not isinstance(leaf, Global)]
+    if not globals_:
+        return LatentParts(treedef, is_global, (), latent)
+    if not local_leaves:
+        local = None
+    elif len(local_leaves) == 1:
+        local = local_leaves[0]
+    else:
+        local = jax.tree_util.tree_unflatten(treedef, [None if g else leaf for g, leaf in zip(is_global, leaves)])
+    return LatentParts(treedef, is_global, globals_, local)
 
 
 def exact_family(latent) -> str:

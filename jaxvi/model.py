@@ -13,9 +13,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxvi.exact.chain import Sequences
+from jaxvi.data import Sequences
 from jaxvi.exact.enumerate import latent_values
-from jaxvi.latents import Gaussian, Global, Real, exact_family, is_spec
+from jaxvi.latents import Gaussian, Real, exact_family, is_spec, split_latent
 
 __all__ = ["Model", "check_data", "check_key", "check_model", "is_traced"]
 
@@ -104,7 +104,11 @@ def check_data(data: PyTree) -> PyTree:
     for path, a in zip(paths, arrays):
         if isinstance(a, jax.core.Tracer) or not np.issubdtype(a.dtype, np.inexact):
             continue
-        finite = np.isfinite(a).all() if isinstance(a, np.ndarray) else bool(jnp.isfinite(a).all())
+        if isinstance(a, np.ndarray):
+            finite = np.isfinite(a).all()
+        else:
+            with jax.ensure_compile_time_eval():  # concrete data, also when infer is traced over other arguments
+                finite = bool(jnp.isfinite(a).all())
         if not finite:
             bad = np.argwhere(~np.isfinite(np.asarray(a)))[0]
             raise ValueError(f"data {path}: expected finite values, got {np.asarray(a)[tuple(bad)]} at index "
@@ -171,7 +175,8 @@ def check_model(model: Model, data: PyTree, key: jax.Array, params: PyTree | Non
     """
     if not isinstance(model, Model):
         raise ValueError(f"model: expected a jaxvi.Model, got {type(model).__name__}")
-    family = _family(model.latent)
+    parts = split_latent(model.latent)
+    family = None if parts.local is None else _family(parts.local)
     if family == "markov":
         obs = data.obs if isinstance(data, Sequences) else data
         shapes = [a.shape for a in jax.tree_util.tree_leaves(obs)]
@@ -183,25 +188,24 @@ def check_model(model: Model, data: PyTree, key: jax.Array, params: PyTree | Non
             params = jax.eval_shape(model.init, key, data)
         except Exception as err:
             raise ValueError(f"init: init(key, data) failed on data of shapes {_shapes(data)}: {err}") from err
+    for node in parts.globals:
+        _check_scalar(node.log_prior, (params, _continuous_value(node.latent)), "Global(log_prior)",
+                      "log_prior(params, z)")
+    z_global = _continuous_value(parts.global_latent) if parts.globals else None
     if family == "markov":
         datum = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape[2:], a.dtype), obs)
         state = jax.ShapeDtypeStruct((), jnp.int32)
         trials = [((None, state), "one step x (z = (None, state))"), ((state, state), "one step x (z = (state, state))")]
     else:
         datum = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), data)
-        real = jnp.zeros(0).dtype  # float32, or float64 with jax_enable_x64
-        if family == "gaussian":
-            z = jax.ShapeDtypeStruct((model.latent.d,), real)
+        if family is None:
+            z = None
         elif family == "discrete":
-            z = jax.tree_util.tree_map(lambda v: v[0], latent_values(model.latent))
-        else:  # continuous: Real specs, local or inside Global
-            specs = model.latent.latent if family == "global" else model.latent
-            z = jax.tree_util.tree_map(
-                lambda spec: jax.ShapeDtypeStruct(spec.shape if isinstance(spec, Real) else (spec.d,), real),
-                specs, is_leaf=is_spec)
+            z = jax.tree_util.tree_map(lambda v: v[0], latent_values(parts.local))
+        else:  # Gaussian, or continuous Real specs
+            z = _continuous_value(parts.local)
         trials = [(z, "one datum x")]
-        if family == "global":
-            _check_scalar(model.latent.log_prior, (params, z), "Global(log_prior)", "log_prior(params, z)")
+    trials = [(parts.combine(z_global, z), what) for z, what in trials]
     for z, what in trials:
         try:
             out = jax.eval_shape(model.log_joint, params, z, datum)
@@ -216,10 +220,16 @@ def check_model(model: Model, data: PyTree, key: jax.Array, params: PyTree | Non
     return params
 
 
+def _continuous_value(latent) -> PyTree:
+    """An abstract value of a pytree of ``Real`` / ``Gaussian`` specs."""
+    real = jnp.zeros(0).dtype  # float32, or float64 with jax_enable_x64
+    return jax.tree_util.tree_map(
+        lambda spec: jax.ShapeDtypeStruct(spec.shape if isinstance(spec, Real) else (spec.d,), real), latent,
+        is_leaf=is_spec)
+
+
 def _family(latent) -> str:
-    """The latent's kind: an exact family (``exact_family``), ``"global"``, or ``"continuous"`` (local Real specs)."""
-    if isinstance(latent, Global):
-        return "global"
+    """A local latent's kind: an exact family (``exact_family``) or ``"continuous"`` (Real specs)."""
     leaves = jax.tree_util.tree_leaves(latent, is_leaf=is_spec)
     if leaves and all(isinstance(leaf, (Real, Gaussian)) for leaf in leaves) and any(isinstance(leaf, Real) for leaf in leaves):
         return "continuous"

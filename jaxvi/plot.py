@@ -31,7 +31,7 @@ def _as_dict(results) -> dict:
 
 
 def _objective_name(result) -> str:
-    return "log p(D)" if type(result.method).__name__ == "EM" else "ELBO"
+    return result.method.reports
 
 
 def trace(results, ax=None, *, per_datum: int | None = None):
@@ -77,7 +77,7 @@ def evidence_gap(results, ax=None, *, per_datum: int | None = None):
     for label, result in _as_dict(results).items():
         bound = float(np.asarray(result.objective).max()) * scale
         gap = getattr(result.diagnostics, "gap", None)
-        gap = 0.0 if type(result.method).__name__ == "EM" else (float(np.asarray(gap).max()) * scale
+        gap = 0.0 if result.method.reports == "log p(D)" else (float(np.asarray(gap).max()) * scale
                                                                  if gap is not None else float("nan"))
         labels.append(label)
         bounds.append(bound)

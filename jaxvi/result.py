@@ -61,7 +61,7 @@ class Result:
       converged: whether the stopping tolerance was met before ``max_iter``.
       diagnostics: method-specific details (``EMDiagnostics``, ``SVIDiagnostics``, ``AmortizedDiagnostics``).
       model: the model that was fitted (static).
-      method: the method's settings (static).
+      method: the method's settings (its numbers are leaves of the pytree: a vmapped fit stacks them).
       guide_params: the variational parameters: ψ of an SVI fit, the encoder of an amortized one
         (None for EM).
     """
@@ -97,12 +97,11 @@ class Result:
     def summary(self) -> str:
         """A table a person reads: the method, the objective and what it is, iterations, and the
         method's diagnostics (evidence, gap, held-out ELBO, faults); parameters by shape."""
-        method, d = type(self.method).__name__, self.diagnostics
-        name = "log p(D)" if method == "EM" else "ELBO"
+        d, name = self.diagnostics, self.method.reports
         rows = [("method", repr(self.method)), ("latent", repr(self.model.latent)),
                 (f"objective ({name})", _number(self.objective)), ("iterations", _number(self.n_iter)),
                 ("converged", str(bool(jnp.all(self.converged))))]
-        for field in ("elbo_stderr", "log_evidence", "gap", "heldout_elbo", "epochs", "m_step_rejections"):
+        for field in ("elbo_stderr", "log_evidence", "gap", "heldout_elbo", "epochs", "m_step_rejections", "stop_reason"):
             if hasattr(d, field):
                 rows.append((field.replace("_", " "), _number(getattr(d, field))))
         fault = d.fault
@@ -123,8 +122,8 @@ class Result:
 
 jax.tree_util.register_dataclass(
     Result,
-    data_fields=["params", "objective", "trace", "n_iter", "converged", "diagnostics", "guide_params"],
-    meta_fields=["model", "method"],
+    data_fields=["params", "objective", "trace", "n_iter", "converged", "diagnostics", "guide_params", "method"],
+    meta_fields=["model"],
 )
 
 

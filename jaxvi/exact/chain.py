@@ -49,41 +49,13 @@ import numpy as np
 from jax import lax
 
 from jaxvi.chunks import map_data, sum_data
+from jaxvi.data import Sequences
 
 __all__ = ["ChainPosterior", "Sequences", "backtrack", "backward_scan", "expected_log_joint", "forward_scan", "parallel_backward",
            "parallel_forward", "posterior", "prefix_scan", "step_potentials"]
 
 PyTree = Any
 LogJoint = Callable[[PyTree, PyTree, PyTree], jax.Array]
-
-
-class Sequences(NamedTuple):
-    """Sequences of unequal length, padded to a common length T.
-
-    Attributes:
-      obs: the observations, an array or pytree of arrays of shape ``(N, T, ...)``. Steps past a
-        sequence's length are ignored, but must hold values the log-joint accepts (finite).
-      lengths: ``(N,)`` integers in ``[1, T]``, the length of every sequence.
-    """
-
-    obs: PyTree
-    lengths: Any
-
-    @classmethod
-    def from_concatenated(cls, x, lengths) -> "Sequences":
-        """Pads sequences given hmmlearn's way: rows of ``x`` concatenated, ``lengths`` summing to ``len(x)``.
-
-        Each sequence is padded by repeating its last observation.
-        """
-        x, lengths = np.asarray(x), np.asarray(lengths)
-        if lengths.ndim != 1 or lengths.size == 0 or not np.issubdtype(lengths.dtype, np.integer):
-            raise ValueError(f"lengths: expected a non-empty 1-d array of integers, got {lengths!r}")
-        if np.any(lengths < 1) or lengths.sum() != len(x):
-            raise ValueError(f"lengths: expected positive lengths summing to len(x) = {len(x)}, "
-                             f"got lengths summing to {lengths.sum()} (min {lengths.min()})")
-        ends = np.cumsum(lengths)
-        steps = np.minimum(np.arange(lengths.max())[None, :], lengths[:, None] - 1)
-        return cls(x[(ends - lengths)[:, None] + steps], lengths.astype(np.int32))
 
 
 def split_sequences(data: PyTree) -> tuple[PyTree, jax.Array]:

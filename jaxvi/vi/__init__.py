@@ -1,12 +1,12 @@
-"""Variational inference: guides (``guides.py``), ELBO estimators (``objectives.py``), the unconstrained
-latent space and its bijectors (``space.py``), the ``SVI`` method (``svi.py``) and amortized inference
-(``amortized.py``)."""
-from jaxvi.vi.amortized import Amortized, AmortizedDiagnostics, AmortizedParams, guide_size
+"""Variational kernels: guides (``guides.py``), ELBO estimators (``objectives.py``), the bound of a
+model with global and local latents (``elbo.py``), the unconstrained latent space and its bijectors
+(``space.py``), fitted guides (``fitted.py``) and evaluating any fitted guide's bound (``guide_elbo``)."""
+from jaxvi.vi.elbo import guide_elbo
+from jaxvi.vi.fitted import FittedGuide, GlobalLocal
 from jaxvi.vi.guides import Categorical, Delta, Flow, FullRank, LowRank, MeanField
-from jaxvi.vi.objectives import ESTIMATORS
+from jaxvi.vi.objectives import ESTIMATORS, IWAE, STL, Analytic, Reparameterized, Score
 from jaxvi.vi.space import LatentSpace, interval, latent_space, ordered, positive, simplex
-from jaxvi.vi.svi import SVI, FittedGuide, SVIDiagnostics, SVIState, guide_elbo
 
-__all__ = ["Amortized", "AmortizedDiagnostics", "AmortizedParams", "Categorical", "Delta", "ESTIMATORS", "FittedGuide", "Flow", "FullRank", "LatentSpace", "LowRank",
-           "MeanField", "SVI", "SVIDiagnostics", "SVIState", "interval", "latent_space", "ordered", "positive",
-           "guide_elbo", "guide_size", "simplex"]
+__all__ = ["Analytic", "Categorical", "Delta", "ESTIMATORS", "FittedGuide", "Flow", "FullRank", "GlobalLocal", "IWAE",
+           "LatentSpace", "LowRank", "MeanField", "Reparameterized", "STL", "Score", "guide_elbo", "interval",
+           "latent_space", "ordered", "positive", "simplex"]

@@ -3,7 +3,11 @@ r"""Monte-Carlo estimators of the evidence lower bound and of its gradient.
 For one latent (one datum's, or the global one) with particles :math:`u_s \sim q_\psi`, s = 1..S,
 and log weights :math:`w_s = \log p_\theta(x, u_s) - \log q_\psi(u_s)` (the log-joint includes
 the bijector's log-Jacobian), every estimator returns ``(surrogate, bound)``: ``bound`` estimates
-the objective, ``surrogate`` is what is differentiated (its gradient is the estimator's gradient).
+the objective, ``surrogate`` is what is differentiated (its gradient is the estimator's gradient,
+and its value is the bound's). Each estimator is a small frozen object (``Reparameterized``,
+``Analytic``, ``STL``, ``IWAE``, ``Score``) with two pure functions: how it draws the particles and
+evaluates log q (``draw``), and how it turns their log weights into the two numbers (``estimate``);
+``as_estimator`` maps the names below to them.
 
 - ``"elbo"``: :math:`\frac1S \sum_s w_s`, reparameterised.
 - ``"analytic"``: :math:`\frac1S \sum_s \log p(x, u_s) + H[q_\psi]` with the closed-form entropy.
@@ -17,14 +21,14 @@ the objective, ``surrogate`` is what is differentiated (its gradient is the esti
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-__all__ = ["ESTIMATORS", "ParticleTerms", "estimate", "particle_terms"]
-
-ESTIMATORS = ("elbo", "analytic", "stl", "iwae", "score")
+__all__ = ["ESTIMATORS", "IWAE", "STL", "Analytic", "ParticleTerms", "Reparameterized", "Score", "as_estimator",
+           "estimate", "particle_terms"]
 
 PyTree = Any
 
@@ -45,39 +49,112 @@ class ParticleTerms(NamedTuple):
     entropy: jax.Array
 
 
-def particle_terms(log_joint_at: Callable[[jax.Array], tuple[jax.Array, jax.Array, PyTree]], guide,
-                   guide_params: PyTree, key: jax.Array, num_particles: int, estimator: str
-                   ) -> tuple[ParticleTerms, PyTree]:
-    """Draws the particles from the guide and evaluates ``log_joint_at(u) -> (log p(x, z(u)), log_det, extra)``
-    at each; returns the terms and every particle's ``extra`` (stacked on a leading axis)."""
-    stopped = jax.lax.stop_gradient(guide_params)
-    sample_params = stopped if estimator == "score" else guide_params
-    u, log_q = guide.sample_and_log_prob(sample_params, key, num_particles)
-    if estimator == "score":
+@dataclasses.dataclass(frozen=True)
+class Reparameterized:
+    """The reparameterised ELBO, :math:`\\frac1S \\sum_s w_s`."""
+
+    name = "elbo"
+    score = False
+    needs_entropy = False
+
+    def draw(self, guide, guide_params, key, num_particles):
+        return guide.sample_and_log_prob(guide_params, key, num_particles)
+
+    def estimate(self, terms: ParticleTerms):
+        bound = jnp.mean(_log_weights(terms))
+        return bound, bound
+
+
+@dataclasses.dataclass(frozen=True)
+class STL(Reparameterized):
+    """Sticking the landing: log q at stopped-gradient ψ (Roeder et al. 2017)."""
+
+    name = "stl"
+
+    def draw(self, guide, guide_params, key, num_particles):
+        u, _ = guide.sample_and_log_prob(guide_params, key, num_particles)
+        return u, guide.log_prob(jax.lax.stop_gradient(guide_params), u)
+
+
+@dataclasses.dataclass(frozen=True)
+class Analytic(Reparameterized):
+    """The closed-form entropy in place of -log q: :math:`\\frac1S \\sum_s \\log p(x, u_s) + H[q_\\psi]`."""
+
+    name = "analytic"
+    needs_entropy = True
+
+    def estimate(self, terms: ParticleTerms):
+        bound = jnp.mean(terms.log_joint + terms.log_det) + terms.entropy
+        return bound, bound
+
+
+@dataclasses.dataclass(frozen=True)
+class IWAE(Reparameterized):
+    """The importance-weighted bound :math:`\\log \\frac1S \\sum_s e^{w_s}` (Burda et al. 2016)."""
+
+    name = "iwae"
+
+    def estimate(self, terms: ParticleTerms):
+        weights = _log_weights(terms)
+        bound = jax.nn.logsumexp(weights) - jnp.log(jnp.asarray(weights.shape[0], weights.dtype))
+        return bound, bound
+
+
+@dataclasses.dataclass(frozen=True)
+class Score:
+    """The score-function gradient with a leave-one-out baseline (needs S >= 2)."""
+
+    name = "score"
+    score = True
+    needs_entropy = False
+
+    def draw(self, guide, guide_params, key, num_particles):
+        u, _ = guide.sample_and_log_prob(jax.lax.stop_gradient(guide_params), key, num_particles)
         u = jax.lax.stop_gradient(u)
-        log_q = guide.log_prob(guide_params, u)
-    elif estimator == "stl":
-        log_q = guide.log_prob(stopped, u)
-    log_joint, log_det, extra = jax.vmap(log_joint_at)(u)
-    entropy = guide.entropy(guide_params) if estimator == "analytic" else jnp.zeros((), log_joint.dtype)
-    return ParticleTerms(log_joint, log_det, log_q, entropy), extra
+        return u, guide.log_prob(guide_params, u)
 
-
-def estimate(terms: ParticleTerms, estimator: str) -> tuple[jax.Array, jax.Array]:
-    """``(surrogate, bound)`` of one latent's particles (module docstring)."""
-    num = terms.log_joint.shape[0]
-    log_p = terms.log_joint + terms.log_det
-    weights = log_p - terms.log_q
-    if estimator == "analytic":
-        bound = jnp.mean(log_p) + terms.entropy
-        return bound, bound
-    if estimator == "iwae":
-        bound = jax.nn.logsumexp(weights) - jnp.log(jnp.asarray(num, weights.dtype))
-        return bound, bound
-    if estimator == "score":
+    def estimate(self, terms: ParticleTerms):
+        num = terms.log_joint.shape[0]
+        log_p = terms.log_joint + terms.log_det
+        weights = log_p - terms.log_q
         fixed = jax.lax.stop_gradient(weights)
         baseline = (jnp.sum(fixed) - fixed) / (num - 1)
         surrogate = jnp.mean((fixed - baseline) * terms.log_q + log_p)
         return surrogate - jax.lax.stop_gradient(surrogate) + jnp.mean(fixed), jnp.mean(weights)
-    bound = jnp.mean(weights)  # "elbo" and "stl"
-    return bound, bound
+
+
+ESTIMATORS = {"elbo": Reparameterized(), "analytic": Analytic(), "stl": STL(), "iwae": IWAE(), "score": Score()}
+
+
+def as_estimator(estimator):
+    """An estimator object from its name (``ESTIMATORS``) or itself.
+
+    Raises:
+      ValueError: an unknown name or object.
+    """
+    if isinstance(estimator, str) and estimator in ESTIMATORS:
+        return ESTIMATORS[estimator]
+    if isinstance(estimator, tuple(type(e) for e in ESTIMATORS.values())):
+        return estimator
+    raise ValueError(f"estimator: expected one of {tuple(ESTIMATORS)} or an estimator object, got {estimator!r}")
+
+
+def particle_terms(log_joint_at: Callable[[jax.Array], tuple[jax.Array, jax.Array, PyTree]], guide,
+                   guide_params: PyTree, key: jax.Array, num_particles: int, estimator
+                   ) -> tuple[ParticleTerms, PyTree]:
+    """Draws the particles from the guide and evaluates ``log_joint_at(u) -> (log p(x, z(u)), log_det, extra)``
+    at each; returns the terms and every particle's ``extra`` (stacked on a leading axis)."""
+    estimator = as_estimator(estimator)
+    u, log_q = estimator.draw(guide, guide_params, key, num_particles)
+    log_joint, log_det, extra = jax.vmap(log_joint_at)(u)
+    entropy = guide.entropy(guide_params) if estimator.needs_entropy else jnp.zeros((), log_joint.dtype)
+    return ParticleTerms(log_joint, log_det, log_q, entropy), extra
+
+
+def estimate(terms: ParticleTerms, estimator) -> tuple[jax.Array, jax.Array]:
+    """``(surrogate, bound)`` of one latent's particles (module docstring)."""
+    return as_estimator(estimator).estimate(terms)
+
+
+def _log_weights(terms: ParticleTerms) -> jax.Array:
+    return terms.log_joint + terms.log_det - terms.log_q

@@ -143,10 +143,11 @@ def test_the_joint_objective_s_gradient_matches_finite_differences():
         x = jnp.asarray(np.random.default_rng(1).uniform(size=(6, 3)) > 0.5, jnp.float64)
         vae = jaxvi.models.vae(2, 3, decoder=jaxvi.nn.mlp((4,)))
         method = jaxvi.Amortized(encoder=jaxvi.nn.mlp((4,)), num_steps=1, batch_size=6, validation=0.0)
-        state = method.init(vae.model, x, KEY)
+        state = method.init(vae.model, KEY, x)
 
         def objective(params, variational):
-            return method._objective(vae.model, params, variational, x, jax.random.key(3), 1.0, 3, "elbo")[0]
+            moved = state._replace(params=params, variational=variational)
+            return method._bound(vae.model, moved, x, jax.random.key(3), 3, "elbo").surrogate
 
         jax.test_util.check_grads(objective, (state.params, state.variational), order=1, modes=["rev"],
                                   atol=1e-6, rtol=1e-6)

@@ -441,10 +441,13 @@ def test_a_minibatch_step_moves_only_the_batch_s_local_parameters(factor_data):
     x, _ = factor_data
     fa = jaxvi.models.factor_analysis(2)
     method = jaxvi.SVI(num_steps=1, batch_size=5)
-    state = method.init(fa.model, jnp.asarray(x), KEY)
-    new, _ = jax.jit(lambda s: method.step(fa.model, s, jnp.asarray(x)))(state)
-    moved = np.any(np.asarray(new.guide_params["loc"]) != np.asarray(state.guide_params["loc"]), axis=1)
-    assert moved.sum() == 5
+    x = jnp.asarray(x)
+    state = method.init(fa.model, KEY, x)
+    index = jnp.array([3, 17, 0, 42, 8])
+    step = jax.jit(lambda s, b: method.step(fa.model, jax.random.key(1), s, b, num_data=x.shape[0]))
+    new, _ = step(state, jaxvi.Batch(index, x[index]))
+    moved = np.any(np.asarray(new.local_psi["loc"]) != np.asarray(state.local_psi["loc"]), axis=1)
+    np.testing.assert_array_equal(np.flatnonzero(moved), np.sort(np.asarray(index)))
     counts = np.asarray(jax.tree_util.tree_leaves(new.local_opt_state)[0])  # Adam's per-datum step count
     np.testing.assert_array_equal(counts, moved.astype(counts.dtype))
 
@@ -475,8 +478,10 @@ def test_auto_enumerates_small_discrete_latents_and_guides_large_ones():
     small = jaxvi.Model(lambda p, z, x: -(x - z) ** 2, jaxvi.Discrete(4), lambda k, d: {})
     large = jaxvi.Model(lambda p, z, x: -(x - z[0] - z[1]) ** 2, (jaxvi.Discrete(20), jaxvi.Discrete(20)),
                         lambda k, d: {})
-    assert jaxvi.SVI()._kind(small) == "summed"
-    assert jaxvi.SVI()._kind(large) == "categorical"      # 400 values > ENUMERATE_MAX
-    assert jaxvi.SVI(discrete="enumerate")._kind(large) == "summed"
+    from jaxvi.vi.elbo import Guided, Summed
+
+    assert isinstance(jaxvi.SVI().elbo_spec(small).local, Summed)
+    assert isinstance(jaxvi.SVI().elbo_spec(large).local, Guided)      # 400 values > ENUMERATE_MAX: a Categorical q
+    assert isinstance(jaxvi.SVI(discrete="enumerate").elbo_spec(large).local, Summed)
     with pytest.raises(ValueError, match="more than 256 latent values"):
         jaxvi.infer(large, jaxvi.SVI(), np.zeros(3, np.float32), key=KEY)

@@ -23,49 +23,50 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jax import lax
 
 from jaxvi import exact
-from jaxvi.chunks import num_data
+from jaxvi.chunks import num_data as num_data_of
 from jaxvi.latents import Gaussian, exact_family
+from jaxvi.methods.common import float_dtype, full_data, sum_accurately
+from jaxvi.methods.settings import check_count, check_number, settings
 from jaxvi.model import Model
 from jaxvi.result import FAULT_LOG_EVIDENCE, FAULT_NOT_QUADRATIC, FAULT_PARAMS, NO_FAULT, Fault, Result, no_fault
+from jaxvi.run.schedule import Change, Schedule
 from jaxvi.statistics import Statistics, streamed_e_step
 
-__all__ = ["EM", "EMState", "EMDiagnostics", "gradient_m_step"]
+__all__ = ["EM", "EMDiagnostics", "EMInfo", "EMState", "gradient_m_step"]
 
 PyTree = Any
 MStep = Callable[[PyTree, PyTree, Any], PyTree]
 
 
 class EMState(NamedTuple):
-    """The state of one EM run, between iterations.
+    """EM between iterations.
 
-    Iteration t is the E-step at θ_t and, unless the run stops there, the M-step θ_t → θ_{t+1}.
-    The run ends with an E-step, so the returned parameters' log p(D) is always known.
+    A step evaluates ``params`` (the E-step: log p(D | θ_t)) and then moves them (the M-step), so the
+    parameters whose log p(D) is known are one step behind: ``evaluated`` and ``log_evidence``.
 
     Attributes:
-      params: θ_t, the parameters the next E-step evaluates; after the run, the fitted ones.
-      last_params: θ_{t-1}, returned instead of θ_t if θ_t's E-step turns out non-finite.
-      log_evidence: log p(D | θ) (+ log prior) from the last E-step that was finite; -inf before the first.
-      trace: ``(max_iter + 1,)`` log p(D | θ_s) (+ log prior) for s = 0, 1, ... as they are computed.
-      n_iter: M-steps taken (θ_0 → ... → θ_{n_iter}).
-      converged: whether the change of log p(D) per datum fell below ``tol``.
-      done: whether the run has stopped: converged, ``max_iter`` M-steps taken, or a fault.
-      m_step_rejections: gradient M-steps that failed to raise Q and were rejected.
-      fault: the first numerical fault, if any (it stops the run).
+      params: θ_t, the parameters the next E-step evaluates.
+      evaluated: the parameters of the last finite E-step (θ_{t-1}; ``params`` before the first step).
+      log_evidence: their log p(D | θ) (+ log prior); -inf before the first step.
+      m_step_rejections: gradient M-steps into ``evaluated`` that failed to raise Q and were rejected.
+      rejected: whether the M-step into ``params`` (not yet evaluated) was rejected.
     """
 
     params: PyTree
-    last_params: PyTree
+    evaluated: PyTree
     log_evidence: jax.Array
-    trace: jax.Array
-    n_iter: jax.Array
-    converged: jax.Array
-    done: jax.Array
     m_step_rejections: jax.Array
+    rejected: jax.Array
+
+
+class EMInfo(NamedTuple):
+    """A step's ``objective`` (log p(D | θ_t) + log prior, of the parameters it started from) and ``fault``."""
+
+    objective: jax.Array
     fault: Fault
 
 
@@ -76,23 +77,28 @@ class EMDiagnostics(NamedTuple):
       m_step_rejections: gradient M-steps that failed to raise Q (θ was kept).
       fault: the first numerical fault (``kind == 0``: none).
       restart_objectives: ``(n_init,)`` final objective of every restart; the best is returned.
+      stop_reason: why the run stopped (``jaxvi.run.loop.STOP_*``: 1 tolerance, 2 max_iter, 3 fault).
     """
 
     m_step_rejections: jax.Array
     fault: Fault
     restart_objectives: jax.Array
+    stop_reason: jax.Array
 
 
+@settings("tol")
 @dataclasses.dataclass(frozen=True)
 class EM:
     r"""Expectation–maximisation with an exact E-step.
 
     Args:
-      max_iter: the most EM iterations (E-step + M-step).
-      tol: stop when :math:`|\log p_{\theta_t}(D) - \log p_{\theta_{t-1}}(D)| / N <` ``tol``.
+      max_iter: the most M-steps (``infer`` evaluates ``max_iter + 1`` parameter sets).
+      tol: stop when :math:`|\log p_{\theta_t}(D) - \log p_{\theta_{t-1}}(D)| / N <` ``tol``
+        (a traced number: a new value does not recompile).
       n_init: restarts from ``n_init`` keys, run together (vmapped) in one compiled call; the
         restart with the highest final objective is returned. Restart r starts from
-        ``model.init(jax.random.split(key, n_init)[r], data)``, so it equals a single fit with that key.
+        ``model.init(jax.random.split(key, n_init)[r], data)``-derived keys, so it equals a single
+        fit with that key.
       m_step: a closed-form M-step ``m_step(params, data, posterior) -> params`` returning
         :math:`\arg\max_\theta Q(\theta)`; or a ``jaxvi.Statistics`` M-step (through expected
         sufficient statistics), with which the E-step streams ``chunk_size`` data at a time and
@@ -115,20 +121,19 @@ class EM:
     m_step_iters: int = 20
     chunk_size: int = 1024
 
+    reports = "log p(D)"
+
     def __post_init__(self):
         for name in ("max_iter", "n_init", "m_step_iters", "chunk_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"EM({name}): expected an integer >= 1, got {value!r}")
-        if not isinstance(self.tol, (int, float)) or not self.tol >= 0:
-            raise ValueError(f"EM(tol): expected a number >= 0, got {self.tol!r}")
+            check_count(f"EM({name})", getattr(self, name))
+        check_number("EM(tol)", self.tol, low=0)
         if self.m_step is not None and not callable(self.m_step) and not isinstance(self.m_step, Statistics):
             raise ValueError(f"EM(m_step): expected a function (params, data, posterior) -> params or None, got {self.m_step!r}")
         opt = self.m_step_optimizer
         if opt is not None and not isinstance(opt, optax.GradientTransformation):
             raise ValueError(f"EM(m_step_optimizer): expected an optax GradientTransformation, got {type(opt).__name__}")
 
-    def check(self, model: Model) -> None:
+    def check(self, model: Model, data: PyTree = None) -> None:
         """Raises ValueError if this method cannot fit ``model`` (EM needs an exact posterior).
 
         Warns when the E-step is a Laplace approximation (``Gaussian(d, laplace=True)``).
@@ -138,6 +143,11 @@ class EM:
             warnings.warn("EM with Gaussian(laplace=True): the E-step is the Laplace approximation, so the "
                           "objective is an approximate log p(D) and need not rise every iteration",
                           stacklevel=3)
+
+    def schedule(self, num_data: int) -> Schedule:
+        """All the data every step, ``max_iter + 1`` steps (the last one's M-step is not evaluated),
+        stopping on the change of log p(D) per datum."""
+        return Schedule(self.max_iter + 1, stopping=Change(self.tol), evaluates_ahead=True)
 
     def e_step(self, model: Model, params: PyTree, data: PyTree):
         """The exact posterior p(z_i | x_i, params) of every datum: the E-step.
@@ -152,43 +162,30 @@ class EM:
             raise ValueError("data: expected the data whose exact posterior to compute, got None")
         return self.e_step(result.model, result.params, data)
 
-    def describe(self, states: EMState, n: int) -> str:
-        """The progress bar's text: log p(D) per datum."""
-        return f"log p(D)/N={float(np.max(np.asarray(states.log_evidence))) / n:.5g}"
-
-    def init(self, model: Model, data: PyTree, key: jax.Array, params: PyTree | None = None) -> EMState:
+    def init(self, model: Model, key: jax.Array, data: PyTree, params: PyTree | None = None) -> EMState:
         """The state before the first iteration, from ``model.init(key, data)`` or given ``params``."""
         params = model.init(key, data) if params is None else params
         params = jax.tree_util.tree_map(lambda a: lax.convert_element_type(a, jnp.result_type(a)), params)
-        dtype = jnp.result_type(*jax.tree_util.tree_leaves(data), jnp.float32)
-        dtype = dtype if jnp.issubdtype(dtype, jnp.floating) else jnp.float32
-        return EMState(
-            params=params,
-            last_params=params,
-            log_evidence=jnp.array(-jnp.inf, dtype),
-            trace=jnp.zeros(self.max_iter + 1, dtype),
-            n_iter=jnp.array(0, jnp.int32),
-            converged=jnp.array(False),
-            done=jnp.array(False),
-            m_step_rejections=jnp.array(0, jnp.int32),
-            fault=no_fault(),
-        )
+        return EMState(params, params, jnp.array(-jnp.inf, float_dtype(data)), jnp.array(0, jnp.int32), jnp.array(False))
 
-    def step(self, model: Model, state: EMState, data: PyTree, key: jax.Array | None = None
-             ) -> tuple[EMState, jax.Array]:
-        """One EM iteration: the E-step at θ_t, then, unless the run stops here, the M-step.
+    def step(self, model: Model, key: jax.Array, state: EMState, batch: PyTree, *, num_data) -> tuple[EMState, EMInfo]:
+        """One EM iteration on all the data: the E-step at θ_t (its log p(D) is the info's objective),
+        then the M-step θ_t → θ_{t+1}. ``key`` is unused (EM is deterministic).
 
         With a ``Statistics`` M-step the E-step streams ``chunk_size`` data at a time into the
-        statistics, and no posterior of all the data is held. Returns the state and log p(D | θ_t).
+        statistics, and no posterior of all the data is held. A faulty step returns ``state``
+        (a non-finite M-step: with θ_t evaluated, unmoved).
         """
+        data = full_data(batch, num_data, "EM")
+        dtype = state.log_evidence.dtype
         prior = model.total_log_prior(state.params)
         if isinstance(self.m_step, Statistics):
             streamed = streamed_e_step(model, state.params, data, self.chunk_size, self.m_step.collect)
-            log_evidence = (streamed.log_evidence + prior).astype(state.trace.dtype)
+            log_evidence = (streamed.log_evidence + prior).astype(dtype)
             evidence_ok = jnp.isfinite(log_evidence) & (streamed.bad_start < 0)
 
             def m_step():
-                new = self.m_step.maximize(state.params, streamed.stats, num_data(data))
+                new = self.m_step.maximize(state.params, streamed.stats, num_data_of(data))
                 return _like(new, state.params, "EM(m_step=Statistics).maximize"), jnp.array(False)
 
             def fault_of(leaf_finite):
@@ -197,48 +194,33 @@ class EM:
                 index = jnp.where(kind == FAULT_LOG_EVIDENCE, streamed.bad_start,
                                   jnp.where(kind == FAULT_PARAMS, jnp.argmin(leaf_finite), -1))
                 end = jnp.where(kind == FAULT_LOG_EVIDENCE, streamed.bad_end, -1)  # the chunk [index, end)
-                return Fault(jnp.where(kind == NO_FAULT, -1, state.n_iter).astype(jnp.int32), kind.astype(jnp.int32),
-                             index.astype(jnp.int32), end.astype(jnp.int32))
+                return Fault(jnp.array(-1, jnp.int32), kind.astype(jnp.int32), index.astype(jnp.int32),
+                             end.astype(jnp.int32))
         else:
             post = self.e_step(model, state.params, data)
-            log_evidence = (jnp.sum(post.log_evidence) + prior).astype(state.trace.dtype)
+            log_evidence = (sum_accurately(post.log_evidence) + prior).astype(dtype)
             well_posed = exact.well_posed(post)
             evidence_ok = jnp.isfinite(log_evidence) & jnp.all(well_posed)
             m_step = lambda: self._m_step(model, state.params, data, post)  # noqa: E731
             fault_of = lambda leaf_finite: _first_fault(  # noqa: E731
-                state.n_iter, well_posed, jnp.isfinite(log_evidence), post.log_evidence, jnp.all(leaf_finite),
-                leaf_finite)
-        return self._advance(state, data, log_evidence, evidence_ok, m_step, fault_of), log_evidence
-
-    def _advance(self, state: EMState, data: PyTree, log_evidence, evidence_ok, m_step, fault_of) -> EMState:
-        """The state after an E-step: converged or at ``max_iter`` (no M-step), or θ_{t+1} from ``m_step()``;
-        a fault (``fault_of(leaf finite-ness)``) stops the run with the last finite parameters."""
-        change = jnp.abs(log_evidence - state.log_evidence) / num_data(data)
-        converged = evidence_ok & (state.n_iter > 0) & (change < self.tol)
-        move = evidence_ok & ~converged & (state.n_iter < self.max_iter)
-        new_params, rejected = lax.cond(move, m_step, lambda: (state.params, jnp.array(False)))
+                well_posed, jnp.isfinite(log_evidence), post.log_evidence, jnp.all(leaf_finite), leaf_finite)
+        new_params, rejected = lax.cond(evidence_ok, m_step, lambda: (state.params, jnp.array(False)))
         leaf_finite = jnp.stack([jnp.all(jnp.isfinite(a)) for a in jax.tree_util.tree_leaves(new_params)])
-        advance = move & jnp.all(leaf_finite)
-        return EMState(
-            params=_where(advance, new_params, state.params),
-            last_params=_where(advance, state.params, state.last_params),
+        move = evidence_ok & jnp.all(leaf_finite)
+        new_state = EMState(
+            params=_where(move, new_params, state.params),
+            evaluated=_where(evidence_ok, state.params, state.evaluated),
             log_evidence=jnp.where(evidence_ok, log_evidence, state.log_evidence),
-            trace=jnp.where(evidence_ok, state.trace.at[state.n_iter].set(log_evidence), state.trace),
-            n_iter=state.n_iter + advance.astype(jnp.int32),
-            converged=converged,
-            done=~advance,
-            m_step_rejections=state.m_step_rejections + rejected.astype(jnp.int32),
-            fault=fault_of(leaf_finite),
-        )
+            m_step_rejections=state.m_step_rejections + (evidence_ok & state.rejected).astype(jnp.int32),
+            rejected=jnp.where(evidence_ok, move & rejected, state.rejected))
+        return new_state, EMInfo(log_evidence, fault_of(leaf_finite))
 
-    def finalize(self, model: Model, state: EMState, data: PyTree) -> Result:
-        """The fit's Result: the last parameters whose E-step was finite, their log p(D), the padded trace."""
-        e_step_failed = (state.fault.kind == FAULT_LOG_EVIDENCE) | (state.fault.kind == FAULT_NOT_QUADRATIC)
-        params = _where(e_step_failed, state.last_params, state.params)
-        evaluated = state.n_iter + jnp.where(e_step_failed, 0, 1)
-        trace = jnp.where(jnp.arange(self.max_iter + 1) < evaluated, state.trace, state.log_evidence)
-        diagnostics = EMDiagnostics(state.m_step_rejections, state.fault, state.log_evidence[None])
-        return Result(params, state.log_evidence, trace, state.n_iter, state.converged, diagnostics, model, self)
+    def finalize(self, model: Model, key: jax.Array, state: EMState, data: PyTree) -> Result:
+        """The last evaluated parameters and their log p(D) (no further E-step)."""
+        objective = state.log_evidence
+        diagnostics = EMDiagnostics(state.m_step_rejections, no_fault(), objective[None], jnp.array(0, jnp.int32))
+        return Result(state.evaluated, objective, objective[None], jnp.array(0, jnp.int32), jnp.array(False),
+                      diagnostics, model, self)
 
     def _m_step(self, model: Model, params: PyTree, data: PyTree, post) -> tuple[PyTree, jax.Array]:
         if self.m_step is not None:
@@ -256,7 +238,7 @@ def gradient_m_step(model: Model, params: PyTree, data: PyTree, post,
       ``(new_params, rejected)``: the optimised parameters if they raise Q, else ``params``
       unchanged and ``rejected = True``.
     """
-    n = num_data(data)
+    n = num_data_of(data)
     dtype = jnp.result_type(*jax.tree_util.tree_leaves(params), jnp.float32)
 
     def neg_q(p):  # in the parameters' precision, as the optimiser's line search expects
@@ -275,7 +257,7 @@ def gradient_m_step(model: Model, params: PyTree, data: PyTree, post,
     return _where(improved, new_params, params), ~improved
 
 
-def _first_fault(iteration, well_posed, evidence_ok, datum_log_evidence, params_ok, leaf_finite) -> Fault:
+def _first_fault(well_posed, evidence_ok, datum_log_evidence, params_ok, leaf_finite) -> Fault:
     """The fault of this iteration, the first of: a datum whose log-joint is not quadratic (Gaussian
     latents), non-finite log evidence (which datum), non-finite params (which leaf)."""
     kind = jnp.where(evidence_ok, jnp.where(params_ok, NO_FAULT, FAULT_PARAMS), FAULT_LOG_EVIDENCE)
@@ -284,8 +266,7 @@ def _first_fault(iteration, well_posed, evidence_ok, datum_log_evidence, params_
     leaf = jnp.argmin(leaf_finite)
     index = jnp.where((kind == FAULT_LOG_EVIDENCE) | (kind == FAULT_NOT_QUADRATIC), datum,
                       jnp.where(kind == FAULT_PARAMS, leaf, -1))
-    return Fault(jnp.where(kind == NO_FAULT, -1, iteration).astype(jnp.int32), kind.astype(jnp.int32),
-                 index.astype(jnp.int32), jnp.array(-1, jnp.int32))
+    return Fault(jnp.array(-1, jnp.int32), kind.astype(jnp.int32), index.astype(jnp.int32), jnp.array(-1, jnp.int32))
 
 
 def _value_and_grad(fn, params, opt_state):

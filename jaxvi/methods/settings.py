@@ -1,0 +1,65 @@
+"""Method settings as pytrees: numbers are leaves (traced: a new value does not recompile, and
+``jax.vmap`` over them works), everything else is static structure."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import numpy as np
+
+__all__ = ["check_count", "check_number", "is_concrete", "settings"]
+
+
+def settings(*numbers: str):
+    """Class decorator for a frozen settings dataclass: the fields named in ``numbers`` become
+    pytree leaves, the other fields the (hashable) static part of its tree structure."""
+    def register(cls):
+        static = tuple(f.name for f in dataclasses.fields(cls) if f.name not in numbers)
+
+        def flatten(obj):
+            return [getattr(obj, name) for name in numbers], tuple(getattr(obj, name) for name in static)
+
+        def unflatten(aux, children):
+            obj = object.__new__(cls)  # no __post_init__: the leaves may be tracers
+            for name, value in zip(numbers + static, tuple(children) + tuple(aux)):
+                object.__setattr__(obj, name, value)
+            return obj
+
+        jax.tree_util.register_pytree_node(cls, flatten, unflatten)
+        cls.numbers = numbers
+        return cls
+
+    return register
+
+
+def is_concrete(value) -> bool:
+    """Whether a number's value is known now (not a tracer inside jit or vmap)."""
+    return not isinstance(value, jax.core.Tracer)
+
+
+def check_number(name: str, value: Any, *, low: float | None = None, high: float | None = None,
+                 low_open: bool = False, optional: bool = False) -> None:
+    """Raises ValueError unless ``value`` is a real number (or a traced scalar) in the range."""
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not (isinstance(value, (int, float, np.number)) or hasattr(value, "dtype")):
+        raise ValueError(f"{name}: expected a number, got {value!r}")
+    if not is_concrete(value):
+        if np.shape(value) != ():
+            raise ValueError(f"{name}: expected a scalar, got shape {np.shape(value)}")
+        return
+    v = float(np.asarray(value))
+    ok = np.isfinite(v) or (high is None and v == np.inf)
+    ok = ok and (low is None or (v > low if low_open else v >= low)) and (high is None or v <= high)
+    if not ok:
+        interval = f"{'(' if low_open else '['}{low if low is not None else '-inf'}, {high if high is not None else 'inf'}]"
+        raise ValueError(f"{name}: expected a number in {interval}, got {value!r}")
+
+
+def check_count(name: str, value: Any, *, optional: bool = False) -> None:
+    """Raises ValueError unless ``value`` is an integer >= 1 (a size: static)."""
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")

@@ -1,0 +1,255 @@
+r"""The run: one compiled loop that drives any method's ``init`` / ``step`` / ``finalize``.
+
+The run owns everything that is not the algorithm: the step keys, the minibatches and epochs, the
+trace of the objective, the stopping rule, held-out scoring with patience, and the fault guard
+(a faulty step stops the run; the method's state is the last finite one). Its steps run inside one
+``lax.while_loop``; with a progress bar or checkpoints, the host drives the same compiled loop in
+chunks (``drive``).
+
+Randomness, so a user's own loop can reproduce a run: a restart's key splits into
+``(init_key, run_key)``; step t uses ``step_keys(run_key, t) = (step_key, batch_key)``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from jaxvi.chunks import minibatch
+from jaxvi.data import Batch, num_data
+from jaxvi.result import NO_FAULT, Fault, Result, no_fault
+
+__all__ = ["RunState", "STOP_FAULT", "STOP_MAX_STEPS", "STOP_PATIENCE", "STOP_RUNNING", "STOP_TOLERANCE", "drive",
+           "epoch_order", "finish", "run_until", "start", "step_keys"]
+
+PyTree = Any
+STOP_RUNNING, STOP_TOLERANCE, STOP_MAX_STEPS, STOP_FAULT, STOP_PATIENCE = range(5)
+_SPLIT_STREAM = 2 ** 31 - 1  # fold_in data of the held-out split's key
+_FINAL_STREAM = 2 ** 31 - 2  # ... of finalize's key
+
+
+class Heldout(NamedTuple):
+    """Held-out scoring between epochs: every epoch's score, the best, epochs since it, its state."""
+
+    trace: jax.Array
+    best: jax.Array
+    stale: jax.Array
+    best_state: PyTree
+
+
+class RunState(NamedTuple):
+    """One run between steps.
+
+    Attributes:
+      state: the method's state.
+      key: the run key (step t's keys are ``step_keys(key, t)``).
+      n_iter: steps taken.
+      trace: ``(max_steps,)`` the objective of every step (``info.objective``).
+      monitor: the stopping rule's state.
+      order: epochs: ``(train_index, heldout_index, this epoch's order)``; else ().
+      heldout: a ``Heldout`` with held-out data, else ().
+      done: the run has stopped.
+      converged: the stopping rule was met.
+      stop_reason: ``STOP_*``: why the run stopped (``STOP_RUNNING`` while it runs).
+      fault: the first numerical fault (it stopped the run).
+    """
+
+    state: PyTree
+    key: jax.Array
+    n_iter: jax.Array
+    trace: jax.Array
+    monitor: PyTree
+    order: PyTree
+    heldout: PyTree
+    done: jax.Array
+    converged: jax.Array
+    stop_reason: jax.Array
+    fault: Fault
+
+
+def step_keys(run_key: jax.Array, step: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(step_key, batch_key)`` of step ``step``."""
+    keys = jax.random.split(jax.random.fold_in(run_key, step))
+    return keys[0], keys[1]
+
+
+def epoch_order(run_key: jax.Array, epoch: jax.Array, train_index: jax.Array) -> jax.Array:
+    """The training data's order in epoch ``epoch``: sorted by i.i.d. uniform keys."""
+    u = jax.random.uniform(jax.random.fold_in(jax.random.fold_in(run_key, _SPLIT_STREAM), epoch + 1),
+                           train_index.shape)
+    return train_index[jnp.argsort(u)]
+
+
+def start(method, model, key: jax.Array, data: PyTree, params: PyTree | None) -> RunState:
+    """The run before its first step: the method's ``init`` and the run's own state."""
+    schedule = method.schedule(num_data(data))
+    init_key, run_key = jax.random.split(key)
+    state = method.init(model, init_key, data, params)
+    dtype = _float_dtype(data)
+    order, heldout = (), ()
+    if schedule.epochs:
+        n = num_data(data)
+        permutation = epoch_order(run_key, jnp.array(-1), jnp.arange(n))
+        train_index, heldout_index = permutation[: n - schedule.num_heldout], permutation[n - schedule.num_heldout:]
+        order = (train_index, heldout_index, epoch_order(run_key, jnp.array(0), train_index))
+        if schedule.num_heldout:
+            heldout = Heldout(jnp.full(_num_epochs(schedule, n), jnp.nan, dtype), jnp.array(-jnp.inf, dtype),
+                              jnp.array(0, jnp.int32), state)
+    return RunState(state, run_key, jnp.array(0, jnp.int32), jnp.zeros(schedule.max_steps, dtype),
+                    schedule.stopping.init(dtype), order, heldout, jnp.array(False), jnp.array(False),
+                    jnp.array(STOP_RUNNING, jnp.int32), no_fault())
+
+
+def advance(method, model, data: PyTree, run: RunState) -> RunState:
+    """One step of the run: draw the batch, step the method, record, test the stopping rules."""
+    n = num_data(data)
+    schedule = method.schedule(n)
+    step_key, batch_key = step_keys(run.key, run.n_iter)
+    batch = _batch(schedule, data, run, batch_key)
+    state, info = method.step(model, step_key, run.state, batch, num_data=n - schedule.num_heldout)
+    ok = info.fault.kind == NO_FAULT
+    objective = info.objective.astype(run.trace.dtype)
+    n_iter = run.n_iter + ok.astype(jnp.int32)
+    monitor, converged = schedule.stopping.update(run.monitor, objective, n_iter, n)
+    monitor = jax.tree_util.tree_map(lambda new, old: jnp.where(ok, new, old), monitor, run.monitor)
+    converged = ok & converged
+    order, heldout, patience_out = run.order, run.heldout, jnp.array(False)
+    if schedule.epochs:
+        per_epoch = _steps_per_epoch(schedule, n)
+        epoch_end = ok & (n_iter % per_epoch == 0)
+        train_index, heldout_index, current = run.order
+        order = (train_index, heldout_index,
+                 lax.cond(epoch_end, lambda: epoch_order(run.key, n_iter // per_epoch, train_index), lambda: current))
+        if schedule.num_heldout:
+            heldout = _score_heldout(method, model, data, run, state, epoch_end, n_iter // per_epoch - 1,
+                                     heldout_index)
+            patience = schedule.patience
+            patience_out = jnp.array(False) if patience is None else heldout.stale >= patience
+    at_end = n_iter >= schedule.max_steps
+    reason = jnp.select([~ok, converged, patience_out, at_end],
+                        [STOP_FAULT, STOP_TOLERANCE, STOP_PATIENCE, STOP_MAX_STEPS], STOP_RUNNING)
+    return RunState(state, run.key, n_iter, jnp.where(ok, run.trace.at[run.n_iter].set(objective), run.trace),
+                    monitor, order, heldout, reason != STOP_RUNNING, converged | patience_out,
+                    reason.astype(jnp.int32), info.fault._replace(iteration=jnp.where(ok, -1, run.n_iter).astype(jnp.int32)))
+
+
+def run_until(method, model, data: PyTree, run: RunState, stop: jax.Array) -> RunState:
+    """Steps while ``n_iter < stop`` and the run is not done."""
+    return lax.while_loop(lambda r: (r.n_iter < stop) & ~r.done, lambda r: advance(method, model, data, r), run)
+
+
+def finish(method, model, data: PyTree, run: RunState) -> Result:
+    """The method's ``finalize`` (of the best epoch's state, with held-out patience), completed with
+    the run's record: the trace, steps, convergence, why it stopped, and the fault."""
+    n = num_data(data)
+    schedule = method.schedule(n)
+    state = run.heldout.best_state if isinstance(run.heldout, Heldout) else run.state
+    fitted = take(data, run.order[0]) if schedule.num_heldout else data  # the training data
+    result = method.finalize(model, jax.random.fold_in(run.key, _FINAL_STREAM), state, fitted)
+    ahead = 1 if schedule.evaluates_ahead else 0
+    n_iter = jnp.maximum(run.n_iter - ahead, 0)
+    trace = jnp.where(jnp.arange(schedule.max_steps) < n_iter, run.trace, result.objective)
+    record = {"fault": run.fault, "restart_objectives": result.objective[None], "stop_reason": run.stop_reason}
+    if schedule.epochs:
+        record["epochs"] = run.n_iter // _steps_per_epoch(schedule, n)
+    if isinstance(run.heldout, Heldout):
+        record.update(heldout_trace=run.heldout.trace, heldout_elbo=run.heldout.best)
+    diagnostics = result.diagnostics._replace(**{k: v for k, v in record.items() if k in result.diagnostics._fields})
+    return dataclasses.replace(result, trace=trace, n_iter=n_iter, converged=run.converged, diagnostics=diagnostics)
+
+
+def drive(run_chunk: Callable[[RunState, jax.Array], RunState], run: RunState, max_steps: int, *,
+          progress: bool, desc: str = "", describe: Callable[[RunState], str] | None = None,
+          every: int | None = None, after_chunk: Callable[[RunState], None] | None = None) -> RunState:
+    """Runs ``run_chunk(run, stop)`` until every run is done: in one call, or in chunks.
+
+    ``stop`` only pauses a run between chunks (the compiled chunk is the same function with another
+    stop, so it compiles once). ``run`` may carry a leading restart axis; the bar follows the slowest
+    restart. A run that has already taken steps (a resumed checkpoint) continues from there.
+
+    Args:
+      progress: show a tqdm bar, fed between chunks.
+      describe: the bar's text for a run.
+      every: steps per chunk (default: a twentieth of ``max_steps``).
+      after_chunk: called with the run after every chunk (to write a checkpoint).
+    """
+    end = max_steps + 1
+    if not progress and after_chunk is None:
+        return run_chunk(run, jnp.asarray(end, jnp.int32))
+    chunk = every or max(1, math.ceil(max_steps / 20))
+    stop = (int(np.min(np.asarray(run.n_iter))) // chunk + 1) * chunk
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=max_steps, initial=int(np.max(np.asarray(run.n_iter))), desc=desc, unit="it",
+                   dynamic_ncols=True)
+    try:
+        while not np.all(np.asarray(run.done)):
+            run = run_chunk(run, jnp.asarray(stop if stop < max_steps else end, jnp.int32))
+            stop += chunk
+            if after_chunk is not None:
+                after_chunk(run)
+            if bar is not None:
+                bar.update(int(np.max(np.asarray(run.n_iter))) - bar.n)
+                if describe is not None:
+                    bar.set_postfix_str(describe(run), refresh=False)
+        if bar is not None:
+            bar.total = bar.n  # close the bar at the steps run
+            bar.refresh()
+    finally:
+        if bar is not None:
+            bar.close()
+    return run
+
+
+def _batch(schedule, data: PyTree, run: RunState, batch_key: jax.Array) -> PyTree:
+    """All the data, or this step's ``Batch``: drawn uniformly without replacement, or the next slice
+    of the epoch's order."""
+    if schedule.batch_size is None:
+        return data
+    n = num_data(data)
+    if schedule.epochs:
+        position = run.n_iter % _steps_per_epoch(schedule, n)
+        index = lax.dynamic_slice(run.order[2], (position * schedule.batch_size,), (schedule.batch_size,))
+    elif schedule.batch_size == n:
+        return data
+    else:
+        index = minibatch(batch_key, n, schedule.batch_size)
+    return Batch(index, take(data, index))
+
+
+def _score_heldout(method, model, data, run: RunState, state, epoch_end, epoch, heldout_index) -> Heldout:
+    """At an epoch's end, the held-out score; the best one and its state; epochs since it improved."""
+    nan = jnp.array(jnp.nan, run.trace.dtype)
+    key = jax.random.fold_in(run.key, _FINAL_STREAM - 1 - run.n_iter)
+    score = lax.cond(epoch_end, lambda: method.evaluate(model, key, state, take(data, heldout_index)).astype(nan.dtype),
+                     lambda: nan)
+    improved = epoch_end & (score > run.heldout.best)
+    stale = jnp.where(epoch_end, jnp.where(improved, 0, run.heldout.stale + 1), run.heldout.stale)
+    best_state = jax.tree_util.tree_map(lambda new, old: jnp.where(improved, new, old), state, run.heldout.best_state)
+    return Heldout(jnp.where(epoch_end, run.heldout.trace.at[jnp.maximum(epoch, 0)].set(score), run.heldout.trace),
+                   jnp.where(improved, score, run.heldout.best), stale.astype(jnp.int32), best_state)
+
+
+def take(data: PyTree, index: jax.Array) -> PyTree:
+    """Rows ``index`` of every leaf."""
+    return jax.tree_util.tree_map(lambda a: a[index], data)
+
+
+def _steps_per_epoch(schedule, n: int) -> int:
+    return max(1, (n - schedule.num_heldout) // schedule.batch_size)
+
+
+def _num_epochs(schedule, n: int) -> int:
+    return math.ceil(schedule.max_steps / _steps_per_epoch(schedule, n))
+
+
+def _float_dtype(data: PyTree):
+    dtype = jnp.result_type(*jax.tree_util.tree_leaves(data), jnp.float32)
+    return dtype if jnp.issubdtype(dtype, jnp.floating) else jnp.float32

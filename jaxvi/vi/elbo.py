@@ -1,0 +1,214 @@
+r"""The ELBO of a model with global and local latents, on a batch: the kernel every VI method shares.
+
+With global latents :math:`z_g` (``Global`` nodes, one q shared by all data) and local latents
+:math:`z_i` (one per datum), the bound on N data estimated from a batch B is
+
+.. math::
+    \mathcal{L} = E_{q(z_g)}\Big[\log p_\theta(z_g) + \tfrac{N}{|B|} \sum_{i \in B} \ell_i(z_g)
+    - \log q(z_g)\Big] + \log p(\theta),
+
+where the local term :math:`\ell_i(z_g)` is one of
+
+- ``Summed``: :math:`\log p_\theta(x_i \mid z_g) = \log \sum_{z_i} p_\theta(x_i, z_i \mid z_g)`, exact
+  (enumeration or forward–backward: no local q, no local gap);
+- ``Guided``: a per-datum q_i's ELBO, :math:`E_{q_i}[\log p_\theta(x_i, z_i \mid z_g) - \log q_i(z_i)]`
+  (continuous latents through the unconstrained space, or a ``Categorical`` q over enumerated values);
+- ``Plain``: :math:`\log p_\theta(x_i \mid z_g)` when the latent is global only.
+
+Without global latents the expectation over :math:`z_g` disappears and the estimator applies to
+every datum's particles; with them, it applies to the global particles (each with one draw of
+every local latent). Log-Jacobians of bijectors are added to the log-joint throughout.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxvi import exact
+from jaxvi.exact.enumerate import latent_values
+from jaxvi.latents import LatentParts, split_latent
+from jaxvi.vi.objectives import ParticleTerms, particle_terms
+from jaxvi.vi.space import LatentSpace
+
+__all__ = ["Bound", "ELBOSpec", "Enumerated", "Guided", "Plain", "Summed", "elbo", "guide_elbo"]
+
+PyTree = Any
+
+
+class Summed(NamedTuple):
+    """The local latent summed out exactly: ``latent`` is its spec (Discrete, pytree of them, Markov)."""
+
+    latent: Any
+
+
+class Guided(NamedTuple):
+    """One q_i per datum: ``guide`` over ``space`` (a ``LatentSpace``, or the enumerated values of a
+    discrete latent for a ``Categorical`` guide), with ``estimator``."""
+
+    guide: Any
+    space: Any
+    estimator: Any
+
+
+class Enumerated(NamedTuple):
+    """The values of a discrete ``latent``, for a ``Categorical`` q_i (static: the spec; the values
+    are made where they are used)."""
+
+    latent: Any
+
+    @property
+    def dim(self) -> int:
+        return len(jax.tree_util.tree_leaves(latent_values(self.latent))[0])
+
+
+class Plain(NamedTuple):
+    """No local latent: the log-joint is the datum's likelihood given the global latents."""
+
+
+class ELBOSpec(NamedTuple):
+    """What the bound is made of (static).
+
+    Attributes:
+      parts: the model's ``LatentParts``.
+      global_guide: the guide of the global latents (None without them).
+      global_space: their unconstrained ``LatentSpace``.
+      local: ``Summed``, ``Guided`` or ``Plain``.
+      estimator: the estimator applied to the global particles (with global latents).
+    """
+
+    parts: LatentParts
+    global_guide: Any
+    global_space: Any
+    local: Any
+    estimator: Any
+
+
+class Bound(NamedTuple):
+    """``surrogate`` (differentiate it; its value is ``bound``'s), ``bound`` (the estimate on all N
+    data, + log p(θ)), its Monte-Carlo ``stderr``, and ``finite``: which terms were finite
+    (log_joint, log_det, log_q, log_prior) and the first datum of the batch whose log-joint was not."""
+
+    surrogate: jax.Array
+    bound: jax.Array
+    stderr: jax.Array
+    finite: jax.Array
+    first_bad_datum: jax.Array
+
+
+def elbo(spec: ELBOSpec, model, params: PyTree, global_psi: PyTree, local_psi: PyTree, rows: PyTree,
+         key: jax.Array, scale, num_particles: int) -> Bound:
+    """The bound on a batch ``rows`` (local ψ: one row per datum of the batch), scaled by ``scale`` = N/B.
+
+    ``num_particles`` is the number of draws of the global latents (with them), else of every local one.
+    """
+    log_prior = model.total_log_prior(params)
+    if spec.global_guide is None:
+        surrogate, bound, variance, per_datum, log_det, log_q = _local(spec, model, params, None, local_psi, rows, key,
+                                                                       num_particles)
+        return _bound(scale * jnp.sum(surrogate) + log_prior, scale * jnp.sum(bound) + log_prior,
+                      scale * jnp.sqrt(jnp.sum(variance)), per_datum, log_det, log_q, log_prior)
+
+    space = spec.global_space
+
+    def log_joint_at(u, k):
+        z_global, log_det = space.constrain(u)
+        log_det = _log_det(spec.global_guide, log_det)
+        surrogate, _, _, per_datum, local_det, local_q = _local(spec, model, params, z_global, local_psi, rows, k, 1)
+        global_prior = spec.parts.global_log_prior(params, z_global)
+        return global_prior + scale * jnp.sum(surrogate), log_det, (per_datum, global_prior, local_det, local_q)
+
+    guide, estimator = spec.global_guide, spec.estimator
+    keys = jax.random.split(key, num_particles + 1)
+    u, log_q = estimator.draw(guide, global_psi, keys[0], num_particles)
+    log_joint, log_det, (per_datum, global_prior, local_det, local_q) = jax.vmap(log_joint_at)(u, keys[1:])
+    entropy = guide.entropy(global_psi) if estimator.needs_entropy else jnp.zeros((), log_joint.dtype)
+    terms = ParticleTerms(log_joint, log_det, log_q, entropy)
+    surrogate, bound = spec.estimator.estimate(terms)
+    weights = terms.log_joint + terms.log_det - terms.log_q
+    stderr = jnp.std(weights) / math.sqrt(num_particles)
+    return _bound(surrogate + log_prior, bound + log_prior, stderr, jnp.mean(per_datum, axis=0),
+                  jnp.concatenate([terms.log_det, jnp.ravel(local_det)]),
+                  jnp.concatenate([terms.log_q, jnp.ravel(local_q)]), log_prior + jnp.mean(global_prior))
+
+
+def _local(spec: ELBOSpec, model, params, z_global, local_psi, rows, key, num_particles):
+    """Every datum's local term at the global value ``z_global``: ``(surrogate, bound, variance,
+    log-joint per datum, log_det, log_q)``, each with a leading batch axis."""
+    parts, local = spec.parts, spec.local
+
+    def log_joint(p, z, x):
+        return model.log_joint(p, parts.combine(z_global, z), x)
+
+    if isinstance(local, Summed):
+        per_datum = exact.posterior(log_joint, local.latent, params, rows).log_evidence
+        zeros = jnp.zeros_like(per_datum)
+        return per_datum, per_datum, zeros, per_datum, zeros, zeros
+    if isinstance(local, Plain):
+        per_datum = jax.vmap(lambda x: log_joint(params, None, x))(rows)
+        zeros = jnp.zeros_like(per_datum)
+        return per_datum, per_datum, zeros, per_datum, zeros, zeros
+    guide, space, estimator = local
+    if isinstance(space, Enumerated):
+        space = latent_values(space.latent)
+
+    def one_datum(x, psi, k):
+        def log_joint_at(u):
+            if not isinstance(space, LatentSpace):  # enumerated values, u an index
+                value = log_joint(params, jax.tree_util.tree_map(lambda v: v[u], space), x)
+                return value, jnp.zeros_like(value), ()
+            z, log_det = space.constrain(u)
+            return log_joint(params, z, x), _log_det(guide, log_det), ()
+
+        terms, _ = particle_terms(log_joint_at, guide, psi, k, num_particles, estimator)
+        surrogate, bound = estimator.estimate(terms)
+        weights = terms.log_joint + terms.log_det - terms.log_q
+        return (surrogate, bound, jnp.var(weights) / num_particles, jnp.mean(terms.log_joint),
+                jnp.mean(terms.log_det), jnp.mean(terms.log_q))
+
+    keys = jax.random.split(key, jax.tree_util.tree_leaves(local_psi)[0].shape[0])
+    return jax.vmap(one_datum)(rows, local_psi, keys)
+
+
+def _bound(surrogate, bound, stderr, per_datum, log_det, log_q, log_prior) -> Bound:
+    per_datum_finite = jnp.isfinite(per_datum)
+    finite = jnp.stack([jnp.all(per_datum_finite), jnp.all(jnp.isfinite(log_det)), jnp.all(jnp.isfinite(log_q)),
+                        jnp.all(jnp.isfinite(log_prior))])
+    return Bound(surrogate, bound, stderr, finite, jnp.argmin(per_datum_finite).astype(jnp.int32))
+
+
+def _log_det(guide, log_det: jax.Array) -> jax.Array:
+    """A point mass fits z itself (MAP in the latent's own space): no log-Jacobian."""
+    return jnp.zeros_like(log_det) if guide.point_mass else log_det
+
+
+def guide_elbo(model, params: PyTree, data: PyTree, posterior, *, key: jax.Array, num_particles: int = 1000
+               ) -> tuple[jax.Array, jax.Array]:
+    """``(ELBO, standard error)`` of any fitted guide on ``data`` (+ log p(θ)), with ``num_particles`` draws
+    per latent (the global one's, when there is one).
+
+    ``posterior`` is a ``FittedGuide`` (local: one q per datum of ``data``, e.g. an SVI fit on these
+    data, an encoder's ``Result.posterior(data)``, a refined guide; global: serves any data) or a
+    ``GlobalLocal`` of the two.
+    """
+    from jaxvi.vi.fitted import GlobalLocal
+    from jaxvi.vi.objectives import Reparameterized
+
+    if isinstance(num_particles, bool) or not isinstance(num_particles, int) or num_particles < 1:
+        raise ValueError(f"num_particles: expected an integer >= 1, got {num_particles!r}")
+    parts = split_latent(model.latent)
+    global_q, local_q = (posterior.global_, posterior.local) if isinstance(posterior, GlobalLocal) else (
+        (posterior, None) if posterior.is_global else (None, posterior))
+    local = Plain() if local_q is None else Guided(local_q.guide, local_q.space, Reparameterized())
+    spec = ELBOSpec(parts, None if global_q is None else global_q.guide, None if global_q is None else global_q.space,
+                    local, Reparameterized())
+
+    @jax.jit
+    def evaluate(params, global_psi, local_psi, data, key):
+        bound = elbo(spec, model, params, global_psi, local_psi, data, key, 1.0, num_particles)
+        return bound.bound, bound.stderr
+
+    return evaluate(params, None if global_q is None else global_q.params, None if local_q is None else local_q.params,
+                    data, key)

@@ -1,0 +1,118 @@
+"""A fitted variational distribution, in the latent's own space: what ``Result.posterior()`` returns
+for VI fits (one q for global latents, or one per datum)."""
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxvi.vi.space import LatentSpace, unconstrain
+
+__all__ = ["FittedGuide", "GlobalLocal"]
+
+PyTree = Any
+
+
+class GlobalLocal(NamedTuple):
+    """The fitted posterior of a model with global and local latents.
+
+    Attributes:
+      global_: q of the global latents (a ``FittedGuide``; its values are a list, one per ``Global`` node).
+      local: the local posteriors: a ``FittedGuide`` with one q_i per datum, or for a local latent
+        summed out exactly its exact posterior given the global latents at their q mean.
+    """
+
+    global_: Any
+    local: Any
+
+
+class FittedGuide(NamedTuple):
+    """The fitted variational distribution, in the latent's own (constrained) space.
+
+    Attributes:
+      guide: the guide family (static).
+      space: the ``LatentSpace`` (or, for a ``Categorical`` guide, the enumerated latent values).
+      params: ψ; for local latents every leaf has a leading datum axis.
+      is_global: whether there is one q for all the data (else one per datum).
+    """
+
+    guide: Any
+    space: Any
+    params: PyTree
+    is_global: bool
+
+    def sample(self, key: jax.Array, num_samples: int = 1) -> PyTree:
+        """``num_samples`` draws of z: leaves ``(num_samples, *shape)``, or ``(N, num_samples, *shape)`` for local q."""
+        def draw(params, k):
+            u, _ = self.guide.sample_and_log_prob(params, k, num_samples)
+            return self._values(u)
+
+        if self.is_global:
+            return draw(self.params, key)
+        keys = jax.random.split(key, jax.tree_util.tree_leaves(self.params)[0].shape[0])
+        return jax.vmap(draw)(self.params, keys)
+
+    def log_prob(self, z: PyTree) -> jax.Array:
+        r"""The density of q at a latent value z (a pytree like the latent's; local q: leaves with a
+        leading datum axis), in z's own space: :math:`\log q(u(z)) - \log|\det \partial z / \partial u|`."""
+        if not isinstance(self.space, LatentSpace):
+            index = self._index_of(z)
+            logits = jax.nn.log_softmax(self.params["logits"], axis=-1)
+            return logits[index] if self.is_global else jnp.take_along_axis(logits, index[:, None], axis=1)[:, 0]
+
+        def one(params, z):
+            u = unconstrain(self.space, z)
+            return self.guide.log_prob(params, u) - self.space.constrain(u)[1]
+
+        return one(self.params, z) if self.is_global else jax.vmap(one)(self.params, z)
+
+    def _index_of(self, z: PyTree) -> jax.Array:
+        """The index of a discrete value among the enumerated values (a pytree of Discrete values)."""
+        matches = [v == jnp.asarray(leaf)[..., None] for v, leaf in
+                   zip(jax.tree_util.tree_leaves(self.space), jax.tree_util.tree_leaves(z))]
+        return jnp.argmax(jnp.all(jnp.stack(matches), axis=0), axis=-1)
+
+    def mean(self, key: jax.Array | None = None, num_samples: int = 4096) -> PyTree:
+        """E_q[z]: exact for a Normal guide on a latent without bijectors, else a Monte-Carlo average
+        of ``num_samples`` draws (then ``key`` is required)."""
+        exact_mean = self._exact("mean")
+        return exact_mean if exact_mean is not None else self._monte_carlo(key, num_samples)[0]
+
+    def stddev(self, key: jax.Array | None = None, num_samples: int = 4096) -> PyTree:
+        """The standard deviation of z under q, exact or by Monte Carlo like ``mean``."""
+        exact_sd = self._exact("stddev")
+        return exact_sd if exact_sd is not None else self._monte_carlo(key, num_samples)[1]
+
+    def _monte_carlo(self, key, num_samples) -> tuple[PyTree, PyTree]:
+        """``(mean, standard deviation)`` of ``num_samples`` draws of z."""
+        if key is None:
+            raise ValueError("key: this q's moments need Monte Carlo (a bijector or a flow): pass a PRNG key")
+        draws = self.sample(key, num_samples)
+        axis = 0 if self.is_global else 1
+        return (jax.tree_util.tree_map(lambda d: jnp.mean(d, axis=axis), draws),
+                jax.tree_util.tree_map(lambda d: jnp.std(d, axis=axis), draws))
+
+    def _exact(self, moment: str):
+        """The exact mean or stddev of z where q is Normal (or a point mass) and z = u; else None."""
+        if isinstance(self.space, LatentSpace) and all(b is None for b in self.space.bijectors):
+            fn = getattr(self.guide, moment)
+            values = fn(self.params) if self.is_global else jax.vmap(fn)(self.params)
+            if values is not None:
+                return self._values(values)
+        return None
+
+    def _values(self, u: jax.Array) -> PyTree:
+        """Unconstrained vectors ``(..., D)`` (or value indices) as latent pytrees ``(..., *shape)``."""
+        if not isinstance(self.space, LatentSpace):
+            return jax.tree_util.tree_map(lambda v: v[u], self.space)
+        batch = u.shape[:-1]
+        flat = u.reshape((-1, u.shape[-1]))
+        z = jax.vmap(lambda v: self.space.constrain(v)[0])(flat)
+        return jax.tree_util.tree_map(lambda a: a.reshape(batch + a.shape[1:]), z)
+
+
+jax.tree_util.register_pytree_node(
+    FittedGuide,
+    lambda g: ((g.params,), (g.guide, g.space, g.is_global)),
+    lambda aux, children: FittedGuide(aux[0], aux[1], children[0], aux[2]))
