@@ -43,6 +43,7 @@ from typing import Any, Callable, NamedTuple
 
 import math
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -80,6 +81,9 @@ def step_potentials(log_joint: LogJoint, params: PyTree, obs: PyTree, length: ja
     first = jax.vmap(lambda j: log_joint(params, (None, j), first_obs))(states)
     on_pairs = jax.vmap(jax.vmap(lambda i, j, x: log_joint(params, (i, j), x), (None, 0, None)), (0, None, None))
     rest = jax.vmap(lambda x: on_pairs(states, states, x))(rest_obs)
+    T = jax.tree_util.tree_leaves(obs)[0].shape[0]
+    chex.assert_shape(first, (K,))
+    chex.assert_shape(rest, (T - 1, K, K))
     potentials = jnp.concatenate([jnp.broadcast_to(first, (1, K, K)), rest.astype(first.dtype)])
     real = jnp.arange(potentials.shape[0]) < length
     identity = jnp.where(jnp.eye(K, dtype=bool), 0.0, -jnp.inf).astype(potentials.dtype)
@@ -95,12 +99,20 @@ def _potential_functions(log_joint: LogJoint, params: PyTree, K: int) -> tuple[C
     on_pairs = jax.vmap(jax.vmap(moving, (None, 0, None)), (0, None, None))
 
     def first(x):
-        return jax.vmap(initial, (0, None))(states, x)
+        out = jax.vmap(initial, (0, None))(states, x)
+        chex.assert_shape(out, (K, _num_sequences(x)))
+        return out
 
     def pairs(x):
-        return on_pairs(states, states, x)
+        out = on_pairs(states, states, x)
+        chex.assert_shape(out, (K, K, _num_sequences(x)))
+        return out
 
     return first, pairs
+
+
+def _num_sequences(x: PyTree) -> int:
+    return jax.tree_util.tree_leaves(x)[0].shape[0]
 
 
 # --- recursions in a semiring: "sum" is (logsumexp, +), "max" is (max, +) -----------------------

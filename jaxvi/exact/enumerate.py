@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, NamedTuple
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -41,8 +42,12 @@ def latent_values(latent) -> PyTree:
 def log_joint_table(log_joint: LogJoint, params: PyTree, data: PyTree, values: PyTree,
                     chunk_size: int) -> jax.Array:
     r"""The table :math:`\log p_\theta(x_i, z_m)`, shape ``(N, M)``."""
+    num_values = jax.tree_util.tree_leaves(values)[0].shape[0]
+
     def one_datum(x):
-        return jax.vmap(lambda z: log_joint(params, z, x))(values)
+        row = jax.vmap(lambda z: log_joint(params, z, x))(values)
+        chex.assert_shape(row, (num_values,))  # one scalar per latent value
+        return row
 
     return map_data(one_datum, data, chunk_size)
 

@@ -21,6 +21,7 @@ import dataclasses
 import math
 from typing import Any, Callable
 
+import chex
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -114,6 +115,8 @@ def _posterior_one(log_joint: LogJoint, params: PyTree, x: PyTree, latent) -> tu
     matches = jnp.all(jax.vmap(lambda offset: _matches_expansion(f, center, offset, value, gradient, hessian))(
         jnp.stack([shift + step, shift - step])))
     quadratic = jnp.all(jnp.isfinite(chol)) & (matches | latent.laplace)
+    chex.assert_shape([center, shift], (latent.d,))
+    chex.assert_rank([log_evidence, quadratic], 0)
     return center + shift, covariance, log_evidence, quadratic
 
 

@@ -15,9 +15,9 @@ to the diagonal of every covariance, so a component that loses all its data keep
 """
 from __future__ import annotations
 
-import math
 from typing import Callable, NamedTuple
 
+import distrax
 import jax
 import jax.numpy as jnp
 from jax.scipy.linalg import solve_triangular
@@ -162,17 +162,31 @@ def gmm_m_step(covariance: str = "full", reg_covar: float = 1e-6, chunk_size: in
 
 
 def _log_joint_full(params: GMMParams, z, x):
-    prec_chol = jnp.triu(params.prec_chol[z])
-    y = x @ prec_chol - params.means[z] @ prec_chol
-    log_det = jnp.sum(jnp.log(jnp.abs(jnp.diagonal(prec_chol))))
-    return jax.nn.log_softmax(params.logits)[z] + log_det - 0.5 * (y @ y + x.shape[-1] * math.log(2 * math.pi))
+    return jax.nn.log_softmax(params.logits)[z] + _normal_log_prob_full(params.means[z], params.prec_chol[z], x)
 
 
 def _log_joint_diag(params: GMMParams, z, x):
-    prec = params.prec_chol[z]
-    y = (x - params.means[z]) * prec
-    log_det = jnp.sum(jnp.log(jnp.abs(prec)))
-    return jax.nn.log_softmax(params.logits)[z] + log_det - 0.5 * (y @ y + x.shape[-1] * math.log(2 * math.pi))
+    return jax.nn.log_softmax(params.logits)[z] + _normal_diag(params.means[z], params.prec_chol[z]).log_prob(x)
+
+
+def _normal_diag(mean, inv_std) -> distrax.MultivariateNormalDiag:
+    """N(mean, diag(1 / inv_std^2)) from the inverse standard deviations (the diag ``prec_chol``)."""
+    return distrax.MultivariateNormalDiag(mean, 1.0 / inv_std)
+
+
+def _normal_log_prob_full(mean, prec_chol, x):
+    r""":math:`\log N(x; \mu, (P P^\top)^{-1}) = \log N(P^\top x - P^\top \mu; 0, I) + \log|\det P|`, P the
+    upper-triangular precision Cholesky factor.
+
+    The whitening is written by hand: ``distrax.MultivariateNormalTri`` wants the covariance's factor
+    :math:`P^{-\top}` and solves a triangular system per datum (measured 10-100x slower E-steps), and a
+    ``distrax.Transformed`` over ``Inverse(TriangularLinear(P^T))`` matched the E-step but was ~1.6x slower
+    under ``jax.grad`` (2-core CPU, N = 20000, K = 5, D = 8 and 32).
+    """
+    prec_chol = jnp.triu(prec_chol)
+    y = x @ prec_chol - mean @ prec_chol
+    log_det = jnp.sum(jnp.log(jnp.abs(jnp.diagonal(prec_chol))))
+    return distrax.MultivariateNormalDiag(jnp.zeros_like(y)).log_prob(y) + log_det
 
 
 def _precision_cholesky(cov):

@@ -20,7 +20,6 @@ unused state.
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -29,7 +28,7 @@ import jax.numpy as jnp
 from jaxvi.exact.chain import split_sequences
 from jaxvi.latents import Markov
 from jaxvi.model import Model
-from jaxvi.models.gmm import _kmeans_plusplus, _precision_cholesky
+from jaxvi.models.gmm import _kmeans_plusplus, _normal_diag, _normal_log_prob_full, _precision_cholesky
 
 __all__ = ["CategoricalEmission", "GaussianEmission", "HMM", "HMMParams", "PoissonEmission", "categorical_hmm",
            "gaussian_hmm", "poisson_hmm"]
@@ -106,16 +105,11 @@ def _step_log_joint(emission_log_prob: Callable) -> Callable:
 # --- emissions ------------------------------------------------------------------------------------
 
 def _gaussian_diag_log_prob(emission: GaussianEmission, state, x):
-    prec = emission.prec_chol[state]
-    y = (x - emission.means[state]) * prec
-    return jnp.sum(jnp.log(jnp.abs(prec))) - 0.5 * (y @ y + x.shape[-1] * math.log(2 * math.pi))
+    return _normal_diag(emission.means[state], emission.prec_chol[state]).log_prob(x)
 
 
 def _gaussian_full_log_prob(emission: GaussianEmission, state, x):
-    prec_chol = jnp.triu(emission.prec_chol[state])
-    y = (x - emission.means[state]) @ prec_chol
-    log_det = jnp.sum(jnp.log(jnp.abs(jnp.diagonal(prec_chol))))
-    return log_det - 0.5 * (y @ y + x.shape[-1] * math.log(2 * math.pi))
+    return _normal_log_prob_full(emission.means[state], emission.prec_chol[state], x)
 
 
 def _categorical_log_prob(emission: CategoricalEmission, state, x):

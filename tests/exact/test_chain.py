@@ -1,6 +1,7 @@
 """The forward–backward E-step of ``Markov`` latents against brute-force enumeration over all paths."""
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -158,10 +159,8 @@ def test_forward_backward_equals_enumeration_over_all_paths(T, K, emission):
             assert st["marginals"].shape == (3, T, K)
             assert st["transitions"].shape == (3, K, K)
             assert st["pair"].shape == (3, T, K, K)
-            np.testing.assert_allclose(st["log_evidence"], truth["log_evidence"], rtol=1e-10, atol=1e-10)
-            np.testing.assert_allclose(st["marginals"], truth["marginals"], rtol=1e-10, atol=1e-10)
-            np.testing.assert_allclose(st["pair"], truth["pair"], rtol=1e-10, atol=1e-10)
-            np.testing.assert_allclose(st["transitions"], truth["transitions"], rtol=1e-10, atol=1e-10)
+            names = ("log_evidence", "marginals", "pair", "transitions")
+            chex.assert_trees_all_close({k: st[k] for k in names}, {k: truth[k] for k in names}, rtol=1e-10, atol=1e-10)
             np.testing.assert_allclose(st["transitions"].sum(axis=(1, 2)), T - 1, rtol=1e-10, atol=1e-10)
 
 

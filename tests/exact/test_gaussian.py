@@ -2,6 +2,7 @@
 import functools
 import math
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -65,9 +66,8 @@ def test_factor_analysis_posterior_and_evidence_equal_the_closed_form_in_float64
         assert isinstance(post, jaxvi.GaussianPosterior)
         assert post.mean.dtype == jnp.float64
         assert post.mean.shape == (N, d) and post.covariance.shape == (N, d, d) and post.log_evidence.shape == (N,)
-        np.testing.assert_allclose(post.mean, means, rtol=1e-10, atol=1e-12)
-        np.testing.assert_allclose(post.covariance, np.broadcast_to(sigma, (N, d, d)), rtol=1e-10, atol=1e-12)
-        np.testing.assert_allclose(post.log_evidence, log_evidence, rtol=1e-10)
+        chex.assert_trees_all_close((post.mean, post.covariance, post.log_evidence),
+                                    (means, np.broadcast_to(sigma, (N, d, d)), log_evidence), rtol=1e-10, atol=1e-12)
         np.testing.assert_array_equal(post.quadratic, True)
         np.testing.assert_array_equal(exact.well_posed(post), True)
         assert post.laplace is False
@@ -311,9 +311,8 @@ def test_laplace_on_a_quadratic_log_joint_is_exact():
     means, sigma, log_evidence = fa_closed_form(np_params, x)
     with jax.enable_x64(True):
         post = gaussian_posterior(fa_log_joint, jaxvi.Gaussian(d, laplace=True), to_jax(np_params), jnp.asarray(x))
-        np.testing.assert_allclose(post.mean, means, rtol=1e-10, atol=1e-12)
-        np.testing.assert_allclose(post.covariance, np.broadcast_to(sigma, (N, d, d)), rtol=1e-10, atol=1e-12)
-        np.testing.assert_allclose(post.log_evidence, log_evidence, rtol=1e-10)
+        chex.assert_trees_all_close((post.mean, post.covariance, post.log_evidence),
+                                    (means, np.broadcast_to(sigma, (N, d, d)), log_evidence), rtol=1e-10, atol=1e-12)
 
 
 # --- through jaxvi.infer --------------------------------------------------------------------------

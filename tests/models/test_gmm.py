@@ -1,4 +1,5 @@
 """The Gaussian mixture against scikit-learn's GaussianMixture: same data, same init, same iterations."""
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -73,7 +74,7 @@ def test_a_component_that_loses_all_its_data_stays_finite():
     far_away = GMMParams(jnp.zeros(2), jnp.array([[0.0, 0.0], [1e3, 1e3]]), jnp.stack([jnp.eye(2)] * 2))
     result = jaxvi.infer(gm.model, jaxvi.EM(max_iter=10, m_step=gm.m_step), x, key=jax.random.key(0),
                          init_params=far_away, progress=False)
-    assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(result.params))
+    chex.assert_tree_all_finite(result.params)
     assert float(result.params.weights[1]) < 1e-6
     # the empty component keeps scikit-learn's regularised covariance reg_covar * I
     np.testing.assert_allclose(result.params.covariances[1], 1e-6 * np.eye(2), rtol=1e-3)

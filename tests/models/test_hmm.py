@@ -1,6 +1,7 @@
 """The HMM zoo against hmmlearn (same data, same initial parameters, same iterations) and its numerics."""
 import dataclasses
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -162,8 +163,7 @@ def test_a_state_the_data_never_visit_stays_finite():
     params = HMMParams(jnp.zeros(3), jnp.zeros((3, 3)),
                        GaussianEmission(jnp.array([[-2.0], [2.0], [1e4]]), jnp.ones((3, 1))))
     result = fit_jaxvi(hmm, jnp.asarray(x, jnp.float32), params, 10)
-    for leaf in jax.tree_util.tree_leaves(result.params):
-        assert np.all(np.isfinite(leaf))
+    chex.assert_tree_all_finite(result.params)
     np.testing.assert_allclose(result.params.emission.means[2], [1e4])
     assert result.params.initial_probs[2] < 1e-30
     np.testing.assert_allclose(result.params.transition_matrix[:2, 2], 0.0, atol=1e-30)

@@ -1,6 +1,7 @@
 """Guides against dense references, bijectors against autodiff Jacobians, estimators unbiased."""
 import math
 
+import distrax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -119,6 +120,17 @@ def test_bijector_log_det_equals_the_autodiff_jacobian(bijector, size):
         np.testing.assert_allclose(jnp.sum(log_det), np.linalg.slogdet(np.asarray(jacobian))[1], rtol=1e-10)
     if isinstance(bijector, space.Ordered):
         assert np.all(np.diff(np.asarray(z)) > 0)
+
+
+def test_positive_and_interval_are_distrax_bijectors_with_value_equality():
+    for make in (space.positive, lambda: space.interval(-1.0, 4.0)):
+        assert isinstance(make().as_distrax(), distrax.Bijector)
+        assert make() == make() and hash(make()) == hash(make())  # a Model is a static jit argument
+    with jax.enable_x64(True):
+        u = jnp.array([-12.0, -9.5, 0.3, 7.0], jnp.float64)
+        z, _ = space.interval(-1.0, 4.0).forward_and_log_det(u)
+        np.testing.assert_allclose(z, -1.0 + 5.0 * jax.nn.sigmoid(u), rtol=1e-14)  # exact sigmoid, also below u = -9
+        np.testing.assert_allclose(space.interval(-1.0, 4.0).inverse(z), u, rtol=1e-9)
 
 
 def test_the_uniform_point_of_the_simplex_is_at_zero():
