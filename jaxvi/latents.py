@@ -259,7 +259,7 @@ def exact_family(latent) -> str:
     if isinstance(latent, Gaussian):
         return "gaussian"
     leaves = jax.tree_util.tree_leaves(latent, is_leaf=is_spec)
-    if isinstance(latent, Global) or any(isinstance(leaf, Real) for leaf in leaves):
+    if any(isinstance(leaf, (Real, Global)) for leaf in leaves):
         raise ValueError(f"latent: {latent!r} has no exact posterior (no E-step for Real or Global latents); "
                          f"fit it with jaxvi.SVI")
     if any(isinstance(leaf, (Markov, Gaussian)) for leaf in leaves):

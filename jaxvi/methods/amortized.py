@@ -19,6 +19,7 @@ the best epoch are returned.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -290,8 +291,7 @@ class Amortized:
         check_count("num_particles", num_particles)
         variational, global_psi = _split(result.guide_params)
         state = AmortizedState(result.params, variational, global_psi, None)
-        bound = jax.jit(lambda s, d, k: self._bound(result.model, s, d, k, num_particles, "elbo"))(state, data, key)
-        return bound.bound, bound.stderr
+        return _evaluate(result.model, num_particles, self, state, data, key)
 
     def refine(self, result: Result, data: PyTree, *, key: jax.Array, num_steps: int = 100,
                optimizer: optax.GradientTransformation | None = None, num_particles: int = 4) -> FittedGuide:
@@ -390,6 +390,13 @@ def _shared_init(guide, key, dim, dtype) -> PyTree:
     if isinstance(guide, Flow):
         return {"layers": guide.init(key, dim, dtype)["layers"]}
     return {}
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _evaluate(model, num_particles, method, state, data, key):
+    """``Amortized.elbo``'s bound, compiled once per model, particle count and method structure."""
+    bound = method._bound(model, state, data, key, num_particles, "elbo")
+    return bound.bound, bound.stderr
 
 
 def _split(guide_params) -> tuple[AmortizedParams, PyTree]:

@@ -78,7 +78,10 @@ class SVIDiagnostics(NamedTuple):
       elbo_stderr: the Monte-Carlo standard error of the final ELBO estimate.
       log_evidence: the exact log p(D | θ) (+ log p(θ)) at the fitted θ where the latent has an
         exact posterior and no global part, else NaN (``jaxvi.evidence`` estimates it).
-      gap: ``log_evidence - objective``, :math:`\\sum_i KL(q_i \\| p(z_i \\mid x_i))` (NaN where unknown).
+      gap: ``log_evidence - objective``, :math:`\\sum_i KL(q_i \\| p(z_i \\mid x_i))` (NaN where unknown);
+        with global latents and a local latent that has an exact posterior given them, the local part's
+        gap :math:`E_{q(z_g)}[\\sum_i KL(q_i \\| p(z_i \\mid x_i, z_g))]` (the same global draws with the
+        local part summed out exactly, minus the ELBO).
       fault: the first numerical fault (``kind == 0``: none).
       restart_objectives: ``(n_init,)`` final objective of every restart; the best is returned.
       opt_state: the optimiser states at the end: ``(state of (θ, global ψ), per-datum states or None)``.
@@ -127,6 +130,9 @@ class SVI:
         value does not recompile, and ``jax.vmap`` over it fits many learning rates in one call.
       local_guide: the family of the per-datum q_i when the model also has global latents (default:
         ``guide``).
+      local_optimizer: the optimiser of the per-datum ψ_i (default: ``optimizer``), given like it. Each
+        ψ_i's state advances only when datum i is in the batch, so a schedule written for num_steps
+        reaches only B / N of its course for them: give them one written for their own num_steps x B / N.
 
     Example:
       >>> result = jaxvi.infer(model, jaxvi.SVI(num_steps=2000, batch_size=256), data, key=jax.random.key(0))
@@ -146,6 +152,7 @@ class SVI:
     n_init: int = 1
     learning_rate: float | None = None
     local_guide: Any = None
+    local_optimizer: Any = None
 
     reports = "ELBO"
 
@@ -158,6 +165,7 @@ class SVI:
             if not is_guide(value) and not (name == "local_guide" and value is None):
                 raise ValueError(f"SVI({name}): expected a jaxvi guide such as jaxvi.MeanField(), got {value!r}")
         check_optimizer("SVI", self.optimizer, self.learning_rate)
+        check_optimizer("SVI", self.local_optimizer, None)
         try:
             as_estimator(self.estimator)
         except ValueError as err:
@@ -251,7 +259,7 @@ class SVI:
             dim = spec.local.space.dim
             local_psi = jax.vmap(lambda k: spec.local.guide.init(k, dim, dtype))(
                 jax.random.split(local_key, num_rows(data)))
-            local_opt_state = jax.vmap(optimizer.init)(local_psi)
+            local_opt_state = jax.vmap(self._local_optimizer().init)(local_psi)
         return SVIState(params, global_psi, local_psi, optimizer.init((params, global_psi)), local_opt_state)
 
     def step(self, model: Model, key: jax.Array, state: SVIState, batch: PyTree, *, num_data
@@ -283,7 +291,7 @@ class SVI:
         local_psi, local_opt_state = state.local_psi, state.local_opt_state
         if state.local_psi is not None:
             opt_rows = _gather(state.local_opt_state, index)
-            row_updates, new_opt_rows = jax.vmap(optimizer.update)(grads[2], opt_rows, psi_rows)
+            row_updates, new_opt_rows = jax.vmap(self._local_optimizer().update)(grads[2], opt_rows, psi_rows)
             new_rows = optax.apply_updates(psi_rows, row_updates)
             new_rows, new_opt_rows = tree_where(ok, (new_rows, new_opt_rows), (psi_rows, opt_rows))
             local_psi = _scatter(state.local_psi, index, new_rows)
@@ -298,8 +306,14 @@ class SVI:
                      self.num_eval_particles)
         value = bound.bound.astype(float_dtype(data))
         nan = jnp.array(jnp.nan, value.dtype)
+        gap = None
         if spec.global_guide is not None:
             log_evidence = nan
+            if isinstance(spec.local, Guided) and _has_exact_posterior(spec.parts.local):
+                # the same global draws with the local part summed out exactly: the difference is the local gap
+                summed = elbo(spec._replace(local=Summed(spec.parts.local)), model, state.params, state.global_psi,
+                              None, data, key, 1.0, self.num_eval_particles)
+                gap = summed.bound.astype(value.dtype) - value
         elif isinstance(spec.local, Summed):  # the objective is log p(D) itself
             log_evidence = value
         elif _has_exact_posterior(model.latent):
@@ -307,7 +321,8 @@ class SVI:
             log_evidence = (jnp.sum(post.log_evidence) + model.total_log_prior(state.params)).astype(value.dtype)
         else:
             log_evidence = nan
-        diagnostics = SVIDiagnostics(bound.stderr.astype(value.dtype), log_evidence, log_evidence - value, no_fault(),
+        gap = log_evidence - value if gap is None else gap
+        diagnostics = SVIDiagnostics(bound.stderr.astype(value.dtype), log_evidence, gap, no_fault(),
                                      value[None], (state.opt_state, state.local_opt_state), jnp.array(0, jnp.int32))
         return Result(state.params, value, value[None], jnp.array(0, jnp.int32), jnp.array(False), diagnostics, model,
                       self, guide_params=_guide_params(state.global_psi, state.local_psi))
@@ -359,10 +374,15 @@ class SVI:
         if local_psi is not None and _rows_of(local_psi) != num_rows(data):
             raise ValueError(f"data: the fit has one q per datum for {_rows_of(local_psi)} data, got "
                              f"{num_rows(data)} data")
-        return _evaluate(result.model, spec, num_particles, result.params, global_psi, local_psi, data, key)
+        return _evaluate(result.model, num_particles, self, result.params, global_psi, local_psi, data, key)
 
     def _optimizer(self) -> optax.GradientTransformation:
         return make_optimizer(self.optimizer, self.learning_rate, 1e-2)
+
+    def _local_optimizer(self) -> optax.GradientTransformation:
+        if self.local_optimizer is None:
+            return self._optimizer()
+        return make_optimizer(self.local_optimizer, self.learning_rate, 1e-2)
 
 
 def check_optimizer(who: str, optimizer, learning_rate) -> None:
@@ -385,9 +405,10 @@ def make_optimizer(optimizer, learning_rate, default_rate: float) -> optax.Gradi
     return factory(default_rate if learning_rate is None else learning_rate)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _evaluate(model, spec, num_particles, params, global_psi, local_psi, data, key):
-    bound = elbo(spec, model, params, global_psi, local_psi, data, key, 1.0, num_particles)
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _evaluate(model, num_particles, method, params, global_psi, local_psi, data, key):
+    """``SVI.elbo``'s bound, compiled once per model, particle count and method structure."""
+    bound = elbo(method.elbo_spec(model), model, params, global_psi, local_psi, data, key, 1.0, num_particles)
     return bound.bound, bound.stderr
 
 
