@@ -12,14 +12,13 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxvi.data import num_data
+
 __all__ = ["map_data", "minibatch", "sum_data", "num_data"]
 
 PyTree = Any
 
 
-def num_data(data: PyTree) -> int:
-    """The size of the leading (datum) axis shared by every leaf of ``data``."""
-    return jax.tree_util.tree_leaves(data)[0].shape[0]
 
 
 def map_data(fn: Callable[[PyTree], PyTree], data: PyTree, chunk_size: int) -> PyTree:

@@ -133,7 +133,7 @@ def _explain(model, method, run, data):
     (which term, which datum): the faulty step replayed with its keys and batch."""
     n = num_data(data)
     step_key, batch_key = loop.step_keys(run.key, run.fault.iteration)
-    batch = loop._batch(method.schedule(n), data, run, batch_key)
+    batch = loop.draw_batch(method.schedule(n), data, run, batch_key)
     return method.explain(model, step_key, run.state, batch, num_data=n)._replace(iteration=run.fault.iteration)
 
 

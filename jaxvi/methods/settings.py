@@ -53,8 +53,11 @@ def check_number(name: str, value: Any, *, low: float | None = None, high: float
     ok = np.isfinite(v) or (high is None and v == np.inf)
     ok = ok and (low is None or (v > low if low_open else v >= low)) and (high is None or v <= high)
     if not ok:
-        interval = f"{'(' if low_open else '['}{low if low is not None else '-inf'}, {high if high is not None else 'inf'}]"
-        raise ValueError(f"{name}: expected a number in {interval}, got {value!r}")
+        if high is None:
+            expected = f"a number {'>' if low_open else '>='} {low:g}" if low is not None else "a finite number"
+        else:
+            expected = f"a number in {'(' if low_open else '['}{low:g}, {high:g}]"
+        raise ValueError(f"{name}: expected {expected}, got {value!r}")
 
 
 def check_count(name: str, value: Any, *, optional: bool = False) -> None:

@@ -387,9 +387,16 @@ class SVI:
 
 def check_optimizer(who: str, optimizer, learning_rate) -> None:
     """Raises ValueError for an optimiser setting that is neither an optax transformation nor a factory."""
-    if optimizer is not None and not isinstance(optimizer, optax.GradientTransformation) and not callable(optimizer):
-        raise ValueError(f"{who}(optimizer): expected an optax GradientTransformation or a factory such as optax.adam, "
-                         f"got {type(optimizer).__name__}")
+    expected = f"{who}(optimizer): expected an optax GradientTransformation or a factory of one such as optax.adam"
+    if optimizer is not None and not isinstance(optimizer, optax.GradientTransformation):
+        if not callable(optimizer):
+            raise ValueError(f"{expected}, got {type(optimizer).__name__}")
+        try:  # a factory builds closures only: cheap, and it shows a wrong function before anything compiles
+            built = optimizer(1e-2)
+        except Exception as err:
+            raise ValueError(f"{expected}; calling it with a learning rate failed: {err}") from err
+        if not isinstance(built, optax.GradientTransformation):
+            raise ValueError(f"{expected}; called with a learning rate it returned {type(built).__name__}")
     if isinstance(optimizer, optax.GradientTransformation) and learning_rate is not None:
         raise ValueError(f"{who}(learning_rate): the optimizer is already built with its learning rate; pass a factory "
                          f"(optimizer=optax.adam, learning_rate=...) or no learning_rate")

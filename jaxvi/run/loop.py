@@ -22,10 +22,11 @@ from jax import lax
 
 from jaxvi.chunks import minibatch
 from jaxvi.data import Batch, num_data
+from jaxvi.methods.common import float_dtype
 from jaxvi.result import NO_FAULT, Fault, Result, no_fault
 
 __all__ = ["RunState", "STOP_FAULT", "STOP_MAX_STEPS", "STOP_PATIENCE", "STOP_RUNNING", "STOP_TOLERANCE", "drive",
-           "epoch_order", "finish", "run_until", "start", "step_keys"]
+           "draw_batch", "epoch_order", "finish", "run_until", "start", "step_keys", "take"]
 
 PyTree = Any
 STOP_RUNNING, STOP_TOLERANCE, STOP_MAX_STEPS, STOP_FAULT, STOP_PATIENCE = range(5)
@@ -90,7 +91,7 @@ def start(method, model, key: jax.Array, data: PyTree, params: PyTree | None) ->
     schedule = method.schedule(num_data(data))
     init_key, run_key = jax.random.split(key)
     state = method.init(model, init_key, data, params)
-    dtype = _float_dtype(data)
+    dtype = float_dtype(data)
     order, heldout = (), ()
     if schedule.epochs:
         n = num_data(data)
@@ -110,7 +111,7 @@ def advance(method, model, data: PyTree, run: RunState) -> RunState:
     n = num_data(data)
     schedule = method.schedule(n)
     step_key, batch_key = step_keys(run.key, run.n_iter)
-    batch = _batch(schedule, data, run, batch_key)
+    batch = draw_batch(schedule, data, run, batch_key)
     state, info = method.step(model, step_key, run.state, batch, num_data=n - schedule.num_heldout)
     ok = info.fault.kind == NO_FAULT
     objective = info.objective.astype(run.trace.dtype)
@@ -208,7 +209,7 @@ def drive(run_chunk: Callable[[RunState, jax.Array], RunState], run: RunState, m
     return run
 
 
-def _batch(schedule, data: PyTree, run: RunState, batch_key: jax.Array) -> PyTree:
+def draw_batch(schedule, data: PyTree, run: RunState, batch_key: jax.Array) -> PyTree:
     """All the data, or this step's ``Batch``: drawn uniformly without replacement, or the next slice
     of the epoch's order."""
     if schedule.batch_size is None:
@@ -248,8 +249,3 @@ def _steps_per_epoch(schedule, n: int) -> int:
 
 def _num_epochs(schedule, n: int) -> int:
     return math.ceil(schedule.max_steps / _steps_per_epoch(schedule, n))
-
-
-def _float_dtype(data: PyTree):
-    dtype = jnp.result_type(*jax.tree_util.tree_leaves(data), jnp.float32)
-    return dtype if jnp.issubdtype(dtype, jnp.floating) else jnp.float32

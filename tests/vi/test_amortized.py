@@ -10,7 +10,8 @@ import pytest
 import sklearn.datasets
 
 import jaxvi
-from jaxvi.vi import AmortizedParams, guide_elbo
+from jaxvi.methods import AmortizedParams
+from jaxvi.vi import guide_elbo
 
 KEY = jax.random.key(0)
 
@@ -218,7 +219,7 @@ def test_a_flow_guide_amortizes_its_base_and_shares_its_layers():
     method = jaxvi.Amortized(encoder=jaxvi.nn.mlp((32,)), guide=jaxvi.Flow(num_layers=2, hidden=(8,)), num_steps=50,
                              batch_size=50, validation=0.0)
     result = jaxvi.infer(vae.model, method, x, key=KEY, progress=False)
-    assert jaxvi.vi.guide_size(jaxvi.Flow(), 2) == 4
+    assert jaxvi.methods.guide_size(jaxvi.Flow(), 2) == 4
     assert len(result.guide_params.shared["layers"]) == 2
     q = result.posterior(x[:3])
     assert q.params["layers"][0][0][0].shape[0] == 3          # the shared layers, one copy per datum
