@@ -10,7 +10,7 @@ import pytest
 import jaxvi
 from jaxvi.chunks import minibatch
 from jaxvi.models import gaussian_mixture
-from jaxvi.run import epoch_order, step_keys
+from jaxvi.run import epoch_order, run_key, step_keys
 
 KEY = jax.random.key(0)
 
@@ -33,11 +33,11 @@ def _global_model():
 def _user_loop(model, method, data, key, steps, draw):
     """What a researcher writes: init, a lax.scan over step with their keys and batches, finalize."""
     n = jax.tree_util.tree_leaves(data)[0].shape[0]
-    init_key, run_key = jax.random.split(key)
-    state = method.init(model, init_key, data)
+    state = method.init(model, key, data)  # a restart's key is init's; the run's keys derive from it
+    keys = run_key(key)
 
     def one(state, t):
-        step_key, batch_key = step_keys(run_key, t)
+        step_key, batch_key = step_keys(keys, t)
         state, info = method.step(model, step_key, state, draw(batch_key, t), num_data=n)
         return state, info.objective
 
@@ -86,11 +86,11 @@ def test_amortized_steps_on_user_epochs_equal_infer():
     vae = jaxvi.models.vae(2, 5, decoder=jaxvi.nn.mlp((8,)))
     method = jaxvi.Amortized(encoder=jaxvi.nn.mlp((8,)), num_epochs=3, batch_size=20, validation=0.0)
     n, b = x.shape[0], 20
-    _, run_key = jax.random.split(KEY)
-    train = epoch_order(run_key, jnp.array(-1), jnp.arange(n))
+    keys = run_key(KEY)
+    train = epoch_order(keys, jnp.array(-1), jnp.arange(n))
 
     def draw(batch_key, t):
-        order = epoch_order(run_key, t // 3, train)
+        order = epoch_order(keys, t // 3, train)
         return x[jax.lax.dynamic_slice(order, ((t % 3) * b,), (b,))]
 
     state, objectives = _user_loop(vae.model, method, x, KEY, 9, draw)

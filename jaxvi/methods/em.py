@@ -97,8 +97,7 @@ class EM:
         (a traced number: a new value does not recompile).
       n_init: restarts from ``n_init`` keys, run together (vmapped) in one compiled call; the
         restart with the highest final objective is returned. Restart r starts from
-        ``model.init(jax.random.split(key, n_init)[r], data)``-derived keys, so it equals a single
-        fit with that key.
+        ``model.init(jax.random.split(key, n_init)[r], data)``, so it equals a single fit with that key.
       m_step: a closed-form M-step ``m_step(params, data, posterior) -> params`` returning
         :math:`\arg\max_\theta Q(\theta)`; or a ``jaxvi.Statistics`` M-step (through expected
         sufficient statistics), with which the E-step streams ``chunk_size`` data at a time and
