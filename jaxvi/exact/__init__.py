@@ -16,7 +16,7 @@ from jaxvi.exact.gaussian import GaussianPosterior
 from jaxvi.latents import exact_family
 
 __all__ = ["ChainPosterior", "DiscretePosterior", "GaussianPosterior", "Sequences", "elbo", "expected_log_joint",
-           "latent_values", "posterior", "well_posed"]
+           "all_well_posed", "latent_values", "posterior", "well_posed"]
 
 _MODULES = {"discrete": enumerate, "markov": chain, "gaussian": gaussian}
 _BY_POSTERIOR = {DiscretePosterior: enumerate, ChainPosterior: chain, GaussianPosterior: gaussian}
@@ -32,8 +32,16 @@ def expected_log_joint(log_joint, params, data, post, chunk_size: int = 1024) ->
     return _BY_POSTERIOR[type(post)].expected_log_joint(log_joint, params, data, post, chunk_size)
 
 
-def well_posed(post) -> jax.Array:
-    """``(N,)`` False for data where the E-step's assumption failed (a ``Gaussian`` log-joint not quadratic)."""
+def well_posed(post) -> jax.Array | None:
+    """``(N,)`` False for data where the E-step's assumption failed (a ``Gaussian`` log-joint not quadratic);
+    None for the families whose E-step cannot fail so (an all-True constant of N values would be folded
+    by XLA through every reduction of it, at a compile cost growing with N)."""
     if isinstance(post, GaussianPosterior):
         return post.quadratic
-    return jnp.ones(post.log_evidence.shape, bool)
+    return None
+
+
+def all_well_posed(post) -> jax.Array:
+    """Whether every datum's E-step assumption held (``well_posed``), a scalar."""
+    mask = well_posed(post)
+    return jnp.array(True) if mask is None else jnp.all(mask)

@@ -199,7 +199,7 @@ class EM:
             post = self.e_step(model, state.params, data)
             log_evidence = (sum_accurately(post.log_evidence) + prior).astype(dtype)
             well_posed = exact.well_posed(post)
-            evidence_ok = jnp.isfinite(log_evidence) & jnp.all(well_posed)
+            evidence_ok = jnp.isfinite(log_evidence) & exact.all_well_posed(post)
             m_step = lambda: self._m_step(model, state.params, data, post)  # noqa: E731
             fault_of = lambda leaf_finite: _first_fault(  # noqa: E731
                 well_posed, jnp.isfinite(log_evidence), post.log_evidence, jnp.all(leaf_finite), leaf_finite)
@@ -260,8 +260,10 @@ def _first_fault(well_posed, evidence_ok, datum_log_evidence, params_ok, leaf_fi
     """The fault of this iteration, the first of: a datum whose log-joint is not quadratic (Gaussian
     latents), non-finite log evidence (which datum), non-finite params (which leaf)."""
     kind = jnp.where(evidence_ok, jnp.where(params_ok, NO_FAULT, FAULT_PARAMS), FAULT_LOG_EVIDENCE)
-    kind = jnp.where(jnp.all(well_posed), kind, FAULT_NOT_QUADRATIC)
-    datum = jnp.where(kind == FAULT_NOT_QUADRATIC, jnp.argmin(well_posed), jnp.argmin(jnp.isfinite(datum_log_evidence)))
+    datum = jnp.argmin(jnp.isfinite(datum_log_evidence))
+    if well_posed is not None:  # a Gaussian latent's quadratic check
+        kind = jnp.where(jnp.all(well_posed), kind, FAULT_NOT_QUADRATIC)
+        datum = jnp.where(kind == FAULT_NOT_QUADRATIC, jnp.argmin(well_posed), datum)
     leaf = jnp.argmin(leaf_finite)
     index = jnp.where((kind == FAULT_LOG_EVIDENCE) | (kind == FAULT_NOT_QUADRATIC), datum,
                       jnp.where(kind == FAULT_PARAMS, leaf, -1))

@@ -125,7 +125,7 @@ class OnlineEM:
         scale = num_data / num_rows(rows)
         dtype = float_dtype(rows)
         estimate = (scale * sum_accurately(post.log_evidence) + model.total_log_prior(state.params)).astype(dtype)
-        evidence_ok = jnp.all(jnp.isfinite(post.log_evidence)) & jnp.all(exact.well_posed(post))
+        evidence_ok = jnp.all(jnp.isfinite(post.log_evidence)) & exact.all_well_posed(post)
         rho = (state.count + 1.0) ** -self.step_size_power
         batch_stats = self.statistics.collect(state.params, rows, post)
         stats = jax.tree_util.tree_map(lambda s, b: (1 - rho) * s + rho * scale * b, state.stats, batch_stats)
