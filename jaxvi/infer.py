@@ -8,6 +8,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxvi.data import num_data
 from jaxvi.io import save_tree
@@ -157,9 +158,8 @@ def _over_restarts(fn, batched: PyTree) -> PyTree:
 
 
 def _describe(reports: str, n: int, runs) -> str:
-    """The progress bar's text: the latest objective per datum of the leading restart."""
-    import numpy as np
-
-    steps = int(np.max(np.asarray(runs.n_iter)))
-    last = np.asarray(runs.trace)[..., max(steps - 1, 0)]
+    """The progress bar's text: the best restart's latest objective per datum (each restart's own last
+    step: restarts that stopped early hold zeros past it)."""
+    steps = np.maximum(np.asarray(runs.n_iter) - 1, 0)
+    last = np.take_along_axis(np.asarray(runs.trace), steps[:, None], axis=1)[:, 0]
     return f"{reports}/N={float(np.max(last)) / n:.5g}"

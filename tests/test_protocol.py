@@ -190,3 +190,21 @@ def test_methods_declare_what_they_report():
         assert isinstance(method, jaxvi.Method)
     with pytest.raises(ValueError, match="method: expected a jaxvi method"):
         jaxvi.infer(gaussian_mixture(2).model, jaxvi.EM, _mixture_data(10), key=KEY)
+
+
+def test_the_progress_text_reads_each_restart_s_own_last_step():
+    """Restarts that stop early hold zeros past their last step: the bar shows the best restart's latest value."""
+    import importlib
+
+    infer_module = importlib.import_module("jaxvi.infer")
+    x = _mixture_data(90)
+    gm = gaussian_mixture(3)
+    method = jaxvi.EM(m_step=gm.m_step, max_iter=40, n_init=3)
+    keys = jax.random.split(KEY, 3)
+    runs = infer_module._start(gm.model, method, x, keys, None)
+    runs = infer_module._run(gm.model, method, runs, data=x, stop=jnp.asarray(41))
+    steps = np.asarray(runs.n_iter)
+    assert len(set(steps.tolist())) > 1  # the restarts stopped at different steps
+    latest = max(float(runs.trace[i, s - 1]) for i, s in enumerate(steps))
+    assert infer_module._describe("log p(D)", 90, runs) == f"log p(D)/N={latest / 90:.5g}"
+    assert latest < 0
