@@ -58,7 +58,9 @@ def fit_jaxvi(x, seeds):
     inits = [initial_params(x, s) for s in seeds]
     stacked = GMMParams(*(jnp.asarray(np.stack([p[i] for p in inits]), jnp.float32) for i in range(3)))
     stacked = stacked._replace(logits=jnp.log(stacked.logits))
-    restart_keys = jax.random.key_data(jax.random.split(jax.random.key(0), len(seeds)))
+    # restart r's key is split(key, n_init)[r] (key itself for one restart); its init gets that key's split[0]
+    fit_keys = jax.random.split(jax.random.key(0), len(seeds)) if len(seeds) > 1 else jax.random.key(0)[None]
+    restart_keys = jax.random.key_data(jax.vmap(lambda k: jax.random.split(k)[0])(fit_keys))
 
     def init(key, data):
         """Restart r (started from the r-th split of the fit's key) gets the r-th shared init."""

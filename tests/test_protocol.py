@@ -10,7 +10,7 @@ import pytest
 import jaxvi
 from jaxvi.chunks import minibatch
 from jaxvi.models import gaussian_mixture
-from jaxvi.run import epoch_order, run_key, step_keys
+from jaxvi.run import epoch_order, step_keys
 
 KEY = jax.random.key(0)
 
@@ -33,8 +33,8 @@ def _global_model():
 def _user_loop(model, method, data, key, steps, draw):
     """What a researcher writes: init, a lax.scan over step with their keys and batches, finalize."""
     n = jax.tree_util.tree_leaves(data)[0].shape[0]
-    state = method.init(model, key, data)  # a restart's key is init's; the run's keys derive from it
-    keys = run_key(key)
+    init_key, keys = jax.random.split(key)  # as infer splits a restart's key
+    state = method.init(model, init_key, data)
 
     def one(state, t):
         step_key, batch_key = step_keys(keys, t)
@@ -86,7 +86,7 @@ def test_amortized_steps_on_user_epochs_equal_infer():
     vae = jaxvi.models.vae(2, 5, decoder=jaxvi.nn.mlp((8,)))
     method = jaxvi.Amortized(encoder=jaxvi.nn.mlp((8,)), num_epochs=3, batch_size=20, validation=0.0)
     n, b = x.shape[0], 20
-    keys = run_key(KEY)
+    _, keys = jax.random.split(KEY)
     train = epoch_order(keys, jnp.array(-1), jnp.arange(n))
 
     def draw(batch_key, t):

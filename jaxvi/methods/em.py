@@ -96,8 +96,9 @@ class EM:
       tol: stop when :math:`|\log p_{\theta_t}(D) - \log p_{\theta_{t-1}}(D)| / N <` ``tol``
         (a traced number: a new value does not recompile).
       n_init: restarts from ``n_init`` keys, run together (vmapped) in one compiled call; the
-        restart with the highest final objective is returned. Restart r starts from
-        ``model.init(jax.random.split(key, n_init)[r], data)``, so it equals a single fit with that key.
+        restart with the highest final objective is returned. Restart r has the key
+        ``jax.random.split(key, n_init)[r]`` (its ``model.init`` gets the first half of that key's split),
+        so it equals a single fit with that key.
       m_step: a closed-form M-step ``m_step(params, data, posterior) -> params`` returning
         :math:`\arg\max_\theta Q(\theta)`; or a ``jaxvi.Statistics`` M-step (through expected
         sufficient statistics), with which the E-step streams ``chunk_size`` data at a time and

@@ -6,9 +6,8 @@ trace of the objective, the stopping rule, held-out scoring with patience, and t
 ``lax.while_loop``; with a progress bar or checkpoints, the host drives the same compiled loop in
 chunks (``drive``).
 
-Randomness, so a user's own loop can reproduce a run: a restart's key is ``init``'s key (so restart r
-starts from ``model.init(jax.random.split(key, n_init)[r], data)``, as a single fit with that key), and
-``run_key(key)`` is the run's; step t uses ``step_keys(run_key, t) = (step_key, batch_key)``.
+Randomness, so a user's own loop can reproduce a run: a restart's key splits into
+``(init_key, run_key)``; step t uses ``step_keys(run_key, t) = (step_key, batch_key)``.
 """
 from __future__ import annotations
 
@@ -27,12 +26,11 @@ from jaxvi.methods.common import float_dtype
 from jaxvi.result import NO_FAULT, Fault, Result, no_fault
 
 __all__ = ["RunState", "STOP_FAULT", "STOP_MAX_STEPS", "STOP_PATIENCE", "STOP_RUNNING", "STOP_TOLERANCE", "drive",
-           "draw_batch", "epoch_order", "finish", "run_key", "run_until", "start", "step_keys", "take"]
+           "draw_batch", "epoch_order", "finish", "run_until", "start", "step_keys", "take"]
 
 PyTree = Any
 STOP_RUNNING, STOP_TOLERANCE, STOP_MAX_STEPS, STOP_FAULT, STOP_PATIENCE = range(5)
 _SPLIT_STREAM = 2 ** 31 - 1  # fold_in data of the held-out split's key
-_RUN_STREAM = 2 ** 31 - 3  # ... of the run key (fold_in(key, i) is split(key, n)[i]: far from small i)
 _FINAL_STREAM = 2 ** 31 - 2  # ... of finalize's key
 
 
@@ -75,11 +73,6 @@ class RunState(NamedTuple):
     fault: Fault
 
 
-def run_key(key: jax.Array) -> jax.Array:
-    """The run key of a restart's key (which is also ``method.init``'s key)."""
-    return jax.random.fold_in(key, _RUN_STREAM)
-
-
 def step_keys(run_key: jax.Array, step: jax.Array) -> tuple[jax.Array, jax.Array]:
     """``(step_key, batch_key)`` of step ``step``."""
     keys = jax.random.split(jax.random.fold_in(run_key, step))
@@ -96,9 +89,9 @@ def epoch_order(run_key: jax.Array, epoch: jax.Array, train_index: jax.Array) ->
 def start(method, model, key: jax.Array, data: PyTree, params: PyTree | None) -> RunState:
     """The run before its first step: the method's ``init`` and the run's own state."""
     schedule = method.schedule(num_data(data))
-    state = method.init(model, key, data, params)
+    init_key, keys = jax.random.split(key)
+    state = method.init(model, init_key, data, params)
     dtype = float_dtype(data)
-    keys = run_key(key)
     order, heldout = (), ()
     if schedule.epochs:
         n = num_data(data)
