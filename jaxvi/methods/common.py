@@ -1,7 +1,6 @@
 """Small pieces the methods share: dtypes, batches, accurate sums, tree selects."""
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import jax
@@ -68,13 +67,15 @@ def batch_rows(batch: PyTree, num_data, rows_kept: int | None) -> tuple[jax.Arra
 
 
 def sum_accurately(values: jax.Array) -> jax.Array:
-    """The sum of a vector, in blocks of about sqrt(N) (rounding error O(sqrt N) ulps instead of O(N))."""
-    n = values.shape[0]
-    if n < 64:
-        return jnp.sum(values)
-    block = int(math.isqrt(n))
-    head = values[: (n // block) * block].reshape(-1, block)
-    return jnp.sum(jnp.sum(head, axis=1)) + jnp.sum(values[(n // block) * block:])
+    r"""The sum over the leading axis, pairwise: rows are added in pairs, the pair sums in pairs, and
+    so on (the last 8 naively). The rounding error is :math:`O(\log_2 N)` ulps of :math:`\sum |v_i|`
+    instead of :math:`O(N)` for a running sum, for 2N additions. This is what makes float32 sums
+    over data (log p(D), an M-step's residuals) accurate to a few ulps."""
+    while values.shape[0] > 8:
+        pairs = values.shape[0] // 2
+        summed = values[: 2 * pairs].reshape(pairs, 2, *values.shape[1:]).sum(axis=1)
+        values = summed.at[0].add(values[-1]) if values.shape[0] % 2 else summed
+    return jnp.sum(values, axis=0)
 
 
 def tree_where(pred, on_true: PyTree, on_false: PyTree) -> PyTree:

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxvi.latents import Gaussian
+from jaxvi.methods.common import sum_accurately
 from jaxvi.model import Model
 from jaxvi.statistics import Statistics
 
@@ -102,6 +103,21 @@ def _regression(stats: dict) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array
     return coefficients, residual, n, stats["xx"] / n - (stats["x"] / n) ** 2
 
 
+def _direct_regression(params, data: jax.Array, post) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    r"""``_regression`` with the residual sum of squares summed directly over the data,
+    :math:`\sum_i \|x_i - C E[\tilde z_i]\|^2 + \operatorname{diag}(W \sum_i \Sigma_i W^\top)`, a sum of
+    non-negative terms, instead of the difference :math:`\sum x^2 - C B^\top` of two totals that can be
+    10^5 times larger than it (a small noise variance, in float32: the noise lost whole digits and
+    log p(D) fell between iterations)."""
+    stats = _collect(params, data, post)
+    coefficients, _, n, variance = _regression(stats)
+    mean, cov = post.mean.astype(data.dtype), post.covariance.astype(data.dtype)
+    fitted = mean @ coefficients[:, :-1].T + coefficients[:, -1]
+    loadings = coefficients[:, :-1]
+    spread = jnp.einsum("dk,kl,dl->d", loadings, cov.sum(axis=0), loadings)
+    return coefficients, sum_accurately((data - fitted) ** 2) + spread, n, variance
+
+
 def _init(key, data, d: int, who: str):
     if not hasattr(data, "ndim") or data.ndim != 2:
         raise ValueError(f"data: {who} expects one (N, D) array, got {getattr(data, 'shape', type(data))}")
@@ -129,7 +145,9 @@ def factor_analysis(n_factors: int) -> LinearGaussian:
         return FactorAnalysisParams(coefficients[:, -1], coefficients[:, :-1], jnp.log(noise))
 
     def m_step(params: FactorAnalysisParams, data, post) -> FactorAnalysisParams:
-        return maximize(params, _collect(params, data, post))
+        coefficients, residual, count, variance = _direct_regression(params, data, post)
+        noise = jnp.maximum(residual / count, NOISE_FLOOR * variance + jnp.finfo(residual.dtype).tiny)
+        return FactorAnalysisParams(coefficients[:, -1], coefficients[:, :-1], jnp.log(noise))
 
     def init(key, data) -> FactorAnalysisParams:
         mean, loadings, variance = _init(key, data, n_factors, "factor_analysis")
@@ -153,7 +171,10 @@ def ppca(n_components: int) -> LinearGaussian:
         return PPCAParams(coefficients[:, -1], coefficients[:, :-1], jnp.log(noise))
 
     def m_step(params: PPCAParams, data, post) -> PPCAParams:
-        return maximize(params, _collect(params, data, post))
+        coefficients, residual, count, variance = _direct_regression(params, data, post)
+        floor = NOISE_FLOOR * jnp.mean(variance) + jnp.finfo(residual.dtype).tiny
+        noise = jnp.maximum(jnp.sum(residual) / (count * residual.shape[0]), floor)
+        return PPCAParams(coefficients[:, -1], coefficients[:, :-1], jnp.log(noise))
 
     def init(key, data) -> PPCAParams:
         mean, loadings, variance = _init(key, data, n_components, "ppca")
