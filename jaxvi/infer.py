@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxvi.data import num_data
-from jaxvi.io import save_tree
+from jaxvi.io import check_path
 from jaxvi.methods.protocol import Method
 from jaxvi.model import Model, check_data, check_key, check_model, is_traced
 from jaxvi.parallel import shard_data
@@ -44,8 +44,12 @@ def infer(model: Model, method, data: PyTree, *, key: jax.Array, progress: bool 
       mesh: a ``jax.sharding.Mesh``: the data's leading axis is split over its devices and every sum
         over data becomes an all-reduce (``jaxvi.parallel``). Data already sharded need none.
       checkpoint: a file path: the run is written there (atomically: a temporary file, then a
-        rename) every ``checkpoint_every`` steps, and a rerun with the same arguments that finds
-        the file resumes from it, reaching the result of an uninterrupted run.
+        rename) every ``checkpoint_every`` steps, and a rerun of the same fit that finds the file
+        resumes from it, reaching the result of an uninterrupted run. The same fit means the same
+        model (its functions' code and captured values, its latent spec), method settings, data,
+        key and ``init_params`` (``jaxvi.run.checkpoint``); a file of any other fit is refused with
+        a ``ValueError`` naming what differs, and so is a damaged one. A path where no file can be
+        written fails before anything compiles.
       checkpoint_every: steps between checkpoints (default: a twentieth of the run).
 
     Returns:
@@ -74,21 +78,27 @@ def infer(model: Model, method, data: PyTree, *, key: jax.Array, progress: bool 
     traced = is_traced(data, key, init_params, method)
     if checkpoint is not None and traced:
         raise ValueError("checkpoint: files cannot be written from inside jit or vmap; checkpoint a plain infer call")
+    if checkpoint is not None:
+        checkpoint = check_path(checkpoint, "checkpoint")  # an unwritable path fails here, before compiling
     if checkpoint_every is not None and (isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int)
                                          or checkpoint_every < 1):
         raise ValueError(f"checkpoint_every: expected an integer >= 1 or None, got {checkpoint_every!r}")
     keys = key[None] if method.n_init == 1 else jax.random.split(key, method.n_init)
     if (progress or checkpoint is not None) and not traced:  # compiled in three parts, the loop in chunks
-        runs = _start(model, method, data, keys, init_params)
-        after_chunk = None
-        if checkpoint is not None:
-            expected = checkpoints.fingerprint(method, data, keys)
-            if os.path.exists(checkpoint):
-                runs = checkpoints.resume(checkpoint, runs, expected)
-            after_chunk = lambda r: save_tree(checkpoint, {"state": r}, expected)  # noqa: E731
         n = num_data(data)
+        max_steps = method.schedule(n).max_steps
+        runs, after_chunk = None, None
+        if checkpoint is not None:
+            fit = checkpoints.fingerprint(model, method, data, key, init_params)
+            if os.path.exists(checkpoint):  # checked against the fit and the state's shapes, before compiling
+                like = functools.partial(jax.eval_shape, functools.partial(_start, model), method, data, keys,
+                                         init_params)
+                runs = checkpoints.resume(checkpoint, like, fit, max_steps, n)
+            after_chunk = lambda r: checkpoints.save(checkpoint, r, fit)  # noqa: E731
+        if runs is None:
+            runs = _start(model, method, data, keys, init_params)
         runs = loop.drive(lambda r, stop: _run(model, method, r, data=data, stop=stop), runs,
-                          method.schedule(n).max_steps, progress=progress, desc=type(method).__name__,
+                          max_steps, progress=progress, desc=type(method).__name__,
                           describe=functools.partial(_describe, method.reports, n),
                           every=checkpoint_every, after_chunk=after_chunk)
         result, chosen = _finish(model, method, runs, data)

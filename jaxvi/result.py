@@ -114,7 +114,13 @@ class Result:
 
     def save(self, path) -> None:
         """Writes the arrays of this result (params, guide_params, objective, trace, n_iter, converged,
-        diagnostics) to an ``.npz`` file; ``jaxvi.load(path, like=result)`` reads them back."""
+        diagnostics; PRNG keys with their implementation) to an ``.npz`` file, atomically: a temporary
+        file beside it, renamed over it, removed if anything fails. ``jaxvi.load(path, like=result)``
+        reads them back.
+
+        Raises:
+          ValueError: ``path`` is a directory, or no file can be written there.
+        """
         from jaxvi.io import save
 
         save(self, path)

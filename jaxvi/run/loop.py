@@ -132,11 +132,12 @@ def advance(method, model, data: PyTree, run: RunState) -> RunState:
             patience = schedule.patience
             patience_out = jnp.array(False) if patience is None else heldout.stale >= patience
     at_end = n_iter >= schedule.max_steps
+    # int32, not weakly typed: ``done`` then keeps the type ``start`` gave it, and a chunked run compiles once
     reason = jnp.select([~ok, converged, patience_out, at_end],
-                        [STOP_FAULT, STOP_TOLERANCE, STOP_PATIENCE, STOP_MAX_STEPS], STOP_RUNNING)
+                        [STOP_FAULT, STOP_TOLERANCE, STOP_PATIENCE, STOP_MAX_STEPS], STOP_RUNNING).astype(jnp.int32)
     return RunState(state, run.key, n_iter, jnp.where(ok, run.trace.at[run.n_iter].set(objective), run.trace),
-                    monitor, order, heldout, reason != STOP_RUNNING, converged | patience_out,
-                    reason.astype(jnp.int32), info.fault._replace(iteration=jnp.where(ok, -1, run.n_iter).astype(jnp.int32)))
+                    monitor, order, heldout, reason != STOP_RUNNING, converged | patience_out, reason,
+                    info.fault._replace(iteration=jnp.where(ok, -1, run.n_iter).astype(jnp.int32)))
 
 
 def run_until(method, model, data: PyTree, run: RunState, stop: jax.Array) -> RunState:
@@ -171,7 +172,9 @@ def drive(run_chunk: Callable[[RunState, jax.Array], RunState], run: RunState, m
 
     ``stop`` only pauses a run between chunks (the compiled chunk is the same function with another
     stop, so it compiles once). ``run`` may carry a leading restart axis; the bar follows the slowest
-    restart. A run that has already taken steps (a resumed checkpoint) continues from there.
+    restart. A run that has already taken steps (a resumed checkpoint) continues from there. The host
+    loop ends once every run is done or at ``max_steps``: every chunk advances each other run or
+    stops it, so it ends for any state (a resumed one included).
 
     Args:
       progress: show a tqdm bar, fed between chunks.
@@ -191,7 +194,7 @@ def drive(run_chunk: Callable[[RunState, jax.Array], RunState], run: RunState, m
         bar = tqdm(total=max_steps, initial=int(np.max(np.asarray(run.n_iter))), desc=desc, unit="it",
                    dynamic_ncols=True)
     try:
-        while not np.all(np.asarray(run.done)):
+        while not np.all(np.asarray(run.done) | (np.asarray(run.n_iter) >= max_steps)):
             run = run_chunk(run, jnp.asarray(stop if stop < max_steps else end, jnp.int32))
             stop += chunk
             if after_chunk is not None:
