@@ -200,18 +200,24 @@ def _square_distances(x, centers):
     return jnp.sum(x**2, 1)[:, None] - 2 * x @ centers.T + jnp.sum(centers**2, 1)
 
 
-def _kmeans_plusplus(key, data, k):
-    """k-means++ seeding (Arthur & Vassilvitskii 2007): each next center drawn with prob. ∝ D(x)^2."""
+def _kmeans_plusplus(key, data, k, weights=None):
+    """k-means++ seeding (Arthur & Vassilvitskii 2007): each next center drawn with prob. ∝ D(x)^2.
+
+    ``weights`` (0 or 1 per row; default all 1) leaves out the rows with weight 0: the first center is
+    uniform over the others and a left-out row's D(x)^2 counts as 0.
+    """
+    weights = jnp.ones(data.shape[0], data.dtype) if weights is None else weights.astype(data.dtype)
     first_key, key = jax.random.split(key)
-    first = data[jax.random.randint(first_key, (), 0, data.shape[0])]
+    rank = jax.random.randint(first_key, (), 0, jnp.sum(weights).astype(jnp.int32))
+    first = data[jnp.searchsorted(jnp.cumsum(weights), rank, side="right")]  # the rank-th row of weight 1
     centers = jnp.zeros((k, data.shape[1]), data.dtype).at[0].set(first)
-    min_d2 = jnp.sum((data - first) ** 2, axis=1)
+    min_d2 = weights * jnp.sum((data - first) ** 2, axis=1)
 
     def add_center(j, carry):
         centers, min_d2, key = carry
         key, sub = jax.random.split(key)
         center = data[jax.random.categorical(sub, jnp.log(min_d2))]
-        return centers.at[j].set(center), jnp.minimum(min_d2, jnp.sum((data - center) ** 2, axis=1)), key
+        return centers.at[j].set(center), jnp.minimum(min_d2, weights * jnp.sum((data - center) ** 2, axis=1)), key
 
     centers, _, _ = jax.lax.fori_loop(1, k, add_center, (centers, min_d2, key))
     return centers

@@ -17,6 +17,9 @@ States that the data never visit (expected occupancy below ``1e-6``) keep their 
 parameters and transition row instead of dividing by zero, and probabilities are floored at the
 smallest normal float before the log, so logits stay finite: the fit never produces NaN for an
 unused state.
+
+With ``jaxvi.Sequences`` the initialisers (k-means++, variances, Poisson rates) and the M-steps read only
+the real steps: padded steps are set to 0 before any arithmetic, so what the padding holds changes nothing.
 """
 from __future__ import annotations
 
@@ -173,7 +176,7 @@ def gaussian_hmm(n_states: int, *, covariance: str = "diag", covar_prior: float 
     diag = covariance == "diag"
 
     def m_step(params: HMMParams, data, post) -> HMMParams:
-        obs, _ = split_sequences(data)
+        obs, _ = _real_steps(data)
         dtype = obs.dtype
         gamma, nk = _occupancy(post, dtype)
         denom = jnp.maximum(nk, VISITED)
@@ -197,10 +200,12 @@ def gaussian_hmm(n_states: int, *, covariance: str = "diag", covar_prior: float 
         return HMMParams(*_chain_m_step(params, post), emission)
 
     def init(key, data) -> HMMParams:
-        obs = _checked_obs(data, "gaussian_hmm", floating=True, rank=3)
-        flat = obs.reshape(-1, obs.shape[-1])
-        means = _kmeans_plusplus(key, flat, n_states)
-        variances = jnp.var(flat, axis=0) + 1e-3
+        _checked_obs(data, "gaussian_hmm", floating=True, rank=3)
+        obs, real = _real_steps(data)
+        flat, weights = obs.reshape(-1, obs.shape[-1]), real.reshape(-1, 1).astype(obs.dtype)
+        means = _kmeans_plusplus(key, flat, n_states, weights[:, 0])
+        mean = jnp.sum(weights * flat, axis=0) / jnp.sum(weights)
+        variances = jnp.sum(weights * (flat - mean) ** 2, axis=0) / jnp.sum(weights) + 1e-3
         prec_chol = (jnp.broadcast_to(jax.lax.rsqrt(variances), means.shape) if diag else
                      jnp.broadcast_to(jnp.diag(jax.lax.rsqrt(variances)), (n_states,) + variances.shape * 2))
         return HMMParams(*_chain_init(n_states, obs.dtype), GaussianEmission(means, prec_chol))
@@ -222,7 +227,7 @@ def categorical_hmm(n_states: int, n_symbols: int) -> HMM:
     emission probabilities :math:`\propto \sum_t \gamma_{tk} [x_t = s]`.
     """
     def m_step(params: HMMParams, data, post) -> HMMParams:
-        obs, _ = split_sequences(data)
+        obs, _ = _real_steps(data)
         dtype = params.emission.logits.dtype
         counts = jnp.einsum("ntk,nts->ks", post.marginals.astype(dtype), jax.nn.one_hot(obs, n_symbols, dtype=dtype))
         return HMMParams(*_chain_m_step(params, post), CategoricalEmission(_log_probs(counts, params.emission.logits)))
@@ -242,7 +247,7 @@ def poisson_hmm(n_states: int) -> HMM:
     The M-step is maximum likelihood: :math:`\lambda_k = \sum_t \gamma_{tk} x_t / n_k`.
     """
     def m_step(params: HMMParams, data, post) -> HMMParams:
-        obs, _ = split_sequences(data)
+        obs, _ = _real_steps(data)
         dtype = params.emission.log_rates.dtype
         gamma, nk = _occupancy(post, dtype)
         rates = jnp.einsum("ntk,ntd->kd", gamma, obs.astype(dtype)) / jnp.maximum(nk, VISITED)[:, None]
@@ -252,10 +257,13 @@ def poisson_hmm(n_states: int) -> HMM:
                          PoissonEmission(jnp.where(keep, log_rates, params.emission.log_rates)))
 
     def init(key, data) -> HMMParams:
-        obs = _checked_obs(data, "poisson_hmm", floating=None, rank=3)
+        _checked_obs(data, "poisson_hmm", floating=None, rank=3)
+        obs, real = _real_steps(data)
         flat = obs.reshape(-1, obs.shape[-1]).astype(jnp.zeros(()).dtype)
-        picks = flat[jax.random.choice(key, flat.shape[0], (n_states,), replace=flat.shape[0] < n_states)]
-        rates = 0.5 * picks + 0.5 * flat.mean(axis=0) + 0.1
+        weights = real.reshape(-1).astype(flat.dtype)
+        picks = flat[jax.random.choice(key, flat.shape[0], (n_states,), replace=flat.shape[0] < n_states,
+                                       p=weights / jnp.sum(weights))]
+        rates = 0.5 * picks + 0.5 * (weights @ flat) / jnp.sum(weights) + 0.1
         return HMMParams(*_chain_init(n_states, flat.dtype), PoissonEmission(jnp.log(rates)))
 
     return HMM(Model(_step_log_joint(_poisson_log_prob), Markov(n_states), init), m_step)
@@ -267,6 +275,14 @@ def _chain_init(n_states: int, dtype) -> tuple[jax.Array, jax.Array]:
     move = (1.0 - stay) / max(n_states - 1, 1)
     transition = jnp.full((n_states, n_states), move, dtype).at[jnp.diag_indices(n_states)].set(stay)
     return jnp.zeros(n_states, dtype), jnp.log(transition)
+
+
+def _real_steps(data) -> tuple[jax.Array, jax.Array]:
+    """``(obs, real)``: the observations ``(N, T, ...)`` with every padded step set to 0, so that no padding
+    value (however large) reaches the arithmetic, and the ``(N, T)`` mask of real steps."""
+    obs, lengths = split_sequences(data)
+    real = jnp.arange(obs.shape[1]) < lengths[:, None]
+    return jnp.where(real.reshape(real.shape + (1,) * (obs.ndim - 2)), obs, 0), real
 
 
 def _checked_obs(data, who: str, *, floating: bool | None, rank: int) -> jax.Array:

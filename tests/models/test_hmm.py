@@ -221,3 +221,50 @@ def test_hmm_zoo_rejects_data_of_the_wrong_shape():
     with pytest.raises(ValueError, match=r"data.lengths: expected lengths in \[1, 10\]"):
         data = jaxvi.Sequences(jnp.zeros((2, 10), int), np.array([3, 11]))
         jaxvi.infer(jaxvi.models.categorical_hmm(2, 3).model, jaxvi.EM(), data, key=jax.random.key(0))
+
+
+def padded(obs, lengths, value):
+    """``obs`` with every step past its sequence's length set to ``value``."""
+    obs = np.array(obs)
+    obs[np.arange(obs.shape[1]) >= np.asarray(lengths)[:, None]] = value
+    return jaxvi.Sequences(obs, np.asarray(lengths))
+
+
+@pytest.mark.parametrize("zoo", ["gaussian", "poisson"])
+def test_padding_changes_nothing(zoo):
+    """The zoo's data-driven initialisers (k-means++ and variances; Poisson picks and mean) and M-steps read only
+    the real steps: padding with 0, 50 or 1e30 (float32) gives the identical fit, and the initial variances are
+    those of the real steps."""
+    rng = np.random.default_rng(7)
+    lengths = np.array([40, 25, 33, 10])
+    if zoo == "gaussian":
+        hmm = jaxvi.models.gaussian_hmm(K)
+        obs = (np.where(rng.random((4, 40, 1)) < 0.5, -2.0, 2.0) + rng.normal(size=(4, 40, D))).astype(np.float32)
+    else:
+        hmm = jaxvi.models.poisson_hmm(K)
+        obs = rng.poisson(np.where(rng.random((4, 40, 1)) < 0.5, 2.0, 9.0), size=(4, 40, D)).astype(np.float32)
+    fits = []
+    for value in (0.0, 50.0, 1e30):
+        data = padded(obs, lengths, value)
+        fits.append(jaxvi.infer(hmm.model, jaxvi.EM(m_step=hmm.m_step, max_iter=30), data, key=jax.random.key(0),
+                                progress=False))
+        init = hmm.model.init(jax.random.key(1), data)
+        real = np.concatenate([obs[n, :length] for n, length in enumerate(lengths)])
+        if zoo == "gaussian":
+            np.testing.assert_allclose(1 / np.asarray(init.emission.prec_chol[0]) ** 2, real.var(0) + 1e-3, rtol=1e-5)
+            # every initial mean is a real step
+            assert all(np.any(np.all(real == m, axis=1)) for m in np.asarray(init.emission.means))
+    chex.assert_tree_all_finite(fits[0].params)
+    assert int(fits[0].n_iter) > 3
+    for fit in fits[1:]:
+        chex.assert_trees_all_equal((fit.params, fit.trace, fit.n_iter), (fits[0].params, fits[0].trace, fits[0].n_iter))
+
+
+def test_categorical_padding_changes_nothing():
+    rng = np.random.default_rng(8)
+    lengths = np.array([30, 12, 21])
+    obs = rng.integers(0, 4, size=(3, 30))
+    hmm = jaxvi.models.categorical_hmm(K, 4)
+    fits = [jaxvi.infer(hmm.model, jaxvi.EM(m_step=hmm.m_step, max_iter=20), padded(obs, lengths, value),
+                        key=jax.random.key(0), progress=False) for value in (0, 3)]
+    chex.assert_trees_all_equal((fits[1].params, fits[1].trace), (fits[0].params, fits[0].trace))
