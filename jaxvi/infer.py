@@ -18,6 +18,7 @@ from jaxvi.parallel import shard_data
 from jaxvi.result import FAULT_OBJECTIVE, Result
 from jaxvi.run import checkpoint as checkpoints
 from jaxvi.run import loop
+from jaxvi.run.compiled import per_fit
 from jaxvi.run.guard import raise_on_fault
 
 __all__ = ["infer"]
@@ -113,7 +114,7 @@ def infer(model: Model, method, data: PyTree, *, key: jax.Array, progress: bool 
     return result
 
 
-@functools.partial(jax.jit, static_argnums=0)
+@per_fit
 def _fit(model, method, data, keys, init_params):
     """``_start``, the run to its end and ``_finish`` in one compiled function."""
     runs = _over_restarts(lambda k: loop.start(method, model, k, data, init_params), keys)
@@ -123,22 +124,22 @@ def _fit(model, method, data, keys, init_params):
     return result, chosen, runs
 
 
-@functools.partial(jax.jit, static_argnums=0)
+@per_fit
 def _start(model, method, data, keys, init_params):
     return _over_restarts(lambda k: loop.start(method, model, k, data, init_params), keys)
 
 
-@functools.partial(jax.jit, static_argnums=0)
+@per_fit
 def _run(model, method, runs, *, data, stop):
     return _over_restarts(lambda r: loop.run_until(method, model, data, r, stop), runs)
 
 
-@functools.partial(jax.jit, static_argnums=0)
+@per_fit
 def _finish(model, method, runs, data):
     return _finish_restarts(model, method, runs, data)
 
 
-@functools.partial(jax.jit, static_argnums=0)
+@per_fit
 def _explain(model, method, run, data):
     """The fault of a run stopped by a non-finite objective, completed by the method's ``explain``
     (which term, which datum): the faulty step replayed with its keys and batch."""

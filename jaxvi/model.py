@@ -7,12 +7,14 @@ the argument, what was expected and what came.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxvi import equality
 from jaxvi.data import Sequences
 from jaxvi.exact.enumerate import latent_values
 from jaxvi.latents import Gaussian, Real, exact_family, is_spec, split_latent
@@ -38,7 +40,9 @@ class Model:
       log_prior: optional ``log_prior(params) -> scalar``; fitting then maximises
         :math:`\log p(D \mid \theta) + \log p(\theta)` (MAP) instead of the likelihood.
 
-    Models compare by identity: the same ``Model`` object reuses compiled code.
+    Models compare structurally (``jaxvi.equality``): two built of the same functions (the same
+    ``def`` or ``lambda``, with equal captured values) and equal latent specs are equal, so a fresh
+    ``Model`` of the same parts reuses the compiled code of the last.
 
     Example:
       >>> def log_joint(params, z, x):
@@ -59,6 +63,17 @@ class Model:
                 raise ValueError(f"Model({name}): expected a function, got {getattr(self, name)!r}")
         if self.log_prior is not None and not callable(self.log_prior):
             raise ValueError(f"Model(log_prior): expected a function or None, got {self.log_prior!r}")
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Model) and self._key == other._key
+
+    def __hash__(self) -> int:
+        return hash(self._key)
+
+    @functools.cached_property
+    def _key(self):
+        """The structural key (``jaxvi.equality.key``), made once: when a fit first looks the model up."""
+        return equality.key(self)
 
     def total_log_prior(self, params: PyTree) -> jax.Array:
         """``log_prior(params)``, or 0 for maximum likelihood."""

@@ -106,8 +106,8 @@ class Amortized:
         modules plug in through ``jaxvi.nn.from_flax`` / ``jaxvi.nn.from_equinox``.
       guide: ``MeanField()`` (a diagonal Normal, default), ``FullRank()`` or ``Flow(...)`` (a
         diagonal Normal pushed through coupling layers shared by all data).
-      optimizer: an optax transformation, or a factory of one taking the learning rate (default
-        ``optax.adam``).
+      optimizer: a factory of an optax transformation taking the learning rate (default
+        ``optax.adam``), or a built transformation: static, compared by what it is, as ``SVI``'s.
       num_steps: gradient steps; or
       num_epochs: passes over the training data (one of the two).
       batch_size: data per step; each epoch visits the training data in a new random order.

@@ -105,6 +105,8 @@ class EM:
         never holds the posterior of all the data; or None for the gradient M-step (any
         differentiable log-joint; parameters should be unconstrained).
       m_step_optimizer: the optax optimiser of the gradient M-step; None means ``optax.lbfgs()``.
+        Static, compared by what it is (``jaxvi.equality``): a fresh ``optax.lbfgs()`` reuses the
+        compiled code of the last.
       m_step_iters: optimiser steps per gradient M-step.
       chunk_size: how many data the E-step evaluates at once (bounds intermediate memory; with a
         ``Statistics`` M-step, the streaming chunk, so memory is bounded by the data alone).

@@ -1,5 +1,7 @@
 """Method settings as pytrees: numbers are leaves (traced: a new value does not recompile, and
-``jax.vmap`` over them works), everything else is static structure."""
+``jax.vmap`` over them works), everything else is static structure, compared structurally
+(``jaxvi.equality``): settings built alike, e.g. each with a fresh ``optax.adam(1e-2)``, have equal
+tree structures and reuse the same compiled code."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,22 +10,30 @@ from typing import Any
 import jax
 import numpy as np
 
+from jaxvi.equality import Structural
+
 __all__ = ["check_count", "check_number", "is_concrete", "settings"]
 
 
 def settings(*numbers: str):
     """Class decorator for a frozen settings dataclass: the fields named in ``numbers`` become
-    pytree leaves, the other fields the (hashable) static part of its tree structure."""
+    pytree leaves, the other fields the static part of its tree structure: one ``Structural`` of
+    their values, equal when the fields are structurally equal (worked out once per object)."""
     def register(cls):
         static = tuple(f.name for f in dataclasses.fields(cls) if f.name not in numbers)
 
         def flatten(obj):
-            return [getattr(obj, name) for name in numbers], tuple(getattr(obj, name) for name in static)
+            aux = obj.__dict__.get(_STATIC)
+            if aux is None:
+                aux = Structural(tuple(getattr(obj, name) for name in static))
+                object.__setattr__(obj, _STATIC, aux)
+            return [getattr(obj, name) for name in numbers], aux
 
         def unflatten(aux, children):
             obj = object.__new__(cls)  # no __post_init__: the leaves may be tracers
-            for name, value in zip(numbers + static, tuple(children) + tuple(aux)):
+            for name, value in zip(numbers + static, tuple(children) + aux.value):
                 object.__setattr__(obj, name, value)
+            object.__setattr__(obj, _STATIC, aux)
             return obj
 
         jax.tree_util.register_pytree_node(cls, flatten, unflatten)
@@ -31,6 +41,9 @@ def settings(*numbers: str):
         return cls
 
     return register
+
+
+_STATIC = "_static_structure"  # where a settings object keeps its static part, once worked out
 
 
 def is_concrete(value) -> bool:

@@ -105,8 +105,10 @@ class SVI:
     Args:
       guide: the variational family for continuous latents: ``MeanField()`` (default), ``FullRank()``,
         ``LowRank(rank)``, ``Flow(...)``, ``Delta()`` (MAP). Ignored for latents that are summed out.
-      optimizer: an optax ``GradientTransformation`` (static: a new object recompiles), or a factory
-        of one taking the learning rate (``optax.adam``, ``optax.sgd``; the default is ``optax.adam``).
+      optimizer: a factory of an optax transformation taking the learning rate (``optax.adam``, the
+        default; ``optax.sgd``), or a built ``GradientTransformation``: static, compared by what it
+        is (``jaxvi.equality``), so a fresh ``optax.adam(1e-2)`` reuses the compiled code of the last
+        one but each new rate built in compiles anew (pass the factory and ``learning_rate``).
       num_steps: gradient steps.
       batch_size: data per step (None: all N). Each step draws a minibatch without replacement. The
         local ψ_i have one optimiser state per datum, advanced only when datum i is in the batch, so

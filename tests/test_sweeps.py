@@ -1,0 +1,132 @@
+"""Sweeps: equal settings built afresh reuse compiled code, other settings compile anew and get their own
+answer, and compiled code beyond the cache's bound is freed.
+
+Compilations are counted by JAX's own backend-compile event; the answers are checked against log p(D)
+enumerated by hand (an EM fit whose M-step keeps the parameters: its objective is log p(D | θ0)).
+"""
+import collections
+import contextlib
+import gc
+import importlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from scipy.special import logsumexp
+from scipy.stats import norm
+
+import jaxvi
+from jaxvi import equality
+
+compiled = importlib.import_module("jaxvi.run.compiled")
+
+BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"  # JAX's event, once per XLA compilation
+MEANS = np.array([-1.0, 1.0])
+X = np.random.default_rng(0).normal(size=(30, 2)).astype(np.float32)
+KEY = jax.random.key(0)
+
+
+@contextlib.contextmanager
+def compilations():
+    """The list of XLA compilations made inside the block."""
+    events = []
+
+    def listener(event, duration, **kwargs):
+        if event == BACKEND_COMPILE:
+            events.append(kwargs.get("fun_name"))
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield events
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+
+
+def mixture(scale):
+    """A fresh model: two equally weighted components at θ = MEANS, of standard deviation ``scale`` (captured)."""
+    def log_joint(params, z, x):
+        return jnp.log(0.5) + jax.scipy.stats.norm.logpdf(x, params[z], scale).sum()
+
+    return jaxvi.Model(log_joint, jaxvi.Discrete(2), init=lambda key, data: jnp.asarray(MEANS, jnp.float32))
+
+
+def keep():
+    """A fresh EM that keeps the parameters: its objective is log p(D | θ0)."""
+    return jaxvi.EM(m_step=lambda params, data, posterior: params, max_iter=3)
+
+
+def log_evidence(scale) -> float:
+    """log p(D | θ0) enumerated by hand."""
+    per_component = np.log(0.5) + norm.logpdf(X[:, None, :], MEANS[None, :, None], scale).sum(-1)
+    return float(logsumexp(per_component, axis=1).sum())
+
+
+def test_settings_built_alike_are_equal_and_different_ones_are_not():
+    assert mixture(1.0) == mixture(1.0) and hash(mixture(1.0)) == hash(mixture(1.0))
+    assert mixture(1.0) != mixture(2.0)
+    adam = lambda rate: jax.tree_util.tree_structure(jaxvi.SVI(optimizer=optax.adam(rate)))  # noqa: E731
+    assert adam(1e-2) == adam(1e-2) and adam(1e-2) != adam(1e-3)
+    # numpy arrays by content; an object of another class by identity, and what holds it with it
+    array = np.ones(2)
+    reads = lambda: (lambda x: x + array)  # noqa: E731
+    before = equality.key(reads())
+    assert equality.key(reads()) == before
+    array[0] = 2.0
+    assert equality.key(reads()) != before
+    thing = type("Thing", (), {})()
+    holds = lambda: (lambda x: thing)  # noqa: E731
+    assert equality.key(holds()) != equality.key(holds())
+
+
+def test_a_sweep_of_fresh_equal_settings_compiles_once():
+    expected = log_evidence(1.0)
+    first = jaxvi.infer(mixture(1.0), keep(), X, key=KEY, progress=False)
+    np.testing.assert_allclose(float(first.objective), expected, rtol=1e-5)
+    with compilations() as compiles:
+        for i in range(20):
+            result = jaxvi.infer(mixture(1.0), keep(), X, key=jax.random.key(i), progress=False)
+            np.testing.assert_allclose(float(result.objective), expected, rtol=1e-5)
+    assert compiles == []
+
+
+def test_a_sweep_of_fresh_optax_optimisers_compiles_once():
+    model = mixture(1.0)
+    method = lambda: jaxvi.SVI(num_steps=5, optimizer=optax.adam(1e-2))  # noqa: E731
+    first = jaxvi.infer(model, method(), X, key=KEY)  # with a progress bar: compiled in three parts
+    with compilations() as compiles:
+        for _ in range(20):
+            result = jaxvi.infer(model, method(), X, key=KEY)
+            np.testing.assert_array_equal(result.trace, first.trace)
+    assert compiles == []
+
+
+def test_other_settings_compile_anew_and_get_their_own_answer():
+    jaxvi.infer(mixture(1.0), keep(), X, key=KEY, progress=False)
+    with compilations() as compiles:
+        result = jaxvi.infer(mixture(2.0), keep(), X, key=KEY, progress=False)
+    assert compiles
+    np.testing.assert_allclose(float(result.objective), log_evidence(2.0), rtol=1e-5)
+    # a numpy array changed in place: a fresh model reading it compiles anew and sees the new value
+    scale = np.array(1.0, np.float32)
+    reads = lambda: jaxvi.Model(lambda p, z, x: jnp.log(0.5) + jax.scipy.stats.norm.logpdf(x, p[z], scale).sum(),  # noqa: E731
+                                jaxvi.Discrete(2), lambda key, data: jnp.asarray(MEANS, jnp.float32))
+    jaxvi.infer(reads(), keep(), X, key=KEY, progress=False)
+    scale[...] = 3.0
+    result = jaxvi.infer(reads(), keep(), X, key=KEY, progress=False)
+    np.testing.assert_allclose(float(result.objective), log_evidence(3.0), rtol=1e-5)
+
+
+def test_the_cache_is_bounded_and_dropped_code_is_freed(monkeypatch):
+    monkeypatch.setattr(compiled, "CACHED_FITS", 2)
+    monkeypatch.setattr(compiled, "_fits", collections.OrderedDict())  # empty, whatever ran before
+    client = jax.devices()[0].client
+    live = []
+    for scale in (4.0, 5.0, 6.0, 7.0, 8.0):
+        result = jaxvi.infer(mixture(scale), keep(), X, key=KEY, progress=False)
+        np.testing.assert_allclose(float(result.objective), log_evidence(scale), rtol=1e-5)
+        assert compiled.cached_fits() <= 2
+        gc.collect()
+        live.append(len(client.live_executables()))
+    # the first two fill the table; from then on each new fit's code replaces the oldest's
+    assert live[1] > live[0] and live[2] == live[3] == live[4] == live[1]
