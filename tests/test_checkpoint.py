@@ -2,7 +2,6 @@
 uninterrupted fit ends, bit for bit; a checkpoint of any other fit, and a damaged or crafted file, is
 refused with a ValueError naming the file and what differs; keys of every PRNG implementation round-trip."""
 import ast
-import contextlib
 import dataclasses
 import functools
 import os
@@ -25,6 +24,7 @@ import jaxvi
 from jaxvi.io import Archive, check_path, fill, save_tree
 from jaxvi.run import checkpoint as checkpoints
 from jaxvi.run import loop
+from jit_events import compilations
 
 infer_module = sys.modules["jaxvi.infer"]
 STEPS = 60_000
@@ -166,22 +166,11 @@ def resume_em(path, model=MODEL_EM, method=EM, data=X, key=KEY, **kwargs):
     return jaxvi.infer(model, method, data, key=key, progress=False, checkpoint=path, **kwargs)
 
 
-@contextlib.contextmanager
 def compiles():
     """The names of jaxvi's compiled parts (``_start``, ``_run``, ``_finish``, ...) XLA compiles inside the
     block (a list filled as they happen; jax's own small ops, such as moving an array to the device, are left out)."""
-    events = []
-
-    def listen(event, duration, fun_name="", **kwargs):
-        if event == "/jax/core/compile/backend_compile_duration" and fun_name.startswith("jit(_") \
-                and fun_name.removeprefix("jit(").removesuffix(")") in dir(infer_module):
-            events.append(fun_name)
-
-    jax.monitoring.register_event_duration_secs_listener(listen)
-    try:
-        yield events
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listen)
+    return compilations(lambda name: name.startswith("jit(_")
+                        and name.removeprefix("jit(").removesuffix(")") in dir(infer_module))
 
 
 def test_a_chunked_fit_compiles_its_loop_once(em_fit):

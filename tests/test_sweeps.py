@@ -5,7 +5,6 @@ Compilations are counted by JAX's own backend-compile event; the answers are che
 enumerated by hand (an EM fit whose M-step keeps the parameters: its objective is log p(D | θ0)).
 """
 import collections
-import contextlib
 import gc
 import importlib
 
@@ -18,29 +17,13 @@ from scipy.stats import norm
 
 import jaxvi
 from jaxvi import equality
+from jit_events import compilations
 
 compiled = importlib.import_module("jaxvi.run.compiled")
 
-BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"  # JAX's event, once per XLA compilation
 MEANS = np.array([-1.0, 1.0])
 X = np.random.default_rng(0).normal(size=(30, 2)).astype(np.float32)
 KEY = jax.random.key(0)
-
-
-@contextlib.contextmanager
-def compilations():
-    """The list of XLA compilations made inside the block."""
-    events = []
-
-    def listener(event, duration, **kwargs):
-        if event == BACKEND_COMPILE:
-            events.append(kwargs.get("fun_name"))
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
-        yield events
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
 
 
 def mixture(scale):
