@@ -12,11 +12,12 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 
-__all__ = ["Discrete", "Gaussian", "Global", "LatentParts", "MAX_ENUMERATED_TABLE", "MAX_ENUMERATED_VALUES", "Markov",
-           "Real", "check_enumeration", "discrete_sizes", "exact_family", "is_spec", "num_values", "split_latent"]
+__all__ = ["Discrete", "Gaussian", "Global", "LatentParts", "MAX_ENUMERATED_TABLE", "MAX_ENUMERATED_VALUES",
+           "Markov", "Real", "check_enumeration", "discrete_sizes", "exact_family", "is_spec", "num_values",
+           "split_latent"]
 
 MAX_ENUMERATED_VALUES = 2 ** 20  # joint values of a Discrete latent enumerated for one datum (a table row)
-MAX_ENUMERATED_TABLE = 2 ** 28   # elements (data x values x draws) of an enumerated table held at once: 1 GiB of float32
+MAX_ENUMERATED_TABLE = 2 ** 28   # elements (data x values x draws) of a table held at once: 1 GiB of float32
 
 
 @dataclasses.dataclass(frozen=True)

@@ -76,7 +76,8 @@ def test_svi_on_random_global_models(batch, guide, n, d, scale, seed, copies, ou
 
 
 @SETTINGS
-@given(n=st.sampled_from([2, 9, 25]), scale=data["scale"], seed=data["seed"], copies=data["copies"], outlier=data["outlier"])
+@given(n=st.sampled_from([2, 9, 25]), scale=data["scale"], seed=data["seed"], copies=data["copies"],
+       outlier=data["outlier"])
 def test_svi_on_a_support_that_depends_on_the_latent(n, scale, seed, copies, outlier):
     """The data standardised, x_i ~ N(mu, 1) with mu ~ N(0, 1) restricted to mu < 2.5 / sqrt(n), about 2.5
     posterior standard deviations: the log-joint is -inf for draws past it, which one particle per step may

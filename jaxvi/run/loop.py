@@ -27,8 +27,8 @@ from jaxvi.data import Batch, num_data
 from jaxvi.methods.common import float_dtype, tree_where
 from jaxvi.result import FAULT_FINAL_OBJECTIVE, NO_FAULT, Fault, Result, no_fault
 
-__all__ = ["Kept", "RunState", "restore", "STOP_FAULT", "STOP_MAX_STEPS", "STOP_PATIENCE", "STOP_RUNNING", "STOP_TOLERANCE", "drive",
-           "draw_batch", "epoch_order", "finish", "run_until", "start", "step_keys", "take"]
+__all__ = ["Kept", "RunState", "STOP_FAULT", "STOP_MAX_STEPS", "STOP_PATIENCE", "STOP_RUNNING", "STOP_TOLERANCE",
+           "drive", "draw_batch", "epoch_order", "finish", "run_until", "start", "step_keys", "take"]
 
 PyTree = Any
 STOP_RUNNING, STOP_TOLERANCE, STOP_MAX_STEPS, STOP_FAULT, STOP_PATIENCE = range(5)
@@ -51,7 +51,7 @@ class Kept(NamedTuple):
 
     Kept at the cost of the step itself: the method's per-datum fields (``method.per_datum``, which a
     step on a minibatch changes only at the batch's rows) are kept as the rows of ``index`` alone (all
-    rows without a minibatch), the rest of the state whole. ``restore`` puts the rows back into the
+    rows without a minibatch), the rest of the state whole. ``_restore`` puts the rows back into the
     run's state, which differs from the kept one at those rows only.
     """
 
@@ -183,7 +183,7 @@ def finish(method, model, data: PyTree, run: RunState) -> Result:
     schedule = method.schedule(n)
     state = run.heldout.best_state if isinstance(run.heldout, Heldout) else run.state
     fitted = take(data, run.order[0]) if schedule.num_heldout else data  # the training data
-    kept = run.kept._replace(state=restore(method, run.kept, run.state))
+    kept = run.kept._replace(state=_restore(method, run.kept, run.state))
     result, bad = _finalize(method, model, jax.random.fold_in(run.key, _FINAL_STREAM), state, kept, fitted)
     final_fault = result.diagnostics.fault
     if schedule.num_heldout:  # a datum of the training data, as an index of the data given
@@ -205,7 +205,7 @@ def finish(method, model, data: PyTree, run: RunState) -> Result:
                                diagnostics=diagnostics)
 
 
-def restore(method, kept: Kept, state: PyTree) -> PyTree:
+def _restore(method, kept: Kept, state: PyTree) -> PyTree:
     """The kept state: ``kept.state`` with its per-datum fields those of ``state`` with the kept rows put back."""
     fields = {name: _put_rows(getattr(state, name), kept.index, getattr(kept.state, name)) for name in method.per_datum}
     return kept.state._replace(**fields) if fields else kept.state
