@@ -6,13 +6,18 @@ static: it fixes shapes and the E-step algorithm before anything is traced.
 from __future__ import annotations
 
 import dataclasses
+import math
 import operator
 from typing import Any, Callable, NamedTuple
 
 import jax
 
-__all__ = ["Discrete", "Gaussian", "Global", "LatentParts", "Markov", "Real", "discrete_sizes", "exact_family", "is_spec",
+__all__ = ["Discrete", "Gaussian", "Global", "LatentParts", "MAX_ENUMERATED_TABLE", "MAX_ENUMERATED_VALUES",
+           "Markov", "Real", "check_enumeration", "discrete_sizes", "exact_family", "is_spec", "num_values",
            "split_latent"]
+
+MAX_ENUMERATED_VALUES = 2 ** 20  # joint values of a Discrete latent enumerated for one datum (a table row)
+MAX_ENUMERATED_TABLE = 2 ** 28   # elements (data x values x draws) of a table held at once: 1 GiB of float32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -285,6 +290,43 @@ def discrete_sizes(latent) -> tuple[list[int], jax.tree_util.PyTreeDef]:
                 f"latent: exact enumeration needs Discrete specs, got {type(leaf).__name__}: {leaf!r}"
             )
     return [leaf.K for leaf in leaves], treedef
+
+
+def num_values(latent) -> int:
+    """The number of joint values M = prod_j K_j of a ``Discrete`` latent or pytree of them (a Python
+    int, from the specs alone)."""
+    sizes, _ = discrete_sizes(latent)
+    return math.prod(sizes)
+
+
+def check_enumeration(latent, rows: int, who: str, instead: str = "", draws: int = 1) -> None:
+    """Raises ValueError, from the shapes alone and before anything is allocated, when enumerating a
+    ``Discrete`` latent would not fit: more than ``MAX_ENUMERATED_VALUES`` joint values per datum, or a
+    table of ``rows`` data x M values (x ``draws``, each over all M values) of more than
+    ``MAX_ENUMERATED_TABLE`` elements.
+
+    Args:
+      rows: how many data the table holds at once.
+      who: what holds the table (a method and its setting), for the message.
+      instead: what to do instead of a table this large, for the message.
+      draws: draws held at once, each over all the values (1: the table of log-joints itself).
+    """
+    m = num_values(latent)
+    if m > MAX_ENUMERATED_VALUES:
+        raise ValueError(f"latent: {latent!r} has {m:,} joint values (the product of its Discrete sizes) and {who} "
+                         f"holds one entry per datum and value; expected at most {MAX_ENUMERATED_VALUES:,} values "
+                         f"per datum (jaxvi.latents.MAX_ENUMERATED_VALUES). Give the latent fewer joint values (a "
+                         f"Categorical q, jaxvi.SVI(discrete='guide'), holds a probability per value as well)")
+    total = rows * m * draws
+    if total > MAX_ENUMERATED_TABLE:
+        per = f" x {draws:,} draws" if draws > 1 else ""
+        advice = [instead] if instead else []
+        if draws > 1 and rows * m <= MAX_ENUMERATED_TABLE:
+            advice.append(f"draw at most {MAX_ENUMERATED_TABLE // (rows * m):,} particles (num_particles, "
+                          f"num_eval_particles)")
+        raise ValueError(f"latent: {who} holds a table of {rows:,} data x {m:,} values{per} = {total:,} elements at "
+                         f"once; expected at most {MAX_ENUMERATED_TABLE:,} (jaxvi.latents.MAX_ENUMERATED_TABLE)"
+                         + "".join(f". {a[0].upper()}{a[1:]}" for a in advice))
 
 
 def is_spec(node) -> bool:

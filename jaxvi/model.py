@@ -16,7 +16,6 @@ import numpy as np
 
 from jaxvi import equality
 from jaxvi.data import Sequences
-from jaxvi.exact.enumerate import latent_values
 from jaxvi.latents import Gaussian, Real, exact_family, is_spec, split_latent
 
 __all__ = ["Model", "check_data", "check_key", "check_model", "is_traced"]
@@ -198,6 +197,8 @@ def check_model(model: Model, data: PyTree, key: jax.Array, params: PyTree | Non
         if any(len(shape) < 2 for shape in shapes):
             raise ValueError(f"data: a Markov latent needs sequences, every leaf of shape (N, T, ...) "
                              f"(sequences, steps, ...), got shapes {shapes}")
+    if params is not None:
+        _check_init_params(params)
     if params is None:
         try:
             params = jax.eval_shape(model.init, key, data)
@@ -216,7 +217,7 @@ def check_model(model: Model, data: PyTree, key: jax.Array, params: PyTree | Non
         if family is None:
             z = None
         elif family == "discrete":
-            z = jax.tree_util.tree_map(lambda v: v[0], latent_values(parts.local))
+            z = jax.tree_util.tree_map(lambda spec: jax.ShapeDtypeStruct((), jnp.int32), parts.local, is_leaf=is_spec)
         else:  # Gaussian, or continuous Real specs
             z = _continuous_value(parts.local)
         trials = [(z, "one datum x")]
@@ -233,6 +234,25 @@ def check_model(model: Model, data: PyTree, key: jax.Array, params: PyTree | Non
         if not jnp.issubdtype(out.dtype, jnp.floating):
             raise ValueError(f"log_joint: expected a real floating-point scalar, got dtype {out.dtype}")
     return params
+
+
+def _check_init_params(params: PyTree) -> None:
+    """Raises ValueError unless every leaf of ``init_params`` is a numeric array jax can hold, and a
+    concrete floating one is finite."""
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        name = f"init_params{jax.tree_util.keystr(path)}"
+        if isinstance(leaf, jax.core.Tracer):
+            continue
+        try:
+            array = jnp.asarray(leaf)
+        except (OverflowError, TypeError, ValueError) as err:
+            raise ValueError(f"{name}: expected a numeric array, got {leaf!r} ({err})") from None
+        if not (jnp.issubdtype(array.dtype, jnp.number) or array.dtype == jnp.bool_):
+            raise ValueError(f"{name}: expected a numeric array, got dtype {array.dtype}")
+        values = np.asarray(array)
+        if np.issubdtype(values.dtype, np.inexact) and not np.isfinite(values).all():
+            bad = np.argwhere(~np.isfinite(values))[0]
+            raise ValueError(f"{name}: expected finite values, got {values[tuple(bad)]} at index {tuple(bad.tolist())}")
 
 
 def _continuous_value(latent) -> PyTree:

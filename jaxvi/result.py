@@ -10,30 +10,35 @@ import jax.numpy as jnp
 from jaxvi.model import check_data, is_traced
 
 __all__ = ["Result", "Fault", "no_fault", "NO_FAULT", "FAULT_LOG_EVIDENCE", "FAULT_PARAMS", "FAULT_NOT_QUADRATIC",
-           "FAULT_OBJECTIVE", "FAULT_GRADIENT", "OBJECTIVE_TERMS"]
+           "FAULT_OBJECTIVE", "FAULT_GRADIENT", "FAULT_FINAL_OBJECTIVE", "FAULT_FINAL_PARAMS", "OBJECTIVE_TERMS"]
 
 PyTree = Any
 
-NO_FAULT, FAULT_LOG_EVIDENCE, FAULT_PARAMS, FAULT_NOT_QUADRATIC, FAULT_OBJECTIVE, FAULT_GRADIENT = range(6)
+(NO_FAULT, FAULT_LOG_EVIDENCE, FAULT_PARAMS, FAULT_NOT_QUADRATIC, FAULT_OBJECTIVE, FAULT_GRADIENT,
+ FAULT_FINAL_OBJECTIVE, FAULT_FINAL_PARAMS) = range(8)
 OBJECTIVE_TERMS = ("log_joint", "log_det_jacobian", "log_q", "log_prior")  # what Fault.term indexes
 
 
 class Fault(NamedTuple):
-    """The first numerical fault of a run, which stopped it.
+    """The first numerical fault of a run, which stopped it (or made its final evaluation fail).
 
     Attributes:
-      iteration: the iteration it happened in (-1: none).
+      iteration: the iteration it happened in (-1: none); for kinds 6 and 7, the steps taken before
+        the final evaluation.
       kind: 0 none; 1 the log evidence was non-finite (EM); 2 an update made parameters
-        non-finite (EM); 3 a ``Gaussian`` latent's log-joint was not quadratic in z (or its
-        precision not positive definite); 4 the objective was non-finite (SVI); 5 a gradient was
-        non-finite (SVI).
-      index: kinds 1 and 3: the first datum concerned (-1 if only the log prior was); kind 2: the
-        index of the first non-finite leaf in ``jax.tree_util.tree_leaves(params)``; kind 4: the
-        first datum whose log-joint was not finite (-1 if another term was); kind 5: the index of
-        the first non-finite leaf in ``jax.tree_util.tree_leaves((params, guide_params))``.
+        non-finite; 3 a ``Gaussian`` latent's log-joint was not quadratic in z (or its
+        precision not positive definite); 4 the objective was non-finite (SVI, amortized); 5 a
+        gradient was non-finite (SVI, amortized); 6 the final objective (``finalize``: all the data,
+        the evaluation particles) was non-finite; 7 a final parameter leaf was non-finite.
+      index: kinds 1 and 3: the first datum concerned (-1 if only the log prior was); kinds 2, 5
+        and 7: the index of the first non-finite leaf in
+        ``jax.tree_util.tree_leaves((params, guide_params))`` (the ``Result``'s; for EM, of
+        ``params``); kind 4: the first datum whose log-joint was not finite (-1 if another term
+        was); kind 6: as kind 4 for an ELBO, as kind 1 for log p(D).
       term: kind 4: which term of the objective was not finite first, an index into
         ``OBJECTIVE_TERMS`` (log_joint, log_det_jacobian, log_q, log_prior); kind 1 of a streamed
-        E-step: the end of the chunk ``[index, term)`` the datum is in; else -1.
+        E-step: the end of the chunk ``[index, term)`` the datum is in; kind 6: as kind 4 for an
+        ELBO, as kind 1 for log p(D); else -1.
     """
 
     iteration: jax.Array
@@ -88,10 +93,22 @@ class Result:
         SVI: the fitted guide, a ``FittedGuide`` (``.sample(key, n)``, ``.mean()``, ``.stddev()``),
         one q for a global latent or one per training datum; ``data`` is not needed (for a
         latent that was summed out, the exact posterior on ``data``).
+
+        Raises:
+          ValueError: ``data`` that the model (or the encoder) cannot take, e.g. another number of
+            features than the fitted data's.
         """
         data = None if data is None else check_data(data)
         if is_traced(data, self.params):
             return self.method.posterior(self, data)
+        try:  # traced abstractly first: data the model cannot take are a ValueError, not an error from XLA
+            _posterior.eval_shape(self, data)
+        except ValueError:
+            raise
+        except Exception as err:
+            shapes = jax.tree_util.tree_map(lambda a: tuple(a.shape), data)
+            raise ValueError(f"data: expected data whose every datum the fitted model takes (as the data it was "
+                             f"fitted to), got shapes {shapes}, on which the posterior failed: {err}") from None
         return _posterior(self, data)
 
     def summary(self) -> str:

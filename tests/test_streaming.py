@@ -103,3 +103,38 @@ def test_online_em_refuses_a_batch_larger_than_the_data():
     gm = jaxvi.models.gaussian_mixture(2)
     with pytest.raises(ValueError, match="OnlineEM\\(batch_size\\): expected at most the number of data, 10"):
         jaxvi.infer(gm.model, jaxvi.OnlineEM(gm.statistics, batch_size=11), np.zeros((10, 2), np.float32), key=KEY)
+
+
+def test_online_em_s_final_fault_names_the_chunk_and_keeps_the_last_finite_step():
+    """A datum no minibatch drew breaks the log-joint: the steps never see it, the final log p(D) on all the data
+    does (it used to come back as -inf with no fault). err.result holds the last step's parameters and its
+    minibatch estimate of log p(D), the last finite value the fit had."""
+    from jaxvi.chunks import minibatch
+    from jaxvi.run import step_keys
+
+    n, batch_size, steps = 1000, 10, 5
+    gm = jaxvi.models.gaussian_mixture(3)
+    _, run_key = jax.random.split(KEY)
+    batches = [minibatch(step_keys(run_key, jnp.asarray(t))[1], n, batch_size) for t in range(steps)]
+    trap = int(np.setdiff1d(np.arange(300, 384), np.concatenate(batches))[0])
+    x = clusters(n).astype(np.float32)
+    x[trap, 0] = 123.0
+
+    def log_joint(params, z, x):
+        return gm.model.log_joint(params, z, x) + jnp.where(x[0] == 123.0, jnp.nan, 0.0)
+
+    model = jaxvi.Model(log_joint, gm.model.latent, gm.model.init)
+    method = jaxvi.OnlineEM(gm.statistics, batch_size=batch_size, num_steps=steps, chunk_size=128)
+    with pytest.raises(FloatingPointError, match=r"OnlineEM's final evaluation \(on all the data, after 5 steps\) "
+                                                 r"failed: log p\(x_i\) was not finite for a datum in \[256, 384\)"
+                       ) as err:
+        jaxvi.infer(model, method, x, key=KEY, progress=False)
+    result = err.value.result
+    state = method.init(model, jax.random.split(KEY)[0], jnp.asarray(x))
+    step = jax.jit(lambda s, index: method.step(model, KEY, s, jaxvi.Batch(index, jnp.asarray(x)[index]), num_data=n))
+    for index in batches:
+        kept, (state, info) = state, step(state, index)
+    assert int(result.n_iter) == steps - 1 and np.isfinite(float(info.objective))
+    np.testing.assert_allclose(float(result.objective), float(info.objective), rtol=1e-5)
+    for a, b in zip(jax.tree_util.tree_leaves(result.params), jax.tree_util.tree_leaves(kept.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

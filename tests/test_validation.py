@@ -2,6 +2,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import jaxvi
@@ -72,7 +73,9 @@ def test_initial_params_with_non_finite_log_joint_are_rejected():
     model = jaxvi.Model(log_joint, jaxvi.Discrete(2), lambda key, data: jnp.array([-1.0, jnp.nan]))
     with pytest.raises(ValueError, match=r"init: expected initial parameters at which log_joint is finite.*datum 0"):
         fit(model)
-    with pytest.raises(ValueError, match=r"init: expected initial parameters"):
+    with pytest.raises(ValueError, match=r"init: expected initial parameters at which log_joint is finite"):
+        fit(init_params=jnp.array([3e19, -3e19]))  # finite, but (x - 3e19)^2 overflows float32
+    with pytest.raises(ValueError, match=r"init_params: expected finite values, got inf at index \(0,\)"):
         fit(init_params=jnp.array([jnp.inf, -jnp.inf]))
 
 
@@ -159,3 +162,110 @@ def test_bad_vi_inputs():
         fit(vae.model, np.zeros((10, 3), np.float32), jaxvi.Amortized(num_steps=2, batch_size=10))
     with pytest.raises(ValueError, match=r"data: expected data of 3 values per datum"):
         fit(vae.model, np.zeros((10, 4), np.float32), jaxvi.Amortized(num_steps=2, batch_size=5))
+
+
+GLOBAL = jaxvi.Global({"mu": jaxvi.Real(())}, lambda p, z: -z["mu"] ** 2)
+
+
+@pytest.mark.parametrize("make_fit, message", [
+    (lambda: fit(jaxvi.Model(lambda p, z, x: -jnp.sum((x - z["mu"] * p["s"]) ** 2), GLOBAL, lambda k, d: {"s": 1.0}),
+                 GOOD, jaxvi.SVI(num_steps=2), init_params={"s": 1}),
+     r"init_params: expected floating-point params, as SVI follows their gradient, got dtype int32 for leaf "
+     r"params\['s'\]"),
+    (lambda: fit(jaxvi.Model(lambda p, z, x: -jnp.sum((x - z["mu"] * p["s"]) ** 2), GLOBAL,
+                             lambda k, d: {"s": jnp.array(1)}), GOOD, jaxvi.SVI(num_steps=2)),
+     r"init: expected floating-point params, as SVI follows their gradient, got dtype int32 for leaf params\['s'\]"),
+    (lambda: fit(jaxvi.Model(lambda p, z, x: log_joint(p["loc"], z, x) + 0.0 * p["n"], jaxvi.Discrete(2),
+                             lambda k, d: {"loc": jnp.array([-1.0, 1.0]), "n": jnp.array(2)})),
+     r"init: expected floating-point params, as EM's gradient M-step follows their gradient, got dtype int32"),
+    (lambda: fit(jaxvi.models.vae(2, 2).model, GOOD, jaxvi.Amortized(num_steps=2, batch_size=5),
+                 init_params=jax.tree_util.tree_map(lambda a: a.astype(jnp.int32),
+                                                    jaxvi.models.vae(2, 2).model.init(KEY, jnp.asarray(GOOD)))),
+     r"init_params: expected floating-point params, as Amortized follows their gradient"),
+    (lambda: fit(init_params=2 ** 40), r"init_params: expected a numeric array, got 1099511627776 .*too large"),
+    (lambda: fit(init_params={"loc": 2 ** 40}), r"init_params\['loc'\]: expected a numeric array"),
+])
+def test_integer_params_for_a_gradient_method_are_value_errors(make_fit, message):
+    """jax.grad of an integer leaf used to raise a TypeError (and a Python int beyond int32 an OverflowError)."""
+    with pytest.raises(ValueError, match=message):
+        make_fit()
+
+
+def test_a_closed_form_m_step_takes_integer_params():
+    """Only methods that follow the gradient in the params need them floating."""
+    model = jaxvi.Model(lambda p, z, x: log_joint(p["loc"], z, x) + 0.0 * p["n"], jaxvi.Discrete(2),
+                        lambda k, d: {"loc": jnp.array([-1.0, 1.0]), "n": jnp.array(2)})
+    result = fit(model, method=jaxvi.EM(max_iter=3, m_step=lambda params, data, post: params))
+    assert int(result.params["n"]) == 2 and np.isfinite(float(result.objective))
+
+
+@pytest.mark.parametrize("make", [lambda: jaxvi.SVI(optimizer=optax.lbfgs()),
+                                  lambda: jaxvi.SVI(optimizer=optax.lbfgs, learning_rate=0.1),
+                                  lambda: jaxvi.SVI(local_optimizer=optax.lbfgs()),
+                                  lambda: jaxvi.Amortized(num_steps=1, optimizer=optax.lbfgs())])
+def test_a_line_search_optimizer_is_refused_for_stochastic_gradients(make):
+    """optax.lbfgs needs the objective's value and a value_fn: it used to fail with a TypeError inside the step."""
+    with pytest.raises(ValueError, match=r"\(optimizer\): expected an optax transformation a gradient step calls as "
+                                         r"update\(gradient, state, params\).*value_fn"):
+        make()
+    jaxvi.EM(m_step_optimizer=optax.lbfgs())  # where it belongs
+
+
+def test_a_posterior_of_data_with_other_features_is_a_value_error():
+    """It used to fail inside the log-joint (or the encoder) with a broadcasting TypeError."""
+    gm = jaxvi.models.gaussian_mixture(2)
+    result = fit(gm.model, method=jaxvi.EM(m_step=gm.m_step, max_iter=2))
+    with pytest.raises(ValueError, match=r"data: expected data whose every datum the fitted model takes .* got shapes "
+                                         r"\(5, 3\)"):
+        result.posterior(np.zeros((5, 3), np.float32))
+    assert result.posterior(GOOD[:5]).probs.shape == (5, 2)
+    vae = jaxvi.models.vae(2, 2)
+    amortized = fit(vae.model, GOOD, jaxvi.Amortized(num_steps=2, batch_size=5))
+    with pytest.raises(ValueError, match=r"data: expected data whose every datum the fitted model takes"):
+        amortized.posterior(np.zeros((5, 4), np.float32))
+
+
+def _peak_rss_gib() -> float:
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # kilobytes on Linux
+
+
+@pytest.mark.parametrize("make_fit, message", [
+    (lambda: fit(jaxvi.Model(lambda p, z, x: -jnp.sum((x - p * z) ** 2), jaxvi.Discrete(10 ** 7), init), GOOD[:5]),
+     r"latent: Discrete\(K=10000000\) has 10,000,000 joint values .* EM's E-step .* expected at most 1,048,576 values "
+     r"per datum \(jaxvi.latents.MAX_ENUMERATED_VALUES\)"),
+    (lambda: fit(jaxvi.Model(lambda p, z, x: -jnp.sum((x - p * z) ** 2), jaxvi.Discrete(10 ** 7), init), GOOD,
+                 jaxvi.SVI(num_steps=2, num_particles=2)),
+     r"10,000,000 joint values .* SVI's Categorical q_i .* expected at most 1,048,576 values per datum"),
+    (lambda: fit(jaxvi.Model(lambda p, z, x: -jnp.sum((x - p * (z[0] + z[1] + z[2])) ** 2), (jaxvi.Discrete(1000),) * 3,
+                             init), GOOD),
+     r"1,000,000,000 joint values \(the product of its Discrete sizes\)"),
+    (lambda: fit(jaxvi.Model(lambda p, z, x: -jnp.sum((x - p * z) ** 2), jaxvi.Discrete(2 ** 10), init),
+                 np.zeros((2 ** 19, 1), np.float32)),
+     r"latent: EM's E-step \(the posterior of all the data\) holds a table of 524,288 data x 1,024 values = "
+     r"536,870,912 elements at once; expected at most 268,435,456 \(jaxvi.latents.MAX_ENUMERATED_TABLE\). Stream the "
+     r"E-step .* jaxvi.Statistics M-step"),
+    (lambda: fit(jaxvi.Model(lambda p, z, x: -jnp.sum((x - p * (z[0] + z[1])) ** 2), (jaxvi.Discrete(300),) * 2, init),
+                 np.zeros((1000, 1), np.float32), jaxvi.SVI(num_steps=2, num_particles=2)),
+     r"SVI's Categorical q_i .* holds a table of 1,000 data x 90,000 values x 100 draws = 9,000,000,000 elements at "
+     r"once; expected at most 268,435,456 .* Draw at most 2 particles"),
+])
+def test_an_enumeration_too_large_is_refused_from_the_shapes_before_allocating(make_fit, message):
+    """These used to die inside XLA (RESOURCE_EXHAUSTED, 802 GB), allocate 22.4 GiB in validation (np.indices) or
+    take 3.9 GB; now the sizes are checked against documented bounds before anything is allocated."""
+    before = _peak_rss_gib()
+    with pytest.raises(ValueError, match=message):
+        make_fit()
+    assert _peak_rss_gib() - before < 0.5
+
+
+def test_the_enumeration_bounds_admit_what_fits():
+    from jaxvi.latents import MAX_ENUMERATED_TABLE, MAX_ENUMERATED_VALUES
+    assert (MAX_ENUMERATED_VALUES, MAX_ENUMERATED_TABLE) == (2 ** 20, 2 ** 28)
+    model = jaxvi.Model(lambda p, z, x: -jnp.sum((x - p * z) ** 2), jaxvi.Discrete(2 ** 10), init)
+    big = np.zeros((2 ** 19, 1), np.float32)
+    gm = jaxvi.models.gaussian_mixture(2 ** 10)
+    jaxvi.EM(m_step=gm.statistics, chunk_size=2 ** 10).check(model, big)   # streamed: a chunk at a time
+    jaxvi.EM().check(model, big[: 2 ** 18])                                 # the bound itself
+    with pytest.raises(ValueError, match="smaller chunk_size"):
+        jaxvi.EM(m_step=gm.statistics, chunk_size=2 ** 19).check(model, big)

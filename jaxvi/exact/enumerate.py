@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxvi.chunks import map_data, sum_data
-from jaxvi.latents import discrete_sizes
+from jaxvi.latents import check_enumeration, discrete_sizes
 
 __all__ = ["DiscretePosterior", "elbo", "expected_log_joint", "latent_values", "log_joint_table", "posterior"]
 
@@ -33,8 +33,12 @@ def latent_values(latent) -> PyTree:
 
     For one ``Discrete(K)``: ``arange(K)``. For several, the leaves enumerate the product of
     their values in row-major order, so ``M = prod(K_j)``.
+
+    Raises:
+      ValueError: M is more than ``jaxvi.latents.MAX_ENUMERATED_VALUES`` (checked before allocating).
     """
     sizes, treedef = discrete_sizes(latent)
+    check_enumeration(latent, 1, "enumeration")
     grid = np.indices(sizes).reshape(len(sizes), -1)
     return jax.tree_util.tree_unflatten(treedef, [jnp.asarray(row, jnp.int32) for row in grid])
 

@@ -30,13 +30,14 @@ from jax import lax
 
 from jaxvi.data import num_data as num_rows
 from jaxvi.latents import split_latent
-from jaxvi.methods.common import batch_rows, float_dtype, tree_where
+from jaxvi.methods.common import (batch_rows, check_floating, final_fault, float_dtype, leaves_finite, objective_fault,
+                                 step_fault, tree_where)
 from jaxvi.methods.protocol import Info
 from jaxvi.methods.settings import check_count, settings
 from jaxvi.methods.svi import check_optimizer, make_optimizer
 from jaxvi.model import Model
 from jaxvi.nn import Network, mlp
-from jaxvi.result import FAULT_GRADIENT, FAULT_OBJECTIVE, NO_FAULT, Fault, Result, no_fault
+from jaxvi.result import NO_FAULT, Fault, Result
 from jaxvi.run.schedule import Schedule
 from jaxvi.vi.elbo import ELBOSpec, Guided, elbo
 from jaxvi.vi.fitted import FittedGuide, GlobalLocal
@@ -145,6 +146,7 @@ class Amortized:
     global_guide: Any = MeanField()
 
     reports = "ELBO"
+    per_datum = ()
 
     def __post_init__(self):
         if (self.num_steps is None) == (self.num_epochs is None):
@@ -217,7 +219,8 @@ class Amortized:
     def init(self, model: Model, key: jax.Array, data: PyTree, params: PyTree | None = None) -> AmortizedState:
         """θ from ``model.init``, φ from the encoder, a global ψ where there are global latents."""
         model_key, encoder_key, shared_key, global_key = jax.random.split(key, 4)
-        params = model.init(model_key, data) if params is None else params
+        given, params = params is not None, model.init(model_key, data) if params is None else params
+        check_floating(params, given, "Amortized")
         params = jax.tree_util.tree_map(lambda a: lax.convert_element_type(a, jnp.result_type(a)), params)
         spec, dtype = self.elbo_spec(model), float_dtype(data)
         dim = spec.local.space.dim
@@ -234,39 +237,39 @@ class Amortized:
         ``num_data`` training data. A faulty step returns ``state``."""
         _, rows = batch_rows(batch, num_data, None)
         scale = num_data / num_rows(rows)
-        spec = self.elbo_spec(model)
 
         def objective(trainable):
-            params, variational, global_psi = trainable
-            psi = self._encode(variational, rows, spec.local.space.dim)
-            bound = elbo(spec, model, params, global_psi, psi, rows, key, scale, self.num_particles)
+            bound = self._step_bound(model, key, AmortizedState(*trainable, None), rows, scale)
             return bound.surrogate, bound.bound
 
         trainable = (state.params, state.variational, state.global_psi)
         (_, bound), grads = jax.value_and_grad(objective, has_aux=True)(trainable)
         grads = jax.tree_util.tree_map(jnp.negative, grads)
-        leaf_finite = jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves(grads)])
-        bad_objective, bad_gradient = ~jnp.isfinite(bound), ~jnp.all(leaf_finite)
-        kind = jnp.where(bad_objective, FAULT_OBJECTIVE, jnp.where(bad_gradient, FAULT_GRADIENT, NO_FAULT))
-        fault = Fault(jnp.array(-1, jnp.int32), kind.astype(jnp.int32),
-                      jnp.where(bad_gradient & ~bad_objective, jnp.argmin(leaf_finite), -1).astype(jnp.int32),
-                      jnp.array(-1, jnp.int32))
         updates, opt_state = self._optimizer().update(grads, state.opt_state, trainable)
-        moved = AmortizedState(*optax.apply_updates(trainable, updates), opt_state)
-        return tree_where(kind == NO_FAULT, moved, state), Info(bound, fault)
+        moved = optax.apply_updates(trainable, updates)
+        fault = step_fault(bound, leaves_finite(_fit_tree(*grads)), leaves_finite(_fit_tree(*moved)))
+        return tree_where(fault.kind == NO_FAULT, AmortizedState(*moved, opt_state), state), Info(bound, fault)
+
+    def explain(self, model: Model, key: jax.Array, state: AmortizedState, batch: PyTree, *, num_data) -> Fault:
+        """A non-finite step's fault, with the term and the datum it came from (the step replayed)."""
+        index, rows = batch_rows(batch, num_data, None)
+        return objective_fault(self._step_bound(model, key, state, rows, num_data / num_rows(rows)), index)
 
     def evaluate(self, model: Model, key: jax.Array, state: AmortizedState, data: PyTree) -> jax.Array:
         """The ELBO of held-out ``data`` (``num_particles`` per datum; the plain ELBO)."""
         return self._bound(model, state, data, key, self.num_particles, "elbo").bound
 
     def finalize(self, model: Model, key: jax.Array, state: AmortizedState, data: PyTree) -> Result:
-        """The ELBO of ``data`` (the training data, in a run) with ``num_eval_particles`` per datum."""
+        """The ELBO of ``data`` (the training data, in a run) with ``num_eval_particles`` per datum. A
+        non-finite ELBO (which term, which datum) or parameter leaf is the result's ``diagnostics.fault``."""
         bound = self._bound(model, state, data, key, self.num_eval_particles, "elbo")
         value = bound.bound.astype(float_dtype(data))
         nan = jnp.array(jnp.nan, value.dtype)
+        params, guide_params = _fit_tree(state.params, state.variational, state.global_psi)
+        where = objective_fault(bound)
         diagnostics = AmortizedDiagnostics(bound.stderr.astype(value.dtype), nan, nan[None], jnp.array(0, jnp.int32),
-                                           no_fault(), value[None], jnp.array(0, jnp.int32))
-        guide_params = state.variational if state.global_psi is None else GlobalLocal(state.global_psi, state.variational)
+                                           final_fault(value, params, guide_params, where.index, where.term),
+                                           value[None], jnp.array(0, jnp.int32))
         return Result(state.params, value, value[None], jnp.array(0, jnp.int32), jnp.array(False), diagnostics, model,
                       self, guide_params=guide_params)
 
@@ -358,6 +361,12 @@ class Amortized:
 
         return jax.vmap(one)(data)
 
+    def _step_bound(self, model, key, state: AmortizedState, rows, scale):
+        """A step's bound on ``rows``, scaled by ``scale`` = N/B (``num_particles`` per datum)."""
+        spec = self.elbo_spec(model)
+        psi = self._encode(state.variational, rows, spec.local.space.dim)
+        return elbo(spec, model, state.params, state.global_psi, psi, rows, key, scale, self.num_particles)
+
     def _bound(self, model, state: AmortizedState, data, key, num_particles, objective):
         spec = self.elbo_spec(model, objective)
         psi = self._encode(state.variational, data, spec.local.space.dim)
@@ -397,6 +406,11 @@ def _evaluate(model, num_particles, method, state, data, key):
     """``Amortized.elbo``'s bound, compiled once per model, particle count and method structure."""
     bound = method._bound(model, state, data, key, num_particles, "elbo")
     return bound.bound, bound.stderr
+
+
+def _fit_tree(params, variational, global_psi) -> tuple[PyTree, PyTree]:
+    """``(params, guide_params)`` of a result: the encoder side, with ``Global`` latents a ``GlobalLocal``."""
+    return params, (variational if global_psi is None else GlobalLocal(global_psi, variational))
 
 
 def _split(guide_params) -> tuple[AmortizedParams, PyTree]:

@@ -1,4 +1,4 @@
-"""Small pieces the methods share: dtypes, batches, accurate sums, tree selects."""
+"""Small pieces the methods share: dtypes, batches, accurate sums, tree selects, finiteness checks."""
 from __future__ import annotations
 
 from typing import Any
@@ -8,8 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxvi.data import Batch, num_data as num_rows
+from jaxvi.result import (FAULT_FINAL_OBJECTIVE, FAULT_FINAL_PARAMS, FAULT_GRADIENT, FAULT_OBJECTIVE, FAULT_PARAMS,
+                          NO_FAULT, Fault)
 
-__all__ = ["batch_rows", "float_dtype", "full_data", "sum_accurately", "tree_where"]
+__all__ = ["batch_rows", "check_floating", "final_fault", "float_dtype", "full_data", "leaves_finite",
+           "objective_fault", "step_fault", "sum_accurately", "tree_where"]
 
 PyTree = Any
 
@@ -76,6 +79,63 @@ def sum_accurately(values: jax.Array) -> jax.Array:
         summed = values[: 2 * pairs].reshape(pairs, 2, *values.shape[1:]).sum(axis=1)
         values = summed.at[0].add(values[-1]) if values.shape[0] % 2 else summed
     return jnp.sum(values, axis=0)
+
+
+def leaves_finite(tree: PyTree) -> jax.Array:
+    """``(L + 1,)``: whether each of the L leaves of ``tree`` is all finite, then a closing True (so
+    ``jnp.all`` and ``jnp.argmin``, the first non-finite leaf, work for a tree without leaves)."""
+    return jnp.stack([jnp.all(jnp.isfinite(a)) for a in jax.tree_util.tree_leaves(tree)] + [jnp.array(True)])
+
+
+def step_fault(objective: jax.Array, gradient_finite: jax.Array, moved_finite: jax.Array) -> Fault:
+    """The fault of a gradient step, the first of: a non-finite objective (kind 4; which term and datum
+    are left to ``objective_fault``, -1 here), a non-finite gradient (kind 5), a non-finite updated
+    parameter (kind 2). ``gradient_finite`` and ``moved_finite`` are ``leaves_finite`` of the gradient
+    and of the updated parameters, both in the order of ``(params, guide_params)``."""
+    bad_objective, bad_gradient, bad_moved = ~jnp.isfinite(objective), ~jnp.all(gradient_finite), ~jnp.all(moved_finite)
+    kind = jnp.select([bad_objective, bad_gradient, bad_moved], [FAULT_OBJECTIVE, FAULT_GRADIENT, FAULT_PARAMS],
+                      NO_FAULT)
+    index = jnp.select([bad_objective, bad_gradient, bad_moved],
+                       [-1, jnp.argmin(gradient_finite), jnp.argmin(moved_finite)], -1)
+    minus_one = jnp.array(-1, jnp.int32)
+    return Fault(minus_one, kind.astype(jnp.int32), index.astype(jnp.int32), minus_one)
+
+
+def objective_fault(bound, index: jax.Array | None = None) -> Fault:
+    """Kind 4 for a ``jaxvi.vi.elbo.Bound`` that is not finite: the first term of ``OBJECTIVE_TERMS``
+    that was not finite, and for the log-joint the first datum whose log-joint was not (an index of
+    the data: row ``index[i]`` of a minibatch; -1 for other terms); else no fault."""
+    bad = ~jnp.isfinite(bound.bound)
+    term = jnp.where(bad, jnp.argmin(bound.finite), -1)
+    datum = bound.first_bad_datum if index is None else index[bound.first_bad_datum]
+    datum = jnp.where(bad & (term == 0), datum, -1)
+    return Fault(jnp.array(-1, jnp.int32), jnp.where(bad, FAULT_OBJECTIVE, NO_FAULT).astype(jnp.int32),
+                 datum.astype(jnp.int32), term.astype(jnp.int32))
+
+
+def final_fault(objective: jax.Array, params: PyTree, guide_params: PyTree = None, index=-1, term=-1) -> Fault:
+    """The fault of a method's final evaluation (``finalize``): a non-finite leaf of
+    ``(params, guide_params)`` (kind 7, its index), else a non-finite objective (kind 6; ``index`` and
+    ``term`` say where, as ``Fault`` describes), else none."""
+    leaf_finite = leaves_finite((params, guide_params))
+    bad_params, bad_objective = ~jnp.all(leaf_finite), ~jnp.isfinite(objective)
+    kind = jnp.where(bad_params, FAULT_FINAL_PARAMS, jnp.where(bad_objective, FAULT_FINAL_OBJECTIVE, NO_FAULT))
+    index = jnp.where(bad_params, jnp.argmin(leaf_finite), jnp.where(bad_objective, index, -1))
+    term = jnp.where(~bad_params & bad_objective, term, -1)
+    return Fault(jnp.array(-1, jnp.int32), kind.astype(jnp.int32), jnp.asarray(index).astype(jnp.int32),
+                 jnp.asarray(term).astype(jnp.int32))
+
+
+def check_floating(params: PyTree, given: bool, who: str) -> None:
+    """Raises ValueError unless every leaf of ``params`` is floating point (a method that follows the
+    gradient in θ differentiates every leaf). ``given``: the user passed them (``init_params``)."""
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        dtype = jnp.result_type(leaf)
+        if not jnp.issubdtype(dtype, jnp.floating):
+            name = "init_params" if given else "init"
+            raise ValueError(f"{name}: expected floating-point params, as {who} follows their gradient, got dtype "
+                             f"{dtype} for leaf params{jax.tree_util.keystr(path)}; make it a float, or a constant "
+                             f"of the model (a closure of log_joint) if it is not to be fitted")
 
 
 def tree_where(pred, on_true: PyTree, on_false: PyTree) -> PyTree:

@@ -28,11 +28,11 @@ from jax import lax
 
 from jaxvi import exact
 from jaxvi.chunks import num_data as num_data_of
-from jaxvi.latents import Gaussian, exact_family
-from jaxvi.methods.common import float_dtype, full_data, sum_accurately
+from jaxvi.latents import Gaussian, check_enumeration, exact_family
+from jaxvi.methods.common import check_floating, final_fault, float_dtype, full_data, sum_accurately
 from jaxvi.methods.settings import check_count, check_number, settings
 from jaxvi.model import Model
-from jaxvi.result import FAULT_LOG_EVIDENCE, FAULT_NOT_QUADRATIC, FAULT_PARAMS, NO_FAULT, Fault, Result, no_fault
+from jaxvi.result import FAULT_LOG_EVIDENCE, FAULT_NOT_QUADRATIC, FAULT_PARAMS, NO_FAULT, Fault, Result
 from jaxvi.run.schedule import Change, Schedule
 from jaxvi.statistics import Statistics, streamed_e_step
 
@@ -124,6 +124,7 @@ class EM:
     chunk_size: int = 1024
 
     reports = "log p(D)"
+    per_datum = ()
 
     def __post_init__(self):
         for name in ("max_iter", "n_init", "m_step_iters", "chunk_size"):
@@ -140,7 +141,15 @@ class EM:
 
         Warns when the E-step is a Laplace approximation (``Gaussian(d, laplace=True)``).
         """
-        exact_family(model.latent)
+        if exact_family(model.latent) == "discrete" and data is not None:
+            n = num_data_of(data)
+            if isinstance(self.m_step, Statistics):
+                check_enumeration(model.latent, min(self.chunk_size, n), "EM's streamed E-step (a chunk of chunk_size "
+                                  "data at a time)", "Give EM a smaller chunk_size")
+            else:
+                check_enumeration(model.latent, n, "EM's E-step (the posterior of all the data)",
+                                  "Stream the E-step chunk_size data at a time with a jaxvi.Statistics M-step "
+                                  "(EM(m_step=statistics)), or fit minibatches with jaxvi.OnlineEM")
         if isinstance(model.latent, Gaussian) and model.latent.laplace:
             warnings.warn("EM with Gaussian(laplace=True): the E-step is the Laplace approximation, so the "
                           "objective is an approximate log p(D) and need not rise every iteration",
@@ -162,11 +171,14 @@ class EM:
         """The exact posterior of ``data`` at the fitted parameters (what ``Result.posterior`` returns)."""
         if data is None:
             raise ValueError("data: expected the data whose exact posterior to compute, got None")
+        _check_posterior_size(result.model, data)
         return self.e_step(result.model, result.params, data)
 
     def init(self, model: Model, key: jax.Array, data: PyTree, params: PyTree | None = None) -> EMState:
         """The state before the first iteration, from ``model.init(key, data)`` or given ``params``."""
-        params = model.init(key, data) if params is None else params
+        given, params = params is not None, model.init(key, data) if params is None else params
+        if self.m_step is None:
+            check_floating(params, given, "EM's gradient M-step")
         params = jax.tree_util.tree_map(lambda a: lax.convert_element_type(a, jnp.result_type(a)), params)
         return EMState(params, params, jnp.array(-jnp.inf, float_dtype(data)), jnp.array(0, jnp.int32), jnp.array(False))
 
@@ -218,9 +230,11 @@ class EM:
         return new_state, EMInfo(log_evidence, fault_of(leaf_finite))
 
     def finalize(self, model: Model, key: jax.Array, state: EMState, data: PyTree) -> Result:
-        """The last evaluated parameters and their log p(D) (no further E-step)."""
+        """The last evaluated parameters and their log p(D) (no further E-step); a non-finite one
+        (only before the first step) is the result's ``diagnostics.fault``."""
         objective = state.log_evidence
-        diagnostics = EMDiagnostics(state.m_step_rejections, no_fault(), objective[None], jnp.array(0, jnp.int32))
+        diagnostics = EMDiagnostics(state.m_step_rejections, final_fault(objective, state.evaluated), objective[None],
+                                    jnp.array(0, jnp.int32))
         return Result(state.evaluated, objective, objective[None], jnp.array(0, jnp.int32), jnp.array(False),
                       diagnostics, model, self)
 
@@ -271,6 +285,12 @@ def _first_fault(well_posed, evidence_ok, datum_log_evidence, params_ok, leaf_fi
     index = jnp.where((kind == FAULT_LOG_EVIDENCE) | (kind == FAULT_NOT_QUADRATIC), datum,
                       jnp.where(kind == FAULT_PARAMS, leaf, -1))
     return Fault(jnp.array(-1, jnp.int32), kind.astype(jnp.int32), index.astype(jnp.int32), jnp.array(-1, jnp.int32))
+
+
+def _check_posterior_size(model: Model, data: PyTree) -> None:
+    """Raises ValueError when the exact posterior of ``data`` (a table of every datum and value) would not fit."""
+    if exact_family(model.latent) == "discrete":
+        check_enumeration(model.latent, num_data_of(data), "the posterior of these data", "Pass the data in parts")
 
 
 def _value_and_grad(fn, params, opt_state):

@@ -22,13 +22,13 @@ from jax import lax
 from jaxvi import exact
 from jaxvi.data import num_data
 from jaxvi.data import num_data as num_rows
-from jaxvi.latents import exact_family
-from jaxvi.methods.common import batch_rows, float_dtype, sum_accurately, tree_where
-from jaxvi.methods.em import _like
+from jaxvi.latents import check_enumeration, exact_family
+from jaxvi.methods.common import batch_rows, final_fault, float_dtype, leaves_finite, sum_accurately, tree_where
+from jaxvi.methods.em import _check_posterior_size, _like
 from jaxvi.methods.protocol import Info
 from jaxvi.methods.settings import check_count, check_number, settings
 from jaxvi.model import Model
-from jaxvi.result import FAULT_LOG_EVIDENCE, FAULT_PARAMS, NO_FAULT, Fault, Result, no_fault
+from jaxvi.result import FAULT_LOG_EVIDENCE, FAULT_PARAMS, NO_FAULT, Fault, Result
 from jaxvi.run.schedule import Schedule
 from jaxvi.statistics import Statistics, streamed_e_step
 
@@ -87,6 +87,7 @@ class OnlineEM:
     chunk_size: int = 1024
 
     reports = "log p(D)"
+    per_datum = ()
 
     def __post_init__(self):
         if not isinstance(self.statistics, Statistics):
@@ -97,10 +98,16 @@ class OnlineEM:
         check_number("OnlineEM(step_size_power)", self.step_size_power, low=0.5, low_open=True, high=1)
 
     def check(self, model: Model, data: PyTree = None) -> None:
-        exact_family(model.latent)
+        """Raises ValueError for a model without an exact posterior, a batch larger than the data, or an
+        enumeration too large (a minibatch, and a chunk of the final E-step, at once)."""
+        family = exact_family(model.latent)
         if data is not None and self.batch_size > num_data(data):
             raise ValueError(f"OnlineEM(batch_size): expected at most the number of data, {num_data(data)}, "
                              f"got {self.batch_size}")
+        if family == "discrete" and data is not None:
+            check_enumeration(model.latent, max(self.batch_size, min(self.chunk_size, num_data(data))),
+                              "OnlineEM's E-step (a minibatch, or a chunk of the final one, at a time)",
+                              "Give OnlineEM a smaller batch_size and chunk_size")
 
     def schedule(self, num_data: int) -> Schedule:
         """``num_steps`` minibatches of ``batch_size``, each drawn without replacement."""
@@ -125,15 +132,16 @@ class OnlineEM:
         scale = num_data / num_rows(rows)
         dtype = float_dtype(rows)
         estimate = (scale * sum_accurately(post.log_evidence) + model.total_log_prior(state.params)).astype(dtype)
-        evidence_ok = jnp.all(jnp.isfinite(post.log_evidence)) & exact.all_well_posed(post)
+        datum_ok = jnp.isfinite(post.log_evidence)
+        evidence_ok = jnp.all(datum_ok) & jnp.isfinite(estimate) & exact.all_well_posed(post)
         rho = (state.count + 1.0) ** -self.step_size_power
         batch_stats = self.statistics.collect(state.params, rows, post)
         stats = jax.tree_util.tree_map(lambda s, b: (1 - rho) * s + rho * scale * b, state.stats, batch_stats)
         new_params = _like(self.statistics.maximize(state.params, stats, num_data), state.params, "OnlineEM.maximize")
-        leaf_finite = jnp.stack([jnp.all(jnp.isfinite(a)) for a in jax.tree_util.tree_leaves(new_params)])
+        leaf_finite = leaves_finite(new_params)
         kind = jnp.where(evidence_ok, jnp.where(jnp.all(leaf_finite), NO_FAULT, FAULT_PARAMS), FAULT_LOG_EVIDENCE)
-        first_bad = jnp.argmin(jnp.isfinite(post.log_evidence))
-        first_bad = first_bad if index is None else index[first_bad]
+        first_bad = jnp.argmin(datum_ok)
+        first_bad = jnp.where(jnp.all(datum_ok), -1, first_bad if index is None else index[first_bad])  # -1: log_prior
         fault = Fault(jnp.array(-1, jnp.int32), kind.astype(jnp.int32),
                       jnp.where(kind == FAULT_LOG_EVIDENCE, first_bad,
                                 jnp.where(kind == FAULT_PARAMS, jnp.argmin(leaf_finite), -1)).astype(jnp.int32),
@@ -143,14 +151,17 @@ class OnlineEM:
         return new_state, Info(estimate, fault)
 
     def finalize(self, model: Model, key: jax.Array, state: OnlineEMState, data: PyTree) -> Result:
-        """The fit's Result: log p(D) of all the data at the final θ (a streamed E-step)."""
+        """The fit's Result: log p(D) of all the data at the final θ (a streamed E-step); a non-finite
+        one (which chunk of data) is the result's ``diagnostics.fault``."""
         streamed = streamed_e_step(model, state.params, data, self.chunk_size, lambda p, c, q: ())
         objective = (streamed.log_evidence + model.total_log_prior(state.params)).astype(float_dtype(data))
+        fault = final_fault(objective, state.params, None, streamed.bad_start, streamed.bad_end)
         return Result(state.params, objective, objective[None], state.count, jnp.array(False),
-                      OnlineEMDiagnostics(no_fault(), objective[None], jnp.array(0, jnp.int32)), model, self)
+                      OnlineEMDiagnostics(fault, objective[None], jnp.array(0, jnp.int32)), model, self)
 
     def posterior(self, result: Result, data: PyTree):
         """The exact posterior of ``data`` at the fitted parameters."""
         if data is None:
             raise ValueError("data: expected the data whose exact posterior to compute, got None")
+        _check_posterior_size(result.model, data)
         return exact.posterior(result.model.log_joint, result.model.latent, result.params, data, self.chunk_size)

@@ -18,8 +18,14 @@ per-datum variational parameters needs to know which data a minibatch holds: pas
 (a ``Fault``; kind 0 when the step was healthy). A step that faults returns the state it was
 given unchanged, so a caller can stop (or skip) without keeping a copy.
 
-What a method reports (log p(D) or an ELBO) and how ``jaxvi.infer`` drives it (how many steps,
-which batches, which stopping rule) it declares as data: ``reports`` and ``schedule(num_data)``.
+What a method reports (log p(D) or an ELBO), how ``jaxvi.infer`` drives it (how many steps,
+which batches, which stopping rule) and which fields of its state hold one row per datum (a step on a
+``jaxvi.Batch`` changes only its rows: the run keeps a copy of the last finite state at the cost of
+those rows) it declares as data: ``reports``, ``schedule(num_data)`` and ``per_datum``.
+
+``finalize`` reports the fault of its own evaluation in ``result.diagnostics.fault`` (a non-finite
+objective or parameter leaf, ``Fault`` kinds 6 and 7; kind 0 when finite): ``jaxvi.infer`` then
+returns the last state whose objective was finite instead, and raises.
 
 Example (a user's own loop; ``jaxvi.infer`` does the same and more)::
 
@@ -66,6 +72,7 @@ class Method(Protocol):
     """A fitting method: settings plus pure ``init`` / ``step`` / ``finalize`` (module docstring)."""
 
     reports: ClassVar[str]  # what ``Result.objective`` is: "log p(D)" or "ELBO"
+    per_datum: ClassVar[tuple[str, ...]]  # the state's fields with a leading datum axis, changed at a batch's rows
     n_init: int
 
     def check(self, model, data) -> None:

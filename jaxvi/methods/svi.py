@@ -33,12 +33,13 @@ from jax import lax
 from jaxvi import exact
 from jaxvi.data import num_data as num_rows
 from jaxvi.exact.enumerate import latent_values
-from jaxvi.latents import Discrete, Markov, exact_family, is_spec, split_latent
-from jaxvi.methods.common import batch_rows, float_dtype, tree_where
+from jaxvi.latents import Discrete, Markov, check_enumeration, exact_family, is_spec, split_latent
+from jaxvi.methods.common import (batch_rows, check_floating, final_fault, float_dtype, leaves_finite, objective_fault,
+                                 step_fault, tree_where)
 from jaxvi.methods.protocol import Info
 from jaxvi.methods.settings import check_count, check_number, settings
 from jaxvi.model import Model
-from jaxvi.result import FAULT_GRADIENT, FAULT_OBJECTIVE, NO_FAULT, Fault, Result, no_fault
+from jaxvi.result import NO_FAULT, Fault, Result
 from jaxvi.run.schedule import Never, Schedule, Smoothed
 from jaxvi.vi.elbo import ELBOSpec, Enumerated, Guided, Plain, Summed, elbo
 from jaxvi.vi.fitted import FittedGuide, GlobalLocal
@@ -157,6 +158,7 @@ class SVI:
     local_optimizer: Any = None
 
     reports = "ELBO"
+    per_datum = ("local_psi", "local_opt_state")
 
     def __post_init__(self):
         for name in ("num_steps", "num_particles", "window", "num_eval_particles", "n_init"):
@@ -239,6 +241,21 @@ class SVI:
         if data is not None and self.batch_size is not None and self.batch_size > num_rows(data):
             raise ValueError(f"SVI(batch_size): expected at most the number of data, {num_rows(data)}, "
                              f"got {self.batch_size}")
+        if data is not None:
+            self._check_enumeration(spec, num_rows(data))
+
+    def _check_enumeration(self, spec: ELBOSpec, n: int) -> None:
+        """Raises ValueError when a discrete local latent's table (summed out, or a Categorical q_i) would
+        not fit: N data (the final bound covers them all) x M values x the draws held at once."""
+        local, draws = spec.local, max(self.num_particles, self.num_eval_particles)
+        if isinstance(local, Summed) and not isinstance(local.latent, Markov):
+            with_globals = spec.global_guide is not None  # every global draw sums the local latent out again
+            check_enumeration(local.latent, n, f"SVI summing it out exactly (discrete='enumerate', or 'auto' up to "
+                              f"{ENUMERATE_MAX} values{', for every global draw' if with_globals else ''})",
+                              draws=draws if with_globals else 1)
+        elif isinstance(local, Guided) and isinstance(local.guide, Categorical):
+            check_enumeration(local.space.latent, n, f"SVI's Categorical q_i (discrete='guide', or 'auto' beyond "
+                              f"{ENUMERATE_MAX} values; each draw samples over all the values)", draws=draws)
 
     def schedule(self, num_data: int) -> Schedule:
         """``num_steps`` steps on minibatches of ``batch_size`` (or all the data), stopping on the
@@ -251,7 +268,8 @@ class SVI:
     def init(self, model: Model, key: jax.Array, data: PyTree, params: PyTree | None = None) -> SVIState:
         """θ from ``model.init`` (or ``params``), ψ from the guides, the optimiser states."""
         model_key, global_key, local_key = jax.random.split(key, 3)
-        params = model.init(model_key, data) if params is None else params
+        given, params = params is not None, model.init(model_key, data) if params is None else params
+        check_floating(params, given, "SVI")
         params = jax.tree_util.tree_map(lambda a: lax.convert_element_type(a, jnp.result_type(a)), params)
         spec, dtype, optimizer = self.elbo_spec(model), float_dtype(data), self._optimizer()
         global_psi = None if spec.global_guide is None else spec.global_guide.init(global_key, spec.global_space.dim,
@@ -282,19 +300,20 @@ class SVI:
         (_, bound), grads = jax.value_and_grad(objective, argnums=(0, 1, 2), has_aux=True)(
             state.params, state.global_psi, psi_rows)
         grads = jax.tree_util.tree_map(jnp.negative, grads)  # optax minimises
-        leaf_finite = jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves(grads)])
-        fault = _fault(bound, jnp.ones(4, bool), jnp.array(0), index, leaf_finite)
-        ok = fault.kind == NO_FAULT
-        optimizer = self._optimizer()
-        updates, opt_state = optimizer.update(grads[:2], state.opt_state, (state.params, state.global_psi))
-        moved = optax.apply_updates((state.params, state.global_psi), updates)
-        (params, global_psi), opt_state = tree_where(ok, (moved, opt_state),
-                                                     ((state.params, state.global_psi), state.opt_state))
-        local_psi, local_opt_state = state.local_psi, state.local_opt_state
+        updates, opt_state = self._optimizer().update(grads[:2], state.opt_state, (state.params, state.global_psi))
+        params, global_psi = optax.apply_updates((state.params, state.global_psi), updates)
+        new_rows = opt_rows = new_opt_rows = None
         if state.local_psi is not None:
             opt_rows = _gather(state.local_opt_state, index)
             row_updates, new_opt_rows = jax.vmap(self._local_optimizer().update)(grads[2], opt_rows, psi_rows)
             new_rows = optax.apply_updates(psi_rows, row_updates)
+        # leaves in the order of (params, guide_params)
+        fault = step_fault(bound, leaves_finite(grads), leaves_finite((params, global_psi, new_rows)))
+        ok = fault.kind == NO_FAULT
+        params, global_psi, opt_state = tree_where(ok, (params, global_psi, opt_state),
+                                                   (state.params, state.global_psi, state.opt_state))
+        local_psi, local_opt_state = state.local_psi, state.local_opt_state
+        if state.local_psi is not None:
             new_rows, new_opt_rows = tree_where(ok, (new_rows, new_opt_rows), (psi_rows, opt_rows))
             local_psi = _scatter(state.local_psi, index, new_rows)
             local_opt_state = _scatter(state.local_opt_state, index, new_opt_rows)
@@ -302,7 +321,8 @@ class SVI:
 
     def finalize(self, model: Model, key: jax.Array, state: SVIState, data: PyTree) -> Result:
         """The final ELBO on all the data and its standard error; the exact evidence and gap where
-        the latent has an exact posterior and no global part."""
+        the latent has an exact posterior and no global part. A non-finite ELBO (which term, which
+        datum) or parameter leaf is the result's ``diagnostics.fault`` (kind 6 or 7)."""
         spec = self.elbo_spec(model)
         bound = elbo(spec, model, state.params, state.global_psi, state.local_psi, data, key, 1.0,
                      self.num_eval_particles)
@@ -324,10 +344,13 @@ class SVI:
         else:
             log_evidence = nan
         gap = log_evidence - value if gap is None else gap
-        diagnostics = SVIDiagnostics(bound.stderr.astype(value.dtype), log_evidence, gap, no_fault(),
+        guide_params = _guide_params(state.global_psi, state.local_psi)
+        where = objective_fault(bound)
+        fault = final_fault(value, state.params, guide_params, where.index, where.term)
+        diagnostics = SVIDiagnostics(bound.stderr.astype(value.dtype), log_evidence, gap, fault,
                                      value[None], (state.opt_state, state.local_opt_state), jnp.array(0, jnp.int32))
         return Result(state.params, value, value[None], jnp.array(0, jnp.int32), jnp.array(False), diagnostics, model,
-                      self, guide_params=_guide_params(state.global_psi, state.local_psi))
+                      self, guide_params=guide_params)
 
     def explain(self, model: Model, key: jax.Array, state: SVIState, batch: PyTree, *, num_data) -> Fault:
         """A non-finite step's fault, with the term and the datum it came from (the step replayed)."""
@@ -335,7 +358,7 @@ class SVI:
         index, rows = batch_rows(batch, num_data, None if state.local_psi is None else _rows_of(state.local_psi))
         bound = elbo(spec, model, state.params, state.global_psi, _gather(state.local_psi, index), rows, key,
                      num_data / num_rows(rows), self.num_particles)
-        return _fault(bound.bound, bound.finite, bound.first_bad_datum, index, jnp.ones(1, bool))
+        return objective_fault(bound, index)
 
     # --- using a fit --------------------------------------------------------------------------------
 
@@ -388,8 +411,10 @@ class SVI:
 
 
 def check_optimizer(who: str, optimizer, learning_rate) -> None:
-    """Raises ValueError for an optimiser setting that is neither an optax transformation nor a factory."""
+    """Raises ValueError for an optimiser setting that is neither an optax transformation nor a factory
+    of one, or whose update needs more than ``(gradient, state, params)`` (a line search)."""
     expected = f"{who}(optimizer): expected an optax GradientTransformation or a factory of one such as optax.adam"
+    built = optimizer
     if optimizer is not None and not isinstance(optimizer, optax.GradientTransformation):
         if not callable(optimizer):
             raise ValueError(f"{expected}, got {type(optimizer).__name__}")
@@ -399,10 +424,30 @@ def check_optimizer(who: str, optimizer, learning_rate) -> None:
             raise ValueError(f"{expected}; calling it with a learning rate failed: {err}") from err
         if not isinstance(built, optax.GradientTransformation):
             raise ValueError(f"{expected}; called with a learning rate it returned {type(built).__name__}")
+    if built is not None:
+        _check_stochastic(who, built)
     if isinstance(optimizer, optax.GradientTransformation) and learning_rate is not None:
         raise ValueError(f"{who}(learning_rate): the optimizer is already built with its learning rate; pass a factory "
                          f"(optimizer=optax.adam, learning_rate=...) or no learning_rate")
     check_number(f"{who}(learning_rate)", learning_rate, low=0, low_open=True, optional=True)
+
+
+def _check_stochastic(who: str, optimizer: optax.GradientTransformation) -> None:
+    """Raises ValueError if ``optimizer.update(gradient, state, params)`` misses arguments a stochastic
+    gradient step does not have (traced abstractly on one scalar parameter: nothing runs). A
+    transformation that fails on a scalar for another reason is left to the real parameters."""
+    try:
+        jax.eval_shape(lambda p: optimizer.update(p, optimizer.init(p), p), jnp.zeros(()))
+    except TypeError as err:
+        if "missing" not in str(err) or "required" not in str(err):
+            return
+        raise ValueError(
+            f"{who}(optimizer): expected an optax transformation a gradient step calls as update(gradient, state, "
+            f"params), but this one needs more ({err}). Line searches such as optax.lbfgs() need the exact value of "
+            f"the objective and a value_fn, which a Monte-Carlo ELBO is not; use optax.adam, optax.sgd or the like "
+            f"(EM(m_step_optimizer=optax.lbfgs()) is where L-BFGS fits)") from None
+    except Exception:  # noqa: BLE001 - the probe cannot tell; the real parameters will
+        return
 
 
 def make_optimizer(optimizer, learning_rate, default_rate: float) -> optax.GradientTransformation:
@@ -464,15 +509,3 @@ def _scatter(tree, index, rows):
     if index is None:
         return rows
     return jax.tree_util.tree_map(lambda a, r: a.at[index].set(r, mode="drop"), tree, rows)
-
-
-def _fault(bound, finite, first_bad_datum, index, leaf_finite) -> Fault:
-    """The first of: a non-finite objective (which term, which datum), a non-finite gradient (which leaf)."""
-    bad_objective = ~jnp.isfinite(bound)
-    term = jnp.where(bad_objective, jnp.argmin(finite), -1)
-    datum = first_bad_datum if index is None else index[first_bad_datum]
-    datum = jnp.where(bad_objective & (term == 0), datum, -1)
-    bad_gradient = ~jnp.all(leaf_finite)
-    kind = jnp.where(bad_objective, FAULT_OBJECTIVE, jnp.where(bad_gradient, FAULT_GRADIENT, NO_FAULT))
-    where = jnp.where(bad_objective, datum, jnp.where(bad_gradient, jnp.argmin(leaf_finite), -1))
-    return Fault(jnp.array(-1, jnp.int32), kind.astype(jnp.int32), where.astype(jnp.int32), term.astype(jnp.int32))

@@ -1,10 +1,12 @@
 r"""The run: one compiled loop that drives any method's ``init`` / ``step`` / ``finalize``.
 
 The run owns everything that is not the algorithm: the step keys, the minibatches and epochs, the
-trace of the objective, the stopping rule, held-out scoring with patience, and the fault guard
-(a faulty step stops the run; the method's state is the last finite one). Its steps run inside one
-``lax.while_loop``; with a progress bar or checkpoints, the host drives the same compiled loop in
-chunks (``drive``).
+trace of the objective, the stopping rule, held-out scoring with patience, and the fault guard.
+A faulty step stops the run. The run keeps one copy of the last state whose objective was finite
+(``Kept``); when the final evaluation (``finalize``) of the state it ends with is not finite (its
+objective or a parameter leaf), the result is that kept state's instead, so that a result is finite
+even when it reports a fault. Its steps run inside one ``lax.while_loop``; with a progress bar or
+checkpoints, the host drives the same compiled loop in chunks (``drive``).
 
 Randomness, so a user's own loop can reproduce a run: a restart's key splits into
 ``(init_key, run_key)``; step t uses ``step_keys(run_key, t) = (step_key, batch_key)``.
@@ -22,11 +24,11 @@ from jax import lax
 
 from jaxvi.chunks import minibatch
 from jaxvi.data import Batch, num_data
-from jaxvi.methods.common import float_dtype
-from jaxvi.result import NO_FAULT, Fault, Result, no_fault
+from jaxvi.methods.common import float_dtype, tree_where
+from jaxvi.result import FAULT_FINAL_OBJECTIVE, NO_FAULT, Fault, Result, no_fault
 
-__all__ = ["RunState", "STOP_FAULT", "STOP_MAX_STEPS", "STOP_PATIENCE", "STOP_RUNNING", "STOP_TOLERANCE", "drive",
-           "draw_batch", "epoch_order", "finish", "run_until", "start", "step_keys", "take"]
+__all__ = ["Kept", "RunState", "STOP_FAULT", "STOP_MAX_STEPS", "STOP_PATIENCE", "STOP_RUNNING", "STOP_TOLERANCE",
+           "drive", "draw_batch", "epoch_order", "finish", "run_until", "start", "step_keys", "take"]
 
 PyTree = Any
 STOP_RUNNING, STOP_TOLERANCE, STOP_MAX_STEPS, STOP_FAULT, STOP_PATIENCE = range(5)
@@ -41,6 +43,22 @@ class Heldout(NamedTuple):
     best: jax.Array
     stale: jax.Array
     best_state: PyTree
+
+
+class Kept(NamedTuple):
+    """The last state whose objective was finite (a step's ``info.objective``: its estimate, on its
+    batch), that objective, and the steps taken to reach it (-inf and 0 before the first step).
+
+    Kept at the cost of the step itself: the method's per-datum fields (``method.per_datum``, which a
+    step on a minibatch changes only at the batch's rows) are kept as the rows of ``index`` alone (all
+    rows without a minibatch), the rest of the state whole. ``_restore`` puts the rows back into the
+    run's state, which differs from the kept one at those rows only.
+    """
+
+    state: PyTree
+    index: jax.Array | None
+    objective: jax.Array
+    n_iter: jax.Array
 
 
 class RunState(NamedTuple):
@@ -58,6 +76,7 @@ class RunState(NamedTuple):
       converged: the stopping rule was met.
       stop_reason: ``STOP_*``: why the run stopped (``STOP_RUNNING`` while it runs).
       fault: the first numerical fault (it stopped the run).
+      kept: a ``Kept``: the last state whose objective was finite.
     """
 
     state: PyTree
@@ -71,6 +90,7 @@ class RunState(NamedTuple):
     converged: jax.Array
     stop_reason: jax.Array
     fault: Fault
+    kept: Kept
 
 
 def step_keys(run_key: jax.Array, step: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -101,13 +121,16 @@ def start(method, model, key: jax.Array, data: PyTree, params: PyTree | None) ->
         if schedule.num_heldout:
             heldout = Heldout(jnp.full(_num_epochs(schedule, n), jnp.nan, dtype), jnp.array(-jnp.inf, dtype),
                               jnp.array(0, jnp.int32), state)
+    index = jnp.arange(schedule.batch_size) if _indexed(schedule, num_data(data)) else None  # any rows, at first
+    kept = Kept(_rows(method, state, index), index, jnp.array(-jnp.inf, dtype), jnp.array(0, jnp.int32))
     return RunState(state, keys, jnp.array(0, jnp.int32), jnp.zeros(schedule.max_steps, dtype),
                     schedule.stopping.init(dtype), order, heldout, jnp.array(False), jnp.array(False),
-                    jnp.array(STOP_RUNNING, jnp.int32), no_fault())
+                    jnp.array(STOP_RUNNING, jnp.int32), no_fault(), kept)
 
 
 def advance(method, model, data: PyTree, run: RunState) -> RunState:
-    """One step of the run: draw the batch, step the method, record, test the stopping rules."""
+    """One step of the run: draw the batch, step the method, record, test the stopping rules, keep the
+    state if its objective was finite."""
     n = num_data(data)
     schedule = method.schedule(n)
     step_key, batch_key = step_keys(run.key, run.n_iter)
@@ -135,9 +158,13 @@ def advance(method, model, data: PyTree, run: RunState) -> RunState:
     # int32, not weakly typed: ``done`` then keeps the type ``start`` gave it, and a chunked run compiles once
     reason = jnp.select([~ok, converged, patience_out, at_end],
                         [STOP_FAULT, STOP_TOLERANCE, STOP_PATIENCE, STOP_MAX_STEPS], STOP_RUNNING).astype(jnp.int32)
+    index = batch.index if isinstance(batch, Batch) else None
+    kept = tree_where(jnp.isfinite(objective), Kept(_rows(method, run.state, index), index, objective, run.n_iter),
+                      run.kept)
     return RunState(state, run.key, n_iter, jnp.where(ok, run.trace.at[run.n_iter].set(objective), run.trace),
-                    monitor, order, heldout, reason != STOP_RUNNING, converged | patience_out, reason,
-                    info.fault._replace(iteration=jnp.where(ok, -1, run.n_iter).astype(jnp.int32)))
+                    monitor, order, heldout, reason != STOP_RUNNING, converged | patience_out,
+                    reason, info.fault._replace(iteration=jnp.where(ok, -1, run.n_iter).astype(jnp.int32)),
+                    kept)
 
 
 def run_until(method, model, data: PyTree, run: RunState, stop: jax.Array) -> RunState:
@@ -147,22 +174,84 @@ def run_until(method, model, data: PyTree, run: RunState, stop: jax.Array) -> Ru
 
 def finish(method, model, data: PyTree, run: RunState) -> Result:
     """The method's ``finalize`` (of the best epoch's state, with held-out patience), completed with
-    the run's record: the trace, steps, convergence, why it stopped, and the fault."""
+    the run's record: the trace, steps, convergence, why it stopped, and the fault.
+
+    A final evaluation that is not finite (``finalize``'s own fault: its objective or a parameter
+    leaf) is a fault of the run, and the result is then the kept state's (``Kept``): its
+    ``finalize``, with the kept step's objective where that evaluation is not finite either.
+    """
     n = num_data(data)
     schedule = method.schedule(n)
     state = run.heldout.best_state if isinstance(run.heldout, Heldout) else run.state
     fitted = take(data, run.order[0]) if schedule.num_heldout else data  # the training data
-    result = method.finalize(model, jax.random.fold_in(run.key, _FINAL_STREAM), state, fitted)
+    kept = run.kept._replace(state=_restore(method, run.kept, run.state))
+    result, bad = _finalize(method, model, jax.random.fold_in(run.key, _FINAL_STREAM), state, kept, fitted)
+    final_fault = result.diagnostics.fault
+    if schedule.num_heldout:  # a datum of the training data, as an index of the data given
+        names_datum = (final_fault.kind == FAULT_FINAL_OBJECTIVE) & (final_fault.index >= 0)
+        final_fault = final_fault._replace(index=jnp.where(names_datum, run.order[0][final_fault.index],
+                                                           final_fault.index).astype(jnp.int32))
+    fault = jax.tree_util.tree_map(lambda a, b: jnp.where(run.fault.kind != NO_FAULT, a, b), run.fault,
+                                   final_fault._replace(iteration=jnp.where(bad, run.n_iter, -1).astype(jnp.int32)))
     ahead = 1 if schedule.evaluates_ahead else 0
-    n_iter = jnp.maximum(run.n_iter - ahead, 0)
+    n_iter = jnp.maximum(jnp.where(bad, run.kept.n_iter, run.n_iter) - ahead, 0)
     trace = jnp.where(jnp.arange(schedule.max_steps) < n_iter, run.trace, result.objective)
-    record = {"fault": run.fault, "restart_objectives": result.objective[None], "stop_reason": run.stop_reason}
+    record = {"fault": fault, "restart_objectives": result.objective[None], "stop_reason": run.stop_reason}
     if schedule.epochs:
         record["epochs"] = run.n_iter // _steps_per_epoch(schedule, n)
     if isinstance(run.heldout, Heldout):
         record.update(heldout_trace=run.heldout.trace, heldout_elbo=run.heldout.best)
     diagnostics = result.diagnostics._replace(**{k: v for k, v in record.items() if k in result.diagnostics._fields})
-    return dataclasses.replace(result, trace=trace, n_iter=n_iter, converged=run.converged, diagnostics=diagnostics)
+    return dataclasses.replace(result, trace=trace, n_iter=n_iter, converged=run.converged & ~bad,
+                               diagnostics=diagnostics)
+
+
+def _restore(method, kept: Kept, state: PyTree) -> PyTree:
+    """The kept state: ``kept.state`` with its per-datum fields those of ``state`` with the kept rows put back."""
+    fields = {name: _put_rows(getattr(state, name), kept.index, getattr(kept.state, name)) for name in method.per_datum}
+    return kept.state._replace(**fields) if fields else kept.state
+
+
+def _rows(method, state: PyTree, index: jax.Array | None) -> PyTree:
+    """``state`` with each per-datum field cut to the rows ``index`` (all of them for ``index`` None)."""
+    if index is None or not method.per_datum:
+        return state
+    return state._replace(**{name: jax.tree_util.tree_map(lambda a: a[index], getattr(state, name))
+                             for name in method.per_datum})
+
+
+def _put_rows(tree: PyTree, index: jax.Array | None, rows: PyTree) -> PyTree:
+    if index is None:
+        return rows
+    return jax.tree_util.tree_map(lambda a, r: a.at[index].set(r), tree, rows)
+
+
+def _finalize(method, model, key: jax.Array, state: PyTree, kept: Kept, data: PyTree) -> tuple[Result, jax.Array]:
+    """``(result, from_kept)``: ``finalize`` of ``state``, or, if that is not finite (its own fault), of
+    the kept state, with the kept step's objective where that is not finite either. The result's fault
+    is the first evaluation's.
+
+    The two calls are one ``lax.while_loop`` of at most two turns: ``finalize`` compiles once, and a
+    healthy run evaluates it once."""
+    def turn(carry):
+        i, first = carry
+        result = method.finalize(model, key, tree_where(i == 0, state, kept.state), data)
+        if first is None:  # (the abstract evaluation for the loop's initial carry)
+            return i + 1, result
+        objective = jnp.where(jnp.isfinite(result.objective) | (i == 0), result.objective,
+                              kept.objective.astype(result.objective.dtype))
+        fault = tree_where(i == 0, result.diagnostics.fault, first.diagnostics.fault)
+        return i + 1, dataclasses.replace(result, objective=objective,
+                                          diagnostics=result.diagnostics._replace(fault=fault))
+
+    def again(carry):
+        i, result = carry
+        return (i == 0) | ((i == 1) & (result.diagnostics.fault.kind != NO_FAULT))
+
+    empty = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype),
+                                   jax.eval_shape(lambda: turn((jnp.array(0), None))[1]))
+    turns, result = lax.while_loop(again, turn, (jnp.array(0), empty))
+    return result, turns == 2
 
 
 def drive(run_chunk: Callable[[RunState, jax.Array], RunState], run: RunState, max_steps: int, *,
@@ -244,6 +333,11 @@ def _score_heldout(method, model, data, run: RunState, state, epoch_end, epoch, 
 def take(data: PyTree, index: jax.Array) -> PyTree:
     """Rows ``index`` of every leaf."""
     return jax.tree_util.tree_map(lambda a: a[index], data)
+
+
+def _indexed(schedule, n: int) -> bool:
+    """Whether ``draw_batch`` draws a ``Batch`` (a minibatch with its index) rather than all the data."""
+    return schedule.batch_size is not None and (schedule.epochs or schedule.batch_size != n)
 
 
 def _steps_per_epoch(schedule, n: int) -> int:

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 
 from jaxvi import exact
 from jaxvi.exact.enumerate import latent_values
-from jaxvi.latents import LatentParts, split_latent
+from jaxvi.latents import LatentParts, num_values, split_latent
 from jaxvi.vi.objectives import ParticleTerms, particle_terms
 from jaxvi.vi.space import LatentSpace
 
@@ -61,7 +61,7 @@ class Enumerated(NamedTuple):
 
     @property
     def dim(self) -> int:
-        return len(jax.tree_util.tree_leaves(latent_values(self.latent))[0])
+        return num_values(self.latent)
 
 
 class Plain(NamedTuple):

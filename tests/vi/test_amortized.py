@@ -172,6 +172,74 @@ def test_early_stopping_returns_the_best_epoch():
     assert np.all(np.isnan(np.asarray(result.diagnostics.heldout_trace)[epochs:]))
 
 
+def _trap_model(threshold):
+    """z_i ~ N(0, 1), x_i ~ N(z_i + shift, 1), and a NaN log-joint for the datum 123.0 once shift passes
+    ``threshold`` (``None``: always)."""
+    def log_joint(params, z, x):
+        value = jax.scipy.stats.norm.logpdf(x[0], z[0] + params["shift"], 1.0) + jax.scipy.stats.norm.logpdf(z[0])
+        trapped = x[0] == 123.0
+        if threshold is not None:
+            trapped = trapped & (params["shift"] > threshold)
+        return jnp.where(trapped, jnp.nan, value)
+
+    return jaxvi.Model(log_joint, jaxvi.Real((1,)), lambda k, d: {"shift": jnp.array(0.0)})
+
+
+def _finite(result):
+    leaves = jax.tree_util.tree_leaves((result.params, result.guide_params, result.objective, result.trace))
+    return all(np.all(np.isfinite(np.asarray(a))) for a in leaves)
+
+
+def test_a_non_finite_step_names_the_datum_and_term_and_the_result_is_finite():
+    """The fault names datum 17 of the data given (with a held-out part, the batch's rows are indices of the
+    whole data); err.result is the last state whose ELBO was finite, not the one at which it broke."""
+    x = np.random.default_rng(2).normal(size=(40, 1)).astype(np.float32)
+    x[17] = 123.0
+    method = jaxvi.Amortized(encoder=jaxvi.nn.mlp((4,)), num_epochs=50, batch_size=4, validation=0.2,
+                             optimizer=optax.sgd(1e-3))
+    with pytest.raises(FloatingPointError, match=r"Amortized stopped at step \d+: the ELBO was not finite: its "
+                                                 r"log_joint term for datum 17") as err:
+        jaxvi.infer(_trap_model(0.3), method, x, key=KEY, progress=False)
+    result = err.value.result
+    assert _finite(result) and 0 < int(result.n_iter) <= int(result.diagnostics.fault.iteration)
+
+
+def test_a_final_fault_names_the_datum_of_the_data_given():
+    """Two steps of 5 visit 10 of the 32 training data; the one datum they miss that breaks the log-joint
+    breaks only the final ELBO, which is on all the training data: the fault names it by its index in the
+    data given (not in the training part), and err.result holds the last step's state and estimate."""
+    from jaxvi.run import epoch_order
+
+    n, n_valid = 40, 8
+    _, run_key = jax.random.split(KEY)
+    permutation = np.asarray(epoch_order(run_key, jnp.array(-1), jnp.arange(n)))
+    train = permutation[: n - n_valid]
+    unvisited = np.asarray(epoch_order(run_key, jnp.array(0), jnp.asarray(train)))[-1]  # last of epoch 0's order
+    x = np.random.default_rng(3).normal(size=(n, 1)).astype(np.float32)
+    x[unvisited] = 123.0
+    method = jaxvi.Amortized(encoder=jaxvi.nn.mlp((4,)), num_steps=2, batch_size=5, validation=n_valid / n)
+    with pytest.raises(FloatingPointError, match=rf"Amortized's final evaluation \(on all the data, after 2 steps\) "
+                                                 rf"failed: the ELBO was not finite: its log_joint term for datum "
+                                                 rf"{unvisited}\b") as err:
+        jaxvi.infer(_trap_model(None), method, x, key=KEY, progress=False)
+    result = err.value.result
+    assert _finite(result) and int(result.n_iter) == 1 and int(result.diagnostics.fault.kind) == 6
+    # the same two steps by hand: the result is the state after the first, with the second step's estimate
+    from jaxvi.run import step_keys
+    order = np.asarray(epoch_order(run_key, jnp.array(0), jnp.asarray(train)))
+    model, states, objectives = _trap_model(None), [method.init(_trap_model(None), jax.random.split(KEY)[0], x)], []
+    for t in range(2):
+        index = jnp.asarray(order[5 * t: 5 * t + 5])
+        state, info = method.step(model, step_keys(run_key, jnp.asarray(t))[0], states[-1],
+                                  jnp.asarray(x)[index], num_data=n - n_valid)
+        states.append(state)
+        objectives.append(float(info.objective))
+    np.testing.assert_allclose(float(result.objective), objectives[1], rtol=1e-5)
+    for a, b in zip(jax.tree_util.tree_leaves((result.params, result.guide_params)),
+                    jax.tree_util.tree_leaves((states[1].params, states[1].variational))):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({}, "exactly one of num_steps and num_epochs"), ({"num_steps": 10, "num_epochs": 2}, "exactly one"),
     ({"num_steps": 10, "objective": "kl"}, "objective"), ({"num_steps": 10, "guide": jaxvi.Delta()}, "guide"),

@@ -347,6 +347,107 @@ def test_a_non_finite_log_joint_stops_the_run_and_names_the_step_term_and_datum(
     assert 0 < int(result.n_iter) < 500
 
 
+def _user_steps(model, method, data, key, steps, batch_size=None):
+    """The states and step objectives of ``steps`` steps driven by hand with infer's keys and minibatches
+    (a single restart: the key splits into (init, run) keys; step t draws ``step_keys(run_key, t)``)."""
+    from jaxvi.chunks import minibatch
+    from jaxvi.run import step_keys
+
+    n = len(data)
+    init_key, run_key = jax.random.split(key)
+    step = jax.jit(lambda state, batch, k: method.step(model, k, state, batch, num_data=n))
+    states, objectives = [method.init(model, init_key, data)], []
+    for t in range(steps):
+        step_key, batch_key = step_keys(run_key, jnp.asarray(t, jnp.int32))
+        batch = data
+        if batch_size is not None:
+            index = minibatch(batch_key, n, batch_size)
+            batch = jaxvi.Batch(index, data[index])
+        state, info = step(states[-1], batch, step_key)
+        states.append(state)
+        objectives.append(float(info.objective))
+    return states, objectives
+
+
+def test_a_non_finite_final_elbo_is_a_fault_and_the_result_is_the_last_finite_step():
+    """-inf outside mu < 0.3: the one-particle step estimates stay finite for 100 steps, the final ELBO's
+    100 particles do not (the fit used to return objective=-inf with no fault). err.result is the state
+    of the last step, whose estimate was finite."""
+    x = np.random.default_rng(0).normal(size=30).astype(np.float32)
+    latent = jaxvi.Global({"mu": jaxvi.Real(())}, lambda p, z: jax.scipy.stats.norm.logpdf(z["mu"], 0.0, 1.0))
+    model = jaxvi.Model(lambda p, z, x: jnp.where(z["mu"] < 0.3, jax.scipy.stats.norm.logpdf(x, z["mu"], 1.0),
+                                                  -jnp.inf), latent, lambda k, d: {})
+    method = jaxvi.SVI(num_steps=100, learning_rate=0.05)
+    key = jax.random.key(9)
+    with pytest.raises(FloatingPointError, match=r"SVI's final evaluation \(on all the data, after 100 steps\) "
+                                                 r"failed: the ELBO was not finite: its log_joint term for datum 0"
+                       ) as err:
+        jaxvi.infer(model, method, x, key=key, progress=False)
+    result = err.value.result
+    assert int(result.diagnostics.fault.kind) == 6 and int(result.n_iter) == 99
+    states, objectives = _user_steps(model, method, jnp.asarray(x), key, 100)
+    assert all(np.isfinite(objectives))
+    np.testing.assert_allclose(float(result.objective), objectives[99], rtol=1e-6)  # the last step's estimate
+    for a, b in zip(jax.tree_util.tree_leaves(result.guide_params), jax.tree_util.tree_leaves(states[99].global_psi)):
+        np.testing.assert_allclose(a, b, rtol=1e-6)  # one compiled loop against steps one by one: an ulp apart
+    np.testing.assert_array_equal(np.isfinite(np.asarray(result.trace)), True)
+
+
+def test_after_a_minibatch_fault_the_result_is_the_last_finite_state_with_its_per_datum_guides():
+    """Per-datum q_i on minibatches of 10 of 50: a NaN log-joint for datum 7 once the shared shift passes 0.3.
+    The run keeps the last finite state at the cost of the batch's rows; err.result is that state exactly."""
+    x = np.random.default_rng(1).normal(size=50).astype(np.float32)
+    x[7] = 123.0
+
+    def log_joint(params, z, x):
+        value = jax.scipy.stats.norm.logpdf(x, z + params["shift"], 1.0) + jax.scipy.stats.norm.logpdf(z)
+        return jnp.where((x == 123.0) & (params["shift"] > 0.3), jnp.nan, value)
+
+    model = jaxvi.Model(log_joint, jaxvi.Real(()), lambda k, d: {"shift": jnp.array(0.0)})
+    method = jaxvi.SVI(num_steps=300, batch_size=10, optimizer=optax.sgd(2e-3))
+    with pytest.raises(FloatingPointError, match=r"SVI stopped at step \d+: the ELBO was not finite: its log_joint "
+                                                 r"term for datum 7") as err:
+        jaxvi.infer(model, method, x, key=KEY, progress=False)
+    result, n = err.value.result, int(err.value.result.n_iter)
+    assert 0 < n < int(result.diagnostics.fault.iteration) + 1
+    states, objectives = _user_steps(model, method, jnp.asarray(x), KEY, n + 1, batch_size=10)
+    kept = states[n]
+    assert np.isfinite(objectives[n]) and float(kept.params["shift"]) > 0.3  # shifted, datum 7 not yet drawn
+    for a, b in zip(jax.tree_util.tree_leaves((result.params, result.guide_params)),
+                    jax.tree_util.tree_leaves((kept.params, kept.local_psi))):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    assert np.isfinite(float(result.objective))
+
+
+def test_a_non_finite_parameter_is_a_fault_even_where_the_elbo_does_not_use_it(normal_data):
+    """A NaN leaf the ELBO never reads used to be returned silently: from init it is bad input; made by an
+    update (an optimiser that breaks leaf 'unused' at its 4th update) it stops the run at that iteration."""
+    latent = normal_model().latent
+    log_lik = lambda params, z, x: jax.scipy.stats.norm.logpdf(x, z["mu"], SIGMA)  # noqa: E731
+    bad_init = jaxvi.Model(log_lik, latent, lambda k, d: {"unused": jnp.array(jnp.nan)})
+    with pytest.raises(ValueError, match=r"init: expected finite initial parameters, but params leaf \['unused'\] "
+                                         r"is not finite"):
+        jaxvi.infer(bad_init, jaxvi.SVI(num_steps=5), normal_data, key=KEY, progress=False)
+    model = jaxvi.Model(log_lik, latent, lambda k, d: {"unused": jnp.array(1.0)})
+    with pytest.raises(ValueError, match=r"init_params\['unused'\]: expected finite values, got nan"):
+        jaxvi.infer(model, jaxvi.SVI(num_steps=5), normal_data, key=KEY, progress=False,
+                    init_params={"unused": jnp.array(jnp.nan)})
+
+    def break_at(step):
+        def update(updates, count, params=None):
+            broken = jax.tree_util.tree_map(lambda u: u, updates)
+            broken[0]["unused"] = jnp.where(count == step, jnp.nan, updates[0]["unused"])
+            return broken, count + 1
+        return optax.GradientTransformation(lambda params: jnp.array(0), update)
+
+    method = jaxvi.SVI(num_steps=20, optimizer=optax.chain(optax.adam(1e-2), break_at(3)))
+    with pytest.raises(FloatingPointError, match=r"SVI stopped at iteration 3: the update made params leaf "
+                                                 r"\['unused'\] non-finite") as err:
+        jaxvi.infer(model, method, normal_data, key=KEY, progress=False)
+    result = err.value.result
+    assert int(result.n_iter) == 3 and float(result.params["unused"]) == 1.0 and np.isfinite(float(result.objective))
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"num_steps": 0}, "num_steps"), ({"batch_size": 0}, "batch_size"), ({"num_particles": 1.5}, "num_particles"),
     ({"estimator": "reinforce"}, "estimator"), ({"discrete": "sample"}, "discrete"), ({"tol": -1.0}, "tol"),
