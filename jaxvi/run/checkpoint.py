@@ -35,7 +35,8 @@ from jaxvi.run.loop import (STOP_FAULT, STOP_MAX_STEPS, STOP_PATIENCE, STOP_RUNN
 
 __all__ = ["FORMAT", "check_runs", "fingerprint", "resume", "save"]
 
-FORMAT = "jaxvi-checkpoint-3"  # 3: the fingerprint covers the model and every method setting; keys name their impl
+FORMAT = "jaxvi-checkpoint-4"  # 3: the fingerprint covers the model and every method setting; keys name their impl;
+#                                 4: the run keeps its last finite state (RunState.kept)
 _SHOWN = 80  # the longest value shown in a refusal
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
@@ -132,6 +133,8 @@ def _rules(runs: RunState, flags: dict, max_steps: int, num_data: int) -> list:
                                f"epoch's order one of the training indices",
                       np.all(every == np.arange(num_data), axis=1)
                       & np.all(np.sort(current, axis=1) == np.sort(train, axis=1), axis=1)))
+    kept = np.asarray(runs.kept.n_iter).reshape(-1)
+    rules.append(("kept.n_iter", "the steps taken to the last finite state kept, in [0, n_iter]", (0 <= kept) & (kept <= n_iter)))
     if isinstance(runs.heldout, Heldout):
         rules.append(("heldout.stale", "epochs >= 0", np.asarray(runs.heldout.stale).reshape(-1) >= 0))
     return rules
