@@ -153,5 +153,160 @@ def main():
     write(args, "\n".join(lines), {"machine": machine(jax), "jax": jax.__version__, "summary": summary}, outcomes)
 
 
+# --- Sweeps: infer in a loop that builds its settings afresh each call ----------------------------
+# ``--sweep``: each case runs in a fresh process, calling infer ``--calls`` times (small data, few steps)
+# with new optimiser / model objects, and reports resident memory (VmRSS), memory maps (lines of
+# /proc/self/maps; the kernel stops a process at vm.max_map_count, 65,530 by default) and XLA
+# compilations every ``--every`` calls. Settings built alike must compile once and hold both flat; settings
+# that differ every call compile every call, and the bounded cache of compiled fits must hold them flat.
+#   python benchmarks/soak.py --sweep --json benchmarks/results/soak_sweep_cpu.json \
+#       --markdown benchmarks/results/soak_sweep_cpu.md
+
+SWEEP_CALLS, SWEEP_EVERY = 1_000, 100
+SWEEP_CASES = ("fresh optax.adam(1e-2) (SVI)", "fresh Model of the same functions (SVI)",
+               "fresh lambda log-joint (SVI)", "fresh zoo model and M-step (EM, GMM)",
+               "a new learning rate, traced (SVI)", "a new built optax.adam(rate) (SVI)",
+               "a new constant captured by the log-joint (EM, GMM)")
+DISTINCT = "a new built optax.adam(rate) (SVI)"
+SLOW = {DISTINCT: 10, SWEEP_CASES[-1]: 4}  # cases that compile every call run calls / this many
+
+
+def sweep_settings(case: str):
+    """``(data, settings)``: ``settings(i)`` builds call i's model and method afresh, as a notebook loop does."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    import jaxvi
+
+    x = np.random.default_rng(0).normal(size=(20, 2)).astype(np.float32)
+    latent = jaxvi.Global({"mu": jaxvi.Real((2,))}, lambda p, z: jnp.sum(jax.scipy.stats.norm.logpdf(z["mu"], 0, 10)))
+
+    def log_joint(params, z, x):
+        return jnp.sum(jax.scipy.stats.norm.logpdf(x, z["mu"], 1.0))
+
+    def init(key, data):
+        return {}
+
+    model, gm = jaxvi.Model(log_joint, latent, init), jaxvi.models.gaussian_mixture(2)
+    settings = {
+        "fresh optax.adam(1e-2) (SVI)": lambda i: (model, jaxvi.SVI(num_steps=20, optimizer=optax.adam(1e-2))),
+        "fresh Model of the same functions (SVI)": lambda i: (jaxvi.Model(log_joint, latent, init), jaxvi.SVI(num_steps=20)),
+        "fresh lambda log-joint (SVI)": lambda i: (
+            jaxvi.Model(lambda p, z, x: jnp.sum(jax.scipy.stats.norm.logpdf(x, z["mu"], 1.0)), latent, init),
+            jaxvi.SVI(num_steps=20)),
+        "fresh zoo model and M-step (EM, GMM)": lambda i: _zoo_em(jaxvi.models.gaussian_mixture(2)),
+        "a new learning rate, traced (SVI)": lambda i: (model, jaxvi.SVI(num_steps=20, learning_rate=1e-2 + 1e-5 * i)),
+        DISTINCT: lambda i: (model, jaxvi.SVI(num_steps=20, optimizer=optax.adam(1e-2 + 1e-5 * i))),
+        "a new constant captured by the log-joint (EM, GMM)": lambda i: _shifted_em(gm, 1e-6 * i),
+    }
+    return x, settings[case]
+
+
+def _zoo_em(gm):
+    import jaxvi
+
+    return gm.model, jaxvi.EM(m_step=gm.m_step, max_iter=20)
+
+
+def _shifted_em(gm, shift: float):
+    """The GMM with its log-joint shifted by a constant it captures: a model unequal to every other."""
+    import jaxvi
+
+    model = jaxvi.Model(lambda p, z, x: gm.model.log_joint(p, z, x) + shift, gm.model.latent, gm.model.init)
+    return model, jaxvi.EM(m_step=gm.m_step, max_iter=20)
+
+
+def sweep_case(case: str, calls: int, every: int) -> dict:
+    """Runs one case's loop in this process; the samples of memory, maps and compilations."""
+    import jax
+
+    import jaxvi
+
+    compiles = []
+    jax.monitoring.register_event_duration_secs_listener(
+        lambda event, secs, **kw: compiles.append(secs) if event == "/jax/core/compile/backend_compile_duration" else None)
+    x, settings = sweep_settings(case)
+    samples, started = [_sample(0, compiles, 0.0)], time.perf_counter()
+    for i in range(calls):
+        model, method = settings(i)
+        jaxvi.infer(model, method, x, key=jax.random.key(i), progress=False)
+        if i == 0 or (i + 1) % every == 0 or i + 1 == calls:
+            samples.append(_sample(i + 1, compiles, time.perf_counter() - started))
+    return {"case": case, "calls": calls, "samples": samples}
+
+
+def _sample(calls: int, compiles: list, seconds: float) -> dict:
+    with open("/proc/self/status") as f:
+        rss_kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))
+    with open("/proc/self/maps") as f:
+        maps = sum(1 for _ in f)
+    try:
+        from jaxvi.run.compiled import cached_fits
+        cached = cached_fits()
+    except ImportError:  # a jaxvi without the bounded cache (to measure before)
+        cached = None
+    return {"calls": calls, "rss_mb": rss_kb / 1024, "maps": maps, "compiles": len(compiles),
+            "compile_seconds": sum(compiles), "seconds": seconds, "cached_fits": cached}
+
+
+def sweep_report(args) -> None:
+    """Every case in a fresh process; the report (markdown table per case, JSON of every sample)."""
+    import jax
+    from _common import spawn
+
+    rows, lines = {}, []
+    for case in SWEEP_CASES:
+        calls, every = max(1, args.calls // SLOW.get(case, 1)), max(1, args.every // SLOW.get(case, 1))
+        rows[case] = spawn(os.path.abspath(__file__), ["--sweep-case", case, "--calls", str(calls), "--every", str(every)],
+                           timeout=args.child_timeout)
+    lines += [f"# Soak: sweeps of infer with settings built afresh every call ({args.calls} calls a case, "
+              f"fewer where every call compiles)",
+              f"machine: {machine(jax)}; jax {jax.__version__}", "",
+              "Each case runs in a fresh process (SVI: 20 steps, EM: 20 iterations, 20 data of 2 dimensions, "
+              "progress=False). Flat: resident memory and memory maps after the first sample hold still.", "",
+              "| case | calls | compilations (first call / after) | resident MB (after 1 call -> end) | "
+              "memory maps (after 1 call -> end) | ms per call after the first |", "|---|---|---|---|---|---|"]
+    for case, row in rows.items():
+        if "error" in row:
+            lines.append(f"| {case} | error: {row['error']} | | | | |")
+            continue
+        first, last = row["samples"][1], row["samples"][-1]
+        per_call = 1e3 * (last["seconds"] - first["seconds"]) / max(1, last["calls"] - first["calls"])
+        lines.append(f"| {case} | {row['calls']} | {first['compiles']} / {last['compiles'] - first['compiles']} | "
+                     f"{first['rss_mb']:.0f} -> {last['rss_mb']:.0f} | {first['maps']} -> {last['maps']} | {per_call:.0f} |")
+    lines += ["", "Every sample (calls: resident MB, memory maps, compilations so far, fits holding compiled code):", ""]
+    for case, row in rows.items():
+        samples = ", ".join(f"{s['calls']}: {s['rss_mb']:.0f} MB {s['maps']} maps {s['compiles']} c"
+                            + ("" if s["cached_fits"] is None else f" {s['cached_fits']} f") for s in row.get("samples", []))
+        lines.append(f"- {case}: {samples}")
+    write(args, "\n".join(lines), {"machine": machine(jax), "jax": jax.__version__, "calls": args.calls}, rows)
+
+
+def sweep_main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description="Soak: sweeps of infer with settings built afresh every call")
+    parser.add_argument("--sweep", action="store_true")
+    parser.add_argument("--calls", type=int, default=SWEEP_CALLS, help="infer calls per case (fewer for the "
+                        "cases that compile every call)")
+    parser.add_argument("--every", type=int, default=SWEEP_EVERY, help="calls between samples")
+    parser.add_argument("--sweep-case", choices=SWEEP_CASES, help=argparse.SUPPRESS)
+    parser.add_argument("--child-timeout", type=float, default=3 * 3600)
+    parser.add_argument("--quick", action="store_true", help="50 calls a case, a sample every 10")
+    parser.add_argument("--json", default=None)
+    parser.add_argument("--markdown", default=None)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.calls, args.every = 50, 10
+    if args.sweep_case:
+        import json
+
+        print(json.dumps(sweep_case(args.sweep_case, args.calls, args.every)))
+    else:
+        sweep_report(args)
+
+
 if __name__ == "__main__":
-    main()
+    if "--sweep" in sys.argv[1:] or "--sweep-case" in sys.argv[1:]:
+        sweep_main(sys.argv[1:])
+    else:
+        main()

@@ -15,8 +15,8 @@ call. ``key(value)`` compares them by what they are instead:
   run of its source, however often it is evaluated), their defaults, the values their closures
   captured and the values of the module globals their code names; ``functools.partial`` and bound
   methods by what they wrap and bind;
-- values that cannot change: JAX arrays, jitted functions and JAX's custom-derivative functions and
-  ufuncs, builtins, classes, modules, code: by identity.
+- values taken as fixed: JAX arrays (immutable), jitted functions, JAX's custom-derivative functions
+  and ufuncs, builtins, classes, modules, code: by identity.
 
 Each part is compared by the same rules, as it is when the key is made: a model or a method makes
 its key once, when a fit first looks it up, just before its code is traced, so a key always describes

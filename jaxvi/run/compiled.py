@@ -7,9 +7,9 @@ built ``optax.adam(rate)`` per rate) would add compiled code on every call until
 kernel's limit on memory maps runs out.
 
 Here a fit's functions are ``jax.jit(functools.partial(fn, model))``, one set per (model, method tree
-structure), held in a least-recently-used table of ``CACHED_FITS`` fits. JAX holds a jitted function's
-traces and executables only as long as the function lives, so when the table drops the oldest fit its
-compiled code is freed. Equal settings (``jaxvi.equality``: a fresh ``Model`` of the same functions, a
+structure), held in a least-recently-used table of ``CACHED_FITS`` fits. JAX frees a jitted function's
+executables with the function, so when the table drops the oldest fit its compiled code is freed (JAX's
+own tracing caches keep small records of it until they, bounded too, drop them). Equal settings (``jaxvi.equality``: a fresh ``Model`` of the same functions, a
 fresh ``optax.adam(1e-2)``) find the same entry and compile nothing; numbers are traced leaves of the
 method, not part of its structure, so a new learning rate or tolerance finds it too.
 """
