@@ -1,4 +1,4 @@
-"""Evaluating per-datum functions over a data set in fixed-size chunks.
+"""Evaluating per-datum functions over a data set in fixed-size chunks, and summing over data accurately.
 
 Working on ``chunk_size`` data at a time keeps the intermediates of a vmapped log-joint (for a
 mixture: one row per datum and latent value) small enough to stay in cache, instead of writing
@@ -14,12 +14,9 @@ from jax import lax
 
 from jaxvi.data import num_data
 
-__all__ = ["map_data", "minibatch", "sum_data", "num_data"]
+__all__ = ["kahan_add", "map_data", "minibatch", "sum_accurately", "sum_data", "num_data"]
 
 PyTree = Any
-
-
-
 
 def map_data(fn: Callable[[PyTree], PyTree], data: PyTree, chunk_size: int) -> PyTree:
     """``vmap(fn)(data)``, computed ``chunk_size`` data at a time.
@@ -39,24 +36,48 @@ def sum_data(fn: Callable[[PyTree], PyTree], data: PyTree, chunk_size: int) -> P
     r"""The sum of ``fn`` over chunks of ``data``: :math:`\sum_c fn(data_c)`.
 
     ``fn`` receives a chunk (every leaf sliced to at most ``chunk_size`` rows) and returns a
-    pytree of sums over that chunk, e.g. sufficient statistics. Full chunks run in a ``lax.scan``;
-    the remainder, if any, in one more call.
+    pytree of sums over that chunk, e.g. sufficient statistics. Full chunks run in a ``lax.scan``
+    whose running total is compensated (``kahan_add``); the remainder, if any, in one more call.
     """
     n = num_data(data)
     size = min(chunk_size, n)
     n_full = n // size
     head = jax.tree_util.tree_map(lambda a: a[: n_full * size].reshape(n_full, size, *a.shape[1:]), data)
 
-    def add_chunk(total, chunk):
-        return jax.tree_util.tree_map(jnp.add, total, fn(chunk)), None
+    def add_chunk(carry, chunk):
+        total, compensation = carry
+        added = jax.tree_util.tree_map(kahan_add, total, compensation, fn(chunk))
+        return jax.tree_util.tree_transpose(jax.tree_util.tree_structure(total), jax.tree_util.tree_structure((0, 0)),
+                                            added), None
 
     first = jax.tree_util.tree_map(lambda a: a[0], head)
     rest = jax.tree_util.tree_map(lambda a: a[1:], head)
-    total, _ = lax.scan(add_chunk, fn(first), rest)
+    start = fn(first)
+    (total, _), _ = lax.scan(add_chunk, (start, jax.tree_util.tree_map(jnp.zeros_like, start)), rest)
     if n_full * size < n:
         tail = jax.tree_util.tree_map(lambda a: a[n_full * size:], data)
         total = jax.tree_util.tree_map(jnp.add, total, fn(tail))
     return total
+
+
+def sum_accurately(values: jax.Array) -> jax.Array:
+    r"""The sum over the leading axis, pairwise: rows are added in pairs, the pair sums in pairs, and
+    so on (the last 8 naively). The rounding error is :math:`O(\log_2 N)` ulps of :math:`\sum |v_i|`
+    instead of :math:`O(N)` for a running sum, for 2N additions. This is what makes float32 sums
+    over data (log p(D), an M-step's residuals) accurate to a few ulps."""
+    while values.shape[0] > 8:
+        pairs = values.shape[0] // 2
+        summed = values[: 2 * pairs].reshape(pairs, 2, *values.shape[1:]).sum(axis=1)
+        values = summed.at[0].add(values[-1]) if values.shape[0] % 2 else summed
+    return jnp.sum(values, axis=0)
+
+
+def kahan_add(total: jax.Array, compensation: jax.Array, value: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Compensated summation (Kahan): ``total + value`` with the rounding error carried in
+    ``compensation``, for a running total in a loop (a scan's carry): O(1) ulps however many terms."""
+    y = value - compensation
+    new_total = total + y
+    return new_total, (new_total - total) - y
 
 
 def minibatch(key: jax.Array, n: int, size: int) -> jax.Array:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import warnings
 from typing import Any
 
 import jax
@@ -20,6 +21,7 @@ from jaxvi.run import checkpoint as checkpoints
 from jaxvi.run import loop
 from jaxvi.run.compiled import per_fit
 from jaxvi.run.guard import raise_on_fault
+from jaxvi.run.schedule import RESOLUTION_ULPS, STOP_REASONS, STOP_RESOLUTION, Change, resolution
 
 __all__ = ["infer"]
 
@@ -111,7 +113,30 @@ def infer(model: Model, method, data: PyTree, *, key: jax.Array, progress: bool 
             result = dataclasses.replace(result, diagnostics=result.diagnostics._replace(
                 fault=_explain(model, method, run, data)))
         raise_on_fault(result)
+        _warn_unresolved(method, result, num_data(data))
     return result
+
+
+def _warn_unresolved(method, result: Result, n: int) -> None:
+    """Warns when a ``Change`` tolerance was finer than the float type resolves of the final objective
+    (``jaxvi.run.schedule.resolution``): such a tolerance cannot be tested, and the run stopped at the
+    resolution (``STOP_RESOLUTION``, not converged) or at max_iter."""
+    stopping = method.schedule(n).stopping
+    if not isinstance(stopping, Change) or not float(stopping.tol) > 0:
+        return
+    objective = jnp.asarray(result.objective)
+    least = float(resolution(objective))
+    if not np.isfinite(least) or float(stopping.tol) * n >= least:
+        return
+    reason = int(result.diagnostics.stop_reason)
+    how = ("The run stopped when a step changed it by less than that resolution: Result.converged is False, "
+           "stop reason 'resolution'." if reason == STOP_RESOLUTION else
+           f"The tolerance could not be tested; the run stopped at {STOP_REASONS[reason]}.")
+    warnings.warn(f"{type(method).__name__}(tol={float(stopping.tol):g}): a change of {method.reports} below tol per "
+                  f"datum, {float(stopping.tol) * n:.3g} in total over {n} data, is finer than {objective.dtype} "
+                  f"resolves of {method.reports} = {float(objective):.7g}: {least:.3g} in total, {least / n:.3g} per "
+                  f"datum ({RESOLUTION_ULPS} units in its last place). {how} Pass tol >= {least / n:.2g}, or fit in "
+                  f"float64 (jax.config.update('jax_enable_x64', True) and float64 data).", stacklevel=3)
 
 
 @per_fit

@@ -63,7 +63,8 @@ class Result:
       trace: the objective per iteration, padded with ``objective`` after the last. For EM,
         ``(max_iter + 1,)``: log p(D | θ_s) for s = 0 .. n_iter, the last being ``objective``.
       n_iter: iterations run (for EM: M-steps taken).
-      converged: whether the stopping tolerance was met before ``max_iter``.
+      converged: whether the stopping tolerance was met before ``max_iter`` (a stop where a step changed the
+        objective by less than its float type resolves is not: ``diagnostics.stop_reason``).
       diagnostics: method-specific details (``EMDiagnostics``, ``SVIDiagnostics``, ``AmortizedDiagnostics``).
       model: the model that was fitted (static).
       method: the method's settings (its numbers are leaves of the pytree: a vmapped fit stacks them).
@@ -118,9 +119,12 @@ class Result:
         rows = [("method", repr(self.method)), ("latent", repr(self.model.latent)),
                 (f"objective ({name})", _number(self.objective)), ("iterations", _number(self.n_iter)),
                 ("converged", str(bool(jnp.all(self.converged))))]
-        for field in ("elbo_stderr", "log_evidence", "gap", "heldout_elbo", "epochs", "m_step_rejections", "stop_reason"):
+        for field in ("elbo_stderr", "log_evidence", "gap", "heldout_elbo", "epochs", "m_step_rejections"):
             if hasattr(d, field):
                 rows.append((field.replace("_", " "), _number(getattr(d, field))))
+        if hasattr(d, "stop_reason"):
+            from jaxvi.run.schedule import STOP_REASONS
+            rows.append(("stopped at", ", ".join(STOP_REASONS[int(r)] for r in jnp.ravel(d.stop_reason))))
         fault = d.fault
         rows.append(("fault", "none" if int(jnp.max(fault.kind)) == 0 else
                      f"kind {int(jnp.max(fault.kind))} at iteration {int(jnp.max(fault.iteration))}"))

@@ -247,7 +247,7 @@ def rewrite(source, target, meta=None, **state):
     (dict(n_iter=[-5], done=[False], stop_reason=[0], converged=[False]), r"state.n_iter: expected steps in \[0, 31\]"),
     (dict(n_iter=[31], done=[False], stop_reason=[0], converged=[False]), "state.done: expected True at n_iter = max_steps"),
     (dict(done=[False]), "state.done: expected True exactly when stop_reason is not 0"),
-    (dict(stop_reason=[9]), r"state.stop_reason: expected a stop reason in \[0, 4\]"),
+    (dict(stop_reason=[9]), r"state.stop_reason: expected a stop reason in \[0, 5\]"),
     (dict(converged=[False]), "state.converged: expected True exactly when stop_reason is 1 or 4"),
     (dict(**{"fault.kind": [2]}), "state.fault.kind"),
     (dict(n_iter=np.array([3], np.int64)), r"member state/.n_iter: shape \(1,\) and dtype int64 in the file, expected "

@@ -33,9 +33,10 @@ def test_generic_m_step_recovers_the_closed_form_fit_on_a_gmm():
     x = mixture_data(1, n=400).astype(np.float32)
     gm = gaussian_mixture(3, init="kmeans++")
     init = gm.model.init(jax.random.key(2), jnp.asarray(x))
-    closed = jaxvi.infer(gm.model, jaxvi.EM(max_iter=200, tol=1e-6, m_step=gm.m_step), x, key=jax.random.key(0),
+    # tol=1e-5 per datum: float32 resolves log p(D) here to about 7e-6 per datum (16 ulps), so 1e-6 cannot be tested
+    closed = jaxvi.infer(gm.model, jaxvi.EM(max_iter=200, tol=1e-5, m_step=gm.m_step), x, key=jax.random.key(0),
                          init_params=init, progress=False)
-    generic = jaxvi.infer(gm.model, jaxvi.EM(max_iter=200, tol=1e-6), x, key=jax.random.key(0),
+    generic = jaxvi.infer(gm.model, jaxvi.EM(max_iter=200, tol=1e-5), x, key=jax.random.key(0),
                           init_params=init, progress=False)
     assert bool(closed.converged) and bool(generic.converged)
     np.testing.assert_allclose(float(generic.objective), float(closed.objective), rtol=1e-3)
@@ -92,7 +93,7 @@ def test_map_with_a_log_prior_matches_the_closed_form_posterior_mode():
         return jnp.sum(jax.scipy.stats.norm.logpdf(params, 0.0, 1.0))
 
     model = jaxvi.Model(log_joint, jaxvi.Discrete(2), lambda key, data: jnp.array([-1.0, 1.0]), log_prior)
-    result = jaxvi.infer(model, jaxvi.EM(max_iter=300, tol=1e-8), x, key=jax.random.key(0), progress=False)
+    result = jaxvi.infer(model, jaxvi.EM(max_iter=300, tol=0.0), x, key=jax.random.key(0), progress=False)
     resp = result.posterior(x).probs
     mode = (resp.T @ x) / (resp.sum(0) + 1.0)  # the MAP M-step with unit-variance likelihood and prior
     np.testing.assert_allclose(result.params, mode, rtol=1e-3, atol=1e-4)

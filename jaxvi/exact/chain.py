@@ -49,7 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxvi.chunks import map_data, sum_data
+from jaxvi.chunks import kahan_add, map_data, sum_accurately, sum_data
 from jaxvi.data import Sequences
 
 __all__ = ["ChainPosterior", "Sequences", "backtrack", "backward_scan", "expected_log_joint", "forward_scan", "parallel_backward",
@@ -164,7 +164,7 @@ def forward_scan(first: jax.Array, steps: PyTree, potentials_of: Callable, lengt
     T = 1 + jax.tree_util.tree_leaves(steps)[0].shape[0]
     _, outputs = lax.scan(step, message, (jnp.arange(1, T), steps))
     messages = jnp.concatenate([message[None], outputs[0]])
-    log_total = scale[0] + jnp.sum(outputs[1], axis=0)
+    log_total = scale[0] + sum_accurately(outputs[1])  # pairwise over time: T log normalisers
     return messages, log_total, (outputs[2] if semiring == "max" else None)
 
 
@@ -206,7 +206,7 @@ def backward_scan(steps: PyTree, potentials_of: Callable, lengths: jax.Array, lo
         row_factor = jnp.exp(previous_forward + safe_top - jnp.where(jnp.isfinite(z), z, 0.0))
         real = (t < lengths) & jnp.isfinite(z)
         row_factor = jnp.where(jnp.isfinite(top) & real, row_factor, 0.0)
-        counts, compensation = _kahan_add(counts, compensation, weights * row_factor[:, None, :])
+        counts, compensation = kahan_add(counts, compensation, weights * row_factor[:, None, :])
         return (jnp.where(t < lengths, message, following), counts, compensation), \
             jnp.where(t < lengths, message, following)
 
@@ -214,13 +214,6 @@ def backward_scan(steps: PyTree, potentials_of: Callable, lengths: jax.Array, lo
     (_, counts, _), messages = lax.scan(step, (last, zero_counts, zero_counts),
                                         (jnp.arange(1, T), steps, log_forward[:-1]), reverse=True)
     return jnp.concatenate([messages, last[None]]), counts
-
-
-def _kahan_add(total: jax.Array, compensation: jax.Array, value: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Compensated summation: ``total + value`` with the rounding error carried in ``compensation``."""
-    y = value - compensation
-    new_total = total + y
-    return new_total, (new_total - total) - y
 
 
 def prefix_scan(combine: Callable, elements: PyTree, reverse: bool = False) -> PyTree:

@@ -85,7 +85,8 @@ class AmortizedDiagnostics(NamedTuple):
       epochs: epochs completed.
       fault: the first numerical fault (``kind == 0``: none).
       restart_objectives: ``(n_init,)`` final objective of every restart.
-      stop_reason: why the run stopped (``jaxvi.run.loop.STOP_*``; 4: patience).
+      stop_reason: why the run stopped, an index into ``jaxvi.run.STOP_REASONS`` (running, tolerance,
+        max_iter, fault, patience, resolution).
     """
 
     elbo_stderr: jax.Array

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxvi.chunks import sum_accurately
 from jaxvi.data import Batch, num_data as num_rows
 from jaxvi.result import (FAULT_FINAL_OBJECTIVE, FAULT_FINAL_PARAMS, FAULT_GRADIENT, FAULT_OBJECTIVE, FAULT_PARAMS,
                           NO_FAULT, Fault)
@@ -67,18 +68,6 @@ def batch_rows(batch: PyTree, num_data, rows_kept: int | None) -> tuple[jax.Arra
         if len(np.unique(values)) != values.size:
             raise ValueError("batch.index: expected distinct indices (a minibatch drawn without replacement)")
     return jnp.asarray(index), data
-
-
-def sum_accurately(values: jax.Array) -> jax.Array:
-    r"""The sum over the leading axis, pairwise: rows are added in pairs, the pair sums in pairs, and
-    so on (the last 8 naively). The rounding error is :math:`O(\log_2 N)` ulps of :math:`\sum |v_i|`
-    instead of :math:`O(N)` for a running sum, for 2N additions. This is what makes float32 sums
-    over data (log p(D), an M-step's residuals) accurate to a few ulps."""
-    while values.shape[0] > 8:
-        pairs = values.shape[0] // 2
-        summed = values[: 2 * pairs].reshape(pairs, 2, *values.shape[1:]).sum(axis=1)
-        values = summed.at[0].add(values[-1]) if values.shape[0] % 2 else summed
-    return jnp.sum(values, axis=0)
 
 
 def leaves_finite(tree: PyTree) -> jax.Array:

@@ -77,7 +77,8 @@ class EMDiagnostics(NamedTuple):
       m_step_rejections: gradient M-steps that failed to raise Q (θ was kept).
       fault: the first numerical fault (``kind == 0``: none).
       restart_objectives: ``(n_init,)`` final objective of every restart; the best is returned.
-      stop_reason: why the run stopped (``jaxvi.run.loop.STOP_*``: 1 tolerance, 2 max_iter, 3 fault).
+      stop_reason: why the run stopped, an index into ``jaxvi.run.STOP_REASONS`` (running, tolerance,
+        max_iter, fault, patience, resolution).
     """
 
     m_step_rejections: jax.Array

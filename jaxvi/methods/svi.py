@@ -86,7 +86,8 @@ class SVIDiagnostics(NamedTuple):
       fault: the first numerical fault (``kind == 0``: none).
       restart_objectives: ``(n_init,)`` final objective of every restart; the best is returned.
       opt_state: the optimiser states at the end: ``(state of (θ, global ψ), per-datum states or None)``.
-      stop_reason: why the run stopped (``jaxvi.run.loop.STOP_*``).
+      stop_reason: why the run stopped, an index into ``jaxvi.run.STOP_REASONS`` (running, tolerance,
+        max_iter, fault, patience, resolution).
     """
 
     elbo_stderr: jax.Array

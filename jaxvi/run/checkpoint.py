@@ -30,8 +30,9 @@ import numpy as np
 from jaxvi.io import Archive, fill, key_impl, save_tree
 from jaxvi.result import FAULT_GRADIENT, NO_FAULT
 from jaxvi.run.fingerprint import digest
-from jaxvi.run.loop import (STOP_FAULT, STOP_MAX_STEPS, STOP_PATIENCE, STOP_RUNNING, STOP_TOLERANCE, Heldout,
-                            RunState)
+from jaxvi.run.loop import Heldout, RunState
+from jaxvi.run.schedule import (STOP_FAULT, STOP_MAX_STEPS, STOP_PATIENCE, STOP_RESOLUTION, STOP_RUNNING,
+                                STOP_TOLERANCE)
 
 __all__ = ["FORMAT", "check_runs", "fingerprint", "resume", "save"]
 
@@ -112,8 +113,8 @@ def _rules(runs: RunState, flags: dict, max_steps: int, num_data: int) -> list:
     kind, iteration = flags["fault.kind"], flags["fault.iteration"]
     rules = [
         ("n_iter", f"steps in [0, {max_steps}]", (0 <= n_iter) & (n_iter <= max_steps)),
-        ("stop_reason", f"a stop reason in [{STOP_RUNNING}, {STOP_PATIENCE}]",
-         (STOP_RUNNING <= reason) & (reason <= STOP_PATIENCE)),
+        ("stop_reason", f"a stop reason in [{STOP_RUNNING}, {STOP_RESOLUTION}]",
+         (STOP_RUNNING <= reason) & (reason <= STOP_RESOLUTION)),
         ("done", f"True exactly when stop_reason is not {STOP_RUNNING} (running)", done == (reason != STOP_RUNNING)),
         ("done", f"True at n_iter = max_steps = {max_steps}", done | (n_iter < max_steps)),
         ("stop_reason", f"{STOP_MAX_STEPS} (max steps) only at n_iter = {max_steps}",

@@ -26,12 +26,13 @@ from jaxvi.chunks import minibatch
 from jaxvi.data import Batch, num_data
 from jaxvi.methods.common import float_dtype, tree_where
 from jaxvi.result import FAULT_FINAL_OBJECTIVE, NO_FAULT, Fault, Result, no_fault
+from jaxvi.run.schedule import (STOP_FAULT, STOP_MAX_STEPS, STOP_PATIENCE, STOP_RESOLUTION, STOP_RUNNING,
+                                STOP_TOLERANCE)
 
-__all__ = ["Kept", "RunState", "STOP_FAULT", "STOP_MAX_STEPS", "STOP_PATIENCE", "STOP_RUNNING", "STOP_TOLERANCE",
-           "drive", "draw_batch", "epoch_order", "finish", "run_until", "start", "step_keys", "take"]
+__all__ = ["Kept", "RunState", "STOP_FAULT", "STOP_MAX_STEPS", "STOP_PATIENCE", "STOP_RESOLUTION", "STOP_RUNNING",
+           "STOP_TOLERANCE", "drive", "draw_batch", "epoch_order", "finish", "run_until", "start", "step_keys", "take"]
 
 PyTree = Any
-STOP_RUNNING, STOP_TOLERANCE, STOP_MAX_STEPS, STOP_FAULT, STOP_PATIENCE = range(5)
 _SPLIT_STREAM = 2 ** 31 - 1  # fold_in data of the held-out split's key
 _FINAL_STREAM = 2 ** 31 - 2  # ... of finalize's key
 
@@ -73,7 +74,8 @@ class RunState(NamedTuple):
       order: epochs: ``(train_index, heldout_index, this epoch's order)``; else ().
       heldout: a ``Heldout`` with held-out data, else ().
       done: the run has stopped.
-      converged: the stopping rule was met.
+      converged: the stopping tolerance (or held-out patience) was met; a stop at the float
+        resolution (``STOP_RESOLUTION``) is not convergence.
       stop_reason: ``STOP_*``: why the run stopped (``STOP_RUNNING`` while it runs).
       fault: the first numerical fault (it stopped the run).
       kept: a ``Kept``: the last state whose objective was finite.
@@ -139,9 +141,9 @@ def advance(method, model, data: PyTree, run: RunState) -> RunState:
     ok = info.fault.kind == NO_FAULT
     objective = info.objective.astype(run.trace.dtype)
     n_iter = run.n_iter + ok.astype(jnp.int32)
-    monitor, converged = schedule.stopping.update(run.monitor, objective, n_iter, n)
+    monitor, stop = schedule.stopping.update(run.monitor, objective, n_iter, n)
     monitor = jax.tree_util.tree_map(lambda new, old: jnp.where(ok, new, old), monitor, run.monitor)
-    converged = ok & converged
+    stopped, converged = ok & (stop != STOP_RUNNING), ok & (stop == STOP_TOLERANCE)
     order, heldout, patience_out = run.order, run.heldout, jnp.array(False)
     if schedule.epochs:
         per_epoch = _steps_per_epoch(schedule, n)
@@ -156,8 +158,8 @@ def advance(method, model, data: PyTree, run: RunState) -> RunState:
             patience_out = jnp.array(False) if patience is None else heldout.stale >= patience
     at_end = n_iter >= schedule.max_steps
     # int32, not weakly typed: ``done`` then keeps the type ``start`` gave it, and a chunked run compiles once
-    reason = jnp.select([~ok, converged, patience_out, at_end],
-                        [STOP_FAULT, STOP_TOLERANCE, STOP_PATIENCE, STOP_MAX_STEPS], STOP_RUNNING).astype(jnp.int32)
+    reason = jnp.select([~ok, stopped, patience_out, at_end],
+                        [STOP_FAULT, stop, STOP_PATIENCE, STOP_MAX_STEPS], STOP_RUNNING).astype(jnp.int32)
     index = batch.index if isinstance(batch, Batch) else None
     kept = tree_where(jnp.isfinite(objective), Kept(_rows(method, run.state, index), index, objective, run.n_iter),
                       run.kept)

@@ -4,7 +4,10 @@ A method declares a ``Schedule`` for N data (``method.schedule(N)``); the run la
 Stopping rules are small objects with the numbers they compare against (traced values):
 
 - ``Change(tol)``: an exact objective (EM's log p(D)) changed by less than ``tol`` per datum
-  between two steps: :math:`|L_t - L_{t-1}| / N < \mathrm{tol}`.
+  between two steps: :math:`|L_t - L_{t-1}| / N < \mathrm{tol}`. A tolerance finer than the float
+  type resolves of the objective (``resolution``) cannot be tested: the run then stops when the
+  change falls below that resolution instead, with the stop reason ``STOP_RESOLUTION`` and
+  ``converged`` False (``jaxvi.infer`` warns, naming both numbers). ``tol=0`` runs every step.
 - ``Smoothed(tol, window)``: a noisy objective (an ELBO estimate) is smoothed by an exponential
   moving average of weight 1/window; every ``window`` steps the smoothed value is compared with the
   last comparison's: :math:`|\bar L_t - \bar L_{t-w}| / N < \mathrm{tol}`.
@@ -19,9 +22,29 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, NamedTuple
 
+import jax
 import jax.numpy as jnp
 
-__all__ = ["Change", "Never", "Schedule", "Smoothed"]
+__all__ = ["Change", "Never", "RESOLUTION_ULPS", "STOP_FAULT", "STOP_MAX_STEPS", "STOP_PATIENCE", "STOP_REASONS",
+           "STOP_RESOLUTION", "STOP_RUNNING", "STOP_TOLERANCE", "Schedule", "Smoothed", "resolution"]
+
+# Why a run stopped (``Result.diagnostics.stop_reason``; ``STOP_REASONS`` names them).
+STOP_RUNNING, STOP_TOLERANCE, STOP_MAX_STEPS, STOP_FAULT, STOP_PATIENCE, STOP_RESOLUTION = range(6)
+STOP_REASONS = ("running", "tolerance", "max_iter", "fault", "patience", "resolution")
+
+# Units in the last place of |objective| within which an exact objective computed in floating point is
+# trusted: a monotone objective (EM's log p(D)) may fall by up to this much from rounding alone. Measured
+# in float32 over 2,000 EM iterations (tests/test_float32.py): mixtures, Gaussian HMMs and factor analysis
+# (noise variances down to 1e-5) fall by at most 1.7 ulps and end within 2.3 ulps of a float64
+# evaluation of the same parameters; 16 leaves room for models whose log-joint rounds worse.
+RESOLUTION_ULPS = 16
+
+
+def resolution(objective: jax.Array) -> jax.Array:
+    r"""The smallest change of ``objective`` its floating type resolves:
+    :math:`\mathrm{RESOLUTION\_ULPS} \cdot \varepsilon \cdot |L|` (ε the type's machine epsilon;
+    in float32 1.9e-6 of |L|, in float64 3.6e-15)."""
+    return RESOLUTION_ULPS * jnp.finfo(objective.dtype).eps * jnp.abs(objective)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,12 +55,19 @@ class Never:
         return ()
 
     def update(self, monitor, objective, steps, num_data):
-        return monitor, jnp.array(False)
+        return monitor, jnp.array(STOP_RUNNING, jnp.int32)
 
 
 @dataclasses.dataclass(frozen=True)
 class Change:
-    """Stop when an exact objective changes by less than ``tol`` per datum between steps."""
+    r"""Stop when an exact objective changes by less than ``tol`` per datum between steps.
+
+    A stopping rule is ``init(dtype) -> monitor`` and ``update(monitor, objective, steps, num_data) ->
+    (monitor, reason)``: ``STOP_RUNNING`` to go on, else why to stop. Here ``STOP_TOLERANCE`` when
+    :math:`|L_t - L_{t-1}| < \mathrm{tol} \cdot N`, where that is at least ``resolution(L_t)``;
+    where it is finer, ``STOP_RESOLUTION`` when the change is below the resolution, the least change
+    the float type can tell from rounding. ``tol=0`` never stops.
+    """
 
     tol: Any
 
@@ -45,8 +75,11 @@ class Change:
         return jnp.array(jnp.nan, dtype)  # the previous step's objective
 
     def update(self, previous, objective, steps, num_data):
-        converged = (steps > 1) & (jnp.abs(objective - previous) / num_data < self.tol)
-        return objective, converged
+        change, tolerance, least = jnp.abs(objective - previous), self.tol * num_data, resolution(objective)
+        resolved = tolerance >= least
+        reason = jnp.select([resolved & (change < tolerance), ~resolved & (self.tol > 0) & (change < least)],
+                            [STOP_TOLERANCE, STOP_RESOLUTION], STOP_RUNNING)
+        return objective, jnp.where(steps > 1, reason, STOP_RUNNING).astype(jnp.int32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,7 +98,8 @@ class Smoothed:
         smoothed = jnp.where(jnp.isnan(smoothed), objective, smoothed + (objective - smoothed) / self.window)
         check = steps % self.window == 0
         converged = check & jnp.isfinite(at_check) & (jnp.abs(smoothed - at_check) / num_data < self.tol)
-        return (smoothed, jnp.where(check, smoothed, at_check)), converged
+        reason = jnp.where(converged, STOP_TOLERANCE, STOP_RUNNING).astype(jnp.int32)
+        return (smoothed, jnp.where(check, smoothed, at_check)), reason
 
 
 class Schedule(NamedTuple):

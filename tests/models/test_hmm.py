@@ -178,10 +178,10 @@ def test_gradient_m_step_fits_a_categorical_hmm_like_the_closed_form():
     x, _ = categorical_reference().sample(400, random_state=5)
     hmm = jaxvi.models.categorical_hmm(K, 4)
     with jax.enable_x64(True):
-        data = jnp.asarray(x[:, 0].reshape(4, 100))
+        data = jnp.asarray(x[:, 0].reshape(4, 100))  # integers: the objective is float32 even here
         params = hmm.model.init(jax.random.key(1), data)
-        closed = fit_jaxvi(hmm, data, params, 300, tol=1e-9)
-        gradient = fit_jaxvi(hmm, data, params, 300, tol=1e-9, m_step=None, m_step_iters=10)
+        closed = fit_jaxvi(hmm, data, params, 300, tol=5e-4)
+        gradient = fit_jaxvi(hmm, data, params, 300, tol=5e-4, m_step=None, m_step_iters=10)
         trace = np.asarray(gradient.trace)
         assert np.all(np.diff(trace) >= -1e-9 * np.abs(trace[:-1]))
         np.testing.assert_allclose(float(gradient.objective), float(closed.objective), rtol=1e-4)
