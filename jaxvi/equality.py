@@ -14,7 +14,7 @@ call. ``key(value)`` compares them by what they are instead:
 - Python functions: by their code (the same code object: the same ``def`` or ``lambda`` of the same
   run of its source, however often it is evaluated), their defaults, the values their closures
   captured and the values of the module globals their code names; ``functools.partial`` and bound
-  methods by what they wrap and bind;
+  methods by what they wrap and bind (``jaxvi.walk``: the decomposition fingerprints walk too);
 - values taken as fixed: JAX arrays (immutable), jitted functions, JAX's custom-derivative functions
   and ufuncs, builtins, classes, modules, code: by identity.
 
@@ -32,8 +32,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import dis
-import functools
 import hashlib
 import types
 from typing import Any, Hashable
@@ -41,6 +39,8 @@ from typing import Any, Hashable
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from jaxvi.walk import function_parts, wrapper_parts
 
 __all__ = ["Structural", "key"]
 
@@ -134,39 +134,5 @@ def _parts(value: Any) -> tuple | None:
     if dataclasses.is_dataclass(value) and value.__dataclass_params__.frozen:
         return tuple(getattr(value, f.name) for f in dataclasses.fields(value))
     if isinstance(value, types.FunctionType):
-        captured = tuple(_contents(cell) for cell in value.__closure__ or ())
-        kwdefaults = tuple(sorted((value.__kwdefaults__ or {}).items()))
-        names = sorted(_global_names(value.__code__) & value.__globals__.keys())
-        globals_ = tuple((name, value.__globals__[name]) for name in names)
-        return value.__code__, value.__defaults__, kwdefaults, captured, globals_
-    if isinstance(value, functools.partial):
-        return value.func, value.args, tuple(sorted(value.keywords.items()))
-    if isinstance(value, types.MethodType):
-        return value.__func__, value.__self__
-    return None
-
-
-@functools.lru_cache(maxsize=4096)
-def _global_names(code: types.CodeType) -> frozenset:
-    """The global names a code object reads, its nested lambdas, functions and comprehensions included
-    (the arguments of its global loads; attribute names such as ``jax.scipy.stats.norm``'s are not)."""
-    names = {op.argval for op in dis.get_instructions(code) if op.opname in ("LOAD_GLOBAL", "LOAD_NAME")}
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType):
-            names |= _global_names(const)
-    return frozenset(names)
-
-
-def _contents(cell) -> Any:
-    """A closure cell's value; an empty cell (a name its function never assigned) as ``_EMPTY_CELL``."""
-    try:
-        return cell.cell_contents
-    except ValueError:
-        return _EMPTY_CELL
-
-
-class _EmptyCell:
-    """Stands for an empty closure cell (compared by identity, as a class)."""
-
-
-_EMPTY_CELL = _EmptyCell
+        return tuple(function_parts(value))
+    return wrapper_parts(value)

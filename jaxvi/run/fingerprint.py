@@ -7,9 +7,11 @@ constants, and differs when either differs. Checkpoints use them to resume only 
 - numpy and JAX arrays and numpy scalars: dtype, shape and bytes; PRNG keys: implementation and key data.
 - tuples, lists, dicts, sets, NamedTuples, dataclasses (their fields), objects with ``__dict__`` or
   ``__slots__``: their type's name and their contents (dict items and set members in a sorted order).
-- a function written outside installed packages (a user's model, jaxvi's zoo): its bytecode, constants
-  (nested functions' code recursively), the names it uses, its defaults, the values in its closure, and
-  the values of the globals it names (modules by name, functions recursively).
+- a function written outside installed packages (a user's model, jaxvi's zoo): its parts as
+  ``jaxvi.walk.function_parts`` gives them (the decomposition structural equality walks too): its
+  bytecode, constants (nested functions' code recursively) and the names it uses, its defaults, the
+  values in its closure, and the values of the globals its code reads (modules by name, functions
+  recursively).
 - a function of an installed package or of the standard library (``optax.adam``, ``jnp.tanh``): its
   module and qualified name, defaults and closure values, not its code: ``optax.adam(1e-2)`` and
   ``optax.adam(1e-1)`` differ, upgrading optax does not change a fingerprint.
@@ -39,6 +41,8 @@ from typing import Any
 
 import jax
 import numpy as np
+
+from jaxvi.walk import function_parts, wrapper_parts
 
 __all__ = ["digest"]
 
@@ -95,10 +99,8 @@ class _Walk:
             self._function(value)
         elif isinstance(value, types.CodeType):
             self._code(value)
-        elif isinstance(value, functools.partial):
-            self._parts("partial", value.func, value.args, value.keywords)
-        elif isinstance(value, types.MethodType):
-            self._parts("method", value.__func__, value.__self__)
+        elif wrapper_parts(value) is not None:  # functools.partial, a bound method
+            self._parts(f"wrapper {_type_name(value)}", *wrapper_parts(value))
         elif isinstance(value, (types.BuiltinFunctionType, np.ufunc)):
             self.token("builtin", f"{getattr(value, '__module__', None)}.{getattr(value, '__qualname__', value.__name__)}")
         elif isinstance(value, (list, tuple)):
@@ -143,17 +145,12 @@ class _Walk:
         self.token("bytes", hashlib.sha256(array.tobytes()).digest())
 
     def _function(self, fn: types.FunctionType) -> None:
-        cells = tuple(_cell(cell) for cell in fn.__closure__ or ())
+        parts = function_parts(fn)
         if _is_library(fn.__code__.co_filename):
-            self._parts("library function", f"{fn.__module__}.{fn.__qualname__}", fn.__defaults__,
-                        fn.__kwdefaults__, cells)
+            self._parts("library function", f"{fn.__module__}.{fn.__qualname__}", parts.defaults, parts.kwdefaults,
+                        parts.closure)
             return
-        self._parts("function", fn.__code__, fn.__defaults__, fn.__kwdefaults__, cells)
-        names = sorted({name for code in _codes(fn.__code__) for name in code.co_names if name in fn.__globals__})
-        self.token("globals", str(len(names)))
-        for name in names:
-            self.token("global", name)
-            self.value(fn.__globals__[name])
+        self._parts("function", *parts)
 
     def _code(self, code: types.CodeType) -> None:
         self.token("code", f"{code.co_argcount} {code.co_posonlyargcount} {code.co_kwonlyargcount} {code.co_flags}")
@@ -180,24 +177,6 @@ def _attributes(value: Any) -> dict:
         if hasattr(value, name):
             attributes[name] = getattr(value, name)
     return attributes
-
-
-def _cell(cell) -> Any:
-    try:
-        return cell.cell_contents
-    except ValueError:  # an empty cell (a name assigned after the closure was made)
-        return _EMPTY
-
-
-_EMPTY = "<empty cell>"
-
-
-def _codes(code: types.CodeType):
-    """``code`` and the code of the functions, lambdas and comprehensions nested in it."""
-    yield code
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType):
-            yield from _codes(const)
 
 
 @functools.lru_cache(maxsize=None)
