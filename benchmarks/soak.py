@@ -168,7 +168,7 @@ SWEEP_CASES = ("fresh optax.adam(1e-2) (SVI)", "fresh Model of the same function
                "a new learning rate, traced (SVI)", "a new built optax.adam(rate) (SVI)",
                "a new constant captured by the log-joint (EM, GMM)")
 DISTINCT = "a new built optax.adam(rate) (SVI)"
-SLOW = {DISTINCT: 10, SWEEP_CASES[-1]: 4}  # cases that compile every call run calls / this many
+SLOW = {DISTINCT: 10, SWEEP_CASES[-1]: 10}  # cases that compile every call run calls / this many
 
 
 def sweep_settings(case: str):
