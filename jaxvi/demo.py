@@ -196,7 +196,7 @@ def _hmm(out_dir, quick, progress):
     levels, scales = np.array([-1.0, 0.5, 2.0]), np.array([0.6, 0.3, 0.8])
     series = (levels[regimes] + scales[regimes] * rng.normal(size=T)).astype(np.float32)
     hmm = jaxvi.models.gaussian_hmm(3)
-    result = jaxvi.infer(hmm.model, jaxvi.EM(m_step=hmm.m_step, n_init=4, max_iter=200, tol=2e-3), series[None, :, None],
+    result = jaxvi.infer(hmm.model, jaxvi.EM(m_step=hmm.m_step, n_init=4, max_iter=200, tol=1e-2), series[None, :, None],
                          key=jax.random.key(0), progress=progress)
     post = result.posterior(series[None, :, None])
     path = np.asarray(post.mode())[0]
