@@ -126,7 +126,7 @@ def _warn_unresolved(method, result: Result, n: int) -> None:
         return
     objective = jnp.asarray(result.objective)
     least = float(resolution(objective))
-    if not np.isfinite(least) or float(stopping.tol) * n >= least:
+    if not np.isfinite(least) or bool(stopping.resolves(objective, n)):
         return
     reason = int(result.diagnostics.stop_reason)
     how = ("The run stopped when a step changed it by less than that resolution: Result.converged is False, "

@@ -102,15 +102,16 @@ def _posterior_one(log_joint: LogJoint, params: PyTree, x: PyTree, latent) -> tu
         newton = lambda z: z + jnp.linalg.solve(-_symmetric(jax.hessian(f)(z)), jax.grad(f)(z))  # noqa: E731
         center, _ = lax.scan(lambda z, _: (newton(z), None), zero, length=latent.newton_steps)
         hessian = _symmetric(jax.hessian(f)(center))
+        chol = jnp.linalg.cholesky(-hessian)
     else:
         # One Newton step from 0 reaches the mean of a quadratic log-joint; the expansion is then taken
         # there, where the gradient is small. (At 0, log p(x) = c + g'mu/2 is a difference of two terms
         # that can be 1e5 times larger than it, e.g. factor analysis with a small noise variance:
         # float32 lost whole nats per datum.)
         hessian = _symmetric(jax.hessian(f)(zero))
-        center = jnp.linalg.solve(-hessian, jax.grad(f)(zero))
+        chol = jnp.linalg.cholesky(-hessian)
+        center = jax.scipy.linalg.cho_solve((chol, True), jax.grad(f)(zero))
     value, gradient = jax.value_and_grad(f)(center)
-    chol = jnp.linalg.cholesky(-hessian)
     if jnp.finfo(dtype).eps > _REFINED_BELOW_EPS:
         chol = _refined_cholesky(f, center, chol)
     shift = jax.scipy.linalg.cho_solve((chol, True), gradient)

@@ -74,9 +74,13 @@ class Change:
     def init(self, dtype):
         return jnp.array(jnp.nan, dtype)  # the previous step's objective
 
+    def resolves(self, objective, num_data):
+        """Whether ``tol`` (in total, ``tol * num_data``) is at least ``resolution(objective)``."""
+        return self.tol * num_data >= resolution(objective)
+
     def update(self, previous, objective, steps, num_data):
         change, tolerance, least = jnp.abs(objective - previous), self.tol * num_data, resolution(objective)
-        resolved = tolerance >= least
+        resolved = self.resolves(objective, num_data)
         reason = jnp.select([resolved & (change < tolerance), ~resolved & (self.tol > 0) & (change < least)],
                             [STOP_TOLERANCE, STOP_RESOLUTION], STOP_RUNNING)
         return objective, jnp.where(steps > 1, reason, STOP_RUNNING).astype(jnp.int32)
