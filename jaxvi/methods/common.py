@@ -19,9 +19,11 @@ PyTree = Any
 
 
 def float_dtype(data: PyTree):
-    """The floating dtype of the data (float32 for integer data)."""
-    dtype = jnp.result_type(*jax.tree_util.tree_leaves(data), jnp.float32)
-    return dtype if jnp.issubdtype(dtype, jnp.floating) else jnp.float32
+    """The dtype objectives are kept in: the widest floating dtype among the data's leaves and float32 (integer
+    leaves such as sequence lengths do not count), or for all-integer data JAX's default float (float64 under
+    ``jax_enable_x64``, else float32)."""
+    floating = [leaf for leaf in jax.tree_util.tree_leaves(data) if jnp.issubdtype(jnp.result_type(leaf), jnp.floating)]
+    return jnp.result_type(*floating, jnp.float32) if floating else jnp.result_type(float)
 
 
 def full_data(batch: PyTree, num_data, who: str) -> PyTree:
