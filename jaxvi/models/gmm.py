@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.linalg import solve_triangular
 
-from jaxvi.chunks import sum_data
+from jaxvi.chunks import sum_accurately, sum_data
 from jaxvi.latents import Discrete
 from jaxvi.model import Model
 from jaxvi.statistics import Statistics
@@ -143,23 +143,30 @@ def gmm_m_step(covariance: str = "full", reg_covar: float = 1e-6, chunk_size: in
     With responsibilities :math:`r_{ik}` and :math:`N_k = \sum_i r_{ik}` (+ 10 machine epsilon):
     :math:`\pi_k = N_k / \sum_j N_j`, :math:`\mu_k = \sum_i r_{ik} x_i / N_k`,
     :math:`\Sigma_k = \sum_i r_{ik}(x_i - \mu_k)(x_i - \mu_k)^\top / N_k + \text{reg\_covar}\, I`.
+
+    Every sum over data is accumulated accurately in float32: :math:`N_k` pairwise, the others by chunks of
+    ``chunk_size`` data with a compensated running total, and the (co)variances from centred data, never
+    as :math:`E[xx^\top] - \mu\mu^\top`.
     """
     def m_step(params, data, posterior) -> GMMParams:
         resp = posterior.probs.astype(data.dtype)
-        nk = resp.sum(axis=0) + 10 * jnp.finfo(data.dtype).eps
-        means = (resp.T @ data) / nk[:, None]
-        if covariance == "full":
-            def scatter(chunk):
-                x, r = chunk
-                centred = x[:, None, :] - means
-                return jnp.einsum("bk,bkd,bke->kde", r, centred, centred)
+        nk = sum_accurately(resp) + 10 * jnp.finfo(data.dtype).eps
+        means = sum_data(lambda chunk: chunk[1].T @ chunk[0], (data, resp), chunk_size) / nk[:, None]
 
+        def scatter(chunk):  # sum_i r_ik (x_i - mu_k)(x_i - mu_k)^T over a chunk (diag: its diagonal)
+            x, r = chunk
+            centred = x[:, None, :] - means
+            if covariance == "full":
+                return jnp.einsum("bk,bkd,bke->kde", r, centred, centred)
+            return jnp.einsum("bk,bkd->kd", r, centred**2)
+
+        if covariance == "full":
             cov = sum_data(scatter, (data, resp), chunk_size) / nk[:, None, None]
             cov = cov + reg_covar * jnp.eye(data.shape[1], dtype=data.dtype)
             prec_chol = _precision_cholesky(cov)
         else:
-            var = (resp.T @ data**2) / nk[:, None] - means**2 + reg_covar
-            prec_chol = jax.lax.rsqrt(jnp.maximum(var, reg_covar))
+            var = sum_data(scatter, (data, resp), chunk_size) / nk[:, None] + reg_covar
+            prec_chol = jax.lax.rsqrt(var)
         return GMMParams(jnp.log(nk / nk.sum()), means, prec_chol)
 
     return m_step
