@@ -72,7 +72,7 @@ def test_a_streamed_fault_names_the_chunk():
 
 @pytest.mark.parametrize("zoo", ["gmm", "factor analysis"])
 def test_online_em_reaches_the_batch_fit_in_a_few_passes(zoo):
-    n = 20_000
+    n = 5_000
     if zoo == "gmm":
         x, fit = clusters(n, k=4).astype(np.float32), jaxvi.models.gaussian_mixture(4)
     else:
@@ -81,7 +81,7 @@ def test_online_em_reaches_the_batch_fit_in_a_few_passes(zoo):
         fit = jaxvi.models.factor_analysis(2)
     batch = jaxvi.infer(fit.model, jaxvi.EM(m_step=fit.m_step, max_iter=300, tol=0.0, n_init=4), x, key=KEY,
                         progress=False)
-    online = jaxvi.infer(fit.model, jaxvi.OnlineEM(fit.statistics, batch_size=500, num_steps=400, n_init=4), x,
+    online = jaxvi.infer(fit.model, jaxvi.OnlineEM(fit.statistics, batch_size=250, num_steps=200, n_init=4), x,
                          key=KEY, progress=False)                 # 10 passes over the data
     assert float(online.objective) <= float(batch.objective) + 1e-4 * abs(float(batch.objective))
     assert (float(batch.objective) - float(online.objective)) / n < 0.01      # nats per datum
