@@ -112,13 +112,13 @@ def one_fit(library: str, restarts: int, n: int) -> dict:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=N)
-    parser.add_argument("--quick", action="store_true", help="smoke run: N=5,000")
+    parser.add_argument("--quick", action="store_true", help="smoke run: N=2,000")
     parser.add_argument("--json", default=None)
     parser.add_argument("--markdown", default=None, help="the report (default: the --json path with .md)")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.quick and args.n == N:
-        args.n = 5_000
+        args.n = 2_000
     if args.child:
         print(json.dumps(one_fit(args.child[0], int(args.child[1]), args.n)))
         return
