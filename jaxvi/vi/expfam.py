@@ -1,0 +1,321 @@
+r"""Exponential families, the factors of a mean-field q for coordinate-ascent VI (a kernel: pure functions).
+
+A family's density is :math:`q(z) = \exp(\eta \cdot T(z) - A(\eta))` with sufficient statistics :math:`T`,
+natural parameters :math:`\eta` and log-normaliser :math:`A` (every family here has a base measure of 1 with
+respect to Lebesgue measure on its support, so none is carried). Each family writes only :math:`T` and
+:math:`A`; everything else follows from them by autodiff:
+
+- expected statistics :math:`E_q[T] = \nabla A(\eta)`;
+- entropy :math:`H[q] = A(\eta) - \eta \cdot E_q[T]`;
+- :math:`KL(q \| p) = A(\eta_p) - A(\eta_q) - (\eta_p - \eta_q) \cdot E_q[T]`;
+- a function linear in :math:`T` has its expectation in closed form: ``expect_linear``.
+
+``natural_parameters`` reads :math:`\eta` off a function that is linear in a family's statistics (the
+conditional of a conjugate log-joint, Hoffman, Johnson & Tran's Autoconj condition) from its gradient at a
+few points, and checks the linearity at those points, as ``Gaussian(d)`` checks a quadratic log-joint.
+
+A family's natural parameters are a tuple of arrays with the batch shape in front (``Gamma(shape=(3,))`` is
+three independent Gammas). Families: ``BETA``, ``GAMMA``, ``DIRICHLET``, ``WISHART`` and ``NORMAL`` (a
+d-dimensional Gaussian). A discrete factor's update is enumeration (``jaxvi.exact``), not a gradient.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.scipy.special import gammaln, multigammaln
+
+__all__ = ["BETA", "DIRICHLET", "Family", "GAMMA", "NORMAL", "NotLinear", "WISHART", "coordinate_update", "entropy",
+           "expect_linear", "expectation", "expected_statistics", "kl_divergence", "log_density", "log_normalizer",
+           "natural_parameters"]
+
+Natural = tuple  # natural parameters: a tuple of arrays, batch shape in front
+
+
+class Family(NamedTuple):
+    r"""An exponential family over values of ``event_ndim`` trailing dimensions.
+
+    Attributes:
+      name: for messages.
+      event_ndim: the number of trailing dimensions of one value (0 for scalars, 1 for vectors, 2 for matrices).
+      stat_ndims: the number of trailing (event) dimensions of each statistic and natural parameter.
+      statistics: ``T(z)`` of one value: a tuple of arrays matching the natural parameters' event shapes.
+      log_normalizer: ``A(eta)`` for one factor (no batch dimensions).
+      points: ``points(eta, p)``: p values in the support near q's mass (for ``natural_parameters``), stacked
+        on a leading axis.
+    """
+
+    name: str
+    event_ndim: int
+    stat_ndims: tuple
+    statistics: Callable
+    log_normalizer: Callable
+    points: Callable
+
+
+class NotLinear(NamedTuple):
+    """How far a function is from linear in a family's statistics at the points tried (both 0 when it is)."""
+
+    gradient_residual: jax.Array
+    value_residual: jax.Array
+
+
+def _per_factor(family: Family, fn: Callable, eta: Natural):
+    """``fn`` of one factor's natural parameters, mapped over the batch dimensions in front."""
+    for _ in range(eta[0].ndim - family.stat_ndims[0]):
+        fn = jax.vmap(fn)
+    return fn(tuple(eta))
+
+
+def _per_value(family: Family, fn: Callable, z: jax.Array):
+    """``fn`` of one value, mapped over the batch dimensions of ``z`` in front of its event."""
+    for _ in range(z.ndim - family.event_ndim):
+        fn = jax.vmap(fn)
+    return fn(z)
+
+
+# --- the families ---------------------------------------------------------------------------------
+
+def _beta_points(eta, p):
+    a, b = eta[0] + 1.0, eta[1] + 1.0
+    mean = a / (a + b)
+    spread = jnp.minimum(mean, 1.0 - mean) * jnp.linspace(-0.5, 0.5, p)
+    return mean + spread.reshape((p,) + (1,) * mean.ndim)
+
+
+BETA = Family(
+    "beta", 0, (0, 0),
+    statistics=lambda z: (jnp.log(z), jnp.log1p(-z)),
+    log_normalizer=lambda eta: gammaln(eta[0] + 1) + gammaln(eta[1] + 1) - gammaln(eta[0] + eta[1] + 2),
+    points=_beta_points)
+
+
+def _gamma_points(eta, p):
+    mean = (eta[0] + 1.0) / -eta[1]
+    return mean * jnp.exp(jnp.linspace(-0.7, 0.7, p)).reshape((p,) + (1,) * mean.ndim)
+
+
+GAMMA = Family(  # shape a, rate b: eta = (a - 1, -b), T = (log z, z)
+    "gamma", 0, (0, 0),
+    statistics=lambda z: (jnp.log(z), z),
+    log_normalizer=lambda eta: gammaln(eta[0] + 1) - (eta[0] + 1) * jnp.log(-eta[1]),
+    points=_gamma_points)
+
+
+def _dirichlet_points(eta, p):
+    alpha = eta[0] + 1.0
+    mean = alpha / alpha.sum(-1, keepdims=True)
+    tilt = jnp.linspace(-0.5, 0.5, p)[:, None] * jnp.cos(jnp.arange(alpha.shape[-1]) + 1.0)  # p directions
+    tilt = tilt.reshape((p,) + (1,) * (mean.ndim - 1) + (alpha.shape[-1],))
+    weights = mean * jnp.exp(tilt)
+    return weights / weights.sum(-1, keepdims=True)
+
+
+DIRICHLET = Family(  # eta = alpha - 1, T = log z
+    "dirichlet", 1, (1,),
+    statistics=lambda z: (jnp.log(z),),
+    log_normalizer=lambda eta: jnp.sum(gammaln(eta[0] + 1)) - gammaln(jnp.sum(eta[0] + 1)),
+    points=_dirichlet_points)
+
+
+def _wishart_parts(eta):
+    """(dof nu, scale W) from eta = (-W^-1 / 2, (nu - d - 1) / 2)."""
+    d = eta[0].shape[-1]
+    return 2 * eta[1] + d + 1, jnp.linalg.inv(-2 * eta[0])
+
+
+def _wishart_log_normalizer(eta):
+    d = eta[0].shape[-1]
+    nu = 2 * eta[1] + d + 1
+    _, log_det_inv_w = jnp.linalg.slogdet(-2 * eta[0])
+    return -0.5 * nu * log_det_inv_w + 0.5 * nu * d * jnp.log(2.0) + multigammaln(0.5 * nu, d)
+
+
+def _wishart_points(eta, p):
+    nu, scale = _wishart_parts(eta)
+    chol = jnp.linalg.cholesky(nu[..., None, None] * scale)  # of the mean, nu W
+    d = scale.shape[-1]
+    off_diagonal = (jnp.ones((d, d)) - jnp.eye(d)) / d
+    shapes = (jnp.exp(jnp.linspace(-0.5, 0.5, p))[:, None, None]
+              * (jnp.eye(d) + 0.3 * jnp.linspace(-1.0, 1.0, p)[:, None, None] * off_diagonal))  # p SPD matrices
+    shapes = shapes.reshape((p,) + (1,) * (scale.ndim - 2) + (d, d))
+    return chol @ shapes @ jnp.swapaxes(chol, -1, -2)
+
+
+WISHART = Family(  # over a d x d precision matrix: eta = (-W^-1 / 2, (nu - d - 1) / 2), T = (z, log|z|)
+    "wishart", 2, (2, 0),
+    statistics=lambda z: (z, jnp.linalg.slogdet(z)[1]),
+    log_normalizer=_wishart_log_normalizer,
+    points=_wishart_points)
+
+
+def _normal_points(eta, p):
+    precision = -2 * eta[1]
+    mean = jnp.linalg.solve(precision, eta[0][..., None])[..., 0]
+    sd = jnp.sqrt(jnp.diagonal(jnp.linalg.inv(precision), axis1=-2, axis2=-1))
+    d = mean.shape[-1]
+    offsets = jnp.linspace(-1.0, 1.0, p)[:, None] * jnp.cos(jnp.arange(d) * 2.0 + jnp.arange(p)[:, None])
+    return mean + sd * offsets.reshape((p,) + (1,) * (mean.ndim - 1) + (d,))
+
+
+def _normal_log_normalizer(eta):
+    precision = -2 * eta[1]
+    chol = jnp.linalg.cholesky(precision)
+    whitened = jax.scipy.linalg.solve_triangular(chol, eta[0], lower=True)
+    d = eta[0].shape[-1]
+    return 0.5 * whitened @ whitened - jnp.sum(jnp.log(jnp.diagonal(chol))) + 0.5 * d * jnp.log(2 * jnp.pi)
+
+
+NORMAL = Family(  # eta = (J mu, -J / 2), T = (z, z z^T)
+    "normal", 1, (1, 2),
+    statistics=lambda z: (z, jnp.outer(z, z)),
+    log_normalizer=_normal_log_normalizer,
+    points=_normal_points)
+
+
+# --- what follows from A and T --------------------------------------------------------------------
+
+def log_normalizer(family: Family, eta: Natural) -> jax.Array:
+    """A(eta) of every factor: an array of the batch shape."""
+    return _per_factor(family, family.log_normalizer, eta)
+
+
+def expected_statistics(family: Family, eta: Natural) -> Natural:
+    r""":math:`E_q[T(z)] = \nabla A(\eta)`, a tuple shaped like ``eta``."""
+    return _per_factor(family, jax.grad(family.log_normalizer), eta)
+
+
+def _dot(eta: Natural, stats: Natural, family: Family) -> jax.Array:
+    """sum over the event dimensions of eta . T, per factor (batch shape)."""
+    total = 0.0
+    for e, t, nd in zip(eta, stats, family.stat_ndims):
+        total = total + jnp.sum(e * t, axis=tuple(range(e.ndim - nd, e.ndim)))
+    return total
+
+
+def entropy(family: Family, eta: Natural) -> jax.Array:
+    r""":math:`H[q] = A(\eta) - \eta \cdot E_q[T]`, per factor."""
+    eta = tuple(eta)
+    return log_normalizer(family, eta) - _dot(eta, expected_statistics(family, eta), family)
+
+
+def kl_divergence(family: Family, eta_q: Natural, eta_p: Natural) -> jax.Array:
+    r""":math:`KL(q \| p) = A(\eta_p) - A(\eta_q) - (\eta_p - \eta_q) \cdot E_q[T]`, per factor."""
+    eta_q, eta_p = tuple(eta_q), tuple(eta_p)
+    difference = tuple(p - q for p, q in zip(eta_p, eta_q))
+    return (log_normalizer(family, eta_p) - log_normalizer(family, eta_q)
+            - _dot(difference, expected_statistics(family, eta_q), family))
+
+
+def log_density(family: Family, eta: Natural, z: jax.Array) -> jax.Array:
+    r""":math:`\log q(z) = \eta \cdot T(z) - A(\eta)`, per factor."""
+    eta = tuple(eta)
+    return _dot(eta, _per_value(family, family.statistics, z), family) - log_normalizer(family, eta)
+
+
+def expect_linear(family: Family, eta: Natural, coefficients: Natural, constant: jax.Array) -> jax.Array:
+    r""":math:`E_q[c + \beta \cdot T(z)] = c + \beta \cdot E_q[T]`, summed over the factors."""
+    return constant + jnp.sum(_dot(tuple(coefficients), expected_statistics(family, eta), family))
+
+
+def natural_parameters(fn: Callable[[jax.Array], jax.Array], family: Family, points: jax.Array
+                       ) -> tuple[Natural, jax.Array, NotLinear]:
+    r"""Reads :math:`\beta` and :math:`c` off a scalar function :math:`f(z) = c + \beta \cdot T(z)` of a batch
+    of values ``z`` of ``family`` (f may couple the factors only through a sum of such terms).
+
+    The gradient of f at every point is :math:`J_T(z)^\top \beta` factor by factor: the equations at all
+    the points are solved by least squares for every factor's :math:`\beta`, and :math:`c` is the mean of
+    :math:`f(z_i) - \beta \cdot T(z_i)`. ``NotLinear`` reports the worst residuals of both (relative to the
+    size of the gradients and of the values): both are at rounding level when f is linear in T, and large
+    when it is not.
+
+    Args:
+      fn: ``fn(z) -> scalar`` for z of shape ``batch + event``.
+      family: the family of z.
+      points: ``(p,) + batch + event`` values in the support; p >= 2 for the families whose
+        statistics outnumber the value's entries (Beta, Gamma, Wishart), 3 to check.
+
+    Returns:
+      ``(beta, c, not_linear)``: beta shaped like the family's natural parameters (batch in front).
+    """
+    nd = family.event_ndim
+    batch_shape, event_shape = points.shape[1:points.ndim - nd], points.shape[points.ndim - nd:]
+    values, grads = jax.vmap(jax.value_and_grad(fn))(points)
+    if nd == 2:  # a symmetric matrix value: only the symmetric part of the gradient is defined
+        grads = 0.5 * (grads + jnp.swapaxes(grads, -1, -2))
+
+    def flat_statistics(v):
+        return jnp.concatenate([s.ravel() for s in family.statistics(v.reshape(event_shape))])
+
+    def jacobian(z):  # (event entries, statistics) of one value
+        return jax.jacfwd(flat_statistics)(z.ravel()).T
+
+    p, size = points.shape[0], math.prod(event_shape)
+    jac = jax.vmap(jax.vmap(jacobian))(points.reshape(p, -1, size))           # (p, factors, entries, stats)
+    system = jnp.moveaxis(jac, 0, 1).reshape(jac.shape[1], p * size, jac.shape[-1])
+    rhs = jnp.moveaxis(grads.reshape(p, -1, size), 0, 1).reshape(jac.shape[1], p * size)
+    beta_flat = jax.vmap(lambda a, b: jnp.linalg.lstsq(a, b)[0])(system, rhs)
+    gradient_residual = (jnp.max(jnp.abs(jnp.einsum("fes,fs->fe", system, beta_flat) - rhs))
+                         / (jnp.max(jnp.abs(rhs)) + jnp.finfo(rhs.dtype).tiny))
+    beta, start = [], 0
+    for stat in family.statistics(points.reshape((-1,) + event_shape)[0]):
+        beta.append(beta_flat[:, start:start + stat.size].reshape(batch_shape + stat.shape))
+        start += stat.size
+    beta = tuple(beta)
+    linear = jax.vmap(lambda z: jnp.sum(_dot(beta, _per_value(family, family.statistics, z), family)))(points)
+    constants = values - linear
+    constant = jnp.mean(constants)
+    value_residual = jnp.max(jnp.abs(constants - constant)) / (jnp.max(jnp.abs(values)) + 1.0)
+    return beta, constant, NotLinear(gradient_residual, value_residual)
+
+
+def expectation(fn: Callable, families: tuple, etas: tuple, num_points: int = 3) -> tuple[jax.Array, jax.Array]:
+    r""":math:`E_q[f(z_1, \dots, z_m)]` under :math:`q = \prod_j q_j` (``families[j]`` with natural parameters
+    ``etas[j]``), exactly, for an f that is linear in every factor's statistics given the others (a
+    conditionally conjugate log-joint).
+
+    Factor by factor: the expectation over the later factors is a function of :math:`z_1` linear in
+    :math:`T_1(z_1)`, whose coefficients ``natural_parameters`` reads off at ``num_points`` points near
+    :math:`q_1`; its expectation is then :math:`c + \beta \cdot E_{q_1}[T_1]`. The cost is about
+    ``(2 num_points)^m`` evaluations of f: for a few factors.
+
+    Returns:
+      ``(value, not_linear)``: the expectation and the worst residual (relative) of the linearity checks
+      along the way, at rounding level when f is multilinear in the statistics.
+    """
+    if not families:
+        return fn(), jnp.zeros(())
+    family, eta = families[0], tuple(etas[0])
+
+    def rest(z):
+        return expectation(lambda *others: fn(z, *others), families[1:], etas[1:], num_points)[0]
+
+    beta, constant, residuals = natural_parameters(rest, family, family.points(eta, num_points))
+    inner = expectation(lambda *others: fn(family.points(eta, 1)[0], *others), families[1:], etas[1:], num_points)[1]
+    worst = jnp.maximum(jnp.maximum(residuals.gradient_residual, residuals.value_residual), inner)
+    return expect_linear(family, eta, beta, constant), worst
+
+
+def coordinate_update(fn: Callable, families: tuple, etas: tuple, j: int, num_points: int = 3
+                      ) -> tuple[Natural, jax.Array]:
+    r"""The optimal factor :math:`q_j \propto \exp E_{q_{-j}}[f]` for a mean-field q (CAVI's update, Bishop
+    eq. 10.9): its natural parameters are the coefficients of :math:`T_j(z_j)` in
+    :math:`E_{q_{-j}}[f(z)]`, read off that function of :math:`z_j` by ``natural_parameters``.
+
+    Returns:
+      ``(eta_j, not_linear)``: the new natural parameters of factor j and the worst linearity residual.
+    """
+    others = tuple(k for k in range(len(families)) if k != j)
+
+    def given(z_j):
+        def full(*zs):
+            values = list(zs)
+            values.insert(j, z_j)
+            return fn(*values)
+        return expectation(full, tuple(families[k] for k in others), tuple(etas[k] for k in others), num_points)[0]
+
+    family = families[j]
+    beta, _, residuals = natural_parameters(given, family, family.points(tuple(etas[j]), num_points))
+    return beta, jnp.maximum(residuals.gradient_residual, residuals.value_residual)

@@ -1,0 +1,208 @@
+"""Exponential-family factors (jaxvi.vi.expfam): every quantity derived from T and A by autodiff equals
+TensorFlow Probability's independent implementation, and natural parameters read off a conjugate log-joint's
+gradient equal the closed-form posterior's."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.scipy.special import digamma, multigammaln
+from tensorflow_probability.substrates import jax as tfp
+
+from jaxvi.vi import expfam
+
+tfd = tfp.distributions
+RTOL = 1e-10
+
+
+def wishart_eta(nu, scale):
+    d = scale.shape[-1]
+    return (-0.5 * jnp.linalg.inv(scale), jnp.asarray((nu - d - 1) / 2))
+
+
+def normal_eta(mean, precision):
+    return (precision @ mean, -0.5 * precision)
+
+
+# (family, natural parameters, the same distribution in TFP, a value in the support)
+def cases():
+    scale = jnp.array([[2.0, 0.3], [0.3, 1.0]])
+    precision = jnp.array([[2.0, 0.3], [0.3, 1.0]])
+    mean = jnp.array([1.0, -1.0])
+    return {
+        "beta": (expfam.BETA, (jnp.array([1.5, 0.2]), jnp.array([3.0, 0.7])),
+                 tfd.Beta(jnp.array([2.5, 1.2]), jnp.array([4.0, 1.7])), jnp.array([0.3, 0.6])),
+        "gamma": (expfam.GAMMA, (jnp.array([2.0, 0.5]), jnp.array([-3.0, -0.2])),
+                  tfd.Gamma(jnp.array([3.0, 1.5]), jnp.array([3.0, 0.2])), jnp.array([0.7, 4.0])),
+        "dirichlet": (expfam.DIRICHLET, (jnp.array([[0.0, 1.0, 2.0], [-0.5, -0.5, 3.0]]),),
+                      tfd.Dirichlet(jnp.array([[1.0, 2.0, 3.0], [0.5, 0.5, 4.0]])),
+                      jnp.array([[0.2, 0.3, 0.5], [0.1, 0.6, 0.3]])),
+        "wishart": (expfam.WISHART, wishart_eta(5.0, scale), tfd.WishartTriL(5.0, jnp.linalg.cholesky(scale)),
+                    jnp.array([[3.0, 0.5], [0.5, 2.0]])),
+        "normal": (expfam.NORMAL, normal_eta(mean, precision),
+                   tfd.MultivariateNormalFullCovariance(mean, jnp.linalg.inv(precision)), jnp.array([0.2, 0.3])),
+    }
+
+
+@pytest.mark.parametrize("name", ["beta", "gamma", "dirichlet", "wishart", "normal"])
+def test_entropy_density_and_kl_equal_tfp(name):
+    with jax.enable_x64(True):
+        family, eta, dist, z = cases()[name]
+        np.testing.assert_allclose(expfam.entropy(family, eta), dist.entropy(), rtol=RTOL)
+        np.testing.assert_allclose(expfam.log_density(family, eta, z), dist.log_prob(z), rtol=RTOL)
+        # KL against a second member of the family: the same distribution with its natural parameters moved
+        other_eta = tuple(e * 0.7 + (0.1 if e.ndim <= family.stat_ndims[0] else 0.0) for e in eta)
+        if name == "wishart":
+            other_eta = wishart_eta(7.0, jnp.array([[1.0, -0.2], [-0.2, 3.0]]))
+            other = None
+        elif name == "normal":
+            other_eta = normal_eta(jnp.array([0.0, 2.0]), jnp.array([[1.0, -0.2], [-0.2, 3.0]]))
+            other = tfd.MultivariateNormalFullCovariance(jnp.array([0.0, 2.0]),
+                                                         jnp.linalg.inv(jnp.array([[1.0, -0.2], [-0.2, 3.0]])))
+        elif name == "beta":
+            other = tfd.Beta(other_eta[0] + 1, other_eta[1] + 1)
+        elif name == "gamma":
+            other = tfd.Gamma(other_eta[0] + 1, -other_eta[1])
+        else:
+            other = tfd.Dirichlet(other_eta[0] + 1)
+        truth = wishart_kl(5.0, jnp.array([[2.0, 0.3], [0.3, 1.0]]), 7.0, jnp.array([[1.0, -0.2], [-0.2, 3.0]])
+                           ) if name == "wishart" else tfd.kl_divergence(dist, other)   # TFP has no Wishart KL
+        np.testing.assert_allclose(expfam.kl_divergence(family, eta, other_eta), truth, rtol=1e-8)
+
+
+def wishart_kl(nu_q, scale_q, nu_p, scale_p):
+    """KL(W(nu_q, S_q) || W(nu_p, S_p)), the textbook closed form."""
+    d = scale_q.shape[-1]
+    multi_digamma = sum(digamma(nu_q / 2 + (1 - i) / 2) for i in range(1, d + 1))
+    return (nu_p / 2 * (jnp.linalg.slogdet(scale_p)[1] - jnp.linalg.slogdet(scale_q)[1])
+            + nu_q / 2 * (jnp.trace(jnp.linalg.solve(scale_p, scale_q)) - d)
+            + multigammaln(nu_p / 2, d) - multigammaln(nu_q / 2, d) + (nu_q - nu_p) / 2 * multi_digamma)
+
+
+def test_expected_statistics_equal_the_closed_forms():
+    with jax.enable_x64(True):
+        _, eta, dist, _ = cases()["beta"]
+        a, b = eta[0] + 1, eta[1] + 1
+        log_z, log_1mz = expfam.expected_statistics(expfam.BETA, eta)
+        np.testing.assert_allclose(log_z, digamma(a) - digamma(a + b), rtol=RTOL)
+        np.testing.assert_allclose(log_1mz, digamma(b) - digamma(a + b), rtol=RTOL)
+        _, eta, dist, _ = cases()["gamma"]
+        log_z, z = expfam.expected_statistics(expfam.GAMMA, eta)
+        np.testing.assert_allclose(z, dist.mean(), rtol=RTOL)
+        np.testing.assert_allclose(log_z, digamma(eta[0] + 1) - jnp.log(-eta[1]), rtol=RTOL)
+        _, eta, dist, _ = cases()["wishart"]
+        precision, log_det = expfam.expected_statistics(expfam.WISHART, eta)
+        np.testing.assert_allclose(precision, dist.mean(), rtol=RTOL)
+        scale, nu, d = jnp.array([[2.0, 0.3], [0.3, 1.0]]), 5.0, 2       # E log|L| (Bishop B.81)
+        np.testing.assert_allclose(log_det, sum(digamma((nu - i) / 2) for i in range(d)) + d * jnp.log(2.0)
+                                   + jnp.linalg.slogdet(scale)[1], rtol=RTOL)
+        _, eta, dist, _ = cases()["normal"]
+        mean, second = expfam.expected_statistics(expfam.NORMAL, eta)
+        np.testing.assert_allclose(mean, dist.mean(), rtol=RTOL)
+        np.testing.assert_allclose(second, dist.covariance() + jnp.outer(dist.mean(), dist.mean()), rtol=RTOL)
+
+
+def test_natural_parameters_of_conjugate_log_joints_are_the_closed_form_posteriors():
+    """The conditional of each conjugate pair, written as a user writes a log-joint (TFP densities), read off at
+    3 points: the posterior's natural parameters (prior + data statistics), with both residuals at rounding."""
+    rng = np.random.default_rng(0)
+    with jax.enable_x64(True):
+        flips = jnp.asarray(rng.integers(0, 2, 20), jnp.float64)                       # Beta-Bernoulli
+        bernoulli = lambda p: tfd.Beta(2.0, 3.0).log_prob(p) + jnp.sum(tfd.Bernoulli(probs=p).log_prob(flips))
+        counts = jnp.asarray(rng.poisson([[2.0], [9.0]], (2, 15)), jnp.float64)        # Gamma-Poisson, 2 rates
+        poisson = lambda rate: jnp.sum(tfd.Gamma(2.0, 0.5).log_prob(rate)) + jnp.sum(
+            tfd.Poisson(rate=rate[:, None]).log_prob(counts))
+        symbols = jnp.asarray(rng.integers(0, 3, 30))                                   # Dirichlet-categorical
+        categorical = lambda w: tfd.Dirichlet(jnp.full(3, 2.0)).log_prob(w) + jnp.sum(jnp.log(w)[symbols])
+        x = jnp.asarray(rng.normal(size=(25, 2)), jnp.float64)                         # Wishart-Normal
+        prior_scale = jnp.array([[1.0, 0.2], [0.2, 2.0]])
+        wishart = lambda lam: tfd.WishartTriL(4.0, jnp.linalg.cholesky(prior_scale)).log_prob(lam) + jnp.sum(
+            tfd.MultivariateNormalFullCovariance(jnp.zeros(2), jnp.linalg.inv(lam)).log_prob(x))
+        y = jnp.asarray(rng.normal(1.0, 1.0, 10), jnp.float64)                          # Normal-Normal
+        normal = lambda mu: tfd.Normal(0.0, 2.0).log_prob(mu[0]) + jnp.sum(tfd.Normal(mu[0], 0.5).log_prob(y))
+        expected = {
+            "beta": (bernoulli, expfam.BETA, (jnp.array(1.0), jnp.array(1.0)),
+                     (1.0 + flips.sum(), 2.0 + (1 - flips).sum())),
+            "gamma": (poisson, expfam.GAMMA, (jnp.ones(2), -jnp.ones(2)),
+                      (1.0 + counts.sum(1), -(0.5 + 15.0 * jnp.ones(2)))),
+            "dirichlet": (categorical, expfam.DIRICHLET, (jnp.zeros(3),),
+                          (1.0 + jnp.bincount(symbols, length=3),)),
+            "wishart": (wishart, expfam.WISHART, wishart_eta(4.0, jnp.eye(2)),
+                        (-0.5 * (jnp.linalg.inv(prior_scale) + x.T @ x), jnp.asarray((4.0 + 25 - 3) / 2))),
+            "normal": (normal, expfam.NORMAL, normal_eta(jnp.zeros(1), jnp.eye(1)),
+                       (jnp.array([y.sum() / 0.25]), -0.5 * jnp.array([[1 / 4.0 + 10 / 0.25]]))),
+        }
+        for name, (fn, family, start, truth) in expected.items():
+            read = jax.jit(lambda start: expfam.natural_parameters(fn, family, family.points(start, 3)))
+            beta, _, not_linear = read(start)
+            for got, want in zip(beta, truth):
+                np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9, err_msg=name)
+            assert not_linear.gradient_residual < 1e-12 and not_linear.value_residual < 1e-12, (name, not_linear)
+
+
+def test_the_constant_makes_the_function_exact_and_expectations_follow():
+    """f(z) = c + beta . T(z) at a fourth point; E_q[f] by expect_linear equals a Monte Carlo average."""
+    with jax.enable_x64(True):
+        fn = lambda lam: jnp.sum(tfd.Gamma(2.0, 0.5).log_prob(lam)) + jnp.sum(3.0 * jnp.log(lam) - 2.0 * lam)
+        beta, c, _ = expfam.natural_parameters(fn, expfam.GAMMA, expfam.GAMMA.points((jnp.ones(2), -jnp.ones(2)), 3))
+        z = jnp.array([0.37, 5.2])
+        np.testing.assert_allclose(fn(z), c + jnp.sum(beta[0] * jnp.log(z) + beta[1] * z), rtol=1e-12)
+        eta = (jnp.array([1.5, 4.0]), jnp.array([-2.0, -1.0]))
+        draws = tfd.Gamma(eta[0] + 1, -eta[1]).sample(200_000, seed=jax.random.key(0))
+        np.testing.assert_allclose(expfam.expect_linear(expfam.GAMMA, eta, beta, c),
+                                   jnp.mean(jax.vmap(fn)(draws)), rtol=2e-3)
+
+
+@pytest.mark.parametrize("fn, family, start", [
+    (lambda z: jnp.sum(z ** 2), expfam.GAMMA, (jnp.ones(2), -jnp.ones(2))),                 # quadratic in z
+    (lambda p: jnp.sum(jnp.log(p) ** 2), expfam.BETA, (jnp.array(1.0), jnp.array(1.0))),  # (log p)^2
+    (lambda lam: lam[0] * lam[1], expfam.GAMMA, (jnp.ones(2), -jnp.ones(2))),             # couples two factors
+    (lambda mu: jnp.sum(mu ** 3), expfam.NORMAL, normal_eta(jnp.zeros(2), jnp.eye(2))),
+])
+def test_a_function_not_linear_in_the_statistics_shows_large_residuals(fn, family, start):
+    with jax.enable_x64(True):
+        _, _, not_linear = expfam.natural_parameters(fn, family, family.points(start, 3))
+        assert max(float(not_linear.gradient_residual), float(not_linear.value_residual)) > 1e-3, not_linear
+
+
+def test_coordinate_updates_of_a_normal_gamma_model_are_bishop_s_and_the_bound_rises():
+    """Bishop 10.1.3: x_i ~ N(mu, 1/tau), mu | tau ~ N(mu0, 1/(lambda0 tau)), tau ~ Gamma(a0, b0), with
+    q(mu) q(tau). Updates read off the log-joint (as a user writes it) equal Bishop's closed forms (10.26-10.30)
+    sweep after sweep from the same start, and the bound E_q[log p] + H[q] never falls."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(1.5, 0.7, 40)
+    mu0, lambda0, a0, b0 = 0.0, 2.0, 3.0, 1.5
+    with jax.enable_x64(True):
+        data = jnp.asarray(x)
+
+        def log_joint(mu, tau):
+            return (jnp.sum(tfd.Normal(mu[0], jax.lax.rsqrt(tau)).log_prob(data))
+                    + tfd.Normal(mu0, jax.lax.rsqrt(lambda0 * tau)).log_prob(mu[0]) + tfd.Gamma(a0, b0).log_prob(tau))
+
+        families = (expfam.NORMAL, expfam.GAMMA)
+        update = jax.jit(expfam.coordinate_update, static_argnums=(0, 1, 3))
+        bound = jax.jit(lambda etas: expfam.expectation(log_joint, families, etas)[0]
+                        + expfam.entropy(expfam.NORMAL, etas[0]).sum() + expfam.entropy(expfam.GAMMA, etas[1]))
+        etas = [normal_eta(jnp.array([0.0]), jnp.array([[1.0]])), (jnp.array(0.0), jnp.array(-1.0))]
+        e_tau = 1.0                                   # Bishop's iteration from the same q(tau) = Gamma(1, 1)
+        n, bounds = len(x), []
+        for sweep in range(6):
+            for j in (0, 1):
+                etas[j], residual = update(log_joint, families, tuple(etas), j)
+                assert residual < 1e-10, (sweep, j, residual)
+            mu_n, lambda_n = (lambda0 * mu0 + x.sum()) / (lambda0 + n), (lambda0 + n) * e_tau
+            e_mu, e_mu2 = mu_n, mu_n ** 2 + 1 / lambda_n
+            a_n = a0 + (n + 1) / 2
+            b_n = b0 + 0.5 * ((x ** 2).sum() - 2 * e_mu * x.sum() + n * e_mu2
+                              + lambda0 * (e_mu2 - 2 * mu0 * e_mu + mu0 ** 2))
+            e_tau = a_n / b_n
+            np.testing.assert_allclose(etas[0][0] / (-2 * etas[0][1][0]), [mu_n], rtol=1e-9)   # mean
+            np.testing.assert_allclose(-2 * etas[0][1], [[lambda_n]], rtol=1e-9)               # precision
+            np.testing.assert_allclose((etas[1][0] + 1, -etas[1][1]), (a_n, b_n), rtol=1e-9)
+            bounds.append(float(bound(tuple(etas))))
+        assert np.all(np.diff(bounds) >= -1e-10 * abs(bounds[0])), bounds
+        # the bound at the fixed point, against a Monte Carlo estimate of E_q[log p] + H[q]
+        key_mu, key_tau = jax.random.split(jax.random.key(0))
+        mus = mu_n + jax.random.normal(key_mu, (100_000, 1)) / np.sqrt(lambda_n)
+        taus = tfd.Gamma(a_n, b_n).sample(100_000, seed=key_tau)
+        expected, _ = jax.jit(lambda etas: expfam.expectation(log_joint, families, etas))(tuple(etas))
+        np.testing.assert_allclose(expected, jnp.mean(jax.vmap(log_joint)(mus, taus)), rtol=2e-3)
