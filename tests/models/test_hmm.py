@@ -332,7 +332,8 @@ def test_categorical_defaults_reach_the_best_known_fit_on_return_terciles():
             result = jaxvi.infer(hmm.model, jaxvi.EM(m_step=hmm.m_step, max_iter=3000, tol=1e-4, n_init=4), data,
                                  key=jax.random.key(0), progress=False)
             ends = np.asarray(result.diagnostics.restart_objectives)
-            emission, transition = (np.asarray(p) for p in (result.params.emission.logits, result.params.transition_matrix))
+            emission = np.asarray(result.params.emission.logits)
+            transition = np.asarray(result.params.transition_matrix)
         assert bool(result.converged) and ends.dtype == np.float64
         if n_states == 2:
             np.testing.assert_allclose(ends, best, atol=1e-4 * len(symbols))
