@@ -220,8 +220,8 @@ def expect_linear(family: Family, eta: Natural, coefficients: Natural, constant:
     return constant + jnp.sum(_dot(tuple(coefficients), expected_statistics(family, eta), family))
 
 
-def natural_parameters(fn: Callable[[jax.Array], jax.Array], family: Family, points: jax.Array
-                       ) -> tuple[Natural, jax.Array, NotLinear]:
+def natural_parameters(fn: Callable[[jax.Array], jax.Array], family: Family, points: jax.Array, *,
+                       has_aux: bool = False) -> tuple[Natural, jax.Array, NotLinear]:
     r"""Reads :math:`\beta` and :math:`c` off a scalar function :math:`f(z) = c + \beta \cdot T(z)` of a batch
     of values ``z`` of ``family`` (f may couple the factors only through a sum of such terms).
 
@@ -236,13 +236,16 @@ def natural_parameters(fn: Callable[[jax.Array], jax.Array], family: Family, poi
       family: the family of z.
       points: ``(p,) + batch + event`` values in the support; p >= 2 for the families whose
         statistics outnumber the value's entries (Beta, Gamma, Wishart), 3 to check.
+      has_aux: ``fn`` returns ``(value, residual)``, a residual of its own linearity checks (an inner
+        expectation's); the worst over the points is folded into ``not_linear.value_residual``.
 
     Returns:
       ``(beta, c, not_linear)``: beta shaped like the family's natural parameters (batch in front).
     """
     nd = family.event_ndim
     batch_shape, event_shape = points.shape[1:points.ndim - nd], points.shape[points.ndim - nd:]
-    values, grads = jax.vmap(jax.value_and_grad(fn))(points)
+    (values, inner), grads = jax.vmap(jax.value_and_grad(fn if has_aux else lambda z: (fn(z), jnp.zeros(())),
+                                                         has_aux=True))(points)
     if nd == 2:  # a symmetric matrix value: only the symmetric part of the gradient is defined
         grads = 0.5 * (grads + jnp.swapaxes(grads, -1, -2))
 
@@ -268,7 +271,7 @@ def natural_parameters(fn: Callable[[jax.Array], jax.Array], family: Family, poi
     constants = values - linear
     constant = jnp.mean(constants)
     value_residual = jnp.max(jnp.abs(constants - constant)) / (jnp.max(jnp.abs(values)) + 1.0)
-    return beta, constant, NotLinear(gradient_residual, value_residual)
+    return beta, constant, NotLinear(gradient_residual, jnp.maximum(value_residual, jnp.max(inner)))
 
 
 def expectation(fn: Callable, families: tuple, etas: tuple, num_points: int = 3) -> tuple[jax.Array, jax.Array]:
@@ -289,13 +292,11 @@ def expectation(fn: Callable, families: tuple, etas: tuple, num_points: int = 3)
         return fn(), jnp.zeros(())
     family, eta = families[0], tuple(etas[0])
 
-    def rest(z):
-        return expectation(lambda *others: fn(z, *others), families[1:], etas[1:], num_points)[0]
+    def rest(z):  # the expectation over the later factors and its residual
+        return expectation(lambda *others: fn(z, *others), families[1:], etas[1:], num_points)
 
-    beta, constant, residuals = natural_parameters(rest, family, family.points(eta, num_points))
-    inner = expectation(lambda *others: fn(family.points(eta, 1)[0], *others), families[1:], etas[1:], num_points)[1]
-    worst = jnp.maximum(jnp.maximum(residuals.gradient_residual, residuals.value_residual), inner)
-    return expect_linear(family, eta, beta, constant), worst
+    beta, constant, residuals = natural_parameters(rest, family, family.points(eta, num_points), has_aux=True)
+    return expect_linear(family, eta, beta, constant), jnp.maximum(*residuals)
 
 
 def coordinate_update(fn: Callable, families: tuple, etas: tuple, j: int, num_points: int = 3
@@ -305,7 +306,8 @@ def coordinate_update(fn: Callable, families: tuple, etas: tuple, j: int, num_po
     :math:`E_{q_{-j}}[f(z)]`, read off that function of :math:`z_j` by ``natural_parameters``.
 
     Returns:
-      ``(eta_j, not_linear)``: the new natural parameters of factor j and the worst linearity residual.
+      ``(eta_j, not_linear)``: the new natural parameters of factor j and the worst linearity residual,
+      the expectations over the other factors' included.
     """
     others = tuple(k for k in range(len(families)) if k != j)
 
@@ -314,8 +316,8 @@ def coordinate_update(fn: Callable, families: tuple, etas: tuple, j: int, num_po
             values = list(zs)
             values.insert(j, z_j)
             return fn(*values)
-        return expectation(full, tuple(families[k] for k in others), tuple(etas[k] for k in others), num_points)[0]
+        return expectation(full, tuple(families[k] for k in others), tuple(etas[k] for k in others), num_points)
 
     family = families[j]
-    beta, _, residuals = natural_parameters(given, family, family.points(tuple(etas[j]), num_points))
-    return beta, jnp.maximum(residuals.gradient_residual, residuals.value_residual)
+    beta, _, residuals = natural_parameters(given, family, family.points(tuple(etas[j]), num_points), has_aux=True)
+    return beta, jnp.maximum(*residuals)
