@@ -4,8 +4,9 @@ from jaxvi.evidence import Evidence, evidence
 from jaxvi.exact import ChainPosterior, DiscretePosterior, GaussianPosterior
 from jaxvi.infer import infer
 from jaxvi.io import load
-from jaxvi.latents import Discrete, Gaussian, Global, Markov, Real
-from jaxvi.methods import (EM, SVI, Amortized, AmortizedParams, EMDiagnostics, EMState, Method, OnlineEM,
+from jaxvi.latents import (Beta, Dirichlet, Discrete, Gamma, Gaussian, Global, Markov, NormalGamma, NormalWishart, Real,
+                           Wishart)
+from jaxvi.methods import (CAVI, EM, SVI, Amortized, AmortizedParams, EMDiagnostics, EMState, Method, OnlineEM,
                            SVIDiagnostics)
 from jaxvi.model import Model
 from jaxvi.result import Fault, Result
@@ -14,9 +15,9 @@ from jaxvi.vi import (Categorical, Delta, FittedGuide, Flow, FullRank, GlobalLoc
                       ordered, positive, simplex)
 from jaxvi import models, nn, parallel, plot, run
 
-__all__ = ["Amortized", "AmortizedParams", "Batch", "Categorical", "ChainPosterior", "Delta", "Discrete",
+__all__ = ["Amortized", "AmortizedParams", "Batch", "Beta", "CAVI", "Categorical", "ChainPosterior", "Delta", "Dirichlet", "Discrete",
            "DiscretePosterior", "EM", "EMDiagnostics", "EMState", "Evidence", "Fault", "FittedGuide", "Flow", "FullRank",
-           "Gaussian", "GaussianPosterior", "Global", "GlobalLocal", "LowRank", "Markov", "MeanField", "Method", "Model",
-           "OnlineEM", "Real", "Result", "SVI", "SVIDiagnostics", "Sequences", "Statistics", "evidence", "infer",
-           "interval", "load", "models", "nn", "ordered", "parallel", "plot", "positive", "run", "simplex"]
+           "Gamma", "Gaussian", "GaussianPosterior", "Global", "GlobalLocal", "LowRank", "Markov", "MeanField", "Method", "Model",
+           "NormalGamma", "NormalWishart", "OnlineEM", "Real", "Result", "SVI", "SVIDiagnostics", "Sequences", "Statistics", "evidence", "infer",
+           "interval", "load", "models", "nn", "ordered", "parallel", "plot", "positive", "run", "simplex", "Wishart"]
 __version__ = "0.1.0"

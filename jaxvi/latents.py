@@ -12,9 +12,9 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 
-__all__ = ["Discrete", "Gaussian", "Global", "LatentParts", "MAX_ENUMERATED_TABLE", "MAX_ENUMERATED_VALUES",
-           "Markov", "Real", "check_enumeration", "discrete_sizes", "exact_family", "is_spec", "num_values",
-           "split_latent"]
+__all__ = ["Beta", "Dirichlet", "Discrete", "EXPONENTIAL_FAMILY_SPECS", "Gamma", "Gaussian", "Global", "LatentParts",
+           "MAX_ENUMERATED_TABLE", "MAX_ENUMERATED_VALUES", "Markov", "NormalGamma", "NormalWishart", "Real", "Wishart",
+           "check_enumeration", "discrete_sizes", "exact_family", "is_spec", "num_values", "split_latent", "value_shape"]
 
 MAX_ENUMERATED_VALUES = 2 ** 20  # joint values of a Discrete latent enumerated for one datum (a table row)
 MAX_ENUMERATED_TABLE = 2 ** 28   # elements (data x values x draws) of a table held at once: 1 GiB of float32
@@ -153,6 +153,110 @@ class Real:
             raise ValueError(f"Real(bijector): expected a distrax bijector or None, got {self.bijector!r}")
 
 
+def _shape(name: str, shape) -> tuple:
+    shape = (shape,) if isinstance(shape, int) and not isinstance(shape, bool) else shape
+    try:
+        shape = tuple(operator.index(n) for n in shape)
+    except TypeError:
+        raise ValueError(f"{name}: expected a tuple of integers >= 1, got {shape!r}") from None
+    if any(n < 1 for n in shape):
+        raise ValueError(f"{name}: expected a tuple of integers >= 1, got {shape!r}")
+    return shape
+
+
+@dataclasses.dataclass(frozen=True)
+class Beta:
+    r"""Probabilities :math:`z \in (0, 1)` of a batch ``shape``, each factor of q a Beta (for ``jaxvi.CAVI``).
+
+    Conjugate where the log-joint is linear in :math:`(\log z, \log(1 - z))`: Bernoulli, binomial and
+    geometric likelihoods under a Beta prior.
+
+    Example:
+      >>> jaxvi.Global({"p": jaxvi.Beta()}, log_prior=lambda params, z: jax.scipy.stats.beta.logpdf(z["p"], 1, 1))
+    """
+
+    shape: tuple = ()
+
+    def __post_init__(self):
+        object.__setattr__(self, "shape", _shape("Beta(shape)", self.shape))
+
+
+@dataclasses.dataclass(frozen=True)
+class Gamma:
+    r"""Positive values :math:`z > 0` of a batch ``shape``, each factor of q a Gamma (for ``jaxvi.CAVI``).
+
+    Conjugate where the log-joint is linear in :math:`(\log z, z)`: a Normal's precision, a Poisson's or
+    exponential's rate, under a Gamma prior.
+    """
+
+    shape: tuple = ()
+
+    def __post_init__(self):
+        object.__setattr__(self, "shape", _shape("Gamma(shape)", self.shape))
+
+
+@dataclasses.dataclass(frozen=True)
+class Dirichlet:
+    r"""Probability vectors over K values (the last axis, summing to one) of a batch ``shape``, each factor
+    of q a Dirichlet (for ``jaxvi.CAVI``): mixture weights, the rows of a transition matrix, topics.
+
+    Conjugate where the log-joint is linear in :math:`\log z`: categorical and multinomial likelihoods.
+    """
+
+    K: int
+    shape: tuple = ()
+
+    def __post_init__(self):
+        object.__setattr__(self, "K", _positive_int("Dirichlet(K)", self.K))
+        object.__setattr__(self, "shape", _shape("Dirichlet(shape)", self.shape))
+
+
+@dataclasses.dataclass(frozen=True)
+class Wishart:
+    r"""d x d precision matrices (symmetric positive definite) of a batch ``shape``, each factor of q a
+    Wishart (for ``jaxvi.CAVI``). Conjugate where the log-joint is linear in :math:`(\Lambda, \log|\Lambda|)`:
+    a Normal's precision given its mean."""
+
+    d: int
+    shape: tuple = ()
+
+    def __post_init__(self):
+        object.__setattr__(self, "d", _positive_int("Wishart(d)", self.d))
+        object.__setattr__(self, "shape", _shape("Wishart(shape)", self.shape))
+
+
+@dataclasses.dataclass(frozen=True)
+class NormalWishart:
+    r"""A Normal's mean and precision together, ``z = (mean, precision)`` with shapes ``shape + (d,)`` and
+    ``shape + (d, d)``; each factor of q a Normal-Wishart, :math:`\mu \mid \Lambda \sim N(m, (b\Lambda)^{-1})`,
+    :math:`\Lambda \sim W(W, \nu)` (for ``jaxvi.CAVI``): the components of a Bayesian Gaussian mixture, not
+    split by mean-field. Conjugate where the log-joint is linear in
+    :math:`(\Lambda\mu, \mu^\top\Lambda\mu, \Lambda, \log|\Lambda|)`: Normal likelihoods."""
+
+    d: int
+    shape: tuple = ()
+
+    def __post_init__(self):
+        object.__setattr__(self, "d", _positive_int("NormalWishart(d)", self.d))
+        object.__setattr__(self, "shape", _shape("NormalWishart(shape)", self.shape))
+
+
+@dataclasses.dataclass(frozen=True)
+class NormalGamma:
+    r"""A scalar Normal's mean and precision together, ``z = (mean, precision)``, both of shape ``shape``;
+    each factor of q a Normal-Gamma, :math:`\mu \mid \tau \sim N(m, (b\tau)^{-1})`, :math:`\tau \sim
+    \mathrm{Gamma}(a, r)` (for ``jaxvi.CAVI``): the Normal-Wishart with d = 1, e.g. per dimension of a
+    diagonal Gaussian mixture's components."""
+
+    shape: tuple = ()
+
+    def __post_init__(self):
+        object.__setattr__(self, "shape", _shape("NormalGamma(shape)", self.shape))
+
+
+EXPONENTIAL_FAMILY_SPECS = (Beta, Gamma, Dirichlet, Wishart, NormalWishart, NormalGamma)
+
+
 @dataclasses.dataclass(frozen=True)
 class Global:
     r"""A latent shared by all the data (a Bayesian model's unknowns), for variational inference.
@@ -163,7 +267,9 @@ class Global:
     likelihood sum is scaled by N / B, an unbiased estimate.
 
     Args:
-      latent: a ``Real`` spec or a pytree of them.
+      latent: a ``Real`` spec or a pytree of them (for ``jaxvi.SVI``); or of exponential-family specs
+        (``Gaussian``, ``Beta``, ``Gamma``, ``Dirichlet``, ``Wishart``, ``NormalWishart``, ``NormalGamma``), the
+        factors of ``jaxvi.CAVI``'s q.
       log_prior: ``log_prior(params, z) -> scalar``.
 
     Example:
@@ -178,8 +284,10 @@ class Global:
         if not callable(self.log_prior):
             raise ValueError(f"Global(log_prior): expected a function (params, z) -> scalar, got {self.log_prior!r}")
         leaves = jax.tree_util.tree_leaves(self.latent, is_leaf=is_spec)
-        if not leaves or not all(isinstance(leaf, (Real, Gaussian)) for leaf in leaves):
-            raise ValueError(f"Global(latent): expected a Real spec or a pytree of them, got {self.latent!r}")
+        if not leaves or not all(isinstance(leaf, (Real, Gaussian) + EXPONENTIAL_FAMILY_SPECS) for leaf in leaves):
+            raise ValueError(f"Global(latent): expected a Real spec or a pytree of them, or of exponential-family "
+                             f"specs (Gaussian, Beta, Gamma, Dirichlet, Wishart, NormalWishart, NormalGamma), got "
+                             f"{self.latent!r}")
 
 
 class LatentParts(NamedTuple):
@@ -264,9 +372,10 @@ def exact_family(latent) -> str:
     if isinstance(latent, Gaussian):
         return "gaussian"
     leaves = jax.tree_util.tree_leaves(latent, is_leaf=is_spec)
-    if any(isinstance(leaf, (Real, Global)) for leaf in leaves):
-        raise ValueError(f"latent: {latent!r} has no exact posterior (no E-step for Real or Global latents); "
-                         f"fit it with jaxvi.SVI")
+    if any(isinstance(leaf, (Real, Global) + EXPONENTIAL_FAMILY_SPECS) for leaf in leaves):
+        raise ValueError(f"latent: {latent!r} has no exact posterior (no E-step for Real, Global or local "
+                         f"exponential-family latents); fit it with jaxvi.SVI, or put exponential-family specs in a "
+                         f"Global and fit it with jaxvi.CAVI")
     if any(isinstance(leaf, (Markov, Gaussian)) for leaf in leaves):
         raise ValueError(
             f"latent: a Markov or Gaussian spec must be the whole latent (not combined with others) "
@@ -329,9 +438,29 @@ def check_enumeration(latent, rows: int, who: str, instead: str = "", draws: int
                          + "".join(f". {a[0].upper()}{a[1:]}" for a in advice))
 
 
+def value_shape(spec, dtype) -> Any:
+    """The abstract value (``jax.ShapeDtypeStruct`` leaves) that ``log_joint`` receives for a continuous spec."""
+    struct = lambda shape: jax.ShapeDtypeStruct(shape, dtype)  # noqa: E731
+    if isinstance(spec, Real):
+        return struct(spec.shape)
+    if isinstance(spec, Gaussian):
+        return struct((spec.d,))
+    if isinstance(spec, (Beta, Gamma)):
+        return struct(spec.shape)
+    if isinstance(spec, Dirichlet):
+        return struct(spec.shape + (spec.K,))
+    if isinstance(spec, Wishart):
+        return struct(spec.shape + (spec.d, spec.d))
+    if isinstance(spec, NormalWishart):
+        return struct(spec.shape + (spec.d,)), struct(spec.shape + (spec.d, spec.d))
+    if isinstance(spec, NormalGamma):
+        return struct(spec.shape), struct(spec.shape)
+    raise ValueError(f"latent: {spec!r} is not a continuous spec")
+
+
 def is_spec(node) -> bool:
     """Whether ``node`` is a latent spec (a leaf of a latent pytree)."""
-    return isinstance(node, (Discrete, Markov, Gaussian, Real, Global))
+    return isinstance(node, (Discrete, Markov, Gaussian, Real, Global) + EXPONENTIAL_FAMILY_SPECS)
 
 
 def _positive_int(name: str, value) -> int:

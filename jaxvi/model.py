@@ -16,7 +16,7 @@ import numpy as np
 
 from jaxvi import equality
 from jaxvi.data import Sequences
-from jaxvi.latents import Gaussian, Real, exact_family, is_spec, split_latent
+from jaxvi.latents import Gaussian, Real, exact_family, is_spec, split_latent, value_shape
 
 __all__ = ["Model", "check_data", "check_key", "check_model", "is_traced"]
 
@@ -258,9 +258,7 @@ def _check_init_params(params: PyTree) -> None:
 def _continuous_value(latent) -> PyTree:
     """An abstract value of a pytree of ``Real`` / ``Gaussian`` specs."""
     real = jnp.zeros(0).dtype  # float32, or float64 with jax_enable_x64
-    return jax.tree_util.tree_map(
-        lambda spec: jax.ShapeDtypeStruct(spec.shape if isinstance(spec, Real) else (spec.d,), real), latent,
-        is_leaf=is_spec)
+    return jax.tree_util.tree_map(lambda spec: value_shape(spec, real), latent, is_leaf=is_spec)
 
 
 def _family(latent) -> str:

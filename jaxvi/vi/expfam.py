@@ -25,11 +25,12 @@ from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.scipy.special import gammaln, multigammaln
+from jax.scipy.special import digamma, gammaln, multigammaln
 
-__all__ = ["BETA", "DIRICHLET", "Family", "GAMMA", "NORMAL", "NotLinear", "WISHART", "coordinate_update", "entropy",
-           "expect_linear", "expectation", "expected_statistics", "kl_divergence", "log_density", "log_normalizer",
-           "natural_parameters"]
+__all__ = ["BETA", "DIRICHLET", "Family", "GAMMA", "NORMAL", "NORMAL_WISHART", "NotLinear", "Quadrature", "WISHART",
+           "coordinate_update", "entropy", "expect_linear", "expect_product", "expectation", "expected_statistics",
+           "kl_divergence", "log_density", "log_normalizer", "natural_parameters", "normal_wishart_moments",
+           "normal_wishart_natural", "normal_wishart_parts", "quadrature"]
 
 Natural = tuple  # natural parameters: a tuple of arrays, batch shape in front
 
@@ -45,6 +46,10 @@ class Family(NamedTuple):
       log_normalizer: ``A(eta)`` for one factor (no batch dimensions).
       points: ``points(eta, p)``: p values in the support near q's mass (for ``natural_parameters``), stacked
         on a leading axis.
+      tangent: projects an array shaped like values onto the directions in which a value can move (the
+        symmetric part of a matrix); the identity for unconstrained events.
+      num_nodes: how many nodes ``quadrature``'s generic rule uses.
+      rule: the family's own ``quadrature`` rule, ``rule(eta) -> Quadrature``, or None for the generic one.
     """
 
     name: str
@@ -53,6 +58,9 @@ class Family(NamedTuple):
     statistics: Callable
     log_normalizer: Callable
     points: Callable
+    tangent: Callable = lambda v: v
+    num_nodes: int = 2
+    rule: Callable | None = None
 
 
 class NotLinear(NamedTuple):
@@ -101,7 +109,7 @@ GAMMA = Family(  # shape a, rate b: eta = (a - 1, -b), T = (log z, z)
     "gamma", 0, (0, 0),
     statistics=lambda z: (jnp.log(z), z),
     log_normalizer=lambda eta: gammaln(eta[0] + 1) - (eta[0] + 1) * jnp.log(-eta[1]),
-    points=_gamma_points)
+    points=_gamma_points, rule=lambda eta: _gamma_rule(eta))
 
 
 def _dirichlet_points(eta, p):
@@ -117,7 +125,7 @@ DIRICHLET = Family(  # eta = alpha - 1, T = log z
     "dirichlet", 1, (1,),
     statistics=lambda z: (jnp.log(z),),
     log_normalizer=lambda eta: jnp.sum(gammaln(eta[0] + 1)) - gammaln(jnp.sum(eta[0] + 1)),
-    points=_dirichlet_points)
+    points=_dirichlet_points, rule=lambda eta: _dirichlet_rule(eta))
 
 
 def _wishart_parts(eta):
@@ -144,11 +152,15 @@ def _wishart_points(eta, p):
     return chol @ shapes @ jnp.swapaxes(chol, -1, -2)
 
 
+def _symmetric(m):
+    return 0.5 * (m + jnp.swapaxes(m, -1, -2))
+
+
 WISHART = Family(  # over a d x d precision matrix: eta = (-W^-1 / 2, (nu - d - 1) / 2), T = (z, log|z|)
     "wishart", 2, (2, 0),
     statistics=lambda z: (z, jnp.linalg.slogdet(z)[1]),
     log_normalizer=_wishart_log_normalizer,
-    points=_wishart_points)
+    points=_wishart_points, tangent=_symmetric, rule=lambda eta: _wishart_rule(eta))
 
 
 def _normal_points(eta, p):
@@ -156,7 +168,11 @@ def _normal_points(eta, p):
     mean = jnp.linalg.solve(precision, eta[0][..., None])[..., 0]
     sd = jnp.sqrt(jnp.diagonal(jnp.linalg.inv(precision), axis1=-2, axis2=-1))
     d = mean.shape[-1]
-    offsets = jnp.linspace(-1.0, 1.0, p)[:, None] * jnp.cos(jnp.arange(d) * 2.0 + jnp.arange(p)[:, None])
+    # the mean, a step along every axis, a step back along the diagonal, ...: p points whose gradients
+    # determine a quadratic's coefficients once p >= d + 1
+    design = jnp.concatenate([jnp.zeros((1, d)), 0.5 * jnp.eye(d), -0.5 * jnp.ones((1, d)) / math.sqrt(d),
+                              -0.5 * jnp.eye(d)])
+    offsets = design[jnp.arange(p) % design.shape[0]]
     return mean + sd * offsets.reshape((p,) + (1,) * (mean.ndim - 1) + (d,))
 
 
@@ -172,7 +188,69 @@ NORMAL = Family(  # eta = (J mu, -J / 2), T = (z, z z^T)
     "normal", 1, (1, 2),
     statistics=lambda z: (z, jnp.outer(z, z)),
     log_normalizer=_normal_log_normalizer,
-    points=_normal_points)
+    points=_normal_points, rule=lambda eta: _sigma_points(eta))
+
+
+# The Normal-Wishart: a mean mu and a precision L with mu | L ~ N(m, (b L)^-1), L ~ Wishart(W, nu), one value held
+# as the d x (d + 1) array [mu | L]. T = (L mu, mu^T L mu, L, log|L|), eta = (b m, -b / 2, -(b m m^T + W^-1) / 2,
+# (nu - d) / 2). With d = 1 it is the Normal-Gamma (precision shape nu / 2, rate 1 / (2 W)).
+
+def normal_wishart_parts(z):
+    """(mean, precision) of a Normal-Wishart value [mu | L]."""
+    return z[..., 0], z[..., 1:]
+
+
+def normal_wishart_natural(mean, strength, scale_inverse, dof):
+    """The natural parameters of NW(m, b, W, nu) from (m, b, W^-1, nu) (batch shape in front)."""
+    d = mean.shape[-1]
+    return (strength[..., None] * mean, -0.5 * strength,
+            -0.5 * (strength[..., None, None] * mean[..., :, None] * mean[..., None, :] + scale_inverse),
+            0.5 * (dof - d))
+
+
+def normal_wishart_moments(eta):
+    """(m, b, W^-1, nu) of one or many Normal-Wishart factors from their natural parameters."""
+    d = eta[0].shape[-1]
+    strength = -2 * eta[1]
+    mean = eta[0] / strength[..., None]
+    scale_inverse = -2 * eta[2] - strength[..., None, None] * mean[..., :, None] * mean[..., None, :]
+    return mean, strength, scale_inverse, 2 * eta[3] + d
+
+
+def _normal_wishart_statistics(z):
+    mean, precision = normal_wishart_parts(z)
+    scaled = precision @ mean
+    return scaled, mean @ scaled, precision, jnp.linalg.slogdet(precision)[1]
+
+
+def _normal_wishart_log_normalizer(eta):
+    _, strength, scale_inverse, dof = normal_wishart_moments(eta)
+    d = eta[0].shape[-1]
+    _, log_det_inv_w = jnp.linalg.slogdet(scale_inverse)
+    return (-0.5 * d * jnp.log(strength) + 0.5 * d * jnp.log(2 * jnp.pi)
+            - 0.5 * dof * log_det_inv_w + 0.5 * dof * d * jnp.log(2.0) + multigammaln(0.5 * dof, d))
+
+
+def _normal_wishart_points(eta, p):
+    mean, strength, scale_inverse, dof = normal_wishart_moments(eta)
+    d = mean.shape[-1]
+    precisions = _wishart_points((-0.5 * scale_inverse, 0.5 * (dof - d - 1)), p)   # (p, batch, d, d)
+    spread = jnp.sqrt(jnp.diagonal(jnp.linalg.inv(strength[..., None, None] * dof[..., None, None]
+                                                  * jnp.linalg.inv(scale_inverse)), axis1=-2, axis2=-1))
+    offsets = jnp.linspace(-1.0, 1.0, p)[:, None] * jnp.cos(jnp.arange(d) * 2.0 + jnp.arange(p)[:, None] + 1.0)
+    means = mean + spread * offsets.reshape((p,) + (1,) * (mean.ndim - 1) + (d,))
+    return jnp.concatenate([means[..., None], precisions], axis=-1)
+
+
+def _normal_wishart_tangent(v):
+    return jnp.concatenate([v[..., :1], _symmetric(v[..., 1:])], axis=-1)
+
+
+NORMAL_WISHART = Family(
+    "normal-wishart", 2, (1, 0, 2, 0),
+    statistics=_normal_wishart_statistics,
+    log_normalizer=_normal_wishart_log_normalizer,
+    points=_normal_wishart_points, tangent=_normal_wishart_tangent, rule=lambda eta: _normal_wishart_rule(eta))
 
 
 # --- what follows from A and T --------------------------------------------------------------------
@@ -196,9 +274,36 @@ def _dot(eta: Natural, stats: Natural, family: Family) -> jax.Array:
 
 
 def entropy(family: Family, eta: Natural) -> jax.Array:
-    r""":math:`H[q] = A(\eta) - \eta \cdot E_q[T]`, per factor."""
+    r""":math:`H[q] = A(\eta) - \eta \cdot E_q[T]`, per factor (the Wishart's and Normal-Wishart's in closed form,
+    where the natural parametrisation's large terms would cancel: :math:`b\, m m^\top` against
+    :math:`E[\Lambda\mu]`)."""
     eta = tuple(eta)
+    if family.name in ("wishart", "normal-wishart"):
+        return _wishart_family_entropy(family, eta)
     return log_normalizer(family, eta) - _dot(eta, expected_statistics(family, eta), family)
+
+
+def _wishart_entropy(dof, scale_inverse):
+    r"""Bishop (B.82) in :math:`(\nu, W^{-1})`: :math:`H = -\tfrac{d+1}2 \log|W^{-1}| + \tfrac{d(d+1)}2 \log 2 +
+    \ln\Gamma_d(\nu/2) - \tfrac{\nu-d-1}2 \sum_i \psi(\tfrac{\nu-i}2) + \tfrac{\nu d}2`; and
+    :math:`E\log|\Lambda|`."""
+    d = scale_inverse.shape[-1]
+    log_det_w = -jnp.linalg.slogdet(scale_inverse)[1]
+    multi_digamma = jnp.sum(digamma((dof[..., None] - jnp.arange(d)) / 2), axis=-1)
+    expected_log_det = multi_digamma + d * jnp.log(2.0) + log_det_w
+    return (0.5 * (d + 1) * log_det_w + 0.5 * d * (d + 1) * jnp.log(2.0) + multigammaln(0.5 * dof, d)
+            - 0.5 * (dof - d - 1) * multi_digamma + 0.5 * dof * d), expected_log_det
+
+
+def _wishart_family_entropy(family: Family, eta: Natural) -> jax.Array:
+    if family.name == "wishart":
+        d = eta[0].shape[-1]
+        return _wishart_entropy(2 * eta[1] + d + 1, -2 * eta[0])[0]
+    _, strength, scale_inverse, dof = normal_wishart_moments(eta)
+    d = scale_inverse.shape[-1]
+    wishart, expected_log_det = _wishart_entropy(dof, scale_inverse)
+    # E over L of the entropy of N(m, (b L)^-1): d/2 (1 + log 2 pi) - d/2 log b - E log|L| / 2
+    return wishart + 0.5 * d * (1 + jnp.log(2 * jnp.pi)) - 0.5 * d * jnp.log(strength) - 0.5 * expected_log_det
 
 
 def kl_divergence(family: Family, eta_q: Natural, eta_p: Natural) -> jax.Array:
@@ -246,14 +351,14 @@ def natural_parameters(fn: Callable[[jax.Array], jax.Array], family: Family, poi
     batch_shape, event_shape = points.shape[1:points.ndim - nd], points.shape[points.ndim - nd:]
     (values, inner), grads = jax.vmap(jax.value_and_grad(fn if has_aux else lambda z: (fn(z), jnp.zeros(())),
                                                          has_aux=True))(points)
-    if nd == 2:  # a symmetric matrix value: only the symmetric part of the gradient is defined
-        grads = 0.5 * (grads + jnp.swapaxes(grads, -1, -2))
+    grads = family.tangent(grads)  # e.g. a symmetric matrix value: only the symmetric part of the gradient is defined
 
     def flat_statistics(v):
         return jnp.concatenate([s.ravel() for s in family.statistics(v.reshape(event_shape))])
 
-    def jacobian(z):  # (event entries, statistics) of one value
-        return jax.jacfwd(flat_statistics)(z.ravel()).T
+    def jacobian(z):  # (event entries, statistics) of one value, in the directions the value can move
+        move = lambda u: flat_statistics(z + family.tangent(u.reshape(event_shape)).ravel())  # noqa: E731
+        return jax.jacfwd(move)(jnp.zeros_like(z.ravel())).T
 
     p, size = points.shape[0], math.prod(event_shape)
     jac = jax.vmap(jax.vmap(jacobian))(points.reshape(p, -1, size))           # (p, factors, entries, stats)
@@ -321,3 +426,152 @@ def coordinate_update(fn: Callable, families: tuple, etas: tuple, j: int, num_po
     family = families[j]
     beta, _, residuals = natural_parameters(given, family, family.points(tuple(etas[j]), num_points), has_aux=True)
     return beta, jnp.maximum(*residuals)
+
+
+# --- expectations by quadrature ---------------------------------------------------------------------
+
+class Quadrature(NamedTuple):
+    r"""A rule exact for the expectation under q of every function linear in the family's statistics:
+
+    .. math:: E_q[f] = \frac1p \sum_j \big(f(z_j) + \nabla f(z_j) \cdot c_j\big)
+        \quad\text{for every } f = c + \beta \cdot T,
+
+    one forward-mode derivative (``jax.jvp``) per node. Each factor of a batch has its own nodes and
+    tangents, so the rule is exact for a sum of such functions of the factors, one term per factor.
+
+    Attributes:
+      nodes: ``(p,) + batch + event`` values in the support.
+      tangents: the same shape, or None where the nodes alone are exact (sigma points).
+      residual: the rule's worst relative error on T itself (rounding level when the solve succeeded).
+    """
+
+    nodes: jax.Array
+    tangents: jax.Array | None
+    residual: jax.Array
+
+
+def quadrature(family: Family, eta: Natural) -> Quadrature:
+    r"""The ``Quadrature`` of every factor of ``family`` with natural parameters ``eta``.
+
+    The nodes are ``family.points``; the tangents :math:`c_j` are the least-norm solution of
+    :math:`\sum_j J_T(z_j) c_j = p\,(E_q[T] - \frac1p \sum_j T(z_j))`, J_T the Jacobian of the statistics (in the
+    directions ``family.tangent`` allows). A family may have its own rule (``Family.rule``): the Normal's
+    sigma points, the Normal-Wishart's from the Wishart's.
+    """
+    eta = tuple(eta)
+    if family.rule is not None:
+        return family.rule(eta)
+    p, nd = family.num_nodes, family.event_ndim
+    nodes = family.points(eta, p)
+    event_shape = nodes.shape[nodes.ndim - nd:]
+    batch_shape = nodes.shape[1:nodes.ndim - nd]
+    size = math.prod(event_shape)
+
+    def flat_statistics(v):
+        return jnp.concatenate([s.ravel() for s in family.statistics(v.reshape(event_shape))])
+
+    def jacobian(z):  # (statistics, event entries) of one value, in the allowed directions
+        move = lambda u: flat_statistics(z + family.tangent(u.reshape(event_shape)).ravel())  # noqa: E731
+        return jax.jacfwd(move)(jnp.zeros_like(z))
+
+    flat_nodes = nodes.reshape(p, -1, size)                                          # (p, factors, entries)
+    jac = jax.vmap(jax.vmap(jacobian))(flat_nodes)                                   # (p, factors, stats, entries)
+    at_nodes = jax.vmap(jax.vmap(flat_statistics))(flat_nodes)                       # (p, factors, stats)
+    factors = flat_nodes.shape[1]
+    expected = jnp.concatenate([e.reshape(factors, -1) for e in expected_statistics(family, eta)], axis=1)
+    rhs = p * (expected - jnp.mean(at_nodes, axis=0))                                # (factors, stats)
+    system = jnp.moveaxis(jac, 0, 2).reshape(factors, jac.shape[2], p * size)       # (factors, stats, p entries)
+    solution = jax.vmap(lambda a, b: jnp.linalg.lstsq(a, b)[0])(system, rhs)
+    residual = (jnp.max(jnp.abs(jnp.einsum("fsk,fk->fs", system, solution) - rhs))
+                / (jnp.max(jnp.abs(expected)) + 1.0))
+    tangents = jnp.moveaxis(solution.reshape(factors, p, size), 1, 0).reshape(nodes.shape)
+    return Quadrature(nodes, family.tangent(tangents), residual)
+
+
+def expect_product(fn: Callable, rules: tuple) -> jax.Array:
+    r""":math:`E_q[f(z_1, \dots, z_m)]` under :math:`q = \prod_j q_j`, each factor's ``Quadrature`` in ``rules``,
+    exact for an f linear in every factor's statistics given the others (a conditionally conjugate
+    log-joint). The rules nest: :math:`\prod_j p_j` evaluations of f, each with up to m nested tangents."""
+    if not rules:
+        return fn()
+    rule, rest = rules[0], rules[1:]
+
+    def inner(z):
+        return expect_product(lambda *others: fn(z, *others), rest)
+
+    if rule.tangents is None:
+        values = jax.vmap(inner)(rule.nodes)
+    else:
+        def at(node, tangent):
+            value, change = jax.jvp(inner, (node,), (tangent,))
+            return jax.tree_util.tree_map(jnp.add, value, change)
+
+        values = jax.vmap(at)(rule.nodes, rule.tangents)
+    return jax.tree_util.tree_map(lambda v: jnp.mean(v, axis=0), values)
+
+
+def _sigma_points(eta: Natural) -> Quadrature:
+    r"""A Normal's 2d sigma points :math:`\mu \pm \sqrt{d}\, L e_k` (:math:`LL^\top = \Sigma`): exact for every
+    quadratic, without derivatives."""
+    covariance = jnp.linalg.inv(-2 * eta[1])
+    mean = (covariance @ eta[0][..., None])[..., 0]
+    d = mean.shape[-1]
+    columns = jnp.swapaxes(jnp.linalg.cholesky(covariance), -1, -2) * jnp.sqrt(jnp.asarray(d, mean.dtype))
+    spokes = jnp.moveaxis(columns, -2, 0)                                        # (d, batch, d)
+    return Quadrature(jnp.concatenate([mean + spokes, mean - spokes]), None, jnp.zeros((), mean.dtype))
+
+
+def _normal_wishart_rule(eta: Natural) -> Quadrature:
+    r"""A Normal-Wishart rule from the Wishart's: at each of its two precision nodes :math:`\Lambda_j`, the two
+    means :math:`m \pm \delta_j` with :math:`\delta_j^\top \Lambda_j\, \delta_j = d / b`. A function linear in the
+    statistics is quadratic in the mean given :math:`\Lambda`, so the average over the pair is
+    :math:`f(m, \Lambda_j) + \beta_{\mu^\top\Lambda\mu}\, d / b`, linear in the Wishart's statistics, whose rule
+    takes its expectation exactly: four evaluations, no derivatives."""
+    mean, strength, scale_inverse, dof = normal_wishart_moments(eta)
+    d = mean.shape[-1]
+    wishart = _wishart_rule((-0.5 * scale_inverse, 0.5 * (dof - d - 1)))
+    direction = jnp.full((d, 1), 1.0 / math.sqrt(d), mean.dtype)
+    chol = jnp.linalg.cholesky(wishart.nodes)                                      # (2, batch, d, d)
+    delta = jnp.linalg.solve(jnp.swapaxes(chol, -1, -2), jnp.broadcast_to(direction, chol.shape[:-1] + (1,)))
+    delta = delta[..., 0] * jnp.sqrt(d / strength)[..., None]                        # delta^T L delta = d / b
+    nodes = [jnp.concatenate([(mean + sign * delta)[..., None], wishart.nodes], axis=-1) for sign in (1.0, -1.0)]
+    return Quadrature(jnp.concatenate(nodes), None, wishart.residual)
+
+
+def _scaled_pair(log_gap):
+    r"""(c_1, c_2) with :math:`(c_1 + c_2)/2 = 1` and :math:`(\log c_1 + \log c_2)/2 = -\delta` for a Jensen gap
+    :math:`\delta = \log E[z] - E[\log z] \ge 0`: :math:`c = 1 \pm \sqrt{1 - e^{-2\delta}}`."""
+    spread = jnp.sqrt(-jnp.expm1(-2 * jnp.maximum(log_gap, 0.0)))
+    return jnp.stack([1.0 + spread, 1.0 - spread])
+
+
+def _gamma_rule(eta: Natural) -> Quadrature:
+    r"""A Gamma's two nodes :math:`c_{1,2} E[z]` (``_scaled_pair``), equal weights: their mean is E[z] and the mean
+    of their logs :math:`E[\log z] = \psi(a) - \log b`, so the rule is exact for every f linear in
+    :math:`(\log z, z)`, without derivatives."""
+    shape, rate = eta[0] + 1, -eta[1]
+    gap = jnp.log(shape) - digamma(shape)
+    scale = _scaled_pair(gap)                                                       # (2,) + batch
+    return Quadrature(scale * (shape / rate), None, jnp.zeros((), shape.dtype))
+
+
+def _wishart_rule(eta: Natural) -> Quadrature:
+    r"""A Wishart's two nodes :math:`c_{1,2} E[\Lambda]` with the gap of the log-determinant per dimension,
+    :math:`\delta = (\log|E\Lambda| - E\log|\Lambda|)/d = \log(\nu/2) - \frac1d\sum_i \psi((\nu - i)/2)`: exact
+    for every f linear in :math:`(\Lambda, \log|\Lambda|)`, without derivatives."""
+    d = eta[0].shape[-1]
+    dof, scale = _wishart_parts(eta)
+    gap = jnp.log(dof / 2) - jnp.mean(digamma((dof[..., None] - jnp.arange(d)) / 2), axis=-1)
+    factors = _scaled_pair(gap)[..., None, None]                                    # (2,) + batch + (1, 1)
+    return Quadrature(factors * (dof[..., None, None] * scale), None, jnp.zeros((), scale.dtype))
+
+
+def _dirichlet_rule(eta: Natural) -> Quadrature:
+    r"""A Dirichlet's one node, its mean :math:`\bar z = \alpha / \sum\alpha`, with the tangent
+    :math:`\bar z \odot (E[\log z] - \log \bar z)`: :math:`f(\bar z) + \nabla f \cdot c = c_0 + \beta \cdot E[\log z]`
+    for every f linear in :math:`\log z`. (The node :math:`\exp E[\log z]` alone would do, but it underflows
+    where a concentration is tiny: :math:`E[\log z] \approx -1/\alpha`.)"""
+    expected_log, = expected_statistics(DIRICHLET, eta)
+    alpha = eta[0] + 1
+    mean = alpha / jnp.sum(alpha, axis=-1, keepdims=True)
+    return Quadrature(mean[None], (mean * (expected_log - jnp.log(mean)))[None], jnp.zeros((), mean.dtype))

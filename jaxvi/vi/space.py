@@ -208,7 +208,9 @@ def latent_space(latent) -> LatentSpace:
         if isinstance(leaf, Gaussian):
             leaf = Real((leaf.d,))
         if not isinstance(leaf, Real):
-            raise ValueError(f"latent: expected Real or Gaussian specs for a continuous guide, got {leaf!r}")
+            raise ValueError(f"latent: expected Real or Gaussian specs for a continuous guide, got {leaf!r} (an "
+                             f"exponential-family factor of jaxvi.CAVI; for SVI write it as a Real with a bijector: "
+                             f"jaxvi.positive(), jaxvi.interval(0, 1), jaxvi.simplex())")
         shapes.append(leaf.shape)
         bijector = leaf.bijector
         free = bijector.unconstrained_shape(leaf.shape) if hasattr(bijector, "unconstrained_shape") else leaf.shape

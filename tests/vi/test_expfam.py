@@ -206,3 +206,18 @@ def test_coordinate_updates_of_a_normal_gamma_model_are_bishop_s_and_the_bound_r
         taus = tfd.Gamma(a_n, b_n).sample(100_000, seed=key_tau)
         expected, _ = jax.jit(lambda etas: expfam.expectation(log_joint, families, etas))(tuple(etas))
         np.testing.assert_allclose(expected, jnp.mean(jax.vmap(log_joint)(mus, taus)), rtol=2e-3)
+
+
+def test_closed_form_entropies_equal_the_log_normalizer_identity():
+    """The Wishart's and Normal-Wishart's entropies are written in closed form (stable in float32); in float64
+    they equal A(eta) - eta . grad A(eta), the identity the other families use."""
+    with jax.enable_x64(True):
+        mean = jnp.array([[1.0, -2.0, 0.5], [0.0, 3.0, 1.0]])
+        scale_inverse = jnp.stack([jnp.array([[2.0, 0.3, 0.0], [0.3, 1.0, 0.2], [0.0, 0.2, 1.5]]), 3.0 * jnp.eye(3)])
+        eta = expfam.normal_wishart_natural(mean, jnp.array([2.0, 40.0]), scale_inverse, jnp.array([4.5, 60.0]))
+        for family, natural in ((expfam.NORMAL_WISHART, eta), (expfam.WISHART, (-0.5 * scale_inverse,
+                                                                                  jnp.array([1.0, 20.0])))):
+            identity = (expfam.log_normalizer(family, natural)
+                        - sum(jnp.sum(e * t, axis=tuple(range(1, e.ndim)))
+                              for e, t in zip(natural, expfam.expected_statistics(family, natural))))
+            np.testing.assert_allclose(expfam.entropy(family, natural), identity, rtol=1e-12)

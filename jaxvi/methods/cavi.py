@@ -1,0 +1,505 @@
+r"""Coordinate-ascent variational inference (CAVI; Variational EM / Variational Bayes), derived from the log-joint.
+
+q is a product: one exponential-family factor per leaf of the model's ``Global`` latents, and for the local
+latent (``Discrete``, ``Markov`` or ``Gaussian``, or none) the exact posterior given the global factors. Each
+iteration (Bishop ch. 10; Blei, Kucukelbir & McAuliffe 2017):
+
+1. **Local step.** Given the global factors, the best local q is
+   :math:`q_i(z_i) \propto \exp E_{q_g}[\log p_\theta(x_i, z_i \mid z_g)]`: the exact posterior of the
+   *expected* log-joint, by the latent's own E-step (enumeration, forward–backward, a Gaussian integral). Its
+   normaliser gives the bound in closed form,
+
+   .. math:: \mathcal L = \sum_i \log \int \exp E_{q_g}[\log p_\theta(x_i, z_i \mid z_g)]\, dz_i
+       + E_{q_g}[\log p_\theta(z_g)] + H[q_g],
+
+   the iteration's ``objective``.
+2. **Global steps.** Each factor j in turn is set to :math:`q_j \propto \exp E_{q_{-j}}[\log p]`: where the
+   log-joint is linear in the factor's sufficient statistics :math:`T_j` (conditional conjugacy, Autoconj's
+   condition), that function of :math:`z_j` is :math:`c + \eta_j \cdot T_j(z_j)` and its natural parameters
+   are read off its gradient at a few points (``expfam.natural_parameters``), with the linearity checked there.
+3. **M-step** (Variational EM), where the model has floating parameters θ: gradient ascent on the bound in θ
+   with q fixed (L-BFGS), kept only if it raises the bound.
+
+Every step maximises the bound over one block exactly, so the objective never falls. Expectations over the
+global factors are exact: ``expfam.quadrature`` rules, a few evaluations of the log-joint with forward-mode
+derivatives, exact for functions linear in the statistics.
+
+Before anything compiles, ``check`` reads every factor's update on a few data and refuses a log-joint that is
+not linear in a factor's statistics, naming the factor.
+"""
+from __future__ import annotations
+
+import dataclasses
+from types import SimpleNamespace
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import lax
+
+from jaxvi import exact
+from jaxvi.chunks import num_data as num_data_of, sum_data
+from jaxvi.latents import Gaussian, Markov, exact_family, is_spec, split_latent
+from jaxvi.methods.common import final_fault, float_dtype, full_data, sum_accurately
+from jaxvi.methods.em import gradient_m_step
+from jaxvi.methods.settings import check_count, check_number, settings
+from jaxvi.model import Model
+from jaxvi.result import FAULT_LOG_EVIDENCE, FAULT_PARAMS, NO_FAULT, Fault, Result
+from jaxvi.run.schedule import Change, Schedule
+from jaxvi.vi import expfam
+from jaxvi.vi.factors import Factor, FactorSpec, factor_spec
+
+__all__ = ["CAVI", "CAVIDiagnostics", "CAVIInfo", "CAVIPosterior", "CAVIState", "NOT_CONJUGATE"]
+
+PyTree = Any
+
+STARTS = ("prior", "random")
+NOT_CONJUGATE = 1e-3  # a linearity residual (relative) above this refuses a factor: not conjugate
+
+
+class CAVIState(NamedTuple):
+    """CAVI between iterations. A step evaluates the bound at (``params``, ``factors``) and then moves both,
+    so the evaluated ones are a step behind, as EM's.
+
+    Attributes:
+      params: θ, the model's parameters the next local step uses.
+      factors: the global factors' natural parameters, one tuple per global leaf (``Global`` nodes' leaves in
+        order), the next local step's.
+      evaluated_params, evaluated_factors: those of the last finite bound.
+      bound: that bound; -inf before the first step.
+      linearity: the worst linearity residual of any global update so far (rounding level when every factor is
+        conjugate).
+    """
+
+    params: PyTree
+    factors: tuple
+    evaluated_params: PyTree
+    evaluated_factors: tuple
+    bound: jax.Array
+    linearity: jax.Array
+
+
+class CAVIInfo(NamedTuple):
+    """A step's ``objective`` (the bound of the factors and θ it started from) and ``fault``."""
+
+    objective: jax.Array
+    fault: Fault
+
+
+class CAVIDiagnostics(NamedTuple):
+    """What happened during a CAVI fit, beyond the bound.
+
+    Attributes:
+      linearity: the worst relative residual of the conjugacy (linearity) checks of the global updates.
+      fault: the first numerical fault (``kind == 0``: none).
+      restart_objectives: ``(n_init,)`` final bound of every restart; the best is returned.
+      stop_reason: why the run stopped, an index into ``jaxvi.run.STOP_REASONS``.
+      factors: the fitted global factors' natural parameters (``Result.posterior()`` gives them as
+        distributions).
+    """
+
+    linearity: jax.Array
+    fault: Fault
+    restart_objectives: jax.Array
+    stop_reason: jax.Array
+    factors: tuple
+
+
+class CAVIPosterior(NamedTuple):
+    """A CAVI fit's q: ``globals``, the fitted factors (``jaxvi.vi.factors.Factor``: mean, variance, sample,
+    log_prob, entropy, parameters) in the structure of the model's latent (each ``Global`` node replaced by its
+    factors, the local leaves by None: ``q.globals["theta"]["weights"]`` where ``log_joint`` reads
+    ``z["theta"]["weights"]``); ``local``, the local q of the data
+    passed (an exact-posterior object: ``DiscretePosterior``, ``ChainPosterior`` or ``GaussianPosterior``), or
+    None."""
+
+    globals: PyTree
+    local: Any
+
+
+class _Structure(NamedTuple):
+    """The model's latent as CAVI sees it (static)."""
+
+    parts: Any
+    factors: tuple              # FactorSpec per global leaf
+    node_treedefs: tuple        # per Global node: the treedef of its latent and its number of leaves
+
+    def global_value(self, encoded: tuple) -> PyTree:
+        """The global value ``log_joint`` receives, from every leaf's value in its family's layout."""
+        values = [f.value(z) for f, z in zip(self.factors, encoded)]
+        nodes, start = [], 0
+        for treedef, count in self.node_treedefs:
+            nodes.append(jax.tree_util.tree_unflatten(treedef, values[start:start + count]))
+            start += count
+        return nodes[0] if len(nodes) == 1 else nodes
+
+    def log_joint(self, model: Model, params, encoded: tuple, z_local, x) -> jax.Array:
+        return model.log_joint(params, self.parts.combine(self.global_value(encoded), z_local), x)
+
+    def log_prior(self, params, encoded: tuple) -> jax.Array:
+        return self.parts.global_log_prior(params, self.global_value(encoded))
+
+
+def _structure(model: Model) -> _Structure:
+    parts = split_latent(model.latent)
+    factors, treedefs = [], []
+    for node in parts.globals:
+        leaves, treedef = jax.tree_util.tree_flatten(node.latent, is_leaf=is_spec)
+        factors.extend(factor_spec(leaf) for leaf in leaves)
+        treedefs.append((treedef, len(leaves)))
+    return _Structure(parts, tuple(factors), tuple(treedefs))
+
+
+@settings("tol")
+@dataclasses.dataclass(frozen=True)
+class CAVI:
+    r"""Coordinate-ascent VI: every factor of a mean-field q set to its optimum in turn, in closed form,
+    derived from the log-joint (module docstring).
+
+    The model's ``Global`` latents are exponential-family specs (``Dirichlet``, ``Gamma``, ``Beta``,
+    ``Wishart``, ``NormalWishart``, ``NormalGamma``, ``Gaussian``), each leaf one factor of q; its local latent,
+    if any, a ``Discrete`` pytree, a ``Markov`` chain or a ``Gaussian``, whose q is exact given the globals.
+
+    Args:
+      max_iter: the most iterations (``infer`` evaluates ``max_iter + 1`` bounds).
+      tol: stop when the bound changes by less than ``tol`` per datum (traced).
+      n_init: restarts from ``n_init`` keys, vmapped; the highest bound is returned.
+      m_step_iters: L-BFGS steps per M-step on θ (the model's floating parameters; none: no M-step).
+      chunk_size: how many data are evaluated at once.
+      start: where the first global updates start: ``"prior"``, the local q that is exact at one draw of the
+        global factors from their priors (priors on the data's scale give data-like starts, as k-means' random
+        centres do); ``"random"``, responsibilities drawn from Dirichlet(1) for every datum (a ``Discrete``
+        local latent only; near-symmetric, so restarts matter more).
+
+    Example:
+      >>> result = jaxvi.infer(model, jaxvi.CAVI(max_iter=200), data, key=jax.random.key(0))
+      >>> q = result.posterior(data); q.globals["weights"].mean()
+    """
+
+    max_iter: int = 100
+    tol: float = 1e-3
+    n_init: int = 1
+    m_step_iters: int = 20
+    chunk_size: int = 1024
+    start: str = "prior"
+
+    reports = "ELBO"
+    per_datum = ()
+
+    def __post_init__(self):
+        for name in ("max_iter", "n_init", "m_step_iters", "chunk_size"):
+            check_count(f"CAVI({name})", getattr(self, name))
+        check_number("CAVI(tol)", self.tol, low=0)
+        if self.start not in STARTS:
+            raise ValueError(f"CAVI(start): expected one of {STARTS}, got {self.start!r}")
+
+    # --- checks -------------------------------------------------------------------------------------
+
+    def check(self, model: Model, data: PyTree = None) -> None:
+        """Raises ValueError for a model CAVI cannot fit, before anything compiles: no exponential-family
+        ``Global`` factor; a local latent without an exact posterior; a log-prior or log-joint not linear in a
+        factor's statistics (read on the first 8 data, every factor at a broad member of its family); a prior
+        that is not a proper member of its factor's family."""
+        parts = split_latent(model.latent)
+        if not parts.globals:
+            raise ValueError(f"latent: CAVI fits a q over Global exponential-family factors, got {model.latent!r} "
+                             f"with none; a model with only local latents has an exact posterior: fit it with jaxvi.EM")
+        structure = _structure(model)  # every global leaf has a factor
+        if parts.local is not None:
+            exact_family(parts.local)
+            if self.start == "random" and isinstance(parts.local, (Markov, Gaussian)):
+                raise ValueError(f"CAVI(start='random'): random responsibilities need a Discrete local latent, got "
+                                 f"{parts.local!r}; use start='prior'")
+        if data is None:
+            return
+        head = jax.tree_util.tree_map(lambda a: a[:min(8, a.shape[0])], data)
+        prior, residuals = jax.jit(lambda: self._probe(model, head))()
+        names = _leaf_names(model)
+        for factor, name, prior_residual, residual in zip(structure.factors, names, residuals[0], residuals[1]):
+            if not float(prior_residual) <= NOT_CONJUGATE:
+                raise ValueError(
+                    f"latent: the log-prior is not conjugate in the factor {name} ({factor.spec!r}): it is not linear "
+                    f"in the factor's sufficient statistics (relative residual {float(prior_residual):.2g} > "
+                    f"{NOT_CONJUGATE:g}), so the prior is not a member of the {factor.family.name} family. Give it a "
+                    f"{factor.family.name} prior, or fit the model with jaxvi.SVI, writing that latent as a Real with "
+                    f"a bijector")
+            if not float(residual) <= NOT_CONJUGATE:
+                raise ValueError(
+                    f"latent: the log-joint is not conjugate in the factor {name} ({factor.spec!r}): E over the "
+                    f"other factors of log p is not linear in its sufficient statistics (relative residual "
+                    f"{float(residual):.2g} > {NOT_CONJUGATE:g}), so CAVI has no closed-form update for it. Fit the "
+                    f"model with jaxvi.SVI, writing that latent as a Real with a bijector")
+        for factor, name, eta in zip(structure.factors, names, prior):
+            if not np.all(np.isfinite(np.asarray(expfam.log_normalizer(factor.family, eta)))):
+                raise ValueError(f"latent: the prior of the factor {name} ({factor.spec!r}) is not a proper "
+                                 f"{factor.family.name} distribution (its natural parameters, read off log_prior, "
+                                 f"have no finite normaliser); CAVI starts from the priors and needs proper ones")
+
+    def _probe(self, model: Model, data: PyTree):
+        """(the priors' natural parameters, (the prior reads' residuals, the log-joint reads' residuals)), every
+        factor read with the others at their broad reference members and a random local q."""
+        structure = _structure(model)
+        params = model.init(jax.random.key(0), data)
+        dtype = float_dtype(data)
+        references = _references(structure, dtype)
+        prior, prior_residuals = self._prior_factors(structure, params, dtype)
+        post = self._initial_local(model, structure, params, references, data, jax.random.key(1), None)
+        residuals = []
+        for j, f in enumerate(structure.factors):
+            fn = self._factor_function(model, structure, params, references, data, post, j)
+            _, _, residual = expfam.natural_parameters(fn, f.family, f.family.points(references[j], f.read_points))
+            residuals.append(jnp.maximum(*residual))
+        return prior, (prior_residuals, jnp.stack(residuals))
+
+    def schedule(self, num_data: int) -> Schedule:
+        """All the data every step, ``max_iter + 1`` steps, stopping on the change of the bound per datum."""
+        return Schedule(self.max_iter + 1, stopping=Change(self.tol), evaluates_ahead=True)
+
+    # --- the algorithm ------------------------------------------------------------------------------
+
+    def init(self, model: Model, key: jax.Array, data: PyTree, params: PyTree | None = None, *,
+             local_posterior=None) -> CAVIState:
+        r"""The state before the first iteration: θ from ``model.init`` (or ``params``); every factor its prior
+        (read off ``log_prior``), then one round of global updates from a random local q (``CAVI(start)``), or from
+        ``local_posterior`` (an exact-posterior object for the local latent) when given."""
+        init_key, local_key = jax.random.split(key)
+        params = model.init(init_key, data) if params is None else params
+        structure = _structure(model)
+        dtype = float_dtype(data)
+        factors, _ = self._prior_factors(structure, params, dtype)
+        post = self._initial_local(model, structure, params, factors, data, local_key, local_posterior)
+        factors, _ = self._global_updates(model, structure, params, factors, data, post)
+        minus_inf = jnp.array(-jnp.inf, dtype)
+        return CAVIState(params, factors, params, factors, minus_inf, jnp.zeros((), dtype))
+
+    def _prior_factors(self, structure: _Structure, params, dtype) -> tuple[tuple, jax.Array]:
+        """Every factor's prior, its natural parameters read off ``log_prior`` (the others at their reference
+        members), and the reads' linearity residuals."""
+        references = _references(structure, dtype)
+        rules = [expfam.quadrature(f.family, eta) for f, eta in zip(structure.factors, references)]
+        factors, residuals = [], []
+        for j, f in enumerate(structure.factors):
+            prior = lambda z_j, j=j: expfam.expect_product(  # noqa: E731
+                lambda *others: structure.log_prior(params, _insert(others, j, z_j)), tuple(_drop(rules, j)))
+            eta, _, residual = expfam.natural_parameters(prior, f.family, f.family.points(references[j], f.read_points))
+            factors.append(tuple(e.astype(dtype) for e in eta))
+            residuals.append(jnp.maximum(*residual))
+        return tuple(factors), jnp.stack(residuals)
+
+    def _initial_local(self, model, structure, params, factors, data, key, local_posterior):
+        """The local q the first global updates start from: ``local_posterior`` if given; with ``start="random"``,
+        responsibilities drawn from Dirichlet(1) per datum; else the exact local q at one draw of the global
+        factors; None without a local latent."""
+        local = structure.parts.local
+        if local is None or local_posterior is not None:
+            return local_posterior
+        dtype = float_dtype(data)
+        if self.start == "random":
+            n, values = num_data_of(data), exact.latent_values(local)
+            m = jax.tree_util.tree_leaves(values)[0].shape[0]
+            probs = jax.random.dirichlet(key, jnp.ones(m, dtype), (n,))
+            log_probs = jnp.log(jnp.maximum(probs, jnp.finfo(dtype).tiny))
+            return exact.DiscretePosterior(log_probs, jnp.zeros(n, dtype), values)
+        draws = tuple(_draw(f, eta, k) for f, eta, k in
+                      zip(structure.factors, factors, jax.random.split(key, len(factors))))
+        return exact.posterior(lambda p, z, x: structure.log_joint(model, p, draws, z, x), local, params, data,
+                               self.chunk_size)
+
+    def step(self, model: Model, key: jax.Array, state: CAVIState, batch: PyTree, *, num_data
+             ) -> tuple[CAVIState, CAVIInfo]:
+        """One iteration on all the data: the local step (its bound is the info's objective), the global
+        updates in turn, then the M-step on θ. ``key`` is unused (CAVI is deterministic)."""
+        data = full_data(batch, num_data, "CAVI")
+        structure = _structure(model)
+        dtype = state.bound.dtype
+        bound, post = self._local_step(model, structure, state.params, state.factors, data)
+        bound = bound.astype(dtype)
+        ok = jnp.isfinite(bound)
+
+        def move():
+            factors, residual = self._global_updates(model, structure, state.params, state.factors, data, post)
+            params = self._m_step(model, structure, state.params, factors, data, post)
+            return params, factors, residual.astype(dtype)
+
+        params, factors, residual = lax.cond(ok, move, lambda: (state.params, state.factors, jnp.zeros((), dtype)))
+        leaf_finite = jnp.stack([jnp.all(jnp.isfinite(a)) for a in jax.tree_util.tree_leaves((params, factors))])
+        moved = ok & jnp.all(leaf_finite)
+        kind = jnp.where(ok, jnp.where(moved, NO_FAULT, FAULT_PARAMS), FAULT_LOG_EVIDENCE)
+        index = jnp.where(kind == FAULT_PARAMS, jnp.argmin(leaf_finite), -1)
+        fault = Fault(jnp.array(-1, jnp.int32), kind.astype(jnp.int32), index.astype(jnp.int32),
+                      jnp.array(-1, jnp.int32))
+        keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(moved, a, b), new, old)  # noqa: E731
+        new_state = CAVIState(
+            params=keep(params, state.params), factors=keep(factors, state.factors),
+            evaluated_params=jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), state.params,
+                                                    state.evaluated_params),
+            evaluated_factors=jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), state.factors,
+                                                     state.evaluated_factors),
+            bound=jnp.where(ok, bound, state.bound),
+            linearity=jnp.maximum(state.linearity, jnp.where(moved, residual, 0.0)))
+        return new_state, CAVIInfo(bound, fault)
+
+    def finalize(self, model: Model, key: jax.Array, state: CAVIState, data: PyTree) -> Result:
+        """The last evaluated θ and factors and their bound (no further step)."""
+        objective = state.bound
+        diagnostics = CAVIDiagnostics(state.linearity, final_fault(objective, state.evaluated_params), objective[None],
+                                      jnp.array(0, jnp.int32), state.evaluated_factors)
+        return Result(state.evaluated_params, objective, objective[None], jnp.array(0, jnp.int32), jnp.array(False),
+                      diagnostics, model, self)
+
+    def posterior(self, result: Result, data: PyTree | None = None) -> CAVIPosterior:
+        """The fitted q: the global factors as distributions, and the local q of ``data`` given them."""
+        structure = _structure(result.model)
+        fitted = [Factor(f.spec, tuple(eta)) for f, eta in zip(structure.factors, result.diagnostics.factors)]
+        nodes, start = [], 0
+        for treedef, count in structure.node_treedefs:
+            nodes.append(jax.tree_util.tree_unflatten(treedef, fitted[start:start + count]))
+            start += count
+        parts = structure.parts  # the latent's structure, each Global node its fitted factors, local leaves None
+        globals_ = jax.tree_util.tree_unflatten(parts.treedef, [nodes.pop(0) if is_global else None
+                                                                for is_global in parts.is_global])
+        local = None
+        if structure.parts.local is not None and data is not None:
+            _, local = self._local_step(result.model, structure, result.params, result.diagnostics.factors, data)
+        return CAVIPosterior(globals_, local)
+
+    def bound(self, model: Model, params: PyTree, factors: tuple, data: PyTree, local_posterior=None) -> jax.Array:
+        r"""The bound :math:`E_q[\log p_\theta(D, z)] + H[q]` at any q: the global ``factors`` (natural parameters,
+        as in ``CAVIState.factors``) and the local ``local_posterior`` (a ``DiscretePosterior`` for a
+        ``Discrete`` local latent; None: the optimal local q, the bound a step reports)."""
+        structure = _structure(model)
+        if local_posterior is None or structure.parts.local is None:
+            return self._local_step(model, structure, params, factors, data)[0]
+        if not isinstance(local_posterior, exact.DiscretePosterior):
+            raise ValueError(f"local_posterior: expected a DiscretePosterior or None, got "
+                             f"{type(local_posterior).__name__}")
+        rules = tuple(expfam.quadrature(f.family, eta) for f, eta in zip(structure.factors, factors))
+
+        def expected(p, z_local, x):
+            return expfam.expect_product(lambda *zs: structure.log_joint(model, p, zs, z_local, x), rules)
+
+        probs = local_posterior.probs
+        local_entropy = -jnp.sum(jnp.where(probs > 0, probs * local_posterior.log_probs, 0.0))
+        data_term = exact.expected_log_joint(expected, params, data, local_posterior, self.chunk_size)
+        prior_term = expfam.expect_product(lambda *zs: structure.log_prior(params, zs), rules)
+        entropy = sum(jnp.sum(expfam.entropy(f.family, eta)) for f, eta in zip(structure.factors, factors))
+        return data_term + local_entropy + prior_term + entropy + model.total_log_prior(params)
+
+    # --- the three steps ------------------------------------------------------------------------------
+
+    def _local_step(self, model: Model, structure: _Structure, params, factors, data):
+        """(the bound, the local q) at the global factors ``factors``: the local q is the exact posterior of the
+        expected log-joint, whose normalisers sum to the data's part of the bound."""
+        rules = tuple(expfam.quadrature(f.family, eta) for f, eta in zip(structure.factors, factors))
+
+        def expected(p, z_local, x):
+            return expfam.expect_product(lambda *zs: structure.log_joint(model, p, zs, z_local, x), rules)
+
+        local = structure.parts.local
+        if local is None:
+            data_term, post = sum_data(lambda chunk: sum_accurately(jax.vmap(
+                lambda x: expected(params, None, x))(chunk)), data, self.chunk_size), None
+        else:
+            post = exact.posterior(expected, local, params, data, self.chunk_size)
+            data_term = sum_accurately(post.log_evidence)
+        prior_term = expfam.expect_product(lambda *zs: structure.log_prior(params, zs), rules)
+        entropy = sum(jnp.sum(expfam.entropy(f.family, eta)) for f, eta in zip(structure.factors, factors))
+        return data_term + prior_term + entropy + model.total_log_prior(params), post
+
+    def _factor_function(self, model, structure, params, factors, data, post, j):
+        """:math:`z_j \\mapsto E_{q_{-j}}[\\log p]` (the data's part under the local q ``post``), whose coefficients
+        of :math:`T_j` are factor j's optimal natural parameters."""
+        others = tuple(expfam.quadrature(f.family, eta) for k, (f, eta) in enumerate(zip(structure.factors, factors))
+                       if k != j)
+
+        def fn(z_j):
+            def expected(p, z_local, x):
+                return expfam.expect_product(
+                    lambda *zs: structure.log_joint(model, p, _insert(zs, j, z_j), z_local, x), others)
+
+            if post is None:
+                data_term = sum_data(lambda chunk: jnp.sum(jax.vmap(lambda x: expected(params, None, x))(chunk)),
+                                     data, self.chunk_size)
+            else:
+                data_term = exact.expected_log_joint(expected, params, data, post, self.chunk_size)
+            prior_term = expfam.expect_product(lambda *zs: structure.log_prior(params, _insert(zs, j, z_j)), others)
+            return data_term + prior_term
+
+        return fn
+
+    def _global_updates(self, model, structure, params, factors, data, post) -> tuple[tuple, jax.Array]:
+        """Every global factor set to its optimum in turn, given the others (the newest) and the local q;
+        and the worst linearity residual of the reads."""
+        factors, worst = list(factors), jnp.zeros(())
+        for j, f in enumerate(structure.factors):
+            fn = self._factor_function(model, structure, params, tuple(factors), data, post, j)
+            eta, _, residual = expfam.natural_parameters(fn, f.family, f.family.points(tuple(factors[j]),
+                                                                                       f.read_points))
+            factors[j] = tuple(e.astype(old.dtype) for e, old in zip(eta, factors[j]))
+            worst = jnp.maximum(worst, jnp.maximum(*residual))
+        return tuple(factors), worst
+
+    def _m_step(self, model, structure, params, factors, data, post):
+        """θ raised on the bound with q fixed (L-BFGS, kept only if it rises); θ unchanged without floating
+        leaves."""
+        leaves = jax.tree_util.tree_leaves(params)
+        if not leaves or not all(jnp.issubdtype(jnp.result_type(a), jnp.floating) for a in leaves):
+            return params
+        rules = tuple(expfam.quadrature(f.family, eta) for f, eta in zip(structure.factors, factors))
+
+        def expected(p, z_local, x):
+            return expfam.expect_product(lambda *zs: structure.log_joint(model, p, zs, z_local, x), rules)
+
+        def prior(p):
+            return (expfam.expect_product(lambda *zs: structure.log_prior(p, zs), rules)
+                    + model.total_log_prior(p))
+
+        if post is None:  # no local latent: a posterior of one value per datum carries the sum over the data
+            n = num_data_of(data)
+            post = exact.DiscretePosterior(jnp.zeros((n, 1)), jnp.zeros(n), jnp.zeros(1, jnp.int32))
+            surrogate = SimpleNamespace(log_joint=lambda p, z, x: expected(p, None, x), total_log_prior=prior)
+        else:
+            surrogate = SimpleNamespace(log_joint=expected, total_log_prior=prior)
+        new, _ = gradient_m_step(surrogate, params, data, post, optax.lbfgs(), self.m_step_iters, self.chunk_size)
+        return new
+
+
+def _references(structure: _Structure, dtype) -> tuple:
+    """Every factor's broad reference member (``FactorSpec.reference``)."""
+    return tuple(tuple(jnp.asarray(e, dtype) for e in f.reference(dtype)) for f in structure.factors)
+
+
+def _insert(values: tuple, j: int, value) -> tuple:
+    values = list(values)
+    values.insert(j, value)
+    return tuple(values)
+
+
+def _drop(values, j: int) -> list:
+    return [v for k, v in enumerate(values) if k != j]
+
+
+def _draw(factor: FactorSpec, eta, key) -> jax.Array:
+    """One draw of a factor, in its family's layout."""
+    fitted = Factor(factor.spec, tuple(eta))
+    value = jax.tree_util.tree_map(lambda a: a[0], fitted.sample(key, 1))
+    if isinstance(value, tuple):  # (mean, precision) back to [mu | L]
+        mean, precision = value
+        if precision.ndim == mean.ndim:  # Normal-Gamma
+            return jnp.stack([mean, precision], axis=-1)[..., None, :]
+        return jnp.concatenate([mean[..., None], precision], axis=-1)
+    return value
+
+
+def _leaf_names(model: Model) -> list[str]:
+    """A readable path of every global leaf, for messages."""
+    parts = split_latent(model.latent)
+    names = []
+    for i, node in enumerate(parts.globals):
+        for path, _ in jax.tree_util.tree_flatten_with_path(node.latent, is_leaf=is_spec)[0]:
+            prefix = f"Global #{i}" if len(parts.globals) > 1 else "Global"
+            names.append(f"{prefix}{jax.tree_util.keystr(path)}")
+    return names
+

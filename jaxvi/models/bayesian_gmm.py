@@ -1,0 +1,114 @@
+r"""Bayesian Gaussian mixture, written only as a log-joint: ``jaxvi.CAVI`` derives its updates.
+
+.. math::
+    \pi \sim \mathrm{Dir}(\alpha_0), \quad
+    (\mu_k, \Lambda_k) \sim N(m_0, (\beta_0 \Lambda_k)^{-1})\, W(W_0, \nu_0), \quad
+    z_i \sim \mathrm{Cat}(\pi), \quad x_i \mid z_i \sim N(\mu_{z_i}, \Lambda_{z_i}^{-1}).
+
+With ``covariance="diag"`` every dimension of a component has its own Normal-Gamma mean and precision.
+The priors default to scikit-learn's ``BayesianGaussianMixture(weight_concentration_prior_type=
+"dirichlet_distribution")``: :math:`\alpha_0 = 1/K`, :math:`\beta_0 = 1`, :math:`m_0` the data's mean,
+:math:`\nu_0 = D`, :math:`W_0^{-1}` the data's covariance (its diagonal for ``"diag"``), so that
+:math:`E[\Lambda_k^{-1}]` is about the data's covariance.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.scipy.special import gammaln, multigammaln
+
+from jaxvi.latents import Dirichlet, Discrete, Global, NormalGamma, NormalWishart
+from jaxvi.model import Model
+
+__all__ = ["bayesian_gaussian_mixture", "wishart_log_prob"]
+
+COVARIANCES = ("full", "diag")
+
+
+def wishart_log_prob(precision: jax.Array, dof, scale_inverse: jax.Array) -> jax.Array:
+    r""":math:`\log W(\Lambda \mid W, \nu)` with :math:`W^{-1}` given (Bishop B.78)."""
+    d = precision.shape[-1]
+    return (0.5 * (dof - d - 1) * jnp.linalg.slogdet(precision)[1] - 0.5 * jnp.sum(scale_inverse * precision)
+            + 0.5 * dof * jnp.linalg.slogdet(scale_inverse)[1] - 0.5 * dof * d * jnp.log(2.0)
+            - multigammaln(0.5 * dof, d))
+
+
+def _normal_log_prob(x, mean, precision):
+    d = x.shape[-1]
+    diff = x - mean
+    return 0.5 * (jnp.linalg.slogdet(precision)[1] - diff @ precision @ diff - d * jnp.log(2 * jnp.pi))
+
+
+def bayesian_gaussian_mixture(data, K: int, covariance: str = "full", *, weight_concentration=None,
+                              mean_precision=1.0, mean=None, degrees_of_freedom=None, covariance_prior=None) -> Model:
+    r"""A Bayesian Gaussian mixture of K components for ``data`` ``(N, D)``, for ``jaxvi.CAVI``.
+
+    The latent is ``{"theta": Global({"weights": Dirichlet(K), "components": NormalWishart(D, (K,))}),
+    "assignment": Discrete(K)}`` (``NormalGamma((K, D))`` components for ``"diag"``). The priors are fixed
+    numbers taken from ``data`` as scikit-learn does (module docstring); the model has no parameters θ.
+
+    Args:
+      data: ``(N, D)`` floating data (for the default priors).
+      K: the number of components, an integer >= 1.
+      covariance: ``"full"`` (Normal-Wishart components) or ``"diag"`` (Normal-Gamma per dimension).
+      weight_concentration: :math:`\alpha_0` (default 1/K); mean_precision: :math:`\beta_0`; mean: :math:`m_0`;
+      degrees_of_freedom: :math:`\nu_0` (default D); covariance_prior: :math:`W_0^{-1}` ``(D, D)``, or its
+        diagonal ``(D,)`` for ``"diag"``.
+    """
+    x = np.asarray(data)
+    if x.ndim != 2 or not np.issubdtype(x.dtype, np.floating):
+        raise ValueError(f"data: expected a floating (N, D) array, got shape {x.shape} and dtype {x.dtype}")
+    if covariance not in COVARIANCES:
+        raise ValueError(f"covariance: expected one of {COVARIANCES}, got {covariance!r}")
+    if isinstance(K, bool) or not isinstance(K, (int, np.integer)) or K < 1:
+        raise ValueError(f"K: expected an integer >= 1, got {K!r}")
+    d = x.shape[1]
+    dtype = x.dtype
+    alpha0 = jnp.asarray(1.0 / K if weight_concentration is None else weight_concentration, dtype)
+    beta0 = jnp.asarray(mean_precision, dtype)
+    m0 = jnp.asarray(x.mean(0) if mean is None else mean, dtype)
+    nu0 = jnp.asarray(d if degrees_of_freedom is None else degrees_of_freedom, dtype)
+    cov = np.atleast_2d(np.cov(x.T)) if covariance_prior is None else np.asarray(covariance_prior)
+    if covariance == "diag" and cov.ndim == 2:
+        cov = np.diag(cov)
+    psi0 = jnp.asarray(cov, dtype)
+
+    if covariance == "full":
+        components = NormalWishart(d, (K,))
+
+        def component_log_prior(means, precisions):
+            def one(mean_k, precision_k):
+                return (_normal_log_prob(mean_k, m0, beta0 * precision_k)
+                        + wishart_log_prob(precision_k, nu0, psi0))
+            return jnp.sum(jax.vmap(one)(means, precisions))
+
+        def component_log_likelihood(x, mean_k, precision_k):
+            return _normal_log_prob(x, mean_k, precision_k)
+    else:
+        components = NormalGamma((K, d))
+        shape0, rate0 = 0.5 * nu0, 0.5 * psi0   # Normal-Gamma: the Wishart with d = 1 per dimension
+
+        def component_log_prior(means, precisions):
+            log_gamma = (shape0 * jnp.log(rate0) - gammaln(shape0) + (shape0 - 1) * jnp.log(precisions)
+                         - rate0 * precisions)
+            log_normal = 0.5 * (jnp.log(beta0 * precisions) - jnp.log(2 * jnp.pi)
+                                - beta0 * precisions * (means - m0) ** 2)
+            return jnp.sum(log_gamma + log_normal)
+
+        def component_log_likelihood(x, mean_k, precision_k):
+            return 0.5 * jnp.sum(jnp.log(precision_k) - jnp.log(2 * jnp.pi) - precision_k * (x - mean_k) ** 2)
+
+    def log_prior(params, theta):
+        weights, (means, precisions) = theta["weights"], theta["components"]
+        dirichlet = gammaln(K * alpha0) - K * gammaln(alpha0) + (alpha0 - 1) * jnp.sum(jnp.log(weights))
+        return dirichlet + component_log_prior(means, precisions)
+
+    def log_joint(params, z, x):
+        theta, k = z["theta"], z["assignment"]
+        means, precisions = theta["components"]
+        return jnp.log(theta["weights"][k]) + component_log_likelihood(x, means[k], precisions[k])
+
+    latent = {"theta": Global({"weights": Dirichlet(K), "components": components}, log_prior),
+              "assignment": Discrete(K)}
+    return Model(log_joint, latent, init=lambda key, data: {})

@@ -1,0 +1,110 @@
+r"""Variational (Bayesian) hidden Markov models, written only as log-joints: ``jaxvi.CAVI`` derives the updates.
+
+.. math::
+    \pi \sim \mathrm{Dir}(a_\pi), \quad A_{j\cdot} \sim \mathrm{Dir}(a_A), \quad
+    z_0 \sim \pi, \quad z_t \mid z_{t-1} \sim A_{z_{t-1}\cdot}, \quad x_t \mid z_t \sim p(x \mid \phi_{z_t}),
+
+with categorical emissions :math:`B_{k\cdot} \sim \mathrm{Dir}(a_B)` (hmmlearn's ``VariationalCategoricalHMM``)
+or Gaussian ones with Normal-Wishart means and precisions (``VariationalGaussianHMM``, full covariance). The
+chain is one structured factor of q (forward–backward on the expected log-joint), the parameters the global
+factors. The priors default to hmmlearn's.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.scipy.special import gammaln
+
+from jaxvi.latents import Dirichlet, Global, Markov, NormalWishart
+from jaxvi.model import Model
+from jaxvi.models.bayesian_gmm import _normal_log_prob, wishart_log_prob
+
+__all__ = ["variational_categorical_hmm", "variational_gaussian_hmm"]
+
+
+def _dirichlet_log_prob(weights, concentration):
+    """log Dir(weights | concentration) over the last axis, summed over the rest."""
+    return jnp.sum(gammaln(jnp.sum(concentration, -1)) - jnp.sum(gammaln(concentration), -1)
+                   + jnp.sum((concentration - 1) * jnp.log(weights), -1))
+
+
+def _chain_log_prior(theta, start_prior, transition_prior):
+    return (_dirichlet_log_prob(theta["start"], start_prior)
+            + _dirichlet_log_prob(theta["transitions"], transition_prior))
+
+
+def _log_move(theta, prev, state):
+    return jnp.log(theta["start"][state]) if prev is None else jnp.log(theta["transitions"][prev, state])
+
+
+def _concentration(value, default, shape) -> jnp.ndarray:
+    return jnp.broadcast_to(jnp.asarray(default if value is None else value, jnp.result_type(float)), shape)
+
+
+def variational_categorical_hmm(K: int, num_symbols: int, *, start_prior=None, transition_prior=None,
+                                emission_prior=None) -> Model:
+    r"""A Bayesian HMM of K states over symbols ``0 .. num_symbols - 1``, for ``jaxvi.CAVI``.
+
+    Data are ``(N, T)`` integer sequences (or ``jaxvi.Sequences``). The latent is ``{"theta": Global({"start":
+    Dirichlet(K), "transitions": Dirichlet(K, (K,)), "emissions": Dirichlet(num_symbols, (K,))}), "states":
+    Markov(K)}``. Dirichlet concentrations default to hmmlearn's: 1/K for the start and transition rows,
+    1/num_symbols for the emission rows.
+    """
+    for name, value in (("K", K), ("num_symbols", num_symbols)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
+    a_start = _concentration(start_prior, 1.0 / K, (K,))
+    a_trans = _concentration(transition_prior, 1.0 / K, (K, K))
+    a_emit = _concentration(emission_prior, 1.0 / num_symbols, (K, num_symbols))
+
+    def log_prior(params, theta):
+        return _chain_log_prior(theta, a_start, a_trans) + _dirichlet_log_prob(theta["emissions"], a_emit)
+
+    def log_joint(params, z, x):
+        prev, state = z["states"]
+        theta = z["theta"]
+        return _log_move(theta, prev, state) + jnp.log(theta["emissions"][state, x])
+
+    latent = {"theta": Global({"start": Dirichlet(K), "transitions": Dirichlet(K, (K,)),
+                               "emissions": Dirichlet(num_symbols, (K,))}, log_prior),
+              "states": Markov(K)}
+    return Model(log_joint, latent, init=lambda key, data: {})
+
+
+def variational_gaussian_hmm(K: int, d: int, *, start_prior=None, transition_prior=None, mean_prior=0.0,
+                             mean_precision=1.0, degrees_of_freedom=None, scale=None) -> Model:
+    r"""A Bayesian HMM of K states with d-dimensional Gaussian emissions (full covariance), for ``jaxvi.CAVI``.
+
+    Data are ``(N, T, d)`` float sequences (or ``jaxvi.Sequences``). Each state's mean and precision have a
+    Normal-Wishart prior :math:`N(m_0, (b_0\Lambda)^{-1})\, W(\Lambda \mid W_0, \nu_0)`: ``mean_prior`` m_0,
+    ``mean_precision`` b_0, ``degrees_of_freedom`` :math:`\nu_0` (default d), ``scale`` :math:`W_0^{-1}` (default
+    the identity), as hmmlearn's ``VariationalGaussianHMM``'s defaults; start and transition rows Dirichlet(1/K).
+    """
+    for name, value in (("K", K), ("d", d)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
+    real = jnp.result_type(float)
+    a_start = _concentration(start_prior, 1.0 / K, (K,))
+    a_trans = _concentration(transition_prior, 1.0 / K, (K, K))
+    m0 = jnp.broadcast_to(jnp.asarray(mean_prior, real), (K, d))
+    b0 = jnp.broadcast_to(jnp.asarray(mean_precision, real), (K,))
+    nu0 = jnp.broadcast_to(jnp.asarray(d if degrees_of_freedom is None else degrees_of_freedom, real), (K,))
+    psi0 = jnp.broadcast_to(jnp.eye(d, dtype=real) if scale is None else jnp.asarray(scale, real), (K, d, d))
+
+    def log_prior(params, theta):
+        means, precisions = theta["emissions"]
+        emissions = jnp.sum(jax.vmap(lambda mean, precision, m, b, nu, psi: _normal_log_prob(mean, m, b * precision)
+                                     + wishart_log_prob(precision, nu, psi))(means, precisions, m0, b0, nu0, psi0))
+        return _chain_log_prior(theta, a_start, a_trans) + emissions
+
+    def log_joint(params, z, x):
+        prev, state = z["states"]
+        theta = z["theta"]
+        means, precisions = theta["emissions"]
+        return _log_move(theta, prev, state) + _normal_log_prob(x, means[state], precisions[state])
+
+    latent = {"theta": Global({"start": Dirichlet(K), "transitions": Dirichlet(K, (K,)),
+                               "emissions": NormalWishart(d, (K,))}, log_prior),
+              "states": Markov(K)}
+    return Model(log_joint, latent, init=lambda key, data: {})

@@ -1,0 +1,221 @@
+r"""The factors of ``jaxvi.CAVI``'s q: each exponential-family latent spec as an ``expfam`` family with a batch
+shape, the value ``log_joint`` receives, and a fitted factor as a distribution (``Factor``).
+
+A spec's factor holds its values in the family's own layout (``encoded``: a Normal-Wishart's mean and precision
+as one ``[mu | L]`` array); ``FactorSpec.value`` turns them into what the user's ``log_joint`` and ``log_prior``
+receive.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from tensorflow_probability.substrates import jax as tfp
+
+from jaxvi.latents import Beta, Dirichlet, Gamma, Gaussian, NormalGamma, NormalWishart, Wishart
+from jaxvi.vi import expfam
+
+__all__ = ["Factor", "FactorSpec", "factor_spec"]
+
+tfd = tfp.distributions
+
+
+class FactorSpec(NamedTuple):
+    """How one exponential-family spec is a factor of q.
+
+    Attributes:
+      spec: the latent spec.
+      family: its ``expfam.Family``.
+      batch_shape: how many independent factors (the spec's ``shape``).
+      event_shape: one value's shape in the family's layout.
+      value: the family's layout -> the value ``log_joint`` receives (batch in front).
+      reference: ``reference(dtype)``: natural parameters of a broad member of the family, where a factor's
+        log-prior is read off before any fitted q exists.
+      read_points: how many points ``expfam.natural_parameters`` needs to read and check the natural
+        parameters of this family (the statistics outnumber one gradient's entries).
+    """
+
+    spec: Any
+    family: expfam.Family
+    batch_shape: tuple
+    event_shape: tuple
+    value: Callable
+    reference: Callable
+    read_points: int
+
+
+def _full(shape, value, dtype):
+    return jnp.full(shape, value, dtype)
+
+
+def factor_spec(spec) -> FactorSpec:
+    """The ``FactorSpec`` of an exponential-family latent spec (``Gaussian`` is a Normal factor)."""
+    identity = lambda z: z  # noqa: E731
+    if isinstance(spec, Beta):
+        return FactorSpec(spec, expfam.BETA, spec.shape, (), identity,
+                          lambda dt: (_full(spec.shape, 0.0, dt), _full(spec.shape, 0.0, dt)), 3)
+    if isinstance(spec, Gamma):
+        return FactorSpec(spec, expfam.GAMMA, spec.shape, (), identity,
+                          lambda dt: (_full(spec.shape, 0.0, dt), _full(spec.shape, -1.0, dt)), 3)
+    if isinstance(spec, Dirichlet):
+        return FactorSpec(spec, expfam.DIRICHLET, spec.shape, (spec.K,), identity,
+                          lambda dt: (_full(spec.shape + (spec.K,), 0.0, dt),), 3)
+    if isinstance(spec, Wishart):
+        d = spec.d
+        return FactorSpec(spec, expfam.WISHART, spec.shape, (d, d), identity,
+                          lambda dt: (jnp.broadcast_to(-0.5 * jnp.eye(d, dtype=dt), spec.shape + (d, d)),
+                                      _full(spec.shape, 0.5, dt)), 3)
+    if isinstance(spec, Gaussian):
+        d = spec.d
+        return FactorSpec(spec, expfam.NORMAL, (), (d,), identity,
+                          lambda dt: (jnp.zeros(d, dt), -0.5 * jnp.eye(d, dtype=dt)), max(3, d + 2))
+    if isinstance(spec, (NormalWishart, NormalGamma)):
+        d = spec.d if isinstance(spec, NormalWishart) else 1
+
+        def reference(dt):
+            ones = jnp.ones(spec.shape, dt)
+            return expfam.normal_wishart_natural(jnp.zeros(spec.shape + (d,), dt), ones,
+                                                 jnp.broadcast_to(jnp.eye(d, dtype=dt), spec.shape + (d, d)),
+                                                 ones * (d + 2))
+
+        if isinstance(spec, NormalWishart):
+            value = expfam.normal_wishart_parts
+        else:
+            value = lambda z: (z[..., 0, 0], z[..., 0, 1])  # noqa: E731
+        return FactorSpec(spec, expfam.NORMAL_WISHART, spec.shape, (d, d + 1), value, reference, 3)
+    raise ValueError(f"latent: {spec!r} is not an exponential-family spec (Gaussian, Beta, Gamma, Dirichlet, "
+                     f"Wishart, NormalWishart, NormalGamma); jaxvi.CAVI has no coordinate update for it")
+
+
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["eta"], meta_fields=["spec"])
+@dataclasses.dataclass(frozen=True)
+class Factor:
+    r"""A fitted factor of q: ``eta``, the natural parameters, of ``spec``'s family (batch shape in front).
+
+    ``mean()``, ``variance()``, ``entropy()``, ``sample(key, n)`` and ``log_prob(value)`` speak the value
+    ``log_joint`` receives (a ``(mean, precision)`` pair for ``NormalWishart`` and ``NormalGamma``).
+    ``parameters()`` gives the textbook parameters (Beta's a, b; Gamma's shape and rate; Dirichlet's
+    concentration; Wishart's dof and scale; the Normal's mean and covariance; Normal-Wishart's m, b, W, nu).
+    """
+
+    spec: Any
+    eta: tuple
+
+    @property
+    def _factor(self) -> FactorSpec:
+        return factor_spec(self.spec)
+
+    def parameters(self) -> dict:
+        eta, spec = self.eta, self.spec
+        if isinstance(spec, Beta):
+            return {"a": eta[0] + 1, "b": eta[1] + 1}
+        if isinstance(spec, Gamma):
+            return {"shape": eta[0] + 1, "rate": -eta[1]}
+        if isinstance(spec, Dirichlet):
+            return {"concentration": eta[0] + 1}
+        if isinstance(spec, Wishart):
+            return {"dof": 2 * eta[1] + spec.d + 1, "scale": jnp.linalg.inv(-2 * eta[0])}
+        if isinstance(spec, Gaussian):
+            covariance = jnp.linalg.inv(-2 * eta[1])
+            return {"mean": covariance @ eta[0], "covariance": covariance}
+        mean, strength, scale_inverse, dof = expfam.normal_wishart_moments(eta)
+        if isinstance(spec, NormalGamma):
+            return {"mean": mean[..., 0], "strength": strength, "shape": dof / 2,
+                    "rate": scale_inverse[..., 0, 0] / 2}
+        return {"mean": mean, "strength": strength, "scale": jnp.linalg.inv(scale_inverse), "dof": dof}
+
+    def _distribution(self):
+        """The TFP distribution of the value (not for Wishart precisions: ``_wishart_*``)."""
+        p, spec = self.parameters(), self.spec
+        if isinstance(spec, Beta):
+            return tfd.Beta(p["a"], p["b"])
+        if isinstance(spec, (Gamma, NormalGamma)):
+            return tfd.Gamma(p["shape"], p["rate"])
+        if isinstance(spec, Dirichlet):
+            return tfd.Dirichlet(p["concentration"])
+        return tfd.MultivariateNormalFullCovariance(p["mean"], p["covariance"])
+
+    def _wishart(self):
+        """(dof, scale) of a Wishart factor or of a Normal-Wishart's precision."""
+        p = self.parameters()
+        return p["dof"], p["scale"]
+
+    def mean(self):
+        """E_q[z] (for a Normal-Wishart / Normal-Gamma: (E[mu], E[precision]))."""
+        spec = self.spec
+        if isinstance(spec, (Wishart, NormalWishart)):
+            dof, scale = self._wishart()
+            precision = dof[..., None, None] * scale
+            return (self.parameters()["mean"], precision) if isinstance(spec, NormalWishart) else precision
+        if isinstance(spec, NormalGamma):
+            return self.parameters()["mean"], self._distribution().mean()
+        return self._distribution().mean()
+
+    def variance(self):
+        """Var_q[z] elementwise; a Normal's covariance; for a Normal-Wishart / Normal-Gamma (the mean's marginal
+        covariance / variance, the precision's elementwise variance)."""
+        spec, p = self.spec, self.parameters()
+        if isinstance(spec, Gaussian):
+            return p["covariance"]
+        if isinstance(spec, NormalGamma):  # mu marginally Student-t with 2a dof, scale^2 = rate / (a b)
+            return p["rate"] / (p["strength"] * (p["shape"] - 1)), self._distribution().variance()
+        if isinstance(spec, (Wishart, NormalWishart)):
+            dof, scale = self._wishart()
+            diagonal = jnp.diagonal(scale, axis1=-2, axis2=-1)
+            precision = dof[..., None, None] * (scale ** 2 + diagonal[..., :, None] * diagonal[..., None, :])
+            if isinstance(spec, Wishart):
+                return precision
+            mean = jnp.linalg.inv(scale) / (p["strength"] * (dof - spec.d - 1))[..., None, None]
+            return mean, precision
+        return self._distribution().variance()
+
+    def entropy(self):
+        """H[q] per factor (batch shape)."""
+        return expfam.entropy(self._factor.family, self.eta)
+
+    def log_prob(self, value):
+        """log q(value) per factor; ``value`` as ``log_joint`` receives it."""
+        spec = self.spec
+        if isinstance(spec, NormalWishart):
+            mean, precision = value
+            value = jnp.concatenate([mean[..., None], precision], axis=-1)
+        elif isinstance(spec, NormalGamma):
+            mean, precision = value
+            value = jnp.stack([mean, precision], axis=-1)[..., None, :]
+        return expfam.log_density(self._factor.family, self.eta, value)
+
+    def sample(self, key: jax.Array, n: int = 1):
+        """``n`` draws, stacked on a leading axis (Normal-Wishart: the precision from its Wishart by Bartlett's
+        decomposition, then the mean given it)."""
+        spec = self.spec
+        if isinstance(spec, Wishart):
+            return _wishart_sample(key, *self._wishart(), n)
+        if not isinstance(spec, (NormalWishart, NormalGamma)):
+            return self._distribution().sample(n, seed=key)
+        precision_key, mean_key = jax.random.split(key)
+        p = self.parameters()
+        if isinstance(spec, NormalGamma):
+            precision = self._distribution().sample(n, seed=precision_key)
+            noise = jax.random.normal(mean_key, precision.shape, precision.dtype)
+            return p["mean"] + noise / jnp.sqrt(p["strength"] * precision), precision
+        precision = _wishart_sample(precision_key, *self._wishart(), n)
+        chol = jnp.linalg.cholesky(p["strength"][..., None, None] * precision)
+        noise = jax.random.normal(mean_key, precision.shape[:-1], precision.dtype)
+        return p["mean"] + jnp.linalg.solve(jnp.swapaxes(chol, -1, -2), noise[..., None])[..., 0], precision
+
+
+def _wishart_sample(key: jax.Array, dof: jax.Array, scale: jax.Array, n: int) -> jax.Array:
+    r"""``n`` draws of :math:`W(\Lambda \mid W, \nu)` (batch shape of ``dof`` in front of each): Bartlett's
+    :math:`\Lambda = L A A^\top L^\top`, :math:`LL^\top = W`, A lower triangular with
+    :math:`A_{ii}^2 \sim \chi^2_{\nu - i}` and standard normal entries below the diagonal."""
+    d = scale.shape[-1]
+    shape = (n,) + dof.shape
+    chi_key, normal_key = jax.random.split(key)
+    chi2 = 2 * jax.random.gamma(chi_key, (dof[..., None] - jnp.arange(d)) / 2, shape + (d,), scale.dtype)
+    below = jnp.tril(jax.random.normal(normal_key, shape + (d, d), scale.dtype), -1)
+    bartlett = below + jnp.sqrt(chi2)[..., None] * jnp.eye(d, dtype=scale.dtype)
+    factor = jnp.linalg.cholesky(scale) @ bartlett
+    return factor @ jnp.swapaxes(factor, -1, -2)

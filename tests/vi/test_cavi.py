@@ -1,0 +1,352 @@
+"""Coordinate-ascent VI (jaxvi.CAVI) with its updates derived from the log-joint, against closed-form posteriors
+and evidences, hand-derived mean-field fixed points (Bishop ch. 10), and scikit-learn's BayesianGaussianMixture
+from the same initial responsibilities."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.scipy import stats
+from scipy import special
+from sklearn.datasets import load_iris
+from sklearn.mixture import BayesianGaussianMixture
+
+import jaxvi
+from jaxvi.run.schedule import RESOLUTION_ULPS
+from jaxvi.vi import expfam
+
+KEY = jax.random.key(0)
+
+
+def fit(model, data, **settings):
+    return jaxvi.infer(model, jaxvi.CAVI(**settings), data, key=KEY, progress=False)
+
+
+def test_beta_bernoulli_q_is_the_exact_posterior_and_the_bound_the_exact_evidence():
+    flips = np.random.default_rng(0).integers(0, 2, 50).astype(np.float64)
+    with jax.enable_x64(True):
+        model = jaxvi.Model(
+            lambda params, z, x: x * jnp.log(z["p"]) + (1 - x) * jnp.log1p(-z["p"]),
+            jaxvi.Global({"p": jaxvi.Beta()}, log_prior=lambda params, z: stats.beta.logpdf(z["p"], 2.0, 3.0)),
+            init=lambda key, data: {})
+        result = fit(model, jnp.asarray(flips), max_iter=3)
+        q = result.posterior().globals["p"].parameters()
+    heads = flips.sum()
+    np.testing.assert_allclose([q["a"], q["b"]], [2 + heads, 3 + 50 - heads], rtol=1e-12)
+    exact = special.betaln(2 + heads, 3 + 50 - heads) - special.betaln(2, 3)
+    np.testing.assert_allclose(result.objective, exact, rtol=1e-12)
+
+
+def test_dirichlet_categorical_q_is_the_exact_posterior_and_the_bound_the_exact_evidence():
+    symbols = np.random.default_rng(1).integers(0, 4, 60)
+    prior = np.array([0.5, 1.0, 2.0, 3.0])
+    with jax.enable_x64(True):
+        model = jaxvi.Model(
+            lambda params, z, x: jnp.log(z[x]),
+            jaxvi.Global(jaxvi.Dirichlet(4), log_prior=lambda params, z: stats.dirichlet.logpdf(z, jnp.asarray(prior))),
+            init=lambda key, data: {})
+        result = fit(model, jnp.asarray(symbols), max_iter=3)
+        concentration = result.posterior().globals.parameters()["concentration"]
+    counts = np.bincount(symbols, minlength=4)
+    np.testing.assert_allclose(concentration, prior + counts, rtol=1e-12)
+    exact = (special.gammaln(prior.sum()) - special.gammaln(prior.sum() + 60)
+             + np.sum(special.gammaln(prior + counts) - special.gammaln(prior)))
+    np.testing.assert_allclose(result.objective, exact, rtol=1e-12)
+
+
+def normal_gamma_log_prior(m0, b0, a0, r0):
+    def log_prior(params, z):
+        mean, precision = z
+        return (stats.norm.logpdf(mean, m0, 1 / jnp.sqrt(b0 * precision))
+                + stats.gamma.logpdf(precision, a0, scale=1 / r0))
+    return log_prior
+
+
+def normal_log_joint(params, z, x):
+    mean, precision = z
+    return stats.norm.logpdf(x, mean, 1 / jnp.sqrt(precision))
+
+
+def test_normal_with_unknown_mean_and_precision_under_its_normal_gamma_prior_is_exact():
+    """One NormalGamma factor holds the exact posterior (Murphy 2007, "Conjugate Bayesian analysis of the
+    Gaussian distribution", eqs. 85-89), and the bound is the exact log evidence (eq. 95)."""
+    x = np.random.default_rng(2).normal(1.5, 0.7, 40)
+    m0, b0, a0, r0 = 0.5, 2.0, 3.0, 1.5
+    with jax.enable_x64(True):
+        model = jaxvi.Model(normal_log_joint, jaxvi.Global(jaxvi.NormalGamma(), normal_gamma_log_prior(m0, b0, a0, r0)),
+                            init=lambda key, data: {})
+        result = fit(model, jnp.asarray(x), max_iter=3)
+        q = result.posterior().globals.parameters()
+    n, mean = len(x), x.mean()
+    b_n = b0 + n
+    m_n = (b0 * m0 + n * mean) / b_n
+    a_n = a0 + n / 2
+    r_n = r0 + 0.5 * np.sum((x - mean) ** 2) + b0 * n * (mean - m0) ** 2 / (2 * b_n)
+    np.testing.assert_allclose([q["mean"], q["strength"], q["shape"], q["rate"]], [m_n, b_n, a_n, r_n], rtol=1e-10)
+    exact = (special.gammaln(a_n) - special.gammaln(a0) + a0 * np.log(r0) - a_n * np.log(r_n)
+             + 0.5 * np.log(b0 / b_n) - n / 2 * np.log(2 * np.pi))
+    np.testing.assert_allclose(result.objective, exact, rtol=1e-10)
+
+
+def test_mean_field_normal_gamma_reaches_bishop_s_fixed_point_and_its_bound_rises():
+    """Bishop §10.1.3: q(mu) q(tau) for a Normal with unknown mean and precision; the fixed point of his
+    updates (10.26-10.30), iterated here in NumPy, is CAVI's. The bound is below the exact evidence."""
+    x = np.random.default_rng(3).normal(-0.5, 2.0, 30)
+    mu0, lam0, a0, b0 = 0.0, 0.5, 2.0, 1.0
+    n, mean = len(x), x.mean()
+    expected_tau = a0 / b0
+    for _ in range(200):
+        mu_n, lam_n = (lam0 * mu0 + n * mean) / (lam0 + n), (lam0 + n) * expected_tau
+        a_n = a0 + (n + 1) / 2
+        second = np.sum((x - mu_n) ** 2) + n / lam_n + lam0 * ((mu_n - mu0) ** 2 + 1 / lam_n)
+        b_n = b0 + 0.5 * second
+        expected_tau = a_n / b_n
+
+    def log_prior(params, z):
+        return (stats.norm.logpdf(z["mu"][0], mu0, 1 / jnp.sqrt(lam0 * z["tau"]))
+                + stats.gamma.logpdf(z["tau"], a0, scale=1 / b0))
+
+    def log_joint(params, z, x):
+        return stats.norm.logpdf(x, z["mu"][0], 1 / jnp.sqrt(z["tau"]))
+
+    with jax.enable_x64(True):
+        model = jaxvi.Model(log_joint, jaxvi.Global({"mu": jaxvi.Gaussian(1), "tau": jaxvi.Gamma()}, log_prior),
+                            init=lambda key, data: {})
+        result = fit(model, jnp.asarray(x), max_iter=200, tol=0.0)  # no stop: a bound resolves parameters to sqrt(eps)
+        q = {name: factor.parameters() for name, factor in result.posterior().globals.items()}
+        exact_model = jaxvi.Model(normal_log_joint, jaxvi.Global(jaxvi.NormalGamma(), normal_gamma_log_prior(
+            mu0, lam0, a0, b0)), init=lambda key, data: {})
+        exact = fit(exact_model, jnp.asarray(x), max_iter=2).objective
+    np.testing.assert_allclose(q["mu"]["mean"], [mu_n], rtol=1e-9)
+    np.testing.assert_allclose(q["mu"]["covariance"], [[1 / lam_n]], rtol=1e-9)
+    np.testing.assert_allclose([q["tau"]["shape"], q["tau"]["rate"]], [a_n, b_n], rtol=1e-9)
+    trace = np.asarray(result.trace)[:int(result.n_iter) + 1]
+    assert np.all(np.diff(trace) >= -1e-12 * np.abs(trace[1:])), np.diff(trace).min()
+    assert result.objective < exact  # mean-field cannot hold the posterior's correlation of mu and tau
+
+
+def test_bayesian_linear_regression_with_unknown_noise_precision_matches_the_hand_derived_updates():
+    """w ~ N(0, I / alpha), tau ~ Gamma(a0, b0), y ~ N(w.x, 1 / tau): mean-field q(w) q(tau), hand-derived:
+    S^-1 = alpha I + E[tau] X^T X, m = E[tau] S X^T y; a = a0 + N/2, b = b0 + (|y - X m|^2 + tr(X^T X S)) / 2."""
+    rng = np.random.default_rng(4)
+    features = rng.normal(size=(40, 3))
+    y = features @ np.array([1.0, -2.0, 0.5]) + rng.normal(0, 0.3, 40)
+    alpha, a0, b0 = 0.1, 1.0, 1.0
+    expected_tau = a0 / b0
+    for _ in range(300):
+        cov = np.linalg.inv(alpha * np.eye(3) + expected_tau * features.T @ features)
+        mean = expected_tau * cov @ features.T @ y
+        a_n = a0 + 20
+        b_n = b0 + 0.5 * (np.sum((y - features @ mean) ** 2) + np.trace(features.T @ features @ cov))
+        expected_tau = a_n / b_n
+
+    def log_prior(params, z):
+        return jnp.sum(stats.norm.logpdf(z["w"], 0.0, 1 / np.sqrt(alpha))) + stats.gamma.logpdf(z["tau"], a0, scale=1 / b0)
+
+    def log_joint(params, z, datum):
+        x, target = datum
+        return stats.norm.logpdf(target, z["w"] @ x, 1 / jnp.sqrt(z["tau"]))
+
+    with jax.enable_x64(True):
+        model = jaxvi.Model(log_joint, jaxvi.Global({"w": jaxvi.Gaussian(3), "tau": jaxvi.Gamma()}, log_prior),
+                            init=lambda key, data: {})
+        result = fit(model, (jnp.asarray(features), jnp.asarray(y)), max_iter=300, tol=0.0)
+        q = {name: factor.parameters() for name, factor in result.posterior().globals.items()}
+    np.testing.assert_allclose(q["w"]["mean"], mean, rtol=1e-8)
+    np.testing.assert_allclose(q["w"]["covariance"], cov, rtol=1e-8)
+    np.testing.assert_allclose([q["tau"]["shape"], q["tau"]["rate"]], [a_n, b_n], rtol=1e-8)
+
+
+@pytest.fixture(scope="module")
+def iris():
+    return load_iris().data
+
+
+def sklearn_from(x, resp, covariance_type):
+    """scikit-learn's Bayesian mixture started from ``resp``, as its own fit does after initialisation (no
+    covariance regularisation: jaxvi's model has none)."""
+    peer = BayesianGaussianMixture(n_components=resp.shape[1], covariance_type=covariance_type, reg_covar=0.0,
+                                   weight_concentration_prior_type="dirichlet_distribution", max_iter=1)
+    peer._check_parameters(x)
+    peer._initialize(x, resp)
+    return peer
+
+
+@pytest.mark.parametrize("K", [3, 5])
+def test_bayesian_gmm_equals_scikit_learn_iteration_by_iteration(iris, K):
+    """From the same initial responsibilities, every iteration's factors equal BayesianGaussianMixture's
+    (weight concentration, mean precision, means, degrees of freedom, covariances), and the bound at
+    scikit-learn's point (responsibilities of iteration t, factors of t + 1) differs from its lower bound by one
+    constant (the terms it drops)."""
+    resp = np.random.default_rng(K).dirichlet(np.ones(K), len(iris))
+    peer = sklearn_from(iris, resp, "full")
+    with jax.enable_x64(True):
+        data = jnp.asarray(iris)
+        model = jaxvi.models.bayesian_gaussian_mixture(iris, K)
+        method = jaxvi.CAVI()
+        state = method.init(model, KEY, data, local_posterior=jaxvi.DiscretePosterior(
+            jnp.log(jnp.asarray(resp)), jnp.zeros(len(iris)), jnp.arange(K)))
+        step = jax.jit(lambda s: method.step(model, KEY, s, data, num_data=len(iris)))
+        bound_at = jax.jit(lambda factors, log_resp: method.bound(model, {}, factors, data, jaxvi.DiscretePosterior(
+            log_resp, jnp.zeros(len(iris)), jnp.arange(K))))
+        offsets, bounds = [], []
+        for _ in range(12):
+            state, info = step(state)
+            bounds.append(float(info.objective))
+            log_prob_norm, log_resp = peer._e_step(iris)
+            peer._m_step(iris, log_resp)
+            components, (weights,) = state.factors
+            mean, strength, scale_inverse, dof = expfam.normal_wishart_moments(components)
+            np.testing.assert_allclose(weights + 1, peer.weight_concentration_, rtol=1e-9)
+            np.testing.assert_allclose(strength, peer.mean_precision_, rtol=1e-9)
+            np.testing.assert_allclose(dof, peer.degrees_of_freedom_, rtol=1e-9)
+            np.testing.assert_allclose(mean, peer.means_, rtol=1e-9)
+            np.testing.assert_allclose(scale_inverse / dof[:, None, None], peer.covariances_, rtol=1e-9, atol=1e-12)
+            offsets.append(float(bound_at(state.factors, jnp.asarray(log_resp)))
+                           - peer._compute_lower_bound(log_resp, log_prob_norm))
+    np.testing.assert_allclose(offsets, offsets[0], rtol=1e-12)
+    assert np.all(np.diff(bounds) > 0)
+
+
+def test_a_diagonal_mixture_is_the_full_one_in_one_dimension(iris):
+    """Normal-Gamma components per dimension are the Normal-Wishart's with d = 1: the same fit on one feature,
+    from the same responsibilities (the petal length's three species)."""
+    x = iris[:, 2:3]
+    start = np.eye(3)[np.digitize(x[:, 0], [2.5, 4.9])] * 0.9 + 0.1 / 3
+    with jax.enable_x64(True):
+        data, fits = jnp.asarray(x), {}
+        for covariance in ("full", "diag"):
+            model, method = jaxvi.models.bayesian_gaussian_mixture(x, 3, covariance), jaxvi.CAVI()
+            state = method.init(model, KEY, data, local_posterior=jaxvi.DiscretePosterior(
+                jnp.log(jnp.asarray(start)), jnp.zeros(len(x)), jnp.arange(3)))
+            step = jax.jit(lambda s, model=model, method=method: method.step(model, KEY, s, data, num_data=len(x)))
+            bounds = []
+            for _ in range(15):
+                state, info = step(state)
+                bounds.append(float(info.objective))
+            fitted = method.finalize(model, KEY, state, data).posterior().globals["theta"]["components"].parameters()
+            fits[covariance] = bounds, fitted
+    (full_bounds, nw), (diag_bounds, ng) = fits["full"], fits["diag"]
+    np.testing.assert_allclose(diag_bounds, full_bounds, rtol=1e-10)
+    assert np.all(np.diff(full_bounds) > 0) and np.ptp(nw["mean"]) > 1.0  # three distinct components
+    np.testing.assert_allclose(ng["mean"], nw["mean"], rtol=1e-10)
+    np.testing.assert_allclose(ng["rate"][:, 0] * 2, 1 / nw["scale"][:, 0, 0], rtol=1e-10)
+
+
+def test_float32_bayesian_mixture_bound_never_falls_and_switches_off_surplus_components(iris):
+    """In float32, 8 components on iris: the bound never falls by more than its resolution (RESOLUTION_ULPS units
+    in its last place, the run layer's rule), it equals the float64 bound of the same factors, and the Dirichlet
+    prior (alpha0 = 1/K) empties surplus components where EM would use all (an expected weight below 1%)."""
+    x32 = iris.astype(np.float32)
+    result = fit(jaxvi.models.bayesian_gaussian_mixture(x32, 8), jnp.asarray(x32), max_iter=300, tol=1e-5, n_init=2)
+    assert result.objective.dtype == jnp.float32
+    trace = np.asarray(result.trace, np.float64)[:int(result.n_iter) + 1]
+    falls = np.diff(trace)
+    allowed = RESOLUTION_ULPS * np.finfo(np.float32).eps * np.abs(trace[1:])
+    assert np.all(falls >= -allowed), falls.min()
+    assert trace[-1] - trace[0] > 100 * allowed[-1]
+    weights = np.asarray(result.posterior().globals["theta"]["weights"].mean())
+    assert weights.min() < 0.01, weights
+    with jax.enable_x64(True):
+        factors = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), result.diagnostics.factors)
+        truth = jaxvi.CAVI().bound(jaxvi.models.bayesian_gaussian_mixture(x32.astype(np.float64), 8), {}, factors,
+                                   jnp.asarray(x32, jnp.float64))
+    assert abs(float(result.objective) - float(truth)) <= RESOLUTION_ULPS * np.finfo(np.float32).eps * abs(truth)
+
+
+def test_a_factor_the_log_joint_is_not_conjugate_in_is_refused_before_compiling():
+    """A Gamma precision that enters through exp(): not linear in (log tau, tau). The message names it."""
+    model = jaxvi.Model(
+        lambda params, z, x: stats.norm.logpdf(x, z["mu"][0], jnp.exp(-z["tau"])),
+        jaxvi.Global({"mu": jaxvi.Gaussian(1), "tau": jaxvi.Gamma()},
+                     lambda params, z: stats.norm.logpdf(z["mu"][0]) + stats.gamma.logpdf(z["tau"], 2.0)),
+        init=lambda key, data: {})
+    with pytest.raises(ValueError, match=r"not conjugate in the factor Global\['tau'\].*jaxvi.SVI"):
+        fit(model, jnp.linspace(-1.0, 1.0, 20))
+
+
+def test_cavi_refuses_a_model_without_global_factors():
+    model = jaxvi.Model(lambda params, z, x: -0.5 * (x - z) ** 2, jaxvi.Discrete(2), init=lambda key, data: {})
+    with pytest.raises(ValueError, match="jaxvi.EM"):
+        fit(model, jnp.zeros(4))
+
+
+def sample_categorical_hmm(rng, n, t):
+    start, trans = np.array([0.7, 0.2, 0.1]), np.array([[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6]])
+    emit = np.array([[0.7, 0.2, 0.05, 0.05], [0.05, 0.15, 0.7, 0.1], [0.1, 0.1, 0.1, 0.7]])
+    sequences = np.zeros((n, t), np.int64)
+    for i in range(n):
+        state = rng.choice(3, p=start)
+        for step in range(t):
+            sequences[i, step] = rng.choice(4, p=emit[state])
+            state = rng.choice(3, p=trans[state])
+    return sequences
+
+
+def test_variational_categorical_hmm_equals_hmmlearn_iteration_by_iteration():
+    """From hmmlearn's initial Dirichlet posteriors, jaxvi's bound history and posteriors equal
+    VariationalCategoricalHMM's (its bound is the whole bound: log-normalisers minus KLs, no dropped constants)."""
+    from hmmlearn.vhmm import VariationalCategoricalHMM
+    sequences = sample_categorical_hmm(np.random.default_rng(5), 4, 60)
+    peer = VariationalCategoricalHMM(n_components=3, n_features=4, n_iter=1, tol=-np.inf, random_state=0,
+                                     init_params="ste", implementation="log")
+    flat, lengths = sequences.reshape(-1, 1), [60] * 4
+    peer._init(flat, lengths)
+    peer.init_params = ""
+    start = (peer.startprob_posterior_ - 1, peer.transmat_posterior_ - 1, peer.emissionprob_posterior_ - 1)
+    with jax.enable_x64(True):
+        model = jaxvi.models.variational_categorical_hmm(3, 4)
+        method = jaxvi.CAVI()
+        data = jnp.asarray(sequences)
+        state = method.init(model, KEY, data)
+        names = ["emissions", "start", "transitions"]  # the factors' (sorted) order
+        given = tuple((jnp.asarray(start[["start", "transitions", "emissions"].index(name)]),) for name in names)
+        state = state._replace(factors=given, evaluated_factors=given)
+        step = jax.jit(lambda s: method.step(model, KEY, s, data, num_data=4))
+        for _ in range(10):
+            state, info = step(state)
+            peer.fit(flat, lengths)
+            np.testing.assert_allclose(float(info.objective), peer.monitor_.history[-1], rtol=1e-10)
+            emissions, start_q, transitions = (np.asarray(f[0]) + 1 for f in state.factors)
+            np.testing.assert_allclose(start_q, peer.startprob_posterior_, rtol=1e-9)
+            np.testing.assert_allclose(transitions, peer.transmat_posterior_, rtol=1e-9)
+            np.testing.assert_allclose(emissions, peer.emissionprob_posterior_, rtol=1e-9)
+
+
+def test_variational_em_fits_point_parameters_beside_the_factors():
+    """Variational EM: a mixture of two unit-variance Normals whose weights have a Dirichlet factor and whose
+    means are parameters θ. Hand-derived: r_ik ∝ exp(E log π_k) N(x_i | θ_k, 1); q(π) = Dir(α0 + Σ_i r_i);
+    θ_k = Σ_i r_ik x_i / Σ_i r_ik. CAVI's M-step (L-BFGS on the bound) follows it step by step."""
+    rng = np.random.default_rng(6)
+    x = np.concatenate([rng.normal(-2.0, 1.0, 30), rng.normal(1.5, 1.0, 50)])
+    alpha0, theta = np.array([2.0, 2.0]), np.array([-0.5, 0.5])
+    start = np.full((80, 2), 0.5)
+    concentration = alpha0 + start.sum(0)
+    reference = []
+    for _ in range(8):
+        log_r = (special.digamma(concentration) - special.digamma(concentration.sum())
+                 - 0.5 * (x[:, None] - theta) ** 2)
+        r = np.exp(log_r - special.logsumexp(log_r, axis=1, keepdims=True))
+        concentration = alpha0 + r.sum(0)
+        theta = (r * x[:, None]).sum(0) / r.sum(0)
+        reference.append((concentration.copy(), theta.copy()))
+
+    def log_joint(params, z, x):
+        k = z["k"]
+        return jnp.log(z["weights"]["pi"][k]) + stats.norm.logpdf(x, params["means"][k], 1.0)
+
+    latent = {"weights": jaxvi.Global({"pi": jaxvi.Dirichlet(2)},
+                                      lambda params, z: stats.dirichlet.logpdf(z["pi"], jnp.asarray(alpha0))),
+              "k": jaxvi.Discrete(2)}
+    with jax.enable_x64(True):
+        model = jaxvi.Model(log_joint, latent, init=lambda key, data: {"means": jnp.array([-0.5, 0.5])})
+        method, data = jaxvi.CAVI(), jnp.asarray(x)
+        state = method.init(model, KEY, data, local_posterior=jaxvi.DiscretePosterior(
+            jnp.log(jnp.asarray(start)), jnp.zeros(80), jnp.arange(2)))
+        step = jax.jit(lambda s: method.step(model, KEY, s, data, num_data=80))
+        bounds = []
+        for want_concentration, want_theta in reference:
+            state, info = step(state)
+            bounds.append(float(info.objective))
+            np.testing.assert_allclose(state.factors[0][0] + 1, want_concentration, rtol=1e-9)
+            np.testing.assert_allclose(state.params["means"], want_theta, rtol=1e-7)
+    assert np.all(np.diff(bounds) > 0)
