@@ -171,7 +171,7 @@ def sklearn_from(x, resp, covariance_type):
     return peer
 
 
-@pytest.mark.parametrize("K", [3, 5])
+@pytest.mark.parametrize("K", [4])
 def test_bayesian_gmm_equals_scikit_learn_iteration_by_iteration(iris, K):
     """From the same initial responsibilities, every iteration's factors equal BayesianGaussianMixture's
     (weight concentration, mean precision, means, degrees of freedom, covariances), and the bound at
