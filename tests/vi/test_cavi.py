@@ -350,3 +350,43 @@ def test_variational_em_fits_point_parameters_beside_the_factors():
             np.testing.assert_allclose(state.factors[0][0] + 1, want_concentration, rtol=1e-9)
             np.testing.assert_allclose(state.params["means"], want_theta, rtol=1e-7)
     assert np.all(np.diff(bounds) > 0)
+
+
+def test_variational_gaussian_hmm_on_single_steps_is_the_bayesian_mixture():
+    """Sequences of one step never use the transitions, so the variational Gaussian HMM's bound is the Bayesian
+    Gaussian mixture's with the same priors, iteration by iteration from the same factors (the transition factor
+    stays at its prior, whose KL term is zero)."""
+    x = load_iris().data[::3, :2]
+    with jax.enable_x64(True):
+        data = jnp.asarray(x)
+        mixture = jaxvi.models.bayesian_gaussian_mixture(x, 3, mean=np.zeros(2), mean_precision=1.0,
+                                                         degrees_of_freedom=2.0, covariance_prior=np.eye(2))
+        hmm = jaxvi.models.variational_gaussian_hmm(3, 2)
+        method = jaxvi.CAVI()
+        mixture_state = method.init(mixture, KEY, data)
+        hmm_state = method.init(hmm, KEY, data[:, None, :])
+        components, weights = mixture_state.factors
+        transitions_prior = (jnp.full((3, 3), 1 / 3 - 1),)
+        given = (components, weights, transitions_prior)          # emissions, start, transitions
+        hmm_state = hmm_state._replace(factors=given, evaluated_factors=given)
+        mixture_step = jax.jit(lambda s: method.step(mixture, KEY, s, data, num_data=len(x)))
+        hmm_step = jax.jit(lambda s: method.step(hmm, KEY, s, data[:, None, :], num_data=len(x)))
+        for _ in range(6):
+            mixture_state, mixture_info = mixture_step(mixture_state)
+            hmm_state, hmm_info = hmm_step(hmm_state)
+            np.testing.assert_allclose(float(hmm_info.objective), float(mixture_info.objective), rtol=1e-10)
+        np.testing.assert_allclose(hmm_state.factors[2][0], transitions_prior[0], atol=1e-12)
+
+
+@pytest.mark.parametrize("build, message", [
+    (lambda: jaxvi.Dirichlet(0), r"Dirichlet\(K\): expected an integer >= 1, got 0"),
+    (lambda: jaxvi.Gamma(shape=(2, -1)), r"Gamma\(shape\): expected a tuple of integers >= 1, got \(2, -1\)"),
+    (lambda: jaxvi.Wishart(2.5), r"Wishart\(d\): expected an integer >= 1, got 2.5"),
+    (lambda: jaxvi.NormalWishart(3, shape="K"), r"NormalWishart\(shape\): expected a tuple of integers"),
+    (lambda: jaxvi.CAVI(start="kmeans"), r"CAVI\(start\): expected one of \('prior', 'random'\), got 'kmeans'"),
+    (lambda: jaxvi.CAVI(max_iter=0), r"CAVI\(max_iter\)"),
+    (lambda: jaxvi.Global(jaxvi.Discrete(3), lambda params, z: 0.0), r"Global\(latent\): expected a Real spec"),
+])
+def test_bad_specs_and_settings_are_refused_with_their_names(build, message):
+    with pytest.raises(ValueError, match=message):
+        build()
