@@ -141,6 +141,21 @@ class _Structure(NamedTuple):
     def log_prior(self, params, encoded: tuple) -> jax.Array:
         return self.parts.global_log_prior(params, self.global_value(encoded))
 
+    def rules(self, factors: tuple) -> tuple:
+        """Every factor's ``expfam.Quadrature``."""
+        return tuple(expfam.quadrature(f.family, eta) for f, eta in zip(self.factors, factors))
+
+    def expected_log_joint(self, model: Model, rules: tuple):
+        """``(params, z_local, x) -> E_{q_g}[log p(x, z_local | z_g)]``, a log-joint of the local latent alone."""
+        return lambda p, z_local, x: expfam.expect_product(
+            lambda *zs: self.log_joint(model, p, zs, z_local, x), rules)
+
+    def global_terms(self, model: Model, params, factors: tuple, rules: tuple) -> jax.Array:
+        """E_q[log p(z_g)] + H[q_g] (+ the model's own log prior of θ): the bound's part without the data."""
+        prior = expfam.expect_product(lambda *zs: self.log_prior(params, zs), rules)
+        entropy = sum(jnp.sum(expfam.entropy(f.family, eta)) for f, eta in zip(self.factors, factors))
+        return prior + entropy + model.total_log_prior(params)
+
 
 def _structure(model: Model) -> _Structure:
     parts = split_latent(model.latent)
@@ -278,7 +293,7 @@ class CAVI:
         """Every factor's prior, its natural parameters read off ``log_prior`` (the others at their reference
         members), and the reads' linearity residuals."""
         references = _references(structure, dtype)
-        rules = [expfam.quadrature(f.family, eta) for f, eta in zip(structure.factors, references)]
+        rules = structure.rules(references)
         factors, residuals = [], []
         for j, f in enumerate(structure.factors):
             prior = lambda z_j, j=j: expfam.expect_product(  # noqa: E731
@@ -375,28 +390,20 @@ class CAVI:
         if not isinstance(local_posterior, exact.DiscretePosterior):
             raise ValueError(f"local_posterior: expected a DiscretePosterior or None, got "
                              f"{type(local_posterior).__name__}")
-        rules = tuple(expfam.quadrature(f.family, eta) for f, eta in zip(structure.factors, factors))
-
-        def expected(p, z_local, x):
-            return expfam.expect_product(lambda *zs: structure.log_joint(model, p, zs, z_local, x), rules)
-
+        rules = structure.rules(factors)
         probs = local_posterior.probs
         local_entropy = -jnp.sum(jnp.where(probs > 0, probs * local_posterior.log_probs, 0.0))
-        data_term = exact.expected_log_joint(expected, params, data, local_posterior, self.chunk_size)
-        prior_term = expfam.expect_product(lambda *zs: structure.log_prior(params, zs), rules)
-        entropy = sum(jnp.sum(expfam.entropy(f.family, eta)) for f, eta in zip(structure.factors, factors))
-        return data_term + local_entropy + prior_term + entropy + model.total_log_prior(params)
+        data_term = exact.expected_log_joint(structure.expected_log_joint(model, rules), params, data,
+                                             local_posterior, self.chunk_size)
+        return data_term + local_entropy + structure.global_terms(model, params, factors, rules)
 
     # --- the three steps ------------------------------------------------------------------------------
 
     def _local_step(self, model: Model, structure: _Structure, params, factors, data):
         """(the bound, the local q) at the global factors ``factors``: the local q is the exact posterior of the
         expected log-joint, whose normalisers sum to the data's part of the bound."""
-        rules = tuple(expfam.quadrature(f.family, eta) for f, eta in zip(structure.factors, factors))
-
-        def expected(p, z_local, x):
-            return expfam.expect_product(lambda *zs: structure.log_joint(model, p, zs, z_local, x), rules)
-
+        rules = structure.rules(factors)
+        expected = structure.expected_log_joint(model, rules)
         local = structure.parts.local
         if local is None:
             data_term, post = sum_data(lambda chunk: sum_accurately(jax.vmap(
@@ -404,15 +411,12 @@ class CAVI:
         else:
             post = exact.posterior(expected, local, params, data, self.chunk_size)
             data_term = sum_accurately(post.log_evidence)
-        prior_term = expfam.expect_product(lambda *zs: structure.log_prior(params, zs), rules)
-        entropy = sum(jnp.sum(expfam.entropy(f.family, eta)) for f, eta in zip(structure.factors, factors))
-        return data_term + prior_term + entropy + model.total_log_prior(params), post
+        return data_term + structure.global_terms(model, params, factors, rules), post
 
     def _factor_function(self, model, structure, params, factors, data, post, j):
         """:math:`z_j \\mapsto E_{q_{-j}}[\\log p]` (the data's part under the local q ``post``), whose coefficients
         of :math:`T_j` are factor j's optimal natural parameters."""
-        others = tuple(expfam.quadrature(f.family, eta) for k, (f, eta) in enumerate(zip(structure.factors, factors))
-                       if k != j)
+        others = tuple(_drop(structure.rules(factors), j))
 
         def fn(z_j):
             def expected(p, z_local, x):
@@ -447,10 +451,8 @@ class CAVI:
         leaves = jax.tree_util.tree_leaves(params)
         if not leaves or not all(jnp.issubdtype(jnp.result_type(a), jnp.floating) for a in leaves):
             return params
-        rules = tuple(expfam.quadrature(f.family, eta) for f, eta in zip(structure.factors, factors))
-
-        def expected(p, z_local, x):
-            return expfam.expect_product(lambda *zs: structure.log_joint(model, p, zs, z_local, x), rules)
+        rules = structure.rules(factors)
+        expected = structure.expected_log_joint(model, rules)
 
         def prior(p):
             return (expfam.expect_product(lambda *zs: structure.log_prior(p, zs), rules)
