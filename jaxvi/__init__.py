@@ -1,4 +1,8 @@
 """jaxvi: fit latent-variable models written as pure log-joint functions, compiled with JAX."""
+from jaxvi._xla import avoid_lapack_deadlock
+
+avoid_lapack_deadlock()  # before JAX's CPU backend starts: see jaxvi/_xla.py
+
 from jaxvi.data import Batch, Sequences
 from jaxvi.evidence import Evidence, evidence
 from jaxvi.exact import ChainPosterior, DiscretePosterior, GaussianPosterior

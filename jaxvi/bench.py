@@ -23,6 +23,7 @@ __all__ = ["BENCHMARKS", "run"]
 # benchmark -> (the peer it compares against, the modules that peer needs, how to install it)
 BENCHMARKS = {
     "gmm_em": ("scikit-learn", ("sklearn",), "pip install scikit-learn"),
+    "bayes_gmm": ("scikit-learn", ("sklearn",), "pip install scikit-learn"),
     "hmm_em": ("hmmlearn", ("hmmlearn",), "pip install hmmlearn"),
     "svi_logreg": ("NumPyro", ("numpyro",), "pip install numpyro"),
     "vae_digits": ("PyTorch", ("torch",), "pip install torch==2.13.0"),

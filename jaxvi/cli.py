@@ -14,8 +14,8 @@ def main(argv: list[str] | None = None) -> int:
     run_demo.add_argument("--quick", action="store_true", help="small fits, for a smoke run")
     run_demo.add_argument("--out", default="jaxvi-report", help="the report's folder (default: jaxvi-report)")
     run_bench = commands.add_parser("bench", help="run the benchmarks/ suite against the installed peers")
-    run_bench.add_argument("names", nargs="*", help="benchmarks to run (default: all): gmm_em hmm_em svi_logreg "
-                                                     "vae_digits")
+    run_bench.add_argument("names", nargs="*", help="benchmarks to run (default: all): gmm_em bayes_gmm hmm_em "
+                                                     "svi_logreg vae_digits")
     run_bench.add_argument("--quick", action="store_true", help="the benchmarks' smoke sizes")
     run_bench.add_argument("--repeats", type=int, default=1, help="runs of each benchmark (median and spread)")
     run_bench.add_argument("--out", default="jaxvi-bench", help="the reports' folder (default: jaxvi-bench)")

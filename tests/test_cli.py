@@ -52,6 +52,13 @@ def test_every_number_in_the_report_is_finite_and_the_identity_holds(report):
     assert accuracy > 90
     elbo, iwae = re.search(r"ELBO (-?\d+\.\d+) nats per image, .*?\) (-?\d+\.\d+) ±", text).groups()
     assert float(iwae) > float(elbo)
+    three = [[c.strip() for c in re.split(r"(?<!\\)\|", line.strip("|"))]
+             for line in text.split("## 5.", 1)[1].splitlines() if line.startswith("| ")]
+    rows = {cells[0].split(" ")[0]: cells for cells in three[1:]}
+    assert set(rows) == {"EM", "CAVI", "SVI"}
+    assert int(rows["CAVI"][5]) < int(rows["EM"][5])                # Variational Bayes empties surplus components
+    svi_elbo, svi_log_p, svi_kl = (float(rows["SVI"][i]) for i in (2, 3, 4))
+    assert abs(svi_elbo + svi_kl - svi_log_p) < 0.02 and svi_kl > 0
 
 
 def test_main_lists_the_commands(capsys):

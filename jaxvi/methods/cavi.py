@@ -264,7 +264,8 @@ class CAVI:
         residuals = []
         for j, f in enumerate(structure.factors):
             fn = self._factor_function(model, structure, params, references, data, post, j)
-            _, _, residual = expfam.natural_parameters(fn, f.family, f.family.points(references[j], f.read_points))
+            _, _, residual = expfam.natural_parameters(fn, f.family, f.family.points(references[j],
+                                                                                      f.read_points + 1))
             residuals.append(jnp.maximum(*residual))
         return prior, (prior_residuals, jnp.stack(residuals))
 
@@ -298,7 +299,8 @@ class CAVI:
         for j, f in enumerate(structure.factors):
             prior = lambda z_j, j=j: expfam.expect_product(  # noqa: E731
                 lambda *others: structure.log_prior(params, _insert(others, j, z_j)), tuple(_drop(rules, j)))
-            eta, _, residual = expfam.natural_parameters(prior, f.family, f.family.points(references[j], f.read_points))
+            eta, _, residual = expfam.natural_parameters(prior, f.family, f.family.points(references[j],
+                                                                                          f.read_points + 1))
             factors.append(tuple(e.astype(dtype) for e in eta))
             residuals.append(jnp.maximum(*residual))
         return tuple(factors), jnp.stack(residuals)
@@ -440,7 +442,7 @@ class CAVI:
         for j, f in enumerate(structure.factors):
             fn = self._factor_function(model, structure, params, tuple(factors), data, post, j)
             eta, _, residual = expfam.natural_parameters(fn, f.family, f.family.points(tuple(factors[j]),
-                                                                                       f.read_points))
+                                                                                       f.read_points), values=False)
             factors[j] = tuple(e.astype(old.dtype) for e, old in zip(eta, factors[j]))
             worst = jnp.maximum(worst, jnp.maximum(*residual))
         return tuple(factors), worst

@@ -77,9 +77,10 @@ def variational_gaussian_hmm(K: int, d: int, *, start_prior=None, transition_pri
     r"""A Bayesian HMM of K states with d-dimensional Gaussian emissions (full covariance), for ``jaxvi.CAVI``.
 
     Data are ``(N, T, d)`` float sequences (or ``jaxvi.Sequences``). Each state's mean and precision have a
-    Normal-Wishart prior :math:`N(m_0, (b_0\Lambda)^{-1})\, W(\Lambda \mid W_0, \nu_0)`: ``mean_prior`` m_0,
-    ``mean_precision`` b_0, ``degrees_of_freedom`` :math:`\nu_0` (default d), ``scale`` :math:`W_0^{-1}` (default
-    the identity), as hmmlearn's ``VariationalGaussianHMM``'s defaults; start and transition rows Dirichlet(1/K).
+    Normal-Wishart prior :math:`N(m_0, (b_0\Lambda)^{-1})\, W(\Lambda \mid W_0, \nu_0)`: ``mean_prior`` m_0
+    (default 0; hmmlearn's ``VariationalGaussianHMM`` puts it at the data's mean: pass ``x.reshape(-1, d).mean(0)``
+    for its model), ``mean_precision`` b_0, ``degrees_of_freedom`` :math:`\nu_0` (default d), ``scale``
+    :math:`W_0^{-1}` (default :math:`10^{-3} I`), as hmmlearn's defaults; start and transition rows Dirichlet(1/K).
     """
     for name, value in (("K", K), ("d", d)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
@@ -90,7 +91,7 @@ def variational_gaussian_hmm(K: int, d: int, *, start_prior=None, transition_pri
     m0 = jnp.broadcast_to(jnp.asarray(mean_prior, real), (K, d))
     b0 = jnp.broadcast_to(jnp.asarray(mean_precision, real), (K,))
     nu0 = jnp.broadcast_to(jnp.asarray(d if degrees_of_freedom is None else degrees_of_freedom, real), (K,))
-    psi0 = jnp.broadcast_to(jnp.eye(d, dtype=real) if scale is None else jnp.asarray(scale, real), (K, d, d))
+    psi0 = jnp.broadcast_to(1e-3 * jnp.eye(d, dtype=real) if scale is None else jnp.asarray(scale, real), (K, d, d))
 
     def log_prior(params, theta):
         means, precisions = theta["emissions"]

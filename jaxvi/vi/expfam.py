@@ -50,6 +50,8 @@ class Family(NamedTuple):
         symmetric part of a matrix); the identity for unconstrained events.
       num_nodes: how many nodes ``quadrature``'s generic rule uses.
       rule: the family's own ``quadrature`` rule, ``rule(eta) -> Quadrature``, or None for the generic one.
+      read: ``read(points, gradients) -> beta``: the coefficients of a function linear in T (``p`` points and
+        the function's gradients there, ``(p,) + event``, one factor), in closed form.
     """
 
     name: str
@@ -61,6 +63,7 @@ class Family(NamedTuple):
     tangent: Callable = lambda v: v
     num_nodes: int = 2
     rule: Callable | None = None
+    read: Callable | None = None
 
 
 class NotLinear(NamedTuple):
@@ -84,6 +87,75 @@ def _per_value(family: Family, fn: Callable, z: jax.Array):
     return fn(z)
 
 
+# --- reading natural parameters off gradients ----------------------------------------------------------
+#
+# For f = c + beta . T(z), the gradient at a value z is J_T(z)^T beta: each family reads its beta back from the
+# gradients at a few points in closed form (small solves only). ``natural_parameters`` checks the read at all
+# the points.
+
+def _inverse_pair(u_a, u_b, g_a, g_b):
+    r"""(beta_1, beta_2) from :math:`g = \beta_1 u + \beta_2` at two points (u the Jacobian of the statistic
+    that is not the value itself): :math:`\beta_1 = (g_a - g_b) / (u_a - u_b)`."""
+    beta_1 = (g_a - g_b) / (u_a - u_b)
+    return beta_1, g_a - beta_1 * u_a
+
+
+def _gamma_read(points, grads):
+    r"""Gamma, T = (log z, z): :math:`f'(z) = \beta_{\log} / z + \beta_z`, from the first and last points."""
+    return _inverse_pair(1 / points[0], 1 / points[-1], grads[0], grads[-1])
+
+
+def _beta_read(points, grads):
+    r"""Beta, T = (log z, log(1 - z)): :math:`f'(z) = \beta_1 / z - \beta_2 / (1 - z)`, a 2 x 2 solve on the
+    first and last points."""
+    z = jnp.stack([points[0], points[-1]])
+    system = jnp.stack([1 / z, -1 / (1 - z)], axis=-1)
+    beta = jnp.linalg.solve(system, jnp.stack([grads[0], grads[-1]]))
+    return beta[0], beta[1]
+
+
+def _dirichlet_read(points, grads):
+    r"""Dirichlet, T = log z: :math:`\nabla f = \beta / z`, so :math:`\beta = z \odot \nabla f` (averaged)."""
+    return (jnp.mean(points * grads, axis=0),)
+
+
+def _log_det_read(precisions, grads):
+    r"""(beta_1, beta_2) from :math:`G = \beta_1 + \beta_2 \Lambda^{-1}` (symmetric): beta_2 by least squares
+    on the first and last points' difference, beta_1 the mean remainder."""
+    inverses = jnp.linalg.inv(precisions)
+    change = inverses[0] - inverses[-1]
+    beta_2 = jnp.sum((grads[0] - grads[-1]) * change) / jnp.sum(change * change)
+    return jnp.mean(grads - beta_2 * inverses, axis=0), beta_2
+
+
+def _wishart_read(points, grads):
+    r"""Wishart, T = (Λ, log|Λ|): :math:`\nabla f = \beta_\Lambda + \beta_{\log} \Lambda^{-1}`."""
+    return _log_det_read(points, grads)
+
+
+def _normal_read(points, grads):
+    r"""Normal, T = (z, z zᵀ): :math:`\nabla f = \beta_1 + 2 \beta_2 z`: :math:`2\beta_2` by least squares on
+    the differences from the first point (p >= d + 1 points spanning every direction), symmetrised."""
+    steps, changes = points[1:] - points[0], grads[1:] - grads[0]
+    twice = _symmetric(jnp.linalg.solve(steps.T @ steps, steps.T @ changes))
+    return jnp.mean(grads - points @ twice, axis=0), 0.5 * twice
+
+
+def _normal_wishart_read(points, grads):
+    r"""Normal-Wishart, T = (Λμ, μᵀΛμ, Λ, log|Λ|). In μ, :math:`\Lambda^{-1} \nabla_\mu f = \beta_1 + 2 \beta_2
+    \mu`, a regression on the points' means; in Λ, what is left of :math:`\nabla_\Lambda f` once the μ terms
+    :math:`\mathrm{sym}(\beta_1 \mu^\top) + \beta_2 \mu\mu^\top` are taken off is the Wishart's."""
+    means, precisions = points[:, :, 0], points[:, :, 1:]
+    scaled = jnp.linalg.solve(precisions, grads[:, :, :1])[..., 0]                # (p, d)
+    centred = means - jnp.mean(means, axis=0)
+    beta_2 = 0.5 * jnp.sum((scaled - jnp.mean(scaled, axis=0)) * centred) / jnp.sum(centred * centred)
+    beta_1 = jnp.mean(scaled - 2 * beta_2 * means, axis=0)
+    rest = (grads[:, :, 1:] - _symmetric(beta_1[:, None] * means[:, None, :])
+            - beta_2 * means[:, :, None] * means[:, None, :])
+    beta_3, beta_4 = _log_det_read(precisions, rest)
+    return beta_1, beta_2, beta_3, beta_4
+
+
 # --- the families ---------------------------------------------------------------------------------
 
 def _beta_points(eta, p):
@@ -97,7 +169,7 @@ BETA = Family(
     "beta", 0, (0, 0),
     statistics=lambda z: (jnp.log(z), jnp.log1p(-z)),
     log_normalizer=lambda eta: gammaln(eta[0] + 1) + gammaln(eta[1] + 1) - gammaln(eta[0] + eta[1] + 2),
-    points=_beta_points)
+    points=_beta_points, read=_beta_read)
 
 
 def _gamma_points(eta, p):
@@ -109,7 +181,7 @@ GAMMA = Family(  # shape a, rate b: eta = (a - 1, -b), T = (log z, z)
     "gamma", 0, (0, 0),
     statistics=lambda z: (jnp.log(z), z),
     log_normalizer=lambda eta: gammaln(eta[0] + 1) - (eta[0] + 1) * jnp.log(-eta[1]),
-    points=_gamma_points, rule=lambda eta: _gamma_rule(eta))
+    points=_gamma_points, rule=lambda eta: _gamma_rule(eta), read=_gamma_read)
 
 
 def _dirichlet_points(eta, p):
@@ -125,7 +197,7 @@ DIRICHLET = Family(  # eta = alpha - 1, T = log z
     "dirichlet", 1, (1,),
     statistics=lambda z: (jnp.log(z),),
     log_normalizer=lambda eta: jnp.sum(gammaln(eta[0] + 1)) - gammaln(jnp.sum(eta[0] + 1)),
-    points=_dirichlet_points, rule=lambda eta: _dirichlet_rule(eta))
+    points=_dirichlet_points, rule=lambda eta: _dirichlet_rule(eta), read=_dirichlet_read)
 
 
 def _wishart_parts(eta):
@@ -160,7 +232,7 @@ WISHART = Family(  # over a d x d precision matrix: eta = (-W^-1 / 2, (nu - d - 
     "wishart", 2, (2, 0),
     statistics=lambda z: (z, jnp.linalg.slogdet(z)[1]),
     log_normalizer=_wishart_log_normalizer,
-    points=_wishart_points, tangent=_symmetric, rule=lambda eta: _wishart_rule(eta))
+    points=_wishart_points, tangent=_symmetric, rule=lambda eta: _wishart_rule(eta), read=_wishart_read)
 
 
 def _normal_points(eta, p):
@@ -188,7 +260,7 @@ NORMAL = Family(  # eta = (J mu, -J / 2), T = (z, z z^T)
     "normal", 1, (1, 2),
     statistics=lambda z: (z, jnp.outer(z, z)),
     log_normalizer=_normal_log_normalizer,
-    points=_normal_points, rule=lambda eta: _sigma_points(eta))
+    points=_normal_points, rule=lambda eta: _sigma_points(eta), read=_normal_read)
 
 
 # The Normal-Wishart: a mean mu and a precision L with mu | L ~ N(m, (b L)^-1), L ~ Wishart(W, nu), one value held
@@ -250,7 +322,8 @@ NORMAL_WISHART = Family(
     "normal-wishart", 2, (1, 0, 2, 0),
     statistics=_normal_wishart_statistics,
     log_normalizer=_normal_wishart_log_normalizer,
-    points=_normal_wishart_points, tangent=_normal_wishart_tangent, rule=lambda eta: _normal_wishart_rule(eta))
+    points=_normal_wishart_points, tangent=_normal_wishart_tangent, rule=lambda eta: _normal_wishart_rule(eta),
+    read=_normal_wishart_read)
 
 
 # --- what follows from A and T --------------------------------------------------------------------
@@ -326,56 +399,53 @@ def expect_linear(family: Family, eta: Natural, coefficients: Natural, constant:
 
 
 def natural_parameters(fn: Callable[[jax.Array], jax.Array], family: Family, points: jax.Array, *,
-                       has_aux: bool = False) -> tuple[Natural, jax.Array, NotLinear]:
+                       has_aux: bool = False, values: bool = True) -> tuple[Natural, jax.Array | None, NotLinear]:
     r"""Reads :math:`\beta` and :math:`c` off a scalar function :math:`f(z) = c + \beta \cdot T(z)` of a batch
     of values ``z`` of ``family`` (f may couple the factors only through a sum of such terms).
 
-    The gradient of f at every point is :math:`J_T(z)^\top \beta` factor by factor: the equations at all
-    the points are solved by least squares for every factor's :math:`\beta`, and :math:`c` is the mean of
-    :math:`f(z_i) - \beta \cdot T(z_i)`. ``NotLinear`` reports the worst residuals of both (relative to the
-    size of the gradients and of the values): both are at rounding level when f is linear in T, and large
-    when it is not.
+    The gradient of f at every point is :math:`J_T(z)^\top \beta` factor by factor; ``family.read`` solves it
+    for every factor's :math:`\beta` in closed form, and :math:`c` is the mean of :math:`f(z_i) - \beta \cdot
+    T(z_i)`. ``NotLinear`` reports the worst residuals at all the points, of the gradients (those of
+    :math:`\beta \cdot T` against f's, relative to their size) and of the values: both are at rounding level
+    when f is linear in T, and large when it is not.
 
     Args:
       fn: ``fn(z) -> scalar`` for z of shape ``batch + event``.
       family: the family of z.
-      points: ``(p,) + batch + event`` values in the support; p >= 2 for the families whose
-        statistics outnumber the value's entries (Beta, Gamma, Wishart), 3 to check.
+      points: ``(p,) + batch + event`` values in the support (``family.points``); p >= 2 for the families
+        whose statistics outnumber the value's entries (Beta, Gamma, Wishart, Normal-Wishart), d + 1 for a
+        d-dimensional Normal, and one more to check.
       has_aux: ``fn`` returns ``(value, residual)``, a residual of its own linearity checks (an inner
         expectation's); the worst over the points is folded into ``not_linear.value_residual``.
+      values: read c and check the values too. Without, only f's gradients are computed: the parts of f that do
+        not depend on z are never evaluated (c is None and the value residual 0).
 
     Returns:
       ``(beta, c, not_linear)``: beta shaped like the family's natural parameters (batch in front).
     """
     nd = family.event_ndim
-    batch_shape, event_shape = points.shape[1:points.ndim - nd], points.shape[points.ndim - nd:]
-    (values, inner), grads = jax.vmap(jax.value_and_grad(fn if has_aux else lambda z: (fn(z), jnp.zeros(())),
-                                                         has_aux=True))(points)
+    with_aux = fn if has_aux else lambda z: (fn(z), jnp.zeros(()))
+    if values:
+        (at_points, inner), grads = jax.vmap(jax.value_and_grad(with_aux, has_aux=True))(points)
+    else:
+        grads, inner = jax.vmap(jax.grad(lambda z: with_aux(z), has_aux=True))(points)
     grads = family.tangent(grads)  # e.g. a symmetric matrix value: only the symmetric part of the gradient is defined
+    read = family.read
+    for _ in range(points.ndim - 1 - nd):  # every factor of the batch on its own; the points' axis stays first
+        read = jax.vmap(read, in_axes=(1, 1))
+    beta = tuple(read(points, grads))
 
-    def flat_statistics(v):
-        return jnp.concatenate([s.ravel() for s in family.statistics(v.reshape(event_shape))])
+    def linear(z):  # beta . T(z), summed over the factors
+        return jnp.sum(_dot(beta, _per_value(family, family.statistics, z), family))
 
-    def jacobian(z):  # (event entries, statistics) of one value, in the directions the value can move
-        move = lambda u: flat_statistics(z + family.tangent(u.reshape(event_shape)).ravel())  # noqa: E731
-        return jax.jacfwd(move)(jnp.zeros_like(z.ravel())).T
-
-    p, size = points.shape[0], math.prod(event_shape)
-    jac = jax.vmap(jax.vmap(jacobian))(points.reshape(p, -1, size))           # (p, factors, entries, stats)
-    system = jnp.moveaxis(jac, 0, 1).reshape(jac.shape[1], p * size, jac.shape[-1])
-    rhs = jnp.moveaxis(grads.reshape(p, -1, size), 0, 1).reshape(jac.shape[1], p * size)
-    beta_flat = jax.vmap(lambda a, b: jnp.linalg.lstsq(a, b)[0])(system, rhs)
-    gradient_residual = (jnp.max(jnp.abs(jnp.einsum("fes,fs->fe", system, beta_flat) - rhs))
-                         / (jnp.max(jnp.abs(rhs)) + jnp.finfo(rhs.dtype).tiny))
-    beta, start = [], 0
-    for stat in family.statistics(points.reshape((-1,) + event_shape)[0]):
-        beta.append(beta_flat[:, start:start + stat.size].reshape(batch_shape + stat.shape))
-        start += stat.size
-    beta = tuple(beta)
-    linear = jax.vmap(lambda z: jnp.sum(_dot(beta, _per_value(family, family.statistics, z), family)))(points)
-    constants = values - linear
+    predicted_values, predicted = jax.vmap(jax.value_and_grad(linear))(points)
+    gradient_residual = (jnp.max(jnp.abs(family.tangent(predicted) - grads))
+                         / (jnp.max(jnp.abs(grads)) + jnp.finfo(grads.dtype).tiny))
+    if not values:
+        return beta, None, NotLinear(gradient_residual, jnp.max(inner))
+    constants = at_points - predicted_values
     constant = jnp.mean(constants)
-    value_residual = jnp.max(jnp.abs(constants - constant)) / (jnp.max(jnp.abs(values)) + 1.0)
+    value_residual = jnp.max(jnp.abs(constants - constant)) / (jnp.max(jnp.abs(at_points)) + 1.0)
     return beta, constant, NotLinear(gradient_residual, jnp.maximum(value_residual, jnp.max(inner)))
 
 

@@ -34,8 +34,9 @@ class FactorSpec(NamedTuple):
       value: the family's layout -> the value ``log_joint`` receives (batch in front).
       reference: ``reference(dtype)``: natural parameters of a broad member of the family, where a factor's
         log-prior is read off before any fitted q exists.
-      read_points: how many points ``expfam.natural_parameters`` needs to read and check the natural
-        parameters of this family (the statistics outnumber one gradient's entries).
+      read_points: how many points ``expfam.natural_parameters`` needs to read the natural parameters of this
+        family (where the statistics outnumber one gradient's entries); CAVI's updates read at these, its
+        conjugacy checks at one more.
     """
 
     spec: Any
@@ -56,22 +57,22 @@ def factor_spec(spec) -> FactorSpec:
     identity = lambda z: z  # noqa: E731
     if isinstance(spec, Beta):
         return FactorSpec(spec, expfam.BETA, spec.shape, (), identity,
-                          lambda dt: (_full(spec.shape, 0.0, dt), _full(spec.shape, 0.0, dt)), 3)
+                          lambda dt: (_full(spec.shape, 0.0, dt), _full(spec.shape, 0.0, dt)), 2)
     if isinstance(spec, Gamma):
         return FactorSpec(spec, expfam.GAMMA, spec.shape, (), identity,
-                          lambda dt: (_full(spec.shape, 0.0, dt), _full(spec.shape, -1.0, dt)), 3)
+                          lambda dt: (_full(spec.shape, 0.0, dt), _full(spec.shape, -1.0, dt)), 2)
     if isinstance(spec, Dirichlet):
         return FactorSpec(spec, expfam.DIRICHLET, spec.shape, (spec.K,), identity,
-                          lambda dt: (_full(spec.shape + (spec.K,), 0.0, dt),), 3)
+                          lambda dt: (_full(spec.shape + (spec.K,), 0.0, dt),), 1)
     if isinstance(spec, Wishart):
         d = spec.d
         return FactorSpec(spec, expfam.WISHART, spec.shape, (d, d), identity,
                           lambda dt: (jnp.broadcast_to(-0.5 * jnp.eye(d, dtype=dt), spec.shape + (d, d)),
-                                      _full(spec.shape, 0.5, dt)), 3)
+                                      _full(spec.shape, 0.5, dt)), 2)
     if isinstance(spec, Gaussian):
         d = spec.d
         return FactorSpec(spec, expfam.NORMAL, (), (d,), identity,
-                          lambda dt: (jnp.zeros(d, dt), -0.5 * jnp.eye(d, dtype=dt)), max(3, d + 2))
+                          lambda dt: (jnp.zeros(d, dt), -0.5 * jnp.eye(d, dtype=dt)), d + 1)
     if isinstance(spec, (NormalWishart, NormalGamma)):
         d = spec.d if isinstance(spec, NormalWishart) else 1
 
@@ -85,7 +86,7 @@ def factor_spec(spec) -> FactorSpec:
             value = expfam.normal_wishart_parts
         else:
             value = lambda z: (z[..., 0, 0], z[..., 0, 1])  # noqa: E731
-        return FactorSpec(spec, expfam.NORMAL_WISHART, spec.shape, (d, d + 1), value, reference, 3)
+        return FactorSpec(spec, expfam.NORMAL_WISHART, spec.shape, (d, d + 1), value, reference, 2)
     raise ValueError(f"latent: {spec!r} is not an exponential-family spec (Gaussian, Beta, Gamma, Dirichlet, "
                      f"Wishart, NormalWishart, NormalGamma); jaxvi.CAVI has no coordinate update for it")
 
