@@ -1,13 +1,14 @@
 """Bayesian Gaussian mixture by CAVI: jaxvi against scikit-learn's BayesianGaussianMixture, same data, same start.
 
-N=200,000, D=16, K=16, full covariance, scikit-learn's default priors (``dirichlet_distribution`` weights,
+N=200,000, D=16, K=16 (``gmm_em.py``'s data: 16 clusters with random full covariances, float32), full
+covariance, scikit-learn's default priors (``dirichlet_distribution`` weights,
 ``jaxvi.models.bayesian_gaussian_mixture``'s defaults are the same), no covariance regularisation. Every
 restart starts both libraries from the same responsibilities (Dirichlet(1) per datum, one seed per restart)
 and runs exactly ``--iters`` iterations (tol=0).
 
 jaxvi runs the method protocol as a user embedding it would: ``CAVI.init(..., local_posterior=...)`` and its
 ``step`` in one jitted ``lax.scan``, vmapped over the restarts; scikit-learn runs its restarts in sequence, as
-its ``n_init`` does. Printed: compile time (first call minus the faster of two compiled repeats), run time,
+its ``n_init`` does. Printed: compile time (the first call minus a second, compiled one), run time,
 the ratio, and the bound of both: scikit-learn's fitted factors are put into jaxvi's ``CAVI.bound`` (its own
 lower bound drops constants), so the two bounds are the same function at each library's answer.
 
@@ -27,22 +28,11 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import machine, parse, run_child, spawn, timed, write  # noqa: E402
+from gmm_em import make_data  # noqa: E402  (the same data as the EM benchmark: K=16 clusters in D=16)
 
 N, D, K, ITERS, RESTARTS = 200_000, 16, 16, 20, 8
 QUICK = {"n": 2_000, "iters": 5, "restarts": 2}
 TARGET_CPU, TARGET_GPU = 5.0, 30.0
-
-
-def make_data(n: int, seed: int = 0) -> np.ndarray:
-    """K Gaussian clusters with random means (spread 3) and random full covariances, float32."""
-    rng = np.random.default_rng(seed)
-    means = rng.normal(0, 3, (K, D))
-    factors = rng.normal(0, 0.5, (K, D, D)) / np.sqrt(D) + np.eye(D)
-    labels = rng.integers(0, K, n)
-    x = rng.normal(size=(n, D))
-    for k in range(K):
-        x[labels == k] = means[k] + x[labels == k] @ factors[k]
-    return x.astype(np.float32)
 
 
 def responsibilities(n: int, restart: int) -> np.ndarray:
@@ -77,12 +67,19 @@ def fit_jaxvi(args) -> dict:
         return method.bound(model, {}, state.factors, data), state.factors, bounds
 
     fit = jax.jit(jax.vmap(one))
-    first, run, (bound, factors, bounds) = timed(lambda: fit(start))
+    first, run, (bound, factors, bounds) = timed(lambda: fit(start), repeats=1)
     best = int(np.argmax(np.asarray(bound)))
     return {"total_s": first, "run_s": run, "compile_s": first - run, "bound": float(bound[best]),
             "bounds": [float(b) for b in np.asarray(bound)],
-            "monotone": bool(np.all(np.diff(np.asarray(bounds, np.float64), axis=1) >= -1e-5 * np.abs(
-                np.asarray(bounds, np.float64)[:, 1:])))}
+            "monotone": bool(np.all(np.diff(np.asarray(bounds, np.float64), axis=1) >= -resolution(bounds)))}
+
+
+def resolution(bounds) -> np.ndarray:
+    """What float32 resolves of each bound after the first (``jaxvi.run``'s rule: RESOLUTION_ULPS ulps)."""
+    from jaxvi.run.schedule import RESOLUTION_ULPS
+
+    later = np.abs(np.asarray(bounds, np.float64)[:, 1:])
+    return RESOLUTION_ULPS * np.finfo(np.float32).eps * later
 
 
 # --- scikit-learn ---------------------------------------------------------------------------------
@@ -97,7 +94,7 @@ def fit_sklearn(args) -> dict:
     starts = iter([responsibilities(args.n, r) for r in range(args.restarts)])
 
     class FromResponsibilities(BayesianGaussianMixture):
-        def _initialize_parameters(self, X, random_state):  # each restart from its shared responsibilities
+        def _initialize_parameters(self, X, random_state, **kwargs):  # each restart from its shared responsibilities
             self._initialize(X, next(starts))
 
     peer = FromResponsibilities(n_components=K, covariance_type="full", reg_covar=0.0, tol=0.0,
@@ -178,7 +175,7 @@ def main():
         verdict = "meets" if v["speedup_with_compile"] >= target else "MISSES"
         lines.append(f"{name}: {v['speedup_with_compile']:.2f}x including compile ({verdict} the {target:g}x target), "
                      f"{v['speedup_compiled']:.2f}x compiled; bounds differ by {v['bound_rel_diff']:.1e} "
-                     f"(relative); jaxvi's bound never fell: {v['jaxvi_monotone']}")
+                     f"(relative); jaxvi's bound never fell (beyond float32's resolution): {v['jaxvi_monotone']}")
     write(args, "\n".join(lines), {"machine": where, "versions": versions, "n": args.n, "iters": args.iters,
                                    "summary": summary}, rows)
 

@@ -4,9 +4,11 @@ jaxlib up to 0.11.1 runs a batched LAPACK call (``solve``, ``cholesky``, ``slogd
 matrices) by splitting the batch over the CPU backend's intra-op thread pool and blocking a pool thread until
 the pieces are done. When the program runs as many such calls concurrently as the pool has threads (two on a
 two-core machine: vmapped restarts of a fit with per-component matrices), every thread waits for work queued
-behind it and the process hangs at 0% CPU. XLA's concurrency-optimised thunk scheduler is what puts those
-calls side by side; the memory-optimised one orders them, and on two cores costs nothing measurable (CAVI's
-Bayesian mixture step was faster with it). jaxlib 0.11.2 compiles the parallel LAPACK path out.
+behind it and the process hangs at 0% CPU. XLA's concurrency-optimised thunk scheduler puts such calls side by
+side; the memory-optimised one orders them more, and on two cores costs nothing measurable (CAVI's Bayesian
+mixture step was faster with it). This lowers the chance of the hang, it does not remove it: XLA still runs
+independent thunks concurrently (a vmapped 8-restart CAVI fit of 200,000 points with 16 x 16 precisions still
+hung with it). jaxlib 0.11.2 compiles the parallel LAPACK path out: upgrade where you can.
 """
 from __future__ import annotations
 

@@ -16,7 +16,9 @@ iteration (Bishop ch. 10; Blei, Kucukelbir & McAuliffe 2017):
 2. **Global steps.** Each factor j in turn is set to :math:`q_j \propto \exp E_{q_{-j}}[\log p]`: where the
    log-joint is linear in the factor's sufficient statistics :math:`T_j` (conditional conjugacy, Autoconj's
    condition), that function of :math:`z_j` is :math:`c + \eta_j \cdot T_j(z_j)` and its natural parameters
-   are read off its gradient at a few points (``expfam.natural_parameters``), with the linearity checked there.
+   are read off its gradient at as few points as determine them (``expfam.natural_parameters``, gradients only:
+   the parts of the log-joint the factor does not enter are never evaluated for its update); ``check`` verifies
+   the linearity at one point more, values included, before compiling.
 3. **M-step** (Variational EM), where the model has floating parameters θ: gradient ascent on the bound in θ
    with q fixed (L-BFGS), kept only if it raises the bound.
 
@@ -69,8 +71,8 @@ class CAVIState(NamedTuple):
         order), the next local step's.
       evaluated_params, evaluated_factors: those of the last finite bound.
       bound: that bound; -inf before the first step.
-      linearity: the worst linearity residual of any global update so far (rounding level when every factor is
-        conjugate).
+      linearity: the worst gradient residual of any global update's read so far (rounding level when every
+        factor is conjugate).
     """
 
     params: PyTree

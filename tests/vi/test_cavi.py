@@ -248,7 +248,7 @@ def test_float32_bayesian_mixture_bound_never_falls_and_switches_off_surplus_com
 def test_vmapped_restarts_are_the_same_fits_run_one_at_a_time():
     """n_init restarts run as one vmapped program give every restart's bound as a fit from that restart's key
     alone, and the best is returned. 16 components of 16 x 16 precisions: batched linear algebra side by side,
-    which hung jaxlib 0.10's CPU LAPACK kernels until jaxvi._xla ordered it."""
+    which hangs jaxlib 0.10's CPU LAPACK kernels without jaxvi._xla's scheduler setting."""
     rng = np.random.default_rng(0)
     x = (rng.normal(0, 3, (16, 16))[rng.integers(0, 16, 120)] + rng.normal(size=(120, 16))).astype(np.float32)
     model, data = jaxvi.models.bayesian_gaussian_mixture(x, 16), jnp.asarray(x)
