@@ -404,6 +404,8 @@ def test_variational_gaussian_hmm_equals_hmmlearn_iteration_by_iteration():
     (lambda: jaxvi.CAVI(start="kmeans"), r"CAVI\(start\): expected one of \('prior', 'random'\), got 'kmeans'"),
     (lambda: jaxvi.CAVI(max_iter=0), r"CAVI\(max_iter\)"),
     (lambda: jaxvi.Global(jaxvi.Discrete(3), lambda params, z: 0.0), r"Global\(latent\): expected a Real spec"),
+    (lambda: jaxvi.models.bayesian_linear_regression(0), r"D: expected an integer >= 1, got 0"),
+    (lambda: jaxvi.models.bayesian_linear_regression(2, noise_rate=-1.0), r"noise_rate: expected a number > 0, got -1.0"),
 ])
 def test_bad_specs_and_settings_are_refused_with_their_names(build, message):
     with pytest.raises(ValueError, match=message):
