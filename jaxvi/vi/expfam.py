@@ -428,7 +428,7 @@ def natural_parameters(fn: Callable[[jax.Array], jax.Array], family: Family, poi
     if values:
         (at_points, inner), grads = jax.vmap(jax.value_and_grad(with_aux, has_aux=True))(points)
     else:
-        grads, inner = jax.vmap(jax.grad(lambda z: with_aux(z), has_aux=True))(points)
+        grads, inner = jax.vmap(jax.grad(with_aux, has_aux=True))(points)
     grads = family.tangent(grads)  # e.g. a symmetric matrix value: only the symmetric part of the gradient is defined
     read = family.read
     for _ in range(points.ndim - 1 - nd):  # every factor of the batch on its own; the points' axis stays first
