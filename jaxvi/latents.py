@@ -319,8 +319,8 @@ class LatentParts(NamedTuple):
             locals_ = []
         elif is_spec(self.local):
             locals_ = [z_local]
-        else:
-            locals_ = jax.tree_util.tree_leaves(z_local)
+        else:  # one value per local spec (a Markov chain's value is a (previous, current) pair)
+            locals_ = jax.tree_util.tree_structure(self.local, is_leaf=is_spec).flatten_up_to(z_local)
         z_globals, locals_ = self._as_list(z_global), list(locals_)
         leaves = [z_globals.pop(0) if is_global else locals_.pop(0) for is_global in self.is_global]
         return jax.tree_util.tree_unflatten(self.treedef, leaves)
@@ -379,7 +379,8 @@ def exact_family(latent) -> str:
     if any(isinstance(leaf, (Markov, Gaussian)) for leaf in leaves):
         raise ValueError(
             f"latent: a Markov or Gaussian spec must be the whole latent (not combined with others) "
-            f"for an exact E-step, got {latent!r}")
+            f"for an exact E-step, got {latent!r}; several Markov chains (a factorial HMM) are fitted by jaxvi.CAVI, "
+            f"one chain per factor of q (structured mean field)")
     discrete_sizes(latent)
     return "discrete"
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from jaxvi import equality
 from jaxvi.data import Sequences
-from jaxvi.latents import Gaussian, Real, exact_family, is_spec, split_latent, value_shape
+from jaxvi.latents import Gaussian, Markov, Real, exact_family, is_spec, split_latent, value_shape
 
 __all__ = ["Model", "check_data", "check_key", "check_model", "is_traced"]
 
@@ -191,7 +191,7 @@ def check_model(model: Model, data: PyTree, key: jax.Array, params: PyTree | Non
         raise ValueError(f"model: expected a jaxvi.Model, got {type(model).__name__}")
     parts = split_latent(model.latent)
     family = None if parts.local is None else _family(parts.local)
-    if family == "markov":
+    if family in ("markov", "chains"):
         obs = data.obs if isinstance(data, Sequences) else data
         shapes = [a.shape for a in jax.tree_util.tree_leaves(obs)]
         if any(len(shape) < 2 for shape in shapes):
@@ -208,10 +208,13 @@ def check_model(model: Model, data: PyTree, key: jax.Array, params: PyTree | Non
         _check_scalar(node.log_prior, (params, _continuous_value(node.latent)), "Global(log_prior)",
                       "log_prior(params, z)")
     z_global = _continuous_value(parts.global_latent) if parts.globals else None
-    if family == "markov":
+    if family in ("markov", "chains"):
         datum = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape[2:], a.dtype), obs)
         state = jax.ShapeDtypeStruct((), jnp.int32)
-        trials = [((None, state), "one step x (z = (None, state))"), ((state, state), "one step x (z = (state, state))")]
+        pair = lambda previous: (previous, state) if family == "markov" else jax.tree_util.tree_map(  # noqa: E731
+            lambda spec: (previous, state), parts.local, is_leaf=is_spec)
+        trials = [(pair(None), "one step x (z = (None, state) per chain)"),
+                  (pair(state), "one step x (z = (state, state) per chain)")]
     else:
         datum = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), data)
         if family is None:
@@ -262,10 +265,13 @@ def _continuous_value(latent) -> PyTree:
 
 
 def _family(latent) -> str:
-    """A local latent's kind: an exact family (``exact_family``) or ``"continuous"`` (Real specs)."""
+    """A local latent's kind: an exact family (``exact_family``), ``"continuous"`` (Real specs) or ``"chains"`` (a
+    pytree of several ``Markov`` specs: ``jaxvi.CAVI``'s structured mean field)."""
     leaves = jax.tree_util.tree_leaves(latent, is_leaf=is_spec)
     if leaves and all(isinstance(leaf, (Real, Gaussian)) for leaf in leaves) and any(isinstance(leaf, Real) for leaf in leaves):
         return "continuous"
+    if leaves and not isinstance(latent, Markov) and all(isinstance(leaf, Markov) for leaf in leaves):
+        return "chains"
     return exact_family(latent)
 
 

@@ -29,7 +29,10 @@ def posterior(log_joint, latent, params, data, chunk_size: int = 1024):
 
 def expected_log_joint(log_joint, params, data, post, chunk_size: int = 1024) -> jax.Array:
     r"""EM's auxiliary function :math:`Q(\theta) = \sum_i E_{q_i}[\log p_\theta(x_i, z_i)]` for any exact posterior."""
-    return _BY_POSTERIOR[type(post)].expected_log_joint(log_joint, params, data, post, chunk_size)
+    module = _BY_POSTERIOR.get(type(post))
+    if module is None:  # an approximate local q that computes its own expectation (``jaxvi.vi.chains``)
+        return post.expected_log_joint(log_joint, params, data, chunk_size)
+    return module.expected_log_joint(log_joint, params, data, post, chunk_size)
 
 
 def well_posed(post) -> jax.Array | None:

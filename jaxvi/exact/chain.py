@@ -52,8 +52,8 @@ from jax import lax
 from jaxvi.chunks import kahan_add, map_data, sum_accurately, sum_data
 from jaxvi.data import Sequences
 
-__all__ = ["ChainPosterior", "Sequences", "backtrack", "backward_scan", "expected_log_joint", "forward_scan", "parallel_backward",
-           "parallel_forward", "posterior", "prefix_scan", "step_potentials"]
+__all__ = ["ChainPosterior", "Sequences", "backtrack", "backward_scan", "expected_log_joint", "forward_scan",
+           "from_potentials", "parallel_backward", "parallel_forward", "posterior", "prefix_scan", "step_potentials"]
 
 PyTree = Any
 LogJoint = Callable[[PyTree, PyTree, PyTree], jax.Array]
@@ -475,6 +475,19 @@ def posterior(log_joint: LogJoint, latent, params: PyTree, data: PyTree, chunk_s
     else:
         log_evidence, log_forward, log_backward, transitions = _sequential(log_joint, params, obs, lengths, latent.K)
     return ChainPosterior(log_evidence, potentials, log_forward, log_backward, transitions, lengths)
+
+
+def from_potentials(potentials: jax.Array, lengths: jax.Array) -> ChainPosterior:
+    r"""The chain with stored step potentials ``(N, T, K, K)`` (:math:`\phi_0` in every row at t = 0), by the
+    sequential forward and backward scans; its ``log_evidence`` is the log normaliser
+    :math:`\log \sum_z \exp \sum_t \phi_t(z_{t-1}, z_t)`."""
+    first = potentials[:, 0, 0, :].T
+    steps = jnp.moveaxis(potentials[:, 1:], 0, -1)
+    log_forward, log_evidence, _ = forward_scan(first, steps, lambda p: p, lengths, "sum")
+    log_backward, transitions = backward_scan(steps, lambda p: p, lengths, log_forward)
+    sequence_first = lambda a: jnp.moveaxis(a, -1, 0)  # noqa: E731
+    return ChainPosterior(log_evidence, potentials, sequence_first(log_forward), sequence_first(log_backward),
+                          sequence_first(transitions), lengths)
 
 
 def expected_log_joint(log_joint: LogJoint, params: PyTree, data: PyTree, post: ChainPosterior,

@@ -1,8 +1,10 @@
 r"""Coordinate-ascent variational inference (CAVI; Variational EM / Variational Bayes), derived from the log-joint.
 
 q is a product: one exponential-family factor per leaf of the model's ``Global`` latents, and for the local
-latent (``Discrete``, ``Markov`` or ``Gaussian``, or none) the exact posterior given the global factors. Each
-iteration (Bishop ch. 10; Blei, Kucukelbir & McAuliffe 2017):
+latent (``Discrete``, ``Markov`` or ``Gaussian``, or none) the exact posterior given the global factors; for a
+local latent of several ``Markov`` chains (a factorial HMM), one chain per factor (structured mean field,
+``jaxvi.vi.chains``: a sweep of exact chain updates is the local step). Each iteration (Bishop ch. 10; Blei,
+Kucukelbir & McAuliffe 2017):
 
 1. **Local step.** Given the global factors, the best local q is
    :math:`q_i(z_i) \propto \exp E_{q_g}[\log p_\theta(x_i, z_i \mid z_g)]`: the exact posterior of the
@@ -50,7 +52,7 @@ from jaxvi.methods.settings import check_count, check_number, settings
 from jaxvi.model import Model
 from jaxvi.result import FAULT_LOG_EVIDENCE, FAULT_PARAMS, NO_FAULT, Fault, Result
 from jaxvi.run.schedule import Change, Schedule
-from jaxvi.vi import expfam
+from jaxvi.vi import chains, expfam
 from jaxvi.vi.factors import Factor, FactorSpec, factor_spec
 
 __all__ = ["CAVI", "CAVIDiagnostics", "CAVIInfo", "CAVIPosterior", "CAVIState", "NOT_CONJUGATE"]
@@ -59,6 +61,7 @@ PyTree = Any
 
 STARTS = ("prior", "random")
 NOT_CONJUGATE = 1e-3  # a linearity residual (relative) above this refuses a factor: not conjugate
+MAX_JOINT_PAIRS = 2 ** 16  # the most joint state pairs per step of several local chains (structured mean field)
 
 
 class CAVIState(NamedTuple):
@@ -73,6 +76,8 @@ class CAVIState(NamedTuple):
       bound: that bound; -inf before the first step.
       linearity: the worst gradient residual of any global update's read so far (rounding level when every
         factor is conjugate).
+      local: the local q the next step starts from, where it is not exact given the globals (several ``Markov``
+        chains: a ``chains.ChainProduct``); else None.
     """
 
     params: PyTree
@@ -81,6 +86,7 @@ class CAVIState(NamedTuple):
     evaluated_factors: tuple
     bound: jax.Array
     linearity: jax.Array
+    local: Any = None
 
 
 class CAVIInfo(NamedTuple):
@@ -91,10 +97,16 @@ class CAVIInfo(NamedTuple):
 
 
 class CAVIDiagnostics(NamedTuple):
-    """What happened during a CAVI fit, beyond the bound.
+    r"""What happened during a CAVI fit, beyond the bound.
 
     Attributes:
       linearity: the worst relative residual of the conjugacy (linearity) checks of the global updates.
+      log_evidence: the exact log p(D | θ) (+ log p(θ)) at the fitted θ where the model has no ``Global`` latent
+        (several ``Markov`` chains: the forward algorithm on their product chain), else NaN.
+      gap: the local part's gap at the fitted global factors, :math:`\sum_i KL(q_i \| q^*_i)` with
+        :math:`q^*_i \propto \exp E_{q_g}[\log p(x_i, z_i)]` the best local q: 0 where the local q is exact (one
+        ``Discrete`` pytree, ``Markov`` chain or ``Gaussian``, or no local latent), what structured mean field
+        over several chains loses otherwise; ``log_evidence - objective`` where the model has no ``Global``.
       fault: the first numerical fault (``kind == 0``: none).
       restart_objectives: ``(n_init,)`` final bound of every restart; the best is returned.
       stop_reason: why the run stopped, an index into ``jaxvi.run.STOP_REASONS``.
@@ -103,6 +115,8 @@ class CAVIDiagnostics(NamedTuple):
     """
 
     linearity: jax.Array
+    log_evidence: jax.Array
+    gap: jax.Array
     fault: Fault
     restart_objectives: jax.Array
     stop_reason: jax.Array
@@ -128,8 +142,15 @@ class _Structure(NamedTuple):
     factors: tuple              # FactorSpec per global leaf
     node_treedefs: tuple        # per Global node: the treedef of its latent and its number of leaves
 
+    @property
+    def chains(self) -> chains.ChainLayout | None:
+        """The layout of a local latent of several ``Markov`` chains (structured mean field), else None."""
+        return chains.chain_layout(self.parts.local)
+
     def global_value(self, encoded: tuple) -> PyTree:
         """The global value ``log_joint`` receives, from every leaf's value in its family's layout."""
+        if not self.node_treedefs:
+            return None
         values = [f.value(z) for f, z in zip(self.factors, encoded)]
         nodes, start = [], 0
         for treedef, count in self.node_treedefs:
@@ -141,6 +162,8 @@ class _Structure(NamedTuple):
         return model.log_joint(params, self.parts.combine(self.global_value(encoded), z_local), x)
 
     def log_prior(self, params, encoded: tuple) -> jax.Array:
+        if not self.node_treedefs:
+            return jnp.zeros(())
         return self.parts.global_log_prior(params, self.global_value(encoded))
 
     def rules(self, factors: tuple) -> tuple:
@@ -177,7 +200,8 @@ class CAVI:
 
     The model's ``Global`` latents are exponential-family specs (``Dirichlet``, ``Gamma``, ``Beta``,
     ``Wishart``, ``NormalWishart``, ``NormalGamma``, ``Gaussian``), each leaf one factor of q; its local latent,
-    if any, a ``Discrete`` pytree, a ``Markov`` chain or a ``Gaussian``, whose q is exact given the globals.
+    if any, a ``Discrete`` pytree, a ``Markov`` chain or a ``Gaussian``, whose q is exact given the globals, or a
+    pytree of several ``Markov`` chains, one factor each (then the model may have no ``Global``: Variational EM).
 
     Args:
       max_iter: the most iterations (``infer`` evaluates ``max_iter + 1`` bounds).
@@ -220,16 +244,24 @@ class CAVI:
         factor's statistics (read on the first 8 data, every factor at a broad member of its family); a prior
         that is not a proper member of its factor's family."""
         parts = split_latent(model.latent)
-        if not parts.globals:
-            raise ValueError(f"latent: CAVI fits a q over Global exponential-family factors, got {model.latent!r} "
-                             f"with none; a model with only local latents has an exact posterior: fit it with jaxvi.EM")
+        layout = chains.chain_layout(parts.local)
+        if not parts.globals and layout is None:
+            raise ValueError(f"latent: CAVI fits a q over Global exponential-family factors or several Markov chains, "
+                             f"got {model.latent!r} with neither; a model with only local latents of one family has "
+                             f"an exact posterior: fit it with jaxvi.EM")
         structure = _structure(model)  # every global leaf has a factor
-        if parts.local is not None:
+        if layout is not None:
+            pairs = int(np.prod([K * K for K in layout.sizes]))
+            if pairs > MAX_JOINT_PAIRS:
+                raise ValueError(f"latent: {len(layout.sizes)} Markov chains of {layout.sizes} states make {pairs} "
+                                 f"joint (previous, current) pairs per step, more than {MAX_JOINT_PAIRS}: structured "
+                                 f"mean field evaluates the step log-joint on every one; use fewer chains or states")
+        elif parts.local is not None:
             exact_family(parts.local)
             if self.start == "random" and isinstance(parts.local, (Markov, Gaussian)):
                 raise ValueError(f"CAVI(start='random'): random responsibilities need a Discrete local latent, got "
                                  f"{parts.local!r}; use start='prior'")
-        if data is None:
+        if data is None or not structure.factors:
             return
         head = jax.tree_util.tree_map(lambda a: a[:min(8, a.shape[0])], data)
         prior, residuals = jax.jit(lambda: self._probe(model, head))()
@@ -290,7 +322,8 @@ class CAVI:
         post = self._initial_local(model, structure, params, factors, data, local_key, local_posterior)
         factors, _ = self._global_updates(model, structure, params, factors, data, post)
         minus_inf = jnp.array(-jnp.inf, dtype)
-        return CAVIState(params, factors, params, factors, minus_inf, jnp.zeros((), dtype))
+        local = post if structure.chains is not None else None
+        return CAVIState(params, factors, params, factors, minus_inf, jnp.zeros((), dtype), local)
 
     def _prior_factors(self, structure: _Structure, params, dtype) -> tuple[tuple, jax.Array]:
         """Every factor's prior, its natural parameters read off ``log_prior`` (the others at their reference
@@ -305,16 +338,24 @@ class CAVI:
                                                                                           f.read_points + 1))
             factors.append(tuple(e.astype(dtype) for e in eta))
             residuals.append(jnp.maximum(*residual))
-        return tuple(factors), jnp.stack(residuals)
+        return tuple(factors), jnp.stack(residuals) if residuals else jnp.zeros((0,), dtype)
 
     def _initial_local(self, model, structure, params, factors, data, key, local_posterior):
         """The local q the first global updates start from: ``local_posterior`` if given; with ``start="random"``,
         responsibilities drawn from Dirichlet(1) per datum; else the exact local q at one draw of the global
-        factors; None without a local latent."""
+        factors; None without a local latent. Several ``Markov`` chains: one sweep at one draw of the global
+        factors, from random step weights."""
         local = structure.parts.local
         if local is None or local_posterior is not None:
             return local_posterior
         dtype = float_dtype(data)
+        if structure.chains is not None:
+            draws = tuple(_draw(f, eta, k) for f, eta, k in
+                          zip(structure.factors, factors, jax.random.split(key, len(factors))))
+            start_key = jax.random.fold_in(key, len(factors))
+            table = chains.tables(lambda p, z, x: structure.log_joint(model, p, draws, z, x), params, data,
+                                  structure.chains, self.chunk_size)
+            return chains.sweep(table, chains.initial(start_key, data, structure.chains, dtype))
         if self.start == "random":
             n, values = num_data_of(data), exact.latent_values(local)
             m = jax.tree_util.tree_leaves(values)[0].shape[0]
@@ -333,7 +374,7 @@ class CAVI:
         data = full_data(batch, num_data, "CAVI")
         structure = _structure(model)
         dtype = state.bound.dtype
-        bound, post = self._local_step(model, structure, state.params, state.factors, data)
+        bound, post = self._local_step(model, structure, state.params, state.factors, data, state.local)
         bound = bound.astype(dtype)
         ok = jnp.isfinite(bound)
 
@@ -357,14 +398,25 @@ class CAVI:
             evaluated_factors=jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), state.factors,
                                                      state.evaluated_factors),
             bound=jnp.where(ok, bound, state.bound),
-            linearity=jnp.maximum(state.linearity, jnp.where(moved, residual, 0.0)))
+            linearity=jnp.maximum(state.linearity, jnp.where(moved, residual, 0.0)),
+            local=None if state.local is None else keep(post, state.local))
         return new_state, CAVIInfo(bound, fault)
 
     def finalize(self, model: Model, key: jax.Array, state: CAVIState, data: PyTree) -> Result:
-        """The last evaluated θ and factors and their bound (no further step)."""
+        """The last evaluated θ and factors and their bound (no further step), the local gap and, without
+        ``Global`` latents, the exact log evidence."""
         objective = state.bound
-        diagnostics = CAVIDiagnostics(state.linearity, final_fault(objective, state.evaluated_params), objective[None],
-                                      jnp.array(0, jnp.int32), state.evaluated_factors)
+        structure = _structure(model)
+        gap = jnp.zeros_like(objective)
+        if structure.chains is not None:
+            rules = structure.rules(state.evaluated_factors)
+            table = chains.tables(structure.expected_log_joint(model, rules), state.evaluated_params, data,
+                                  structure.chains, self.chunk_size)
+            exact_local = chains.exact_log_normaliser(table, structure.chains.sizes, state.local.lengths)
+            gap = (sum_accurately(exact_local) - sum_accurately(state.local.bound)).astype(objective.dtype)
+        log_evidence = objective + gap if not structure.factors else jnp.full_like(objective, jnp.nan)
+        diagnostics = CAVIDiagnostics(state.linearity, log_evidence, gap, final_fault(objective, state.evaluated_params),
+                                      objective[None], jnp.array(0, jnp.int32), state.evaluated_factors)
         return Result(state.evaluated_params, objective, objective[None], jnp.array(0, jnp.int32), jnp.array(False),
                       diagnostics, model, self)
 
@@ -391,6 +443,12 @@ class CAVI:
         structure = _structure(model)
         if local_posterior is None or structure.parts.local is None:
             return self._local_step(model, structure, params, factors, data)[0]
+        if isinstance(local_posterior, chains.ChainProduct):
+            rules = structure.rules(factors)
+            data_term = local_posterior.expected_log_joint(structure.expected_log_joint(model, rules), params, data,
+                                                           self.chunk_size)
+            return (data_term + sum_accurately(jnp.sum(local_posterior.entropy, axis=1))
+                    + structure.global_terms(model, params, factors, rules))
         if not isinstance(local_posterior, exact.DiscretePosterior):
             raise ValueError(f"local_posterior: expected a DiscretePosterior or None, got "
                              f"{type(local_posterior).__name__}")
@@ -403,13 +461,23 @@ class CAVI:
 
     # --- the three steps ------------------------------------------------------------------------------
 
-    def _local_step(self, model: Model, structure: _Structure, params, factors, data):
+    def _local_step(self, model: Model, structure: _Structure, params, factors, data, start=None):
         """(the bound, the local q) at the global factors ``factors``: the local q is the exact posterior of the
-        expected log-joint, whose normalisers sum to the data's part of the bound."""
+        expected log-joint, whose normalisers sum to the data's part of the bound. Several ``Markov`` chains: one
+        sweep of their updates from ``start``, or without one, sweeps from random step weights until the bound
+        per datum changes by less than ``tol`` (at most ``max_iter``)."""
         rules = structure.rules(factors)
         expected = structure.expected_log_joint(model, rules)
         local = structure.parts.local
-        if local is None:
+        if structure.chains is not None:
+            table = chains.tables(expected, params, data, structure.chains, self.chunk_size)
+            if start is None:
+                start = chains.initial(jax.random.key(0), data, structure.chains, float_dtype(data))
+                post = chains.fit(table, start, self.max_iter, self.tol)
+            else:
+                post = chains.sweep(table, start)
+            data_term = sum_accurately(post.bound)
+        elif local is None:
             data_term, post = sum_data(lambda chunk: sum_accurately(jax.vmap(
                 lambda x: expected(params, None, x))(chunk)), data, self.chunk_size), None
         else:

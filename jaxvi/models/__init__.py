@@ -2,6 +2,7 @@
 from jaxvi.models.bayesian_gmm import bayesian_gaussian_mixture, wishart_log_prob
 from jaxvi.models.bayesian_linear_regression import bayesian_linear_regression
 from jaxvi.models.bernoulli_mixture import BernoulliMixtureParams, bernoulli_mixture
+from jaxvi.models.factorial_hmm import factorial_hmm
 from jaxvi.models.factor_analysis import FactorAnalysisParams, LinearGaussian, PPCAParams, factor_analysis, ppca
 from jaxvi.models.gmm import GaussianMixture, GMMParams, gaussian_mixture, gmm_m_step
 from jaxvi.models.vae import VAE, VAEParams, vae
@@ -10,7 +11,7 @@ from jaxvi.models.hmm import (HMM, CategoricalEmission, GaussianEmission, HMMPar
                               gaussian_hmm, poisson_hmm)
 
 __all__ = ["BernoulliMixtureParams", "bayesian_gaussian_mixture", "bayesian_linear_regression", "wishart_log_prob", "CategoricalEmission", "FactorAnalysisParams", "LinearGaussian", "PPCAParams",
-           "factor_analysis", "ppca", "GMMParams", "GaussianEmission", "GaussianMixture", "HMM",
+           "factor_analysis", "factorial_hmm", "ppca", "GMMParams", "GaussianEmission", "GaussianMixture", "HMM",
            "HMMParams", "PoissonEmission", "bernoulli_mixture", "categorical_hmm", "gaussian_hmm", "gaussian_mixture",
            "gmm_m_step", "poisson_hmm", "VAE", "VAEParams", "vae",
            "variational_categorical_hmm", "variational_gaussian_hmm"]

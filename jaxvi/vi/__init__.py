@@ -1,7 +1,8 @@
 """Variational kernels: guides (``guides.py``), ELBO estimators (``objectives.py``), the bound of a
 model with global and local latents (``elbo.py``), the unconstrained latent space and its bijectors
 (``space.py``), fitted guides (``fitted.py``), evaluating any fitted guide's bound (``guide_elbo``), and the
-exponential-family factors of coordinate-ascent VI (``expfam.py``, imported as ``jaxvi.vi.expfam``)."""
+exponential-family factors of coordinate-ascent VI (``expfam.py``, imported as ``jaxvi.vi.expfam``) and its
+structured mean field over several Markov chains (``chains.py``, ``jaxvi.vi.chains``)."""
 from jaxvi.vi.elbo import guide_elbo
 from jaxvi.vi.fitted import FittedGuide, GlobalLocal
 from jaxvi.vi.guides import Categorical, Delta, Flow, FullRank, LowRank, MeanField

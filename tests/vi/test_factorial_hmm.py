@@ -1,0 +1,191 @@
+"""Structured mean field over several Markov chains (jaxvi.vi.chains) and the factorial HMM (Ghahramani & Jordan
+1997) fitted by jaxvi.CAVI: against the exact forward algorithm on the product chain (NumPy, every joint state
+enumerated) and against Ghahramani & Jordan's closed-form update of one chain."""
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.special import log_softmax, logsumexp
+from scipy.stats import norm
+
+import jaxvi
+from jaxvi.run.schedule import RESOLUTION_ULPS
+from jaxvi.vi import chains
+
+KEY = jax.random.key(0)
+
+
+def sample_factorial_hmm(rng, M, K, d, N, T, noise=0.3):
+    """Sequences from M sticky chains whose state means add up."""
+    means = rng.normal(size=(M, K, d)) * 2.0
+    states = np.zeros((N, T, M), np.int64)
+    states[:, 0] = rng.integers(0, K, (N, M))
+    for t in range(1, T):
+        stay = rng.random((N, M)) < 0.8
+        states[:, t] = np.where(stay, states[:, t - 1], rng.integers(0, K, (N, M)))
+    x = sum(means[m][states[..., m]] for m in range(M)) + noise * rng.normal(size=(N, T, d))
+    return x
+
+
+def product_chain_log_evidence(params, x):
+    """log p(x) of one sequence by the forward algorithm over all K^M joint states (NumPy)."""
+    M, K = np.shape(params["start"])
+    joint = np.array(list(itertools.product(range(K), repeat=M)))                   # (K^M, M)
+    start = log_softmax(np.asarray(params["start"]), -1)
+    trans = log_softmax(np.asarray(params["transitions"]), -1)
+    means, scale = np.asarray(params["means"]), np.exp(np.asarray(params["log_scale"]))
+    location = sum(means[m, joint[:, m]] for m in range(M))                         # (K^M, d)
+    emit = lambda x_t: norm.logpdf(x_t, location, scale).sum(-1)  # noqa: E731
+    move = sum(trans[m][joint[:, m][:, None], joint[:, m][None, :]] for m in range(M))
+    alpha = sum(start[m, joint[:, m]] for m in range(M)) + emit(x[0])
+    for x_t in x[1:]:
+        alpha = logsumexp(alpha[:, None] + move, axis=0) + emit(x_t)
+    return logsumexp(alpha)
+
+
+def forward_backward(log_start, log_move, log_emit):
+    """State marginals (T, K) and log normaliser of one chain (NumPy)."""
+    T = log_emit.shape[0]
+    alpha, beta = np.zeros_like(log_emit), np.zeros_like(log_emit)
+    alpha[0] = log_start + log_emit[0]
+    for t in range(1, T):
+        alpha[t] = logsumexp(alpha[t - 1][:, None] + log_move, axis=0) + log_emit[t]
+    for t in range(T - 2, -1, -1):
+        beta[t] = logsumexp(log_move + log_emit[t + 1] + beta[t + 1], axis=1)
+    gamma = alpha + beta
+    return np.exp(gamma - logsumexp(gamma, axis=1, keepdims=True)), logsumexp(alpha[-1])
+
+
+def test_one_chain_is_exact_its_bound_is_the_log_evidence():
+    """With one chain the structured q is the exact posterior: one sweep gives log p(x) and the marginals of
+    forward-backward."""
+    x = sample_factorial_hmm(np.random.default_rng(0), 1, 3, 2, 3, 9)
+    with jax.enable_x64(True):
+        model = jaxvi.models.factorial_hmm(1, 3, 2)
+        params = model.init(KEY, jnp.asarray(x))
+        layout = chains.chain_layout(model.latent)
+        table = chains.tables(model.log_joint, params, jnp.asarray(x), layout)
+        post = chains.sweep(table, chains.initial(KEY, jnp.asarray(x), layout, jnp.float64))
+        bound, marginals = np.asarray(post.bound), np.asarray(post.marginals[0])
+    start = log_softmax(np.asarray(params["start"][0]))
+    move = log_softmax(np.asarray(params["transitions"][0]), -1)
+    for n in range(3):
+        emit = norm.logpdf(x[n][:, None, :], np.asarray(params["means"][0]),
+                           np.exp(np.asarray(params["log_scale"]))).sum(-1)
+        gamma, log_evidence = forward_backward(start, move, emit)
+        np.testing.assert_allclose(bound[n], log_evidence, rtol=1e-12)
+        np.testing.assert_allclose(bound[n], product_chain_log_evidence(params, x[n]), rtol=1e-12)
+        np.testing.assert_allclose(marginals[n], gamma, atol=1e-12)
+
+
+def test_a_chain_update_is_ghahramani_and_jordan_s():
+    """Chain m's update given the others' marginals: G&J's variational emission parameters
+    log h_t(k) = W_m[k]ᵀ C⁻¹ (x_t − Σ_{l≠m} W_lᵀ⟨s_l,t⟩) − ½ W_m[k]ᵀ C⁻¹ W_m[k], then forward-backward with the
+    chain's own start and transitions. And after every update the bound (E_q log p + Σ H) equals what the
+    weights give when evaluated from scratch."""
+    M, K, d = 3, 2, 2
+    x = sample_factorial_hmm(np.random.default_rng(1), M, K, d, 2, 8)
+    with jax.enable_x64(True):
+        model = jaxvi.models.factorial_hmm(M, K, d)
+        params = model.init(KEY, jnp.asarray(x))
+        layout = chains.chain_layout(model.latent)
+        table = chains.tables(model.log_joint, params, jnp.asarray(x), layout)
+        start = chains.initial(jax.random.key(3), jnp.asarray(x), layout, jnp.float64)
+        others = [np.asarray(m) for m in start.marginals]
+        updated = chains.sweep(table, start)
+        marginals = [np.asarray(m) for m in updated.marginals]
+        rescored = float(updated.expected_log_joint(model.log_joint, params, jnp.asarray(x))
+                         + jnp.sum(updated.entropy))
+    W, precision = np.asarray(params["means"]), np.exp(-2 * np.asarray(params["log_scale"]))
+    current = list(others)
+    for m in range(M):  # the sweep's order: chain m sees the updated chains before it
+        for n in range(2):
+            rest = sum(current[l][n] @ W[l] for l in range(M) if l != m)            # (T, d)
+            log_h = (x[n] - rest) @ (precision * W[m]).T - 0.5 * np.sum(precision * W[m] ** 2, -1)
+            gamma, _ = forward_backward(log_softmax(np.asarray(params["start"][m])),
+                                        log_softmax(np.asarray(params["transitions"][m]), -1), log_h)
+            np.testing.assert_allclose(marginals[m][n], gamma, atol=1e-10)
+        current[m] = marginals[m]
+    np.testing.assert_allclose(rescored, float(np.sum(np.asarray(updated.bound))), rtol=1e-12)
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    M, K, d = 2, 2, 2
+    x = sample_factorial_hmm(np.random.default_rng(2), M, K, d, 6, 40, noise=1.5).astype(np.float32)
+    model = jaxvi.models.factorial_hmm(M, K, d)
+    result = jaxvi.infer(model, jaxvi.CAVI(max_iter=40, tol=0.0), jnp.asarray(x), key=KEY, progress=False)
+    return model, x, result
+
+
+def test_variational_em_bound_rises_and_stays_below_the_exact_evidence(fitted):
+    """Variational EM on a factorial HMM (structured E-steps, gradient M-steps on θ): the bound never falls
+    (float32), it is at most log p(D) from the product chain at the fitted θ, and the fitted θ explains the data
+    better than the initial θ (exact log p(D))."""
+    model, x, result = fitted
+    trace = np.asarray(result.trace, np.float64)
+    trace = trace[np.isfinite(trace)]
+    resolution = RESOLUTION_ULPS * np.finfo(np.float32).eps * np.abs(trace[1:])
+    assert np.all(np.diff(trace) >= -resolution)
+    params = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), result.params)
+    exact = sum(product_chain_log_evidence(params, sequence) for sequence in x)
+    initial = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), model.init(jax.random.split(KEY)[0],
+                                                                                    jnp.asarray(x)))
+    assert float(result.objective) <= exact
+    assert exact - float(result.objective) < 0.02 * abs(exact)
+    np.testing.assert_allclose(float(result.diagnostics.log_evidence), exact, rtol=1e-6)  # both sides, reported
+    np.testing.assert_allclose(float(result.diagnostics.gap), exact - float(result.objective), rtol=1e-3)
+    assert exact > sum(product_chain_log_evidence(initial, sequence) for sequence in x) + 100
+
+
+def test_posterior_gives_every_chain_s_marginals_and_the_bound_accepts_them(fitted):
+    """``Result.posterior(data).local`` is the structured q (sweeps to convergence at the fitted θ); ``CAVI.bound``
+    at that q equals the bound its sweeps report, and is at most the exact log p(D)."""
+    model, x, result = fitted
+    q = result.posterior(jnp.asarray(x)).local
+    assert [m.shape for m in q.marginals] == [(6, 40, 2), (6, 40, 2)]
+    np.testing.assert_allclose(np.sum(np.asarray(q.marginals[0]), -1), 1.0, rtol=1e-6)
+    bound = float(jaxvi.CAVI().bound(model, result.params, (), jnp.asarray(x), q))
+    np.testing.assert_allclose(bound, float(np.sum(np.asarray(q.bound, np.float64))), rtol=1e-6)
+    params = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), result.params)
+    assert bound <= sum(product_chain_log_evidence(params, sequence) for sequence in x)
+
+
+def test_one_chain_beside_global_factors_is_the_exact_chain():
+    """A local latent of one chain in a tuple runs the structured path; with a global factor beside it (Dirichlet
+    transition rows), its fit is the exact-chain fit, bound for bound, and its local gap is 0 (the exact local
+    normaliser, by the forward algorithm on the same table, equals the bound)."""
+    emissions = np.log(np.array([[0.7, 0.2, 0.1], [0.1, 0.2, 0.7]]))
+
+    def model(wrap):
+        def log_joint(params, z, x):
+            prev, state = z["states"][0] if wrap else z["states"]
+            move = -jnp.log(2.0) if prev is None else jnp.log(z["rows"][prev, state])
+            return move + jnp.asarray(emissions)[state, x]
+
+        rows = jaxvi.Global(jaxvi.Dirichlet(2, (2,)), lambda params, z: jnp.sum(jnp.log(z)))  # Dirichlet(2) rows
+        states = (jaxvi.Markov(2),) if wrap else jaxvi.Markov(2)
+        return jaxvi.Model(log_joint, {"rows": rows, "states": states}, init=lambda key, data: {})
+
+    sequences = jnp.asarray(np.random.default_rng(4).integers(0, 3, (3, 30)))
+    with jax.enable_x64(True):
+        results = [jaxvi.infer(model(wrap), jaxvi.CAVI(max_iter=6, tol=0.0), sequences, key=KEY, progress=False)
+                   for wrap in (False, True)]
+        traces = [np.asarray(r.trace) for r in results]
+        gaps = [float(r.diagnostics.gap) for r in results]
+        evidences = [float(r.diagnostics.log_evidence) for r in results]
+    np.testing.assert_allclose(traces[1], traces[0], rtol=1e-10)
+    assert gaps[0] == 0.0 and abs(gaps[1]) < 1e-9 * abs(traces[0][-1])
+    assert np.isnan(evidences).all()  # a global factor: no exact evidence
+
+
+def test_too_many_chains_and_em_on_chains_are_refused_with_their_names():
+    x = jnp.zeros((2, 5, 1))
+    with pytest.raises(ValueError, match="latent: 9 Markov chains"):
+        jaxvi.infer(jaxvi.models.factorial_hmm(9, 2, 1), jaxvi.CAVI(), x, key=KEY, progress=False)
+    with pytest.raises(ValueError, match="jaxvi.CAVI"):
+        jaxvi.infer(jaxvi.models.factorial_hmm(2, 2, 1), jaxvi.EM(), x, key=KEY, progress=False)
+    with pytest.raises(ValueError, match="M: expected an integer"):
+        jaxvi.models.factorial_hmm(0, 2, 1)
