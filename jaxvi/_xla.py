@@ -8,7 +8,9 @@ behind it and the process hangs at 0% CPU. XLA's concurrency-optimised thunk sch
 side; the memory-optimised one orders them more, and on two cores costs nothing measurable (CAVI's Bayesian
 mixture step was faster with it). This lowers the chance of the hang, it does not remove it: XLA still runs
 independent thunks concurrently (a vmapped 8-restart CAVI fit of 200,000 points with 16 x 16 precisions still
-hung with it). jaxlib 0.11.2 compiles the parallel LAPACK path out: upgrade where you can.
+hung with it). So ``CAVI`` runs its restarts one after another there (``batched_lapack_may_deadlock``;
+``CAVI(restarts)``), and that fit runs through. jaxlib 0.11.2 compiles the parallel LAPACK path out: upgrade
+where you can.
 """
 from __future__ import annotations
 
@@ -37,3 +39,16 @@ def avoid_lapack_deadlock() -> None:
     flags = os.environ.get("XLA_FLAGS", "")
     if version < FIXED_IN and "xla_cpu_enable_concurrency_optimized_scheduler" not in flags:
         os.environ["XLA_FLAGS"] = f"{flags} {FLAG}".strip()
+
+
+def batched_lapack_may_deadlock() -> bool:
+    """Whether this process runs batched LAPACK calls on jaxlib's CPU path that can deadlock (jaxlib older than
+    0.11.2, the CPU backend): where CAVI runs its restarts one after another instead of vmapped."""
+    import jax
+
+    try:
+        version = _version(importlib.metadata.version("jaxlib"))
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return version < FIXED_IN and jax.default_backend() == "cpu"
+

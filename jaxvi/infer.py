@@ -142,21 +142,21 @@ def _warn_unresolved(method, result: Result, n: int) -> None:
 @per_fit
 def _fit(model, method, data, keys, init_params):
     """``_start``, the run to its end and ``_finish`` in one compiled function."""
-    runs = _over_restarts(lambda k: loop.start(method, model, k, data, init_params), keys)
+    runs = _over_restarts(lambda k: loop.start(method, model, k, data, init_params), keys, method)
     stop = jnp.asarray(method.schedule(num_data(data)).max_steps + 1, jnp.int32)
-    runs = _over_restarts(lambda r: loop.run_until(method, model, data, r, stop), runs)
+    runs = _over_restarts(lambda r: loop.run_until(method, model, data, r, stop), runs, method)
     result, chosen = _finish_restarts(model, method, runs, data)
     return result, chosen, runs
 
 
 @per_fit
 def _start(model, method, data, keys, init_params):
-    return _over_restarts(lambda k: loop.start(method, model, k, data, init_params), keys)
+    return _over_restarts(lambda k: loop.start(method, model, k, data, init_params), keys, method)
 
 
 @per_fit
 def _run(model, method, runs, *, data, stop):
-    return _over_restarts(lambda r: loop.run_until(method, model, data, r, stop), runs)
+    return _over_restarts(lambda r: loop.run_until(method, model, data, r, stop), runs, method)
 
 
 @per_fit
@@ -176,7 +176,7 @@ def _explain(model, method, run, data):
 
 def _finish_restarts(model, method, runs, data) -> tuple[Result, jax.Array]:
     """Finalises every restart and keeps the one with the highest finite objective."""
-    results = _over_restarts(lambda r: loop.finish(method, model, data, r), runs)
+    results = _over_restarts(lambda r: loop.finish(method, model, data, r), runs, method)
     healthy = (results.diagnostics.fault.kind == 0) & jnp.isfinite(results.objective)
     best = jnp.argmax(jnp.where(healthy, results.objective, -jnp.inf))
     chosen = jax.tree_util.tree_map(lambda a: a[best], results)
@@ -184,12 +184,15 @@ def _finish_restarts(model, method, runs, data) -> tuple[Result, jax.Array]:
     return dataclasses.replace(chosen, diagnostics=diagnostics), best
 
 
-def _over_restarts(fn, batched: PyTree) -> PyTree:
+def _over_restarts(fn, batched: PyTree, method) -> PyTree:
     """``jax.vmap(fn)(batched)`` over the leading restart axis; with one restart, ``fn`` on it unbatched
-    (the same result, without batching the loop: faster to trace, and its ``lax.cond`` stays a branch)."""
+    (the same result, without batching the loop: faster to trace, and its ``lax.cond`` stays a branch); one
+    restart after another (``lax.map``) where the method says so (its ``restarts_in_sequence``)."""
     if jax.tree_util.tree_leaves(batched)[0].shape[0] == 1:
         out = fn(jax.tree_util.tree_map(lambda a: a[0], batched))
         return jax.tree_util.tree_map(lambda a: a[None], out)
+    if getattr(method, "restarts_in_sequence", False):
+        return jax.lax.map(fn, batched)
     return jax.vmap(fn)(batched)
 
 

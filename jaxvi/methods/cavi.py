@@ -44,12 +44,13 @@ import optax
 from jax import lax
 
 from jaxvi import exact
+from jaxvi._xla import batched_lapack_may_deadlock
 from jaxvi.chunks import num_data as num_data_of, sum_data
 from jaxvi.latents import Gaussian, Markov, exact_family, is_spec, split_latent
 from jaxvi.methods.common import final_fault, float_dtype, full_data, sum_accurately
 from jaxvi.methods.em import gradient_m_step
 from jaxvi.methods.settings import check_count, check_number, settings
-from jaxvi.model import Model
+from jaxvi.model import Model, is_traced
 from jaxvi.result import FAULT_LOG_EVIDENCE, FAULT_PARAMS, NO_FAULT, Fault, Result
 from jaxvi.run.schedule import Change, Schedule
 from jaxvi.vi import chains, expfam
@@ -60,6 +61,7 @@ __all__ = ["CAVI", "CAVIDiagnostics", "CAVIInfo", "CAVIPosterior", "CAVIState", 
 PyTree = Any
 
 STARTS = ("prior", "random")
+RESTARTS = ("auto", "vmap", "sequence")
 NOT_CONJUGATE = 1e-3  # a linearity residual (relative) above this refuses a factor: not conjugate
 MAX_JOINT_PAIRS = 2 ** 16  # the most joint state pairs per step of several local chains (structured mean field)
 
@@ -213,6 +215,10 @@ class CAVI:
         global factors from their priors (priors on the data's scale give data-like starts, as k-means' random
         centres do); ``"random"``, responsibilities drawn from Dirichlet(1) for every datum (a ``Discrete``
         local latent only; near-symmetric, so restarts matter more).
+      restarts: how the ``n_init`` restarts run: ``"vmap"``, side by side in one vmapped program;
+        ``"sequence"``, one after another in one compiled program (``lax.map``); ``"auto"`` (the default),
+        ``"sequence"`` where batched LAPACK calls can deadlock (the CPU backend with jaxlib before 0.11.2:
+        ``jaxvi/_xla.py``), else ``"vmap"``. The fits are the same either way.
 
     Example:
       >>> result = jaxvi.infer(model, jaxvi.CAVI(max_iter=200), data, key=jax.random.key(0))
@@ -225,6 +231,7 @@ class CAVI:
     m_step_iters: int = 20
     chunk_size: int = 1024
     start: str = "prior"
+    restarts: str = "auto"
 
     reports = "ELBO"
     per_datum = ()
@@ -235,14 +242,25 @@ class CAVI:
         check_number("CAVI(tol)", self.tol, low=0)
         if self.start not in STARTS:
             raise ValueError(f"CAVI(start): expected one of {STARTS}, got {self.start!r}")
+        if self.restarts not in RESTARTS:
+            raise ValueError(f"CAVI(restarts): expected one of {RESTARTS}, got {self.restarts!r}")
+
+    @property
+    def restarts_in_sequence(self) -> bool:
+        """Whether the run layer runs the restarts one after another (``restarts``)."""
+        if self.restarts == "auto":
+            return batched_lapack_may_deadlock()
+        return self.restarts == "sequence"
 
     # --- checks -------------------------------------------------------------------------------------
 
     def check(self, model: Model, data: PyTree = None) -> None:
         """Raises ValueError for a model CAVI cannot fit, before anything compiles: no exponential-family
         ``Global`` factor; a local latent without an exact posterior; a log-prior or log-joint not linear in a
-        factor's statistics (read on the first 8 data, every factor at a broad member of its family); a prior
-        that is not a proper member of its factor's family."""
+        factor's statistics (read on the first 8 data, every factor at a broad member of its family; not under a
+        user's ``jit`` or ``vmap``, where the data have no values: ``diagnostics.linearity`` reports the reads); a
+        prior that is not a proper member of its factor's family; more than ``MAX_JOINT_PAIRS`` joint state pairs
+        of several chains."""
         parts = split_latent(model.latent)
         layout = chains.chain_layout(parts.local)
         if not parts.globals and layout is None:
@@ -261,7 +279,7 @@ class CAVI:
             if self.start == "random" and isinstance(parts.local, (Markov, Gaussian)):
                 raise ValueError(f"CAVI(start='random'): random responsibilities need a Discrete local latent, got "
                                  f"{parts.local!r}; use start='prior'")
-        if data is None or not structure.factors:
+        if data is None or not structure.factors or is_traced(data):
             return
         head = jax.tree_util.tree_map(lambda a: a[:min(8, a.shape[0])], data)
         prior, residuals = jax.jit(lambda: self._probe(model, head))()

@@ -46,12 +46,12 @@ class Family(NamedTuple):
       log_normalizer: ``A(eta)`` for one factor (no batch dimensions).
       points: ``points(eta, p)``: p values in the support near q's mass (for ``natural_parameters``), stacked
         on a leading axis.
+      read: ``read(points, gradients) -> beta``: the coefficients of a function linear in T (``p`` points and
+        the function's gradients there, ``(p,) + event``, one factor), in closed form.
       tangent: projects an array shaped like values onto the directions in which a value can move (the
         symmetric part of a matrix); the identity for unconstrained events.
       num_nodes: how many nodes ``quadrature``'s generic rule uses.
       rule: the family's own ``quadrature`` rule, ``rule(eta) -> Quadrature``, or None for the generic one.
-      read: ``read(points, gradients) -> beta``: the coefficients of a function linear in T (``p`` points and
-        the function's gradients there, ``(p,) + event``, one factor), in closed form.
     """
 
     name: str
@@ -60,10 +60,10 @@ class Family(NamedTuple):
     statistics: Callable
     log_normalizer: Callable
     points: Callable
+    read: Callable
     tangent: Callable = lambda v: v
     num_nodes: int = 2
     rule: Callable | None = None
-    read: Callable | None = None
 
 
 class NotLinear(NamedTuple):

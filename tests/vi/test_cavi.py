@@ -245,19 +245,37 @@ def test_float32_bayesian_mixture_bound_never_falls_and_switches_off_surplus_com
     assert abs(float(result.objective) - float(truth)) <= RESOLUTION_ULPS * np.finfo(np.float32).eps * abs(truth)
 
 
-def test_vmapped_restarts_are_the_same_fits_run_one_at_a_time():
-    """n_init restarts run as one vmapped program give every restart's bound as a fit from that restart's key
-    alone, and the best is returned. 16 components of 16 x 16 precisions: batched linear algebra side by side,
-    which hangs jaxlib 0.10's CPU LAPACK kernels without jaxvi._xla's scheduler setting."""
+@pytest.fixture(scope="module")
+def sixteen_by_sixteen():
+    """16 components of 16 x 16 precisions, and the fits from two restarts' keys alone."""
     rng = np.random.default_rng(0)
     x = (rng.normal(0, 3, (16, 16))[rng.integers(0, 16, 120)] + rng.normal(size=(120, 16))).astype(np.float32)
     model, data = jaxvi.models.bayesian_gaussian_mixture(x, 16), jnp.asarray(x)
-    result = jaxvi.infer(model, jaxvi.CAVI(max_iter=3, tol=0.0, n_init=2), data, key=KEY, progress=False)
     alone = [jaxvi.infer(model, jaxvi.CAVI(max_iter=3, tol=0.0), data, key=k, progress=False).objective
              for k in jax.random.split(KEY, 2)]
+    return model, data, alone
+
+
+@pytest.mark.parametrize("restarts", ["vmap", "sequence"])
+def test_restarts_vmapped_or_in_sequence_are_the_same_fits_run_one_at_a_time(sixteen_by_sixteen, restarts):
+    """n_init restarts run as one vmapped program, or one after another in one program, give every restart's
+    bound as a fit from that restart's key alone, and the best is returned. 16 components of 16 x 16 precisions:
+    vmapped, batched linear algebra side by side, which hangs jaxlib 0.10's CPU LAPACK kernels without
+    jaxvi._xla's scheduler setting."""
+    model, data, alone = sixteen_by_sixteen
+    result = jaxvi.infer(model, jaxvi.CAVI(max_iter=3, tol=0.0, n_init=2, restarts=restarts), data, key=KEY,
+                         progress=False)
     np.testing.assert_allclose(result.diagnostics.restart_objectives, alone, rtol=1e-5)
     assert float(result.objective) == float(np.max(result.diagnostics.restart_objectives))
     assert abs(alone[0] - alone[1]) > 1.0  # two different starts
+
+
+def test_restarts_run_in_sequence_where_batched_lapack_can_deadlock():
+    from jaxvi._xla import batched_lapack_may_deadlock
+    assert jaxvi.CAVI().restarts_in_sequence == batched_lapack_may_deadlock()
+    assert jaxvi.CAVI(restarts="vmap").restarts_in_sequence is False
+    with pytest.raises(ValueError, match=r"CAVI\(restarts\): expected one of"):
+        jaxvi.CAVI(restarts="parallel")
 
 
 def test_a_factor_the_log_joint_is_not_conjugate_in_is_refused_before_compiling():

@@ -189,3 +189,42 @@ def test_too_many_chains_and_em_on_chains_are_refused_with_their_names():
         jaxvi.infer(jaxvi.models.factorial_hmm(2, 2, 1), jaxvi.EM(), x, key=KEY, progress=False)
     with pytest.raises(ValueError, match="M: expected an integer"):
         jaxvi.models.factorial_hmm(0, 2, 1)
+
+
+def test_a_structured_fit_killed_mid_way_resumes_to_the_uninterrupted_result(fitted, tmp_path, monkeypatch):
+    """The run layer's checkpoints carry the chains' q (``CAVIState.local``): a fit stopped after its second
+    checkpoint and rerun with the same call ends where the uninterrupted fit ends, bit for bit."""
+    from jaxvi.run import checkpoint as checkpoints
+    model, x, result = fitted
+    path, save, saved = str(tmp_path / "fit.ckpt"), checkpoints.save, []
+
+    def save_then_stop(*args):
+        save(*args)
+        saved.append(args)
+        if len(saved) == 2:
+            raise KeyboardInterrupt
+
+    method = jaxvi.CAVI(max_iter=40, tol=0.0)
+    monkeypatch.setattr(checkpoints, "save", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        jaxvi.infer(model, method, jnp.asarray(x), key=KEY, progress=False, checkpoint=path, checkpoint_every=10)
+    monkeypatch.setattr(checkpoints, "save", save)
+    resumed = jaxvi.infer(model, method, jnp.asarray(x), key=KEY, progress=False, checkpoint=path,
+                          checkpoint_every=10)
+    np.testing.assert_array_equal(resumed.trace, result.trace)
+    np.testing.assert_array_equal(resumed.params["means"], result.params["means"])
+
+
+def test_vmapped_over_data_sets_equals_one_fit_per_data_set(fitted):
+    """``jax.vmap`` of a whole CAVI fit over two data sets gives each data set's own fit, bound for bound (float64:
+    in float32 the batched and unbatched programs round differently and the M-step's L-BFGS line searches carry
+    the difference on)."""
+    model, x, _ = fitted
+    with jax.enable_x64(True):
+        sets = jnp.asarray(x, jnp.float64).reshape(2, 3, *x.shape[1:])
+        fit = lambda data: jaxvi.infer(model, jaxvi.CAVI(max_iter=6, tol=0.0), data, key=KEY,  # noqa: E731
+                                       progress=False).trace
+        together = np.asarray(jax.vmap(fit)(sets))
+        alone = [np.asarray(fit(data)) for data in sets]
+    np.testing.assert_allclose(together, alone, rtol=1e-10)
+    assert abs(alone[0][-1] - alone[1][-1]) > 0.1  # two different fits
