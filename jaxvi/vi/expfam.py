@@ -592,20 +592,29 @@ def _sigma_points(eta: Natural) -> Quadrature:
 
 
 def _normal_wishart_rule(eta: Natural) -> Quadrature:
-    r"""A Normal-Wishart rule from the Wishart's: at each of its two precision nodes :math:`\Lambda_j`, the two
-    means :math:`m \pm \delta_j` with :math:`\delta_j^\top \Lambda_j\, \delta_j = d / b`. A function linear in the
-    statistics is quadratic in the mean given :math:`\Lambda`, so the average over the pair is
-    :math:`f(m, \Lambda_j) + \beta_{\mu^\top\Lambda\mu}\, d / b`, linear in the Wishart's statistics, whose rule
-    takes its expectation exactly: four evaluations, no derivatives."""
+    r"""A Normal-Wishart's two nodes :math:`(m + \delta_j, c_j \bar\Lambda)`, equal weights, with the Wishart's
+    pair :math:`c_{1,2}` (``_wishart_rule``, :math:`\bar\Lambda = E[\Lambda]`) and the mean offsets
+    :math:`\delta_1 = \sqrt{c_2/c_1}\, u`, :math:`\delta_2 = -\sqrt{c_1/c_2}\, u` along one u with
+    :math:`u^\top \bar\Lambda u = d / b`. Then :math:`\sum_j c_j \delta_j = 0` and
+    :math:`\frac12 \sum_j c_j \delta_j^\top \bar\Lambda \delta_j = d / b`, so the nodes' statistics average to
+    :math:`E[\Lambda] = \bar\Lambda`, :math:`E[\log|\Lambda|]`, :math:`E[\Lambda\mu] = \bar\Lambda m` and
+    :math:`E[\mu^\top\Lambda\mu] = m^\top\bar\Lambda m + d/b`: exact for every f linear in them, two evaluations,
+    no derivatives."""
     mean, strength, scale_inverse, dof = normal_wishart_moments(eta)
     d = mean.shape[-1]
     wishart = _wishart_rule((-0.5 * scale_inverse, 0.5 * (dof - d - 1)))
+    c1, c2 = wishart.nodes[0], wishart.nodes[1]                                   # c_j E[Lambda]
+    expected = 0.5 * (c1 + c2)
     direction = jnp.full((d, 1), 1.0 / math.sqrt(d), mean.dtype)
-    chol = jnp.linalg.cholesky(wishart.nodes)                                      # (2, batch, d, d)
-    delta = jnp.linalg.solve(jnp.swapaxes(chol, -1, -2), jnp.broadcast_to(direction, chol.shape[:-1] + (1,)))
-    delta = delta[..., 0] * jnp.sqrt(d / strength)[..., None]                        # delta^T L delta = d / b
-    nodes = [jnp.concatenate([(mean + sign * delta)[..., None], wishart.nodes], axis=-1) for sign in (1.0, -1.0)]
-    return Quadrature(jnp.concatenate(nodes), None, wishart.residual)
+    chol = jnp.linalg.cholesky(expected)                                          # batch + (d, d)
+    u = jax.scipy.linalg.solve_triangular(jnp.swapaxes(chol, -1, -2),
+                                          jnp.broadcast_to(direction, chol.shape[:-1] + (1,)), lower=False)
+    u = u[..., 0] * jnp.sqrt(d / strength)[..., None]                                # u^T E[L] u = d / b
+    ratio = (c1[..., 0, 0] / c2[..., 0, 0])[..., None]                               # c_1 / c_2
+    offsets = (u / jnp.sqrt(ratio), -u * jnp.sqrt(ratio))
+    nodes = [jnp.concatenate([(mean + offset)[..., None], node], axis=-1)
+             for offset, node in zip(offsets, (c1, c2))]
+    return Quadrature(jnp.stack(nodes), None, wishart.residual)
 
 
 def _scaled_pair(log_gap):
