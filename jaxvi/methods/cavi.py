@@ -268,6 +268,9 @@ class CAVI:
                              f"got {model.latent!r} with neither; a model with only local latents of one family has "
                              f"an exact posterior: fit it with jaxvi.EM")
         structure = _structure(model)  # every global leaf has a factor
+        if self.start == "random" and (layout is not None or isinstance(parts.local, (Markov, Gaussian))):
+            raise ValueError(f"CAVI(start='random'): random responsibilities need a Discrete local latent, got "
+                             f"{parts.local!r}; use start='prior'")
         if layout is not None:
             pairs = int(np.prod([K * K for K in layout.sizes]))
             if pairs > MAX_JOINT_PAIRS:
@@ -276,9 +279,6 @@ class CAVI:
                                  f"mean field evaluates the step log-joint on every one; use fewer chains or states")
         elif parts.local is not None:
             exact_family(parts.local)
-            if self.start == "random" and isinstance(parts.local, (Markov, Gaussian)):
-                raise ValueError(f"CAVI(start='random'): random responsibilities need a Discrete local latent, got "
-                                 f"{parts.local!r}; use start='prior'")
         if data is None or not structure.factors or is_traced(data):
             return
         head = jax.tree_util.tree_map(lambda a: a[:min(8, a.shape[0])], data)

@@ -97,7 +97,7 @@ class ChainProduct:
         objective, a global factor's update."""
         weights = jax.lax.stop_gradient(tuple(_flat(w) for w in self.weights))
         table = tables(log_joint, params, data, self.layout, chunk_size)
-        return sum_accurately(jnp.sum(_contract(table, weights, None), axis=1))
+        return sum_accurately(sum_accurately(_contract(table, weights, None).T))     # pairwise over time and data
 
 
 def _joint_pairs(sizes: tuple) -> np.ndarray:
@@ -165,7 +165,8 @@ def _update(table: jax.Array, post: ChainProduct, m: int, K: int) -> tuple[Chain
     potentials = potentials.reshape(*potentials.shape[:2], K, K)
     exact = chain.from_potentials(potentials, post.lengths)
     weights = exact._step_weights()
-    expected = jnp.sum(jnp.where(weights > 0, weights * potentials, 0.0), axis=(1, 2, 3))
+    per_step = jnp.sum(jnp.where(weights > 0, weights * potentials, 0.0), axis=(2, 3))
+    expected = sum_accurately(per_step.T)                                             # pairwise over time
     entropy = post.entropy.at[:, m].set(exact.log_evidence - expected)
     new_weights = tuple(weights if l == m else w for l, w in enumerate(post.weights))
     return dataclasses.replace(post, weights=new_weights, entropy=entropy), exact.log_evidence

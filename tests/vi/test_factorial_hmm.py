@@ -187,6 +187,8 @@ def test_too_many_chains_and_em_on_chains_are_refused_with_their_names():
         jaxvi.infer(jaxvi.models.factorial_hmm(9, 2, 1), jaxvi.CAVI(), x, key=KEY, progress=False)
     with pytest.raises(ValueError, match="jaxvi.CAVI"):
         jaxvi.infer(jaxvi.models.factorial_hmm(2, 2, 1), jaxvi.EM(), x, key=KEY, progress=False)
+    with pytest.raises(ValueError, match=r"CAVI\(start='random'\): random responsibilities need a Discrete"):
+        jaxvi.infer(jaxvi.models.factorial_hmm(2, 2, 1), jaxvi.CAVI(start="random"), x, key=KEY, progress=False)
     with pytest.raises(ValueError, match="M: expected an integer"):
         jaxvi.models.factorial_hmm(0, 2, 1)
 
