@@ -405,8 +405,13 @@ class ChainPosterior(NamedTuple):
         return jnp.where(self.real_steps, backtrack(choices, last, parallel).T, -1)
 
     def _time_major_potentials(self) -> tuple[jax.Array, jax.Array]:
-        """``(K, N)`` :math:`\\phi_0(0, \\cdot)` and ``(T - 1, K, K, N)`` :math:`\\phi_{1..T-1}`."""
-        return self.log_potentials[:, 0, 0, :].T, jnp.moveaxis(self.log_potentials[:, 1:], 0, -1)
+        return time_major(self.log_potentials)
+
+
+def time_major(potentials: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Stored ``(N, T, K, K)`` potentials as the scans take them: ``(K, N)`` :math:`\\phi_0(0, \\cdot)` and
+    ``(T - 1, K, K, N)`` :math:`\\phi_{1..T-1}`."""
+    return potentials[:, 0, 0, :].T, jnp.moveaxis(potentials[:, 1:], 0, -1)
 
 
 def _step_weights(log_potentials, log_forward, log_backward, real_steps) -> jax.Array:
@@ -481,8 +486,7 @@ def from_potentials(potentials: jax.Array, lengths: jax.Array) -> ChainPosterior
     r"""The chain with stored step potentials ``(N, T, K, K)`` (:math:`\phi_0` in every row at t = 0), by the
     sequential forward and backward scans; its ``log_evidence`` is the log normaliser
     :math:`\log \sum_z \exp \sum_t \phi_t(z_{t-1}, z_t)`."""
-    first = potentials[:, 0, 0, :].T
-    steps = jnp.moveaxis(potentials[:, 1:], 0, -1)
+    first, steps = time_major(potentials)
     log_forward, log_evidence, _ = forward_scan(first, steps, lambda p: p, lengths, "sum")
     log_backward, transitions = backward_scan(steps, lambda p: p, lengths, log_forward)
     sequence_first = lambda a: jnp.moveaxis(a, -1, 0)  # noqa: E731

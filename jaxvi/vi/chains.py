@@ -191,9 +191,7 @@ def exact_log_normaliser(table: jax.Array, sizes: tuple, lengths: jax.Array) -> 
     order = [0, 1] + [2 + 2 * m for m in range(M)] + [3 + 2 * m for m in range(M)]  # previous axes, then current
     states = int(np.prod(sizes))
     potentials = jnp.transpose(joint, order).reshape(n, T, states, states)
-    first = potentials[:, 0, 0, :].T
-    steps = jnp.moveaxis(potentials[:, 1:], 0, -1)
-    return chain.forward_scan(first, steps, lambda p: p, lengths, "sum")[1]
+    return chain.forward_scan(*chain.time_major(potentials), lambda p: p, lengths, "sum")[1]
 
 
 def initial(key: jax.Array, data: PyTree, layout: ChainLayout, dtype) -> ChainProduct:
