@@ -8,8 +8,8 @@ from jaxvi.evidence import Evidence, evidence
 from jaxvi.exact import ChainPosterior, DiscretePosterior, GaussianPosterior
 from jaxvi.infer import infer
 from jaxvi.io import load
-from jaxvi.latents import (Beta, Dirichlet, Discrete, Gamma, Gaussian, Global, Markov, NormalGamma, NormalWishart, Real,
-                           Wishart)
+from jaxvi.latents import (Beta, Dirichlet, Discrete, Gamma, Gaussian, Global, Markov, NormalGamma, NormalWishart, OneHot,
+                           Real, Wishart)
 from jaxvi.methods import (CAVI, EM, SVI, Amortized, AmortizedParams, EMDiagnostics, EMState, Method, OnlineEM,
                            SVIDiagnostics)
 from jaxvi.model import Model
@@ -22,6 +22,6 @@ from jaxvi import models, nn, parallel, plot, run
 __all__ = ["Amortized", "AmortizedParams", "Batch", "Beta", "CAVI", "Categorical", "ChainPosterior", "Delta", "Dirichlet", "Discrete",
            "DiscretePosterior", "EM", "EMDiagnostics", "EMState", "Evidence", "Fault", "FittedGuide", "Flow", "FullRank",
            "Gamma", "Gaussian", "GaussianPosterior", "Global", "GlobalLocal", "LowRank", "Markov", "MeanField", "Method", "Model",
-           "NormalGamma", "NormalWishart", "OnlineEM", "Real", "Result", "SVI", "SVIDiagnostics", "Sequences", "Statistics", "evidence", "infer",
+           "NormalGamma", "NormalWishart", "OneHot", "OnlineEM", "Real", "Result", "SVI", "SVIDiagnostics", "Sequences", "Statistics", "evidence", "infer",
            "interval", "load", "models", "nn", "ordered", "parallel", "plot", "positive", "run", "simplex", "Wishart"]
 __version__ = "0.1.0"

@@ -13,8 +13,8 @@ from typing import Any, Callable, NamedTuple
 import jax
 
 __all__ = ["Beta", "Dirichlet", "Discrete", "EXPONENTIAL_FAMILY_SPECS", "Gamma", "Gaussian", "Global", "LatentParts",
-           "MAX_ENUMERATED_TABLE", "MAX_ENUMERATED_VALUES", "Markov", "NormalGamma", "NormalWishart", "Real", "Wishart",
-           "check_enumeration", "discrete_sizes", "exact_family", "is_spec", "num_values", "split_latent", "value_shape"]
+           "MAX_ENUMERATED_TABLE", "MAX_ENUMERATED_VALUES", "Markov", "NormalGamma", "NormalWishart", "OneHot", "Real",
+           "Wishart", "check_enumeration", "discrete_sizes", "exact_family", "is_spec", "num_values", "split_latent", "value_shape"]
 
 MAX_ENUMERATED_VALUES = 2 ** 20  # joint values of a Discrete latent enumerated for one datum (a table row)
 MAX_ENUMERATED_TABLE = 2 ** 28   # elements (data x values x draws) of a table held at once: 1 GiB of float32
@@ -254,7 +254,42 @@ class NormalGamma:
         object.__setattr__(self, "shape", _shape("NormalGamma(shape)", self.shape))
 
 
-EXPONENTIAL_FAMILY_SPECS = (Beta, Gamma, Dirichlet, Wishart, NormalWishart, NormalGamma)
+@dataclasses.dataclass(frozen=True)
+class OneHot:
+    r"""Categorical values over K, each as a one-hot vector (the last axis), of a batch ``shape``; each factor
+    of q a categorical (for ``jaxvi.CAVI``): per-token topic assignments, a plate of indicators.
+
+    ``log_joint`` receives an array of shape ``shape + (K,)`` and must be linear in it, which any function of a
+    one-hot vector can be written as (``z @ table`` where an index would pick ``table[index]``). CAVI evaluates
+    it at probability vectors (the factors' means), which gives the expectation exactly where every entry of
+    the plate enters on its own (it checks that), so a plate of L entries costs one evaluation, not K^L.
+
+    Args:
+      K: the number of values.
+      shape: the plate's shape (a local latent's: per datum).
+      multiplicity: for a bag of counts, ``multiplicity(x) -> array of shape``: how many independent copies of
+        its entry (identical tokens, sharing one q) each entry stands for, given the datum x; ``log_joint`` weighs
+        each entry's terms by it, and CAVI counts each entry's entropy so many times and reads its update per
+        copy. None: one each.
+
+    Example:
+      >>> jaxvi.OneHot(20, shape=(100,))  # 100 tokens' topics out of 20
+      OneHot(K=20, shape=(100,), multiplicity=None)
+    """
+
+    K: int
+    shape: tuple = ()
+    multiplicity: Callable | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "K", _positive_int("OneHot(K)", self.K))
+        object.__setattr__(self, "shape", _shape("OneHot(shape)", self.shape))
+        if self.multiplicity is not None and not callable(self.multiplicity):
+            raise ValueError(f"OneHot(multiplicity): expected None or a function x -> counts of shape {self.shape}, "
+                             f"got {self.multiplicity!r}")
+
+
+EXPONENTIAL_FAMILY_SPECS = (Beta, Gamma, Dirichlet, Wishart, NormalWishart, NormalGamma, OneHot)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -268,8 +303,8 @@ class Global:
 
     Args:
       latent: a ``Real`` spec or a pytree of them (for ``jaxvi.SVI``); or of exponential-family specs
-        (``Gaussian``, ``Beta``, ``Gamma``, ``Dirichlet``, ``Wishart``, ``NormalWishart``, ``NormalGamma``), the
-        factors of ``jaxvi.CAVI``'s q.
+        (``Gaussian``, ``Beta``, ``Gamma``, ``Dirichlet``, ``Wishart``, ``NormalWishart``, ``NormalGamma``,
+        ``OneHot``), the factors of ``jaxvi.CAVI``'s q.
       log_prior: ``log_prior(params, z) -> scalar``.
 
     Example:
@@ -286,7 +321,7 @@ class Global:
         leaves = jax.tree_util.tree_leaves(self.latent, is_leaf=is_spec)
         if not leaves or not all(isinstance(leaf, (Real, Gaussian) + EXPONENTIAL_FAMILY_SPECS) for leaf in leaves):
             raise ValueError(f"Global(latent): expected a Real spec or a pytree of them, or of exponential-family "
-                             f"specs (Gaussian, Beta, Gamma, Dirichlet, Wishart, NormalWishart, NormalGamma), got "
+                             f"specs (Gaussian, Beta, Gamma, Dirichlet, Wishart, NormalWishart, NormalGamma, OneHot), got "
                              f"{self.latent!r}")
 
 
@@ -374,8 +409,9 @@ def exact_family(latent) -> str:
     leaves = jax.tree_util.tree_leaves(latent, is_leaf=is_spec)
     if any(isinstance(leaf, (Real, Global) + EXPONENTIAL_FAMILY_SPECS) for leaf in leaves):
         raise ValueError(f"latent: {latent!r} has no exact posterior (no E-step for Real, Global or local "
-                         f"exponential-family latents); fit it with jaxvi.SVI, or put exponential-family specs in a "
-                         f"Global and fit it with jaxvi.CAVI")
+                         f"exponential-family latents); fit it with jaxvi.SVI, or with jaxvi.CAVI where the global "
+                         f"latents are exponential-family specs in a Global and the local ones are all "
+                         f"exponential-family specs (a mean-field q per datum) or have an exact posterior")
     if any(isinstance(leaf, (Markov, Gaussian)) for leaf in leaves):
         raise ValueError(
             f"latent: a Markov or Gaussian spec must be the whole latent (not combined with others) "
@@ -448,7 +484,7 @@ def value_shape(spec, dtype) -> Any:
         return struct((spec.d,))
     if isinstance(spec, (Beta, Gamma)):
         return struct(spec.shape)
-    if isinstance(spec, Dirichlet):
+    if isinstance(spec, (Dirichlet, OneHot)):
         return struct(spec.shape + (spec.K,))
     if isinstance(spec, Wishart):
         return struct(spec.shape + (spec.d, spec.d))

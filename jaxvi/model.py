@@ -16,7 +16,8 @@ import numpy as np
 
 from jaxvi import equality
 from jaxvi.data import Sequences
-from jaxvi.latents import Gaussian, Markov, Real, exact_family, is_spec, split_latent, value_shape
+from jaxvi.latents import (EXPONENTIAL_FAMILY_SPECS, Gaussian, Markov, Real, exact_family, is_spec, split_latent,
+                           value_shape)
 
 __all__ = ["Model", "check_data", "check_key", "check_model", "is_traced"]
 
@@ -221,7 +222,7 @@ def check_model(model: Model, data: PyTree, key: jax.Array, params: PyTree | Non
             z = None
         elif family == "discrete":
             z = jax.tree_util.tree_map(lambda spec: jax.ShapeDtypeStruct((), jnp.int32), parts.local, is_leaf=is_spec)
-        else:  # Gaussian, or continuous Real specs
+        else:  # Gaussian, continuous Real specs, or exponential-family factors
             z = _continuous_value(parts.local)
         trials = [(z, "one datum x")]
     trials = [(parts.combine(z_global, z), what) for z, what in trials]
@@ -265,9 +266,12 @@ def _continuous_value(latent) -> PyTree:
 
 
 def _family(latent) -> str:
-    """A local latent's kind: an exact family (``exact_family``), ``"continuous"`` (Real specs) or ``"chains"`` (a
-    pytree of several ``Markov`` specs: ``jaxvi.CAVI``'s structured mean field)."""
+    """A local latent's kind: an exact family (``exact_family``), ``"continuous"`` (Real specs), ``"chains"`` (a
+    pytree of several ``Markov`` specs: ``jaxvi.CAVI``'s structured mean field) or ``"factors"`` (exponential-family
+    specs: ``jaxvi.CAVI``'s mean-field q per datum)."""
     leaves = jax.tree_util.tree_leaves(latent, is_leaf=is_spec)
+    if leaves and all(isinstance(leaf, EXPONENTIAL_FAMILY_SPECS) for leaf in leaves):
+        return "factors"
     if leaves and all(isinstance(leaf, (Real, Gaussian)) for leaf in leaves) and any(isinstance(leaf, Real) for leaf in leaves):
         return "continuous"
     if leaves and not isinstance(latent, Markov) and all(isinstance(leaf, Markov) for leaf in leaves):

@@ -45,15 +45,15 @@ from jax import lax
 
 from jaxvi import exact
 from jaxvi._xla import batched_lapack_may_deadlock
-from jaxvi.chunks import num_data as num_data_of, sum_data
+from jaxvi.chunks import map_data, num_data as num_data_of, sum_data
 from jaxvi.latents import Gaussian, Markov, exact_family, is_spec, split_latent
-from jaxvi.methods.common import final_fault, float_dtype, full_data, sum_accurately
+from jaxvi.methods.common import batch_rows, final_fault, float_dtype, full_data, sum_accurately
 from jaxvi.methods.em import gradient_m_step
 from jaxvi.methods.settings import check_count, check_number, settings
 from jaxvi.model import Model, is_traced
 from jaxvi.result import FAULT_LOG_EVIDENCE, FAULT_PARAMS, NO_FAULT, Fault, Result
 from jaxvi.run.schedule import Change, Schedule
-from jaxvi.vi import chains, expfam
+from jaxvi.vi import chains, expfam, local_factors
 from jaxvi.vi.factors import Factor, FactorSpec, factor_spec
 
 __all__ = ["CAVI", "CAVIDiagnostics", "CAVIInfo", "CAVIPosterior", "CAVIState", "NOT_CONJUGATE"]
@@ -79,7 +79,9 @@ class CAVIState(NamedTuple):
       linearity: the worst gradient residual of any global update's read so far (rounding level when every
         factor is conjugate).
       local: the local q the next step starts from, where it is not exact given the globals (several ``Markov``
-        chains: a ``chains.ChainProduct``); else None.
+        chains: a ``chains.ChainProduct``; local exponential-family factors: their natural parameters but the
+        first's, ``jaxvi.vi.local_factors``); else None, and None on minibatches (``batch_size``).
+      count: the steps taken (a minibatch step's :math:`\rho_t` counts them).
     """
 
     params: PyTree
@@ -89,6 +91,7 @@ class CAVIState(NamedTuple):
     bound: jax.Array
     linearity: jax.Array
     local: Any = None
+    count: Any = None
 
 
 class CAVIInfo(NamedTuple):
@@ -130,7 +133,8 @@ class CAVIPosterior(NamedTuple):
     log_prob, entropy, parameters) in the structure of the model's latent (each ``Global`` node replaced by its
     factors, the local leaves by None: ``q.globals["theta"]["weights"]`` where ``log_joint`` reads
     ``z["theta"]["weights"]``); ``local``, the local q of the data
-    passed (an exact-posterior object: ``DiscretePosterior``, ``ChainPosterior`` or ``GaussianPosterior``), or
+    passed (an exact-posterior object: ``DiscretePosterior``, ``ChainPosterior`` or ``GaussianPosterior``; local
+    exponential-family factors as ``Factor``s, the data in front, in the structure of the local latent), or
     None."""
 
     globals: PyTree
@@ -148,6 +152,11 @@ class _Structure(NamedTuple):
     def chains(self) -> chains.ChainLayout | None:
         """The layout of a local latent of several ``Markov`` chains (structured mean field), else None."""
         return chains.chain_layout(self.parts.local)
+
+    @property
+    def local_factors(self) -> local_factors.LocalLayout | None:
+        """The layout of a local latent of exponential-family specs (a mean-field q per datum), else None."""
+        return local_factors.local_layout(self.parts.local)
 
     def global_value(self, encoded: tuple) -> PyTree:
         """The global value ``log_joint`` receives, from every leaf's value in its family's layout."""
@@ -194,16 +203,18 @@ def _structure(model: Model) -> _Structure:
     return _Structure(parts, tuple(factors), tuple(treedefs))
 
 
-@settings("tol")
+@settings("tol", "local_tol", "step_size")
 @dataclasses.dataclass(frozen=True)
 class CAVI:
     r"""Coordinate-ascent VI: every factor of a mean-field q set to its optimum in turn, in closed form,
     derived from the log-joint (module docstring).
 
     The model's ``Global`` latents are exponential-family specs (``Dirichlet``, ``Gamma``, ``Beta``,
-    ``Wishart``, ``NormalWishart``, ``NormalGamma``, ``Gaussian``), each leaf one factor of q; its local latent,
-    if any, a ``Discrete`` pytree, a ``Markov`` chain or a ``Gaussian``, whose q is exact given the globals, or a
-    pytree of several ``Markov`` chains, one factor each (then the model may have no ``Global``: Variational EM).
+    ``Wishart``, ``NormalWishart``, ``NormalGamma``, ``OneHot``, ``Gaussian``), each leaf one factor of q; its
+    local latent, if any, a ``Discrete`` pytree, a ``Markov`` chain or a ``Gaussian``, whose q is exact given the
+    globals; or a pytree of several ``Markov`` chains, one factor each; or a pytree of exponential-family specs,
+    one factor of every datum's q each (``jaxvi.vi.local_factors``: LDA's ``OneHot`` token assignments and
+    ``Dirichlet`` topic proportions). With the last two the model may have no ``Global``: Variational EM.
 
     Args:
       max_iter: the most iterations (``infer`` evaluates ``max_iter + 1`` bounds).
@@ -219,6 +230,19 @@ class CAVI:
         ``"sequence"``, one after another in one compiled program (``lax.map``); ``"auto"`` (the default),
         ``"sequence"`` where batched LAPACK calls can deadlock (the CPU backend with jaxlib before 0.11.2:
         ``jaxvi/_xla.py``), else ``"vmap"``. The fits are the same either way.
+      local_tol: local exponential-family factors (a mean-field q per datum: LDA's document-topic proportions
+        and token assignments) are swept, datum by datum, until the mean absolute change of their natural
+        parameters is below this (scikit-learn's ``mean_change_tol``; traced); the local q is carried from one
+        iteration to the next, so the bound never falls.
+      local_max_iter: the most local sweeps per datum and iteration (scikit-learn's ``max_doc_update_iter``).
+      batch_size: stochastic VI (Hoffman, Blei, Wang & Paisley 2013; online LDA): each of ``max_iter`` steps fits
+        the local q of a minibatch of this many data (from scratch: nothing per datum is kept) and moves every
+        global factor's natural parameters a step :math:`\rho_t` toward the optimum its minibatch estimates (the
+        data's part scaled by N / B); the step's objective is that minibatch estimate of the bound, the result's
+        the bound on all the data. None (the default): every step on all the data.
+      step_size: ``(tau0, kappa)``: :math:`\rho_t = (\tau_0 + t)^{-\kappa}` at the t-th step (t = 1, 2, ...;
+        scikit-learn's ``learning_offset`` and ``learning_decay``, its defaults; traced), :math:`\kappa \in (1/2,
+        1]`.
 
     Example:
       >>> result = jaxvi.infer(model, jaxvi.CAVI(max_iter=200), data, key=jax.random.key(0))
@@ -232,14 +256,24 @@ class CAVI:
     chunk_size: int = 1024
     start: str = "prior"
     restarts: str = "auto"
+    local_tol: float = 1e-3
+    local_max_iter: int = 100
+    batch_size: int | None = None
+    step_size: tuple = (10.0, 0.7)
 
     reports = "ELBO"
     per_datum = ()
 
     def __post_init__(self):
-        for name in ("max_iter", "n_init", "m_step_iters", "chunk_size"):
+        for name in ("max_iter", "n_init", "m_step_iters", "chunk_size", "local_max_iter"):
             check_count(f"CAVI({name})", getattr(self, name))
+        check_count("CAVI(batch_size)", self.batch_size, optional=True)
+        if not (isinstance(self.step_size, tuple) and len(self.step_size) == 2):
+            raise ValueError(f"CAVI(step_size): expected a pair (tau0, kappa), got {self.step_size!r}")
+        check_number("CAVI(step_size) tau0", self.step_size[0], low=0)
+        check_number("CAVI(step_size) kappa", self.step_size[1], low=0.5, low_open=True, high=1)
         check_number("CAVI(tol)", self.tol, low=0)
+        check_number("CAVI(local_tol)", self.local_tol, low=0)
         if self.start not in STARTS:
             raise ValueError(f"CAVI(start): expected one of {STARTS}, got {self.start!r}")
         if self.restarts not in RESTARTS:
@@ -260,15 +294,17 @@ class CAVI:
         factor's statistics (read on the first 8 data, every factor at a broad member of its family; not under a
         user's ``jit`` or ``vmap``, where the data have no values: ``diagnostics.linearity`` reports the reads); a
         prior that is not a proper member of its factor's family; more than ``MAX_JOINT_PAIRS`` joint state pairs
-        of several chains."""
+        of several chains; minibatches (``batch_size``) for a model they do not apply to."""
         parts = split_latent(model.latent)
         layout = chains.chain_layout(parts.local)
-        if not parts.globals and layout is None:
-            raise ValueError(f"latent: CAVI fits a q over Global exponential-family factors or several Markov chains, "
-                             f"got {model.latent!r} with neither; a model with only local latents of one family has "
-                             f"an exact posterior: fit it with jaxvi.EM")
+        local_layout = local_factors.local_layout(parts.local)
+        if not parts.globals and layout is None and local_layout is None:
+            raise ValueError(f"latent: CAVI fits a q over Global exponential-family factors, local exponential-family "
+                             f"factors or several Markov chains, got {model.latent!r} with none; a model with only "
+                             f"local latents of one family has an exact posterior: fit it with jaxvi.EM")
         structure = _structure(model)  # every global leaf has a factor
-        if self.start == "random" and (layout is not None or isinstance(parts.local, (Markov, Gaussian))):
+        if self.start == "random" and (layout is not None or local_layout is not None
+                                       or isinstance(parts.local, (Markov, Gaussian))):
             raise ValueError(f"CAVI(start='random'): random responsibilities need a Discrete local latent, got "
                              f"{parts.local!r}; use start='prior'")
         if layout is not None:
@@ -277,12 +313,21 @@ class CAVI:
                 raise ValueError(f"latent: {len(layout.sizes)} Markov chains of {layout.sizes} states make {pairs} "
                                  f"joint (previous, current) pairs per step, more than {MAX_JOINT_PAIRS}: structured "
                                  f"mean field evaluates the step log-joint on every one; use fewer chains or states")
-        elif parts.local is not None:
+        elif parts.local is not None and local_layout is None:
             exact_family(parts.local)
-        if data is None or not structure.factors or is_traced(data):
+        if self.batch_size is not None:
+            self._check_minibatches(model, structure, data)
+        if data is None or not (structure.factors or local_layout) or is_traced(data):
             return
         head = jax.tree_util.tree_map(lambda a: a[:min(8, a.shape[0])], data)
         prior, residuals = jax.jit(lambda: self._probe(model, head))()
+        for name, residual in zip(_leaf_names(model, local=True), residuals[2]):
+            if not float(residual) <= NOT_CONJUGATE:
+                raise ValueError(
+                    f"latent: the log-joint is not conjugate in the local factor {name}: E over the other factors of "
+                    f"log p is not linear in its sufficient statistics, or the entries of its plate enter together "
+                    f"(relative residual {float(residual):.2g} > {NOT_CONJUGATE:g}), so CAVI has no closed-form "
+                    f"update for it. Fit the model with jaxvi.SVI")
         names = _leaf_names(model)
         for factor, name, prior_residual, residual in zip(structure.factors, names, residuals[0], residuals[1]):
             if not float(prior_residual) <= NOT_CONJUGATE:
@@ -304,6 +349,23 @@ class CAVI:
                                  f"{factor.family.name} distribution (its natural parameters, read off log_prior, "
                                  f"have no finite normaliser); CAVI starts from the priors and needs proper ones")
 
+    def _check_minibatches(self, model: Model, structure: _Structure, data: PyTree) -> None:
+        """Raises ValueError where stochastic VI (``batch_size``) does not apply: several chains (their q is kept per
+        sequence), no global factor to step, θ to fit (no M-step on minibatches), a batch larger than the data."""
+        if structure.chains is not None or not structure.factors:
+            raise ValueError(f"CAVI(batch_size): stochastic VI steps global factors on minibatches; a model "
+                             f"{'of several Markov chains' if structure.chains is not None else 'without Global factors'} is "
+                             f"fitted on all the data: leave batch_size=None")
+        if data is None:
+            return
+        params = jax.eval_shape(model.init, jax.random.key(0), data)
+        if any(jnp.issubdtype(a.dtype, jnp.floating) for a in jax.tree_util.tree_leaves(params)):
+            raise ValueError("CAVI(batch_size): stochastic VI has no M-step for the model's parameters θ (its floating "
+                             "params); make them constants of the model, or fit on all the data (batch_size=None)")
+        if self.batch_size > num_data_of(data):
+            raise ValueError(f"CAVI(batch_size): expected at most the number of data, {num_data_of(data)}, got "
+                             f"{self.batch_size}")
+
     def _probe(self, model: Model, data: PyTree):
         """(the priors' natural parameters, (the prior reads' residuals, the log-joint reads' residuals)), every
         factor read with the others at their broad reference members and a random local q."""
@@ -319,10 +381,27 @@ class CAVI:
             _, _, residual = expfam.natural_parameters(fn, f.family, f.family.points(references[j],
                                                                                       f.read_points + 1))
             residuals.append(jnp.maximum(*residual))
-        return prior, (prior_residuals, jnp.stack(residuals))
+        local_residuals = jnp.zeros((0,), dtype)
+        layout = structure.local_factors
+        if layout is not None:  # every local factor read on every datum, the others at their reference members
+            expected = structure.expected_log_joint(model, structure.rules(references))
+            start = tuple(f.reference(dtype) for f in layout.factors)
+
+            def datum_residuals(x):
+                fn = lambda encoded: expected(params, layout.value(encoded), x)  # noqa: E731
+                counts = layout.multiplicities(x)
+                return jnp.stack([local_factors.read(layout, fn, start, j, dtype, counts, checked=True)[1]
+                                  for j in range(len(layout.factors))])
+
+            local_residuals = jnp.max(jax.vmap(datum_residuals)(data), axis=0)
+        stacked = jnp.stack(residuals) if residuals else jnp.zeros((0,), dtype)
+        return prior, (prior_residuals, stacked, local_residuals)
 
     def schedule(self, num_data: int) -> Schedule:
-        """All the data every step, ``max_iter + 1`` steps, stopping on the change of the bound per datum."""
+        """All the data every step, ``max_iter + 1`` steps, stopping on the change of the bound per datum; with
+        ``batch_size``, ``max_iter`` minibatches drawn without replacement, every one of them run."""
+        if self.batch_size is not None:
+            return Schedule(self.max_iter, batch_size=self.batch_size)
         return Schedule(self.max_iter + 1, stopping=Change(self.tol), evaluates_ahead=True)
 
     # --- the algorithm ------------------------------------------------------------------------------
@@ -337,11 +416,16 @@ class CAVI:
         structure = _structure(model)
         dtype = float_dtype(data)
         factors, _ = self._prior_factors(structure, params, dtype)
+        scale = 1.0
+        if self.batch_size is not None:  # the first global updates from the first minibatch, scaled to all the data
+            scale = num_data_of(data) / min(self.batch_size, num_data_of(data))
+            data = jax.tree_util.tree_map(lambda a: a[:self.batch_size], data)
         post = self._initial_local(model, structure, params, factors, data, local_key, local_posterior)
-        factors, _ = self._global_updates(model, structure, params, factors, data, post)
+        factors, _ = self._global_updates(model, structure, params, factors, data, post, scale)
         minus_inf = jnp.array(-jnp.inf, dtype)
-        local = post if structure.chains is not None else None
-        return CAVIState(params, factors, params, factors, minus_inf, jnp.zeros((), dtype), local)
+        local = None if self.batch_size is not None else _stored(post)
+        return CAVIState(params, factors, params, factors, minus_inf, jnp.zeros((), dtype), local,
+                         jnp.zeros((), jnp.int32))
 
     def _prior_factors(self, structure: _Structure, params, dtype) -> tuple[tuple, jax.Array]:
         """Every factor's prior, its natural parameters read off ``log_prior`` (the others at their reference
@@ -364,12 +448,21 @@ class CAVI:
         factors; None without a local latent. Several ``Markov`` chains: one sweep at one draw of the global
         factors, from random step weights."""
         local = structure.parts.local
+        dtype = float_dtype(data)
+        layout = structure.local_factors
+        draws = tuple(_draw(f, eta, k) for f, eta, k in  # one draw of the global factors
+                      zip(structure.factors, factors, jax.random.split(key, len(factors))))
+        if layout is not None:
+            if local_posterior is not None:  # its carried factors, fitted to the factors given
+                expected = structure.expected_log_joint(model, structure.rules(factors))
+                return self._local_factors(layout, expected, params, local_posterior, dtype)
+            expected = structure.expected_log_joint(model, tuple(_point_rule(d) for d in draws))
+            start = local_factors.reference(layout, num_data_of(data), dtype)
+            _, post = self._fit_local_factors(layout, expected, params, data, start, dtype)
+            return post
         if local is None or local_posterior is not None:
             return local_posterior
-        dtype = float_dtype(data)
         if structure.chains is not None:
-            draws = tuple(_draw(f, eta, k) for f, eta, k in
-                          zip(structure.factors, factors, jax.random.split(key, len(factors))))
             start_key = jax.random.fold_in(key, len(factors))
             table = chains.tables(lambda p, z, x: structure.log_joint(model, p, draws, z, x), params, data,
                                   structure.chains, self.chunk_size)
@@ -380,25 +473,34 @@ class CAVI:
             probs = jax.random.dirichlet(key, jnp.ones(m, dtype), (n,))
             log_probs = jnp.log(jnp.maximum(probs, jnp.finfo(dtype).tiny))
             return exact.DiscretePosterior(log_probs, jnp.zeros(n, dtype), values)
-        draws = tuple(_draw(f, eta, k) for f, eta, k in
-                      zip(structure.factors, factors, jax.random.split(key, len(factors))))
         return exact.posterior(lambda p, z, x: structure.log_joint(model, p, draws, z, x), local, params, data,
                                self.chunk_size)
 
     def step(self, model: Model, key: jax.Array, state: CAVIState, batch: PyTree, *, num_data
              ) -> tuple[CAVIState, CAVIInfo]:
         """One iteration on all the data: the local step (its bound is the info's objective), the global
-        updates in turn, then the M-step on θ. ``key`` is unused (CAVI is deterministic)."""
-        data = full_data(batch, num_data, "CAVI")
+        updates in turn, then the M-step on θ. ``key`` is unused (CAVI is deterministic). With ``batch_size``: the
+        local q of the minibatch ``batch`` (a ``jaxvi.Batch`` or its rows; ``num_data`` = N), its estimate of the
+        bound (the objective), a natural-gradient step of every global factor."""
         structure = _structure(model)
         dtype = state.bound.dtype
-        bound, post = self._local_step(model, structure, state.params, state.factors, data, state.local)
+        scale, rho = 1.0, None
+        if self.batch_size is None:
+            data = full_data(batch, num_data, "CAVI")
+        else:
+            _, data = batch_rows(batch, num_data, None)
+            scale = num_data / num_data_of(data)
+            tau0, kappa = self.step_size
+            rho = (tau0 + state.count + 1.0) ** -kappa
+        bound, post = self._local_step(model, structure, state.params, state.factors, data, state.local, scale)
         bound = bound.astype(dtype)
         ok = jnp.isfinite(bound)
 
         def move():
-            factors, residual = self._global_updates(model, structure, state.params, state.factors, data, post)
-            params = self._m_step(model, structure, state.params, factors, data, post)
+            factors, residual = self._global_updates(model, structure, state.params, state.factors, data, post,
+                                                     scale, rho)
+            params = state.params if rho is not None else self._m_step(model, structure, state.params, factors,
+                                                                         data, post)
             return params, factors, residual.astype(dtype)
 
         params, factors, residual = lax.cond(ok, move, lambda: (state.params, state.factors, jnp.zeros((), dtype)))
@@ -417,15 +519,22 @@ class CAVI:
                                                      state.evaluated_factors),
             bound=jnp.where(ok, bound, state.bound),
             linearity=jnp.maximum(state.linearity, jnp.where(moved, residual, 0.0)),
-            local=None if state.local is None else keep(post, state.local))
+            local=None if state.local is None else keep(_stored(post), state.local),
+            count=state.count + 1)
         return new_state, CAVIInfo(bound, fault)
 
     def finalize(self, model: Model, key: jax.Array, state: CAVIState, data: PyTree) -> Result:
         """The last evaluated θ and factors and their bound (no further step), the local gap and, without
         ``Global`` latents, the exact log evidence."""
-        objective = state.bound
         structure = _structure(model)
+        if self.batch_size is not None:  # the minibatch estimates were noisy: the bound on all the data, at the end
+            objective = self._local_step(model, structure, state.params, state.factors, data)[0].astype(
+                state.bound.dtype)
+            state = state._replace(bound=objective, evaluated_params=state.params, evaluated_factors=state.factors)
+        objective = state.bound
         gap = jnp.zeros_like(objective)
+        if structure.local_factors is not None:  # no exact local evidence to set the bound against
+            gap = jnp.full_like(objective, jnp.nan)
         if structure.chains is not None:
             rules = structure.rules(state.evaluated_factors)
             table = chains.tables(structure.expected_log_joint(model, rules), state.evaluated_params, data,
@@ -452,6 +561,11 @@ class CAVI:
         local = None
         if structure.parts.local is not None and data is not None:
             _, local = self._local_step(result.model, structure, result.params, result.diagnostics.factors, data)
+        if isinstance(local, local_factors.LocalFactors):  # every datum's factors, as distributions
+            etas = map_data(lambda chunk: local.factors(*chunk), (data, local.carried), self.chunk_size)
+            layout = local.layout
+            local = jax.tree_util.tree_unflatten(layout.treedef, [Factor(f.spec, tuple(eta))
+                                                                  for f, eta in zip(layout.factors, etas)])
         return CAVIPosterior(globals_, local)
 
     def bound(self, model: Model, params: PyTree, factors: tuple, data: PyTree, local_posterior=None) -> jax.Array:
@@ -461,6 +575,9 @@ class CAVI:
         structure = _structure(model)
         if local_posterior is None or structure.parts.local is None:
             return self._local_step(model, structure, params, factors, data)[0]
+        if structure.local_factors is not None:
+            raise ValueError("local_posterior: CAVI.bound takes no local q for local exponential-family factors; "
+                             "pass None for the bound at the optimal local q")
         if isinstance(local_posterior, chains.ChainProduct):
             rules = structure.rules(factors)
             data_term = local_posterior.expected_log_joint(structure.expected_log_joint(model, rules), params, data,
@@ -479,15 +596,23 @@ class CAVI:
 
     # --- the three steps ------------------------------------------------------------------------------
 
-    def _local_step(self, model: Model, structure: _Structure, params, factors, data, start=None):
+    def _local_step(self, model: Model, structure: _Structure, params, factors, data, start=None, scale=1.0):
         """(the bound, the local q) at the global factors ``factors``: the local q is the exact posterior of the
-        expected log-joint, whose normalisers sum to the data's part of the bound. Several ``Markov`` chains: one
-        sweep of their updates from ``start``, or without one, sweeps from random step weights until the bound
-        per datum changes by less than ``tol`` (at most ``max_iter``)."""
+        expected log-joint, whose normalisers sum to the data's part of the bound (times ``scale``, N / B for a
+        minibatch). Several ``Markov`` chains: one sweep of their updates from ``start``, or without one, sweeps
+        from random step weights until the bound per datum changes by less than ``tol`` (at most ``max_iter``).
+        Local exponential-family factors: sweeps from ``start`` (their reference members without one) to
+        ``local_tol``."""
         rules = structure.rules(factors)
         expected = structure.expected_log_joint(model, rules)
         local = structure.parts.local
-        if structure.chains is not None:
+        if structure.local_factors is not None:
+            layout, dtype = structure.local_factors, float_dtype(data)
+            if start is None:
+                start = local_factors.reference(layout, num_data_of(data), dtype)
+            bounds, post = self._fit_local_factors(layout, expected, params, data, start, dtype)
+            data_term = sum_accurately(bounds)
+        elif structure.chains is not None:
             table = chains.tables(expected, params, data, structure.chains, self.chunk_size)
             if start is None:
                 start = chains.initial(jax.random.key(0), data, structure.chains, float_dtype(data))
@@ -501,11 +626,29 @@ class CAVI:
         else:
             post = exact.posterior(expected, local, params, data, self.chunk_size)
             data_term = sum_accurately(post.log_evidence)
-        return data_term + structure.global_terms(model, params, factors, rules), post
+        return scale * data_term + structure.global_terms(model, params, factors, rules), post
 
-    def _factor_function(self, model, structure, params, factors, data, post, j):
-        """:math:`z_j \\mapsto E_{q_{-j}}[\\log p]` (the data's part under the local q ``post``), whose coefficients
-        of :math:`T_j` are factor j's optimal natural parameters."""
+    def _local_factors(self, layout, expected, params, carried, dtype) -> local_factors.LocalFactors:
+        """The ``LocalFactors`` of ``carried``, its first factor set from ``expected`` at ``params``."""
+        return local_factors.LocalFactors(carried, layout, lambda encoded, x: expected(params, layout.value(encoded), x),
+                                          dtype)
+
+    def _fit_local_factors(self, layout, expected, params, data, start, dtype):
+        """(every datum's local bound, the fitted ``LocalFactors``): the local factors swept from ``start`` (carried
+        natural parameters) to ``local_tol``, given the global factors' rules in ``expected``."""
+        def datum(x, carried):
+            fn = lambda encoded: expected(params, layout.value(encoded), x)  # noqa: E731
+            counts = layout.multiplicities(x)
+            carried = local_factors.fit(layout, fn, carried, self.local_tol, self.local_max_iter, dtype, counts)
+            etas = local_factors.complete(layout, fn, carried, dtype, counts)
+            return local_factors.bound(layout, fn, etas, counts), carried
+
+        bounds, carried = map_data(lambda chunk: datum(*chunk), (data, start), self.chunk_size)
+        return bounds, self._local_factors(layout, expected, params, carried, dtype)
+
+    def _factor_function(self, model, structure, params, factors, data, post, j, scale=1.0):
+        """:math:`z_j \\mapsto E_{q_{-j}}[\\log p]` (the data's part under the local q ``post``, times ``scale``: N / B
+        for a minibatch), whose coefficients of :math:`T_j` are factor j's optimal natural parameters."""
         others = tuple(_drop(structure.rules(factors), j))
 
         def fn(z_j):
@@ -519,18 +662,23 @@ class CAVI:
             else:
                 data_term = exact.expected_log_joint(expected, params, data, post, self.chunk_size)
             prior_term = expfam.expect_product(lambda *zs: structure.log_prior(params, _insert(zs, j, z_j)), others)
-            return data_term + prior_term
+            return scale * data_term + prior_term
 
         return fn
 
-    def _global_updates(self, model, structure, params, factors, data, post) -> tuple[tuple, jax.Array]:
-        """Every global factor set to its optimum in turn, given the others (the newest) and the local q;
-        and the worst linearity residual of the reads."""
+    def _global_updates(self, model, structure, params, factors, data, post, scale=1.0, rho=None
+                        ) -> tuple[tuple, jax.Array]:
+        r"""Every global factor set to its optimum in turn, given the others (the newest) and the local q;
+        and the worst linearity residual of the reads. On a minibatch (``scale`` = N / B), each factor moves a
+        step ``rho`` toward the optimum its minibatch estimates, in natural parameters:
+        :math:`\eta \leftarrow (1 - \rho)\, \eta + \rho\, \hat\eta` (a natural-gradient step; Hoffman et al. 2013)."""
         factors, worst = list(factors), jnp.zeros(())
         for j, f in enumerate(structure.factors):
-            fn = self._factor_function(model, structure, params, tuple(factors), data, post, j)
+            fn = self._factor_function(model, structure, params, tuple(factors), data, post, j, scale)
             eta, _, residual = expfam.natural_parameters(fn, f.family, f.family.points(tuple(factors[j]),
                                                                                        f.read_points), values=False)
+            if rho is not None:
+                eta = tuple((1 - rho) * old + rho * e for e, old in zip(eta, factors[j]))
             factors[j] = tuple(e.astype(old.dtype) for e, old in zip(eta, factors[j]))
             worst = jnp.maximum(worst, jnp.maximum(*residual))
         return tuple(factors), worst
@@ -558,6 +706,19 @@ class CAVI:
         return new
 
 
+def _stored(post):
+    """What a state keeps of a step's local q: the carried local factors, the chains' product, or nothing (an exact
+    local q, recomputed from the global factors)."""
+    if isinstance(post, local_factors.LocalFactors):
+        return post.carried
+    return post if isinstance(post, chains.ChainProduct) else None
+
+
+def _point_rule(value) -> expfam.Quadrature:
+    """The rule of a point mass at ``value`` (family layout): E[f] = f(value)."""
+    return expfam.Quadrature(value[None], None, jnp.zeros((), value.dtype))
+
+
 def _references(structure: _Structure, dtype) -> tuple:
     """Every factor's broad reference member (``FactorSpec.reference``)."""
     return tuple(tuple(jnp.asarray(e, dtype) for e in f.reference(dtype)) for f in structure.factors)
@@ -582,12 +743,17 @@ def _draw(factor: FactorSpec, eta, key) -> jax.Array:
         if precision.ndim == mean.ndim:  # Normal-Gamma
             return jnp.stack([mean, precision], axis=-1)[..., None, :]
         return jnp.concatenate([mean[..., None], precision], axis=-1)
+    if factor.family is expfam.DIRICHLET:  # a draw under small concentrations underflows to 0, and log 0 = -inf
+        return jnp.maximum(value, jnp.finfo(value.dtype).tiny)
     return value
 
 
-def _leaf_names(model: Model) -> list[str]:
-    """A readable path of every global leaf, for messages."""
+def _leaf_names(model: Model, local: bool = False) -> list[str]:
+    """A readable path of every global leaf (``local``: of every local leaf), for messages."""
     parts = split_latent(model.latent)
+    if local:
+        paths = jax.tree_util.tree_flatten_with_path(parts.local, is_leaf=is_spec)[0]
+        return [f"z{jax.tree_util.keystr(path)} ({spec!r})" for path, spec in paths]
     names = []
     for i, node in enumerate(parts.globals):
         for path, _ in jax.tree_util.tree_flatten_with_path(node.latent, is_leaf=is_spec)[0]:

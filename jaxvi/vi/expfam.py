@@ -2,7 +2,7 @@ r"""Exponential families, the factors of a mean-field q for coordinate-ascent VI
 
 A family's density is :math:`q(z) = \exp(\eta \cdot T(z) - A(\eta))` with sufficient statistics :math:`T`,
 natural parameters :math:`\eta` and log-normaliser :math:`A` (every family here has a base measure of 1 with
-respect to Lebesgue measure on its support, so none is carried). Each family writes only :math:`T` and
+respect to Lebesgue measure on its support, or counting measure for the categorical, so none is carried). Each family writes only :math:`T` and
 :math:`A`; everything else follows from them by autodiff:
 
 - expected statistics :math:`E_q[T] = \nabla A(\eta)`;
@@ -15,8 +15,9 @@ conditional of a conjugate log-joint, Hoffman, Johnson & Tran's Autoconj conditi
 few points, and checks the linearity at those points, as ``Gaussian(d)`` checks a quadratic log-joint.
 
 A family's natural parameters are a tuple of arrays with the batch shape in front (``Gamma(shape=(3,))`` is
-three independent Gammas). Families: ``BETA``, ``GAMMA``, ``DIRICHLET``, ``WISHART`` and ``NORMAL`` (a
-d-dimensional Gaussian). A discrete factor's update is enumeration (``jaxvi.exact``), not a gradient.
+three independent Gammas). Families: ``BETA``, ``GAMMA``, ``DIRICHLET``, ``WISHART``, ``NORMAL`` (a
+d-dimensional Gaussian), ``NORMAL_WISHART`` and ``CATEGORICAL`` (over one-hot vectors, T = z: a function linear in
+z has its expectation at the mean, and its gradient is the update's natural parameters).
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.special import digamma, gammaln, multigammaln
 
-__all__ = ["BETA", "DIRICHLET", "Family", "GAMMA", "NORMAL", "NORMAL_WISHART", "NotLinear", "Quadrature", "WISHART",
+__all__ = ["BETA", "CATEGORICAL", "DIRICHLET", "Family", "GAMMA", "NORMAL", "NORMAL_WISHART", "NotLinear", "Quadrature", "WISHART",
            "coordinate_update", "entropy", "expect_linear", "expect_product", "expectation", "expected_statistics",
            "kl_divergence", "log_density", "log_normalizer", "natural_parameters", "normal_wishart_moments",
            "normal_wishart_natural", "normal_wishart_parts", "quadrature"]
@@ -200,6 +201,23 @@ DIRICHLET = Family(  # eta = alpha - 1, T = log z
     points=_dirichlet_points, rule=lambda eta: _dirichlet_rule(eta), read=_dirichlet_read)
 
 
+def _categorical_points(eta, p):
+    """p probability vectors near softmax(eta): the mean, tilted as the Dirichlet's points are."""
+    return _dirichlet_points((jax.nn.softmax(eta[0], axis=-1) - 1.0,), p)
+
+
+def _categorical_read(points, grads):
+    r"""Categorical over one-hot z, T = z: :math:`\nabla f = \beta` (averaged over the points)."""
+    return (jnp.mean(grads, axis=0),)
+
+
+CATEGORICAL = Family(  # over one-hot vectors: eta = unnormalised log-probabilities, T = z
+    "categorical", 1, (1,),
+    statistics=lambda z: (z,),
+    log_normalizer=lambda eta: jax.nn.logsumexp(eta[0]),
+    points=_categorical_points, rule=lambda eta: _categorical_rule(eta), read=_categorical_read)
+
+
 def _wishart_parts(eta):
     """(dof nu, scale W) from eta = (-W^-1 / 2, (nu - d - 1) / 2)."""
     d = eta[0].shape[-1]
@@ -353,6 +371,9 @@ def entropy(family: Family, eta: Natural) -> jax.Array:
     eta = tuple(eta)
     if family.name in ("wishart", "normal-wishart"):
         return _wishart_family_entropy(family, eta)
+    if family.name == "categorical":  # -sum p log p, without A's and eta . p's cancellation
+        log_probs = jax.nn.log_softmax(eta[0], axis=-1)
+        return -jnp.sum(jnp.exp(log_probs) * log_probs, axis=-1)
     return log_normalizer(family, eta) - _dot(eta, expected_statistics(family, eta), family)
 
 
@@ -643,6 +664,12 @@ def _wishart_rule(eta: Natural) -> Quadrature:
     gap = jnp.log(dof / 2) - jnp.mean(digamma((dof[..., None] - jnp.arange(d)) / 2), axis=-1)
     factors = _scaled_pair(gap)[..., None, None]                                    # (2,) + batch + (1, 1)
     return Quadrature(factors * (dof[..., None, None] * scale), None, jnp.zeros((), scale.dtype))
+
+
+def _categorical_rule(eta: Natural) -> Quadrature:
+    r"""A categorical's one node, its mean :math:`E[z] = \mathrm{softmax}(\eta)`: exact for every f linear in the
+    one-hot z."""
+    return Quadrature(jax.nn.softmax(eta[0], axis=-1)[None], None, jnp.zeros((), eta[0].dtype))
 
 
 def _dirichlet_rule(eta: Natural) -> Quadrature:

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from tensorflow_probability.substrates import jax as tfp
 
-from jaxvi.latents import Beta, Dirichlet, Gamma, Gaussian, NormalGamma, NormalWishart, Wishart
+from jaxvi.latents import Beta, Dirichlet, Gamma, Gaussian, NormalGamma, NormalWishart, OneHot, Wishart
 from jaxvi.vi import expfam
 
 __all__ = ["Factor", "FactorSpec", "factor_spec"]
@@ -64,6 +64,9 @@ def factor_spec(spec) -> FactorSpec:
     if isinstance(spec, Dirichlet):
         return FactorSpec(spec, expfam.DIRICHLET, spec.shape, (spec.K,), identity,
                           lambda dt: (_full(spec.shape + (spec.K,), 0.0, dt),), 1)
+    if isinstance(spec, OneHot):
+        return FactorSpec(spec, expfam.CATEGORICAL, spec.shape, (spec.K,), identity,
+                          lambda dt: (_full(spec.shape + (spec.K,), 0.0, dt),), 1)
     if isinstance(spec, Wishart):
         d = spec.d
         return FactorSpec(spec, expfam.WISHART, spec.shape, (d, d), identity,
@@ -88,7 +91,7 @@ def factor_spec(spec) -> FactorSpec:
             value = lambda z: (z[..., 0, 0], z[..., 0, 1])  # noqa: E731
         return FactorSpec(spec, expfam.NORMAL_WISHART, spec.shape, (d, d + 1), value, reference, 2)
     raise ValueError(f"latent: {spec!r} is not an exponential-family spec (Gaussian, Beta, Gamma, Dirichlet, "
-                     f"Wishart, NormalWishart, NormalGamma); jaxvi.CAVI has no coordinate update for it")
+                     f"Wishart, NormalWishart, NormalGamma, OneHot); jaxvi.CAVI has no coordinate update for it")
 
 
 @functools.partial(jax.tree_util.register_dataclass, data_fields=["eta"], meta_fields=["spec"])
@@ -99,7 +102,7 @@ class Factor:
     ``mean()``, ``variance()``, ``entropy()``, ``sample(key, n)`` and ``log_prob(value)`` speak the value
     ``log_joint`` receives (a ``(mean, precision)`` pair for ``NormalWishart`` and ``NormalGamma``).
     ``parameters()`` gives the textbook parameters (Beta's a, b; Gamma's shape and rate; Dirichlet's
-    concentration; Wishart's dof and scale; the Normal's mean and covariance; Normal-Wishart's m, b, W, nu).
+    concentration; OneHot's probs; Wishart's dof and scale; the Normal's mean and covariance; Normal-Wishart's m, b, W, nu).
     """
 
     spec: Any
@@ -117,6 +120,8 @@ class Factor:
             return {"shape": eta[0] + 1, "rate": -eta[1]}
         if isinstance(spec, Dirichlet):
             return {"concentration": eta[0] + 1}
+        if isinstance(spec, OneHot):
+            return {"probs": jax.nn.softmax(eta[0], axis=-1)}
         if isinstance(spec, Wishart):
             return {"dof": 2 * eta[1] + spec.d + 1, "scale": jnp.linalg.inv(-2 * eta[0])}
         if isinstance(spec, Gaussian):
@@ -137,6 +142,8 @@ class Factor:
             return tfd.Gamma(p["shape"], p["rate"])
         if isinstance(spec, Dirichlet):
             return tfd.Dirichlet(p["concentration"])
+        if isinstance(spec, OneHot):
+            return tfd.OneHotCategorical(logits=self.eta[0], dtype=self.eta[0].dtype)
         return tfd.MultivariateNormalFullCovariance(p["mean"], p["covariance"])
 
     def _wishart(self):

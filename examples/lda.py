@@ -1,0 +1,35 @@
+"""LDA on the Lee news corpus that gensim ships in its test data, written only as a log-joint
+(jaxvi.models.lda): batch variational Bayes by jaxvi.CAVI, then online (stochastic) variational Bayes on
+minibatches; topics printed, held-out perplexity (scikit-learn's definition) compared."""
+import os
+
+import gensim
+import jax
+import numpy as np
+from sklearn.feature_extraction.text import CountVectorizer
+
+import jaxvi
+from _size import size
+
+path = os.path.join(os.path.dirname(gensim.__file__), "test", "test_data", "lee_background.cor")
+with open(path, encoding="utf-8") as f:
+    texts = [line for line in f if line.strip()][: size(300, 120)]
+vectorizer = CountVectorizer(stop_words="english", min_df=2, max_df=0.5)
+counts = vectorizer.fit_transform(texts)
+vocabulary = vectorizer.get_feature_names_out()
+train, heldout = counts[: len(texts) - 20], counts[len(texts) - 20:]
+length = int(np.diff(counts.tocsr().indptr).max())  # the most distinct words of any document, held-out ones too
+docs = jaxvi.models.bag_of_words(train, length=length)
+K = size(10, 5)
+model = jaxvi.models.lda(docs, K, len(vocabulary))
+
+batch = jaxvi.infer(model, jaxvi.CAVI(max_iter=size(100, 10)), docs, key=jax.random.key(0))
+for k, words in enumerate(jaxvi.models.lda_top_words(batch, 8, vocabulary)):
+    print(f"topic {k}: {' '.join(words)}")
+online = jaxvi.infer(model, jaxvi.CAVI(max_iter=size(200, 20), batch_size=32), docs, key=jax.random.key(0))
+
+heldout_docs = jaxvi.models.bag_of_words(heldout, length=length)
+print(f"{train.shape[0]} documents, {len(vocabulary)} words, {K} topics; bound per token: batch "
+      f"{float(batch.objective) / train.sum():.4f}, online {float(online.objective) / train.sum():.4f}")
+print(f"held-out perplexity: batch {float(jaxvi.models.lda_perplexity(batch, heldout_docs)):.2f}, "
+      f"online {float(jaxvi.models.lda_perplexity(online, heldout_docs)):.2f}")

@@ -1,0 +1,312 @@
+"""LDA written as a log-joint (jaxvi.models.lda) and fitted by jaxvi.CAVI with local exponential-family factors:
+against scikit-learn's batch LatentDirichletAllocation from the same initial topics, a NumPy E-step and bound,
+a corpus drawn from LDA, and the same corpus as single tokens."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import optimize, special
+from sklearn.decomposition import LatentDirichletAllocation
+
+import jaxvi
+from jaxvi.models import bag_of_words, lda
+
+K, V = 3, 30
+
+
+def draw_corpus(rng, n, dtype=np.float64):
+    topics = rng.dirichlet(np.full(V, 0.2), K)
+    proportions = rng.dirichlet(np.full(K, 0.5), n)
+    counts = np.stack([rng.multinomial(rng.integers(30, 80), p @ topics) for p in proportions]).astype(dtype)
+    return topics, counts
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return draw_corpus(np.random.default_rng(0), 80)
+
+
+def expected_log(concentration):
+    return special.digamma(concentration) - special.digamma(concentration.sum(-1, keepdims=True))
+
+
+def numpy_e_step(counts, topic_concentration, alpha, tol, max_iter):
+    """Blei, Ng & Jordan's per-document updates, document by document from gamma = 1, until the mean change of
+    gamma is below tol; returns gamma (N, K)."""
+    e_log_beta = expected_log(topic_concentration)
+    gammas = []
+    for doc in counts:
+        words = np.flatnonzero(doc)
+        gamma = np.ones(K)
+        for _ in range(max_iter):
+            log_phi = expected_log(gamma)[:, None] + e_log_beta[:, words]
+            phi = np.exp(log_phi - special.logsumexp(log_phi, axis=0))
+            new = alpha + phi @ doc[words]
+            change, gamma = np.mean(np.abs(new - gamma)), new
+            if change < tol:
+                break
+        gammas.append(gamma)
+    return np.stack(gammas)
+
+
+def numpy_bound(counts, gamma, topic_concentration, alpha, eta):
+    """The LDA bound (Hoffman, Blei & Bach 2010, eq. 3, with counts) at q(theta) = Dir(gamma), q(beta) = Dir(lambda)
+    and the phi that is optimal given them."""
+    e_log_theta, e_log_beta = expected_log(gamma), expected_log(topic_concentration)
+    total = 0.0
+    for doc, g, e_theta in zip(counts, gamma, e_log_theta):
+        words = np.flatnonzero(doc)
+        log_phi = e_theta[:, None] + e_log_beta[:, words]
+        total += doc[words] @ special.logsumexp(log_phi, axis=0)  # sum_k phi (E log theta + E log beta - log phi)
+        total += special.gammaln(K * alpha) - K * special.gammaln(alpha) + (alpha - 1) * e_theta.sum()
+        total -= special.gammaln(g.sum()) - special.gammaln(g).sum() + ((g - 1) * e_theta).sum()
+    for lam, e_beta in zip(topic_concentration, e_log_beta):
+        total += special.gammaln(V * eta) - V * special.gammaln(eta) + (eta - 1) * e_beta.sum()
+        total -= special.gammaln(lam.sum()) - special.gammaln(lam).sum() + ((lam - 1) * e_beta).sum()
+    return total
+
+
+def test_bag_of_words_pads_every_document_to_the_most_distinct_words():
+    counts = np.array([[0, 2, 0, 1], [3, 0, 0, 0], [0, 0, 0, 0]])
+    ids, weights = bag_of_words(counts)
+    np.testing.assert_array_equal(ids, [[1, 3], [0, 0], [0, 0]])
+    np.testing.assert_array_equal(weights, [[2, 1], [3, 0], [0, 0]])
+    with pytest.raises(ValueError, match="counts: expected finite non-negative counts"):
+        bag_of_words(np.array([[1.0, -1.0]]))
+    with pytest.raises(ValueError, match=r"docs: expected word ids in \[0, V\)"):
+        lda((ids, weights), K=2, V=3)
+    with pytest.raises(ValueError, match="length: expected an integer >= 2"):
+        bag_of_words(counts, length=1)
+
+
+def test_minibatches_where_they_do_not_apply_are_refused_with_their_names(corpus):
+    docs = bag_of_words(corpus[1][:10])
+    data = tuple(jnp.asarray(a) for a in docs)
+    with pytest.raises(ValueError, match=r"CAVI\(batch_size\): expected at most the number of data, 10, got 20"):
+        jaxvi.infer(lda(docs, K, V), jaxvi.CAVI(batch_size=20), data, key=jax.random.key(0), progress=False)
+    with pytest.raises(ValueError, match=r"CAVI\(step_size\) kappa: expected a number in \(0.5, 1\]"):
+        jaxvi.CAVI(batch_size=5, step_size=(10.0, 0.4))
+    factorial = jaxvi.models.factorial_hmm(2, 2, 1)
+    with pytest.raises(ValueError, match=r"CAVI\(batch_size\): .* several Markov chains"):
+        jaxvi.infer(factorial, jaxvi.CAVI(batch_size=2), jnp.zeros((4, 5, 1)), key=jax.random.key(0), progress=False)
+    base = lda(docs, K, V)
+    with_theta = jaxvi.Model(base.log_joint, base.latent, init=lambda key, data: {"unused": jnp.zeros(())})
+    with pytest.raises(ValueError, match=r"CAVI\(batch_size\): stochastic VI has no M-step"):
+        jaxvi.infer(with_theta, jaxvi.CAVI(batch_size=5), data, key=jax.random.key(0), progress=False)
+
+
+def scikit_learn_from(start, method, **settings):
+    """scikit-learn's LDA at the topics ``start``, every document's E-step from gamma = 1 (no random start: its
+    ``_e_step`` draws one only from a ``random_state_``), its updates run to a mean change of 1e-10 (at its default
+    1e-3 a document whose change lands next to the tolerance may stop one update apart from jaxvi's, scikit-learn's
+    digamma being an approximation)."""
+    from sklearn.decomposition._online_lda_fast import _dirichlet_expectation_2d
+
+    peer = LatentDirichletAllocation(K, learning_method=method, mean_change_tol=1e-10, max_doc_update_iter=500,
+                                     **settings)
+    peer._init_latent_vars(V, np.float64)
+    peer.random_state_ = None
+    peer.components_ = start.copy()
+    peer.exp_dirichlet_component_ = np.exp(_dirichlet_expectation_2d(peer.components_))
+    return peer
+
+
+def test_batch_variational_bayes_equals_scikit_learn_iteration_by_iteration(corpus):
+    """From the same topics, every iteration every document from gamma = 1 (jaxvi's local q reset in the state the
+    user drives): the same topics after each of 10 iterations."""
+    _, counts = corpus
+    with jax.enable_x64(True):
+        docs = bag_of_words(counts, np.float64)
+        data = tuple(jnp.asarray(a) for a in docs)
+        model = lda(docs, K, V)
+        start = np.random.default_rng(1).gamma(100.0, 0.01, (K, V))
+        peer = scikit_learn_from(start, "batch")
+        method = jaxvi.CAVI(local_tol=1e-10, local_max_iter=500)
+        state = method.init(model, jax.random.key(0), data)._replace(factors=((jnp.asarray(start - 1.0),),))
+        step = jax.jit(lambda s: method.step(model, jax.random.key(0), s, data, num_data=len(counts)))
+        for _ in range(10):
+            peer._em_step(counts, total_samples=len(counts), batch_update=True)
+            state = state._replace(local=jax.tree_util.tree_map(jnp.zeros_like, state.local))  # gamma = 1
+            state, _ = step(state)
+            np.testing.assert_allclose(np.asarray(state.factors[0][0]) + 1.0, peer.components_, rtol=1e-6)
+
+
+def test_stochastic_variational_bayes_equals_scikit_learn_online_minibatch_by_minibatch(corpus):
+    """Online LDA (Hoffman, Blei & Bach 2010): the same minibatches in the same order from the same topics, steps
+    rho_t = (tau0 + t)^-kappa: the same topics after every minibatch of two passes."""
+    _, counts = corpus
+    n, size = len(counts), 20
+    with jax.enable_x64(True):
+        docs = bag_of_words(counts, np.float64)
+        data = tuple(jnp.asarray(a) for a in docs)
+        model = lda(docs, K, V)
+        start = np.random.default_rng(1).gamma(100.0, 0.01, (K, V))
+        peer = scikit_learn_from(start, "online", learning_offset=5.0, learning_decay=0.6)
+        method = jaxvi.CAVI(batch_size=size, step_size=(5.0, 0.6), local_tol=1e-10, local_max_iter=500)
+        state = method.init(model, jax.random.key(0), data)._replace(factors=((jnp.asarray(start - 1.0),),))
+        step = jax.jit(lambda s, index: method.step(model, jax.random.key(0), s,
+                                                     jaxvi.Batch(index, jax.tree_util.tree_map(lambda a: a[index], data)),
+                                                     num_data=n))
+        for first in list(range(0, n, size)) * 2:
+            index = np.arange(first, first + size)
+            peer._em_step(counts[index], total_samples=n, batch_update=False)
+            state, _ = step(state, jnp.asarray(index))
+            np.testing.assert_allclose(np.asarray(state.factors[0][0]) + 1.0, peer.components_, rtol=1e-6)
+
+
+class GammaOfOnes(np.random.RandomState):
+    """A random state whose Gamma draws are ones: gensim's start of every document's gamma, made scikit-learn's."""
+
+    def gamma(self, shape, scale=1.0, size=None):
+        return np.ones(size)
+
+
+def test_stochastic_variational_bayes_equals_gensim_s_online_lda_over_a_pass(corpus):
+    """gensim's LdaModel, online (update_every=1), from the same topics over one pass of the same chunks, every
+    document from gamma = 1 (gensim draws each document's start from a Gamma(100, 1/100): here its draws are
+    ones): the same topics. gensim's step at its t-th chunk of a pass is (offset + t - 1)^-decay, so its offset
+    is tau0 + 1."""
+    from gensim.models import LdaModel
+
+    _, counts = corpus
+    n, size, (tau0, kappa) = len(counts), 20, (5.0, 0.6)
+    with jax.enable_x64(True):
+        docs = bag_of_words(counts, np.float64)
+        data = tuple(jnp.asarray(a) for a in docs)
+        model = lda(docs, K, V)
+        start = np.random.default_rng(1).gamma(100.0, 0.01, (K, V))
+        peer = LdaModel(num_topics=K, id2word={i: str(i) for i in range(V)}, alpha="symmetric", eta="symmetric",
+                        decay=kappa, offset=tau0 + 1, iterations=500, gamma_threshold=1e-10, chunksize=size,
+                        passes=1, update_every=1, eval_every=None, dtype=np.float64)
+        peer.random_state = GammaOfOnes()
+        peer.state.sstats[...] = start - peer.eta
+        peer.sync_state()
+        peer.update([[(int(w), c) for w, c in zip(np.flatnonzero(doc), doc[doc > 0])] for doc in counts])
+        method = jaxvi.CAVI(batch_size=size, step_size=(tau0, kappa), local_tol=1e-10, local_max_iter=500)
+        state = method.init(model, jax.random.key(0), data)._replace(factors=((jnp.asarray(start - 1.0),),))
+        step = jax.jit(lambda s, index: method.step(model, jax.random.key(0), s,
+                                                     jax.tree_util.tree_map(lambda a: a[index], data), num_data=n))
+        for first in range(0, n, size):
+            state, _ = step(state, jnp.arange(first, first + size))
+        np.testing.assert_allclose(np.asarray(state.factors[0][0]) + 1.0, peer.state.get_lambda(), rtol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def fitted(corpus):
+    _, counts = corpus
+    with jax.enable_x64(True):
+        docs = bag_of_words(counts, np.float64, length=V)  # every document of V distinct words or fewer
+        data = tuple(jnp.asarray(a) for a in docs)
+        model = lda(docs, K, V)
+        method = jaxvi.CAVI(max_iter=40, tol=0.0, local_tol=1e-10, local_max_iter=500)
+        result = jaxvi.infer(model, method, data, key=jax.random.key(0), progress=False)
+        return model, method, data, result
+
+
+def test_the_e_step_and_the_bound_equal_numpy_s(corpus, fitted):
+    _, counts = corpus
+    model, method, data, result = fitted
+    with jax.enable_x64(True):
+        q = result.posterior(data)
+        topic_concentration = np.asarray(q.globals["topics"].parameters()["concentration"])
+        gamma = np.asarray(q.local["proportions"].parameters()["concentration"])
+        bound = float(method.bound(model, result.params, result.diagnostics.factors, data))
+    alpha = eta = 1.0 / K
+    np.testing.assert_allclose(gamma, numpy_e_step(counts, topic_concentration, alpha, 1e-10, 500), rtol=1e-9)
+    np.testing.assert_allclose(bound, numpy_bound(counts, gamma, topic_concentration, alpha, eta), rtol=1e-10)
+    assert np.isclose(bound, float(result.objective), rtol=1e-9)  # the fit's own last bound, at the same q
+    assert np.all(np.diff(np.asarray(result.trace)) >= 0)
+
+
+def test_perplexity_transform_and_top_words_are_scikit_learn_s_at_the_fitted_topics(corpus, fitted):
+    """Held-out documents: scikit-learn's perplexity and transform (normalised gamma) with its components_ set to
+    the fitted topics' concentrations."""
+    _, counts = corpus
+    _, _, _, result = fitted
+    heldout = draw_corpus(np.random.default_rng(7), 12)[1]
+    with jax.enable_x64(True):
+        topic_concentration = np.asarray(result.diagnostics.factors[0][0]) + 1.0
+        peer = scikit_learn_from(topic_concentration, "batch")
+        docs = bag_of_words(heldout, np.float64, length=V)
+        ours = float(jaxvi.models.lda_perplexity(result, docs))
+        proportions = np.asarray(result.posterior(tuple(jnp.asarray(a) for a in docs)).local["proportions"].mean())
+    np.testing.assert_allclose(ours, peer.perplexity(heldout), rtol=1e-7)
+    np.testing.assert_allclose(proportions, peer.transform(heldout), rtol=1e-6, atol=1e-9)
+    with pytest.raises(ValueError, match=f"docs: the model takes documents of L = {V} entries, got 3"):
+        jaxvi.models.lda_perplexity(result, bag_of_words(np.eye(4, V) * 2 + np.eye(4, V, 1) + np.eye(4, V, 2)))
+    words = jaxvi.models.lda_top_words(result, 4, vocabulary=[f"w{i}" for i in range(V)])
+    assert words == [[f"w{i}" for i in np.argsort(-row, kind="stable")[:4]] for row in peer.components_]
+
+
+def test_the_same_corpus_as_single_tokens_gives_the_same_fit(corpus, fitted):
+    """Counts are multiplicities: each distinct word's entry stands for its count of identical tokens (its entropy
+    counted so many times), so a corpus of single tokens, one entry each, fits the same q and bound."""
+    _, counts = corpus
+    model, _, data, result = fitted
+    tokens = [np.repeat(np.arange(V), doc.astype(int)) for doc in counts]
+    length = max(map(len, tokens))
+    ids = np.zeros((len(counts), length), np.int32)
+    ones = np.zeros((len(counts), length))
+    for row, words in enumerate(tokens):
+        ids[row, :len(words)], ones[row, :len(words)] = words, 1.0
+    with jax.enable_x64(True):
+        method = jaxvi.CAVI(max_iter=40, tol=0.0, local_tol=1e-10, local_max_iter=500)
+        single = jaxvi.infer(lda((ids, ones), K, V), method, (jnp.asarray(ids), jnp.asarray(ones)),
+                             key=jax.random.key(0), progress=False)
+        np.testing.assert_allclose(single.trace, result.trace, rtol=1e-9)
+        np.testing.assert_allclose(single.diagnostics.factors[0][0], result.diagnostics.factors[0][0], rtol=1e-7,
+                                   atol=1e-9)
+
+
+def test_topics_of_a_corpus_drawn_from_lda_are_recovered():
+    rng = np.random.default_rng(2)
+    topics, counts = draw_corpus(rng, 400, np.float32)
+    docs = bag_of_words(counts)
+    result = jaxvi.infer(lda(docs, K, V), jaxvi.CAVI(max_iter=100, n_init=2), tuple(jnp.asarray(a) for a in docs),
+                         key=jax.random.key(3), progress=False)
+    assert np.all(np.diff(np.asarray(result.trace)) >= -1e-6 * np.abs(np.asarray(result.trace[1:])))
+    fitted = np.asarray(result.posterior().globals["topics"].mean())
+    distance = np.abs(fitted[:, None, :] - topics[None, :, :]).sum(-1)     # L1 between fitted and true topics
+    rows, columns = optimize.linear_sum_assignment(distance)
+    assert distance[rows, columns].max() < 0.1, distance[rows, columns]
+
+
+@pytest.mark.parametrize("extra, name", [
+    (lambda z: jnp.sum(z["proportions"] ** 2), r"local factor z\['proportions'\]"),
+    (lambda z: jnp.sum(z["assignments"][1:] * z["assignments"][:-1]), r"local factor z\['assignments'\]"),
+])
+def test_a_local_factor_the_log_joint_is_not_conjugate_in_is_refused(corpus, extra, name):
+    """theta entering other than through log theta; two tokens' assignments entering together (a plate whose
+    entries interact has no Jacobi update)."""
+    docs = bag_of_words(corpus[1][:10])
+    base = lda(docs, K, V)
+    model = jaxvi.Model(lambda params, z, x: base.log_joint(params, z, x) + extra(z), base.latent, base.init)
+    with pytest.raises(ValueError, match=name + ".*jaxvi.SVI"):
+        jaxvi.infer(model, jaxvi.CAVI(max_iter=2), tuple(jnp.asarray(a) for a in docs), key=jax.random.key(0),
+                    progress=False)
+
+
+def test_stochastic_natural_gradient_steps_converge_to_the_exact_posterior_of_a_conjugate_model():
+    """Beta-Bernoulli, minibatches of B of N flips: every step's target a - 1 + (N/B) sum(batch) is unbiased for
+    the exact posterior's natural parameter, so over 64 fits (vmapped, each drawing its own minibatches) the
+    final q averages to the exact posterior, and the fits spread as the steps' noise predicts:
+    Var = rho / (2 - rho) Var(target) at the last step size rho."""
+    n, size, steps, (tau0, kappa) = 2000, 100, 600, (10.0, 0.7)
+    flips = (np.random.default_rng(4).random(n) < 0.3).astype(np.float64)
+    with jax.enable_x64(True):
+        model = jaxvi.Model(
+            lambda params, z, x: x * jnp.log(z["p"]) + (1 - x) * jnp.log1p(-z["p"]),
+            jaxvi.Global({"p": jaxvi.Beta()},
+                         log_prior=lambda params, z: jax.scipy.stats.beta.logpdf(z["p"], 2.0, 3.0)),
+            init=lambda key, data: {})
+        method = jaxvi.CAVI(max_iter=steps, batch_size=size, step_size=(tau0, kappa))
+        fit = jax.jit(jax.vmap(lambda key: jaxvi.infer(model, method, jnp.asarray(flips), key=key,
+                                                       progress=False).diagnostics.factors[0][0]))
+        heads_eta = np.asarray(fit(jax.random.split(jax.random.key(5), 64)))      # eta_1 = a - 1 per fit
+    exact = 1.0 + flips.sum()                                                      # a - 1 of Beta(2 + heads, ...)
+    p = flips.mean()
+    target_variance = (n / size) ** 2 * size * p * (1 - p) * (n - size) / (n - 1)
+    rho = (tau0 + steps) ** -kappa
+    spread = np.sqrt(rho / (2 - rho) * target_variance)
+    assert abs(heads_eta.mean() - exact) < 4 * spread / np.sqrt(64), (heads_eta.mean(), exact, spread)
+    assert 0.6 * spread < heads_eta.std() < 1.6 * spread, (heads_eta.std(), spread)
