@@ -53,12 +53,16 @@ def test_every_number_in_the_report_is_finite_and_the_identity_holds(report):
     elbo, iwae = re.search(r"ELBO (-?\d+\.\d+) nats per image, .*?\) (-?\d+\.\d+) ±", text).groups()
     assert float(iwae) > float(elbo)
     three = [[c.strip() for c in re.split(r"(?<!\\)\|", line.strip("|"))]
-             for line in text.split("## 5.", 1)[1].splitlines() if line.startswith("| ")]
+             for line in text.split("## 5.", 1)[1].split("\n## ", 1)[0].splitlines() if line.startswith("| ")]
     rows = {cells[0].split(" ")[0]: cells for cells in three[1:]}
     assert set(rows) == {"EM", "CAVI", "SVI"}
     assert int(rows["CAVI"][5]) < int(rows["EM"][5])                # Variational Bayes empties surplus components
     svi_elbo, svi_log_p, svi_kl = (float(rows["SVI"][i]) for i in (2, 3, 4))
     assert abs(svi_elbo + svi_kl - svi_log_p) < 0.02 and svi_kl > 0
+    topics = [[c.strip() for c in line.strip("|").split("|")]
+              for line in text.split("## 6.", 1)[1].splitlines() if line.startswith("| ")][1:]
+    assert [row[0].split(",")[0] for row in topics] == ["batch", "online"]
+    assert 1.0 < float(topics[0][4]) < 300                           # held out: better than uniform over V = 300 words
 
 
 def test_main_lists_the_commands(capsys):
