@@ -221,7 +221,8 @@ class CAVI:
       tol: stop when the bound changes by less than ``tol`` per datum (traced).
       n_init: restarts from ``n_init`` keys, vmapped; the highest bound is returned.
       m_step_iters: L-BFGS steps per M-step on θ (the model's floating parameters; none: no M-step).
-      chunk_size: how many data are evaluated at once.
+      chunk_size: how many data are evaluated at once (local exponential-family factors: at most this many, as
+        many as keep a chunk's sweeps in cache, ``LocalLayout.chunk_size``).
       start: where the first global updates start: ``"prior"``, the local q that is exact at one draw of the
         global factors from their priors (priors on the data's scale give data-like starts, as k-means' random
         centres do); ``"random"``, responsibilities drawn from Dirichlet(1) for every datum (a ``Discrete``
@@ -407,10 +408,12 @@ class CAVI:
     # --- the algorithm ------------------------------------------------------------------------------
 
     def init(self, model: Model, key: jax.Array, data: PyTree, params: PyTree | None = None, *,
-             local_posterior=None) -> CAVIState:
+             local_posterior=None, num_data: int | None = None) -> CAVIState:
         r"""The state before the first iteration: θ from ``model.init`` (or ``params``); every factor its prior
         (read off ``log_prior``), then one round of global updates from a random local q (``CAVI(start)``), or from
-        ``local_posterior`` (an exact-posterior object for the local latent) when given."""
+        ``local_posterior`` (an exact-posterior object for the local latent) when given. With ``batch_size``, from
+        the first B data, scaled to ``num_data`` (default: the data's N; a stream's first minibatch stands for
+        more, ``jaxvi.run.stream``)."""
         init_key, local_key = jax.random.split(key)
         params = model.init(init_key, data) if params is None else params
         structure = _structure(model)
@@ -418,7 +421,7 @@ class CAVI:
         factors, _ = self._prior_factors(structure, params, dtype)
         scale = 1.0
         if self.batch_size is not None:  # the first global updates from the first minibatch, scaled to all the data
-            scale = num_data_of(data) / min(self.batch_size, num_data_of(data))
+            scale = (num_data_of(data) if num_data is None else num_data) / min(self.batch_size, num_data_of(data))
             data = jax.tree_util.tree_map(lambda a: a[:self.batch_size], data)
         post = self._initial_local(model, structure, params, factors, data, local_key, local_posterior)
         factors, _ = self._global_updates(model, structure, params, factors, data, post, scale)
@@ -643,7 +646,8 @@ class CAVI:
             etas = local_factors.complete(layout, fn, carried, dtype, counts)
             return local_factors.bound(layout, fn, etas, counts), carried
 
-        bounds, carried = map_data(lambda chunk: datum(*chunk), (data, start), self.chunk_size)
+        bounds, carried = map_data(lambda chunk: datum(*chunk), (data, start),
+                                   layout.chunk_size(self.chunk_size, num_data_of(data)))
         return bounds, self._local_factors(layout, expected, params, carried, dtype)
 
     def _factor_function(self, model, structure, params, factors, data, post, j, scale=1.0):

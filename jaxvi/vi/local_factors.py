@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxvi.chunks import sum_accurately, sum_data
+from jaxvi.chunks import num_data, sum_accurately, sum_data
 from jaxvi.latents import EXPONENTIAL_FAMILY_SPECS, Global, is_spec
 from jaxvi.vi import expfam
 from jaxvi.vi.factors import FactorSpec, factor_spec
@@ -31,6 +31,7 @@ __all__ = ["LocalFactors", "LocalLayout", "bound", "complete", "fit", "local_lay
 
 PyTree = Any
 DatumJoint = Callable[[tuple], jax.Array]  # every local factor's value (its family's layout) -> log-joint of one datum
+WORKING_SET = 2 ** 18  # numbers: the local natural parameters of a chunk of data fitted at once (1 MiB in float32)
 
 
 class LocalLayout(NamedTuple):
@@ -43,6 +44,17 @@ class LocalLayout(NamedTuple):
     def value(self, encoded) -> PyTree:
         """The local value ``log_joint`` receives, from every factor's value in its family's layout."""
         return jax.tree_util.tree_unflatten(self.treedef, [f.value(z) for f, z in zip(self.factors, encoded)])
+
+    def chunk_size(self, most: int, n: int) -> int:
+        """How many of ``n`` data to fit at once, at most ``most``: about as many as keep their natural parameters
+        (and the same-sized intermediates of a sweep) within ``WORKING_SET`` numbers, so that a chunk's sweeps run
+        in cache, and a divisor of n where one is at least half that (no remainder chunk to compile as well).
+        The data of a chunk are swept in step until the slowest is done, so small chunks also waste less; LDA with
+        L = 145 distinct words and K = 50 topics: 36 documents (32 of 20,000), a batch step 2.7x faster than
+        1,024 at once."""
+        size = sum(jnp.size(e) for f in self.factors for e in f.reference(jnp.float32))
+        target = max(1, min(most, n, WORKING_SET // size))
+        return next((c for c in range(target, target // 2, -1) if n % c == 0), target)
 
     def multiplicities(self, x: PyTree) -> tuple:
         """Every factor's multiplicities on the datum ``x`` (a ``OneHot`` plate of counts: how many copies each
@@ -87,7 +99,8 @@ class LocalFactors(NamedTuple):
                           for f, eta in zip(self.layout.factors, self.factors(x, carried)))
             return expfam.expect_product(lambda *zs: log_joint(params, self.layout.value(zs), x), rules)
 
-        return sum_data(lambda chunk: jnp.sum(jax.vmap(datum)(*chunk)), (data, self.carried), chunk_size)
+        return sum_data(lambda chunk: jnp.sum(jax.vmap(datum)(*chunk)), (data, self.carried),
+                        self.layout.chunk_size(chunk_size, num_data(data)))
 
 
 def local_layout(local) -> LocalLayout | None:
