@@ -191,6 +191,62 @@ def test_stochastic_variational_bayes_equals_gensim_s_online_lda_over_a_pass(cor
         np.testing.assert_allclose(np.asarray(state.factors[0][0]) + 1.0, peer.state.get_lambda(), rtol=1e-6)
 
 
+def test_a_corpus_streamed_from_disk_a_minibatch_at_a_time_is_scikit_learn_s_online_fit(corpus, tmp_path):
+    """``jaxvi.run.stream`` over minibatches read one at a time from arrays on disk (memory-mapped), two passes (the
+    second going on from the first's state), equals scikit-learn's online LDA on the same minibatches from the same
+    topics after each pass."""
+    _, counts = corpus
+    n, size = len(counts), 20
+    with jax.enable_x64(True):
+        ids, weights = bag_of_words(counts, np.float64)
+        np.save(tmp_path / "ids.npy", ids)
+        np.save(tmp_path / "counts.npy", weights)
+
+        def minibatches():
+            on_disk = [np.load(tmp_path / f"{name}.npy", mmap_mode="r") for name in ("ids", "counts")]
+            for first in range(0, n, size):
+                yield tuple(np.array(a[first:first + size]) for a in on_disk)
+
+        model = lda((ids, weights), K, V)
+        start = np.random.default_rng(1).gamma(100.0, 0.01, (K, V))
+        peer = scikit_learn_from(start, "online", learning_offset=5.0, learning_decay=0.6)
+        method = jaxvi.CAVI(batch_size=size, step_size=(5.0, 0.6), local_tol=1e-10, local_max_iter=500)
+        first = next(minibatches())
+        state = method.init(model, jax.random.key(0), first, num_data=n)._replace(factors=((jnp.asarray(start - 1.0),),))
+        for _ in range(2):
+            for index in range(0, n, size):
+                peer._em_step(counts[index:index + size], total_samples=n, batch_update=False)
+            streamed = jaxvi.run.stream(model, method, minibatches(), num_data=n, key=jax.random.key(0), state=state,
+                                        progress=False)
+            state = streamed.state
+            np.testing.assert_allclose(np.asarray(state.factors[0][0]) + 1.0, peer.components_, rtol=1e-6)
+            assert streamed.objectives.shape == (n // size,) and np.all(np.isfinite(streamed.objectives))
+        assert int(state.count) == 2 * n // size
+        # without a state: method.init on the first minibatch, scaled to N, as on the whole data in memory
+        data = tuple(jnp.asarray(a) for a in (ids, weights))
+        streamed = jaxvi.run.stream(model, method, minibatches(), num_data=n, key=jax.random.key(3), progress=False)
+        in_memory = method.init(model, jax.random.split(jax.random.key(3))[0], data)
+        for first in range(0, n, size):
+            in_memory, _ = method.step(model, jax.random.key(0), in_memory,
+                                       jax.tree_util.tree_map(lambda a: a[first:first + size], data), num_data=n)
+        np.testing.assert_allclose(streamed.state.factors[0][0], in_memory.factors[0][0], rtol=1e-12)
+
+
+def test_a_stream_that_cannot_be_fitted_is_refused_with_its_name(corpus):
+    docs = bag_of_words(corpus[1][:30])
+    model = lda(docs, K, V)
+    rows = lambda first, last: tuple(a[first:last] for a in docs)  # noqa: E731
+    cases = [(jaxvi.CAVI(), [rows(0, 10)], 30, r"method: expected jaxvi.CAVI\(batch_size=B\)"),
+             (jaxvi.CAVI(batch_size=10), [rows(0, 10)], 5, r"num_data: expected an integer >= batch_size = 10"),
+             (jaxvi.CAVI(batch_size=10), [], 30, r"minibatches: expected at least one minibatch"),
+             (jaxvi.CAVI(batch_size=10), [rows(0, 8)], 30, r"minibatches: expected minibatches of batch_size = 10 rows, "
+                                                             r"got 8 in minibatch 0"),
+             (jaxvi.CAVI(batch_size=10), [rows(0, 10), rows(10, 20), rows(20, 28)], 30, r"minibatches: minibatch 2 is")]
+    for method, minibatches, n, message in cases:
+        with pytest.raises(ValueError, match=message):
+            jaxvi.run.stream(model, method, minibatches, num_data=n, key=jax.random.key(0), progress=False)
+
+
 @pytest.fixture(scope="module")
 def fitted(corpus):
     _, counts = corpus
