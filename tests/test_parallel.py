@@ -42,6 +42,12 @@ SCRIPT = textwrap.dedent('''
     vae = jaxvi.models.vae(2, 5, decoder=jaxvi.nn.mlp((8,)))
     compare("amortized", vae.model, jaxvi.Amortized(encoder=jaxvi.nn.mlp((8,)), num_steps=100, batch_size=40,
                                                    validation=0.0), (X > 0).astype(np.float32))
+    topics = rng.dirichlet(np.full(40, 0.2), 3)
+    counts = np.stack([rng.multinomial(50, p @ topics) for p in rng.dirichlet(np.full(3, 0.5), 64)])
+    docs = jaxvi.models.bag_of_words(counts, np.float32)
+    lda = jaxvi.models.lda(docs, 3, 40)
+    compare("cavi lda", lda, jaxvi.CAVI(max_iter=8, tol=0.0), docs)
+    compare("cavi lda online", lda, jaxvi.CAVI(max_iter=8, batch_size=16), docs)
     errors = []
     for bad in (lambda: jaxvi.infer(gm.model, jaxvi.EM(), x[:398], key=jax.random.key(0), mesh=mesh),
                 lambda: jaxvi.infer(gm.model, jaxvi.EM(), x, key=jax.random.key(0), mesh="four devices")):
@@ -60,7 +66,7 @@ def test_fits_on_four_devices_equal_fits_on_one():
     proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    for name in ("em gmm", "em hmm", "svi", "amortized"):
+    for name in ("em gmm", "em hmm", "svi", "amortized", "cavi lda", "cavi lda online"):
         fit = out[name]
         assert fit["devices"] == 4 and fit["all_reduce"], (name, fit)        # really split, really reduced
         one, four = fit["objective"]
