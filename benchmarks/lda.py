@@ -23,6 +23,12 @@ Usage:
   python benchmarks/lda.py --corpus lee --json benchmarks/results/lda_lee_cpu.json --markdown benchmarks/results/lda_lee_cpu.md
   python benchmarks/lda.py --corpus synthetic --docs 200000 --vocabulary 10000 --topics 50
   python benchmarks/lda.py --quick
+  python benchmarks/lda.py --corpus synthetic --scaling 1000,2000,5000,10000,20000 --iters 2 \
+      --json benchmarks/results/lda_scaling_cpu.json --markdown benchmarks/results/lda_scaling_cpu.md \
+      --plot benchmarks/results/lda_scaling_cpu.png
+
+``--scaling N1,N2,...``: every library's time including compile at each number of training documents (the
+same corpus sizes otherwise), drawn against N on log-log axes.
 """
 from __future__ import annotations
 
@@ -221,11 +227,16 @@ def main():
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--batch", type=int, default=None)
     parser.add_argument("--mode", choices=("batch", "online"), default="batch")  # a child's mode
+    parser.add_argument("--scaling", default=None, help="numbers of training documents, comma-separated")
+    parser.add_argument("--plot", default=None, help="with --scaling: where to draw time against N (PNG)")
     args = parse(parser, QUICK, TASKS)
     args.topics = args.topics or (10 if args.corpus == "lee" else 50)
     args.batch = args.batch or (32 if args.corpus == "lee" else 2048)
     if args.child:
         run_child(TASKS[args.child], args)
+        return
+    if args.scaling:
+        scaling(args)
         return
     import jax
 
@@ -270,6 +281,62 @@ def main():
                      f"{p['total_s'] / j['run_s']:.2f}x compiled; held-out perplexities differ by {100 * same:.2f}%")
     write(args, "\n".join(lines), {"machine": where, "versions": versions, "corpus": args.corpus, "size": size,
                                    "topics": args.topics, "summary": summary}, rows)
+
+
+SCALING_RUNS = (("batch", "jaxvi"), ("batch", "sklearn"), ("online", "jaxvi"), ("online", "gensim"))
+
+
+def scaling(args) -> None:
+    """Every library's total time (compile included) at each number of training documents of ``--scaling``."""
+    import jax
+
+    sizes = [int(n) for n in args.scaling.split(",")]
+    rows = {}
+    for n in sizes:
+        shared = ["--corpus", "synthetic", "--docs", str(n), "--vocabulary", str(args.vocabulary), "--topics",
+                  str(args.topics), "--words", str(args.words), "--iters", str(args.iters), "--batch", str(args.batch)]
+        for mode, library in SCALING_RUNS:
+            print(f"N={n} {mode}: {library}", flush=True)
+            rows[f"{n}-{mode}-{library}"] = spawn(__file__, ["--child", library, "--mode", mode] + shared,
+                                                  args.child_timeout)
+    where = machine(jax)
+    lines = [f"# LDA (synthetic) time against the number of documents: V={args.vocabulary}, K={args.topics}, about "
+             f"{args.words} tokens per document; batch {args.iters} iterations, online one pass of minibatches of "
+             f"{args.batch}", f"machine: {where}", "",
+             "| N | " + " | ".join(f"{mode} {library} total s (compile s)" for mode, library in SCALING_RUNS) + " |",
+             "|---|" + "---|" * len(SCALING_RUNS)]
+    for n in sizes:
+        cells = []
+        for mode, library in SCALING_RUNS:
+            r = rows[f"{n}-{mode}-{library}"]
+            cells.append(r["error"] if "error" in r else f"{r['total_s']:.2f} ({r.get('compile_s', 0.0):.2f})")
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for mode, peer in (("batch", "sklearn"), ("online", "gensim")):
+        ratios = [rows[f"{n}-{mode}-{peer}"]["total_s"] / rows[f"{n}-{mode}-jaxvi"]["total_s"] for n in sizes
+                  if "error" not in rows[f"{n}-{mode}-{peer}"] and "error" not in rows[f"{n}-{mode}-jaxvi"]]
+        lines.append(f"{mode}, {peer} time / jaxvi time including compile, by N: "
+                     + ", ".join(f"{r:.2f}x" for r in ratios))
+    if args.plot:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6.4, 4.4))
+        for mode, library in SCALING_RUNS:
+            points = [(n, rows[f"{n}-{mode}-{library}"]["total_s"]) for n in sizes
+                      if "error" not in rows[f"{n}-{mode}-{library}"]]
+            ax.plot(*zip(*points), marker="o", linestyle="-" if library == "jaxvi" else "--",
+                    label=f"{mode}: {library}")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("training documents N")
+        ax.set_ylabel("seconds, compile included")
+        ax.set_title(f"LDA, K={args.topics}, V={args.vocabulary} ({where})", fontsize=8)
+        ax.legend(fontsize=8)
+        fig.savefig(args.plot, dpi=120, bbox_inches="tight")
+    write(args, "\n".join(lines), {"machine": where, "sizes": sizes, "topics": args.topics,
+                                    "vocabulary": args.vocabulary, "iters": args.iters, "batch": args.batch}, rows)
 
 
 if __name__ == "__main__":
