@@ -1,7 +1,11 @@
 """LDA on the Lee news corpus that gensim ships in its test data, written only as a log-joint
 (jaxvi.models.lda): batch variational Bayes by jaxvi.CAVI, then online (stochastic) variational Bayes on
-minibatches; topics printed, held-out perplexity (scikit-learn's definition) compared."""
+minibatches; topics printed, held-out perplexity (scikit-learn's definition) compared.
+
+``python lda.py --plot trace.png`` also draws both fits' bound per token, iteration by iteration (the training
+perplexity is exp(-bound per token); the online trace is every minibatch's estimate)."""
 import os
+import sys
 
 import gensim
 import jax
@@ -33,3 +37,8 @@ print(f"{train.shape[0]} documents, {len(vocabulary)} words, {K} topics; bound p
       f"{float(batch.objective) / train.sum():.4f}, online {float(online.objective) / train.sum():.4f}")
 print(f"held-out perplexity: batch {float(jaxvi.models.lda_perplexity(batch, heldout_docs)):.2f}, "
       f"online {float(jaxvi.models.lda_perplexity(online, heldout_docs)):.2f}")
+
+if "--plot" in sys.argv:
+    ax = jaxvi.plot.trace({"batch": batch, "online (minibatch estimates)": online}, per_datum=int(train.sum()))
+    ax.set_ylabel("bound per token (training perplexity = exp(-it))")
+    ax.figure.savefig(sys.argv[sys.argv.index("--plot") + 1], dpi=120, bbox_inches="tight")
