@@ -15,4 +15,4 @@ demo: $(PY)
 
 test: $(PY)
 	$(PY) -m pip install -q -e '.[test]'
-	$(PY) -m pytest -n 2 --dist loadscope -q
+	$(PY) -m pytest -n 2 --dist loadscope -q --durations=25

@@ -389,8 +389,7 @@ class CAVI:
             start = tuple(f.reference(dtype) for f in layout.factors)
 
             def datum_residuals(x):
-                fn = lambda encoded: expected(params, layout.value(encoded), x)  # noqa: E731
-                counts = layout.multiplicities(x)
+                fn, counts = layout.datum_joint(expected, params, x), layout.multiplicities(x)
                 return jnp.stack([local_factors.read(layout, fn, start, j, dtype, counts, checked=True)[1]
                                   for j in range(len(layout.factors))])
 
@@ -633,15 +632,14 @@ class CAVI:
 
     def _local_factors(self, layout, expected, params, carried, dtype) -> local_factors.LocalFactors:
         """The ``LocalFactors`` of ``carried``, its first factor set from ``expected`` at ``params``."""
-        return local_factors.LocalFactors(carried, layout, lambda encoded, x: expected(params, layout.value(encoded), x),
-                                          dtype)
+        return local_factors.LocalFactors(
+            carried, layout, lambda encoded, x: layout.datum_joint(expected, params, x)(encoded), dtype)
 
     def _fit_local_factors(self, layout, expected, params, data, start, dtype):
         """(every datum's local bound, the fitted ``LocalFactors``): the local factors swept from ``start`` (carried
         natural parameters) to ``local_tol``, given the global factors' rules in ``expected``."""
         def datum(x, carried):
-            fn = lambda encoded: expected(params, layout.value(encoded), x)  # noqa: E731
-            counts = layout.multiplicities(x)
+            fn, counts = layout.datum_joint(expected, params, x), layout.multiplicities(x)
             carried = local_factors.fit(layout, fn, carried, self.local_tol, self.local_max_iter, dtype, counts)
             etas = local_factors.complete(layout, fn, carried, dtype, counts)
             return local_factors.bound(layout, fn, etas, counts), carried

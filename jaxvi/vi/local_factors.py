@@ -45,6 +45,11 @@ class LocalLayout(NamedTuple):
         """The local value ``log_joint`` receives, from every factor's value in its family's layout."""
         return jax.tree_util.tree_unflatten(self.treedef, [f.value(z) for f, z in zip(self.factors, encoded)])
 
+    def datum_joint(self, expected: Callable, params: PyTree, x: PyTree) -> DatumJoint:
+        """The datum ``x``'s log-joint as a function of every local factor's value in its family's layout, from
+        ``expected(params, z_local, x)`` (the expectation over the global factors) that takes the local value."""
+        return lambda encoded: expected(params, self.value(encoded), x)
+
     def chunk_size(self, most: int, n: int) -> int:
         """How many of ``n`` data to fit at once, at most ``most``: about as many as keep their natural parameters
         (and the same-sized intermediates of a sweep) within ``WORKING_SET`` numbers, so that a chunk's sweeps run
