@@ -208,8 +208,9 @@ def test_a_diagonal_mixture_is_the_full_one_in_one_dimension(iris):
         data, fits = jnp.asarray(x), {}
         for covariance in ("full", "diag"):
             model, method = jaxvi.models.bayesian_gaussian_mixture(x, 3, covariance), jaxvi.CAVI()
-            state = method.init(model, KEY, data, local_posterior=jaxvi.DiscretePosterior(
-                jnp.log(jnp.asarray(start)), jnp.zeros(len(x)), jnp.arange(3)))
+            state = jax.jit(lambda d, model=model, method=method: method.init(
+                model, KEY, d, local_posterior=jaxvi.DiscretePosterior(jnp.log(jnp.asarray(start)), jnp.zeros(len(x)),
+                                                                       jnp.arange(3))))(data)
             step = jax.jit(lambda s, model=model, method=method: method.step(model, KEY, s, data, num_data=len(x)))
             bounds = []
             for _ in range(15):
