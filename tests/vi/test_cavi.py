@@ -175,8 +175,8 @@ def test_bayesian_gmm_equals_scikit_learn_iteration_by_iteration(iris, K):
         data = jnp.asarray(iris)
         model = jaxvi.models.bayesian_gaussian_mixture(iris, K)
         method = jaxvi.CAVI()
-        state = method.init(model, KEY, data, local_posterior=jaxvi.DiscretePosterior(
-            jnp.log(jnp.asarray(resp)), jnp.zeros(len(iris)), jnp.arange(K)))
+        state = jax.jit(lambda d, r: method.init(model, KEY, d, local_posterior=jaxvi.DiscretePosterior(
+            jnp.log(r), jnp.zeros(len(iris)), jnp.arange(K))))(data, jnp.asarray(resp))
         step = jax.jit(lambda s: method.step(model, KEY, s, data, num_data=len(iris)))
         bound_at = jax.jit(lambda factors, log_resp: method.bound(model, {}, factors, data, jaxvi.DiscretePosterior(
             log_resp, jnp.zeros(len(iris)), jnp.arange(K))))
@@ -323,7 +323,7 @@ def test_variational_categorical_hmm_equals_hmmlearn_iteration_by_iteration():
         model = jaxvi.models.variational_categorical_hmm(3, 4)
         method = jaxvi.CAVI()
         data = jnp.asarray(sequences)
-        state = method.init(model, KEY, data)
+        state = jax.jit(lambda d: method.init(model, KEY, d))(data)
         names = ["emissions", "start", "transitions"]  # the factors' (sorted) order
         given = tuple((jnp.asarray(start[["start", "transitions", "emissions"].index(name)]),) for name in names)
         state = state._replace(factors=given, evaluated_factors=given)
@@ -366,8 +366,8 @@ def test_variational_em_fits_point_parameters_beside_the_factors():
     with jax.enable_x64(True):
         model = jaxvi.Model(log_joint, latent, init=lambda key, data: {"means": jnp.array([-0.5, 0.5])})
         method, data = jaxvi.CAVI(), jnp.asarray(x)
-        state = method.init(model, KEY, data, local_posterior=jaxvi.DiscretePosterior(
-            jnp.log(jnp.asarray(start)), jnp.zeros(80), jnp.arange(2)))
+        state = jax.jit(lambda d, r: method.init(model, KEY, d, local_posterior=jaxvi.DiscretePosterior(
+            jnp.log(r), jnp.zeros(80), jnp.arange(2))))(data, jnp.asarray(start))
         step = jax.jit(lambda s: method.step(model, KEY, s, data, num_data=80))
         bounds = []
         for want_concentration, want_theta in reference:
@@ -404,7 +404,7 @@ def test_variational_gaussian_hmm_equals_hmmlearn_iteration_by_iteration():
         model = jaxvi.models.variational_gaussian_hmm(3, 2, mean_prior=flat.mean(0))
         method, data = jaxvi.CAVI(), jnp.asarray(sequences)
         dropped = -0.5 * flat.size * np.log(2 * np.pi)
-        state = method.init(model, KEY, data)
+        state = jax.jit(lambda d: method.init(model, KEY, d))(data)
         state = state._replace(factors=posteriors(), evaluated_factors=posteriors())
         step = jax.jit(lambda s: method.step(model, KEY, s, data, num_data=3))
         for _ in range(8):

@@ -122,7 +122,8 @@ def test_batch_variational_bayes_equals_scikit_learn_iteration_by_iteration(corp
         start = np.random.default_rng(1).gamma(100.0, 0.01, (K, V))
         peer = scikit_learn_from(start, "batch")
         method = jaxvi.CAVI(local_tol=1e-10, local_max_iter=500)
-        state = method.init(model, jax.random.key(0), data)._replace(factors=((jnp.asarray(start - 1.0),),))
+        state = jax.jit(lambda d: method.init(model, jax.random.key(0), d))(data)._replace(
+            factors=((jnp.asarray(start - 1.0),),))
         step = jax.jit(lambda s: method.step(model, jax.random.key(0), s, data, num_data=len(counts)))
         for _ in range(10):
             peer._em_step(counts, total_samples=len(counts), batch_update=True)
@@ -143,7 +144,8 @@ def test_stochastic_variational_bayes_equals_scikit_learn_online_minibatch_by_mi
         start = np.random.default_rng(1).gamma(100.0, 0.01, (K, V))
         peer = scikit_learn_from(start, "online", learning_offset=5.0, learning_decay=0.6)
         method = jaxvi.CAVI(batch_size=size, step_size=(5.0, 0.6), local_tol=1e-10, local_max_iter=500)
-        state = method.init(model, jax.random.key(0), data)._replace(factors=((jnp.asarray(start - 1.0),),))
+        state = jax.jit(lambda d: method.init(model, jax.random.key(0), d))(data)._replace(
+            factors=((jnp.asarray(start - 1.0),),))
         step = jax.jit(lambda s, index: method.step(model, jax.random.key(0), s,
                                                      jaxvi.Batch(index, jax.tree_util.tree_map(lambda a: a[index], data)),
                                                      num_data=n))
@@ -183,7 +185,8 @@ def test_stochastic_variational_bayes_equals_gensim_s_online_lda_over_a_pass(cor
         peer.sync_state()
         peer.update([[(int(w), c) for w, c in zip(np.flatnonzero(doc), doc[doc > 0])] for doc in counts])
         method = jaxvi.CAVI(batch_size=size, step_size=(tau0, kappa), local_tol=1e-10, local_max_iter=500)
-        state = method.init(model, jax.random.key(0), data)._replace(factors=((jnp.asarray(start - 1.0),),))
+        state = jax.jit(lambda d: method.init(model, jax.random.key(0), d))(data)._replace(
+            factors=((jnp.asarray(start - 1.0),),))
         step = jax.jit(lambda s, index: method.step(model, jax.random.key(0), s,
                                                      jax.tree_util.tree_map(lambda a: a[index], data), num_data=n))
         for first in range(0, n, size):
