@@ -36,6 +36,7 @@ import argparse
 import importlib.metadata
 import os
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -61,22 +62,42 @@ def corpus(args):
             texts = [line for line in f if line.strip()]
         counts = CountVectorizer(stop_words="english", min_df=2).fit_transform(texts).astype(np.float64)
         cut = len(texts) - len(texts) // 10
-        train, heldout = counts[:cut], counts[cut:]
     else:
-        rng = np.random.default_rng(0)
-        topics = rng.dirichlet(np.full(args.vocabulary, 0.05), args.topics)
-        n = args.docs + HELD_OUT
-        proportions = rng.dirichlet(np.full(args.topics, 0.5), n)
-        lengths = rng.poisson(args.words, n) + 1
-        rows = []
-        for start in range(0, n, 10_000):  # draw in blocks: n x V probabilities at once would not fit
-            block = proportions[start:start + 10_000] @ topics
-            rows.append(scipy.sparse.csr_matrix(np.stack([rng.multinomial(m, p) for m, p in
-                                                           zip(lengths[start:start + 10_000], block)])))
-        counts = scipy.sparse.vstack(rows).tocsr().astype(np.float64)
-        train, heldout = counts[:args.docs], counts[args.docs:]
+        counts = scipy.sparse.load_npz(args.corpus_file) if args.corpus_file else synthetic_counts(args)
+        cut = args.docs
     length = int(np.diff(counts.indptr).max())
-    return train, heldout, length
+    return counts[:cut], counts[cut:], length
+
+
+def synthetic_counts(args):
+    """``--docs`` training then ``HELD_OUT`` held-out documents drawn from LDA, scipy.sparse CSR, float64."""
+    import scipy.sparse
+
+    rng = np.random.default_rng(0)
+    topics = rng.dirichlet(np.full(args.vocabulary, 0.05), args.topics)
+    n = args.docs + HELD_OUT
+    proportions = rng.dirichlet(np.full(args.topics, 0.5), n)
+    lengths = rng.poisson(args.words, n) + 1
+    rows = []
+    for start in range(0, n, 10_000):  # draw in blocks: n x V probabilities at once would not fit
+        block = proportions[start:start + 10_000] @ topics
+        rows.append(scipy.sparse.csr_matrix(np.stack([rng.multinomial(m, p) for m, p in
+                                                       zip(lengths[start:start + 10_000], block)])))
+    return scipy.sparse.vstack(rows).tocsr().astype(np.float64)
+
+
+def shared_corpus(args, folder: str) -> list[str]:
+    """The children's arguments that name the corpus: a synthetic one is drawn once, here, and saved in
+    ``folder`` (``args.corpus_file``) for every child to load (drawing 200,000 documents takes minutes)."""
+    import scipy.sparse
+
+    shared = ["--corpus", args.corpus, "--docs", str(args.docs), "--vocabulary", str(args.vocabulary), "--topics",
+              str(args.topics), "--words", str(args.words), "--iters", str(args.iters), "--batch", str(args.batch)]
+    if args.corpus == "synthetic":
+        args.corpus_file = os.path.join(folder, f"corpus-{args.docs}.npz")
+        scipy.sparse.save_npz(args.corpus_file, synthetic_counts(args), compressed=False)
+        shared += ["--corpus-file", args.corpus_file]
+    return shared
 
 
 def training(args):
@@ -229,6 +250,7 @@ def main():
     parser.add_argument("--mode", choices=("batch", "online"), default="batch")  # a child's mode
     parser.add_argument("--scaling", default=None, help="numbers of training documents, comma-separated")
     parser.add_argument("--plot", default=None, help="with --scaling: where to draw time against N (PNG)")
+    parser.add_argument("--corpus-file", default=None, help=argparse.SUPPRESS)  # a child's saved synthetic corpus
     args = parse(parser, QUICK, TASKS)
     args.topics = args.topics or (10 if args.corpus == "lee" else 50)
     args.batch = args.batch or (32 if args.corpus == "lee" else 2048)
@@ -240,17 +262,18 @@ def main():
         return
     import jax
 
-    shared = ["--corpus", args.corpus, "--docs", str(args.docs), "--vocabulary", str(args.vocabulary), "--topics",
-              str(args.topics), "--words", str(args.words), "--iters", str(args.iters), "--batch", str(args.batch)]
     runs = [("batch", "jaxvi"), ("batch", "sklearn"), ("online", "jaxvi"), ("online", "sklearn"),
             ("online", "gensim")]
     rows = {}
-    for mode, library in runs:
-        print(f"{mode}: {library}", flush=True)
-        rows[f"{mode}-{library}"] = spawn(__file__, ["--child", library, "--mode", mode] + shared, args.child_timeout)
+    with tempfile.TemporaryDirectory() as folder:
+        shared = shared_corpus(args, folder)
+        for mode, library in runs:
+            print(f"{mode}: {library}", flush=True)
+            rows[f"{mode}-{library}"] = spawn(__file__, ["--child", library, "--mode", mode] + shared,
+                                              args.child_timeout)
+        train, _, length = corpus(args)
     where = machine(jax)
     versions = {name: importlib.metadata.version(name) for name in ("jax", "jaxlib", "scikit-learn", "gensim")}
-    train, _, length = corpus(args)
     size = (f"{train.shape[0]} training documents, V={train.shape[1]}, {int(train.sum())} tokens, L={length}"
             f" distinct words at most")
     lines = [f"# LDA ({args.corpus}): {size}, K={args.topics}; batch {args.iters} iterations, online one pass of "
@@ -293,12 +316,13 @@ def scaling(args) -> None:
     sizes = [int(n) for n in args.scaling.split(",")]
     rows = {}
     for n in sizes:
-        shared = ["--corpus", "synthetic", "--docs", str(n), "--vocabulary", str(args.vocabulary), "--topics",
-                  str(args.topics), "--words", str(args.words), "--iters", str(args.iters), "--batch", str(args.batch)]
-        for mode, library in SCALING_RUNS:
-            print(f"N={n} {mode}: {library}", flush=True)
-            rows[f"{n}-{mode}-{library}"] = spawn(__file__, ["--child", library, "--mode", mode] + shared,
-                                                  args.child_timeout)
+        args.corpus, args.docs, args.corpus_file = "synthetic", n, None
+        with tempfile.TemporaryDirectory() as folder:
+            shared = shared_corpus(args, folder)
+            for mode, library in SCALING_RUNS:
+                print(f"N={n} {mode}: {library}", flush=True)
+                rows[f"{n}-{mode}-{library}"] = spawn(__file__, ["--child", library, "--mode", mode] + shared,
+                                                      args.child_timeout)
     where = machine(jax)
     lines = [f"# LDA (synthetic) time against the number of documents: V={args.vocabulary}, K={args.topics}, about "
              f"{args.words} tokens per document; batch {args.iters} iterations, online one pass of minibatches of "
