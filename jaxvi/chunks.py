@@ -3,6 +3,10 @@
 Working on ``chunk_size`` data at a time keeps the intermediates of a vmapped log-joint (for a
 mixture: one row per datum and latent value) small enough to stay in cache, instead of writing
 ``N x K x ...`` arrays to memory. The results are the same as one big ``vmap``.
+
+Chunk i holds rows i, i + N/c, i + 2N/c, ... (``_strided``), not rows ic to (i + 1)c: data split over devices
+along the leading axis (``mesh=``) then give every device its share of every chunk, and the devices work on
+each chunk together; contiguous chunks would each live on one device, and the others would wait or copy.
 """
 from __future__ import annotations
 
@@ -29,7 +33,22 @@ def map_data(fn: Callable[[PyTree], PyTree], data: PyTree, chunk_size: int) -> P
     Returns:
       ``fn``'s outputs stacked along a new leading axis of size N.
     """
-    return lax.map(fn, data, batch_size=min(chunk_size, num_data(data)))
+    n = num_data(data)
+    size = min(chunk_size, n)
+    n_full = n // size
+    head = jax.tree_util.tree_map(lambda a: _strided(a[: n_full * size], size), data)
+    out = lax.map(lambda chunk: jax.vmap(fn)(chunk), head)
+    out = jax.tree_util.tree_map(lambda a: jnp.swapaxes(a, 0, 1).reshape(n_full * size, *a.shape[2:]), out)
+    if n_full * size < n:
+        tail = jax.vmap(fn)(jax.tree_util.tree_map(lambda a: a[n_full * size:], data))
+        out = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b]), out, tail)
+    return out
+
+
+def _strided(a: jax.Array, size: int) -> jax.Array:
+    """``a``'s rows as ``(len(a) // size, size, ...)`` chunks, chunk i holding rows i, i + len(a) // size, ...:
+    data split over devices along the leading axis give every chunk an equal share on every device."""
+    return jnp.swapaxes(a.reshape(size, a.shape[0] // size, *a.shape[1:]), 0, 1)
 
 
 def sum_data(fn: Callable[[PyTree], PyTree], data: PyTree, chunk_size: int) -> PyTree:
@@ -42,7 +61,7 @@ def sum_data(fn: Callable[[PyTree], PyTree], data: PyTree, chunk_size: int) -> P
     n = num_data(data)
     size = min(chunk_size, n)
     n_full = n // size
-    head = jax.tree_util.tree_map(lambda a: a[: n_full * size].reshape(n_full, size, *a.shape[1:]), data)
+    head = jax.tree_util.tree_map(lambda a: _strided(a[: n_full * size], size), data)
 
     def add_chunk(carry, chunk):
         total, compensation = carry
