@@ -49,7 +49,7 @@ def stream(model: Model, method, minibatches: Iterable[PyTree], *, num_data: int
       num_data: N, the number of data the stream stands for (the minibatch's part of the bound is scaled by
         N / B).
       key: the run's key: split into ``(init_key, run_key)`` as ``jaxvi.infer`` does.
-      params: θ to start from (None: ``model.init`` on the first minibatch).
+      params: θ to start from (None: ``model.init`` on the first minibatch); unused when ``state`` is given.
       state: the method's state to go on from (a previous stream's: another pass over the data, as gensim's
         ``passes``; or ``method.init``'s, altered), instead of ``method.init`` on the first minibatch scaled to N.
       progress: show a tqdm bar over the minibatches.
@@ -88,17 +88,17 @@ def stream(model: Model, method, minibatches: Iterable[PyTree], *, num_data: int
     objectives, batch, t = [], first, 0
     try:
         while batch is not None:
-            if _layout(batch) != layout:
-                raise ValueError(f"minibatches: minibatch {t} is {_describe(_layout(batch))}; every minibatch must be "
-                                 f"the first's {_describe(layout)}")
             state, info = step(state, batch, t)
             objectives.append(info.objective)     # a device scalar: reading it here would wait for the step
-            batch = next(batches, None)           # the next minibatch is read while the step runs
-            if batch is not None:
-                batch = jax.device_put(batch)
             t += 1
             if bar is not None:
                 bar.update(1)
+            batch = next(batches, None)           # the next minibatch is read while the step runs
+            if batch is not None and _layout(batch) != layout:
+                raise ValueError(f"minibatches: minibatch {t} is {_describe(_layout(batch))}; every minibatch must be "
+                                 f"the first's {_describe(layout)}")
+            if batch is not None:
+                batch = jax.device_put(batch)
     finally:
         if bar is not None:
             bar.close()
