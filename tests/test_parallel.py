@@ -17,19 +17,27 @@ SCRIPT = textwrap.dedent('''
     out = {}
 
     def compare(name, model, method, data):
+        """The fit on one device, and on four: the data sharded as infer(mesh=mesh) shards them, one compile
+        whose program is read for the all-reduce."""
         one = jaxvi.infer(model, method, data, key=jax.random.key(0), progress=False)
-        four = jaxvi.infer(model, method, data, key=jax.random.key(0), progress=False, mesh=mesh)
-        sharded = jax.tree_util.tree_leaves(jaxvi.parallel.shard_data(data, mesh))[0].sharding
-        lowered = jax.jit(lambda d: jaxvi.infer(model, method, d, key=jax.random.key(0), progress=False).objective)
-        hlo = lowered.lower(jaxvi.parallel.shard_data(data, mesh)).compile().as_text()
-        out[name] = {"objective": [float(one.objective), float(four.objective)],
-                     "trace_max_rel": float(np.max(np.abs(np.asarray(one.trace) - np.asarray(four.trace))
+        sharded = jaxvi.parallel.shard_data(data, mesh)
+        fit = jax.jit(lambda d: (lambda r: (r.objective, r.trace))(
+            jaxvi.infer(model, method, d, key=jax.random.key(0), progress=False)))
+        compiled = fit.lower(sharded).compile()
+        objective, trace = compiled(sharded)
+        out[name] = {"objective": [float(one.objective), float(objective)],
+                     "trace_max_rel": float(np.max(np.abs(np.asarray(one.trace) - np.asarray(trace))
                                                    / np.abs(np.asarray(one.trace)))),
-                     "devices": len(sharded.device_set), "all_reduce": "all-reduce" in hlo}
+                     "devices": len(jax.tree_util.tree_leaves(sharded)[0].sharding.device_set),
+                     "all_reduce": "all-reduce" in compiled.as_text()}
+        return one
 
     x = rng.normal(size=(400, 3)).astype(np.float32) + rng.integers(0, 3, (400, 1)) * 3.0
     gm = jaxvi.models.gaussian_mixture(3)
-    compare("em gmm", gm.model, jaxvi.EM(m_step=gm.m_step, max_iter=30, tol=0.0), x)
+    em_gmm = compare("em gmm", gm.model, jaxvi.EM(m_step=gm.m_step, max_iter=30, tol=0.0), x)
+    with_mesh = jaxvi.infer(gm.model, jaxvi.EM(m_step=gm.m_step, max_iter=30, tol=0.0), x, key=jax.random.key(0),
+                            progress=False, mesh=mesh)
+    out["mesh="] = [float(em_gmm.objective), float(with_mesh.objective)]
     hmm = jaxvi.models.gaussian_hmm(2)
     seqs = (rng.normal(size=(8, 50, 2)) + np.repeat(rng.integers(0, 2, (8, 5, 1)) * 3.0, 10, axis=1)).astype(np.float32)
     compare("em hmm", hmm.model, jaxvi.EM(m_step=hmm.m_step, max_iter=10, tol=0.0), seqs)
@@ -72,6 +80,8 @@ def test_fits_on_four_devices_equal_fits_on_one():
         one, four = fit["objective"]
         assert abs(four - one) <= 1e-5 * abs(one), (name, fit)
         assert fit["trace_max_rel"] <= 1e-5, (name, fit)                     # the same run, step by step
+    one, four = out["mesh="]                                                    # infer(mesh=) shards as above
+    assert abs(four - one) <= 1e-5 * abs(one)
     assert "split evenly over the mesh's 4 devices" in out["errors"][0]
     assert "expected a jax.sharding.Mesh" in out["errors"][1]
 
