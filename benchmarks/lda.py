@@ -21,7 +21,8 @@ function for all (``jaxvi.models.lda_perplexity`` at each library's topics: scik
 
 Usage:
   python benchmarks/lda.py --corpus lee --json benchmarks/results/lda_lee_cpu.json --markdown benchmarks/results/lda_lee_cpu.md
-  python benchmarks/lda.py --corpus synthetic --docs 200000 --vocabulary 10000 --topics 50
+  python benchmarks/lda.py --corpus synthetic --docs 200000 --iters 2 --json benchmarks/results/lda_synthetic_200k_cpu.json \
+      --markdown benchmarks/results/lda_synthetic_200k_cpu.md
   python benchmarks/lda.py --quick
   python benchmarks/lda.py --corpus synthetic --scaling 1000,2000,5000,10000,20000 --iters 2 \
       --json benchmarks/results/lda_scaling_cpu.json --markdown benchmarks/results/lda_scaling_cpu.md \
