@@ -57,7 +57,11 @@ def sum_data(fn: Callable[[PyTree], PyTree], data: PyTree, chunk_size: int) -> P
     ``fn`` receives a chunk (every leaf sliced to at most ``chunk_size`` rows) and returns a
     pytree of sums over that chunk, e.g. sufficient statistics. Full chunks run in a ``lax.scan``
     whose running total is compensated (``kahan_add``); the remainder, if any, in one more call.
+    ``fn`` is rematerialised (``jax.checkpoint``): a gradient of the sum recomputes each chunk's intermediates
+    in its backward pass instead of keeping every chunk's, so memory stays O(chunk) under differentiation too
+    (CAVI's gradient reads through LDA's tokens would otherwise keep N x L x K assignments).
     """
+    fn = jax.checkpoint(fn)
     n = num_data(data)
     size = min(chunk_size, n)
     n_full = n // size
