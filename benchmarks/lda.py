@@ -101,6 +101,17 @@ def shared_corpus(args, folder: str) -> list[str]:
     return shared
 
 
+def spawn_runs(args, runs, folder: str, prefix: str = "") -> dict:
+    """Every ``(mode, library)`` of ``runs`` fitted in a child process of its own on one corpus (saved in
+    ``folder``), keyed ``f"{prefix}{mode}-{library}"``."""
+    shared, rows = shared_corpus(args, folder), {}
+    for mode, library in runs:
+        print(f"{prefix}{mode}: {library}", flush=True)
+        rows[f"{prefix}{mode}-{library}"] = spawn(__file__, ["--child", library, "--mode", mode] + shared,
+                                                  args.child_timeout)
+    return rows
+
+
 def training(args):
     """(train, held-out, L) for the mode: online, the training documents cut to whole minibatches (one pass of
     them, N the same for every library)."""
@@ -265,13 +276,8 @@ def main():
 
     runs = [("batch", "jaxvi"), ("batch", "sklearn"), ("online", "jaxvi"), ("online", "sklearn"),
             ("online", "gensim")]
-    rows = {}
     with tempfile.TemporaryDirectory() as folder:
-        shared = shared_corpus(args, folder)
-        for mode, library in runs:
-            print(f"{mode}: {library}", flush=True)
-            rows[f"{mode}-{library}"] = spawn(__file__, ["--child", library, "--mode", mode] + shared,
-                                              args.child_timeout)
+        rows = spawn_runs(args, runs, folder)
         train, _, length = corpus(args)
     where = machine(jax)
     versions = {name: importlib.metadata.version(name) for name in ("jax", "jaxlib", "scikit-learn", "gensim")}
@@ -319,11 +325,7 @@ def scaling(args) -> None:
     for n in sizes:
         args.corpus, args.docs, args.corpus_file = "synthetic", n, None
         with tempfile.TemporaryDirectory() as folder:
-            shared = shared_corpus(args, folder)
-            for mode, library in SCALING_RUNS:
-                print(f"N={n} {mode}: {library}", flush=True)
-                rows[f"{n}-{mode}-{library}"] = spawn(__file__, ["--child", library, "--mode", mode] + shared,
-                                                      args.child_timeout)
+            rows.update(spawn_runs(args, SCALING_RUNS, folder, prefix=f"{n}-"))
     where = machine(jax)
     lines = [f"# LDA (synthetic) time against the number of documents: V={args.vocabulary}, K={args.topics}, about "
              f"{args.words} tokens per document; batch {args.iters} iterations, online one pass of minibatches of "
