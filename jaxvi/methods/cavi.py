@@ -52,6 +52,7 @@ from jaxvi.methods.em import gradient_m_step
 from jaxvi.methods.settings import check_count, check_number, settings
 from jaxvi.model import Model, is_traced
 from jaxvi.result import FAULT_LOG_EVIDENCE, FAULT_PARAMS, NO_FAULT, Fault, Result
+from jaxvi.run.compiled import per_fit
 from jaxvi.run.schedule import Change, Schedule
 from jaxvi.vi import chains, expfam, local_factors
 from jaxvi.vi.factors import Factor, FactorSpec, factor_spec
@@ -321,7 +322,7 @@ class CAVI:
         if data is None or not (structure.factors or local_layout) or is_traced(data):
             return
         head = jax.tree_util.tree_map(lambda a: a[:min(8, a.shape[0])], data)
-        prior, residuals = jax.jit(lambda: self._probe(model, head))()
+        prior, residuals = _compiled_probe(model, self, head)
         for name, residual in zip(_leaf_names(model, local=True), residuals[2]):
             if not float(residual) <= NOT_CONJUGATE:
                 raise ValueError(
@@ -706,6 +707,12 @@ class CAVI:
             surrogate = SimpleNamespace(log_joint=expected, total_log_prior=prior)
         new, _ = gradient_m_step(surrogate, params, data, post, optax.lbfgs(), self.m_step_iters, self.chunk_size)
         return new
+
+
+@per_fit
+def _compiled_probe(model: Model, method: CAVI, data: PyTree):
+    """``CAVI._probe`` compiled once per model and method structure, like the fit itself."""
+    return method._probe(model, data)
 
 
 def _stored(post):
