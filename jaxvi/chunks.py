@@ -33,22 +33,14 @@ def map_data(fn: Callable[[PyTree], PyTree], data: PyTree, chunk_size: int) -> P
     Returns:
       ``fn``'s outputs stacked along a new leading axis of size N.
     """
-    n = num_data(data)
-    size = min(chunk_size, n)
-    n_full = n // size
-    head = jax.tree_util.tree_map(lambda a: _strided(a[: n_full * size], size), data)
-    out = lax.map(lambda chunk: jax.vmap(fn)(chunk), head)
-    out = jax.tree_util.tree_map(lambda a: jnp.swapaxes(a, 0, 1).reshape(n_full * size, *a.shape[2:]), out)
-    if n_full * size < n:
-        tail = jax.vmap(fn)(jax.tree_util.tree_map(lambda a: a[n_full * size:], data))
-        out = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b]), out, tail)
+    chunks, tail = _chunks(data, chunk_size)
+    if chunks is None:  # one chunk: no loop to compile
+        return jax.vmap(fn)(data)
+    out = lax.map(jax.vmap(fn), chunks)
+    out = jax.tree_util.tree_map(lambda a: jnp.swapaxes(a, 0, 1).reshape(-1, *a.shape[2:]), out)
+    if tail is not None:
+        out = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b]), out, jax.vmap(fn)(tail))
     return out
-
-
-def _strided(a: jax.Array, size: int) -> jax.Array:
-    """``a``'s rows as ``(len(a) // size, size, ...)`` chunks, chunk i holding rows i, i + len(a) // size, ...:
-    data split over devices along the leading axis give every chunk an equal share on every device."""
-    return jnp.swapaxes(a.reshape(size, a.shape[0] // size, *a.shape[1:]), 0, 1)
 
 
 def sum_data(fn: Callable[[PyTree], PyTree], data: PyTree, chunk_size: int) -> PyTree:
@@ -57,15 +49,16 @@ def sum_data(fn: Callable[[PyTree], PyTree], data: PyTree, chunk_size: int) -> P
     ``fn`` receives a chunk (every leaf sliced to at most ``chunk_size`` rows) and returns a
     pytree of sums over that chunk, e.g. sufficient statistics. Full chunks run in a ``lax.scan``
     whose running total is compensated (``kahan_add``); the remainder, if any, in one more call.
+    ``fn`` is traced once for the full chunks and once for a remainder, never more: compile time is that of
+    one chunk's code, not of every use of it.
     ``fn`` is rematerialised (``jax.checkpoint``): a gradient of the sum recomputes each chunk's intermediates
     in its backward pass instead of keeping every chunk's, so memory stays O(chunk) under differentiation too
     (CAVI's gradient reads through LDA's tokens would otherwise keep N x L x K assignments).
     """
     fn = jax.checkpoint(fn)
-    n = num_data(data)
-    size = min(chunk_size, n)
-    n_full = n // size
-    head = jax.tree_util.tree_map(lambda a: _strided(a[: n_full * size], size), data)
+    chunks, tail = _chunks(data, chunk_size)
+    if chunks is None:  # one chunk: no loop to compile
+        return fn(data)
 
     def add_chunk(carry, chunk):
         total, compensation = carry
@@ -73,14 +66,32 @@ def sum_data(fn: Callable[[PyTree], PyTree], data: PyTree, chunk_size: int) -> P
         return jax.tree_util.tree_transpose(jax.tree_util.tree_structure(total), jax.tree_util.tree_structure((0, 0)),
                                             added), None
 
-    first = jax.tree_util.tree_map(lambda a: a[0], head)
-    rest = jax.tree_util.tree_map(lambda a: a[1:], head)
-    start = fn(first)
-    (total, _), _ = lax.scan(add_chunk, (start, jax.tree_util.tree_map(jnp.zeros_like, start)), rest)
-    if n_full * size < n:
-        tail = jax.tree_util.tree_map(lambda a: a[n_full * size:], data)
+    zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype),
+                                   jax.eval_shape(fn, jax.tree_util.tree_map(lambda a: a[0], chunks)))
+    (total, _), _ = lax.scan(add_chunk, (zeros, zeros), chunks)
+    if tail is not None:
         total = jax.tree_util.tree_map(jnp.add, total, fn(tail))
     return total
+
+
+def _chunks(data: PyTree, chunk_size: int) -> tuple[PyTree | None, PyTree | None]:
+    """``(chunks, tail)``: the data's first ``(N // c) c`` rows as ``(N // c, c, ...)`` strided chunks
+    (``_strided``), c = min(chunk_size, N), and the remaining rows (None if there are none); chunks is None
+    when the data are one chunk (N <= chunk_size)."""
+    n = num_data(data)
+    size = min(chunk_size, n)
+    n_full = n // size
+    if n_full * size == n and n_full == 1:
+        return None, None
+    chunks = jax.tree_util.tree_map(lambda a: _strided(a[: n_full * size], size), data)
+    tail = jax.tree_util.tree_map(lambda a: a[n_full * size:], data) if n_full * size < n else None
+    return chunks, tail
+
+
+def _strided(a: jax.Array, size: int) -> jax.Array:
+    """``a``'s rows as ``(len(a) // size, size, ...)`` chunks, chunk i holding rows i, i + len(a) // size, ...:
+    data split over devices along the leading axis give every chunk an equal share on every device."""
+    return jnp.swapaxes(a.reshape(size, a.shape[0] // size, *a.shape[1:]), 0, 1)
 
 
 def sum_accurately(values: jax.Array) -> jax.Array:

@@ -55,7 +55,7 @@ from jaxvi.result import FAULT_LOG_EVIDENCE, FAULT_PARAMS, NO_FAULT, Fault, Resu
 from jaxvi.run.compiled import per_fit
 from jaxvi.run.schedule import Change, Schedule
 from jaxvi.vi import chains, expfam, local_factors
-from jaxvi.vi.factors import Factor, FactorSpec, factor_spec
+from jaxvi.vi.factors import Factor, FactorSpec, factor_spec, sample_factors
 
 __all__ = ["CAVI", "CAVIDiagnostics", "CAVIInfo", "CAVIPosterior", "CAVIState", "NOT_CONJUGATE"]
 
@@ -453,8 +453,7 @@ class CAVI:
         local = structure.parts.local
         dtype = float_dtype(data)
         layout = structure.local_factors
-        draws = tuple(_draw(f, eta, k) for f, eta, k in  # one draw of the global factors
-                      zip(structure.factors, factors, jax.random.split(key, len(factors))))
+        draws = _draws(structure.factors, factors, key) if factors else ()  # one draw of the global factors
         if layout is not None:
             if local_posterior is not None:  # its carried factors, fitted to the factors given
                 expected = structure.expected_log_joint(model, structure.rules(factors))
@@ -743,10 +742,14 @@ def _drop(values, j: int) -> list:
     return [v for k, v in enumerate(values) if k != j]
 
 
-def _draw(factor: FactorSpec, eta, key) -> jax.Array:
-    """One draw of a factor, in its family's layout."""
-    fitted = Factor(factor.spec, tuple(eta))
-    value = jax.tree_util.tree_map(lambda a: a[0], fitted.sample(key, 1))
+def _draws(factors: tuple[FactorSpec, ...], etas: tuple, key: jax.Array) -> tuple:
+    """One draw of each factor, in its family's layout (``sample_factors``: one Gamma sampler for them all)."""
+    values = sample_factors(tuple(Factor(f.spec, tuple(eta)) for f, eta in zip(factors, etas)), key)
+    return tuple(_encoded(f, value) for f, value in zip(factors, values))
+
+
+def _encoded(factor: FactorSpec, value) -> jax.Array:
+    """A draw as ``log_joint`` receives it, in the family's layout."""
     if isinstance(value, tuple):  # (mean, precision) back to [mu | L]
         mean, precision = value
         if precision.ndim == mean.ndim:  # Normal-Gamma

@@ -13,12 +13,13 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from tensorflow_probability.substrates import jax as tfp
 
 from jaxvi.latents import Beta, Dirichlet, Gamma, Gaussian, NormalGamma, NormalWishart, OneHot, Wishart
 from jaxvi.vi import expfam
 
-__all__ = ["Factor", "FactorSpec", "factor_spec"]
+__all__ = ["Factor", "FactorSpec", "factor_spec", "sample_factors"]
 
 tfd = tfp.distributions
 
@@ -196,34 +197,79 @@ class Factor:
         return expfam.log_density(self._factor.family, self.eta, value)
 
     def sample(self, key: jax.Array, n: int = 1):
-        """``n`` draws, stacked on a leading axis (Normal-Wishart: the precision from its Wishart by Bartlett's
-        decomposition, then the mean given it)."""
-        spec = self.spec
-        if isinstance(spec, Wishart):
-            return _wishart_sample(key, *self._wishart(), n)
-        if not isinstance(spec, (NormalWishart, NormalGamma)):
-            return self._distribution().sample(n, seed=key)
-        precision_key, mean_key = jax.random.split(key)
-        p = self.parameters()
+        """``n`` draws, stacked on a leading axis (``sample_factors`` of this factor, once per key)."""
+        return jax.vmap(lambda k: sample_factors((self,), k)[0])(jax.random.split(key, n))
+
+    def standard_draws(self) -> tuple[jax.Array, tuple]:
+        """What one draw is made of: ``(shapes, normal_shape)``, the shape parameters of independent log-Gamma
+        draws and the shape of the standard normal draws (``from_standard_draws``). Every family is sampled
+        from these two, so the draws of many factors can share one Gamma sampler (``sample_factors``)."""
+        p, spec, dtype = self.parameters(), self.spec, self.eta[0].dtype
+        batch = self._factor.batch_shape
+        if isinstance(spec, Beta):
+            return jnp.stack([p["a"], p["b"]], axis=-1), ()
+        if isinstance(spec, Gamma):
+            return p["shape"], ()
+        if isinstance(spec, Dirichlet):
+            return p["concentration"], ()
+        if isinstance(spec, OneHot):  # Gumbel noise: minus the log of an Exponential, a Gamma(1)
+            return jnp.ones(batch + (spec.K,), dtype), ()
+        if isinstance(spec, Gaussian):
+            return jnp.zeros((0,), dtype), (spec.d,)
         if isinstance(spec, NormalGamma):
-            precision = self._distribution().sample(n, seed=precision_key)
-            noise = jax.random.normal(mean_key, precision.shape, precision.dtype)
-            return p["mean"] + noise / jnp.sqrt(p["strength"] * precision), precision
-        precision = _wishart_sample(precision_key, *self._wishart(), n)
+            return p["shape"], batch
+        dof = p["dof"]  # Wishart, Normal-Wishart: Bartlett's chi-squares, as Gammas of (dof - i) / 2
+        shapes = (dof[..., None] - jnp.arange(spec.d, dtype=dtype)) / 2
+        return shapes, batch + (spec.d, spec.d if isinstance(spec, Wishart) else spec.d + 1)
+
+    def from_standard_draws(self, log_gammas: jax.Array, normals: jax.Array):
+        r"""One draw, the value ``log_joint`` receives, from log-Gamma draws of the shapes and standard normal
+        draws of the shape ``standard_draws`` gives: Beta :math:`G_a / (G_a + G_b)`, Gamma :math:`G / rate`,
+        Dirichlet :math:`G_k / \sum G`, OneHot the argmax of the logits plus Gumbel noise :math:`-\log G_1`, the
+        Normal :math:`m + L\epsilon`, Wishart by Bartlett's :math:`LAA^\top L^\top`, :math:`LL^\top` the scale and
+        A lower triangular with :math:`A_{ii}^2 = 2G_{(\nu - i)/2}` and normal entries below the diagonal, and a
+        Normal-Gamma's or Normal-Wishart's mean given its precision. Ratios are taken in log space (softmax,
+        sigmoid), so small concentrations do not divide 0 by 0."""
+        p, spec = self.parameters(), self.spec
+        if isinstance(spec, Beta):
+            return jax.nn.sigmoid(log_gammas[..., 0] - log_gammas[..., 1])
+        if isinstance(spec, Gamma):
+            return jnp.exp(log_gammas) / p["rate"]
+        if isinstance(spec, Dirichlet):
+            return jax.nn.softmax(log_gammas, axis=-1)
+        if isinstance(spec, OneHot):
+            return jax.nn.one_hot(jnp.argmax(self.eta[0] - log_gammas, axis=-1), spec.K, dtype=self.eta[0].dtype)
+        if isinstance(spec, Gaussian):
+            return p["mean"] + jnp.linalg.cholesky(p["covariance"]) @ normals
+        if isinstance(spec, NormalGamma):
+            precision = jnp.exp(log_gammas) / p["rate"]
+            return p["mean"] + normals / jnp.sqrt(p["strength"] * precision), precision
+        d = spec.d
+        dof, scale = self._wishart()
+        bartlett = (jnp.tril(normals[..., :d], -1)
+                    + jnp.sqrt(2 * jnp.exp(log_gammas))[..., None] * jnp.eye(d, dtype=normals.dtype))
+        factor = jnp.linalg.cholesky(scale) @ bartlett
+        precision = factor @ jnp.swapaxes(factor, -1, -2)
+        if isinstance(spec, Wishart):
+            return precision
         chol = jnp.linalg.cholesky(p["strength"][..., None, None] * precision)
-        noise = jax.random.normal(mean_key, precision.shape[:-1], precision.dtype)
-        return p["mean"] + jnp.linalg.solve(jnp.swapaxes(chol, -1, -2), noise[..., None])[..., 0], precision
+        return p["mean"] + jnp.linalg.solve(jnp.swapaxes(chol, -1, -2), normals[..., d:])[..., 0], precision
 
 
-def _wishart_sample(key: jax.Array, dof: jax.Array, scale: jax.Array, n: int) -> jax.Array:
-    r"""``n`` draws of :math:`W(\Lambda \mid W, \nu)` (batch shape of ``dof`` in front of each): Bartlett's
-    :math:`\Lambda = L A A^\top L^\top`, :math:`LL^\top = W`, A lower triangular with
-    :math:`A_{ii}^2 \sim \chi^2_{\nu - i}` and standard normal entries below the diagonal."""
-    d = scale.shape[-1]
-    shape = (n,) + dof.shape
-    chi_key, normal_key = jax.random.split(key)
-    chi2 = 2 * jax.random.gamma(chi_key, (dof[..., None] - jnp.arange(d)) / 2, shape + (d,), scale.dtype)
-    below = jnp.tril(jax.random.normal(normal_key, shape + (d, d), scale.dtype), -1)
-    bartlett = below + jnp.sqrt(chi2)[..., None] * jnp.eye(d, dtype=scale.dtype)
-    factor = jnp.linalg.cholesky(scale) @ bartlett
-    return factor @ jnp.swapaxes(factor, -1, -2)
+def sample_factors(factors: tuple[Factor, ...], key: jax.Array) -> tuple:
+    """One draw of each factor, their log-Gamma draws made by one call of the sampler (``Factor.standard_draws``):
+    JAX's Gamma sampler is a rejection loop that costs seconds to compile, once here rather than once a factor."""
+    gamma_key, normal_key = jax.random.split(key)
+    standard = [f.standard_draws() for f in factors]
+    dtype = factors[0].eta[0].dtype
+    sizes = [shapes.size for shapes, _ in standard]
+    log_gammas = jax.random.loggamma(gamma_key, jnp.concatenate([shapes.ravel() for shapes, _ in standard]
+                                                                 ).astype(dtype), dtype=dtype)
+    normal_sizes = [int(np.prod(shape)) for _, shape in standard]
+    normals = jax.random.normal(normal_key, (sum(normal_sizes),), dtype)
+    draws, g, z = [], 0, 0
+    for f, (shapes, normal_shape), size, normal_size in zip(factors, standard, sizes, normal_sizes):
+        draws.append(f.from_standard_draws(log_gammas[g:g + size].reshape(shapes.shape),
+                                           normals[z:z + normal_size].reshape(normal_shape)))
+        g, z = g + size, z + normal_size
+    return tuple(draws)
