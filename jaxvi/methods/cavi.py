@@ -573,22 +573,31 @@ class CAVI:
     def bound(self, model: Model, params: PyTree, factors: tuple, data: PyTree, local_posterior=None) -> jax.Array:
         r"""The bound :math:`E_q[\log p_\theta(D, z)] + H[q]` at any q: the global ``factors`` (natural parameters,
         as in ``CAVIState.factors``) and the local ``local_posterior`` (a ``DiscretePosterior`` for a
-        ``Discrete`` local latent; None: the optimal local q, the bound a step reports)."""
+        ``Discrete`` local latent; None: the optimal local q, the bound a step reports). Compiled once per model
+        and method structure."""
+        structure = _structure(model)
+        if local_posterior is not None and not isinstance(local_posterior, (chains.ChainProduct,
+                                                                            exact.DiscretePosterior)):
+            raise ValueError(f"local_posterior: expected a DiscretePosterior, a ChainProduct or None, got "
+                             f"{type(local_posterior).__name__}")
+        if local_posterior is not None and structure.local_factors is not None:
+            raise ValueError("local_posterior: CAVI.bound takes no local q for local exponential-family factors; "
+                             "pass None for the bound at the optimal local q")
+        if structure.parts.local is None:  # nothing for a local q to describe
+            local_posterior = None
+        return _compiled_bound(model, self, params, factors, data, local_posterior)
+
+    def _bound(self, model: Model, params: PyTree, factors: tuple, data: PyTree, local_posterior=None) -> jax.Array:
+        """``bound``, traced (its arguments checked by ``bound``)."""
         structure = _structure(model)
         if local_posterior is None or structure.parts.local is None:
             return self._local_step(model, structure, params, factors, data)[0]
-        if structure.local_factors is not None:
-            raise ValueError("local_posterior: CAVI.bound takes no local q for local exponential-family factors; "
-                             "pass None for the bound at the optimal local q")
         if isinstance(local_posterior, chains.ChainProduct):
             rules = structure.rules(factors)
             data_term = local_posterior.expected_log_joint(structure.expected_log_joint(model, rules), params, data,
                                                            self.chunk_size)
             return (data_term + sum_accurately(jnp.sum(local_posterior.entropy, axis=1))
                     + structure.global_terms(model, params, factors, rules))
-        if not isinstance(local_posterior, exact.DiscretePosterior):
-            raise ValueError(f"local_posterior: expected a DiscretePosterior or None, got "
-                             f"{type(local_posterior).__name__}")
         rules = structure.rules(factors)
         probs = local_posterior.probs
         local_entropy = -jnp.sum(jnp.where(probs > 0, probs * local_posterior.log_probs, 0.0))
@@ -712,6 +721,12 @@ class CAVI:
 def _compiled_probe(model: Model, method: CAVI, data: PyTree):
     """``CAVI._probe`` compiled once per model and method structure, like the fit itself."""
     return method._probe(model, data)
+
+
+@per_fit
+def _compiled_bound(model: Model, method: CAVI, params, factors, data, local_posterior):
+    """``CAVI.bound`` compiled once per model and method structure."""
+    return method._bound(model, params, factors, data, local_posterior)
 
 
 def _stored(post):

@@ -30,10 +30,13 @@ def test_beta_bernoulli_q_is_the_exact_posterior_and_the_bound_the_exact_evidenc
             init=lambda key, data: {})
         result = fit(model, jnp.asarray(flips), max_iter=3)
         q = result.posterior().globals["p"].parameters()
+        bound = result.method.bound(model, result.params, result.diagnostics.factors, jnp.asarray(flips))
+        with pytest.raises(ValueError, match="local_posterior: expected a DiscretePosterior"):
+            result.method.bound(model, result.params, result.diagnostics.factors, jnp.asarray(flips), "q")
     heads = flips.sum()
     np.testing.assert_allclose([q["a"], q["b"]], [2 + heads, 3 + 50 - heads], rtol=1e-12)
     exact = special.betaln(2 + heads, 3 + 50 - heads) - special.betaln(2, 3)
-    np.testing.assert_allclose(result.objective, exact, rtol=1e-12)
+    np.testing.assert_allclose([result.objective, bound], exact, rtol=1e-12)
 
 
 def test_dirichlet_categorical_q_is_the_exact_posterior_and_the_bound_the_exact_evidence():
