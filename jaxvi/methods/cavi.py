@@ -562,12 +562,11 @@ class CAVI:
                                                                 for is_global in parts.is_global])
         local = None
         if structure.parts.local is not None and data is not None:
-            _, local = self._local_step(result.model, structure, result.params, result.diagnostics.factors, data)
-        if isinstance(local, local_factors.LocalFactors):  # every datum's factors, as distributions
-            etas = map_data(lambda chunk: local.factors(*chunk), (data, local.carried), self.chunk_size)
-            layout = local.layout
-            local = jax.tree_util.tree_unflatten(layout.treedef, [Factor(f.spec, tuple(eta))
-                                                                  for f, eta in zip(layout.factors, etas)])
+            local = _compiled_local_q(result.model, self, result.params, result.diagnostics.factors, data)
+            layout = structure.local_factors
+            if layout is not None:  # every datum's factors, as distributions
+                local = jax.tree_util.tree_unflatten(layout.treedef, [Factor(f.spec, tuple(eta))
+                                                                      for f, eta in zip(layout.factors, local)])
         return CAVIPosterior(globals_, local)
 
     def bound(self, model: Model, params: PyTree, factors: tuple, data: PyTree, local_posterior=None) -> jax.Array:
@@ -727,6 +726,16 @@ def _compiled_probe(model: Model, method: CAVI, data: PyTree):
 def _compiled_bound(model: Model, method: CAVI, params, factors, data, local_posterior):
     """``CAVI.bound`` compiled once per model and method structure."""
     return method._bound(model, params, factors, data, local_posterior)
+
+
+@per_fit
+def _compiled_local_q(model: Model, method: CAVI, params, factors, data):
+    """The local q of ``data`` at the global ``factors`` (``CAVI._local_step``; local exponential-family factors as
+    every datum's natural parameters), compiled once per model and method structure."""
+    local = method._local_step(model, _structure(model), params, factors, data)[1]
+    if isinstance(local, local_factors.LocalFactors):  # every datum's natural parameters (it closes over a function)
+        return map_data(lambda chunk: local.factors(*chunk), (data, local.carried), method.chunk_size)
+    return local
 
 
 def _stored(post):
