@@ -1,4 +1,6 @@
 """jaxvi: fit latent-variable models written as pure log-joint functions, compiled with JAX."""
+import os as _os
+
 from jaxvi._xla import avoid_lapack_deadlock
 
 avoid_lapack_deadlock()  # before JAX's CPU backend starts: see jaxvi/_xla.py
@@ -18,10 +20,14 @@ from jaxvi.statistics import Statistics
 from jaxvi.vi import (Categorical, Delta, FittedGuide, Flow, FullRank, GlobalLocal, LowRank, MeanField, interval,
                       ordered, positive, simplex)
 from jaxvi import models, nn, parallel, plot, run
+from jaxvi.run.compiled import CACHE_ENV as _CACHE_ENV, cache
+
+if _os.environ.get(_CACHE_ENV):
+    cache(_os.environ[_CACHE_ENV])
 
 __all__ = ["Amortized", "AmortizedParams", "Batch", "Beta", "CAVI", "Categorical", "ChainPosterior", "Delta", "Dirichlet", "Discrete",
            "DiscretePosterior", "EM", "EMDiagnostics", "EMState", "Evidence", "Fault", "FittedGuide", "Flow", "FullRank",
            "Gamma", "Gaussian", "GaussianPosterior", "Global", "GlobalLocal", "LowRank", "Markov", "MeanField", "Method", "Model",
-           "NormalGamma", "NormalWishart", "OneHot", "OnlineEM", "Real", "Result", "SVI", "SVIDiagnostics", "Sequences", "Statistics", "evidence", "infer",
+           "NormalGamma", "NormalWishart", "OneHot", "OnlineEM", "Real", "Result", "SVI", "SVIDiagnostics", "Sequences", "Statistics", "cache", "evidence", "infer",
            "interval", "load", "models", "nn", "ordered", "parallel", "plot", "positive", "run", "simplex", "Wishart"]
 __version__ = "0.1.0"

@@ -17,14 +17,16 @@ from __future__ import annotations
 
 import collections
 import functools
+import os
 import threading
 from typing import Any, Callable
 
 import jax
 
-__all__ = ["CACHED_FITS", "cached_fits", "per_fit"]
+__all__ = ["CACHE_ENV", "CACHED_FITS", "cache", "cached_fits", "per_fit"]
 
 CACHED_FITS = 16  # (model, method structure) pairs whose compiled code is kept
+CACHE_ENV = "JAXVI_CACHE"  # a folder: ``import jaxvi`` turns the on-disk cache on there (``cache``)
 
 _fits: collections.OrderedDict = collections.OrderedDict()  # (model, structure) -> {fn: jitted fn}
 _lock = threading.Lock()
@@ -61,3 +63,41 @@ def _jitted(fn: Callable, model: Any, method: Any) -> Callable:
         if fn not in functions:
             functions[fn] = jax.jit(functools.partial(fn, model))
         return functions[fn]
+
+
+def cache(path: str | os.PathLike | None = None) -> str:
+    """Keeps compiled code on disk in ``path`` (JAX's persistent compilation cache), for later processes.
+
+    A process that compiles a program already there (the same model code, method structure, data shapes and
+    dtypes, jax version and device) loads it instead of compiling it: a script run again pays its
+    compile time once. Every compilation is kept, however short (JAX keeps only those over a second by
+    default). The folder grows with every new program; delete it to start afresh. Setting the environment
+    variable ``JAXVI_CACHE`` to a folder does the same when jaxvi is imported.
+
+    Args:
+      path: a folder, made if missing; default ``$XDG_CACHE_HOME/jaxvi`` (``~/.cache/jaxvi``).
+
+    Returns:
+      The folder's absolute path.
+
+    Raises:
+      ValueError: ``path`` is not a folder this process can write.
+    """
+    from jax.experimental.compilation_cache import compilation_cache
+
+    if path is None:
+        path = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
+                            "jaxvi")
+    if not isinstance(path, (str, os.PathLike)):
+        raise ValueError(f"path: expected a folder path (str or os.PathLike) or None, got {path!r}")
+    folder = os.path.abspath(os.path.expanduser(os.fspath(path)))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"path: expected a folder that can be made and written, got {folder!r} ({err})") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"path: expected a folder this process can write, got {folder!r}")
+    compilation_cache.reset_cache()  # a cache already opened elsewhere is closed; the next compile opens this one
+    jax.config.update("jax_compilation_cache_dir", folder)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    return folder
