@@ -5,13 +5,16 @@ process tree on the same data and writes JSON with a ``summary`` of ratios (spee
 ``run`` executes the chosen scripts ``repeats`` times each (``--quick``: their smoke sizes), skips
 one whose peer is not importable with a line that says so, and writes ``bench.json`` and
 ``bench.md``: per benchmark and summary number, the median and the spread (min, max) over repeats,
-with the device, the jax version and the git commit.
+with the device, the jax version and the git commit. With ``cache`` (``--cache``), every process keeps its
+compiled code on disk (``jaxvi.cache``; JAX peers' too): each benchmark runs once with its cache folder
+emptied (cold), then ``repeats`` times from it (warm), and the report gives both.
 """
 from __future__ import annotations
 
 import importlib.util
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -45,7 +48,7 @@ def benchmarks_dir() -> Path:
 
 
 def run(names: list[str] | None = None, *, quick: bool = False, repeats: int = 1, out_dir: str = "jaxvi-bench",
-        without: tuple[str, ...] = (), timeout: float = 3600) -> dict:
+        without: tuple[str, ...] = (), timeout: float = 3600, cache: str | None = None) -> dict:
     """Runs the benchmarks and writes ``out_dir/bench.json`` and ``out_dir/bench.md``.
 
     Args:
@@ -55,6 +58,8 @@ def run(names: list[str] | None = None, *, quick: bool = False, repeats: int = 1
       out_dir: where the reports go.
       without: module names to treat as not installed (to see the skip path).
       timeout: seconds before one run is abandoned.
+      cache: a folder for compiled code ("": ``out_dir/cache``); each benchmark's runs share its subfolder, emptied
+        before the first (cold) run, and ``repeats`` warm runs follow. None: no cache.
 
     Returns:
       The JSON written.
@@ -72,7 +77,10 @@ def run(names: list[str] | None = None, *, quick: bool = False, repeats: int = 1
     device = jax.devices()[0]
     kind = device.device_kind
     report = {"device": kind if kind.lower() == device.platform else f"{device.platform} ({kind})", "jax": jax.__version__,
-              "commit": _commit(folder), "quick": quick, "repeats": repeats, "benchmarks": {}}
+              "commit": _commit(folder), "quick": quick, "repeats": repeats, "cache": cache is not None,
+              "benchmarks": {}}
+    if cache == "":
+        cache = str(Path(out_dir) / "cache")
     for name in names:
         peer, modules, install = BENCHMARKS[name]
         missing = [m for m in modules if m in without or importlib.util.find_spec(m) is None]
@@ -81,20 +89,29 @@ def run(names: list[str] | None = None, *, quick: bool = False, repeats: int = 1
             print(line, flush=True)
             report["benchmarks"][name] = {"skipped": line}
             continue
+        env, labels = dict(os.environ), ["run"] * repeats
+        if cache is not None:
+            env["JAXVI_CACHE"] = os.path.abspath(Path(cache) / name)
+            shutil.rmtree(env["JAXVI_CACHE"], ignore_errors=True)  # the first run compiles everything (cold)
+            labels = ["cold"] + ["warm"] * repeats
         runs = []
-        for repeat in range(repeats):
+        for repeat, label in enumerate(labels):
             path = Path(out_dir) / f"{name}_{repeat}.json"
             args = [sys.executable, str(folder / f"{name}.py"), "--json", str(path),
                     "--markdown", str(path.with_suffix(".md"))] + (QUICK_ARGS.get(name, ["--quick"]) if quick else [])
             started = time.perf_counter()
-            print(f"running {name} ({repeat + 1}/{repeats}){' --quick' if quick else ''}", flush=True)
-            proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
+            print(f"running {name} ({repeat + 1}/{len(labels)}){' --quick' if quick else ''}"
+                  f"{f', {label} cache' if cache is not None else ''}", flush=True)
+            proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env)
             if proc.returncode != 0:
                 tail = (proc.stderr.strip().splitlines() or ["(no stderr)"])[-1]
                 raise RuntimeError(f"benchmark {name} failed: {tail}")
             with open(path) as f:
-                runs.append({"seconds": time.perf_counter() - started, **json.load(f)})
-        report["benchmarks"][name] = {"peer": peer, "runs": runs, "summary": _spread(runs)}
+                runs.append({"seconds": time.perf_counter() - started, "cache": label, **json.load(f)})
+        entry = {"peer": peer, "runs": runs, "summary": _spread([r for r in runs if r["cache"] != "cold"])}
+        if cache is not None:
+            entry["cold"] = _spread([r for r in runs if r["cache"] == "cold"])
+        report["benchmarks"][name] = entry
     with open(Path(out_dir) / "bench.json", "w") as f:
         json.dump(report, f, indent=1)
     with open(Path(out_dir) / "bench.md", "w") as f:
@@ -132,9 +149,17 @@ def _markdown(report: dict) -> str:
         if "skipped" in entry:
             lines += [entry["skipped"], ""]
             continue
-        lines += [f"against {entry['peer']}", "", "| number | median | min | max |", "|---|---|---|---|"]
+        cold = entry.get("cold")
+        if cold is None:
+            lines += [f"against {entry['peer']}", "", "| number | median | min | max |", "|---|---|---|---|"]
+        else:
+            lines += [f"against {entry['peer']}; warm: compiled code loaded from the cache, cold: compiled afresh", "",
+                      "| number | warm median | warm min | warm max | cold |", "|---|---|---|---|---|"]
         for key, value in entry["summary"].items():
-            lines.append(f"| {key} | {value['median']:.4g} | {value['min']:.4g} | {value['max']:.4g} |")
+            row = f"| {key} | {value['median']:.4g} | {value['min']:.4g} | {value['max']:.4g} |"
+            if cold is not None:
+                row += f" {cold[key]['median']:.4g} |" if key in cold else " |"
+            lines.append(row)
         lines.append("")
     return "\n".join(lines) + "\n"
 

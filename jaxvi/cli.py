@@ -20,6 +20,9 @@ def main(argv: list[str] | None = None) -> int:
     run_bench.add_argument("--repeats", type=int, default=1, help="runs of each benchmark (median and spread)")
     run_bench.add_argument("--out", default="jaxvi-bench", help="the reports' folder (default: jaxvi-bench)")
     run_bench.add_argument("--without", nargs="*", default=(), help="modules to treat as not installed")
+    run_bench.add_argument("--cache", nargs="?", const="", default=None, metavar="DIR",
+                           help="keep compiled code on disk (default DIR: the reports' folder/cache): each benchmark "
+                                "runs cold, then --repeats times warm, and the report gives both")
     args = parser.parse_args(argv)
     if args.command == "demo":
         from jaxvi.demo import run
@@ -28,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "bench":
         from jaxvi.bench import run
 
-        run(args.names, quick=args.quick, repeats=args.repeats, out_dir=args.out, without=tuple(args.without))
+        run(args.names, quick=args.quick, repeats=args.repeats, out_dir=args.out, without=tuple(args.without),
+            cache=args.cache)
     return 0
 
 

@@ -75,19 +75,22 @@ def test_main_lists_the_commands(capsys):
 def test_bench_quick_runs_one_benchmark_and_skips_a_missing_peer(tmp_path, capsys):
     import json
 
-    assert main(["bench", "gmm_em", "hmm_em", "--quick", "--without", "hmmlearn", "--out", str(tmp_path)]) == 0
+    assert main(["bench", "gmm_em", "hmm_em", "--quick", "--without", "hmmlearn", "--out", str(tmp_path),
+                 "--cache"]) == 0
     assert "skipping hmm_em: its peer hmmlearn is not installed" in capsys.readouterr().out
     report = json.loads((tmp_path / "bench.json").read_text())
-    assert {"device", "jax", "commit", "quick", "repeats", "benchmarks"} <= set(report)
-    assert report["quick"] is True and report["repeats"] == 1
+    assert {"device", "jax", "commit", "quick", "repeats", "cache", "benchmarks"} <= set(report)
+    assert report["quick"] is True and report["repeats"] == 1 and report["cache"] is True
     assert report["benchmarks"]["hmm_em"] == {"skipped": "skipping hmm_em: its peer hmmlearn is not installed "
                                                          "(pip install hmmlearn)"}
     gmm = report["benchmarks"]["gmm_em"]
-    assert gmm["peer"] == "scikit-learn" and len(gmm["runs"]) == 1
-    for key in ("n_init=1.speedup_with_compile", "n_init=8.speedup_compiled", "n_init=1.log_likelihood_rel_diff"):
-        value = gmm["summary"][key]
-        assert math.isfinite(value["median"]) and value["min"] <= value["median"] <= value["max"]
-    assert gmm["summary"]["n_init=1.log_likelihood_rel_diff"]["median"] < 1e-4   # the same fit as scikit-learn
-    assert "## gmm_em" in (tmp_path / "bench.md").read_text()
+    assert gmm["peer"] == "scikit-learn" and [r["cache"] for r in gmm["runs"]] == ["cold", "warm"]
+    assert any((tmp_path / "cache" / "gmm_em").iterdir())  # the cold run left its compiled code there
+    for summary in (gmm["summary"], gmm["cold"]):
+        for key in ("n_init=1.speedup_with_compile", "n_init=8.speedup_compiled", "n_init=1.log_likelihood_rel_diff"):
+            value = summary[key]
+            assert math.isfinite(value["median"]) and value["min"] <= value["median"] <= value["max"]
+        assert summary["n_init=1.log_likelihood_rel_diff"]["median"] < 1e-4   # the same fit as scikit-learn
+    assert "## gmm_em" in (tmp_path / "bench.md").read_text() and "| cold |" in (tmp_path / "bench.md").read_text()
     with pytest.raises(ValueError, match="names"):
         main(["bench", "no_such_benchmark", "--out", str(tmp_path)])
