@@ -138,3 +138,21 @@ def test_online_em_s_final_fault_names_the_chunk_and_keeps_the_last_finite_step(
     np.testing.assert_allclose(float(result.objective), float(info.objective), rtol=1e-5)
     for a, b in zip(jax.tree_util.tree_leaves(result.params), jax.tree_util.tree_leaves(kept.params)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("n, size", [(40, 8), (300, 4)])  # a top-k of n keys; the streamed draw (n > 64 size)
+def test_minibatches_are_uniform_draws_without_replacement(n, size):
+    """20,000 minibatches: no index twice in one; every index, every pair of indices and every index in the first
+    position as often as a uniform draw without replacement gives them (within 5 standard errors)."""
+    from jaxvi.chunks import TOP_K_MINIBATCH, minibatch
+    assert (n > TOP_K_MINIBATCH * size) == (n == 300)
+    reps = 20_000
+    draws = np.asarray(jax.jit(jax.vmap(lambda k: minibatch(k, n, size)))(jax.random.split(jax.random.key(1), reps)))
+    assert draws.min() >= 0 and draws.max() < n
+    assert all(len(set(row)) == size for row in draws.tolist())
+    for observed, p in [(np.bincount(draws.ravel(), minlength=n) / reps, size / n),
+                        (np.mean(np.any(draws == 0, 1) & np.any(draws == 1, 1)), size * (size - 1) / (n * (n - 1))),
+                        (np.bincount(draws[:, 0], minlength=n) / reps, 1 / n)]:
+        assert np.all(np.abs(observed - p) < 5 * np.sqrt(p * (1 - p) / reps)), (observed, p)
+    big = np.asarray(minibatch(jax.random.key(2), 2 ** 23, 256))  # (value, position) too large for int32 keys
+    assert len(set(big.tolist())) == 256 and big.min() >= 0 and big.max() < 2 ** 23
