@@ -71,7 +71,7 @@ def numpyro_step_seconds(args) -> dict:
     from numpyro.infer import SVI, Trace_ELBO
     from numpyro.infer.autoguide import AutoNormal
 
-    x = simulate(args.child_n)
+    x = jax.numpy.asarray(simulate(args.child_n))
     n = len(x)
 
     def model(x):
