@@ -77,13 +77,13 @@ def sum_data(fn: Callable[[PyTree], PyTree], data: PyTree, chunk_size: int) -> P
 
 def _chunks(data: PyTree, chunk_size: int) -> tuple[PyTree | None, PyTree | None]:
     """``(chunks, tail)``: the data's first ``(N // c) c`` rows as ``(N // c, c, ...)`` strided chunks
-    (``_strided``), c = min(chunk_size, N), and the remaining rows (None if there are none); chunks is None
+    (``_strided``), c = chunk_size, and the remaining rows (None if there are none); chunks is None
     when the data are one chunk (N <= chunk_size)."""
     n = num_data(data)
-    size = min(chunk_size, n)
-    n_full = n // size
-    if n_full * size == n and n_full == 1:
+    if n <= chunk_size:
         return None, None
+    size = chunk_size
+    n_full = n // size
     chunks = jax.tree_util.tree_map(lambda a: _strided(a[: n_full * size], size), data)
     tail = jax.tree_util.tree_map(lambda a: a[n_full * size:], data) if n_full * size < n else None
     return chunks, tail

@@ -587,9 +587,9 @@ class CAVI:
         return _compiled_bound(model, self, params, factors, data, local_posterior)
 
     def _bound(self, model: Model, params: PyTree, factors: tuple, data: PyTree, local_posterior=None) -> jax.Array:
-        """``bound``, traced (its arguments checked by ``bound``)."""
+        """``bound``, traced (its arguments checked by ``bound``, ``local_posterior`` None without a local latent)."""
         structure = _structure(model)
-        if local_posterior is None or structure.parts.local is None:
+        if local_posterior is None:
             return self._local_step(model, structure, params, factors, data)[0]
         if isinstance(local_posterior, chains.ChainProduct):
             rules = structure.rules(factors)

@@ -245,10 +245,9 @@ class Factor:
             precision = jnp.exp(log_gammas) / p["rate"]
             return p["mean"] + normals / jnp.sqrt(p["strength"] * precision), precision
         d = spec.d
-        dof, scale = self._wishart()
         bartlett = (jnp.tril(normals[..., :d], -1)
                     + jnp.sqrt(2 * jnp.exp(log_gammas))[..., None] * jnp.eye(d, dtype=normals.dtype))
-        factor = jnp.linalg.cholesky(scale) @ bartlett
+        factor = jnp.linalg.cholesky(p["scale"]) @ bartlett
         precision = factor @ jnp.swapaxes(factor, -1, -2)
         if isinstance(spec, Wishart):
             return precision
