@@ -21,7 +21,7 @@ from jaxvi.data import num_data
 __all__ = ["kahan_add", "map_data", "minibatch", "sum_accurately", "sum_data", "num_data"]
 
 PyTree = Any
-TOP_K_MINIBATCH = 64  # minibatch: a top-k of n uniform keys up to n = 64 x size, the streamed draw beyond
+TOP_K_MINIBATCH = 4  # minibatch: a top-k of n uniform keys up to n = 4 x size, the streamed draw beyond (measured: equal near 6x)
 
 def map_data(fn: Callable[[PyTree], PyTree], data: PyTree, chunk_size: int) -> PyTree:
     """``vmap(fn)(data)``, computed ``chunk_size`` data at a time.
