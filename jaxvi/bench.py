@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["BENCHMARKS", "run"]
+__all__ = ["BENCHMARKS", "run", "scaling"]
 
 # benchmark -> (the peer it compares against, the modules that peer needs, how to install it)
 BENCHMARKS = {
@@ -118,6 +118,44 @@ def run(names: list[str] | None = None, *, quick: bool = False, repeats: int = 1
         f.write(_markdown(report))
     print(f"jaxvi bench: the report is in {os.path.abspath(Path(out_dir) / 'bench.md')}", flush=True)
     return report
+
+
+def scaling(families: list[str] | None = None, *, quick: bool = False, out_dir: str = "jaxvi-bench",
+            without: tuple[str, ...] = (), timeout: float = 4 * 3600) -> dict:
+    """Runs ``benchmarks/scaling.py``: jaxvi and each peer at growing sizes, written to ``out_dir/scaling.json``,
+    ``scaling.md`` and ``scaling.png`` (time against size on log-log axes, where jaxvi overtakes each peer).
+
+    Args:
+      families: what to grow (default: all): gmm (N), hmm_t (sequence length), hmm_s (sequences), svi (N with
+        minibatches), vae (training steps).
+      quick: two small sizes per family.
+      out_dir: where the reports go.
+      without: module names to treat as not installed (that family is skipped, with a line saying so).
+      timeout: seconds before the whole run is abandoned.
+
+    Returns:
+      The JSON written.
+    """
+    folder = benchmarks_dir()
+    spec = importlib.util.spec_from_file_location("jaxvi_scaling_benchmark", folder / "scaling.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    families = list(script.FAMILIES) if not families else families
+    unknown = [f for f in families if f not in script.FAMILIES]
+    if unknown:
+        raise ValueError(f"names: with --scaling, expected families among {list(script.FAMILIES)}, got {unknown}")
+    os.makedirs(out_dir, exist_ok=True)
+    out = Path(out_dir) / "scaling"
+    args = [sys.executable, str(folder / "scaling.py"), "--families", *families, "--json", f"{out}.json",
+            "--markdown", f"{out}.md", "--plot", f"{out}.png"] + (["--without", *without] if without else [])
+    print(f"running scaling ({', '.join(families)}){' --quick' if quick else ''}", flush=True)
+    proc = subprocess.run(args + (["--quick"] if quick else []), capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["(no stderr)"])[-1]
+        raise RuntimeError(f"benchmark scaling failed: {tail}")
+    print(f"jaxvi bench --scaling: the report is in {os.path.abspath(f'{out}.md')}", flush=True)
+    with open(f"{out}.json") as f:
+        return json.load(f)
 
 
 def _flatten(tree, prefix: str = "") -> dict:

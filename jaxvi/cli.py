@@ -15,7 +15,8 @@ def main(argv: list[str] | None = None) -> int:
     run_demo.add_argument("--out", default="jaxvi-report", help="the report's folder (default: jaxvi-report)")
     run_bench = commands.add_parser("bench", help="run the benchmarks/ suite against the installed peers")
     run_bench.add_argument("names", nargs="*", help="benchmarks to run (default: all): gmm_em bayes_gmm hmm_em "
-                                                     "svi_logreg vae_digits")
+                                                     "svi_logreg vae_digits; with --scaling, families: gmm hmm_t "
+                                                     "hmm_s svi vae")
     run_bench.add_argument("--quick", action="store_true", help="the benchmarks' smoke sizes")
     run_bench.add_argument("--repeats", type=int, default=1, help="runs of each benchmark (median and spread)")
     run_bench.add_argument("--out", default="jaxvi-bench", help="the reports' folder (default: jaxvi-bench)")
@@ -23,11 +24,17 @@ def main(argv: list[str] | None = None) -> int:
     run_bench.add_argument("--cache", nargs="?", const="", default=None, metavar="DIR",
                            help="keep compiled code on disk (default DIR: the reports' folder/cache): each benchmark "
                                 "runs cold, then --repeats times warm, and the report gives both")
+    run_bench.add_argument("--scaling", action="store_true",
+                           help="time against size, jaxvi and each peer (scaling.md, scaling.png in the reports' folder)")
     args = parser.parse_args(argv)
     if args.command == "demo":
         from jaxvi.demo import run
 
         run(args.out, quick=args.quick)
+    elif args.command == "bench" and args.scaling:
+        from jaxvi.bench import scaling
+
+        scaling(args.names, quick=args.quick, out_dir=args.out, without=tuple(args.without))
     elif args.command == "bench":
         from jaxvi.bench import run
 

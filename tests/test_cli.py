@@ -94,3 +94,37 @@ def test_bench_quick_runs_one_benchmark_and_skips_a_missing_peer(tmp_path, capsy
     assert "## gmm_em" in (tmp_path / "bench.md").read_text() and "| cold |" in (tmp_path / "bench.md").read_text()
     with pytest.raises(ValueError, match="names"):
         main(["bench", "no_such_benchmark", "--out", str(tmp_path)])
+
+
+def test_bench_scaling_times_jaxvi_and_scikit_learn_at_growing_n(tmp_path, capsys):
+    """``jaxvi bench --scaling``: the same GMM fit as scikit-learn at each N, jaxvi's compile time measured
+    directly (within its first call), a PNG, and a family whose peer is missing skipped with a line."""
+    import json
+
+    assert main(["bench", "--scaling", "gmm", "svi", "--quick", "--without", "numpyro", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "scaling.json").read_text())
+    gmm = report["summary"]["gmm"]
+    assert gmm["sizes"] == [1_000, 10_000] and "svi" not in report["summary"]
+    assert max(gmm["log_likelihood_rel_diff"]) < 1e-5
+    for total, compile_s, run in zip(gmm["jaxvi_total_s"], gmm["jaxvi_compile_s"], gmm["jaxvi_run_s"]):
+        assert 0 < compile_s < total and 0 < run < total
+    assert 0 < gmm["gflops"][-1] < gmm["matmul_gflops"]
+    text = (tmp_path / "scaling.md").read_text()
+    assert "skipped: its peer NumPyro is not installed (numpyro)" in text and "## gmm" in text
+    assert (tmp_path / "scaling.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="families"):
+        main(["bench", "--scaling", "gmm_em", "--out", str(tmp_path)])
+
+
+def test_overtakes_is_the_size_from_which_jaxvi_stays_ahead():
+    import importlib.util
+
+    from jaxvi.bench import benchmarks_dir
+
+    spec = importlib.util.spec_from_file_location("scaling_script", benchmarks_dir() / "scaling.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    sizes = [1, 10, 100, 1000]
+    assert script.overtakes(sizes, [5.0, 3.0, 2.0, 1.0], [1.0, 4.0, 9.0, 20.0]) == 10
+    assert script.overtakes(sizes, [1.0, 5.0, 2.0, 1.0], [2.0, 4.0, 9.0, 20.0]) == 100  # ahead, behind, ahead for good
+    assert script.overtakes(sizes, [1.0, 1.0, 1.0, 9.0], [2.0, 2.0, 2.0, 2.0]) is None  # behind at the largest
