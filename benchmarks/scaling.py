@@ -258,8 +258,8 @@ def family_report(family: str, rows: dict, sizes, matmul: dict | None) -> tuple[
 
 DESCRIPTIONS = {
     "gmm": f"full-covariance GMM by EM, D = K = {GMM_D}, {GMM_ITERS} iterations",
-    "hmm_t": f"Gaussian HMM by EM, K = 8, D = 4, {HMM_ITERS} iterations, {HMM_SEQUENCES} sequences of length T",
-    "hmm_s": f"Gaussian HMM by EM, K = 8, D = 4, {HMM_ITERS} iterations, sequences of length {HMM_LENGTH:,}",
+    "hmm_t": f"Gaussian HMM by EM, K = 8, D = 4, {HMM_ITERS} iterations, {HMM_SEQUENCES} sequences of T steps",
+    "hmm_s": f"Gaussian HMM by EM, K = 8, D = 4, {HMM_ITERS} iterations, sequences of {HMM_LENGTH:,} steps",
     "svi": f"logistic regression by SVI, D = {SVI_D}, minibatches of {SVI_BATCH}, {SVI_STEPS:,} Adam steps",
     "vae": "the digits VAE (vae_digits.py), training steps of batch 128",
 }
@@ -285,7 +285,7 @@ def plot(path: str, summaries: dict, where: str) -> None:
         ax.set_yscale("log")
         ax.set_xlabel(grows)
         ax.set_ylabel("seconds")
-        ax.set_title(DESCRIPTIONS[family], fontsize=8)
+        ax.set_title(DESCRIPTIONS[family], fontsize=7)
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(summaries):]:
         ax.axis("off")
