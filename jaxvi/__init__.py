@@ -15,6 +15,7 @@ from jaxvi.latents import (Beta, Dirichlet, Discrete, Gamma, Gaussian, Global, M
 from jaxvi.methods import (CAVI, EM, SVI, Amortized, AmortizedParams, EMDiagnostics, EMState, Method, OnlineEM,
                            SVIDiagnostics)
 from jaxvi.model import Model
+from jaxvi.pareto import psis
 from jaxvi.result import Fault, Result
 from jaxvi.statistics import Statistics
 from jaxvi.vi import (Categorical, Delta, FittedGuide, Flow, FullRank, GlobalLocal, LowRank, MeanField, interval,
@@ -28,6 +29,6 @@ if _os.environ.get(_CACHE_ENV):
 __all__ = ["Amortized", "AmortizedParams", "Batch", "Beta", "CAVI", "Categorical", "ChainPosterior", "Delta", "Dirichlet", "Discrete",
            "DiscretePosterior", "EM", "EMDiagnostics", "EMState", "Evidence", "Fault", "FittedGuide", "Flow", "FullRank",
            "Gamma", "Gaussian", "GaussianPosterior", "Global", "GlobalLocal", "LowRank", "Markov", "MeanField", "Method", "Model",
-           "NormalGamma", "NormalWishart", "OneHot", "OnlineEM", "Real", "Result", "SVI", "SVIDiagnostics", "Sequences", "Statistics", "cache", "evidence", "infer",
+           "NormalGamma", "NormalWishart", "OneHot", "OnlineEM", "Real", "Result", "SVI", "SVIDiagnostics", "Sequences", "Statistics", "cache", "evidence", "infer", "psis",
            "interval", "load", "models", "nn", "ordered", "parallel", "plot", "positive", "run", "simplex", "Wishart"]
 __version__ = "0.1.0"

@@ -9,11 +9,15 @@ or the global one)
 
 an estimate that is unbiased for p(x) (so :math:`E[\log \hat p] \le \log p(x)`: it is the IWAE-S
 bound) and consistent as S grows. Its standard error is the delta method's,
-:math:`\operatorname{sd}(e^{w}) / (\sqrt S\, \hat p)`, summed in quadrature over data.
+:math:`\operatorname{sd}(e^{w}) / (\sqrt S\, \hat p)`, summed in quadrature over data. That standard
+error is itself only trustworthy when the weights have a finite variance: PSIS's :math:`\hat k` of the
+same weights (``jaxvi.psis``) says whether they do, per datum for a local latent; above 0.7 the estimate
+is unreliable and ``evidence`` warns.
 """
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, NamedTuple
 
 import jax
@@ -23,6 +27,7 @@ from jaxvi import exact
 from jaxvi.chunks import map_data
 from jaxvi.latents import Global, exact_family
 from jaxvi.model import Model, check_data, check_key
+from jaxvi.pareto import KHAT_THRESHOLD, MIN_DRAWS, psis
 
 __all__ = ["Evidence", "evidence"]
 
@@ -30,17 +35,21 @@ PyTree = Any
 
 
 class Evidence(NamedTuple):
-    """log p(D | θ) and how it was obtained.
+    r"""log p(D | θ) and how it was obtained.
 
     Attributes:
       log_evidence: the (estimated) log evidence, a scalar.
       stderr: its Monte-Carlo standard error (0 when exact).
       exact: whether it is exact (True) or an importance-sampling estimate.
+      khat: for an estimate, PSIS's Pareto :math:`\hat k` of its importance weights: a scalar for a global
+        latent, one per datum for a local one (above 0.7: unreliable). None when exact, or with fewer than 21
+        draws per latent.
     """
 
     log_evidence: jax.Array
     stderr: jax.Array
     exact: bool
+    khat: jax.Array | None = None
 
 
 def evidence(model: Model, params: PyTree, data: PyTree, *, key: jax.Array | None = None, posterior=None,
@@ -89,8 +98,21 @@ def evidence(model: Model, params: PyTree, data: PyTree, *, key: jax.Array | Non
     if not posterior.is_global and rows != n:
         raise ValueError(f"posterior: a local guide fitted to {rows} data cannot propose for {n} data; pass the "
                          f"data it was fitted to")
-    log_p, variance = _importance_sampled(model, params, data, key, posterior, num_samples, chunk_size)
-    return Evidence(log_p, jnp.sqrt(variance), False)
+    log_p, variance, khat = _importance_sampled(model, params, data, key, posterior, num_samples, chunk_size)
+    if num_samples < MIN_DRAWS:
+        khat = None
+    elif not isinstance(khat, jax.core.Tracer):
+        _warn_if_unreliable(khat)
+    return Evidence(log_p, jnp.sqrt(variance), False, khat)
+
+
+def _warn_if_unreliable(khat: jax.Array) -> None:
+    unreliable = int(jnp.sum(khat > KHAT_THRESHOLD))
+    if unreliable:
+        where = "its weights" if khat.ndim == 0 else f"the weights of {unreliable} of {khat.size} data"
+        warnings.warn(f"evidence: the importance-sampled estimate is unreliable: PSIS k-hat of {where} is above "
+                      f"{KHAT_THRESHOLD} (largest {float(jnp.max(khat)):.2f}), so the proposal misses posterior mass; "
+                      f"fit q closer (another guide, more steps) or draw more samples", stacklevel=3)
 
 
 def _exact_posterior(model, params, data, chunk_size):
@@ -98,12 +120,14 @@ def _exact_posterior(model, params, data, chunk_size):
 
 
 @jax.jit
-def _log_mean_exp_and_variance(log_weights: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """``(log mean exp w, var of log mean exp w)`` over the last axis (delta method)."""
+def _log_mean_exp_and_variance(log_weights: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``(log mean exp w, var of log mean exp w, PSIS k-hat)`` over the last axis (delta method; k-hat NaN
+    under 21 weights)."""
     num = log_weights.shape[-1]
     log_mean = jax.nn.logsumexp(log_weights, axis=-1) - math.log(num)
     ratio = jnp.exp(log_weights - log_mean[..., None])                   # e^w / p_hat
-    return log_mean, jnp.var(ratio, axis=-1) / num
+    khat = psis(log_weights)[1] if num >= MIN_DRAWS else jnp.full(log_weights.shape[:-1], jnp.nan)
+    return log_mean, jnp.var(ratio, axis=-1) / num, khat
 
 
 def _importance_sampled(model, params, data, key, posterior, num_samples, chunk_size):
@@ -153,7 +177,7 @@ def _local(model, posterior, params, data, key, num_samples, chunk_size):
             return _log_mean_exp_and_variance(weights)
 
         at_once = max(1, min(chunk_size, EVALUATIONS_AT_ONCE // num_samples))  # memory: data x particles
-        log_p, variance = map_data(one_datum, (data, guide_params, keys), at_once)
-        return jnp.sum(log_p), jnp.sum(variance)
+        log_p, variance, khat = map_data(one_datum, (data, guide_params, keys), at_once)
+        return jnp.sum(log_p), jnp.sum(variance), khat
 
     return run(params, data, posterior.params, key)

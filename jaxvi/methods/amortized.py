@@ -87,6 +87,8 @@ class AmortizedDiagnostics(NamedTuple):
       restart_objectives: ``(n_init,)`` final objective of every restart.
       stop_reason: why the run stopped, an index into ``jaxvi.run.STOP_REASONS`` (running, tolerance,
         max_iter, fault, patience, resolution).
+      khat: per training datum, PSIS's Pareto k-hat (``jaxvi.psis``) of the encoder's q(z | x) as a proposal,
+        from the final ELBO's ``num_eval_particles`` draws (above 0.7: q misses posterior mass; NaN under 21).
     """
 
     elbo_stderr: jax.Array
@@ -96,6 +98,7 @@ class AmortizedDiagnostics(NamedTuple):
     fault: Fault
     restart_objectives: jax.Array
     stop_reason: jax.Array
+    khat: jax.Array
 
 
 @settings("learning_rate")
@@ -270,7 +273,7 @@ class Amortized:
         where = objective_fault(bound)
         diagnostics = AmortizedDiagnostics(bound.stderr.astype(value.dtype), nan, nan[None], jnp.array(0, jnp.int32),
                                            final_fault(value, params, guide_params, where.index, where.term),
-                                           value[None], jnp.array(0, jnp.int32))
+                                           value[None], jnp.array(0, jnp.int32), bound.khat.astype(value.dtype))
         return Result(state.params, value, value[None], jnp.array(0, jnp.int32), jnp.array(False), diagnostics, model,
                       self, guide_params=guide_params)
 

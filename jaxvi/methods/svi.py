@@ -88,6 +88,10 @@ class SVIDiagnostics(NamedTuple):
       opt_state: the optimiser states at the end: ``(state of (θ, global ψ), per-datum states or None)``.
       stop_reason: why the run stopped, an index into ``jaxvi.run.STOP_REASONS`` (running, tolerance,
         max_iter, fault, patience, resolution).
+      khat: PSIS's Pareto k-hat (``jaxvi.psis``) of the final ELBO's ``num_eval_particles`` importance weights:
+        how far q can be trusted as a proposal for the posterior (below 0.5 good, above 0.7 q misses posterior
+        mass). A scalar with global latents (the joint weights), one per datum with local latents only; NaN
+        under 21 particles or where nothing is sampled.
     """
 
     elbo_stderr: jax.Array
@@ -97,6 +101,7 @@ class SVIDiagnostics(NamedTuple):
     restart_objectives: jax.Array
     opt_state: PyTree
     stop_reason: jax.Array
+    khat: jax.Array
 
 
 @settings("tol", "learning_rate")
@@ -349,7 +354,8 @@ class SVI:
         where = objective_fault(bound)
         fault = final_fault(value, state.params, guide_params, where.index, where.term)
         diagnostics = SVIDiagnostics(bound.stderr.astype(value.dtype), log_evidence, gap, fault,
-                                     value[None], (state.opt_state, state.local_opt_state), jnp.array(0, jnp.int32))
+                                     value[None], (state.opt_state, state.local_opt_state), jnp.array(0, jnp.int32),
+                                     bound.khat.astype(value.dtype))
         return Result(state.params, value, value[None], jnp.array(0, jnp.int32), jnp.array(False), diagnostics, model,
                       self, guide_params=guide_params)
 

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 from jaxvi import exact
 from jaxvi.exact.enumerate import latent_values
 from jaxvi.latents import LatentParts, num_values, split_latent
+from jaxvi.pareto import MIN_DRAWS, psis
 from jaxvi.vi.objectives import ParticleTerms, particle_terms
 from jaxvi.vi.space import LatentSpace
 
@@ -88,14 +89,18 @@ class ELBOSpec(NamedTuple):
 
 class Bound(NamedTuple):
     """``surrogate`` (differentiate it; its value is ``bound``'s), ``bound`` (the estimate on all N
-    data, + log p(θ)), its Monte-Carlo ``stderr``, and ``finite``: which terms were finite
-    (log_joint, log_det, log_q, log_prior) and the first datum of the batch whose log-joint was not."""
+    data, + log p(θ)), its Monte-Carlo ``stderr``, ``finite``: which terms were finite
+    (log_joint, log_det, log_q, log_prior) and the first datum of the batch whose log-joint was not, and
+    ``khat``: PSIS's Pareto k-hat of the particles' importance weights (``jaxvi.psis``), a scalar with global
+    latents (the joint weights), one per datum of the batch for local ones; NaN under 21 particles or where
+    nothing is sampled."""
 
     surrogate: jax.Array
     bound: jax.Array
     stderr: jax.Array
     finite: jax.Array
     first_bad_datum: jax.Array
+    khat: jax.Array
 
 
 def elbo(spec: ELBOSpec, model, params: PyTree, global_psi: PyTree, local_psi: PyTree, rows: PyTree,
@@ -106,17 +111,17 @@ def elbo(spec: ELBOSpec, model, params: PyTree, global_psi: PyTree, local_psi: P
     """
     log_prior = model.total_log_prior(params)
     if spec.global_guide is None:
-        surrogate, bound, variance, per_datum, log_det, log_q = _local(spec, model, params, None, local_psi, rows, key,
-                                                                       num_particles)
+        surrogate, bound, variance, per_datum, log_det, log_q, khat = _local(spec, model, params, None, local_psi, rows,
+                                                                             key, num_particles)
         return _bound(scale * jnp.sum(surrogate) + log_prior, scale * jnp.sum(bound) + log_prior,
-                      scale * jnp.sqrt(jnp.sum(variance)), per_datum, log_det, log_q, log_prior)
+                      scale * jnp.sqrt(jnp.sum(variance)), per_datum, log_det, log_q, log_prior, khat)
 
     space = spec.global_space
 
     def log_joint_at(u, k):
         z_global, log_det = space.constrain(u)
         log_det = _log_det(spec.global_guide, log_det)
-        surrogate, _, _, per_datum, local_det, local_q = _local(spec, model, params, z_global, local_psi, rows, k, 1)
+        surrogate, _, _, per_datum, local_det, local_q, _ = _local(spec, model, params, z_global, local_psi, rows, k, 1)
         global_prior = spec.parts.global_log_prior(params, z_global)
         return global_prior + scale * jnp.sum(surrogate), log_det, (per_datum, global_prior, local_det, local_q)
 
@@ -131,12 +136,13 @@ def elbo(spec: ELBOSpec, model, params: PyTree, global_psi: PyTree, local_psi: P
     stderr = jnp.std(weights) / math.sqrt(num_particles)
     return _bound(surrogate + log_prior, bound + log_prior, stderr, jnp.mean(per_datum, axis=0),
                   jnp.concatenate([terms.log_det, jnp.ravel(local_det)]),
-                  jnp.concatenate([terms.log_q, jnp.ravel(local_q)]), log_prior + jnp.mean(global_prior))
+                  jnp.concatenate([terms.log_q, jnp.ravel(local_q)]), log_prior + jnp.mean(global_prior),
+                  _khat(weights))
 
 
 def _local(spec: ELBOSpec, model, params, z_global, local_psi, rows, key, num_particles):
     """Every datum's local term at the global value ``z_global``: ``(surrogate, bound, variance,
-    log-joint per datum, log_det, log_q)``, each with a leading batch axis."""
+    log-joint per datum, log_det, log_q, PSIS k-hat)``, each with a leading batch axis."""
     parts, local = spec.parts, spec.local
 
     def log_joint(p, z, x):
@@ -145,11 +151,11 @@ def _local(spec: ELBOSpec, model, params, z_global, local_psi, rows, key, num_pa
     if isinstance(local, Summed):
         per_datum = exact.posterior(log_joint, local.latent, params, rows).log_evidence
         zeros = jnp.zeros_like(per_datum)
-        return per_datum, per_datum, zeros, per_datum, zeros, zeros
+        return per_datum, per_datum, zeros, per_datum, zeros, zeros, jnp.full_like(per_datum, jnp.nan)
     if isinstance(local, Plain):
         per_datum = jax.vmap(lambda x: log_joint(params, None, x))(rows)
         zeros = jnp.zeros_like(per_datum)
-        return per_datum, per_datum, zeros, per_datum, zeros, zeros
+        return per_datum, per_datum, zeros, per_datum, zeros, zeros, jnp.full_like(per_datum, jnp.nan)
     guide, space, estimator = local
     if isinstance(space, Enumerated):
         space = latent_values(space.latent)
@@ -166,17 +172,25 @@ def _local(spec: ELBOSpec, model, params, z_global, local_psi, rows, key, num_pa
         surrogate, bound = estimator.estimate(terms)
         weights = terms.log_joint + terms.log_det - terms.log_q
         return (surrogate, bound, jnp.var(weights) / num_particles, jnp.mean(terms.log_joint),
-                jnp.mean(terms.log_det), jnp.mean(terms.log_q))
+                jnp.mean(terms.log_det), jnp.mean(terms.log_q), _khat(weights))
 
     keys = jax.random.split(key, jax.tree_util.tree_leaves(local_psi)[0].shape[0])
     return jax.vmap(one_datum)(rows, local_psi, keys)
 
 
-def _bound(surrogate, bound, stderr, per_datum, log_det, log_q, log_prior) -> Bound:
+def _bound(surrogate, bound, stderr, per_datum, log_det, log_q, log_prior, khat) -> Bound:
     per_datum_finite = jnp.isfinite(per_datum)
     finite = jnp.stack([jnp.all(per_datum_finite), jnp.all(jnp.isfinite(log_det)), jnp.all(jnp.isfinite(log_q)),
                         jnp.all(jnp.isfinite(log_prior))])
-    return Bound(surrogate, bound, stderr, finite, jnp.argmin(per_datum_finite).astype(jnp.int32))
+    return Bound(surrogate, bound, stderr, finite, jnp.argmin(per_datum_finite).astype(jnp.int32), khat)
+
+
+def _khat(log_weights: jax.Array) -> jax.Array:
+    """PSIS k-hat of ``(particles,)`` log importance weights; NaN under ``MIN_DRAWS`` of them (no tail to fit).
+    Only a final evaluation reads it: in a training step XLA drops it as unused."""
+    if log_weights.shape[0] < MIN_DRAWS:
+        return jnp.full((), jnp.nan, log_weights.dtype)
+    return psis(jax.lax.stop_gradient(log_weights))[1]
 
 
 def _log_det(guide, log_det: jax.Array) -> jax.Array:

@@ -59,6 +59,7 @@ def test_iwae_bound_rises_with_k_and_stays_below_the_exact_evidence(ppca_fit):
             bounds.append((float(estimate.log_evidence), float(estimate.stderr)))
     means = [b for b, _ in bounds]
     assert means[0] <= means[1] + 4.5 * bounds[0][1] and means[1] <= means[2] + 4.5 * bounds[1][1]
+    assert estimate.khat.shape == (len(x),) and np.all(np.isfinite(estimate.khat))  # PSIS k-hat per datum (k = 100)
     assert all(b <= exact + 4.5 * s + 1e-3 for b, s in bounds)
 
 

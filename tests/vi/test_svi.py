@@ -64,6 +64,12 @@ def test_normal_normal_recovers_the_exact_posterior_and_evidence(normal_data, gu
     estimate = jaxvi.evidence(model, result.params, normal_data, key=jax.random.key(1), posterior=q)
     assert not estimate.exact
     np.testing.assert_allclose(float(estimate.log_evidence), log_evidence, rtol=1e-5)
+    assert float(estimate.khat) < 0.5 and float(result.diagnostics.khat) < 0.5  # q is the posterior
+    if isinstance(guide, jaxvi.MeanField):  # q at 0.3 times the posterior's scale: the weights' tail shape is 1 - 0.3^2
+        narrow = q._replace(params={**q.params, "scale": jnp.log(jnp.expm1(0.3 * jax.nn.softplus(q.params["scale"])))})
+        with pytest.warns(UserWarning, match="k-hat of its weights is above 0.7"):
+            unreliable = jaxvi.evidence(model, result.params, normal_data, key=jax.random.key(1), posterior=narrow)
+        assert abs(float(unreliable.khat) - (1 - 0.3**2)) < 0.15
 
 
 def test_minibatches_give_an_unbiased_elbo_and_the_same_posterior(normal_data):
@@ -219,7 +225,7 @@ def test_local_guides_on_minibatches_against_exact_gaussian_posteriors(factor_da
     log_evidence = float(jnp.sum(exact.log_evidence))
     precision = np.linalg.inv(np.asarray(exact.covariance[0], np.float64))
     schedule = optax.exponential_decay(5e-2, 2000, 0.01)  # per-datum states count their own ~2000 updates
-    gaps = {}
+    gaps, khats = {}, {}
     for name, guide in (("full-rank", jaxvi.FullRank()), ("mean-field", jaxvi.MeanField())):
         method = jaxvi.SVI(guide=guide, num_steps=6000, batch_size=20, num_particles=2, estimator="stl",
                            optimizer=optax.adam(schedule), num_eval_particles=2000)
@@ -229,10 +235,14 @@ def test_local_guides_on_minibatches_against_exact_gaussian_posteriors(factor_da
         np.testing.assert_allclose(float(d.gap), float(d.log_evidence) - float(result.objective), rtol=1e-6)
         q = result.posterior()
         gaps[name] = float(d.gap), float(d.elbo_stderr)
+        khats[name] = np.asarray(d.khat)  # PSIS k-hat per datum, from the 2,000 evaluation particles
+        assert khats[name].shape == (len(x),)
         if name == "full-rank":
             np.testing.assert_allclose(q.mean(), exact.mean, atol=1e-3)
             assert abs(gaps[name][0]) < 0.01
+            assert np.all(khats[name] < 0.5)  # q_i is the posterior
         else:
+            assert np.median(khats[name]) > np.median(khats["full-rank"])  # too narrow along the correlation
             best = 0.5 * (np.sum(np.log(np.diag(precision))) - np.linalg.slogdet(precision)[1])
             fitted = sum(gaussian_kl(m, s, np.asarray(e, np.float64), precision)
                          for m, s, e in zip(q.mean(), q.stddev(), exact.mean))

@@ -1,0 +1,127 @@
+r"""Pareto-smoothed importance sampling (PSIS; Vehtari, Simpson, Gelman, Yao & Gabry 2024).
+
+Importance weights :math:`w_s = p(x, z_s) / q(z_s)`, :math:`z_s \sim q`, estimate expectations under the
+posterior, and their mean estimates p(x); how far that can be trusted depends on the tail of the weights'
+distribution. PSIS fits a generalized Pareto distribution (GPD) to the M largest weights,
+:math:`M = \lceil \min(S/5,\ 3\sqrt S) \rceil` of S, and
+
+- reports its shape :math:`\hat k`: below 0.5 the weights have a finite variance; up to 0.7 the estimate
+  is still usable; above 0.7 (the published threshold) importance sampling from q is unreliable, which
+  says q misses mass the posterior has (q too narrow, a missed mode);
+- replaces those M weights by the GPD's quantiles at :math:`(j - 1/2)/M`, never above the largest raw
+  weight: smoothed weights, whose self-normalised estimates have lower variance.
+
+The GPD is fitted to the excesses :math:`e_j = w_{(S-M+j)} - w_{(S-M)}` by the empirical-Bayes method of
+Zhang & Stephens (2009): a posterior mean of :math:`b = -k/\sigma` over a grid of
+:math:`m = 30 + \lfloor\sqrt M\rfloor` values, the profile likelihood
+:math:`L(b) = M(\log(b / \hat k(b)) - \hat k(b) - 1)` with :math:`\hat k(b) = \tfrac1M\sum_j \log(1 + b e_j)`
+as the weights; then :math:`\hat k` is shrunk towards 0.5 by a prior worth 10 draws (Vehtari et al. 2024,
+appendix G): :math:`\hat k \leftarrow (M \hat k + 5) / (M + 10)`.
+"""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+__all__ = ["KHAT_THRESHOLD", "MIN_DRAWS", "psis", "tail_length"]
+
+KHAT_THRESHOLD = 0.7  # above it, importance sampling from q is unreliable (Vehtari et al. 2024)
+MIN_DRAWS = 21  # the fewest draws whose tail (5 weights) a GPD is fitted to
+
+
+def tail_length(num_draws: int) -> int:
+    """M, the number of largest weights PSIS smooths: :math:`\\lceil\\min(S/5, 3\\sqrt S)\\rceil`."""
+    return math.ceil(min(0.2 * num_draws, 3.0 * math.sqrt(num_draws)))
+
+
+def psis(log_weights: jax.Array) -> tuple[jax.Array, jax.Array]:
+    r"""Pareto-smoothed log importance weights and the tail shape :math:`\hat k`, over the last axis.
+
+    Args:
+      log_weights: ``(..., S)`` raw log importance weights :math:`\log p(x, z_s) - \log q(z_s)`, S >= 21
+        draws per row (independent draws from q). ``-inf`` is a zero weight.
+
+    Returns:
+      ``(smoothed, khat)``: ``smoothed`` of the same shape, normalised so that ``exp(smoothed)`` sums to 1
+      over the last axis; ``khat`` of shape ``(...)``. The tail is the weights above the (M+1)-th largest;
+      where it has fewer than 5 (ties), it cannot be fitted: ``khat`` is ``inf`` (as in ArviZ and NumPyro) and
+      the weights are only normalised; where it is empty (the M + 1 largest weights are equal, as when q is
+      the posterior and the weights are constant) there is no tail: ``khat`` is ``-inf``. A NaN or ``+inf``
+      weight makes its row NaN.
+
+    Raises:
+      ValueError: ``log_weights`` is not a float array with at least 21 draws on its last axis.
+
+    Example:
+      >>> smoothed, khat = jaxvi.psis(log_p - log_q)        # (S,) weights of S draws from q
+      >>> expectation = jnp.sum(jnp.exp(smoothed) * f(z))   # a self-normalised PSIS estimate
+    """
+    log_weights = jnp.asarray(log_weights)
+    if not jnp.issubdtype(log_weights.dtype, jnp.floating) or log_weights.ndim < 1:
+        raise ValueError(f"log_weights: expected a float array of shape (..., S), got dtype {log_weights.dtype} "
+                         f"and shape {log_weights.shape}")
+    if log_weights.shape[-1] < MIN_DRAWS:
+        raise ValueError(f"log_weights: expected at least {MIN_DRAWS} draws on the last axis (PSIS fits a generalized "
+                         f"Pareto to the 5 or more largest), got {log_weights.shape[-1]}")
+    one_row = _psis_row
+    for _ in range(log_weights.ndim - 1):
+        one_row = jax.vmap(one_row)
+    return one_row(log_weights)
+
+
+def _psis_row(log_weights: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """PSIS of one ``(S,)`` row: the weights above the (M+1)-th largest (at most M of them; found by a top-k, not
+    a sort) replaced by GPD quantiles. Weights tied with that cutoff are not in the tail, as in ArviZ and NumPyro;
+    a tail of fewer than 5 weights cannot be fitted (k-hat ``inf``, no smoothing), an empty one is no tail at all
+    (k-hat ``-inf``: the M + 1 largest weights are equal)."""
+    dtype = log_weights.dtype
+    m = tail_length(log_weights.shape[0])
+    shifted = log_weights - jnp.max(log_weights)
+    largest, where = lax.top_k(shifted, m + 1)                     # descending: the M largest, then the cutoff
+    cutoff = jnp.maximum(largest[m], jnp.log(jnp.finfo(dtype).tiny))
+    tail, tail_at = largest[:m][::-1], where[:m][::-1]             # ascending
+    in_tail = tail > cutoff                                        # a suffix of the ascending tail
+    count = jnp.sum(in_tail)
+    excess = jnp.where(in_tail, jnp.exp(tail) - jnp.exp(cutoff), 1.0)
+    khat, sigma = _gpd_fit(excess, in_tail, count)
+    rank = jnp.arange(m) - (m - count)                             # 0, 1, ... over the tail
+    probs = (rank.astype(dtype) + 0.5) / count.astype(dtype)
+    quantiles = _gpd_quantile(jnp.where(in_tail, probs, 0.5), khat, sigma)
+    smoothed_tail = jnp.minimum(jnp.log(quantiles + jnp.exp(cutoff)), 0.0)
+    smooth = (count >= 5) & jnp.isfinite(khat)
+    smoothed = jnp.where(smooth, shifted.at[tail_at].set(jnp.where(in_tail, smoothed_tail, tail)), shifted)
+    khat = jnp.where(count == 0, -jnp.inf, jnp.where(count < 5, jnp.inf, khat))
+    return smoothed - jax.nn.logsumexp(smoothed), khat
+
+
+def _gpd_fit(excess: jax.Array, in_tail: jax.Array, count: jax.Array) -> tuple[jax.Array, jax.Array]:
+    r"""``(k, sigma)`` of a generalized Pareto fitted to the ``count`` positive excesses at the end of ascending
+    ``excess`` (``in_tail`` marks them; Zhang & Stephens 2009, shrunk towards k = 0.5 as in Vehtari et al. 2024);
+    the sign of k is the GPD's usual one (k > 0: a heavy tail). Static shapes: the tail's length is traced, the
+    grid of :math:`30 + \lfloor\sqrt n\rfloor` candidates is masked within its largest size."""
+    size, dtype = excess.shape[0], excess.dtype
+    n = count.astype(dtype)
+    grid = 30.0 + jnp.floor(jnp.sqrt(n))
+    quartile = excess[size - count + jnp.floor(n / 4 + 0.5).astype(count.dtype) - 1]
+    j = jnp.arange(1, 30 + int(math.sqrt(size)) + 1, dtype=dtype)
+    on_grid = j <= grid
+    b = 1.0 / excess[-1] + (1.0 - jnp.sqrt(grid / (j - 0.5))) / (3.0 * quartile)   # candidate -k / sigma
+    k_of_b = jnp.sum(jnp.where(in_tail, jnp.log1p(-b[:, None] * excess[None, :]), 0.0), axis=1) / n
+    profile = jnp.where(on_grid, n * (jnp.log(-b / k_of_b) - k_of_b - 1.0), -jnp.inf)
+    weights = jnp.where(on_grid, 1.0 / jnp.sum(jnp.exp(profile[None, :] - profile[:, None]), axis=1), 0.0)
+    weights = jnp.where(weights >= 10 * jnp.finfo(dtype).eps, weights, 0.0)
+    b_mean = jnp.sum(b * weights) / jnp.sum(weights)
+    k = jnp.sum(jnp.where(in_tail, jnp.log1p(-b_mean * excess), 0.0)) / n
+    sigma = -k / b_mean
+    return (n * k + 10 * 0.5) / (n + 10), sigma
+
+
+def _gpd_quantile(probs: jax.Array, k: jax.Array, sigma: jax.Array) -> jax.Array:
+    r"""The GPD's quantiles: :math:`\sigma\,((1 - p)^{-k} - 1)/k`, and :math:`-\sigma\log(1 - p)` at k = 0."""
+    tiny_k = jnp.abs(k) < jnp.finfo(probs.dtype).eps
+    safe_k = jnp.where(tiny_k, 1.0, k)
+    general = jnp.expm1(-safe_k * jnp.log1p(-probs)) / safe_k
+    return sigma * jnp.where(tiny_k, -jnp.log1p(-probs), general)

@@ -1,0 +1,88 @@
+"""PSIS (``jaxvi.psis``, jaxvi/pareto.py) against ArviZ and NumPyro on the same log weights, and k-hat against known tails."""
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxvi
+from jaxvi.pareto import KHAT_THRESHOLD
+
+
+def heavy_and_light_weights(rows: int = 4, draws: int = 2000) -> np.ndarray:
+    """Log weights with tails from bounded to very heavy: log |t_nu| draws for nu = 1, 2, 5 and normal draws."""
+    rng = np.random.default_rng(0)
+    out = [np.log(np.abs(rng.standard_t(nu, draws))) for nu in (1.0, 2.0, 5.0)] + [rng.normal(size=draws)]
+    return np.stack(out[:rows])
+
+
+def test_psis_equals_arviz_and_numpyro_on_the_same_log_weights():
+    import arviz
+    from numpyro.infer.importance import _psis_khat
+
+    log_weights = heavy_and_light_weights()
+    with jax.enable_x64(True):
+        smoothed, khat = jax.jit(jaxvi.psis)(jnp.asarray(log_weights))
+        smoothed, khat = np.asarray(smoothed), np.asarray(khat)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        their_smoothed, their_khat = arviz.psislw(log_weights.copy())
+    np.testing.assert_allclose(khat, their_khat, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(khat, [_psis_khat(row) for row in log_weights], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(smoothed, their_smoothed, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(np.exp(smoothed).sum(-1), 1.0, rtol=1e-12)
+    assert khat[0] > 0.7 > khat[3]  # |t_1| (Cauchy) weights have no mean; normal log weights a light tail
+    # ties: weights equal to the cutoff are not in the tail; a tail under 5 weights cannot be fitted (k-hat inf).
+    # Which of several equal weights gets which smoothed value is arbitrary: compare them sorted.
+    tied = np.stack([np.round(log_weights[1], 1), np.r_[np.zeros(1997), 1.0, 2.0, 3.0]])
+    with jax.enable_x64(True):
+        tied_smoothed, tied_khat = (np.asarray(a) for a in jaxvi.psis(jnp.asarray(tied)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        their_smoothed, their_khat = arviz.psislw(tied.copy())
+    np.testing.assert_allclose(tied_khat, their_khat, rtol=0, atol=1e-6)
+    assert np.isinf(tied_khat[1]) and tied_khat[1] > 0
+    np.testing.assert_allclose(np.sort(tied_smoothed, -1), np.sort(their_smoothed, -1), rtol=0, atol=1e-6)
+    with jax.enable_x64(False):  # float32, the default: the same answer to float32's resolution
+        smoothed32, khat32 = jaxvi.psis(jnp.asarray(log_weights, jnp.float32))
+    assert smoothed32.dtype == jnp.float32
+    np.testing.assert_allclose(khat32, khat, atol=1e-3)
+    np.testing.assert_allclose(np.exp(smoothed32), np.exp(smoothed), atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [0.2, 0.9])
+def test_khat_estimates_the_shape_of_generalized_pareto_weights(shape):
+    """Weights drawn from a generalized Pareto of shape k: k-hat is k within its sampling error."""
+    rng = np.random.default_rng(1)
+    u = rng.random((8, 20_000))
+    weights = (u ** -shape - 1) / shape  # the GPD(k, sigma = 1) quantile of uniform draws
+    _, khat = jaxvi.psis(jnp.log(jnp.asarray(weights, jnp.float32)))
+    assert abs(float(jnp.mean(khat)) - shape) < 0.05, khat
+
+
+def normal_log_weights(scale: float, draws: int = 4000) -> jax.Array:
+    """z ~ N(0, 1) prior, x = 1 ~ N(z, 1): the posterior is N(1/2, 1/2); q = N(1/2, scale^2 / 2)."""
+    z = 0.5 + scale * np.sqrt(0.5) * jax.random.normal(jax.random.key(2), (draws,))
+    log_joint = jax.scipy.stats.norm.logpdf(z) + jax.scipy.stats.norm.logpdf(1.0, z, 1.0)
+    return log_joint - jax.scipy.stats.norm.logpdf(z, 0.5, scale * np.sqrt(0.5))
+
+
+def test_khat_is_low_for_q_at_or_wider_than_the_posterior_and_high_for_a_too_narrow_q():
+    """For a Normal target and a Normal q of relative scale s < 1, the weights' tail shape is 1 - s^2."""
+    _, at_posterior = jaxvi.psis(normal_log_weights(1.0))
+    _, wider = jaxvi.psis(normal_log_weights(1.5))
+    _, narrow = jaxvi.psis(normal_log_weights(0.3))
+    assert float(at_posterior) < 0.5 and float(wider) < 0.5
+    assert float(narrow) > KHAT_THRESHOLD == 0.7
+    assert abs(float(narrow) - (1 - 0.3**2)) < 0.15
+
+
+def test_constant_weights_have_no_tail_and_bad_input_is_refused():
+    smoothed, khat = jaxvi.psis(jnp.full((2, 100), -3.0))
+    assert np.all(np.isneginf(khat))
+    np.testing.assert_allclose(np.exp(smoothed), 0.01, rtol=1e-6)
+    with pytest.raises(ValueError, match="log_weights: expected at least 21 draws"):
+        jaxvi.psis(jnp.zeros(20))
+    with pytest.raises(ValueError, match="log_weights: expected a float array"):
+        jaxvi.psis(jnp.zeros(100, jnp.int32))
