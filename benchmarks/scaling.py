@@ -129,22 +129,10 @@ def svi_data(n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def svi_jaxvi(n: int) -> dict:
-    import jax
-    import jax.numpy as jnp
-    import optax
+    import svi_logreg
 
-    import jaxvi
-
+    jax, jaxvi, model, method = svi_logreg.jaxvi_setup(SVI_STEPS, SVI_D, SVI_BATCH, SVI_LR)
     x, y = svi_data(n)
-
-    def log_lik(params, z, datum):
-        logit = datum["x"] @ z["w"]
-        return datum["y"] * logit - jax.nn.softplus(logit)
-
-    latent = jaxvi.Global({"w": jaxvi.Real((SVI_D,))},
-                          log_prior=lambda params, z: jnp.sum(jax.scipy.stats.norm.logpdf(z["w"])))
-    model = jaxvi.Model(log_lik, latent, lambda key, data: {})
-    method = jaxvi.SVI(num_steps=SVI_STEPS, batch_size=SVI_BATCH, optimizer=optax.adam(SVI_LR))
     data = jax.device_put({"x": x, "y": y})
     first, run, compile_s, _ = timed(lambda: jaxvi.infer(model, method, data, key=jax.random.key(0), progress=False),
                                      repeats=1)

@@ -46,7 +46,8 @@ def simulate(n: int, fits: int = 1, seed: int = 0) -> tuple[np.ndarray, np.ndarr
 
 # --- jaxvi ----------------------------------------------------------------------------------------
 
-def jaxvi_setup(steps: int):
+def jaxvi_setup(steps: int, dim: int = D, batch_size: int | None = None, lr: float = LR):
+    """Bayesian logistic regression with ``dim`` weights under N(0, I) as a jaxvi model, and its SVI method."""
     import jax
     import jax.numpy as jnp
     import optax
@@ -57,10 +58,10 @@ def jaxvi_setup(steps: int):
         logit = datum["x"] @ z["w"]
         return datum["y"] * logit - jax.nn.softplus(logit)
 
-    latent = jaxvi.Global({"w": jaxvi.Real((D,))},
+    latent = jaxvi.Global({"w": jaxvi.Real((dim,))},
                           log_prior=lambda params, z: jnp.sum(jax.scipy.stats.norm.logpdf(z["w"])))
     model = jaxvi.Model(log_lik, latent, lambda key, data: {})
-    method = jaxvi.SVI(num_steps=steps, optimizer=optax.adam(LR))
+    method = jaxvi.SVI(num_steps=steps, batch_size=batch_size, optimizer=optax.adam(lr))
     return jax, jaxvi, model, method
 
 
