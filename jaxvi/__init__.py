@@ -20,6 +20,7 @@ from jaxvi.result import Fault, Result
 from jaxvi.statistics import Statistics
 from jaxvi.vi import (Categorical, Delta, FittedGuide, Flow, FullRank, GlobalLocal, LowRank, MeanField, interval,
                       ordered, positive, simplex)
+from jaxvi.vi.objectives import Renyi
 from jaxvi import models, nn, parallel, plot, run
 from jaxvi.run.compiled import CACHE_ENV as _CACHE_ENV, cache
 
@@ -29,6 +30,6 @@ if _os.environ.get(_CACHE_ENV):
 __all__ = ["Amortized", "AmortizedParams", "Batch", "Beta", "CAVI", "Categorical", "ChainPosterior", "Delta", "Dirichlet", "Discrete",
            "DiscretePosterior", "EM", "EMDiagnostics", "EMState", "Evidence", "Fault", "FittedGuide", "Flow", "FullRank",
            "Gamma", "Gaussian", "GaussianPosterior", "Global", "GlobalLocal", "LowRank", "Markov", "MeanField", "Method", "Model",
-           "NormalGamma", "NormalWishart", "OneHot", "OnlineEM", "Real", "Result", "SVI", "SVIDiagnostics", "Sequences", "Statistics", "cache", "evidence", "infer", "psis",
+           "NormalGamma", "NormalWishart", "OneHot", "OnlineEM", "Real", "Renyi", "Result", "SVI", "SVIDiagnostics", "Sequences", "Statistics", "cache", "evidence", "infer", "psis",
            "interval", "load", "models", "nn", "ordered", "parallel", "plot", "positive", "run", "simplex", "Wishart"]
 __version__ = "0.1.0"

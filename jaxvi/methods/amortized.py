@@ -7,7 +7,8 @@ With encoder parameters φ and decoder (model) parameters θ, the objective on N
     + \log p(\theta),
 
 maximised jointly over θ and φ by stochastic gradients on shuffled minibatches (the VAE of Kingma
-& Welling 2014; with ``objective="iwae"`` the importance-weighted bound of Burda et al. 2016). The
+& Welling 2014; with ``objective="iwae"`` the importance-weighted bound of Burda et al. 2016, with
+``"dreg"`` the same bound with doubly reparameterised gradients, Tucker et al. 2019). The
 model's ``log_joint`` is the decoder: nothing about the model changes between SVI and amortized
 inference. The encoder's output is the guide's parameters for that datum (see ``guide_size``);
 a ``Flow`` guide's coupling layers are shared by all data (only its base Normal is amortized).
@@ -42,13 +43,13 @@ from jaxvi.run.schedule import Schedule
 from jaxvi.vi.elbo import ELBOSpec, Guided, elbo
 from jaxvi.vi.fitted import FittedGuide, GlobalLocal
 from jaxvi.vi.guides import Flow, FullRank, MeanField, _inverse_softplus, is_guide
-from jaxvi.vi.objectives import STL, Reparameterized, as_estimator
+from jaxvi.vi.objectives import STL, Renyi, Reparameterized, as_estimator
 from jaxvi.vi.space import latent_space
 
 __all__ = ["Amortized", "AmortizedDiagnostics", "AmortizedParams", "AmortizedState", "guide_size"]
 
 PyTree = Any
-OBJECTIVES = ("elbo", "iwae", "stl")
+OBJECTIVES = ("elbo", "iwae", "stl", "dreg")
 
 
 class AmortizedParams(NamedTuple):
@@ -117,7 +118,9 @@ class Amortized:
       num_epochs: passes over the training data (one of the two).
       batch_size: data per step; each epoch visits the training data in a new random order.
       num_particles: samples of z per datum (for ``"iwae"``, its k).
-      objective: ``"elbo"``, ``"iwae"`` or ``"stl"``.
+      objective: ``"elbo"``, ``"iwae"``, ``"stl"``, ``"dreg"`` (the IWAE bound with doubly
+        reparameterised gradients: lower-variance encoder gradients) or ``jaxvi.Renyi(alpha)`` (the Rényi
+        bound of order α); see ``jaxvi.vi.objectives``.
       validation: the fraction of the data held out (a random subset, fixed by the key) and scored
         after every epoch; 0 trains on everything.
       patience: stop after this many epochs without a better held-out ELBO and return the best
@@ -168,8 +171,9 @@ class Amortized:
         if not is_guide(self.global_guide):
             raise ValueError(f"Amortized(global_guide): expected a jaxvi guide, got {self.global_guide!r}")
         check_optimizer("Amortized", self.optimizer, self.learning_rate)
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"Amortized(objective): expected one of {OBJECTIVES}, got {self.objective!r}")
+        if not isinstance(self.objective, Renyi) and self.objective not in OBJECTIVES:
+            raise ValueError(f"Amortized(objective): expected one of {OBJECTIVES} or jaxvi.Renyi(alpha), got "
+                             f"{self.objective!r}")
         if isinstance(self.validation, bool) or not isinstance(self.validation, (int, float)) \
                 or not 0 <= self.validation < 1:
             raise ValueError(f"Amortized(validation): expected a fraction in [0, 1), got {self.validation!r}")

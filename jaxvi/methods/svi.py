@@ -123,9 +123,12 @@ class SVI:
       num_particles: Monte-Carlo samples of the latent per datum (local) or per step (global).
       estimator: ``"elbo"`` (reparameterised, default), ``"analytic"`` (closed-form entropy),
         ``"stl"`` (sticking the landing), ``"iwae"`` (importance-weighted bound with
-        ``num_particles`` samples) or ``"score"`` (score function; the default, and the only one,
-        for a ``Categorical`` guide), or an estimator object (``jaxvi.vi.objectives``). With global
-        and local latents together it applies to the global particles: ``"elbo"`` or ``"stl"``.
+        ``num_particles`` samples), ``"dreg"`` (the IWAE bound with doubly reparameterised
+        gradients), ``"score"`` (score function; the default for a ``Categorical`` guide),
+        ``"vimco"`` (the IWAE bound with VIMCO's score-function gradient, for a ``Categorical`` guide
+        or any other), ``jaxvi.Renyi(alpha)`` (the Rényi bound of order α), or another estimator
+        object (``jaxvi.vi.objectives``). With global and local latents together it applies to the
+        global particles: ``"elbo"`` or ``"stl"``.
       discrete: for ``Discrete`` latents, ``"enumerate"`` (sum them out exactly; ``Markov`` latents
         always are), ``"guide"`` (a ``Categorical`` q per datum, score-function gradients), or
         ``"auto"`` (default): enumerate up to ``ENUMERATE_MAX`` = 256 values, a guide beyond.
@@ -197,8 +200,9 @@ class SVI:
             if self._enumerates(local):
                 local_term = Summed(local)
             else:
-                local_term = Guided(Categorical(), Enumerated(local), Score())
-                estimator = Score() if not parts.globals else estimator
+                local_estimator = estimator if estimator.name == "vimco" else Score()
+                local_term = Guided(Categorical(), Enumerated(local), local_estimator)
+                estimator = local_estimator if not parts.globals else estimator
         else:
             local_estimator = estimator if not parts.globals else (STL() if isinstance(estimator, STL)
                                                                    else Reparameterized())
@@ -221,6 +225,10 @@ class SVI:
         guided = [g for g in (spec.global_guide, getattr(local, "guide", None)) if g is not None]
         space_dims = [s.dim for s in (spec.global_space, getattr(local, "space", None)) if hasattr(s, "dim")]
         if isinstance(local, Guided) and isinstance(local.guide, Categorical):
+            if estimator.name not in ("elbo", "score", "vimco"):
+                raise ValueError(f"SVI(estimator={estimator.name!r}): a Categorical guide (discrete='guide', or 'auto' "
+                                 f"with more than {ENUMERATE_MAX} latent values) has no reparameterised gradient; use "
+                                 f"'score' (the default) or 'vimco'")
             if self.num_particles < 2:
                 raise ValueError("SVI(num_particles): a Categorical guide (discrete='guide', or 'auto' with more than "
                                  f"{ENUMERATE_MAX} latent values) uses the score-function estimator, whose baseline "
@@ -241,6 +249,9 @@ class SVI:
                                  f"use estimator='elbo' or 'stl'")
             if estimator.score and self.num_particles < 2:
                 raise ValueError("SVI(num_particles): the score-function estimator's baseline needs num_particles >= 2")
+            if estimator.needs_path and any(g.point_mass or not g.reparameterized for g in guided):
+                raise ValueError(f"SVI(estimator='dreg'): {type(guided[0]).__name__} has no reparameterised "
+                                 f"draws; use 'iwae'")
             for guide, dim in zip(guided, space_dims):
                 if isinstance(guide, Flow) and dim < 2:
                     raise ValueError(f"SVI(guide=Flow()): a coupling flow needs a latent of at least 2 values, got {dim}")

@@ -31,7 +31,7 @@ from jaxvi import exact
 from jaxvi.exact.enumerate import latent_values
 from jaxvi.latents import LatentParts, num_values, split_latent
 from jaxvi.pareto import MIN_DRAWS, psis
-from jaxvi.vi.objectives import ParticleTerms, particle_terms
+from jaxvi.vi.objectives import particle_terms
 from jaxvi.vi.space import LatentSpace
 
 __all__ = ["Bound", "ELBOSpec", "Enumerated", "Guided", "Plain", "Summed", "elbo", "guide_elbo"]
@@ -125,12 +125,9 @@ def elbo(spec: ELBOSpec, model, params: PyTree, global_psi: PyTree, local_psi: P
         global_prior = spec.parts.global_log_prior(params, z_global)
         return global_prior + scale * jnp.sum(surrogate), log_det, (per_datum, global_prior, local_det, local_q)
 
-    guide, estimator = spec.global_guide, spec.estimator
     keys = jax.random.split(key, num_particles + 1)
-    u, log_q = estimator.draw(guide, global_psi, keys[0], num_particles)
-    log_joint, log_det, (per_datum, global_prior, local_det, local_q) = jax.vmap(log_joint_at)(u, keys[1:])
-    entropy = guide.entropy(global_psi) if estimator.needs_entropy else jnp.zeros((), log_joint.dtype)
-    terms = ParticleTerms(log_joint, log_det, log_q, entropy)
+    terms, (per_datum, global_prior, local_det, local_q) = particle_terms(
+        log_joint_at, spec.global_guide, global_psi, keys[0], num_particles, spec.estimator, inputs=keys[1:])
     surrogate, bound = spec.estimator.estimate(terms)
     weights = terms.log_joint + terms.log_det - terms.log_q
     stderr = jnp.std(weights) / math.sqrt(num_particles)

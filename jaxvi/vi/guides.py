@@ -270,7 +270,8 @@ class Delta:
 class Categorical(_FromDistribution):
     r"""A categorical q over the M values of a ``Discrete`` latent (or a pytree of them), for data
     whose latent has too many values to enumerate: ψ are the M logits. Not reparameterisable: its
-    gradient is the score-function estimator with a leave-one-out baseline (``num_particles >= 2``)."""
+    gradient is the score-function estimator with a leave-one-out baseline, or VIMCO's on the IWAE
+    bound (``estimator="vimco"``); both need ``num_particles >= 2``."""
 
     reparameterized = False
 

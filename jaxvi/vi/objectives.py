@@ -18,17 +18,32 @@ evaluates log q (``draw``), and how it turns their log weights into the two numb
 - ``"score"``: the score-function (REINFORCE) gradient for non-reparameterisable q:
   :math:`\frac1S \sum_s (w_s - b_s) \nabla_\psi \log q_\psi(u_s) + \nabla_\theta \log p_\theta(x, u_s)`
   with the leave-one-out baseline :math:`b_s = \frac{1}{S-1} \sum_{r \ne s} w_r` (needs S >= 2).
+- ``"dreg"``: the IWAE bound with the doubly reparameterised gradient (Tucker, Lawson, Gu & Maddison
+  2019): with normalised weights :math:`\tilde w_s = e^{w_s} / \sum_r e^{w_r}`, the gradient in ψ is
+  :math:`\sum_s \tilde w_s^2 \, \partial w_s / \partial u_s \, \partial u_s / \partial \psi` (log q at
+  stopped ψ, no score term) and in θ the IWAE one, :math:`\sum_s \tilde w_s \nabla_\theta \log p_\theta(x, u_s)`;
+  unbiased for the IWAE gradient, with a variance that does not grow with S as IWAE's does. With S = 1 it
+  is ``"stl"``.
+- ``"vimco"``: the IWAE bound for non-reparameterisable (discrete) q, with the score-function gradient
+  and VIMCO's per-particle baselines (Mnih & Rezende 2016): with :math:`\hat L = \log \frac1S \sum_s e^{w_s}`
+  and :math:`\hat L_{-s}` the same with :math:`w_s` replaced by the mean of the others,
+  :math:`\sum_s (\hat L - \hat L_{-s}) \nabla_\psi \log q_\psi(u_s) + \sum_s \tilde w_s \nabla w_s` (needs S >= 2).
+- ``Renyi(alpha)``: the variational Rényi bound (Li & Turner 2016),
+  :math:`\frac{1}{1-\alpha} \log \frac1S \sum_s e^{(1-\alpha) w_s}`, reparameterised: α = 0 is IWAE, α → 1
+  the ELBO; for 0 < α < 1 it lies between them, and for α < 0 it estimates an upper bound of log p(x) as
+  S grows (biased low for small S).
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-__all__ = ["ESTIMATORS", "IWAE", "STL", "Analytic", "ParticleTerms", "Reparameterized", "Score", "as_estimator",
-           "estimate", "particle_terms"]
+__all__ = ["ESTIMATORS", "IWAE", "STL", "VIMCO", "Analytic", "DReG", "ParticleTerms", "Renyi", "Reparameterized", "Score",
+           "as_estimator", "estimate", "particle_terms"]
 
 PyTree = Any
 
@@ -41,12 +56,16 @@ class ParticleTerms(NamedTuple):
       log_det: :math:`\\log|\\det \\partial z / \\partial u|` at :math:`u_s` (0 without bijectors).
       log_q: :math:`\\log q_\\psi(u_s)` (at stopped-gradient ψ for ``"stl"``).
       entropy: :math:`H[q_\\psi]` where the estimator uses it, else 0.
+      path: where the estimator needs it (``DReG``), :math:`g_s \\cdot (u_s - \\bar u_s)` with
+        :math:`g_s = \\partial w_s / \\partial u_s` and the bar a stopped gradient: 0 in value, its gradient
+        is the pathwise one of :math:`w_s` through the particle alone; else 0.
     """
 
     log_joint: jax.Array
     log_det: jax.Array
     log_q: jax.Array
     entropy: jax.Array
+    path: jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +75,7 @@ class Reparameterized:
     name = "elbo"
     score = False
     needs_entropy = False
+    needs_path = False
 
     def draw(self, guide, guide_params, key, num_particles):
         return guide.sample_and_log_prob(guide_params, key, num_particles)
@@ -95,8 +115,7 @@ class IWAE(Reparameterized):
     name = "iwae"
 
     def estimate(self, terms: ParticleTerms):
-        weights = _log_weights(terms)
-        bound = jax.nn.logsumexp(weights) - jnp.log(jnp.asarray(weights.shape[0], weights.dtype))
+        bound = _log_mean_exp(_log_weights(terms))
         return bound, bound
 
 
@@ -107,6 +126,7 @@ class Score:
     name = "score"
     score = True
     needs_entropy = False
+    needs_path = False
 
     def draw(self, guide, guide_params, key, num_particles):
         u, _ = guide.sample_and_log_prob(jax.lax.stop_gradient(guide_params), key, num_particles)
@@ -123,7 +143,67 @@ class Score:
         return surrogate - jax.lax.stop_gradient(surrogate) + jnp.mean(fixed), jnp.mean(weights)
 
 
-ESTIMATORS = {"elbo": Reparameterized(), "analytic": Analytic(), "stl": STL(), "iwae": IWAE(), "score": Score()}
+@dataclasses.dataclass(frozen=True)
+class DReG(STL):
+    """The IWAE bound with the doubly reparameterised gradient (Tucker et al. 2019; module docstring)."""
+
+    name = "dreg"
+    needs_path = True
+
+    def estimate(self, terms: ParticleTerms):
+        weights = _log_weights(terms)  # log q at stopped ψ: only the pathwise gradient
+        normalized = jax.nn.softmax(jax.lax.stop_gradient(weights))
+        surrogate = jnp.sum(normalized * weights) + jnp.sum(jax.lax.stop_gradient(normalized ** 2 - normalized)
+                                                            * terms.path)
+        bound = _log_mean_exp(weights)
+        return surrogate - jax.lax.stop_gradient(surrogate) + jax.lax.stop_gradient(bound), bound
+
+
+@dataclasses.dataclass(frozen=True)
+class VIMCO(Score):
+    """The IWAE bound with VIMCO's leave-one-out score-function gradient (Mnih & Rezende 2016; needs S >= 2)."""
+
+    name = "vimco"
+
+    def estimate(self, terms: ParticleTerms):
+        num = terms.log_joint.shape[0]
+        weights = terms.log_joint + terms.log_det - terms.log_q
+        fixed = jax.lax.stop_gradient(weights)
+        bound = _log_mean_exp(fixed)
+        others_mean = (jnp.sum(fixed) - fixed) / (num - 1)
+        # row s: the weights with w_s replaced by the mean of the others
+        left_out = jnp.where(jnp.eye(num, dtype=bool), others_mean[:, None], fixed[None, :])
+        learning_signal = bound - _log_mean_exp(left_out, axis=-1)
+        surrogate = jnp.sum(learning_signal * terms.log_q) + jnp.sum(jax.nn.softmax(fixed) * weights)
+        return surrogate - jax.lax.stop_gradient(surrogate) + bound, bound
+
+
+@dataclasses.dataclass(frozen=True)
+class Renyi(Reparameterized):
+    """The variational Rényi bound of order ``alpha`` (Li & Turner 2016; module docstring), reparameterised.
+
+    Args:
+      alpha: the order α, any finite number (static: a new α compiles anew). 1 is the ELBO, 0 IWAE.
+    """
+
+    alpha: float = 0.5
+    name = "renyi"
+
+    def __post_init__(self):
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not math.isfinite(self.alpha):
+            raise ValueError(f"Renyi(alpha): expected a finite number, got {self.alpha!r}")
+
+    def estimate(self, terms: ParticleTerms):
+        weights = _log_weights(terms)
+        if self.alpha == 1:
+            bound = jnp.mean(weights)
+        else:
+            bound = _log_mean_exp((1 - self.alpha) * weights) / (1 - self.alpha)
+        return bound, bound
+
+
+ESTIMATORS = {"elbo": Reparameterized(), "analytic": Analytic(), "stl": STL(), "iwae": IWAE(), "score": Score(),
+              "dreg": DReG(), "vimco": VIMCO(), "renyi": Renyi()}
 
 
 def as_estimator(estimator):
@@ -139,16 +219,30 @@ def as_estimator(estimator):
     raise ValueError(f"estimator: expected one of {tuple(ESTIMATORS)} or an estimator object, got {estimator!r}")
 
 
-def particle_terms(log_joint_at: Callable[[jax.Array], tuple[jax.Array, jax.Array, PyTree]], guide,
-                   guide_params: PyTree, key: jax.Array, num_particles: int, estimator
+def particle_terms(log_joint_at: Callable[..., tuple[jax.Array, jax.Array, PyTree]], guide, guide_params: PyTree,
+                   key: jax.Array, num_particles: int, estimator, inputs: PyTree = None
                    ) -> tuple[ParticleTerms, PyTree]:
     """Draws the particles from the guide and evaluates ``log_joint_at(u) -> (log p(x, z(u)), log_det, extra)``
-    at each; returns the terms and every particle's ``extra`` (stacked on a leading axis)."""
+    at each (``log_joint_at(u, input)`` with each particle's row of ``inputs`` when given, e.g. a key per
+    particle); returns the terms and every particle's ``extra`` (stacked on a leading axis)."""
     estimator = as_estimator(estimator)
     u, log_q = estimator.draw(guide, guide_params, key, num_particles)
-    log_joint, log_det, extra = jax.vmap(log_joint_at)(u)
+    evaluate = jax.vmap(log_joint_at) if inputs is None else (lambda u: jax.vmap(log_joint_at)(u, inputs))
+    if estimator.needs_path:
+        def total_weight(u):
+            log_joint, log_det, extra = evaluate(u)
+            log_q = guide.log_prob(jax.lax.stop_gradient(guide_params), u)
+            return jnp.sum(log_joint + log_det - log_q), (log_joint, log_det, log_q, extra)
+
+        # particles are independent: the gradient of the summed weights at u_s is that of w_s alone
+        (_, (log_joint, log_det, log_q, extra)), grad = jax.value_and_grad(total_weight, has_aux=True)(u)
+        grad = jax.lax.stop_gradient(grad)
+        path = jnp.sum(grad * (u - jax.lax.stop_gradient(u)), axis=tuple(range(1, u.ndim)))
+    else:
+        log_joint, log_det, extra = evaluate(u)
+        path = jnp.zeros_like(log_joint)
     entropy = guide.entropy(guide_params) if estimator.needs_entropy else jnp.zeros((), log_joint.dtype)
-    return ParticleTerms(log_joint, log_det, log_q, entropy), extra
+    return ParticleTerms(log_joint, log_det, log_q, entropy, path), extra
 
 
 def estimate(terms: ParticleTerms, estimator) -> tuple[jax.Array, jax.Array]:
@@ -158,3 +252,8 @@ def estimate(terms: ParticleTerms, estimator) -> tuple[jax.Array, jax.Array]:
 
 def _log_weights(terms: ParticleTerms) -> jax.Array:
     return terms.log_joint + terms.log_det - terms.log_q
+
+
+def _log_mean_exp(values: jax.Array, axis: int = 0) -> jax.Array:
+    """:math:`\\log \\frac1S \\sum_s e^{v_s}` over ``axis`` (S its length)."""
+    return jax.nn.logsumexp(values, axis=axis) - jnp.log(jnp.asarray(values.shape[axis], values.dtype))
