@@ -20,7 +20,7 @@ from jaxvi.result import FAULT_OBJECTIVE, Result
 from jaxvi.run import checkpoint as checkpoints
 from jaxvi.run import loop
 from jaxvi.run.compiled import per_fit
-from jaxvi.run.guard import raise_on_fault
+from jaxvi.run.guard import raise_on_fault, warn_on_skips
 from jaxvi.run.schedule import RESOLUTION_ULPS, STOP_REASONS, STOP_RESOLUTION, Change, resolution
 
 __all__ = ["infer"]
@@ -29,8 +29,8 @@ PyTree = Any
 
 
 def infer(model: Model, method, data: PyTree, *, key: jax.Array, progress: bool = True,
-          init_params: PyTree | None = None, mesh=None, checkpoint=None, checkpoint_every: int | None = None
-          ) -> Result:
+          init_params: PyTree | None = None, mesh=None, checkpoint=None, checkpoint_every: int | None = None,
+          on_nonfinite: str = "stop", max_skips: int = 100) -> Result:
     """Fits ``model`` to ``data`` with ``method``.
 
     Args:
@@ -54,6 +54,14 @@ def infer(model: Model, method, data: PyTree, *, key: jax.Array, progress: bool 
         a ``ValueError`` naming what differs, and so is a damaged one. A path where no file can be
         written fails before anything compiles.
       checkpoint_every: steps between checkpoints (default: a twentieth of the run).
+      on_nonfinite: what a step whose objective, gradient or update is not finite does, for every method:
+        ``"stop"`` (the default) stops the run there and raises (below); ``"skip"`` rejects the update
+        (the state stays as it was), counts it, and goes on with fresh keys and a fresh minibatch, for
+        a model that is NaN on rare draws. ``result.diagnostics.skips`` holds the count and the first
+        skipped step's fault (step, datum or term or parameter leaf), and a warning says the same. A
+        deterministic step (EM, full-batch CAVI) fails again when retried, so it stops after the limit.
+      max_skips: with ``"skip"``, the steps that may be skipped; the next faulty step stops the run
+        (traced: a new value does not recompile).
 
     Returns:
       A ``jaxvi.Result``.
@@ -86,6 +94,11 @@ def infer(model: Model, method, data: PyTree, *, key: jax.Array, progress: bool 
     if checkpoint_every is not None and (isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int)
                                          or checkpoint_every < 1):
         raise ValueError(f"checkpoint_every: expected an integer >= 1 or None, got {checkpoint_every!r}")
+    if on_nonfinite not in ("stop", "skip"):
+        raise ValueError(f"on_nonfinite: expected 'stop' or 'skip', got {on_nonfinite!r}")
+    if isinstance(max_skips, bool) or not isinstance(max_skips, (int, np.integer)) or not 1 <= max_skips < 2**31:
+        raise ValueError(f"max_skips: expected an integer >= 1, got {max_skips!r}")
+    skips = jnp.asarray(max_skips if on_nonfinite == "skip" else 0, jnp.int32)
     keys = key[None] if method.n_init == 1 else jax.random.split(key, method.n_init)
     if (progress or checkpoint is not None) and not traced:  # compiled in three parts, the loop in chunks
         n = num_data(data)
@@ -95,24 +108,26 @@ def infer(model: Model, method, data: PyTree, *, key: jax.Array, progress: bool 
             fit = checkpoints.fingerprint(model, method, data, key, init_params)
             if os.path.exists(checkpoint):  # checked against the fit and the state's shapes, before compiling
                 like = functools.partial(jax.eval_shape, functools.partial(_start, model), method, data, keys,
-                                         init_params)
+                                         init_params, skips)
                 runs = checkpoints.resume(checkpoint, like, fit, max_steps, n)
+                runs = runs._replace(max_skips=jnp.broadcast_to(skips, runs.max_skips.shape))  # this call's policy
             after_chunk = lambda r: checkpoints.save(checkpoint, r, fit)  # noqa: E731
         if runs is None:
-            runs = _start(model, method, data, keys, init_params)
+            runs = _start(model, method, data, keys, init_params, skips)
         runs = loop.drive(lambda r, stop: _run(model, method, r, data=data, stop=stop), runs,
                           max_steps, progress=progress, desc=type(method).__name__,
                           describe=functools.partial(_describe, method.reports, n),
                           every=checkpoint_every, after_chunk=after_chunk)
         result, chosen = _finish(model, method, runs, data)
     else:  # one compiled call
-        result, chosen, runs = _fit(model, method, data, keys, init_params)
+        result, chosen, runs = _fit(model, method, data, keys, init_params, skips)
     if not traced:
         if int(result.diagnostics.fault.kind) == FAULT_OBJECTIVE and hasattr(method, "explain"):
             run = jax.tree_util.tree_map(lambda a: a[int(chosen)], runs)
             result = dataclasses.replace(result, diagnostics=result.diagnostics._replace(
                 fault=_explain(model, method, run, data)))
         raise_on_fault(result)
+        warn_on_skips(result)
         _warn_unresolved(method, result, num_data(data))
     return result
 
@@ -140,9 +155,9 @@ def _warn_unresolved(method, result: Result, n: int) -> None:
 
 
 @per_fit
-def _fit(model, method, data, keys, init_params):
+def _fit(model, method, data, keys, init_params, max_skips):
     """``_start``, the run to its end and ``_finish`` in one compiled function."""
-    runs = _over_restarts(lambda k: loop.start(method, model, k, data, init_params), keys, method)
+    runs = _over_restarts(lambda k: loop.start(method, model, k, data, init_params, max_skips), keys, method)
     stop = jnp.asarray(method.schedule(num_data(data)).max_steps + 1, jnp.int32)
     runs = _over_restarts(lambda r: loop.run_until(method, model, data, r, stop), runs, method)
     result, chosen = _finish_restarts(model, method, runs, data)
@@ -150,8 +165,8 @@ def _fit(model, method, data, keys, init_params):
 
 
 @per_fit
-def _start(model, method, data, keys, init_params):
-    return _over_restarts(lambda k: loop.start(method, model, k, data, init_params), keys, method)
+def _start(model, method, data, keys, init_params, max_skips=0):
+    return _over_restarts(lambda k: loop.start(method, model, k, data, init_params, max_skips), keys, method)
 
 
 @per_fit
@@ -169,7 +184,7 @@ def _explain(model, method, run, data):
     """The fault of a run stopped by a non-finite objective, completed by the method's ``explain``
     (which term, which datum): the faulty step replayed with its keys and batch."""
     n = num_data(data)
-    step_key, batch_key = loop.step_keys(run.key, run.fault.iteration)
+    step_key, batch_key = loop.step_keys(run.key, loop.attempt(run))  # the run stopped at the faulty step
     batch = loop.draw_batch(method.schedule(n), data, run, batch_key)
     return method.explain(model, step_key, run.state, batch, num_data=n)._replace(iteration=run.fault.iteration)
 

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from jaxvi.model import check_data, is_traced
 
-__all__ = ["Result", "Fault", "no_fault", "NO_FAULT", "FAULT_LOG_EVIDENCE", "FAULT_PARAMS", "FAULT_NOT_QUADRATIC",
+__all__ = ["Result", "Fault", "Skips", "no_fault", "no_skips", "NO_FAULT", "FAULT_LOG_EVIDENCE", "FAULT_PARAMS", "FAULT_NOT_QUADRATIC",
            "FAULT_OBJECTIVE", "FAULT_GRADIENT", "FAULT_FINAL_OBJECTIVE", "FAULT_FINAL_PARAMS", "OBJECTIVE_TERMS"]
 
 PyTree = Any
@@ -45,6 +45,27 @@ class Fault(NamedTuple):
     kind: jax.Array
     index: jax.Array
     term: jax.Array
+
+
+class Skips(NamedTuple):
+    """The steps a run skipped (``jaxvi.infer(..., on_nonfinite="skip")``): each was rejected, its state kept,
+    and the next step drew fresh keys (and a fresh minibatch).
+
+    Attributes:
+      count: how many steps were skipped.
+      first: the first skipped step's fault (a ``Fault``: ``iteration`` is the number of steps taken
+        before it; ``kind``; for a gradient or parameter fault, ``index`` names the leaf, as a stopping
+        fault's does; for a non-finite objective ``index`` and ``term`` are -1: a stopping fault's step is
+        replayed to find the datum and term, a skipped one's is not); ``kind`` 0 and ``iteration`` -1 when
+        none was skipped.
+    """
+
+    count: jax.Array
+    first: Fault
+
+
+def no_skips() -> Skips:
+    return Skips(jnp.array(0, jnp.int32), no_fault())
 
 
 def no_fault() -> Fault:
@@ -128,10 +149,21 @@ class Result:
         fault = d.fault
         rows.append(("fault", "none" if int(jnp.max(fault.kind)) == 0 else
                      f"kind {int(jnp.max(fault.kind))} at iteration {int(jnp.max(fault.iteration))}"))
+        skips = getattr(d, "skips", None)
+        if skips is not None:
+            rows.append(("skipped steps", _number(skips.count)))
         for path, leaf in jax.tree_util.tree_flatten_with_path(self.params)[0]:
             rows.append((f"params{jax.tree_util.keystr(path)}", f"{jnp.shape(leaf)} {jnp.result_type(leaf)}"))
         width = max(len(label) for label, _ in rows)
         return "\n".join(f"{label:<{width}}  {value}" for label, value in rows)
+
+    def to_arviz(self, data: PyTree, *, key: jax.Array, num_draws: int = 1000, num_chains: int = 4):
+        """This fit on ``data`` as an ``arviz.InferenceData``: ``num_chains`` x ``num_draws`` independent
+        posterior draws (global and local latents), pointwise log-likelihoods (for ``arviz.loo``), the data, and the fit's objective
+        in ``attrs`` (``jaxvi.export``). Needs arviz (``pip install 'jaxvi[arviz]'``)."""
+        from jaxvi.export import to_arviz
+
+        return to_arviz(self, data, key=key, num_draws=num_draws, num_chains=num_chains)
 
     def save(self, path) -> None:
         """Writes the arrays of this result (params, guide_params, objective, trace, n_iter, converged,

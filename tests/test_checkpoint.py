@@ -329,8 +329,11 @@ def test_epoch_orders_must_be_permutations():
     zero = np.zeros(1, np.int32)
     runs = loop.RunState((), None, zero + 2, None, (), (train, heldout, current), (), np.zeros(1, bool),
                          np.zeros(1, bool), zero, jaxvi.Fault(zero - 1, zero, zero - 1, zero - 1),
-                         loop.Kept((), None, np.zeros(1), zero + 1))
+                         loop.Kept((), None, np.zeros(1), zero + 1), zero,
+                         jaxvi.Skips(zero, jaxvi.Fault(zero - 1, zero, zero - 1, zero - 1)))
     checkpoints.check_runs(runs, 10, n, "here")
+    with pytest.raises(ValueError, match=r"here field state.skips: expected a count >= 0, with a first fault"):
+        checkpoints.check_runs(runs._replace(skips=runs.skips._replace(count=zero + 1)), 10, n, "here")
     with pytest.raises(ValueError, match=r"here field state.kept.n_iter: expected the steps taken to the last finite"):
         checkpoints.check_runs(runs._replace(kept=runs.kept._replace(n_iter=zero + 3)), 10, n, "here")
     for order in [(train, np.array([[1, 1]]), current), (train, heldout, np.array([[3, 5, 0, 1]]))]:

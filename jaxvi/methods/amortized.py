@@ -90,6 +90,8 @@ class AmortizedDiagnostics(NamedTuple):
         max_iter, fault, patience, resolution).
       khat: per training datum, PSIS's Pareto k-hat (``jaxvi.psis``) of the encoder's q(z | x) as a proposal,
         from the final ELBO's ``num_eval_particles`` draws (above 0.7: q misses posterior mass; NaN under 21).
+      skips: the steps ``jaxvi.infer(..., on_nonfinite="skip")`` skipped, a ``jaxvi.result.Skips`` (None
+        outside ``infer``).
     """
 
     elbo_stderr: jax.Array
@@ -100,6 +102,7 @@ class AmortizedDiagnostics(NamedTuple):
     restart_objectives: jax.Array
     stop_reason: jax.Array
     khat: jax.Array
+    skips: Any = None
 
 
 @settings("learning_rate")

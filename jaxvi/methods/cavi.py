@@ -118,6 +118,8 @@ class CAVIDiagnostics(NamedTuple):
       stop_reason: why the run stopped, an index into ``jaxvi.run.STOP_REASONS``.
       factors: the fitted global factors' natural parameters (``Result.posterior()`` gives them as
         distributions).
+      skips: the steps ``jaxvi.infer(..., on_nonfinite="skip")`` skipped, a ``jaxvi.result.Skips`` (None
+        outside ``infer``).
     """
 
     linearity: jax.Array
@@ -127,6 +129,7 @@ class CAVIDiagnostics(NamedTuple):
     restart_objectives: jax.Array
     stop_reason: jax.Array
     factors: tuple
+    skips: Any = None
 
 
 class CAVIPosterior(NamedTuple):

@@ -79,12 +79,15 @@ class EMDiagnostics(NamedTuple):
       restart_objectives: ``(n_init,)`` final objective of every restart; the best is returned.
       stop_reason: why the run stopped, an index into ``jaxvi.run.STOP_REASONS`` (running, tolerance,
         max_iter, fault, patience, resolution).
+      skips: the steps ``jaxvi.infer(..., on_nonfinite="skip")`` skipped, a ``jaxvi.result.Skips`` (None
+        outside ``infer``).
     """
 
     m_step_rejections: jax.Array
     fault: Fault
     restart_objectives: jax.Array
     stop_reason: jax.Array
+    skips: Any = None
 
 
 @settings("tol")

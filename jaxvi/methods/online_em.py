@@ -52,12 +52,14 @@ class OnlineEMState(NamedTuple):
 
 
 class OnlineEMDiagnostics(NamedTuple):
-    """``fault`` (the first numerical fault), ``restart_objectives`` (every restart's log p(D)) and
-    ``stop_reason`` (why the run stopped)."""
+    """``fault`` (the first numerical fault), ``restart_objectives`` (every restart's log p(D)),
+    ``stop_reason`` (why the run stopped) and ``skips`` (the steps ``jaxvi.infer(..., on_nonfinite="skip")``
+    skipped, a ``jaxvi.result.Skips``; None outside ``infer``)."""
 
     fault: Fault
     restart_objectives: jax.Array
     stop_reason: jax.Array
+    skips: Any = None
 
 
 @settings("step_size_power")

@@ -92,6 +92,8 @@ class SVIDiagnostics(NamedTuple):
         how far q can be trusted as a proposal for the posterior (below 0.5 good, above 0.7 q misses posterior
         mass). A scalar with global latents (the joint weights), one per datum with local latents only; NaN
         under 21 particles or where nothing is sampled.
+      skips: the steps ``jaxvi.infer(..., on_nonfinite="skip")`` skipped, a ``jaxvi.result.Skips`` (None
+        outside ``infer``).
     """
 
     elbo_stderr: jax.Array
@@ -102,6 +104,7 @@ class SVIDiagnostics(NamedTuple):
     opt_state: PyTree
     stop_reason: jax.Array
     khat: jax.Array
+    skips: Any = None
 
 
 @settings("tol", "learning_rate")

@@ -96,9 +96,12 @@ def check_runs(runs: RunState, max_steps: int, num_data: int, where: str) -> Non
     """Raises ValueError unless every restart of ``runs`` is a state the run can reach: ``n_iter`` in
     [0, max_steps], ``done`` exactly when it has a stop reason, a stop at max_steps only there, ``done`` at
     max_steps, ``converged`` exactly for the tolerance and patience stops, a fault exactly for the fault
-    stop and at step ``n_iter``, epoch orders that are permutations of the data."""
+    stop and at step ``n_iter``, epoch orders that are permutations of the data, skipped steps counted from 0
+    with a first fault exactly when there were any, at a step up to ``n_iter``."""
     flags = {"n_iter": runs.n_iter, "done": runs.done, "stop_reason": runs.stop_reason, "converged": runs.converged,
-             "fault.kind": runs.fault.kind, "fault.iteration": runs.fault.iteration}
+             "fault.kind": runs.fault.kind, "fault.iteration": runs.fault.iteration,
+             "skips.count": runs.skips.count, "skips.first.kind": runs.skips.first.kind,
+             "skips.first.iteration": runs.skips.first.iteration}
     flags = {name: np.asarray(value).reshape(-1) for name, value in flags.items()}
     for field, expected, ok in _rules(runs, flags, max_steps, num_data):
         if not np.all(ok):
@@ -126,6 +129,14 @@ def _rules(runs: RunState, flags: dict, max_steps: int, num_data: int) -> list:
          (NO_FAULT <= kind) & (kind <= FAULT_GRADIENT) & ((kind != NO_FAULT) == (reason == STOP_FAULT))),
         ("fault.iteration", "n_iter for a fault, else -1",
          np.where(kind != NO_FAULT, iteration == n_iter, iteration == -1)),
+    ]
+    skipped, first_kind, first_step = flags["skips.count"], flags["skips.first.kind"], flags["skips.first.iteration"]
+    rules += [
+        ("skips", f"a count >= 0, with a first fault (a kind in [{NO_FAULT + 1}, {FAULT_GRADIENT}] at a step in [0, "
+                  f"n_iter]) exactly when it is above 0 (else kind {NO_FAULT} at step -1)",
+         (skipped >= 0) & np.where(skipped > 0, (NO_FAULT < first_kind) & (first_kind <= FAULT_GRADIENT)
+                                   & (0 <= first_step) & (first_step <= n_iter),
+                                   (first_kind == NO_FAULT) & (first_step == -1))),
     ]
     if runs.order != ():
         train, heldout, current = (np.asarray(a).reshape(len(n_iter), -1) for a in runs.order)

@@ -3,13 +3,15 @@ not finite, becomes an error that says the step, the datum, term or parameter le
 finite fit (``err.result``: finite parameters and objective, see ``jaxvi.run.loop.finish``)."""
 from __future__ import annotations
 
+import warnings
+
 import jax
 import numpy as np
 
 from jaxvi.result import (FAULT_FINAL_OBJECTIVE, FAULT_FINAL_PARAMS, FAULT_GRADIENT, FAULT_LOG_EVIDENCE,
                           FAULT_NOT_QUADRATIC, FAULT_OBJECTIVE, FAULT_PARAMS, OBJECTIVE_TERMS, Result)
 
-__all__ = ["raise_on_fault"]
+__all__ = ["describe_step_fault", "raise_on_fault", "warn_on_skips"]
 
 
 def raise_on_fault(result: Result) -> None:
@@ -64,6 +66,34 @@ def raise_on_fault(result: Result) -> None:
         what = f"the gradient of {_leaf_path(result, fault.index)} was not finite"
     step = "iteration" if fault.kind in (FAULT_LOG_EVIDENCE, FAULT_PARAMS) else "step"
     _raise(result, f"{name} stopped at {step} {fault.iteration}: {what}")
+
+
+def describe_step_fault(result: Result, fault) -> str:
+    """What a step's fault (kinds 1, 2, 4, 5) was: ``the ELBO was not finite: its log_joint term for datum 3``,
+    ``the update made params leaf .w non-finite``, ``the gradient of ['guide_params']['loc'] was not finite``."""
+    fault = jax.tree_util.tree_map(int, fault)
+    if fault.kind == FAULT_LOG_EVIDENCE:
+        return (f"log p(x_i) was not finite for {_evidence_where(fault)}" if fault.index >= 0
+                else "log_prior was not finite")
+    if fault.kind == FAULT_PARAMS:
+        return f"the update made {_leaf_name(result, fault.index)} non-finite"
+    if fault.kind == FAULT_OBJECTIVE:
+        return f"the ELBO was not finite{_elbo_where(fault)}"
+    if fault.kind == FAULT_GRADIENT:
+        return f"the gradient of {_leaf_path(result, fault.index)} was not finite"
+    return f"fault kind {fault.kind}"
+
+
+def warn_on_skips(result: Result) -> None:
+    """Warns when a run skipped steps (``on_nonfinite="skip"``): how many, and the first one's step and cause."""
+    skips = getattr(result.diagnostics, "skips", None)
+    if skips is None or int(skips.count) == 0:
+        return
+    first = skips.first
+    warnings.warn(f"{type(result.method).__name__} skipped {int(skips.count)} step(s) whose update was not finite "
+                  f"(on_nonfinite='skip'); the first, after {int(first.iteration)} steps: "
+                  f"{describe_step_fault(result, first)}. result.diagnostics.skips holds the count and that fault.",
+                  stacklevel=3)
 
 
 def _raise(result: Result, message: str) -> None:

@@ -2,14 +2,16 @@ r"""The run: one compiled loop that drives any method's ``init`` / ``step`` / ``
 
 The run owns everything that is not the algorithm: the step keys, the minibatches and epochs, the
 trace of the objective, the stopping rule, held-out scoring with patience, and the fault guard.
-A faulty step stops the run. The run keeps one copy of the last state whose objective was finite
-(``Kept``); when the final evaluation (``finalize``) of the state it ends with is not finite (its
+A faulty step stops the run, or, while ``max_skips`` allows (``jaxvi.infer(..., on_nonfinite="skip")``),
+is skipped: its state is the one it started from, and the next try draws fresh keys. The run keeps
+one copy of the last state whose objective was finite (``Kept``); when the final evaluation (``finalize``) of the state it ends with is not finite (its
 objective or a parameter leaf), the result is that kept state's instead, so that a result is finite
 even when it reports a fault. Its steps run inside one ``lax.while_loop``; with a progress bar or
 checkpoints, the host drives the same compiled loop in chunks (``drive``).
 
 Randomness, so a user's own loop can reproduce a run: a restart's key splits into
-``(init_key, run_key)``; step t uses ``step_keys(run_key, t) = (step_key, batch_key)``.
+``(init_key, run_key)``; step t uses ``step_keys(run_key, t) = (step_key, batch_key)`` (after skipped
+steps, t counts the tries: ``attempt``).
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from jax import lax
 from jaxvi.chunks import minibatch
 from jaxvi.data import Batch, num_data
 from jaxvi.methods.common import float_dtype, tree_where
-from jaxvi.result import FAULT_FINAL_OBJECTIVE, NO_FAULT, Fault, Result, no_fault
+from jaxvi.result import FAULT_FINAL_OBJECTIVE, NO_FAULT, Fault, Result, Skips, no_fault, no_skips
 from jaxvi.run.schedule import (STOP_FAULT, STOP_MAX_STEPS, STOP_PATIENCE, STOP_RESOLUTION, STOP_RUNNING,
                                 STOP_TOLERANCE)
 
@@ -79,6 +81,8 @@ class RunState(NamedTuple):
       stop_reason: ``STOP_*``: why the run stopped (``STOP_RUNNING`` while it runs).
       fault: the first numerical fault (it stopped the run).
       kept: a ``Kept``: the last state whose objective was finite.
+      max_skips: how many faulty steps the run may skip before a fault stops it (0: none; traced).
+      skips: a ``Skips``: the steps skipped so far and the first one's fault.
     """
 
     state: PyTree
@@ -93,6 +97,8 @@ class RunState(NamedTuple):
     stop_reason: jax.Array
     fault: Fault
     kept: Kept
+    max_skips: jax.Array
+    skips: Skips
 
 
 def step_keys(run_key: jax.Array, step: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -108,8 +114,9 @@ def epoch_order(run_key: jax.Array, epoch: jax.Array, train_index: jax.Array) ->
     return train_index[jnp.argsort(u)]
 
 
-def start(method, model, key: jax.Array, data: PyTree, params: PyTree | None) -> RunState:
-    """The run before its first step: the method's ``init`` and the run's own state."""
+def start(method, model, key: jax.Array, data: PyTree, params: PyTree | None, max_skips=0) -> RunState:
+    """The run before its first step: the method's ``init`` and the run's own state; ``max_skips`` faulty
+    steps may be skipped before a fault stops the run."""
     schedule = method.schedule(num_data(data))
     init_key, keys = jax.random.split(key)
     state = method.init(model, init_key, data, params)
@@ -127,18 +134,30 @@ def start(method, model, key: jax.Array, data: PyTree, params: PyTree | None) ->
     kept = Kept(_rows(method, state, index), index, jnp.array(-jnp.inf, dtype), jnp.array(0, jnp.int32))
     return RunState(state, keys, jnp.array(0, jnp.int32), jnp.zeros(schedule.max_steps, dtype),
                     schedule.stopping.init(dtype), order, heldout, jnp.array(False), jnp.array(False),
-                    jnp.array(STOP_RUNNING, jnp.int32), no_fault(), kept)
+                    jnp.array(STOP_RUNNING, jnp.int32), no_fault(), kept, jnp.asarray(max_skips, jnp.int32),
+                    no_skips())
+
+
+def attempt(run: RunState) -> jax.Array:
+    """The number of steps tried so far, taken or skipped: the next step's keys are ``step_keys(key, attempt)``,
+    so a step retried after a skip draws fresh ones (without skips it is ``n_iter``)."""
+    return run.n_iter + run.skips.count
 
 
 def advance(method, model, data: PyTree, run: RunState) -> RunState:
     """One step of the run: draw the batch, step the method, record, test the stopping rules, keep the
-    state if its objective was finite."""
+    state if its objective was finite. A faulty step (the method returns the state it started from) is
+    skipped while ``run.max_skips`` allows, else it stops the run."""
     n = num_data(data)
     schedule = method.schedule(n)
-    step_key, batch_key = step_keys(run.key, run.n_iter)
+    step_key, batch_key = step_keys(run.key, attempt(run))
     batch = draw_batch(schedule, data, run, batch_key)
     state, info = method.step(model, step_key, run.state, batch, num_data=n - schedule.num_heldout)
     ok = info.fault.kind == NO_FAULT
+    skip = ~ok & (run.skips.count < run.max_skips)
+    this_fault = info.fault._replace(iteration=run.n_iter.astype(jnp.int32))
+    skips = Skips(run.skips.count + skip.astype(jnp.int32),
+                  tree_where(skip & (run.skips.count == 0), this_fault, run.skips.first))
     objective = info.objective.astype(run.trace.dtype)
     n_iter = run.n_iter + ok.astype(jnp.int32)
     monitor, stop = schedule.stopping.update(run.monitor, objective, n_iter, n)
@@ -158,15 +177,14 @@ def advance(method, model, data: PyTree, run: RunState) -> RunState:
             patience_out = jnp.array(False) if patience is None else heldout.stale >= patience
     at_end = n_iter >= schedule.max_steps
     # int32, not weakly typed: ``done`` then keeps the type ``start`` gave it, and a chunked run compiles once
-    reason = jnp.select([~ok, stopped, patience_out, at_end],
+    reason = jnp.select([~ok & ~skip, stopped, patience_out, at_end],
                         [STOP_FAULT, stop, STOP_PATIENCE, STOP_MAX_STEPS], STOP_RUNNING).astype(jnp.int32)
     index = batch.index if isinstance(batch, Batch) else None
     kept = tree_where(jnp.isfinite(objective), Kept(_rows(method, run.state, index), index, objective, run.n_iter),
                       run.kept)
     return RunState(state, run.key, n_iter, jnp.where(ok, run.trace.at[run.n_iter].set(objective), run.trace),
                     monitor, order, heldout, reason != STOP_RUNNING, converged | patience_out,
-                    reason, info.fault._replace(iteration=jnp.where(ok, -1, run.n_iter).astype(jnp.int32)),
-                    kept)
+                    reason, tree_where(ok | skip, no_fault(), this_fault), kept, run.max_skips, skips)
 
 
 def run_until(method, model, data: PyTree, run: RunState, stop: jax.Array) -> RunState:
@@ -198,7 +216,8 @@ def finish(method, model, data: PyTree, run: RunState) -> Result:
     ahead = 1 if schedule.evaluates_ahead else 0
     n_iter = jnp.maximum(jnp.where(bad, run.kept.n_iter, run.n_iter) - ahead, 0)
     trace = jnp.where(jnp.arange(schedule.max_steps) < n_iter, run.trace, result.objective)
-    record = {"fault": fault, "restart_objectives": result.objective[None], "stop_reason": run.stop_reason}
+    record = {"fault": fault, "restart_objectives": result.objective[None], "stop_reason": run.stop_reason,
+              "skips": run.skips}
     if schedule.epochs:
         record["epochs"] = run.n_iter // _steps_per_epoch(schedule, n)
     if isinstance(run.heldout, Heldout):
