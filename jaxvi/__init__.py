@@ -5,8 +5,11 @@ from jaxvi._xla import avoid_lapack_deadlock
 
 avoid_lapack_deadlock()  # before JAX's CPU backend starts: see jaxvi/_xla.py
 
+from jaxvi.calibrate import Calibration, calibrate
+from jaxvi.compare import Comparison, compare
 from jaxvi.data import Batch, Sequences
-from jaxvi.evidence import Evidence, evidence
+from jaxvi.evidence import Evidence, Resampled, evidence, psis_resample
+from jaxvi.export import Predictive, predictive
 from jaxvi.exact import ChainPosterior, DiscretePosterior, GaussianPosterior
 from jaxvi.infer import infer
 from jaxvi.io import load
@@ -16,20 +19,20 @@ from jaxvi.methods import (CAVI, EM, SVI, Amortized, AmortizedParams, EMDiagnost
                            SVIDiagnostics)
 from jaxvi.model import Model
 from jaxvi.pareto import psis
-from jaxvi.result import Fault, Result
+from jaxvi.result import Fault, Result, Skips
 from jaxvi.statistics import Statistics
 from jaxvi.vi import (Categorical, Delta, FittedGuide, Flow, FullRank, GlobalLocal, LowRank, MeanField, interval,
                       ordered, positive, simplex)
 from jaxvi.vi.objectives import Renyi
-from jaxvi import models, nn, parallel, plot, run
+from jaxvi import export, models, nn, parallel, plot, run
 from jaxvi.run.compiled import CACHE_ENV as _CACHE_ENV, cache
 
 if _os.environ.get(_CACHE_ENV):
     cache(_os.environ[_CACHE_ENV])
 
-__all__ = ["Amortized", "AmortizedParams", "Batch", "Beta", "CAVI", "Categorical", "ChainPosterior", "Delta", "Dirichlet", "Discrete",
-           "DiscretePosterior", "EM", "EMDiagnostics", "EMState", "Evidence", "Fault", "FittedGuide", "Flow", "FullRank",
+__all__ = ["Amortized", "AmortizedParams", "Batch", "Beta", "CAVI", "Calibration", "Categorical", "Comparison", "ChainPosterior", "Delta", "Dirichlet", "Discrete",
+           "DiscretePosterior", "EM", "EMDiagnostics", "EMState", "Evidence", "Fault", "FittedGuide", "Resampled", "Flow", "FullRank",
            "Gamma", "Gaussian", "GaussianPosterior", "Global", "GlobalLocal", "LowRank", "Markov", "MeanField", "Method", "Model",
-           "NormalGamma", "NormalWishart", "OneHot", "OnlineEM", "Real", "Renyi", "Result", "SVI", "SVIDiagnostics", "Sequences", "Statistics", "cache", "evidence", "infer", "psis",
-           "interval", "load", "models", "nn", "ordered", "parallel", "plot", "positive", "run", "simplex", "Wishart"]
+           "NormalGamma", "NormalWishart", "OneHot", "OnlineEM", "Predictive", "Real", "Renyi", "Result", "Skips", "SVI", "SVIDiagnostics", "Sequences", "Statistics", "cache", "calibrate", "compare", "evidence", "infer", "predictive", "psis", "psis_resample",
+           "export", "interval", "load", "models", "nn", "ordered", "parallel", "plot", "positive", "run", "simplex", "Wishart"]
 __version__ = "0.1.0"

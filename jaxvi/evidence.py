@@ -16,6 +16,7 @@ is unreliable and ``evidence`` warns.
 """
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from typing import Any, NamedTuple
@@ -29,7 +30,7 @@ from jaxvi.latents import Global, exact_family
 from jaxvi.model import Model, check_data, check_key
 from jaxvi.pareto import KHAT_THRESHOLD, MIN_DRAWS, psis
 
-__all__ = ["Evidence", "evidence"]
+__all__ = ["Evidence", "Resampled", "evidence", "psis_resample"]
 
 PyTree = Any
 
@@ -93,11 +94,7 @@ def evidence(model: Model, params: PyTree, data: PyTree, *, key: jax.Array | Non
     key = check_key(key)
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 2:
         raise ValueError(f"num_samples: expected an integer >= 2, got {num_samples!r}")
-    n = jax.tree_util.tree_leaves(data)[0].shape[0]
-    rows = jax.tree_util.tree_leaves(posterior.params)[0].shape[0]
-    if not posterior.is_global and rows != n:
-        raise ValueError(f"posterior: a local guide fitted to {rows} data cannot propose for {n} data; pass the "
-                         f"data it was fitted to")
+    _check_proposal(posterior, data)
     log_p, variance, khat = _importance_sampled(model, params, data, key, posterior, num_samples, chunk_size)
     if num_samples < MIN_DRAWS:
         khat = None
@@ -106,11 +103,64 @@ def evidence(model: Model, params: PyTree, data: PyTree, *, key: jax.Array | Non
     return Evidence(log_p, jnp.sqrt(variance), False, khat)
 
 
-def _warn_if_unreliable(khat: jax.Array) -> None:
+class Resampled(NamedTuple):
+    """Posterior draws by PSIS importance resampling (``psis_resample``).
+
+    Attributes:
+      draws: the resampled latent values, leaves ``(num_draws, *shape)`` for a global latent,
+        ``(N, num_draws, *shape)`` for a local one.
+      khat: PSIS's Pareto :math:`\\hat k` of the weights they were resampled by (a scalar, or one per datum):
+        above 0.7 the draws do not represent the posterior.
+    """
+
+    draws: PyTree
+    khat: jax.Array
+
+
+def psis_resample(model: Model, params: PyTree, data: PyTree, *, key: jax.Array, posterior,
+                  num_samples: int = 1000, num_draws: int | None = None) -> Resampled:
+    r"""Posterior draws corrected toward :math:`p_\theta(z \mid D)` by Pareto-smoothed importance resampling.
+
+    ``num_samples`` draws :math:`u_s \sim q` (``posterior``, a fitted guide, as for ``evidence``) are weighted by
+    :math:`w_s = \log p_\theta(D, z(u_s)) + \log|J(u_s)| - \log q(u_s)` (all the data for a global latent; its
+    datum for a local one), the weights are Pareto-smoothed (``jaxvi.psis``), and ``num_draws`` (default
+    ``num_samples``) are drawn from them with replacement: an approximation of the posterior that improves on
+    q where k-hat is below 0.7 (Vehtari et al. 2024) and that k-hat says not to trust above it (warned).
+
+    Raises:
+      ValueError: as ``evidence``, and ``num_samples`` below 21 (PSIS fits the weights' tail).
+    """
+    data, key = check_data(data), check_key(key)
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < MIN_DRAWS:
+        raise ValueError(f"num_samples: expected an integer >= {MIN_DRAWS} (PSIS fits the weights' tail), got "
+                         f"{num_samples!r}")
+    num_draws = num_samples if num_draws is None else num_draws
+    if isinstance(num_draws, bool) or not isinstance(num_draws, int) or num_draws < 1:
+        raise ValueError(f"num_draws: expected an integer >= 1, got {num_draws!r}")
+    _check_proposal(posterior, data)
+    if posterior.is_global and not isinstance(model.latent, Global):
+        raise ValueError("posterior: a global guide resamples a model whose latent is one Global node; with "
+                         "local latents too, resample their guides")
+    draws, khat = _resampled(model, posterior, params, data, key, num_samples, num_draws)
+    if not isinstance(khat, jax.core.Tracer):
+        _warn_if_unreliable(khat, "psis_resample: the resampled draws are unreliable")
+    return Resampled(draws, khat)
+
+
+def _check_proposal(posterior, data) -> None:
+    n = jax.tree_util.tree_leaves(data)[0].shape[0]
+    rows = jax.tree_util.tree_leaves(posterior.params)[0].shape[0]
+    if not posterior.is_global and rows != n:
+        raise ValueError(f"posterior: a local guide fitted to {rows} data cannot propose for {n} data; pass the "
+                         f"data it was fitted to")
+
+
+def _warn_if_unreliable(khat: jax.Array, what: str = "evidence: the importance-sampled estimate is unreliable"
+                        ) -> None:
     unreliable = int(jnp.sum(khat > KHAT_THRESHOLD))
     if unreliable:
         where = "its weights" if khat.ndim == 0 else f"the weights of {unreliable} of {khat.size} data"
-        warnings.warn(f"evidence: the importance-sampled estimate is unreliable: PSIS k-hat of {where} is above "
+        warnings.warn(f"{what}: PSIS k-hat of {where} is above "
                       f"{KHAT_THRESHOLD} (largest {float(jnp.max(khat)):.2f}), so the proposal misses posterior mass; "
                       f"fit q closer (another guide, more steps) or draw more samples", stacklevel=3)
 
@@ -140,44 +190,73 @@ EVALUATIONS_AT_ONCE = 65_536  # log-joint evaluations held in memory together
 
 
 def _weights(guide, space, log_joint_of_z, guide_params, key, num_samples, batch_size=None):
-    """``(num_samples,)`` log importance weights, the log-joint evaluated ``batch_size`` particles at a time."""
+    """``(z, w)``: ``num_samples`` draws of z from the guide (leaves ``(num_samples, *shape)``) and their log
+    importance weights, the log-joint evaluated ``batch_size`` particles at a time."""
     u, log_q = guide.sample_and_log_prob(guide_params, key, num_samples)
 
     def one(u):
         z, log_det = space.constrain(u)
-        return log_joint_of_z(z) + log_det
+        return z, log_joint_of_z(z) + log_det
 
-    return jax.lax.map(one, u, batch_size=batch_size) - log_q
+    z, log_joint = jax.lax.map(one, u, batch_size=batch_size)
+    return z, log_joint - log_q
+
+
+def _global_weights(model, posterior, params, data, key, num_samples):
+    def log_joint_of_z(z):
+        log_lik = jax.vmap(lambda x: model.log_joint(params, z, x))(data)
+        return model.latent.log_prior(params, z) + jnp.sum(log_lik)
+
+    per_particle = max(1, EVALUATIONS_AT_ONCE // jax.tree_util.tree_leaves(data)[0].shape[0])
+    return _weights(posterior.guide, posterior.space, log_joint_of_z, posterior.params, key, num_samples,
+                    min(per_particle, num_samples))
+
+
+def _local_weights(model, posterior, params, data, key, num_samples, per_datum, chunk_size=1024):
+    """``per_datum(z, w)`` of every datum's draws and weights, data in front, ``chunk_size`` data at a time."""
+    keys = jax.random.split(key, jax.tree_util.tree_leaves(posterior.params)[0].shape[0])
+
+    def one_datum(args):
+        x, psi, k = args
+        weight_key, other_key = jax.random.split(k)
+        z, w = _weights(posterior.guide, posterior.space, lambda z: model.log_joint(params, z, x), psi, weight_key,
+                        num_samples)
+        return per_datum(z, w, other_key)
+
+    at_once = max(1, min(chunk_size, EVALUATIONS_AT_ONCE // num_samples))  # memory: data x particles
+    return map_data(one_datum, (data, posterior.params, keys), at_once)
+
+
+def _resample_one(z, weights, key, num_draws):
+    """``num_draws`` of the draws ``z`` resampled with their Pareto-smoothed weights, and k-hat."""
+    smoothed, khat = psis(weights)
+    index = jax.random.categorical(key, smoothed, shape=(num_draws,))
+    return jax.tree_util.tree_map(lambda a: a[index], z), khat
+
+
+@functools.partial(jax.jit, static_argnums=(0, 5, 6))
+def _resampled(model, posterior, params, data, key, num_samples, num_draws):
+    weight_key, draw_key = jax.random.split(key)
+    if posterior.is_global:
+        z, weights = _global_weights(model, posterior, params, data, weight_key, num_samples)
+        return _resample_one(z, weights, draw_key, num_draws)
+    return _local_weights(model, posterior, params, data, key, num_samples,
+                          lambda z, w, k: _resample_one(z, w, k, num_draws))
 
 
 def _global(model, posterior, params, data, key, num_samples):
     @jax.jit
-    def run(params, data, guide_params, key):
-        def log_joint_of_z(z):
-            log_lik = jax.vmap(lambda x: model.log_joint(params, z, x))(data)
-            return model.latent.log_prior(params, z) + jnp.sum(log_lik)
+    def run(params, data, posterior, key):
+        return _log_mean_exp_and_variance(_global_weights(model, posterior, params, data, key, num_samples)[1])
 
-        per_particle = max(1, EVALUATIONS_AT_ONCE // jax.tree_util.tree_leaves(data)[0].shape[0])
-        weights = _weights(posterior.guide, posterior.space, log_joint_of_z, guide_params, key, num_samples,
-                           min(per_particle, num_samples))
-        return _log_mean_exp_and_variance(weights)
-
-    return run(params, data, posterior.params, key)
+    return run(params, data, posterior, key)
 
 
 def _local(model, posterior, params, data, key, num_samples, chunk_size):
     @jax.jit
-    def run(params, data, guide_params, key):
-        keys = jax.random.split(key, jax.tree_util.tree_leaves(guide_params)[0].shape[0])
-
-        def one_datum(args):
-            x, psi, k = args
-            weights = _weights(posterior.guide, posterior.space, lambda z: model.log_joint(params, z, x),
-                               psi, k, num_samples)
-            return _log_mean_exp_and_variance(weights)
-
-        at_once = max(1, min(chunk_size, EVALUATIONS_AT_ONCE // num_samples))  # memory: data x particles
-        log_p, variance, khat = map_data(one_datum, (data, guide_params, keys), at_once)
+    def run(params, data, posterior, key):
+        log_p, variance, khat = _local_weights(model, posterior, params, data, key, num_samples,
+                                               lambda z, w, k: _log_mean_exp_and_variance(w), chunk_size)
         return jnp.sum(log_p), jnp.sum(variance), khat
 
-    return run(params, data, posterior.params, key)
+    return run(params, data, posterior, key)

@@ -86,3 +86,45 @@ def test_constant_weights_have_no_tail_and_bad_input_is_refused():
         jaxvi.psis(jnp.zeros(20))
     with pytest.raises(ValueError, match="log_weights: expected a float array"):
         jaxvi.psis(jnp.zeros(100, jnp.int32))
+
+
+# --- PSIS importance resampling ---------------------------------------------------------------------------
+
+def test_psis_resampling_moves_an_off_q_onto_the_exact_posterior():
+    """Conjugate models with q set off by hand (mean 0.5 posterior sd too high, scale 1.5 times too wide): the
+    resampled draws have the posterior's moments, q's own draws do not."""
+    from jaxvi.vi.space import latent_space
+
+    sigma, prior_sd = 2.0, 3.0
+    x = np.random.default_rng(0).normal(1.5, sigma, 50).astype(np.float32)
+    latent = jaxvi.Global({"mu": jaxvi.Real(())},
+                          log_prior=lambda params, z: jax.scipy.stats.norm.logpdf(z["mu"], 0.0, prior_sd))
+    model = jaxvi.Model(lambda params, z, x: jax.scipy.stats.norm.logpdf(x, z["mu"], sigma), latent, lambda k, d: {})
+    precision = 1 / prior_sd**2 + len(x) / sigma**2
+    mean, sd = np.sum(x, dtype=np.float64) / sigma**2 / precision, precision**-0.5
+    softplus_inverse = lambda s: np.log(np.expm1(s))  # noqa: E731
+    q = jaxvi.FittedGuide(jaxvi.MeanField(), latent_space(latent.latent),
+                          {"loc": jnp.array([mean + 0.5 * sd], jnp.float32),
+                           "scale": jnp.array([softplus_inverse(1.5 * sd)], jnp.float32)}, True)
+    resampled = jaxvi.psis_resample(model, {}, x, key=jax.random.key(1), posterior=q, num_samples=2000)
+    draws = np.asarray(resampled.draws["mu"])
+    assert draws.shape == (2000,) and float(resampled.khat) < 0.5
+    raw = np.asarray(q.sample(jax.random.key(1), 2000)["mu"])
+    assert abs(raw.mean() - mean) > 0.45 * sd and abs(draws.mean() - mean) < 0.1 * sd, (raw.mean(), draws.mean(), mean)
+    assert abs(draws.std() / sd - 1) < 0.1 and abs(raw.std() / sd - 1.5) < 0.1
+
+    # local: z_i ~ N(0, 1), x_i ~ N(z_i, 1), p(z_i | x_i) = N(x_i / 2, 1/2); q_i = N(x_i / 2 + 0.4, 1)
+    local_model = jaxvi.Model(lambda params, z, x: jax.scipy.stats.norm.logpdf(z, 0.0, 1.0)
+                              + jax.scipy.stats.norm.logpdf(x, z, 1.0), jaxvi.Real(()), lambda k, d: {})
+    y = x[:20] / 2
+    q_local = jaxvi.FittedGuide(jaxvi.MeanField(), latent_space(jaxvi.Real(())),
+                                {"loc": jnp.asarray(y[:, None] / 2 + 0.4),
+                                 "scale": jnp.full((20, 1), softplus_inverse(1.0), jnp.float32)}, False)
+    local = jaxvi.psis_resample(local_model, {}, y, key=jax.random.key(2), posterior=q_local, num_samples=2000,
+                                num_draws=1000)
+    z = np.asarray(local.draws)
+    assert z.shape == (20, 1000) and np.all(np.asarray(local.khat) < 0.7)
+    assert np.max(np.abs(z.mean(axis=1) - y / 2)) < 0.1, z.mean(axis=1) - y / 2  # q's means are 0.4 off
+    assert np.max(np.abs(z.std(axis=1) / np.sqrt(0.5) - 1)) < 0.1
+    with pytest.raises(ValueError, match="num_samples: expected an integer >= 21"):
+        jaxvi.psis_resample(local_model, {}, y, key=jax.random.key(0), posterior=q_local, num_samples=20)

@@ -1,0 +1,217 @@
+r"""A fit as ArviZ ``InferenceData``: posterior draws, pointwise log-likelihoods and the fit's bound.
+
+``to_arviz(result, data, key=...)`` draws ``num_chains`` x ``num_draws`` independent latent values from the
+fit's posterior (independent draws, split into chains so that ArviZ's diagnostics apply; R-hat near 1):
+
+- ``Global`` latents from their q (SVI, Amortized);
+- per-datum latents from their q_i (SVI, the encoder of an Amortized fit) or, where the fit has one, the exact
+  posterior p(z_i | x_i, θ̂) (EM; SVI with a latent summed out, given each global draw), with the data on
+  a ``datum`` dimension.
+
+The ``log_likelihood`` group holds, for every draw s and datum i, the log-likelihood of x_i that ArviZ's
+``loo`` and ``waic`` read: :math:`\log p_\theta(x_i \mid z_g^{(s)})` with the local latent summed out
+exactly or absent; where the local latent has a q_i instead, the one-draw importance estimate
+:math:`\log p_\theta(x_i, z_i^{(s)} \mid z_g^{(s)}) - \log q_i(z_i^{(s)})` (unbiased for the likelihood,
+not for its log), and without global latents, the estimate of :math:`\log p_\theta(x_i)` from all the
+draws, :math:`\log \frac1S \sum_s e^{w_{is}}`, the same for every draw. θ is a point in every fit: with no
+global latent the draws of the likelihood do not vary, and PSIS-LOO returns the in-sample fit.
+
+``attrs`` say what the fit maximised: its method, ``objective`` and what that is (``objective_is``:
+"log p(D)" or "ELBO").
+"""
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxvi import exact
+from jaxvi.exact.chain import ChainPosterior
+from jaxvi.exact.enumerate import DiscretePosterior
+from jaxvi.exact.gaussian import GaussianPosterior
+from jaxvi.latents import split_latent
+from jaxvi.methods.settings import check_count
+from jaxvi.model import check_data, check_key
+from jaxvi.vi.fitted import FittedGuide, GlobalLocal
+
+__all__ = ["Predictive", "predictive", "to_arviz"]
+
+PyTree = Any
+SUPPORTED = ("EM", "SVI", "Amortized")
+
+
+def to_arviz(result, data: PyTree, *, key: jax.Array, num_draws: int = 1000, num_chains: int = 4):
+    """The fit ``result`` on ``data`` (the data it was fitted to) as an ``arviz.InferenceData`` (module docstring):
+    groups ``posterior``, ``log_likelihood`` (variable ``x``), ``observed_data``, and the fit in ``attrs``.
+
+    Raises:
+      ImportError: arviz is not installed (``pip install jaxvi[arviz]``).
+      ValueError: a fit of another method than EM, SVI or Amortized, bad data, key, ``num_draws`` or
+        ``num_chains``.
+    """
+    try:
+        import arviz as az
+    except ImportError:
+        raise ImportError("to_arviz needs arviz: pip install 'jaxvi[arviz]'") from None
+    name = type(result.method).__name__
+    if name not in SUPPORTED:
+        raise ValueError(f"result: to_arviz takes fits of {SUPPORTED}, got a {name} fit")
+    data, key = check_data(data), check_key(key)
+    check_count("num_draws", num_draws)
+    check_count("num_chains", num_chains)
+    if jnp.ndim(result.objective) != 0:
+        raise ValueError(f"result: expected one fit, got a batch of {jnp.shape(result.objective)} (index it first)")
+    total = num_draws * num_chains
+    global_draws, local_draws, log_likelihood = jax.jit(_draws, static_argnums=3)(result, data, key, total)
+    as_chains = lambda a: np.asarray(a).reshape((num_chains, num_draws) + np.shape(a)[1:])  # noqa: E731
+    posterior, dims = {}, {}
+    for label, draws, per_datum in (("theta_global", global_draws, False), ("z", local_draws, True)):
+        for var, value in _named(draws, label).items():
+            posterior[var] = as_chains(value)
+            if per_datum:
+                dims[var] = ["datum"] + [f"{var}_dim_{j}" for j in range(value.ndim - 2)]
+    observed = {var: np.asarray(value) for var, value in _named(data, "x").items()}
+    for var in observed:
+        dims[var] = ["datum"] + [f"{var}_dim_{j}" for j in range(observed[var].ndim - 1)]
+    dims["x"] = ["datum"] + dims.get("x", ["datum"])[1:]  # the log-likelihood's variable: one value per datum
+    attrs = {"jaxvi_method": repr(result.method), "objective": float(result.objective),
+             "objective_is": result.method.reports}
+    return az.from_dict(posterior=posterior, log_likelihood={"x": as_chains(log_likelihood)},
+                        observed_data=observed, dims=dims, attrs=attrs)
+
+
+def _draws(result, data, key, num_draws):
+    """``(global draws (S, ...) or None, local draws (S, N, ...) or None, log-likelihoods (S, N))``."""
+    model, params = result.model, result.params
+    parts = split_latent(model.latent)
+    q = result.posterior(data)
+    global_q, local_q = (q.global_, q.local) if isinstance(q, GlobalLocal) else (
+        (q, None) if isinstance(q, FittedGuide) and q.is_global else (None, q))
+    global_key, local_key = jax.random.split(key)
+    if global_q is None:
+        if isinstance(local_q, FittedGuide):
+            z = _datum_major_to_draw_major(local_q.sample(local_key, num_draws))
+            weights = _guided_weights(model, parts, params, None, z, local_q, data)
+            evidence = jax.nn.logsumexp(weights, axis=0) - jnp.log(num_draws)
+            return None, z, jnp.broadcast_to(evidence, weights.shape)
+        z = _exact_draws(local_q, local_key, num_draws)
+        return None, z, jnp.broadcast_to(local_q.log_evidence, (num_draws,) + local_q.log_evidence.shape)
+    z_global = global_q.sample(global_key, num_draws)
+    if local_q is None:  # no local latent: the log-joint is the datum's likelihood given the global draw
+        def per_draw(zg):
+            return jax.vmap(lambda x: model.log_joint(params, parts.combine(zg, None), x))(data)
+        return z_global, None, jax.vmap(per_draw)(z_global)
+    if isinstance(local_q, FittedGuide):
+        z = _datum_major_to_draw_major(local_q.sample(local_key, num_draws))
+        return z_global, z, _guided_weights(model, parts, params, z_global, z, local_q, data)
+
+    def summed(zg, k):  # the local latent summed out exactly given this global draw, and one draw from it
+        post = exact.posterior(lambda p, z, x: model.log_joint(p, parts.combine(zg, z), x), parts.local, params, data)
+        draw = jax.tree_util.tree_map(lambda a: a[0], _exact_draws(post, k, 1))
+        return draw, post.log_evidence
+
+    z, log_likelihood = jax.vmap(summed)(z_global, jax.random.split(local_key, num_draws))
+    return z_global, z, log_likelihood
+
+
+def _guided_weights(model, parts, params, z_global, z, local_q, data) -> jax.Array:
+    """``(S, N)`` log p(x_i, z_is | z_gs) - log q_i(z_is)."""
+    def per_draw(zg, zs):
+        joint = jax.vmap(lambda zi, x: model.log_joint(params, parts.combine(zg, zi), x))(zs, data)
+        return joint - local_q.log_prob(zs)
+    if z_global is None:
+        return jax.vmap(lambda zs: per_draw(None, zs))(z)
+    return jax.vmap(per_draw)(z_global, z)
+
+
+def _exact_draws(post, key, num_draws) -> PyTree:
+    """``num_draws`` draws of every datum's latent from an exact posterior, leaves ``(S, N, ...)``."""
+    keys = jax.random.split(key, num_draws)
+    if isinstance(post, DiscretePosterior):
+        index = jax.vmap(lambda k: jax.random.categorical(k, post.log_probs, axis=-1))(keys)
+        return jax.tree_util.tree_map(lambda values: values[index], post.values)
+    if isinstance(post, (GaussianPosterior, ChainPosterior)):
+        return jax.vmap(post.sample)(keys)
+    raise ValueError(f"result: to_arviz cannot draw from a {type(post).__name__}")
+
+
+def _datum_major_to_draw_major(tree: PyTree) -> PyTree:
+    return jax.tree_util.tree_map(lambda a: jnp.swapaxes(a, 0, 1), tree)
+
+
+def _named(tree: PyTree, default: str) -> dict:
+    """Leaves by name: the path in the tree (``mu``, ``theta.w``), or ``default`` for a bare array."""
+    if tree is None:
+        return {}
+    named = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        parts = [str(getattr(p, "key", getattr(p, "idx", getattr(p, "name", p)))) for p in path]
+        named[".".join(parts) or default] = leaf
+    return named
+
+
+class Predictive(NamedTuple):
+    """Posterior-predictive draws (``predictive``).
+
+    Attributes:
+      global_draws: the ``Global`` latents' draws, leaves ``(S, ...)`` (None without them).
+      local_draws: every datum's latent draws, leaves ``(S, N, ...)`` (None without a local latent).
+      log_likelihood: ``(S, N)`` the pointwise log-likelihoods of the data at the draws (``to_arviz``'s).
+      replicates: ``(S, N, ...)`` replicated data drawn from the model at each draw (None without ``sample``).
+    """
+
+    global_draws: Any
+    local_draws: Any
+    log_likelihood: jax.Array
+    replicates: Any
+
+
+def predictive(result, data: PyTree, *, key: jax.Array, num_draws: int = 100, sample=None) -> Predictive:
+    r"""Posterior-predictive draws of a fit on ``data``: latent values from its posterior (q, or the exact one
+    where the fit has it; module docstring), the pointwise log-likelihoods of the data at them, and, with a
+    ``sample(key, params, z, x) -> x_rep`` that draws one datum from :math:`p_\theta(x \mid z)` (``x`` the datum
+    it replicates, for covariates), replicated data for every draw and datum.
+
+    Raises:
+      ValueError: as ``to_arviz``; a ``sample`` that is not callable or whose replicate is not like the datum.
+    """
+    name = type(result.method).__name__
+    if name not in SUPPORTED:
+        raise ValueError(f"result: predictive takes fits of {SUPPORTED}, got a {name} fit")
+    data, key = check_data(data), check_key(key)
+    check_count("num_draws", num_draws)
+    if sample is not None and not callable(sample):
+        raise ValueError(f"sample: expected a function sample(key, params, z, x) -> x_rep, got {sample!r}")
+    draw_key, sample_key = jax.random.split(key)
+    global_draws, local_draws, log_likelihood = jax.jit(_draws, static_argnums=3)(result, data, draw_key, num_draws)
+    replicates = None
+    if sample is not None:
+        parts = split_latent(result.model.latent)
+        datum = jax.tree_util.tree_map(lambda a: a[0], data)
+        z_global = jax.tree_util.tree_map(lambda a: a[0], global_draws)
+        z_local = jax.tree_util.tree_map(lambda a: a[0, 0], local_draws)
+        shape = jax.eval_shape(sample, jax.random.key(0), result.params, parts.combine(z_global, z_local), datum)
+        if jax.tree_util.tree_structure(shape) != jax.tree_util.tree_structure(datum) or any(
+                s.shape != jnp.shape(d) for s, d in zip(jax.tree_util.tree_leaves(shape),
+                                                         jax.tree_util.tree_leaves(datum))):
+            raise ValueError(f"sample: expected a replicate shaped like one datum, {jax.tree_util.tree_map(jnp.shape, datum)}, "
+                             f"got {jax.tree_util.tree_map(lambda s: s.shape, shape)}")
+        replicates = jax.jit(_replicate, static_argnums=(0, 1, 7))(result.model, sample, result.params, global_draws,
+                                                                 local_draws, data, sample_key, num_draws)
+    return Predictive(global_draws, local_draws, log_likelihood, replicates)
+
+
+def _replicate(model, sample, params, global_draws, local_draws, data, key, num_draws):
+    """``(S, N, ...)`` replicates: ``sample`` at every draw and datum."""
+    parts = split_latent(model.latent)
+    n = jax.tree_util.tree_leaves(data)[0].shape[0]
+    keys = jax.random.split(key, (num_draws, n))
+
+    def per_draw(keys, zg, zl):
+        if zl is None:
+            return jax.vmap(lambda k, x: sample(k, params, parts.combine(zg, None), x))(keys, data)
+        return jax.vmap(lambda k, z, x: sample(k, params, parts.combine(zg, z), x))(keys, zl, data)
+
+    return jax.vmap(per_draw)(keys, global_draws, local_draws)

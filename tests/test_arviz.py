@@ -1,0 +1,130 @@
+"""``Result.to_arviz``: InferenceData that ArviZ's summary and PSIS-LOO read, against closed forms."""
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jaxvi
+
+az = pytest.importorskip("arviz")  # in the test extra: present in CI
+
+KEY = jax.random.key(0)
+SIGMA, PRIOR_MEAN, PRIOR_SD = 2.0, 0.5, 3.0
+
+
+@pytest.fixture(scope="module")
+def normal_fit():
+    """A Normal mean with a conjugate prior, fitted by SVI (the family holds the exact posterior)."""
+    x = np.random.default_rng(0).normal(1.5, SIGMA, 50).astype(np.float32)
+    latent = jaxvi.Global({"mu": jaxvi.Real(())},
+                          log_prior=lambda params, z: jax.scipy.stats.norm.logpdf(z["mu"], PRIOR_MEAN, PRIOR_SD))
+    model = jaxvi.Model(lambda params, z, x: jax.scipy.stats.norm.logpdf(x, z["mu"], SIGMA), latent, lambda k, d: {})
+    method = jaxvi.SVI(num_steps=1500, num_particles=4, estimator="stl", optimizer=optax.adam(3e-2))
+    return x, jaxvi.infer(model, method, x, key=KEY, progress=False)
+
+
+def conjugate_posterior(x):
+    precision = 1 / PRIOR_SD**2 + len(x) / SIGMA**2
+    return (PRIOR_MEAN / PRIOR_SD**2 + np.sum(x, dtype=np.float64) / SIGMA**2) / precision, precision**-0.5
+
+
+def test_svi_fit_summary_and_psis_loo_match_the_closed_forms(normal_fit):
+    x, result = normal_fit
+    idata = result.to_arviz(x, key=jax.random.key(1))
+    assert set(idata.groups()) >= {"posterior", "log_likelihood", "observed_data"}
+    assert idata.posterior["mu"].shape == (4, 1000)
+    assert idata.attrs["objective_is"] == "ELBO" and idata.attrs["objective"] == pytest.approx(float(result.objective))
+    summary = az.summary(idata, var_names=["mu"], kind="all")
+    mean, sd = conjugate_posterior(x)
+    assert abs(summary.loc["mu", "mean"] - mean) < 4.5 * summary.loc["mu", "mcse_mean"] + 2e-3 * sd  # + q's own error
+    assert abs(summary.loc["mu", "sd"] / sd - 1) < 0.05
+    assert abs(summary.loc["mu", "r_hat"] - 1) < 0.01  # independent draws split into chains
+    # exact leave-one-out predictive density: x_i ~ N(m_-i, SIGMA^2 + s_-i^2) under the posterior without x_i
+    x64, exact_loo = x.astype(np.float64), 0.0
+    for i in range(len(x)):
+        m, s = conjugate_posterior(np.delete(x64, i))
+        exact_loo += -0.5 * math.log(2 * math.pi * (SIGMA**2 + s**2)) - (x64[i] - m) ** 2 / (2 * (SIGMA**2 + s**2))
+    loo = az.loo(idata, pointwise=True)
+    assert abs(loo.elpd_loo - exact_loo) < 0.1, (loo.elpd_loo, exact_loo)  # 0.02 here: Monte Carlo and q's error
+    assert np.all(np.asarray(loo.pareto_k) < 0.7)
+
+
+def test_em_fit_draws_the_exact_posterior_and_its_loo_is_the_log_likelihood():
+    rng = np.random.default_rng(2)
+    x = np.concatenate([rng.normal(-1.0, 1.0, (40, 1)), rng.normal(1.5, 0.8, (30, 1))]).astype(np.float32)
+    gm = jaxvi.models.gaussian_mixture(2, covariance="diag")
+    result = jaxvi.infer(gm.model, jaxvi.EM(m_step=gm.m_step), x, key=KEY, progress=False)
+    idata = result.to_arviz(x, key=jax.random.key(1), num_draws=2000)
+    z = np.asarray(idata.posterior["z"])  # (chains, draws, datum)
+    assert z.shape == (4, 2000, 70) and idata.posterior["z"].dims[2] == "datum"
+    responsibilities = np.asarray(result.posterior(x).probs)[:, 1]
+    frequency = (z == 1).mean(axis=(0, 1))
+    assert np.all(np.abs(frequency - responsibilities) < 4.5 * np.sqrt(responsibilities * (1 - responsibilities) / 8000)
+                  + 1e-6)
+    az.summary(idata, var_names=["z"])  # reads
+    # θ is a point: every draw has the datum's exact log p(x_i | θ̂), and PSIS-LOO returns their sum
+    loo = az.loo(idata)
+    np.testing.assert_allclose(loo.elpd_loo, float(result.objective), rtol=1e-6)
+
+
+def test_local_q_log_likelihood_estimates_the_evidence_and_bad_calls_are_named():
+    def log_joint(params, z, x):  # z_i ~ N(θ, 1), x_i ~ N(z_i, 1): p(x_i | θ) = N(θ, 2)
+        return jax.scipy.stats.norm.logpdf(z, params["theta"], 1.0) + jax.scipy.stats.norm.logpdf(x, z, 1.0)
+    model = jaxvi.Model(log_joint, jaxvi.Real(()), lambda key, data: {"theta": jnp.zeros((), data.dtype)})
+    x = np.random.default_rng(4).normal(1.0, math.sqrt(2), 20).astype(np.float32)
+    result = jaxvi.infer(model, jaxvi.SVI(num_steps=3000, num_particles=4, estimator="stl",
+                                          optimizer=optax.adam(optax.exponential_decay(5e-2, 3000, 0.02))),
+                         x, key=KEY, progress=False)
+    idata = result.to_arviz(x, key=jax.random.key(1), num_draws=500)
+    assert idata.posterior["z"].shape == (4, 500, 20)
+    log_lik = np.asarray(idata.log_likelihood["x"])
+    theta = float(result.params["theta"])
+    exact = -0.5 * np.log(2 * np.pi * 2.0) - (x - theta) ** 2 / 4.0
+    np.testing.assert_allclose(log_lik[0, 0], exact, atol=2e-3)  # q_i is the posterior: the weights are flat
+    assert np.all(log_lik == log_lik[:1, :1])  # the same estimate for every draw
+    with pytest.raises(ValueError, match="num_draws: expected an integer >= 1, got 0"):
+        result.to_arviz(x, key=KEY, num_draws=0)
+    with pytest.raises(ValueError, match=r"result: to_arviz takes fits of \('EM', 'SVI', 'Amortized'\), got a "
+                                         r"CAVI fit"):
+        dataclasses.replace(result, method=jaxvi.CAVI()).to_arviz(x, key=KEY)
+
+
+def test_posterior_predictive_replicates_have_the_closed_form_moments(normal_fit):
+    x, result = normal_fit
+    draws = 2000
+
+    def sample(key, params, z, x):
+        return z["mu"] + SIGMA * jax.random.normal(key, jnp.shape(x), jnp.result_type(x))
+
+    out = jaxvi.predictive(result, x, key=jax.random.key(2), num_draws=draws, sample=sample)
+    mu = np.asarray(out.global_draws["mu"], np.float64)
+    assert out.local_draws is None and out.replicates.shape == (draws, len(x))
+    expected = -0.5 * np.log(2 * np.pi * SIGMA**2) - (x[None, :] - mu[:, None]) ** 2 / (2 * SIGMA**2)
+    np.testing.assert_allclose(np.asarray(out.log_likelihood), expected, rtol=1e-5, atol=1e-5)
+    mean, sd = conjugate_posterior(x)  # the posterior predictive of every datum: N(mean, SIGMA^2 + sd^2)
+    replicates = np.asarray(out.replicates, np.float64)
+    assert abs(replicates.mean() - mean) < 4.5 * math.sqrt(sd**2 / draws + SIGMA**2 / replicates.size)
+    assert abs(replicates.var() / (SIGMA**2 + sd**2) - 1) < 0.03
+    with pytest.raises(ValueError, match=r"sample: expected a replicate shaped like one datum, \(\), got \(2,\)"):
+        jaxvi.predictive(result, x, key=KEY, sample=lambda k, p, z, x: jnp.zeros(2))
+
+
+def test_an_amortized_fit_exports_its_encoder_draws_and_an_evidence_estimate_below_the_exact_one():
+    rng = np.random.default_rng(0)
+    loadings = rng.normal(size=(5, 2))
+    x = (rng.normal(size=(100, 2)) @ loadings.T + 0.3 * rng.normal(size=(100, 5)) + 0.5).astype(np.float32)
+    pp = jaxvi.models.ppca(2)
+    result = jaxvi.infer(pp.model, jaxvi.Amortized(encoder=jaxvi.nn.mlp(()), guide=jaxvi.FullRank(), num_steps=300,
+                                                   batch_size=50, validation=0.0, learning_rate=1e-2),
+                         x, key=KEY, progress=False)
+    idata = result.to_arviz(x, key=jax.random.key(1), num_draws=500)
+    assert idata.posterior["z"].shape == (4, 500, 100, 2) and idata.posterior["z"].dims[2] == "datum"
+    log_lik = np.asarray(idata.log_likelihood["x"])
+    assert np.all(log_lik == log_lik[:1, :1])  # one importance-sampled log p(x_i) per datum, from all 2,000 draws
+    exact = float(jaxvi.evidence(pp.model, result.params, x).log_evidence)  # PPCA's Gaussian integral
+    # an IWAE-2000 estimate: below log p(D) in expectation (3.5 nats here, after 300 steps of the encoder)
+    assert exact - 10 < log_lik[0, 0].sum() < exact, (log_lik[0, 0].sum(), exact)
