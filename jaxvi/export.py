@@ -5,7 +5,7 @@ fit's posterior (independent draws, split into chains so that ArviZ's diagnostic
 
 - ``Global`` latents from their q (SVI, Amortized);
 - per-datum latents from their q_i (SVI, the encoder of an Amortized fit) or, where the fit has one, the exact
-  posterior p(z_i | x_i, θ̂) (EM; SVI with a latent summed out, given each global draw), with the data on
+  posterior p(z_i | x_i, θ̂) (EM, OnlineEM; SVI with a latent summed out, given each global draw), with the data on
   a ``datum`` dimension.
 
 The ``log_likelihood`` group holds, for every draw s and datum i, the log-likelihood of x_i that ArviZ's
@@ -39,7 +39,7 @@ from jaxvi.vi.fitted import FittedGuide, GlobalLocal
 __all__ = ["Predictive", "predictive", "to_arviz"]
 
 PyTree = Any
-SUPPORTED = ("EM", "SVI", "Amortized")
+SUPPORTED = ("EM", "OnlineEM", "SVI", "Amortized")
 
 
 def to_arviz(result, data: PyTree, *, key: jax.Array, num_draws: int = 1000, num_chains: int = 4):
@@ -48,7 +48,7 @@ def to_arviz(result, data: PyTree, *, key: jax.Array, num_draws: int = 1000, num
 
     Raises:
       ImportError: arviz is not installed (``pip install jaxvi[arviz]``).
-      ValueError: a fit of another method than EM, SVI or Amortized, bad data, key, ``num_draws`` or
+      ValueError: a fit of another method than EM, OnlineEM, SVI or Amortized, bad data, key, ``num_draws`` or
         ``num_chains``.
     """
     try:

@@ -53,11 +53,13 @@ def test_svi_fit_summary_and_psis_loo_match_the_closed_forms(normal_fit):
     assert np.all(np.asarray(loo.pareto_k) < 0.7)
 
 
-def test_em_fit_draws_the_exact_posterior_and_its_loo_is_the_log_likelihood():
+@pytest.mark.parametrize("online", [False, True])
+def test_em_fit_draws_the_exact_posterior_and_its_loo_is_the_log_likelihood(online):
     rng = np.random.default_rng(2)
     x = np.concatenate([rng.normal(-1.0, 1.0, (40, 1)), rng.normal(1.5, 0.8, (30, 1))]).astype(np.float32)
     gm = jaxvi.models.gaussian_mixture(2, covariance="diag")
-    result = jaxvi.infer(gm.model, jaxvi.EM(m_step=gm.m_step), x, key=KEY, progress=False)
+    method = jaxvi.OnlineEM(gm.statistics, batch_size=20, num_steps=100) if online else jaxvi.EM(m_step=gm.m_step)
+    result = jaxvi.infer(gm.model, method, x, key=KEY, progress=False)
     idata = result.to_arviz(x, key=jax.random.key(1), num_draws=2000)
     z = np.asarray(idata.posterior["z"])  # (chains, draws, datum)
     assert z.shape == (4, 2000, 70) and idata.posterior["z"].dims[2] == "datum"
@@ -88,7 +90,7 @@ def test_local_q_log_likelihood_estimates_the_evidence_and_bad_calls_are_named()
     assert np.all(log_lik == log_lik[:1, :1])  # the same estimate for every draw
     with pytest.raises(ValueError, match="num_draws: expected an integer >= 1, got 0"):
         result.to_arviz(x, key=KEY, num_draws=0)
-    with pytest.raises(ValueError, match=r"result: to_arviz takes fits of \('EM', 'SVI', 'Amortized'\), got a "
+    with pytest.raises(ValueError, match=r"result: to_arviz takes fits of \('EM', 'OnlineEM', 'SVI', 'Amortized'\), got a "
                                          r"CAVI fit"):
         dataclasses.replace(result, method=jaxvi.CAVI()).to_arviz(x, key=KEY)
 

@@ -4,8 +4,9 @@ The run owns everything that is not the algorithm: the step keys, the minibatche
 trace of the objective, the stopping rule, held-out scoring with patience, and the fault guard.
 A faulty step stops the run, or, while ``max_skips`` allows (``jaxvi.infer(..., on_nonfinite="skip")``),
 is skipped: its state is the one it started from, and the next try draws fresh keys. The run keeps
-one copy of the last state whose objective was finite (``Kept``); when the final evaluation (``finalize``) of the state it ends with is not finite (its
-objective or a parameter leaf), the result is that kept state's instead, so that a result is finite
+one copy of the last state whose objective was finite (``Kept``); when the final evaluation
+(``finalize``) of the state it ends with is not finite (its objective or a parameter leaf), the
+result is that kept state's instead, so that a result is finite
 even when it reports a fault. Its steps run inside one ``lax.while_loop``; with a progress bar or
 checkpoints, the host drives the same compiled loop in chunks (``drive``).
 
