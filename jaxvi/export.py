@@ -8,6 +8,8 @@ fit's posterior (independent draws, split into chains so that ArviZ's diagnostic
   posterior p(z_i | x_i, θ̂) (EM, OnlineEM; SVI with a latent summed out, given each global draw), with the data on
   a ``datum`` dimension.
 
+Variables are named by their paths in the model's latent (``mu``, ``theta.w``; a bare local latent is ``z``).
+
 The ``log_likelihood`` group holds, for every draw s and datum i, the log-likelihood of x_i that ArviZ's
 ``loo`` and ``waic`` read: :math:`\log p_\theta(x_i \mid z_g^{(s)})` with the local latent summed out
 exactly or absent; where the local latent has a q_i instead, the one-draw importance estimate
@@ -67,11 +69,11 @@ def to_arviz(result, data: PyTree, *, key: jax.Array, num_draws: int = 1000, num
     global_draws, local_draws, log_likelihood = jax.jit(_draws, static_argnums=3)(result, data, key, total)
     as_chains = lambda a: np.asarray(a).reshape((num_chains, num_draws) + np.shape(a)[1:])  # noqa: E731
     posterior, dims = {}, {}
-    for label, draws, per_datum in (("theta_global", global_draws, False), ("z", local_draws, True)):
-        for var, value in _named(draws, label).items():
-            posterior[var] = as_chains(value)
-            if per_datum:
-                dims[var] = ["datum"] + [f"{var}_dim_{j}" for j in range(value.ndim - 2)]
+    global_leaves = {id(leaf) for leaf in jax.tree_util.tree_leaves(global_draws)}
+    for var, value in _named(_as_latent(result.model, global_draws, local_draws), "z").items():
+        posterior[var] = as_chains(value)
+        if id(value) not in global_leaves:  # a local latent: the data on the axis after the draws
+            dims[var] = ["datum"] + [f"{var}_dim_{j}" for j in range(value.ndim - 2)]
     observed = {var: np.asarray(value) for var, value in _named(data, "x").items()}
     for var in observed:
         dims[var] = ["datum"] + [f"{var}_dim_{j}" for j in range(observed[var].ndim - 1)]
@@ -135,6 +137,14 @@ def _exact_draws(post, key, num_draws) -> PyTree:
     if isinstance(post, (GaussianPosterior, ChainPosterior)):
         return jax.vmap(post.sample)(keys)
     raise ValueError(f"result: to_arviz cannot draw from a {type(post).__name__}")
+
+
+def _as_latent(model, global_draws, local_draws) -> PyTree:
+    """The draws in the structure of the model's latent (its names), leading axes kept."""
+    parts = split_latent(model.latent)
+    if not parts.globals:
+        return local_draws
+    return parts.combine(global_draws, local_draws)
 
 
 def _datum_major_to_draw_major(tree: PyTree) -> PyTree:

@@ -130,3 +130,22 @@ def test_an_amortized_fit_exports_its_encoder_draws_and_an_evidence_estimate_bel
     exact = float(jaxvi.evidence(pp.model, result.params, x).log_evidence)  # PPCA's Gaussian integral
     # an IWAE-2000 estimate: below log p(D) in expectation (3.5 nats here, after 300 steps of the encoder)
     assert exact - 10 < log_lik[0, 0].sum() < exact, (log_lik[0, 0].sum(), exact)
+
+
+def test_global_and_local_draws_are_named_by_the_model_s_latent():
+    """A random-effects model, mu global and b_i per datum: the draws keep the latent's names, b on the data."""
+    norm = jax.scipy.stats.norm
+    x = np.random.default_rng(1).normal(1.0, 1.2, 30).astype(np.float32)
+    latent = {"mu": jaxvi.Global(jaxvi.Real(()), lambda params, mu: norm.logpdf(mu, 0.0, 5.0)), "b": jaxvi.Real(())}
+    model = jaxvi.Model(lambda params, z, x: norm.logpdf(z["b"], z["mu"], 1.0) + norm.logpdf(x, z["b"], 0.5), latent,
+                        lambda key, data: {})
+    result = jaxvi.infer(model, jaxvi.SVI(num_steps=100, learning_rate=5e-2), x, key=KEY, progress=False)
+    idata = result.to_arviz(x, key=jax.random.key(1), num_draws=50)
+    assert set(idata.posterior.data_vars) == {"mu", "b"}
+    assert idata.posterior["mu"].dims == ("chain", "draw") and idata.posterior["b"].dims == ("chain", "draw", "datum")
+    # one draw of (mu, b_i) per entry: the log-likelihood is that draw's importance weight (module docstring)
+    mu, b = np.asarray(idata.posterior["mu"]), np.asarray(idata.posterior["b"])
+    q = result.posterior()
+    log_q = np.asarray(jax.vmap(jax.vmap(lambda b: q.local.log_prob(b)))(jnp.asarray(b)))
+    weights = norm.logpdf(b, mu[..., None], 1.0) + norm.logpdf(x, b, 0.5) - log_q
+    np.testing.assert_allclose(np.asarray(idata.log_likelihood["x"]), weights, rtol=1e-5, atol=1e-5)
