@@ -145,12 +145,12 @@ def _psis_loo(fit, data, key, num_draws) -> tuple[float, float]:
     """PSIS-LOO for a fit with ``Global`` latents (else NaN): with the draws' pointwise log-likelihoods
     :math:`\\ell_{is}`, raw weights :math:`-\\ell_{is}` smoothed per datum, and
     :math:`\\text{elpd}_i = \\log \\sum_s \\tilde w_{is} e^{\\ell_{is}}` over normalised smoothed weights."""
-    from jaxvi.export import SUPPORTED, _draws
+    from jaxvi.export import SUPPORTED, compiled_draws
 
     if type(fit.method).__name__ not in SUPPORTED or not split_latent(fit.model.latent).globals \
             or num_draws < MIN_DRAWS:
         return math.nan, math.nan
-    log_likelihood = jax.jit(_draws, static_argnums=3)(fit, data, key, num_draws)[2]  # (S, N)
+    log_likelihood = compiled_draws(fit, data, key, num_draws)[2]  # (S, N)
     elpd, khat = _loo(log_likelihood.T)
     return float(elpd), float(khat)
 

@@ -217,11 +217,9 @@ def _local_weights(model, posterior, params, data, key, num_samples, per_datum, 
     keys = jax.random.split(key, jax.tree_util.tree_leaves(posterior.params)[0].shape[0])
 
     def one_datum(args):
-        x, psi, k = args
-        weight_key, other_key = jax.random.split(k)
-        z, w = _weights(posterior.guide, posterior.space, lambda z: model.log_joint(params, z, x), psi, weight_key,
-                        num_samples)
-        return per_datum(z, w, other_key)
+        x, psi, k = args  # k draws the weights, as evidence always has; per_datum gets a key folded from it
+        z, w = _weights(posterior.guide, posterior.space, lambda z: model.log_joint(params, z, x), psi, k, num_samples)
+        return per_datum(z, w, jax.random.fold_in(k, 1))
 
     at_once = max(1, min(chunk_size, EVALUATIONS_AT_ONCE // num_samples))  # memory: data x particles
     return map_data(one_datum, (data, posterior.params, keys), at_once)

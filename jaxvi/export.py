@@ -57,16 +57,9 @@ def to_arviz(result, data: PyTree, *, key: jax.Array, num_draws: int = 1000, num
         import arviz as az
     except ImportError:
         raise ImportError("to_arviz needs arviz: pip install 'jaxvi[arviz]'") from None
-    name = type(result.method).__name__
-    if name not in SUPPORTED:
-        raise ValueError(f"result: to_arviz takes fits of {SUPPORTED}, got a {name} fit")
-    data, key = check_data(data), check_key(key)
-    check_count("num_draws", num_draws)
+    data, key = _check_fit("to_arviz", result, data, key, num_draws)
     check_count("num_chains", num_chains)
-    if jnp.ndim(result.objective) != 0:
-        raise ValueError(f"result: expected one fit, got a batch of {jnp.shape(result.objective)} (index it first)")
-    total = num_draws * num_chains
-    global_draws, local_draws, log_likelihood = jax.jit(_draws, static_argnums=3)(result, data, key, total)
+    global_draws, local_draws, log_likelihood = compiled_draws(result, data, key, num_draws * num_chains)
     as_chains = lambda a: np.asarray(a).reshape((num_chains, num_draws) + np.shape(a)[1:])  # noqa: E731
     posterior, dims = {}, {}
     global_leaves = {id(leaf) for leaf in jax.tree_util.tree_leaves(global_draws)}
@@ -82,6 +75,22 @@ def to_arviz(result, data: PyTree, *, key: jax.Array, num_draws: int = 1000, num
              "objective_is": result.method.reports}
     return az.from_dict(posterior=posterior, log_likelihood={"x": as_chains(log_likelihood)},
                         observed_data=observed, dims=dims, attrs=attrs)
+
+
+def _check_fit(who: str, result, data: PyTree, key: jax.Array, num_draws: int) -> tuple[PyTree, jax.Array]:
+    """``(data, key)`` checked for ``to_arviz`` and ``predictive``: one fit of a method they take, a count of draws.
+
+    Raises:
+      ValueError: naming what is wrong.
+    """
+    name = type(result.method).__name__
+    if name not in SUPPORTED:
+        raise ValueError(f"result: {who} takes fits of {SUPPORTED}, got a {name} fit")
+    data, key = check_data(data), check_key(key)
+    check_count("num_draws", num_draws)
+    if jnp.ndim(result.objective) != 0:
+        raise ValueError(f"result: expected one fit, got a batch of {jnp.shape(result.objective)} (index it first)")
+    return data, key
 
 
 def _draws(result, data, key, num_draws):
@@ -116,6 +125,9 @@ def _draws(result, data, key, num_draws):
 
     z, log_likelihood = jax.vmap(summed)(z_global, jax.random.split(local_key, num_draws))
     return z_global, z, log_likelihood
+
+
+compiled_draws = jax.jit(_draws, static_argnums=3)  # one executable per fit structure, data shape and draw count
 
 
 def _guided_weights(model, parts, params, z_global, z, local_q, data) -> jax.Array:
@@ -185,17 +197,14 @@ def predictive(result, data: PyTree, *, key: jax.Array, num_draws: int = 100, sa
     it replicates, for covariates), replicated data for every draw and datum.
 
     Raises:
-      ValueError: as ``to_arviz``; a ``sample`` that is not callable or whose replicate is not like the datum.
+      ValueError: as ``to_arviz`` (a batch of fits, another method, bad data, key or ``num_draws``); a ``sample``
+        that is not callable or whose replicate is not like the datum.
     """
-    name = type(result.method).__name__
-    if name not in SUPPORTED:
-        raise ValueError(f"result: predictive takes fits of {SUPPORTED}, got a {name} fit")
-    data, key = check_data(data), check_key(key)
-    check_count("num_draws", num_draws)
+    data, key = _check_fit("predictive", result, data, key, num_draws)
     if sample is not None and not callable(sample):
         raise ValueError(f"sample: expected a function sample(key, params, z, x) -> x_rep, got {sample!r}")
     draw_key, sample_key = jax.random.split(key)
-    global_draws, local_draws, log_likelihood = jax.jit(_draws, static_argnums=3)(result, data, draw_key, num_draws)
+    global_draws, local_draws, log_likelihood = compiled_draws(result, data, draw_key, num_draws)
     replicates = None
     if sample is not None:
         parts = split_latent(result.model.latent)

@@ -113,6 +113,8 @@ def test_posterior_predictive_replicates_have_the_closed_form_moments(normal_fit
     assert abs(replicates.var() / (SIGMA**2 + sd**2) - 1) < 0.03
     with pytest.raises(ValueError, match=r"sample: expected a replicate shaped like one datum, \(\), got \(2,\)"):
         jaxvi.predictive(result, x, key=KEY, sample=lambda k, p, z, x: jnp.zeros(2))
+    with pytest.raises(ValueError, match=r"result: expected one fit, got a batch of \(2,\)"):  # as to_arviz
+        jaxvi.predictive(dataclasses.replace(result, objective=jnp.zeros(2)), x, key=KEY)
 
 
 def test_an_amortized_fit_exports_its_encoder_draws_and_an_evidence_estimate_below_the_exact_one():

@@ -167,7 +167,7 @@ class VIMCO(Score):
 
     def estimate(self, terms: ParticleTerms):
         num = terms.log_joint.shape[0]
-        weights = terms.log_joint + terms.log_det - terms.log_q
+        weights = _log_weights(terms)
         fixed = jax.lax.stop_gradient(weights)
         bound = _log_mean_exp(fixed)
         others_mean = (jnp.sum(fixed) - fixed) / (num - 1)
