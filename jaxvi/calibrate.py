@@ -20,7 +20,7 @@ import numpy as np
 
 from jaxvi.methods.settings import check_count
 from jaxvi.model import check_key
-from jaxvi.vi.fitted import FittedGuide, GlobalLocal
+from jaxvi.export import global_draws
 
 __all__ = ["Calibration", "calibrate"]
 
@@ -49,7 +49,7 @@ def calibrate(model, method, simulate: Callable[[jax.Array], tuple[PyTree, PyTre
 
     Args:
       model: a model with ``Global`` latents.
-      method: a VI method whose fit has a global q (``SVI``).
+      method: a VI method whose fit has a global q (``SVI``, ``CAVI``).
       simulate: ``simulate(key) -> (z_true, data)``: a global value drawn from the prior (a pytree like
         ``result.posterior().sample``'s draws without their leading axis) and a data set drawn given it, of a
         fixed size.
@@ -78,12 +78,10 @@ def calibrate(model, method, simulate: Callable[[jax.Array], tuple[PyTree, PyTre
         results = jax.vmap(lambda d, k: infer(model, method, d, key=k, progress=False))(data, fit_keys)
 
         def below(result, k, z_true):
-            q = result.posterior()
-            q = q.global_ if isinstance(q, GlobalLocal) else q
-            if not isinstance(q, FittedGuide) or not q.is_global:
-                raise ValueError(f"method: calibrate needs a fit with a global q (SVI on a model with Global "
-                                 f"latents), got a posterior {type(q).__name__}")
-            draws = q.sample(k, num_draws)
+            draws = global_draws(result, k, num_draws)
+            if draws is None:
+                raise ValueError(f"method: calibrate needs a fit with a global q (SVI or CAVI on a model with Global "
+                                 f"latents), got a {type(result.method).__name__} fit without one")
             return jax.tree_util.tree_map(lambda d, t: jnp.mean(d < t, axis=0), draws, z_true)
 
         return jax.vmap(below)(results, draw_keys, truth), truth, results

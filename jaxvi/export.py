@@ -3,16 +3,21 @@ r"""A fit as ArviZ ``InferenceData``: posterior draws, pointwise log-likelihoods
 ``to_arviz(result, data, key=...)`` draws ``num_chains`` x ``num_draws`` independent latent values from the
 fit's posterior (independent draws, split into chains so that ArviZ's diagnostics apply; R-hat near 1):
 
-- ``Global`` latents from their q (SVI, Amortized);
-- per-datum latents from their q_i (SVI, the encoder of an Amortized fit) or, where the fit has one, the exact
-  posterior p(z_i | x_i, θ̂) (EM, OnlineEM; SVI with a latent summed out, given each global draw), with the data on
-  a ``datum`` dimension.
+- ``Global`` latents from their q (SVI, Amortized) or their fitted factors (CAVI);
+- per-datum latents from their q_i (SVI, the encoder of an Amortized fit; CAVI's local factor, its chains for
+  several ``Markov`` chains, or the exact posterior of its expected log-joint; q is a product, so these do not
+  depend on the global draw) or, where the fit has one, the exact posterior p(z_i | x_i, θ̂) (EM, OnlineEM;
+  SVI with a latent summed out, given each global draw), with the data on a ``datum`` dimension. A latent with
+  a multiplicity (LDA's word assignments, one value for several tokens) is not drawn: ``ValueError``.
 
-Variables are named by their paths in the model's latent (``mu``, ``theta.w``; a bare local latent is ``z``).
+Variables are named by their paths in the model's latent (``mu``, ``theta.w``; a bare local latent is ``z``,
+a tuple's items ``z.0``, ``z.1``).
 
 The ``log_likelihood`` group holds, for every draw s and datum i, the log-likelihood of x_i that ArviZ's
 ``loo`` and ``waic`` read: :math:`\log p_\theta(x_i \mid z_g^{(s)})` with the local latent summed out
-exactly or absent; where the local latent has a q_i instead, the one-draw importance estimate
+exactly (enumeration, forward algorithm, Gaussian integral; several ``Markov`` chains on their product chain)
+or absent; where the local latent has a q_i instead (SVI's local guides, Amortized, CAVI's local
+exponential-family factors), the one-draw importance estimate
 :math:`\log p_\theta(x_i, z_i^{(s)} \mid z_g^{(s)}) - \log q_i(z_i^{(s)})` (unbiased for the likelihood,
 not for its log), and without global latents, the estimate of :math:`\log p_\theta(x_i)` from all the
 draws, :math:`\log \frac1S \sum_s e^{w_{is}}`, the same for every draw. θ is a point in every fit: with no
@@ -33,15 +38,18 @@ from jaxvi import exact
 from jaxvi.exact.chain import ChainPosterior
 from jaxvi.exact.enumerate import DiscretePosterior
 from jaxvi.exact.gaussian import GaussianPosterior
-from jaxvi.latents import split_latent
+from jaxvi.latents import is_spec, split_latent
+from jaxvi.methods.cavi import CAVIPosterior
 from jaxvi.methods.settings import check_count
 from jaxvi.model import check_data, check_key
+from jaxvi.vi import chains
+from jaxvi.vi.factors import Factor
 from jaxvi.vi.fitted import FittedGuide, GlobalLocal
 
 __all__ = ["Predictive", "predictive", "to_arviz"]
 
 PyTree = Any
-SUPPORTED = ("EM", "OnlineEM", "SVI", "Amortized")
+SUPPORTED = ("EM", "OnlineEM", "SVI", "Amortized", "CAVI")
 
 
 def to_arviz(result, data: PyTree, *, key: jax.Array, num_draws: int = 1000, num_chains: int = 4):
@@ -50,8 +58,8 @@ def to_arviz(result, data: PyTree, *, key: jax.Array, num_draws: int = 1000, num
 
     Raises:
       ImportError: arviz is not installed (``pip install jaxvi[arviz]``).
-      ValueError: a fit of another method than EM, OnlineEM, SVI or Amortized, bad data, key, ``num_draws`` or
-        ``num_chains``.
+      ValueError: a fit of another method than EM, OnlineEM, SVI, Amortized or CAVI, a latent with a multiplicity,
+        bad data, key, ``num_draws`` or ``num_chains``.
     """
     try:
         import arviz as az
@@ -90,6 +98,12 @@ def _check_fit(who: str, result, data: PyTree, key: jax.Array, num_draws: int) -
     check_count("num_draws", num_draws)
     if jnp.ndim(result.objective) != 0:
         raise ValueError(f"result: expected one fit, got a batch of {jnp.shape(result.objective)} (index it first)")
+    counted = [leaf for leaf in jax.tree_util.tree_leaves(result.model.latent, is_leaf=is_spec)
+               if getattr(leaf, "multiplicity", None) is not None]
+    if counted:
+        raise ValueError(f"result: {who} cannot draw a latent with a multiplicity ({counted[0]!r}, as LDA's word "
+                         f"assignments): one value of it stands for several tokens' assignments, which q draws "
+                         f"independently; read the fit's factors from result.posterior() instead")
     return data, key
 
 
@@ -98,6 +112,8 @@ def _draws(result, data, key, num_draws):
     model, params = result.model, result.params
     parts = split_latent(model.latent)
     q = result.posterior(data)
+    if isinstance(q, CAVIPosterior):
+        return _cavi_draws(result, q, data, key, num_draws)
     global_q, local_q = (q.global_, q.local) if isinstance(q, GlobalLocal) else (
         (q, None) if isinstance(q, FittedGuide) and q.is_global else (None, q))
     global_key, local_key = jax.random.split(key)
@@ -105,39 +121,129 @@ def _draws(result, data, key, num_draws):
         if isinstance(local_q, FittedGuide):
             z = _datum_major_to_draw_major(local_q.sample(local_key, num_draws))
             weights = _guided_weights(model, parts, params, None, z, local_q, data)
-            evidence = jax.nn.logsumexp(weights, axis=0) - jnp.log(num_draws)
-            return None, z, jnp.broadcast_to(evidence, weights.shape)
+            return None, z, _estimate_of_evidence(weights)
         z = _exact_draws(local_q, local_key, num_draws)
         return None, z, jnp.broadcast_to(local_q.log_evidence, (num_draws,) + local_q.log_evidence.shape)
     z_global = global_q.sample(global_key, num_draws)
-    if local_q is None:  # no local latent: the log-joint is the datum's likelihood given the global draw
-        def per_draw(zg):
-            return jax.vmap(lambda x: model.log_joint(params, parts.combine(zg, None), x))(data)
-        return z_global, None, jax.vmap(per_draw)(z_global)
+    if local_q is None:
+        return z_global, None, _global_only(model, parts, params, data, z_global)
     if isinstance(local_q, FittedGuide):
         z = _datum_major_to_draw_major(local_q.sample(local_key, num_draws))
         return z_global, z, _guided_weights(model, parts, params, z_global, z, local_q, data)
 
-    def summed(zg, k):  # the local latent summed out exactly given this global draw, and one draw from it
+    return (z_global,) + _summed_out(model, parts, params, data, z_global, local_key)
+
+
+def _summed_out(model, parts, params, data, z_global, key) -> tuple[PyTree, jax.Array]:
+    r"""``(local draws (S, N, ...), log-likelihoods (S, N))`` at every global draw: one draw of each datum's latent
+    from its exact posterior given the draw, and :math:`\log p(x_i \mid z_g)` with the latent summed out."""
+    def summed(zg, k):
         post = exact.posterior(lambda p, z, x: model.log_joint(p, parts.combine(zg, z), x), parts.local, params, data)
         draw = jax.tree_util.tree_map(lambda a: a[0], _exact_draws(post, k, 1))
         return draw, post.log_evidence
 
-    z, log_likelihood = jax.vmap(summed)(z_global, jax.random.split(local_key, num_draws))
-    return z_global, z, log_likelihood
+    num_draws = jax.tree_util.tree_leaves(z_global)[0].shape[0]
+    return jax.vmap(summed)(z_global, jax.random.split(key, num_draws))
+
+
+def global_draws(result, key: jax.Array, num_draws: int) -> PyTree | None:
+    """``num_draws`` draws of the fit's ``Global`` latents from its q (SVI, Amortized: the guide; CAVI: the
+    factors), leaves ``(num_draws, ...)`` in the value ``log_joint`` receives; None where the fit has no global q.
+    Traceable (``calibrate`` draws inside its vmapped fits)."""
+    if type(result.method).__name__ == "CAVI":
+        from jaxvi.methods import cavi
+
+        structure = cavi._structure(result.model)
+        if not structure.factors:
+            return None
+        encoded = jax.vmap(lambda k: cavi._draws(structure.factors, result.diagnostics.factors, k))(
+            jax.random.split(key, num_draws))
+        return jax.vmap(structure.global_value)(encoded)
+    if type(result.method).__name__ not in ("SVI", "Amortized"):  # the exact posterior of local latents only
+        return None
+    q = result.posterior()
+    q = q.global_ if isinstance(q, GlobalLocal) else q
+    if not isinstance(q, FittedGuide) or not q.is_global:
+        return None
+    return q.sample(key, num_draws)
+
+
+def _cavi_draws(result, q, data, key, num_draws):
+    """``_draws`` of a CAVI fit: the global latents from their factors, every datum's latent from its factor(s)
+    of q (independent of the global draw: q is a product), and the log-likelihoods of the module docstring."""
+    from jaxvi.methods import cavi
+
+    model, params = result.model, result.params
+    structure = cavi._structure(model)
+    parts = structure.parts
+    global_key, local_key = jax.random.split(key)
+    z_global = global_draws(result, global_key, num_draws)
+    if parts.local is None:
+        return z_global, None, _global_only(model, parts, params, data, z_global)
+    layout, chain_layout = structure.local_factors, structure.chains
+    if layout is not None:  # every datum's exponential-family factors: the one-draw importance estimate
+        factors = tuple(jax.tree_util.tree_leaves(q.local, is_leaf=lambda f: isinstance(f, Factor)))
+        encoded = jax.vmap(lambda k: cavi._draws(layout.factors, [f.eta for f in factors], k))(
+            jax.random.split(local_key, num_draws))
+        z = jax.vmap(layout.value)(encoded)
+        log_q = jax.vmap(lambda zs: _local_factors_log_prob(factors, layout, zs))(encoded)
+        weights = _joint_weights(model, parts, params, z_global, z, data) - log_q
+        if z_global is None:
+            return None, z, _estimate_of_evidence(weights)
+        return z_global, z, weights
+    if chain_layout is not None:  # several chains: q draws each; log p(x_i | z_g) on their product chain
+        z = jax.vmap(lambda k: chain_layout.value(q.local.sample(k)))(jax.random.split(local_key, num_draws))
+
+        def product_chain(zg):
+            joint = lambda p, zl, x: model.log_joint(p, parts.combine(zg, zl), x)  # noqa: E731
+            table = chains.tables(joint, params, data, chain_layout, result.method.chunk_size)
+            return chains.exact_log_normaliser(table, chain_layout.sizes, q.local.lengths)
+
+        if z_global is None:
+            return None, z, jnp.broadcast_to(product_chain(None), (num_draws,) + q.local.lengths.shape)
+        return z_global, z, jax.vmap(product_chain)(z_global)
+    z = _exact_draws(q.local, local_key, num_draws)  # the exact posterior of the expected log-joint
+    if z_global is None:
+        return None, z, jnp.broadcast_to(q.local.log_evidence, (num_draws,) + q.local.log_evidence.shape)
+    return z_global, z, _summed_out(model, parts, params, data, z_global, local_key)[1]
+
+
+def _local_factors_log_prob(factors, layout, encoded) -> jax.Array:
+    """``(N,)`` log q_i(z_i) of every datum's local factors at a draw in their families' layout."""
+    total = 0.0
+    for factor, spec, value in zip(factors, layout.factors, encoded):
+        log_prob = factor.log_prob(spec.value(value))
+        total = total + jnp.sum(log_prob.reshape(log_prob.shape[0], -1), axis=1)
+    return total
 
 
 compiled_draws = jax.jit(_draws, static_argnums=3)  # one executable per fit structure, data shape and draw count
 
 
+def _global_only(model, parts, params, data, z_global) -> jax.Array:
+    """``(S, N)`` log p(x_i | z_gs): without a local latent the log-joint is the datum's likelihood."""
+    def per_draw(zg):
+        return jax.vmap(lambda x: model.log_joint(params, parts.combine(zg, None), x))(data)
+    return jax.vmap(per_draw)(z_global)
+
+
 def _guided_weights(model, parts, params, z_global, z, local_q, data) -> jax.Array:
     """``(S, N)`` log p(x_i, z_is | z_gs) - log q_i(z_is)."""
+    return _joint_weights(model, parts, params, z_global, z, data) - jax.vmap(local_q.log_prob)(z)
+
+
+def _joint_weights(model, parts, params, z_global, z, data) -> jax.Array:
+    """``(S, N)`` log p(x_i, z_is | z_gs) (z_g None: no global latent)."""
     def per_draw(zg, zs):
-        joint = jax.vmap(lambda zi, x: model.log_joint(params, parts.combine(zg, zi), x))(zs, data)
-        return joint - local_q.log_prob(zs)
+        return jax.vmap(lambda zi, x: model.log_joint(params, parts.combine(zg, zi), x))(zs, data)
     if z_global is None:
         return jax.vmap(lambda zs: per_draw(None, zs))(z)
     return jax.vmap(per_draw)(z_global, z)
+
+
+def _estimate_of_evidence(weights: jax.Array) -> jax.Array:
+    r"""``(S, N)``: every datum's :math:`\log \frac1S \sum_s e^{w_{is}}` from its ``(S, N)`` weights, for every draw."""
+    return jnp.broadcast_to(jax.nn.logsumexp(weights, axis=0) - jnp.log(weights.shape[0]), weights.shape)
 
 
 def _exact_draws(post, key, num_draws) -> PyTree:
@@ -170,6 +276,8 @@ def _named(tree: PyTree, default: str) -> dict:
     named = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
         parts = [str(getattr(p, "key", getattr(p, "idx", getattr(p, "name", p)))) for p in path]
+        if path and isinstance(path[0], jax.tree_util.SequenceKey):  # a tuple's items: z.0, z.1
+            parts = [default] + parts
         named[".".join(parts) or default] = leaf
     return named
 

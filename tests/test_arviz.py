@@ -7,6 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from scipy import stats as scipy_stats
+from scipy.special import logsumexp
 
 import jaxvi
 
@@ -90,9 +92,12 @@ def test_local_q_log_likelihood_estimates_the_evidence_and_bad_calls_are_named()
     assert np.all(log_lik == log_lik[:1, :1])  # the same estimate for every draw
     with pytest.raises(ValueError, match="num_draws: expected an integer >= 1, got 0"):
         result.to_arviz(x, key=KEY, num_draws=0)
-    with pytest.raises(ValueError, match=r"result: to_arviz takes fits of \('EM', 'OnlineEM', 'SVI', 'Amortized'\), got a "
-                                         r"CAVI fit"):
-        dataclasses.replace(result, method=jaxvi.CAVI()).to_arviz(x, key=KEY)
+    class Custom:  # a method of the user's own: nothing to draw from
+        reports = "ELBO"
+
+    with pytest.raises(ValueError, match=r"result: to_arviz takes fits of \('EM', 'OnlineEM', 'SVI', 'Amortized', "
+                                         r"'CAVI'\), got a Custom fit"):
+        dataclasses.replace(result, method=Custom()).to_arviz(x, key=KEY)
 
 
 def test_posterior_predictive_replicates_have_the_closed_form_moments(normal_fit):
@@ -151,3 +156,82 @@ def test_global_and_local_draws_are_named_by_the_model_s_latent():
     log_q = np.asarray(jax.vmap(jax.vmap(lambda b: q.local.log_prob(b)))(jnp.asarray(b)))
     weights = norm.logpdf(b, mu[..., None], 1.0) + norm.logpdf(x, b, 0.5) - log_q
     np.testing.assert_allclose(np.asarray(idata.log_likelihood["x"]), weights, rtol=1e-5, atol=1e-5)
+
+
+def test_cavi_bayesian_mixture_draws_its_factors_and_sums_the_assignment_out_at_each_draw():
+    """CAVI's q is a product: global draws from the Dirichlet and Normal-Wishart factors, assignments from q_i;
+    the log-likelihood of a draw is log sum_k p(x_i, k | weights, components), enumerated here by hand."""
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(-2.0, 1.0, (40, 2)), rng.normal(2.0, 0.7, (30, 2))]).astype(np.float32)
+    model = jaxvi.models.bayesian_gaussian_mixture(x, 3)
+    result = jaxvi.infer(model, jaxvi.CAVI(max_iter=50), x, key=KEY, progress=False)
+    draws = 4000
+    out = jaxvi.predictive(result, x, key=jax.random.key(1), num_draws=draws)
+    q = result.posterior(x)
+    weights = np.asarray(out.global_draws["weights"], np.float64)  # (S, K) from Dirichlet(concentration)
+    concentration = np.asarray(q.globals["theta"]["weights"].parameters()["concentration"], np.float64)
+    mean = concentration / concentration.sum()
+    sd = np.sqrt(mean * (1 - mean) / (concentration.sum() + 1))
+    assert np.all(np.abs(weights.mean(0) - mean) < 4.5 * sd / math.sqrt(draws))
+    assert np.all(np.abs(weights.std(0) / sd - 1) < 0.05)
+    precision = np.asarray(out.global_draws["components"][1], np.float64)  # E[precision] = dof * scale
+    expected = np.asarray(q.globals["theta"]["components"].mean()[1], np.float64)
+    np.testing.assert_allclose(precision[:, 1:].mean(0), expected[1:], rtol=0.05, atol=0.02)
+    assert np.all(np.isfinite(np.asarray(out.global_draws["components"][0])))  # also the switched-off component's
+    probs = np.asarray(q.local.probs, np.float64)  # assignments: independent of the global draw
+    counts = (np.asarray(out.local_draws)[..., None] == np.arange(3)).sum(0)  # binomial, many of p near 0 or 1
+    low, high = scipy_stats.binom.ppf(1e-6, draws, probs), scipy_stats.binom.isf(1e-6, draws, probs)
+    assert np.all((low <= counts) & (counts <= high))
+    parts = jaxvi.latents.split_latent(model.latent)
+    for s in (0, 1234):
+        z_global = jax.tree_util.tree_map(lambda a: a[s], out.global_draws)
+        joint = np.array([[float(model.log_joint(result.params, parts.combine(z_global, jnp.int32(k)), x_i))
+                           for k in range(3)] for x_i in x[:8]])
+        np.testing.assert_allclose(np.asarray(out.log_likelihood)[s, :8], logsumexp(joint, axis=1),
+                                   rtol=1e-5, atol=1e-5)
+    idata = result.to_arviz(x, key=jax.random.key(2))
+    assert set(idata.posterior.data_vars) == {"theta.weights", "theta.components.0", "theta.components.1",
+                                              "assignment"}
+    loo = az.loo(idata, pointwise=True)
+    assert np.all(np.asarray(loo.pareto_k) < 0.7)
+    table = jaxvi.compare({"bgmm": result}, x, by="elpd_loo", key=jax.random.key(3), num_draws=4000)
+    assert table.rows[0].method == "CAVI" and abs(table.rows[0].elpd_loo - loo.elpd_loo) < 0.5
+
+
+def test_cavi_local_factors_give_the_importance_weight_of_each_draw():
+    """Student-t data as a scale mixture: a local Gamma factor per datum, a global Normal mean. The draws of
+    lambda_i have q_i's moments, and each log-likelihood is log p(x_i, lambda_i | mu) - log q_i(lambda_i)."""
+    nu = 4.0
+    x = 1.0 + np.random.default_rng(3).standard_t(nu, 60)
+    stats = jax.scipy.stats
+
+    def log_joint(params, z, x):
+        return stats.norm.logpdf(x, z["mu"][0], 1 / jnp.sqrt(z["lam"])) + stats.gamma.logpdf(z["lam"], nu / 2,
+                                                                                               scale=2 / nu)
+
+    latent = {"lam": jaxvi.Gamma(),
+              "mu": jaxvi.Global(jaxvi.Gaussian(1), lambda p, mu: stats.norm.logpdf(mu[0], 0, 10))}
+    with jax.enable_x64(True):
+        model = jaxvi.Model(log_joint, latent, init=lambda key, data: {})
+        result = jaxvi.infer(model, jaxvi.CAVI(max_iter=100), jnp.asarray(x), key=KEY, progress=False)
+        draws = 4000
+        out = jaxvi.predictive(result, jnp.asarray(x), key=jax.random.key(1), num_draws=draws)
+        q = result.posterior(jnp.asarray(x))
+        shape, rate = (np.asarray(v) for v in q.local.parameters().values())
+        m = q.globals["mu"].parameters()
+        mu_mean, mu_sd = float(m["mean"][0]), float(np.sqrt(m["covariance"][0, 0]))
+    lam, mu = np.asarray(out.local_draws), np.asarray(out.global_draws)[:, 0]
+    assert lam.shape == (draws, 60)
+    assert np.all(np.abs(lam.mean(0) - shape / rate) < 4.5 * np.sqrt(shape) / rate / math.sqrt(draws))
+    assert abs(mu.mean() - mu_mean) < 4.5 * mu_sd / math.sqrt(draws) and abs(mu.std() / mu_sd - 1) < 0.05
+    expected = (scipy_stats.norm.logpdf(x, mu[:, None], 1 / np.sqrt(lam))
+                + scipy_stats.gamma.logpdf(lam, nu / 2, scale=2 / nu) - scipy_stats.gamma.logpdf(lam, shape, scale=1 / rate))
+    np.testing.assert_allclose(np.asarray(out.log_likelihood), expected, rtol=1e-9)
+
+
+def test_a_latent_with_a_multiplicity_is_refused_by_name():
+    counts = np.random.default_rng(0).integers(0, 4, (6, 10)).astype(np.float32)
+    docs = jaxvi.models.bag_of_words(counts)
+    result = jaxvi.infer(jaxvi.models.lda(docs, 2, 10), jaxvi.CAVI(max_iter=2), docs, key=KEY, progress=False)
+    with pytest.raises(ValueError, match="result: to_arviz cannot draw a latent with a multiplicity"):
+        result.to_arviz(docs, key=KEY)

@@ -57,3 +57,27 @@ def test_the_symmetry_test_is_the_two_sample_kolmogorov_smirnov_test():
 def test_bad_calibrations_are_named(n, message):
     with pytest.raises(ValueError, match=message):
         jaxvi.calibrate(model(), jaxvi.SVI(num_steps=5), simulate, n, key=jax.random.key(0))
+
+
+def test_cavi_fits_are_calibrated_by_their_factors_draws():
+    """The same model with a Gaussian factor on mu, fitted by CAVI: its q is the exact posterior, so every
+    probability is the closed form's up to the binomial noise of the 1,000 draws."""
+    latent = jaxvi.Global({"mu": jaxvi.Gaussian(1)},
+                          log_prior=lambda params, z: jax.scipy.stats.norm.logpdf(z["mu"][0], PRIOR_MEAN, PRIOR_SD))
+    conjugate = jaxvi.Model(lambda params, z, x: jax.scipy.stats.norm.logpdf(x, z["mu"][0], SIGMA), latent,
+                            lambda k, d: {})
+    as_vector = lambda key: jax.tree_util.tree_map(jnp.atleast_1d, simulate(key))  # noqa: E731
+    result = jaxvi.calibrate(conjugate, jaxvi.CAVI(max_iter=3), as_vector, 50, key=jax.random.key(0))
+    _, data = jax.vmap(simulate)(jax.random.split(jax.random.split(jax.random.key(0), 3)[0], 50))
+    data, truth = np.asarray(data, np.float64), np.asarray(result.truth["mu"], np.float64)[:, 0]
+    precision = 1 / PRIOR_SD**2 + N / SIGMA**2
+    mean = (PRIOR_MEAN / PRIOR_SD**2 + data.sum(axis=1) / SIGMA**2) / precision
+    exact = scipy.stats.norm.cdf((truth - mean) * math.sqrt(precision))
+    below = np.round(np.asarray(result.probabilities["mu"])[:, 0] * 1000)
+    low, high = scipy.stats.binom.ppf(1e-6, 1000, exact), scipy.stats.binom.isf(1e-6, 1000, exact)
+    assert np.all((low <= below) & (below <= high))
+    assert float(result.asymmetry["mu"][0]) > 0.05
+    with pytest.raises(ValueError, match="method: calibrate needs a fit with a global q .* got a EM fit without one"):
+        gm = jaxvi.models.gaussian_mixture(2)
+        jaxvi.calibrate(gm.model, jaxvi.EM(m_step=gm.m_step, max_iter=2), lambda k: ({}, jax.random.normal(k, (10, 1))),
+                        2, key=jax.random.key(0))

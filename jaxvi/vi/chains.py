@@ -91,6 +91,28 @@ class ChainProduct:
         r"""Per chain, ``(N, T, K_m)`` state marginals :math:`q(z^m_t = k)`; 0 past a sequence's end."""
         return tuple(jnp.sum(w, axis=-2) for w in self.weights)
 
+    def sample(self, key: jax.Array) -> tuple:
+        r"""Per chain, ``(N, T)`` one path per sequence drawn from :math:`q_m`; -1 past its end. Each chain is
+        Markov under q with :math:`q_m(z_t = j \mid z_{t-1} = i) \propto w^m_t(i, j)`: :math:`z_0` from the state
+        marginal in row 0, then every step from its row of the pair marginals."""
+        paths = []
+        for key_m, weights in zip(jax.random.split(key, len(self.weights)), self.weights):
+            T = weights.shape[1]
+            keys = jax.random.split(key_m, T)
+            log_weights = jnp.log(weights)  # -inf where q puts no mass
+
+            def step(previous, inputs):
+                k, log_w = inputs                                         # log_w: (N, K, K)
+                rows = jnp.take_along_axis(log_w, previous[:, None, None], axis=1)[:, 0]
+                current = jax.random.categorical(k, rows).astype(jnp.int32)
+                return current, current
+
+            first = jax.random.categorical(keys[0], log_weights[:, 0, 0]).astype(jnp.int32)
+            _, rest = lax.scan(step, first, (keys[1:], jnp.moveaxis(log_weights[:, 1:], 1, 0)))
+            path = jnp.concatenate([first[:, None], rest.T], axis=1)
+            paths.append(jnp.where(jnp.arange(T) < self.lengths[:, None], path, -1))
+        return tuple(paths)
+
     def expected_log_joint(self, log_joint: Callable, params: PyTree, data: PyTree, chunk_size: int = 1024
                            ) -> jax.Array:
         r""":math:`\sum_n E_q[\log p_\theta(x_n, z_n)]`, q held fixed (no gradient through it): an M-step's

@@ -251,8 +251,11 @@ class Factor:
         precision = factor @ jnp.swapaxes(factor, -1, -2)
         if isinstance(spec, Wishart):
             return precision
-        chol = jnp.linalg.cholesky(p["strength"][..., None, None] * precision)
-        return p["mean"] + jnp.linalg.solve(jnp.swapaxes(chol, -1, -2), normals[..., d:])[..., 0], precision
+        # the mean ~ N(m, (b precision)^-1): L A is precision's Cholesky factor already (lower triangular, positive
+        # diagonal), so no factorisation of a draw that may be near-singular in float32
+        chol = jnp.sqrt(p["strength"])[..., None, None] * factor
+        return p["mean"] + jax.scipy.linalg.solve_triangular(chol, normals[..., d:], trans="T", lower=True)[..., 0], \
+            precision
 
 
 def sample_factors(factors: tuple[Factor, ...], key: jax.Array) -> tuple:

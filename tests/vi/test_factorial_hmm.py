@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy.special import log_softmax, logsumexp
-from scipy.stats import norm
+from scipy.stats import binom, norm
 
 import jaxvi
 from jaxvi.run.schedule import RESOLUTION_ULPS
@@ -230,3 +230,25 @@ def test_vmapped_over_data_sets_equals_one_fit_per_data_set(fitted):
         alone = [np.asarray(fit(data)) for data in sets]
     np.testing.assert_allclose(together, alone, rtol=1e-10)
     assert abs(alone[0][-1] - alone[1][-1]) > 0.1  # two different fits
+
+
+def test_exported_draws_follow_each_chain_of_q_and_the_likelihood_is_the_product_chain_s(fitted):
+    """``jaxvi.predictive`` of the structured fit: every chain's paths drawn from q_m (state and pair frequencies
+    against its step weights), and the log-likelihood of every sequence log p(x_n | θ̂), the forward algorithm on
+    the product chain (NumPy)."""
+    model, x, result = fitted
+    draws = 4000
+    out = jaxvi.predictive(result, jnp.asarray(x), key=jax.random.key(1), num_draws=draws)
+    q = result.posterior(jnp.asarray(x)).local
+    def within(counts, p):  # binomial counts within their 1e-6 quantiles (many p are near 0)
+        return np.all((binom.ppf(1e-6, draws, p) <= counts) & (counts <= binom.isf(1e-6, draws, p)))
+
+    for m in range(2):
+        paths = np.asarray(out.local_draws[m])                                     # (S, N, T)
+        assert within((paths == 1).sum(0), np.asarray(q.marginals[m], np.float64)[..., 1])
+        pair = np.asarray(q.weights[m], np.float64)[:, 1:, 1, 0]                    # q(z_{t-1} = 1, z_t = 0)
+        assert within(((paths[:, :, :-1] == 1) & (paths[:, :, 1:] == 0)).sum(0), np.clip(pair, 0, 1))
+    exact = [product_chain_log_evidence(result.params, x[n]) for n in range(len(x))]
+    np.testing.assert_allclose(np.asarray(out.log_likelihood), np.broadcast_to(exact, (draws, len(x))), rtol=1e-5)
+    idata = result.to_arviz(jnp.asarray(x), key=jax.random.key(2), num_draws=10)
+    assert set(idata.posterior.data_vars) == {"z.0", "z.1"} and idata.posterior["z.1"].shape == (4, 10, 6, 40)
