@@ -105,7 +105,7 @@ class AmortizedDiagnostics(NamedTuple):
     skips: Any = None
 
 
-@settings("learning_rate")
+@settings("learning_rate", "objective")
 @dataclasses.dataclass(frozen=True)
 class Amortized:
     r"""Amortized variational inference: an encoder q_φ(z | x) trained jointly with the model θ.
@@ -147,7 +147,7 @@ class Amortized:
     num_epochs: int | None = None
     batch_size: int = 128
     num_particles: int = 1
-    objective: str = "elbo"
+    objective: Any = "elbo"
     validation: float = 0.1
     patience: int | None = None
     num_eval_particles: int = 10
@@ -174,9 +174,11 @@ class Amortized:
         if not is_guide(self.global_guide):
             raise ValueError(f"Amortized(global_guide): expected a jaxvi guide, got {self.global_guide!r}")
         check_optimizer("Amortized", self.optimizer, self.learning_rate)
-        if not isinstance(self.objective, Renyi) and self.objective not in OBJECTIVES:
+        named = isinstance(self.objective, str) and self.objective in OBJECTIVES
+        if not (named or isinstance(self.objective, Renyi) or getattr(self.objective, "name", None) in OBJECTIVES):
             raise ValueError(f"Amortized(objective): expected one of {OBJECTIVES} or jaxvi.Renyi(alpha), got "
                              f"{self.objective!r}")
+        object.__setattr__(self, "objective", as_estimator(self.objective))  # its numbers traced (a Renyi alpha)
         if isinstance(self.validation, bool) or not isinstance(self.validation, (int, float)) \
                 or not 0 <= self.validation < 1:
             raise ValueError(f"Amortized(validation): expected a fraction in [0, 1), got {self.validation!r}")

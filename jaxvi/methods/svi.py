@@ -107,7 +107,7 @@ class SVIDiagnostics(NamedTuple):
     skips: Any = None
 
 
-@settings("tol", "learning_rate")
+@settings("tol", "learning_rate", "estimator")
 @dataclasses.dataclass(frozen=True)
 class SVI:
     r"""Stochastic variational inference.
@@ -182,8 +182,8 @@ class SVI:
                 raise ValueError(f"SVI({name}): expected a jaxvi guide such as jaxvi.MeanField(), got {value!r}")
         check_optimizer("SVI", self.optimizer, self.learning_rate)
         check_optimizer("SVI", self.local_optimizer, None)
-        try:
-            as_estimator(self.estimator)
+        try:  # an estimator object: its numbers (a Renyi alpha) are traced like the learning rate
+            object.__setattr__(self, "estimator", as_estimator(self.estimator))
         except ValueError as err:
             raise ValueError(f"SVI({err})") from None
         if self.discrete not in ("auto", "enumerate", "guide"):

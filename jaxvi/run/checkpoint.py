@@ -157,8 +157,16 @@ def _entry(value: Any) -> list:
 
 
 def _number(value: Any) -> list:
-    """A traced number: by the value the computation sees (e.g. float32 0.001), shown as such."""
-    shown = "None" if value is None else str(np.asarray(value if isinstance(value, jax.Array) else jnp.asarray(value)))
+    """A traced number: by the value the computation sees (e.g. float32 0.001), shown as such; an object of them
+    (an estimator, ``Renyi(alpha)``) with each number so."""
+    def seen(number):
+        return str(np.asarray(number if isinstance(number, jax.Array) else jnp.asarray(number)))
+    if value is None:
+        shown = "None"
+    elif isinstance(value, (int, float, np.number, np.ndarray, jax.Array)):
+        shown = seen(value)
+    else:
+        shown = _ADDRESS.sub("", repr(jax.tree_util.tree_map(seen, value)))
     return [shown, shown]
 
 

@@ -36,11 +36,12 @@ evaluates log q (``draw``), and how it turns their log weights into the two numb
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+
+from jaxvi.methods.settings import check_number, is_concrete, settings
 
 __all__ = ["ESTIMATORS", "IWAE", "STL", "VIMCO", "Analytic", "DReG", "ParticleTerms", "Renyi", "Reparameterized", "Score",
            "as_estimator", "estimate", "particle_terms"]
@@ -68,6 +69,7 @@ class ParticleTerms(NamedTuple):
     path: jax.Array
 
 
+@settings()
 @dataclasses.dataclass(frozen=True)
 class Reparameterized:
     """The reparameterised ELBO, :math:`\\frac1S \\sum_s w_s`."""
@@ -85,6 +87,7 @@ class Reparameterized:
         return bound, bound
 
 
+@settings()
 @dataclasses.dataclass(frozen=True)
 class STL(Reparameterized):
     """Sticking the landing: log q at stopped-gradient ψ (Roeder et al. 2017)."""
@@ -96,6 +99,7 @@ class STL(Reparameterized):
         return u, guide.log_prob(jax.lax.stop_gradient(guide_params), u)
 
 
+@settings()
 @dataclasses.dataclass(frozen=True)
 class Analytic(Reparameterized):
     """The closed-form entropy in place of -log q: :math:`\\frac1S \\sum_s \\log p(x, u_s) + H[q_\\psi]`."""
@@ -108,6 +112,7 @@ class Analytic(Reparameterized):
         return bound, bound
 
 
+@settings()
 @dataclasses.dataclass(frozen=True)
 class IWAE(Reparameterized):
     """The importance-weighted bound :math:`\\log \\frac1S \\sum_s e^{w_s}` (Burda et al. 2016)."""
@@ -119,6 +124,7 @@ class IWAE(Reparameterized):
         return bound, bound
 
 
+@settings()
 @dataclasses.dataclass(frozen=True)
 class Score:
     """The score-function gradient with a leave-one-out baseline (needs S >= 2)."""
@@ -143,6 +149,7 @@ class Score:
         return surrogate - jax.lax.stop_gradient(surrogate) + jnp.mean(fixed), jnp.mean(weights)
 
 
+@settings()
 @dataclasses.dataclass(frozen=True)
 class DReG(STL):
     """The IWAE bound with the doubly reparameterised gradient (Tucker et al. 2019; module docstring)."""
@@ -159,6 +166,7 @@ class DReG(STL):
         return surrogate - jax.lax.stop_gradient(surrogate) + jax.lax.stop_gradient(bound), bound
 
 
+@settings()
 @dataclasses.dataclass(frozen=True)
 class VIMCO(Score):
     """The IWAE bound with VIMCO's leave-one-out score-function gradient (Mnih & Rezende 2016; needs S >= 2)."""
@@ -178,27 +186,30 @@ class VIMCO(Score):
         return surrogate - jax.lax.stop_gradient(surrogate) + bound, bound
 
 
+@settings("alpha")
 @dataclasses.dataclass(frozen=True)
 class Renyi(Reparameterized):
     """The variational Rényi bound of order ``alpha`` (Li & Turner 2016; module docstring), reparameterised.
 
     Args:
-      alpha: the order α, any finite number (static: a new α compiles anew). 1 is the ELBO, 0 IWAE.
+      alpha: the order α, any finite number, traced like a learning rate (a new α does not recompile; ``jax.vmap``
+        over it works). 1 is the ELBO, 0 IWAE.
     """
 
     alpha: float = 0.5
     name = "renyi"
 
     def __post_init__(self):
-        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not math.isfinite(self.alpha):
+        check_number("Renyi(alpha)", self.alpha)
+        if is_concrete(self.alpha) and not jnp.isfinite(self.alpha):  # check_number lets +inf through
             raise ValueError(f"Renyi(alpha): expected a finite number, got {self.alpha!r}")
 
     def estimate(self, terms: ParticleTerms):
         weights = _log_weights(terms)
-        if self.alpha == 1:
-            bound = jnp.mean(weights)
-        else:
-            bound = _log_mean_exp((1 - self.alpha) * weights) / (1 - self.alpha)
+        one_minus = 1 - jnp.asarray(self.alpha, weights.dtype)
+        at_one = one_minus == 0  # the limit, the ELBO; the other branch stays finite there (no NaN in its gradient)
+        scaled = _log_mean_exp(one_minus * weights) / jnp.where(at_one, 1, one_minus)
+        bound = jnp.where(at_one, jnp.mean(weights), scaled)
         return bound, bound
 
 
