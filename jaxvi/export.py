@@ -8,7 +8,8 @@ fit's posterior (independent draws, split into chains so that ArviZ's diagnostic
   several ``Markov`` chains, or the exact posterior of its expected log-joint; q is a product, so these do not
   depend on the global draw) or, where the fit has one, the exact posterior p(z_i | x_i, θ̂) (EM, OnlineEM;
   SVI with a latent summed out, given each global draw), with the data on a ``datum`` dimension. A latent with
-  a multiplicity (LDA's word assignments, one value for several tokens) is not drawn: ``ValueError``.
+  a multiplicity (LDA's word assignments: entry l stands for c_l tokens) is drawn token by token, as each
+  entry's number of tokens per value (Multinomial(c_l, q_l)).
 
 Variables are named by their paths in the model's latent (``mu``, ``theta.w``; a bare local latent is ``z``,
 a tuple's items ``z.0``, ``z.1``).
@@ -17,7 +18,8 @@ The ``log_likelihood`` group holds, for every draw s and datum i, the log-likeli
 ``loo`` and ``waic`` read: :math:`\log p_\theta(x_i \mid z_g^{(s)})` with the local latent summed out
 exactly (enumeration, forward algorithm, Gaussian integral; several ``Markov`` chains on their product chain)
 or absent; where the local latent has a q_i instead (SVI's local guides, Amortized, CAVI's local
-exponential-family factors), the one-draw importance estimate
+exponential-family factors; a latent with a multiplicity summed out over every token's value first), the one-draw
+importance estimate
 :math:`\log p_\theta(x_i, z_i^{(s)} \mid z_g^{(s)}) - \log q_i(z_i^{(s)})` (unbiased for the likelihood,
 not for its log), and without global latents, the estimate of :math:`\log p_\theta(x_i)` from all the
 draws, :math:`\log \frac1S \sum_s e^{w_{is}}`, the same for every draw. θ is a point in every fit: with no
@@ -58,8 +60,8 @@ def to_arviz(result, data: PyTree, *, key: jax.Array, num_draws: int = 1000, num
 
     Raises:
       ImportError: arviz is not installed (``pip install jaxvi[arviz]``).
-      ValueError: a fit of another method than EM, OnlineEM, SVI, Amortized or CAVI, a latent with a multiplicity,
-        bad data, key, ``num_draws`` or ``num_chains``.
+      ValueError: a fit of another method than EM, OnlineEM, SVI, Amortized or CAVI, multiplicities that are not
+        whole numbers, bad data, key, ``num_draws`` or ``num_chains``.
     """
     try:
         import arviz as az
@@ -100,10 +102,11 @@ def _check_fit(who: str, result, data: PyTree, key: jax.Array, num_draws: int) -
         raise ValueError(f"result: expected one fit, got a batch of {jnp.shape(result.objective)} (index it first)")
     counted = [leaf for leaf in jax.tree_util.tree_leaves(result.model.latent, is_leaf=is_spec)
                if getattr(leaf, "multiplicity", None) is not None]
-    if counted:
-        raise ValueError(f"result: {who} cannot draw a latent with a multiplicity ({counted[0]!r}, as LDA's word "
-                         f"assignments): one value of it stands for several tokens' assignments, which q draws "
-                         f"independently; read the fit's factors from result.posterior() instead")
+    for leaf in counted:  # drawn token by token: whole numbers of tokens
+        counts = np.asarray(jax.vmap(leaf.multiplicity)(data))
+        if not np.all((counts >= 0) & (counts == np.round(counts))):
+            raise ValueError(f"data: {who} draws the tokens of {leaf!r} one by one, so its multiplicities must be "
+                             f"whole numbers >= 0, got values such as {counts[counts != np.round(counts)][:3]}")
     return data, key
 
 
@@ -183,11 +186,14 @@ def _cavi_draws(result, q, data, key, num_draws):
     layout, chain_layout = structure.local_factors, structure.chains
     if layout is not None:  # every datum's exponential-family factors: the one-draw importance estimate
         factors = tuple(jax.tree_util.tree_leaves(q.local, is_leaf=lambda f: isinstance(f, Factor)))
+        draw_key, count_key = jax.random.split(local_key)
         encoded = jax.vmap(lambda k: cavi._draws(layout.factors, [f.eta for f in factors], k))(
-            jax.random.split(local_key, num_draws))
+            jax.random.split(draw_key, num_draws))
+        counts = jax.vmap(layout.multiplicities)(data)
+        weights = _counted_weights(model, parts, params, layout, z_global, encoded, counts, data)
+        weights = weights - jax.vmap(lambda e: _local_factors_log_prob(factors, layout, e, counts))(encoded)
+        encoded = _token_draws(factors, encoded, counts, count_key)
         z = jax.vmap(layout.value)(encoded)
-        log_q = jax.vmap(lambda zs: _local_factors_log_prob(factors, layout, zs))(encoded)
-        weights = _joint_weights(model, parts, params, z_global, z, data) - log_q
         if z_global is None:
             return None, z, _estimate_of_evidence(weights)
         return z_global, z, weights
@@ -208,13 +214,54 @@ def _cavi_draws(result, q, data, key, num_draws):
     return z_global, z, _summed_out(model, parts, params, data, z_global, local_key)[1]
 
 
-def _local_factors_log_prob(factors, layout, encoded) -> jax.Array:
-    """``(N,)`` log q_i(z_i) of every datum's local factors at a draw in their families' layout."""
+def _local_factors_log_prob(factors, layout, encoded, counts) -> jax.Array:
+    """``(N,)`` log q_i(z_i) of every datum's local factors at a draw in their families' layout, but those with a
+    multiplicity (summed out: ``_counted_weights``)."""
     total = 0.0
-    for factor, spec, value in zip(factors, layout.factors, encoded):
-        log_prob = factor.log_prob(spec.value(value))
-        total = total + jnp.sum(log_prob.reshape(log_prob.shape[0], -1), axis=1)
+    for factor, spec, value, count in zip(factors, layout.factors, encoded, counts):
+        if count is None:
+            log_prob = factor.log_prob(spec.value(value))
+            total = total + jnp.sum(log_prob.reshape(log_prob.shape[0], -1), axis=1)
     return total
+
+
+def _counted_weights(model, parts, params, layout, z_global, encoded, counts, data) -> jax.Array:
+    r"""``(S, N)`` :math:`\log p(x_i, z_{is} \mid z_{gs})` with every local latent that has a multiplicity (a
+    ``OneHot`` plate whose entry l stands for :math:`c_l` tokens, as LDA's word assignments) summed out exactly
+    over every token's value. The log-joint is linear in such a latent (CAVI checked it),
+    :math:`f(z) = a + \sum_{lk} g_{lk} z_{lk}` with :math:`g_{lk}/c_l` one token's term, so the sum over all
+    tokens' values is :math:`a + \sum_l c_l \log \sum_k e^{g_{lk}/c_l}`."""
+    def one(zg, e, x, c):
+        def joint(counted):
+            values = [v if k is None else counted[j] for j, (v, k) in enumerate(zip(e, c))]
+            return model.log_joint(params, parts.combine(zg, layout.value(values)), x)
+
+        zero = [jnp.zeros_like(v) if k is not None else None for v, k in zip(e, c)]
+        a, g = jax.value_and_grad(joint)(zero)
+        for slope, k in zip(g, c):
+            if k is not None:
+                per_token = slope / jnp.where(k > 0, k, 1)[..., None]
+                a = a + jnp.sum(jnp.where(k > 0, k * jax.nn.logsumexp(per_token, axis=-1), 0.0))
+        return a
+
+    def per_draw(zg, e):
+        return jax.vmap(lambda e_i, x, c: one(zg, e_i, x, c))(e, data, counts)
+    if z_global is None:
+        return jax.vmap(lambda e: per_draw(None, e))(encoded)
+    return jax.vmap(per_draw)(z_global, encoded)
+
+
+def _token_draws(factors, encoded, counts, key) -> tuple:
+    """The draws of latents with a multiplicity as every entry's tokens per value (a draw of
+    Multinomial(c_l, q_l)), the others unchanged."""
+    num_draws = jax.tree_util.tree_leaves(encoded)[0].shape[0]
+    drawn = list(encoded)
+    for j, (factor, count) in enumerate(zip(factors, counts)):
+        if count is not None:
+            probs = jax.nn.softmax(factor.eta[0], axis=-1)
+            keys = jax.random.split(jax.random.fold_in(key, j), num_draws)
+            drawn[j] = jax.vmap(lambda k: jax.random.multinomial(k, count, probs, dtype=probs.dtype))(keys)
+    return tuple(drawn)
 
 
 compiled_draws = jax.jit(_draws, static_argnums=3)  # one executable per fit structure, data shape and draw count

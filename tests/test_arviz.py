@@ -229,9 +229,35 @@ def test_cavi_local_factors_give_the_importance_weight_of_each_draw():
     np.testing.assert_allclose(np.asarray(out.log_likelihood), expected, rtol=1e-9)
 
 
-def test_a_latent_with_a_multiplicity_is_refused_by_name():
-    counts = np.random.default_rng(0).integers(0, 4, (6, 10)).astype(np.float32)
+def test_lda_draws_tokens_and_sums_their_topics_out_of_the_log_likelihood():
+    """LDA by CAVI: each word's tokens are drawn per topic from Multinomial(c_l, q_l), and the log-likelihood of a
+    draw is log p(x_d, theta_d | beta) - log q(theta_d) with every token's topic summed out, written here in
+    closed form: sum_l c_l log sum_k theta_dk beta_k,w_l + the Dirichlet densities."""
+    rng = np.random.default_rng(0)
+    V, K = 12, 2
+    topics = rng.dirichlet(np.full(V, 0.3), K)
+    counts = np.stack([rng.multinomial(rng.integers(5, 15), p @ topics)
+                       for p in rng.dirichlet(np.full(K, 0.5), 15)]).astype(np.float32)
     docs = jaxvi.models.bag_of_words(counts)
-    result = jaxvi.infer(jaxvi.models.lda(docs, 2, 10), jaxvi.CAVI(max_iter=2), docs, key=KEY, progress=False)
-    with pytest.raises(ValueError, match="result: to_arviz cannot draw a latent with a multiplicity"):
-        result.to_arviz(docs, key=KEY)
+    result = jaxvi.infer(jaxvi.models.lda(docs, K, V), jaxvi.CAVI(max_iter=30), docs, key=KEY, progress=False)
+    draws = 2000
+    out = jaxvi.predictive(result, docs, key=jax.random.key(1), num_draws=draws)
+    q = result.posterior(docs)
+    ids, words = (np.asarray(a) for a in docs)
+    concentration = np.asarray(q.local["proportions"].parameters()["concentration"], np.float64)
+    beta, theta = np.asarray(out.global_draws, np.float64), np.asarray(out.local_draws["proportions"], np.float64)
+    theta /= theta.sum(-1, keepdims=True)  # float32 draws: onto scipy's simplex (1e-7 moves)
+    for s in (0, 777):
+        for d in range(len(counts)):
+            expected = (np.sum(words[d] * np.log(theta[s, d] @ beta[s][:, ids[d]]))
+                        + scipy_stats.dirichlet.logpdf(theta[s, d], np.full(K, 1 / K))
+                        - scipy_stats.dirichlet.logpdf(theta[s, d], concentration[d]))
+            np.testing.assert_allclose(float(out.log_likelihood[s, d]), expected, rtol=1e-4)
+    tokens = np.asarray(out.local_draws["assignments"])                       # (S, N, L, K) tokens per topic
+    np.testing.assert_array_equal(tokens.sum(-1), np.broadcast_to(words, tokens.shape[:-1]))
+    probs = np.asarray(q.local["assignments"].parameters()["probs"], np.float64)[..., 0]
+    in_topic_0 = tokens[..., 0].sum(0)  # binomial(draws x c_l, q_l0)
+    low = scipy_stats.binom.ppf(1e-6, draws * words, probs)
+    assert np.all((low <= in_topic_0) & (in_topic_0 <= scipy_stats.binom.isf(1e-6, draws * words, probs)))
+    with pytest.raises(ValueError, match="data: to_arviz draws the tokens of OneHot.* whole numbers >= 0"):
+        result.to_arviz((docs[0], docs[1] * 0.5), key=KEY)
