@@ -17,7 +17,6 @@ is unreliable and ``evidence`` warns.
 from __future__ import annotations
 
 import functools
-import math
 import warnings
 from typing import Any, NamedTuple
 
@@ -28,7 +27,8 @@ from jaxvi import exact
 from jaxvi.chunks import map_data
 from jaxvi.latents import Global, exact_family
 from jaxvi.model import Model, check_data, check_key
-from jaxvi.pareto import KHAT_THRESHOLD, MIN_DRAWS, psis
+from jaxvi import pareto
+from jaxvi.pareto import KHAT_THRESHOLD, MIN_DRAWS, log_mean_exp, psis
 
 __all__ = ["Evidence", "Resampled", "evidence", "psis_resample"]
 
@@ -173,11 +173,9 @@ def _exact_posterior(model, params, data, chunk_size):
 def _log_mean_exp_and_variance(log_weights: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """``(log mean exp w, var of log mean exp w, PSIS k-hat)`` over the last axis (delta method; k-hat NaN
     under 21 weights)."""
-    num = log_weights.shape[-1]
-    log_mean = jax.nn.logsumexp(log_weights, axis=-1) - math.log(num)
+    log_mean = log_mean_exp(log_weights, axis=-1)
     ratio = jnp.exp(log_weights - log_mean[..., None])                   # e^w / p_hat
-    khat = psis(log_weights)[1] if num >= MIN_DRAWS else jnp.full(log_weights.shape[:-1], jnp.nan)
-    return log_mean, jnp.var(ratio, axis=-1) / num, khat
+    return log_mean, jnp.var(ratio, axis=-1) / log_weights.shape[-1], pareto.khat(log_weights)
 
 
 def _importance_sampled(model, params, data, key, posterior, num_samples, chunk_size):
@@ -242,19 +240,13 @@ def _resampled(model, posterior, params, data, key, num_samples, num_draws):
                           lambda z, w, k: _resample_one(z, w, k, num_draws))
 
 
+@functools.partial(jax.jit, static_argnums=(0, 5))  # compiled once per model, proposal structure and shapes
 def _global(model, posterior, params, data, key, num_samples):
-    @jax.jit
-    def run(params, data, posterior, key):
-        return _log_mean_exp_and_variance(_global_weights(model, posterior, params, data, key, num_samples)[1])
-
-    return run(params, data, posterior, key)
+    return _log_mean_exp_and_variance(_global_weights(model, posterior, params, data, key, num_samples)[1])
 
 
+@functools.partial(jax.jit, static_argnums=(0, 5, 6))
 def _local(model, posterior, params, data, key, num_samples, chunk_size):
-    @jax.jit
-    def run(params, data, posterior, key):
-        log_p, variance, khat = _local_weights(model, posterior, params, data, key, num_samples,
-                                               lambda z, w, k: _log_mean_exp_and_variance(w), chunk_size)
-        return jnp.sum(log_p), jnp.sum(variance), khat
-
-    return run(params, data, posterior, key)
+    log_p, variance, khat = _local_weights(model, posterior, params, data, key, num_samples,
+                                           lambda z, w, k: _log_mean_exp_and_variance(w), chunk_size)
+    return jnp.sum(log_p), jnp.sum(variance), khat

@@ -44,6 +44,7 @@ from jaxvi.latents import is_spec, split_latent
 from jaxvi.methods.cavi import CAVIPosterior
 from jaxvi.methods.settings import check_count
 from jaxvi.model import check_data, check_key
+from jaxvi.pareto import log_mean_exp
 from jaxvi.vi import chains
 from jaxvi.vi.factors import Factor
 from jaxvi.vi.fitted import FittedGuide, GlobalLocal
@@ -290,7 +291,7 @@ def _joint_weights(model, parts, params, z_global, z, data) -> jax.Array:
 
 def _estimate_of_evidence(weights: jax.Array) -> jax.Array:
     r"""``(S, N)``: every datum's :math:`\log \frac1S \sum_s e^{w_{is}}` from its ``(S, N)`` weights, for every draw."""
-    return jnp.broadcast_to(jax.nn.logsumexp(weights, axis=0) - jnp.log(weights.shape[0]), weights.shape)
+    return jnp.broadcast_to(log_mean_exp(weights), weights.shape)
 
 
 def _exact_draws(post, key, num_draws) -> PyTree:

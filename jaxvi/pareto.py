@@ -26,10 +26,23 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-__all__ = ["KHAT_THRESHOLD", "MIN_DRAWS", "psis", "tail_length"]
+__all__ = ["KHAT_THRESHOLD", "MIN_DRAWS", "khat", "log_mean_exp", "psis", "tail_length"]
 
 KHAT_THRESHOLD = 0.7  # above it, importance sampling from q is unreliable (Vehtari et al. 2024)
 MIN_DRAWS = 21  # the fewest draws whose tail (5 weights) a GPD is fitted to
+
+
+def log_mean_exp(values: jax.Array, axis: int = 0) -> jax.Array:
+    r""":math:`\log \frac1S \sum_s e^{v_s}` over ``axis`` (S its length): the log of an importance-sampling
+    estimate from its log weights."""
+    return jax.nn.logsumexp(values, axis=axis) - jnp.log(jnp.asarray(values.shape[axis], values.dtype))
+
+
+def khat(log_weights: jax.Array) -> jax.Array:
+    """PSIS k-hat over the last axis (``psis``), or NaN under ``MIN_DRAWS`` weights (no tail to fit); no gradient."""
+    if log_weights.shape[-1] < MIN_DRAWS:
+        return jnp.full(log_weights.shape[:-1], jnp.nan, log_weights.dtype)
+    return psis(lax.stop_gradient(log_weights))[1]
 
 
 def tail_length(num_draws: int) -> int:

@@ -47,34 +47,28 @@ def raise_on_fault(result: Result) -> None:
         if fault.iteration == 0:
             raise ValueError(f"init: expected initial parameters at which log_joint is finite, but log p(x) is "
                              f"not finite for {where}; check init (or init_params) and the log_joint")
-        what = (f"log p(x_i) became non-finite for {where}" if fault.index >= 0 else "log_prior became non-finite")
     elif fault.kind == FAULT_PARAMS:
-        leaf = _leaf_name(result, fault.index)
         if fault.iteration == 0 and not _leaf_finite(result, fault.index):
-            raise ValueError(f"init: expected finite initial parameters, but {leaf} is not finite; check init "
-                             f"(or init_params)")
-        what = f"the update made {leaf} non-finite"
-    elif fault.kind == FAULT_OBJECTIVE:
+            raise ValueError(f"init: expected finite initial parameters, but {_leaf_name(result, fault.index)} is "
+                             f"not finite; check init (or init_params)")
+    elif fault.kind == FAULT_OBJECTIVE and fault.iteration == 0:
         named = 0 <= fault.term < len(OBJECTIVE_TERMS)
         where = f" for datum {fault.index}" if fault.index >= 0 else ""
-        if fault.iteration == 0:
-            which = f"its {OBJECTIVE_TERMS[fault.term]} term{where} is" if named else "it is"
-            raise ValueError(f"init: expected initial parameters at which the ELBO is finite, but {which} not finite "
-                             f"at the first step; check init (or init_params) and the log_joint")
-        what = f"the ELBO was not finite{_elbo_where(fault)}"
-    else:  # FAULT_GRADIENT
-        what = f"the gradient of {_leaf_path(result, fault.index)} was not finite"
+        which = f"its {OBJECTIVE_TERMS[fault.term]} term{where} is" if named else "it is"
+        raise ValueError(f"init: expected initial parameters at which the ELBO is finite, but {which} not finite "
+                         f"at the first step; check init (or init_params) and the log_joint")
     step = "iteration" if fault.kind in (FAULT_LOG_EVIDENCE, FAULT_PARAMS) else "step"
-    _raise(result, f"{name} stopped at {step} {fault.iteration}: {what}")
+    _raise(result, f"{name} stopped at {step} {fault.iteration}: {describe_step_fault(result, fault)}")
 
 
 def describe_step_fault(result: Result, fault) -> str:
     """What a step's fault (kinds 1, 2, 4, 5) was: ``the ELBO was not finite: its log_joint term for datum 3``,
-    ``the update made params leaf .w non-finite``, ``the gradient of ['guide_params']['loc'] was not finite``."""
+    ``the update made params leaf .w non-finite``, ``the gradient of ['guide_params']['loc'] was not finite``: the
+    words of a stopping fault (``raise_on_fault``) and of a skipped one (``warn_on_skips``)."""
     fault = jax.tree_util.tree_map(int, fault)
     if fault.kind == FAULT_LOG_EVIDENCE:
-        return (f"log p(x_i) was not finite for {_evidence_where(fault)}" if fault.index >= 0
-                else "log_prior was not finite")
+        return (f"log p(x_i) became non-finite for {_evidence_where(fault)}" if fault.index >= 0
+                else "log_prior became non-finite")
     if fault.kind == FAULT_PARAMS:
         return f"the update made {_leaf_name(result, fault.index)} non-finite"
     if fault.kind == FAULT_OBJECTIVE:

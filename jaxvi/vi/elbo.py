@@ -30,7 +30,7 @@ import jax.numpy as jnp
 from jaxvi import exact
 from jaxvi.exact.enumerate import latent_values
 from jaxvi.latents import LatentParts, num_values, split_latent
-from jaxvi.pareto import MIN_DRAWS, psis
+from jaxvi import pareto
 from jaxvi.vi.objectives import particle_terms
 from jaxvi.vi.space import LatentSpace
 
@@ -134,7 +134,7 @@ def elbo(spec: ELBOSpec, model, params: PyTree, global_psi: PyTree, local_psi: P
     return _bound(surrogate + log_prior, bound + log_prior, stderr, jnp.mean(per_datum, axis=0),
                   jnp.concatenate([terms.log_det, jnp.ravel(local_det)]),
                   jnp.concatenate([terms.log_q, jnp.ravel(local_q)]), log_prior + jnp.mean(global_prior),
-                  _khat(weights))
+                  pareto.khat(weights))
 
 
 def _local(spec: ELBOSpec, model, params, z_global, local_psi, rows, key, num_particles):
@@ -169,7 +169,7 @@ def _local(spec: ELBOSpec, model, params, z_global, local_psi, rows, key, num_pa
         surrogate, bound = estimator.estimate(terms)
         weights = terms.log_joint + terms.log_det - terms.log_q
         return (surrogate, bound, jnp.var(weights) / num_particles, jnp.mean(terms.log_joint),
-                jnp.mean(terms.log_det), jnp.mean(terms.log_q), _khat(weights))
+                jnp.mean(terms.log_det), jnp.mean(terms.log_q), pareto.khat(weights))
 
     keys = jax.random.split(key, jax.tree_util.tree_leaves(local_psi)[0].shape[0])
     return jax.vmap(one_datum)(rows, local_psi, keys)
@@ -180,14 +180,6 @@ def _bound(surrogate, bound, stderr, per_datum, log_det, log_q, log_prior, khat)
     finite = jnp.stack([jnp.all(per_datum_finite), jnp.all(jnp.isfinite(log_det)), jnp.all(jnp.isfinite(log_q)),
                         jnp.all(jnp.isfinite(log_prior))])
     return Bound(surrogate, bound, stderr, finite, jnp.argmin(per_datum_finite).astype(jnp.int32), khat)
-
-
-def _khat(log_weights: jax.Array) -> jax.Array:
-    """PSIS k-hat of ``(particles,)`` log importance weights; NaN under ``MIN_DRAWS`` of them (no tail to fit).
-    Only a final evaluation reads it: in a training step XLA drops it as unused."""
-    if log_weights.shape[0] < MIN_DRAWS:
-        return jnp.full((), jnp.nan, log_weights.dtype)
-    return psis(jax.lax.stop_gradient(log_weights))[1]
 
 
 def _log_det(guide, log_det: jax.Array) -> jax.Array:

@@ -42,6 +42,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxvi.methods.settings import check_number, is_concrete, settings
+from jaxvi.pareto import log_mean_exp
 
 __all__ = ["ESTIMATORS", "IWAE", "STL", "VIMCO", "Analytic", "DReG", "ParticleTerms", "Renyi", "Reparameterized", "Score",
            "as_estimator", "estimate", "particle_terms"]
@@ -120,7 +121,7 @@ class IWAE(Reparameterized):
     name = "iwae"
 
     def estimate(self, terms: ParticleTerms):
-        bound = _log_mean_exp(_log_weights(terms))
+        bound = log_mean_exp(_log_weights(terms))
         return bound, bound
 
 
@@ -142,7 +143,7 @@ class Score:
     def estimate(self, terms: ParticleTerms):
         num = terms.log_joint.shape[0]
         log_p = terms.log_joint + terms.log_det
-        weights = log_p - terms.log_q
+        weights = _log_weights(terms)
         fixed = jax.lax.stop_gradient(weights)
         baseline = (jnp.sum(fixed) - fixed) / (num - 1)
         surrogate = jnp.mean((fixed - baseline) * terms.log_q + log_p)
@@ -162,7 +163,7 @@ class DReG(STL):
         normalized = jax.nn.softmax(jax.lax.stop_gradient(weights))
         surrogate = jnp.sum(normalized * weights) + jnp.sum(jax.lax.stop_gradient(normalized ** 2 - normalized)
                                                             * terms.path)
-        bound = _log_mean_exp(weights)
+        bound = log_mean_exp(weights)
         return surrogate - jax.lax.stop_gradient(surrogate) + jax.lax.stop_gradient(bound), bound
 
 
@@ -177,11 +178,11 @@ class VIMCO(Score):
         num = terms.log_joint.shape[0]
         weights = _log_weights(terms)
         fixed = jax.lax.stop_gradient(weights)
-        bound = _log_mean_exp(fixed)
+        bound = log_mean_exp(fixed)
         others_mean = (jnp.sum(fixed) - fixed) / (num - 1)
         # row s: the weights with w_s replaced by the mean of the others
         left_out = jnp.where(jnp.eye(num, dtype=bool), others_mean[:, None], fixed[None, :])
-        learning_signal = bound - _log_mean_exp(left_out, axis=-1)
+        learning_signal = bound - log_mean_exp(left_out, axis=-1)
         surrogate = jnp.sum(learning_signal * terms.log_q) + jnp.sum(jax.nn.softmax(fixed) * weights)
         return surrogate - jax.lax.stop_gradient(surrogate) + bound, bound
 
@@ -208,7 +209,7 @@ class Renyi(Reparameterized):
         weights = _log_weights(terms)
         one_minus = 1 - jnp.asarray(self.alpha, weights.dtype)
         at_one = one_minus == 0  # the limit, the ELBO; the other branch stays finite there (no NaN in its gradient)
-        scaled = _log_mean_exp(one_minus * weights) / jnp.where(at_one, 1, one_minus)
+        scaled = log_mean_exp(one_minus * weights) / jnp.where(at_one, 1, one_minus)
         bound = jnp.where(at_one, jnp.mean(weights), scaled)
         return bound, bound
 
@@ -262,9 +263,7 @@ def estimate(terms: ParticleTerms, estimator) -> tuple[jax.Array, jax.Array]:
 
 
 def _log_weights(terms: ParticleTerms) -> jax.Array:
+    """``(S,)`` the particles' log importance weights :math:`w_s = \\log p(x, z_s) - \\log q(z_s)`."""
     return terms.log_joint + terms.log_det - terms.log_q
 
 
-def _log_mean_exp(values: jax.Array, axis: int = 0) -> jax.Array:
-    """:math:`\\log \\frac1S \\sum_s e^{v_s}` over ``axis`` (S its length)."""
-    return jax.nn.logsumexp(values, axis=axis) - jnp.log(jnp.asarray(values.shape[axis], values.dtype))

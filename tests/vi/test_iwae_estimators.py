@@ -16,7 +16,7 @@ import scipy.stats
 import jaxvi
 from jit_events import compilations
 from jaxvi.vi import guides
-from jaxvi.vi.objectives import DReG, Renyi, estimate, particle_terms
+from jaxvi.vi.objectives import Renyi, estimate, particle_terms
 
 X = 1.5  # one datum of p_θ(u) p(x | u) = N(u; θ, 1) N(x; u, 1)
 THETA = 0.4
