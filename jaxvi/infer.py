@@ -16,7 +16,7 @@ from jaxvi.io import check_path
 from jaxvi.methods.protocol import Method
 from jaxvi.model import Model, check_data, check_key, check_model, is_traced
 from jaxvi.parallel import shard_data
-from jaxvi.result import Result
+from jaxvi.result import FAULT_OBJECTIVE, Result
 from jaxvi.run import checkpoint as checkpoints
 from jaxvi.run import loop
 from jaxvi.run.compiled import per_fit
@@ -122,6 +122,10 @@ def infer(model: Model, method, data: PyTree, *, key: jax.Array, progress: bool 
     else:  # one compiled call
         result, chosen, runs = _fit(model, method, data, keys, init_params, skips)
     if not traced:
+        if int(result.diagnostics.fault.kind) == FAULT_OBJECTIVE and hasattr(method, "explain"):
+            run = jax.tree_util.tree_map(lambda a: a[int(chosen)], runs)
+            result = dataclasses.replace(result, diagnostics=result.diagnostics._replace(
+                fault=_explain(model, method, run, data)))
         raise_on_fault(result)
         warn_on_skips(result)
         _warn_unresolved(method, result, num_data(data))
@@ -173,6 +177,16 @@ def _run(model, method, runs, *, data, stop):
 @per_fit
 def _finish(model, method, runs, data):
     return _finish_restarts(model, method, runs, data)
+
+
+@per_fit
+def _explain(model, method, run, data):
+    """The fault of a run stopped by a non-finite objective, completed by the method's ``explain``
+    (which term, which datum): the faulty step replayed with its keys and batch."""
+    n = num_data(data)
+    step_key, batch_key = loop.step_keys(run.key, loop.attempt(run))  # the run stopped at the faulty step
+    batch = loop.draw_batch(method.schedule(n), data, run, batch_key)
+    return method.explain(model, step_key, run.state, batch, num_data=n)._replace(iteration=run.fault.iteration)
 
 
 def _finish_restarts(model, method, runs, data) -> tuple[Result, jax.Array]:

@@ -54,9 +54,10 @@ class Skips(NamedTuple):
     Attributes:
       count: how many steps were skipped.
       first: the first skipped step's fault (a ``Fault``: ``iteration`` is the number of steps taken
-        before it; ``kind``; ``index`` and ``term`` as a stopping fault's: the leaf of a gradient or parameter
-        fault, the term and datum of a non-finite objective); ``kind`` 0 and ``iteration`` -1 when none was
-        skipped.
+        before it; ``kind``; for a gradient or parameter fault, ``index`` names the leaf, as a stopping
+        fault's does; for a non-finite objective ``index`` and ``term`` are -1: a stopping fault's step is
+        replayed to find the datum and term, a skipped one's is not); ``kind`` 0 and ``iteration`` -1 when
+        none was skipped.
     """
 
     count: jax.Array

@@ -32,16 +32,12 @@ def test_skip_finishes_a_fit_that_stop_ends_at_the_first_nan(data):
     stopped = err.value.result
     assert int(stopped.diagnostics.skips.count) == 0
     with pytest.warns(UserWarning, match=r"SVI skipped (\d+) step\(s\) whose update was not finite .* the first, after "
-                                         rf"{int(stopped.diagnostics.fault.iteration)} steps: the ELBO was not finite: "
-                                         r"its log_joint term for datum 0"):
+                                         rf"{int(stopped.diagnostics.fault.iteration)} steps: the ELBO was not finite"):
         result = jaxvi.infer(model, method, data, key=KEY, progress=False, on_nonfinite="skip")
     skips = result.diagnostics.skips
     # the same keys up to the first fault: the skipped run met it where the stopped run stopped
     assert int(skips.first.iteration) == int(stopped.diagnostics.fault.iteration) > 0
     assert int(skips.first.kind) == jaxvi.result.FAULT_OBJECTIVE
-    # which term and datum, from the step itself (every datum's log-joint is NaN at such a mu: the first)
-    assert (int(skips.first.term), int(skips.first.index)) == (0, 0)
-    assert (int(stopped.diagnostics.fault.term), int(stopped.diagnostics.fault.index)) == (0, 0)
     assert 1 <= int(skips.count) < 100 and int(result.n_iter) == 600
     assert int(result.diagnostics.fault.kind) == 0 and int(result.diagnostics.stop_reason) == 2  # max_iter
     # the fit is the conjugate posterior (the NaN region holds 5e-4 of its mass)

@@ -248,20 +248,25 @@ class Amortized:
              ) -> tuple[AmortizedState, Info]:
         """One gradient step of (θ, φ, global ψ) on a minibatch (rows, or a ``jaxvi.Batch``) of the N =
         ``num_data`` training data. A faulty step returns ``state``."""
-        index, rows = batch_rows(batch, num_data, None)
+        _, rows = batch_rows(batch, num_data, None)
         scale = num_data / num_rows(rows)
 
         def objective(trainable):
             bound = self._step_bound(model, key, AmortizedState(*trainable, None), rows, scale)
-            return bound.surrogate, bound
+            return bound.surrogate, bound.bound
 
         trainable = (state.params, state.variational, state.global_psi)
         (_, bound), grads = jax.value_and_grad(objective, has_aux=True)(trainable)
         grads = jax.tree_util.tree_map(jnp.negative, grads)
         updates, opt_state = self._optimizer().update(grads, state.opt_state, trainable)
         moved = optax.apply_updates(trainable, updates)
-        fault = step_fault(bound, leaves_finite(_fit_tree(*grads)), leaves_finite(_fit_tree(*moved)), index)
-        return tree_where(fault.kind == NO_FAULT, AmortizedState(*moved, opt_state), state), Info(bound.bound, fault)
+        fault = step_fault(bound, leaves_finite(_fit_tree(*grads)), leaves_finite(_fit_tree(*moved)))
+        return tree_where(fault.kind == NO_FAULT, AmortizedState(*moved, opt_state), state), Info(bound, fault)
+
+    def explain(self, model: Model, key: jax.Array, state: AmortizedState, batch: PyTree, *, num_data) -> Fault:
+        """A non-finite step's fault, with the term and the datum it came from (the step replayed)."""
+        index, rows = batch_rows(batch, num_data, None)
+        return objective_fault(self._step_bound(model, key, state, rows, num_data / num_rows(rows)), index)
 
     def evaluate(self, model: Model, key: jax.Array, state: AmortizedState, data: PyTree) -> jax.Array:
         """The ELBO of held-out ``data`` (``num_particles`` per datum; the plain ELBO)."""

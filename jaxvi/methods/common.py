@@ -78,20 +78,18 @@ def leaves_finite(tree: PyTree) -> jax.Array:
     return jnp.stack([jnp.all(jnp.isfinite(a)) for a in jax.tree_util.tree_leaves(tree)] + [jnp.array(True)])
 
 
-def step_fault(bound, gradient_finite: jax.Array, moved_finite: jax.Array, index: jax.Array | None = None) -> Fault:
-    """The fault of a gradient step on ``bound`` (a ``jaxvi.vi.elbo.Bound``), the first of: a non-finite
-    objective (kind 4, which term and datum as ``objective_fault`` says, ``index`` the minibatch's rows), a
-    non-finite gradient (kind 5), a non-finite updated parameter (kind 2). ``gradient_finite`` and
-    ``moved_finite`` are ``leaves_finite`` of the gradient and of the updated parameters, both in the order of
-    ``(params, guide_params)``."""
-    where = objective_fault(bound, index)
-    bad_objective, bad_gradient = ~jnp.isfinite(bound.bound), ~jnp.all(gradient_finite)
-    bad_moved = ~jnp.all(moved_finite)
+def step_fault(objective: jax.Array, gradient_finite: jax.Array, moved_finite: jax.Array) -> Fault:
+    """The fault of a gradient step, the first of: a non-finite objective (kind 4; which term and datum
+    are left to ``objective_fault``, -1 here), a non-finite gradient (kind 5), a non-finite updated
+    parameter (kind 2). ``gradient_finite`` and ``moved_finite`` are ``leaves_finite`` of the gradient
+    and of the updated parameters, both in the order of ``(params, guide_params)``."""
+    bad_objective, bad_gradient, bad_moved = ~jnp.isfinite(objective), ~jnp.all(gradient_finite), ~jnp.all(moved_finite)
     kind = jnp.select([bad_objective, bad_gradient, bad_moved], [FAULT_OBJECTIVE, FAULT_GRADIENT, FAULT_PARAMS],
                       NO_FAULT)
-    leaf = jnp.select([bad_objective, bad_gradient, bad_moved],
-                      [where.index, jnp.argmin(gradient_finite), jnp.argmin(moved_finite)], -1)
-    return Fault(jnp.array(-1, jnp.int32), kind.astype(jnp.int32), leaf.astype(jnp.int32), where.term)
+    index = jnp.select([bad_objective, bad_gradient, bad_moved],
+                       [-1, jnp.argmin(gradient_finite), jnp.argmin(moved_finite)], -1)
+    minus_one = jnp.array(-1, jnp.int32)
+    return Fault(minus_one, kind.astype(jnp.int32), index.astype(jnp.int32), minus_one)
 
 
 def objective_fault(bound, index: jax.Array | None = None) -> Fault:

@@ -315,7 +315,7 @@ class SVI:
 
         def objective(params, global_psi, psi_rows):
             bound = elbo(spec, model, params, global_psi, psi_rows, rows, key, scale, self.num_particles)
-            return bound.surrogate, bound
+            return bound.surrogate, bound.bound
 
         (_, bound), grads = jax.value_and_grad(objective, argnums=(0, 1, 2), has_aux=True)(
             state.params, state.global_psi, psi_rows)
@@ -328,7 +328,7 @@ class SVI:
             row_updates, new_opt_rows = jax.vmap(self._local_optimizer().update)(grads[2], opt_rows, psi_rows)
             new_rows = optax.apply_updates(psi_rows, row_updates)
         # leaves in the order of (params, guide_params)
-        fault = step_fault(bound, leaves_finite(grads), leaves_finite((params, global_psi, new_rows)), index)
+        fault = step_fault(bound, leaves_finite(grads), leaves_finite((params, global_psi, new_rows)))
         ok = fault.kind == NO_FAULT
         params, global_psi, opt_state = tree_where(ok, (params, global_psi, opt_state),
                                                    (state.params, state.global_psi, state.opt_state))
@@ -337,7 +337,7 @@ class SVI:
             new_rows, new_opt_rows = tree_where(ok, (new_rows, new_opt_rows), (psi_rows, opt_rows))
             local_psi = _scatter(state.local_psi, index, new_rows)
             local_opt_state = _scatter(state.local_opt_state, index, new_opt_rows)
-        return SVIState(params, global_psi, local_psi, opt_state, local_opt_state), Info(bound.bound, fault)
+        return SVIState(params, global_psi, local_psi, opt_state, local_opt_state), Info(bound, fault)
 
     def finalize(self, model: Model, key: jax.Array, state: SVIState, data: PyTree) -> Result:
         """The final ELBO on all the data and its standard error; the exact evidence and gap where
@@ -372,6 +372,14 @@ class SVI:
                                      bound.khat.astype(value.dtype))
         return Result(state.params, value, value[None], jnp.array(0, jnp.int32), jnp.array(False), diagnostics, model,
                       self, guide_params=guide_params)
+
+    def explain(self, model: Model, key: jax.Array, state: SVIState, batch: PyTree, *, num_data) -> Fault:
+        """A non-finite step's fault, with the term and the datum it came from (the step replayed)."""
+        spec = self.elbo_spec(model)
+        index, rows = batch_rows(batch, num_data, None if state.local_psi is None else _rows_of(state.local_psi))
+        bound = elbo(spec, model, state.params, state.global_psi, _gather(state.local_psi, index), rows, key,
+                     num_data / num_rows(rows), self.num_particles)
+        return objective_fault(bound, index)
 
     # --- using a fit --------------------------------------------------------------------------------
 
