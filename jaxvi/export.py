@@ -41,7 +41,7 @@ from jaxvi.exact.chain import ChainPosterior
 from jaxvi.exact.enumerate import DiscretePosterior
 from jaxvi.exact.gaussian import GaussianPosterior
 from jaxvi.latents import is_spec, split_latent
-from jaxvi.methods.cavi import CAVIPosterior
+from jaxvi.methods import cavi
 from jaxvi.methods.settings import check_count
 from jaxvi.model import check_data, check_key
 from jaxvi.pareto import log_mean_exp
@@ -116,7 +116,7 @@ def _draws(result, data, key, num_draws):
     model, params = result.model, result.params
     parts = split_latent(model.latent)
     q = result.posterior(data)
-    if isinstance(q, CAVIPosterior):
+    if isinstance(q, cavi.CAVIPosterior):
         return _cavi_draws(result, q, data, key, num_draws)
     global_q, local_q = (q.global_, q.local) if isinstance(q, GlobalLocal) else (
         (q, None) if isinstance(q, FittedGuide) and q.is_global else (None, q))
@@ -155,8 +155,6 @@ def global_draws(result, key: jax.Array, num_draws: int) -> PyTree | None:
     factors), leaves ``(num_draws, ...)`` in the value ``log_joint`` receives; None where the fit has no global q.
     Traceable (``calibrate`` draws inside its vmapped fits)."""
     if type(result.method).__name__ == "CAVI":
-        from jaxvi.methods import cavi
-
         structure = cavi._structure(result.model)
         if not structure.factors:
             return None
@@ -175,8 +173,6 @@ def global_draws(result, key: jax.Array, num_draws: int) -> PyTree | None:
 def _cavi_draws(result, q, data, key, num_draws):
     """``_draws`` of a CAVI fit: the global latents from their factors, every datum's latent from its factor(s)
     of q (independent of the global draw: q is a product), and the log-likelihoods of the module docstring."""
-    from jaxvi.methods import cavi
-
     model, params = result.model, result.params
     structure = cavi._structure(model)
     parts = structure.parts
