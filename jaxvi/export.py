@@ -105,9 +105,10 @@ def _check_fit(who: str, result, data: PyTree, key: jax.Array, num_draws: int) -
                if getattr(leaf, "multiplicity", None) is not None]
     for leaf in counted:  # drawn token by token: whole numbers of tokens
         counts = np.asarray(jax.vmap(leaf.multiplicity)(data))
-        if not np.all((counts >= 0) & (counts == np.round(counts))):
+        bad = counts[(counts < 0) | (counts != np.round(counts))]
+        if bad.size:  # the values shown are the offending ones (negative or fractional)
             raise ValueError(f"data: {who} draws the tokens of {leaf!r} one by one, so its multiplicities must be "
-                             f"whole numbers >= 0, got values such as {counts[counts != np.round(counts)][:3]}")
+                             f"whole numbers >= 0, got values such as {bad[:3]}")
     return data, key
 
 
