@@ -159,7 +159,7 @@ def fit_jaxvi(args) -> dict:
     steps = n // args.batch if online else args.iters
     key = jax.random.key(0)
 
-    def fit(start):
+    def fit(start, data):  # the data an argument, as infer passes them (closed over: compiled in as constants)
         state = method.init(model, key, data)  # then the shared start: the topics, every document from gamma = 1
         state = state._replace(factors=((start,),), local=jax.tree_util.tree_map(jnp.zeros_like, state.local))
 
@@ -176,10 +176,10 @@ def fit_jaxvi(args) -> dict:
         return state.factors[0][0], bounds
 
     t0 = time.perf_counter()
-    compiled = jax.jit(fit).lower(start).compile()
+    compiled = jax.jit(fit).lower(start, data).compile()
     compile_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    topics, bounds = jax.block_until_ready(compiled(start))
+    topics, bounds = jax.block_until_ready(compiled(start, data))
     run = time.perf_counter() - t0
     topics = np.asarray(topics, np.float64) + 1.0
     return {"total_s": compile_s + run, "run_s": run, "compile_s": compile_s, "steps": steps,
