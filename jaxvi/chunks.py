@@ -18,10 +18,18 @@ from jax import lax
 
 from jaxvi.data import num_data
 
-__all__ = ["kahan_add", "map_data", "minibatch", "sum_accurately", "sum_data", "num_data"]
+__all__ = ["equal_chunk_size", "kahan_add", "map_data", "minibatch", "sum_accurately", "sum_data", "num_data"]
 
 PyTree = Any
 TOP_K_MINIBATCH = 4  # minibatch: a top-k of n uniform keys up to n = 4 x size, the streamed draw beyond (measured: equal near 6x)
+
+def equal_chunk_size(n: int, most: int) -> int:
+    """How many of ``n`` data a chunk holds, at most ``most``: the largest divisor of n from ``most`` down to just
+    above ``most / 2`` where there is one, so the chunks are equal and no remainder is compiled as a second copy
+    of the chunk's code (the Bayesian mixture's CAVI step at N = 200,000: 13% less optimised HLO); else
+    ``most``, and a remainder."""
+    return next((c for c in range(most, most // 2, -1) if n % c == 0), most)
+
 
 def map_data(fn: Callable[[PyTree], PyTree], data: PyTree, chunk_size: int) -> PyTree:
     """``vmap(fn)(data)``, computed ``chunk_size`` data at a time.
@@ -47,11 +55,11 @@ def map_data(fn: Callable[[PyTree], PyTree], data: PyTree, chunk_size: int) -> P
 def sum_data(fn: Callable[[PyTree], PyTree], data: PyTree, chunk_size: int) -> PyTree:
     r"""The sum of ``fn`` over chunks of ``data``: :math:`\sum_c fn(data_c)`.
 
-    ``fn`` receives a chunk (every leaf sliced to at most ``chunk_size`` rows) and returns a
-    pytree of sums over that chunk, e.g. sufficient statistics. Full chunks run in a ``lax.scan``
+    ``fn`` receives a chunk (every leaf sliced to at most ``chunk_size`` rows, ``equal_chunk_size``) and returns
+    a pytree of sums over that chunk, e.g. sufficient statistics. Full chunks run in a ``lax.scan``
     whose running total is compensated (``kahan_add``); the remainder, if any, in one more call.
-    ``fn`` is traced once for the full chunks and once for a remainder, never more: compile time is that of
-    one chunk's code, not of every use of it.
+    ``fn`` is traced once for the full chunks and, where N has no divisor near ``chunk_size``, once for a
+    remainder, never more: compile time is that of one chunk's code, not of every use of it.
     ``fn`` is rematerialised (``jax.checkpoint``): a gradient of the sum recomputes each chunk's intermediates
     in its backward pass instead of keeping every chunk's, so memory stays O(chunk) under differentiation too
     (CAVI's gradient reads through LDA's tokens would otherwise keep N x L x K assignments).
@@ -77,12 +85,12 @@ def sum_data(fn: Callable[[PyTree], PyTree], data: PyTree, chunk_size: int) -> P
 
 def _chunks(data: PyTree, chunk_size: int) -> tuple[PyTree | None, PyTree | None]:
     """``(chunks, tail)``: the data's first ``(N // c) c`` rows as ``(N // c, c, ...)`` strided chunks
-    (``_strided``), c = chunk_size, and the remaining rows (None if there are none); chunks is None
-    when the data are one chunk (N <= chunk_size)."""
+    (``_strided``), c = ``equal_chunk_size(N, chunk_size)``, and the remaining rows (None if there are none);
+    chunks is None when the data are one chunk (N <= chunk_size)."""
     n = num_data(data)
     if n <= chunk_size:
         return None, None
-    size = chunk_size
+    size = equal_chunk_size(n, chunk_size)
     n_full = n // size
     chunks = jax.tree_util.tree_map(lambda a: _strided(a[: n_full * size], size), data)
     tail = jax.tree_util.tree_map(lambda a: a[n_full * size:], data) if n_full * size < n else None

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxvi import exact
-from jaxvi.chunks import num_data
+from jaxvi.chunks import equal_chunk_size, num_data
 
 __all__ = ["Statistics", "StreamedEStep", "streamed_e_step"]
 
@@ -59,36 +59,32 @@ class StreamedEStep(NamedTuple):
 
 
 def streamed_e_step(model, params: PyTree, data: PyTree, chunk_size: int, collect: Callable) -> StreamedEStep:
-    """The exact E-step of ``data`` one chunk at a time (a ``lax.scan`` over full chunks, then the rest)."""
+    """The exact E-step of ``data`` one chunk at a time (a ``lax.scan`` over equal chunks, ``equal_chunk_size``,
+    then the rest where N has no divisor near ``chunk_size``)."""
     n = num_data(data)
-    size = min(chunk_size, n)
+    size = equal_chunk_size(n, min(chunk_size, n))
     n_full = n // size
 
-    def one_chunk(chunk, start):
+    def one_chunk(chunk):
         post = exact.posterior(model.log_joint, model.latent, params, chunk, size)
         ok = jnp.all(jnp.isfinite(post.log_evidence)) & exact.all_well_posed(post)
-        return jnp.sum(post.log_evidence), collect(params, chunk, post), ok, start
+        return jnp.sum(post.log_evidence), collect(params, chunk, post), ok
 
-    def add(carry, inputs):
+    def add(carry, inputs, rows=size):
         total, stats, bad_start, bad_end = carry
         chunk, start = inputs
-        value, chunk_stats, ok, _ = one_chunk(chunk, start)
+        value, chunk_stats, ok = one_chunk(chunk)
         first = ~ok & (bad_start < 0)
         return (total + value, jax.tree_util.tree_map(jnp.add, stats, chunk_stats),
-                jnp.where(first, start, bad_start), jnp.where(first, start + size, bad_end)), None
+                jnp.where(first, start, bad_start), jnp.where(first, start + rows, bad_end)), None
 
     head = jax.tree_util.tree_map(lambda a: a[: n_full * size].reshape(n_full, size, *a.shape[1:]), data)
-    first_chunk = jax.tree_util.tree_map(lambda a: a[0], head)
-    total, stats, ok, _ = one_chunk(first_chunk, 0)
+    value, stats, _ = jax.eval_shape(one_chunk, jax.tree_util.tree_map(lambda a: a[0], head))
+    zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), (value, stats))
     minus_one = jnp.array(-1, jnp.int32)
-    carry = (total, stats, jnp.where(ok, minus_one, 0), jnp.where(ok, minus_one, size))
-    starts = jnp.arange(1, n_full, dtype=jnp.int32) * size
-    carry, _ = lax.scan(add, carry, (jax.tree_util.tree_map(lambda a: a[1:], head), starts))
+    starts = jnp.arange(n_full, dtype=jnp.int32) * size
+    carry, _ = lax.scan(add, (*zeros, minus_one, minus_one), (head, starts))
     if n_full * size < n:
         tail = jax.tree_util.tree_map(lambda a: a[n_full * size:], data)
-        total, stats, bad_start, bad_end = carry
-        value, tail_stats, ok, _ = one_chunk(tail, n_full * size)
-        first = ~ok & (bad_start < 0)
-        carry = (total + value, jax.tree_util.tree_map(jnp.add, stats, tail_stats),
-                 jnp.where(first, n_full * size, bad_start), jnp.where(first, n, bad_end))
+        carry, _ = add(carry, (tail, jnp.array(n_full * size, jnp.int32)), rows=n - n_full * size)
     return StreamedEStep(*carry)

@@ -22,10 +22,10 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxvi.chunks import num_data, sum_accurately, sum_data
+from jaxvi.chunks import equal_chunk_size, num_data, sum_accurately, sum_data
 from jaxvi.latents import EXPONENTIAL_FAMILY_SPECS, Global, is_spec
 from jaxvi.vi import expfam
-from jaxvi.vi.factors import FactorSpec, factor_spec
+from jaxvi.vi.factors import factor_spec
 
 __all__ = ["LocalFactors", "LocalLayout", "bound", "complete", "fit", "local_layout", "read", "reference"]
 
@@ -59,7 +59,7 @@ class LocalLayout(NamedTuple):
         1,024 at once."""
         size = sum(jnp.size(e) for f in self.factors for e in f.reference(jnp.float32))
         target = max(1, min(most, n, WORKING_SET // size))
-        return next((c for c in range(target, target // 2, -1) if n % c == 0), target)
+        return equal_chunk_size(n, target)
 
     def multiplicities(self, x: PyTree) -> tuple:
         """Every factor's multiplicities on the datum ``x`` (a ``OneHot`` plate of counts: how many copies each

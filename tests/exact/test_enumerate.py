@@ -103,3 +103,21 @@ def test_chunked_map_and_sum_equal_plain_vmap(n, chunk):
     np.testing.assert_allclose(map_data(f, data, chunk), jax.vmap(f)(data), rtol=1e-6)
     chunk_total = sum_data(lambda c: jax.vmap(f)(c).sum(), data, chunk)
     np.testing.assert_allclose(chunk_total, jax.vmap(f)(data).sum(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("n, chunk, shapes", [(1000, 128, [125]), (1009, 128, [128, 113]), (200_000, 1024, [1000])])
+def test_chunks_are_equal_where_n_has_a_divisor_near_the_chunk_size(n, chunk, shapes):
+    """The chunk is traced once, for one shape, where N has a divisor in (chunk / 2, chunk]; N = 1,009 (a prime) has
+    none: 7 chunks of 128 and a remainder of 113, each traced once."""
+    from jaxvi.chunks import equal_chunk_size
+
+    assert equal_chunk_size(n, chunk) == shapes[0]
+    traced = []
+
+    def chunk_sum(c):
+        traced.append(c.shape[0])
+        return jnp.sum(c)
+
+    data = jnp.arange(n, dtype=jnp.float32) % 7  # sums exact in float32
+    assert float(sum_data(chunk_sum, data, chunk)) == float(np.sum(np.arange(n) % 7))
+    assert sorted(set(traced), reverse=True) == shapes
