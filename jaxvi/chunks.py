@@ -23,6 +23,7 @@ __all__ = ["equal_chunk_size", "kahan_add", "map_data", "minibatch", "sum_accura
 PyTree = Any
 TOP_K_MINIBATCH = 4  # minibatch: a top-k of n uniform keys up to n = 4 x size, the streamed draw beyond (measured: equal near 6x)
 
+
 def equal_chunk_size(n: int, most: int) -> int:
     """How many of ``n`` data a chunk holds, at most ``most``: the largest divisor of n from ``most`` down to just
     above ``most / 2`` where there is one, so the chunks are equal and no remainder is compiled as a second copy
