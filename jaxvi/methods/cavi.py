@@ -34,6 +34,7 @@ not linear in a factor's statistics, naming the factor.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from types import SimpleNamespace
 from typing import Any, NamedTuple
 
@@ -52,7 +53,7 @@ from jaxvi.methods.em import gradient_m_step
 from jaxvi.methods.settings import check_count, check_number, settings
 from jaxvi.model import Model, is_traced
 from jaxvi.result import FAULT_LOG_EVIDENCE, FAULT_PARAMS, NO_FAULT, Fault, Result
-from jaxvi.run.compiled import per_fit
+from jaxvi.run.compiled import CHEAP_CODE, per_fit
 from jaxvi.run.schedule import Change, Schedule
 from jaxvi.vi import chains, expfam, local_factors
 from jaxvi.vi.factors import Factor, FactorSpec, factor_spec, sample_factors
@@ -719,9 +720,10 @@ class CAVI:
         return new
 
 
-@per_fit
+@functools.partial(per_fit, compiler_options=CHEAP_CODE)
 def _compiled_probe(model: Model, method: CAVI, data: PyTree):
-    """``CAVI._probe`` compiled once per model and method structure, like the fit itself."""
+    """``CAVI._probe`` compiled once per model and method structure, like the fit itself; run once on at most 8 rows,
+    so compiled for XLA's cheapest code (``CHEAP_CODE``)."""
     return method._probe(model, data)
 
 
