@@ -123,12 +123,16 @@ def _gpd_fit(excess: jax.Array, in_tail: jax.Array, count: jax.Array) -> tuple[j
     on_grid = j <= grid
     b = 1.0 / excess[-1] + (1.0 - jnp.sqrt(grid / (j - 0.5))) / (3.0 * quartile)   # candidate -k / sigma
     k_of_b = jnp.sum(jnp.where(in_tail, jnp.log1p(-b[:, None] * excess[None, :]), 0.0), axis=1) / n
-    profile = jnp.where(on_grid, n * (jnp.log(-b / k_of_b) - k_of_b - 1.0), -jnp.inf)
+    # -b / k(b) -> 1 / mean excess as b -> 0 (an exponential tail): the limit where a candidate is exactly 0, as
+    # when float32 rounding makes the largest excess exactly 3 quartiles (0 / 0 there otherwise)
+    mean_excess = jnp.sum(jnp.where(in_tail, excess, 0.0)) / n
+    scale = jnp.where(b == 0, 1.0 / mean_excess, -b / jnp.where(b == 0, 1.0, k_of_b))
+    profile = jnp.where(on_grid, n * (jnp.log(scale) - k_of_b - 1.0), -jnp.inf)
     weights = jnp.where(on_grid, 1.0 / jnp.sum(jnp.exp(profile[None, :] - profile[:, None]), axis=1), 0.0)
     weights = jnp.where(weights >= 10 * jnp.finfo(dtype).eps, weights, 0.0)
     b_mean = jnp.sum(b * weights) / jnp.sum(weights)
     k = jnp.sum(jnp.where(in_tail, jnp.log1p(-b_mean * excess), 0.0)) / n
-    sigma = -k / b_mean
+    sigma = jnp.where(b_mean == 0, mean_excess, -k / jnp.where(b_mean == 0, 1.0, b_mean))
     return (n * k + 10 * 0.5) / (n + 10), sigma
 
 
