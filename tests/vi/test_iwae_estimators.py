@@ -266,21 +266,25 @@ def test_renyi_alpha_is_traced_a_new_alpha_does_not_recompile_and_vmaps(hierarch
 
 def test_vimco_fits_theta_to_the_maximum_likelihood_through_a_tight_bound():
     """A two-component mixture with a Categorical q per datum: VIMCO climbs the 8-particle IWAE bound, which for
-    a 2-valued latent is nearly log p(D | θ), so θ lands on EM's maximum (0.002 below it here); the score
-    estimator climbs the ELBO, whose θ lies further off (0.04)."""
+    a 2-valued latent is nearly log p(D | θ), so θ lands on the maximum (0.003 below it here, its step size
+    decayed); the score estimator climbs the ELBO, whose θ lies further off (0.05 at a constant step size, the
+    ELBO's own optimum: decaying it leaves the slower score estimator short of even that)."""
     rng = np.random.default_rng(2)
     x = np.concatenate([rng.normal(-2.0, 1.0, (40, 1)), rng.normal(2.5, 0.8, (30, 1))]).astype(np.float32)
     gm = jaxvi.models.gaussian_mixture(2, covariance="diag")
-    maximum = float(jaxvi.infer(gm.model, jaxvi.EM(), x, key=jax.random.key(0), progress=False).objective)
+    # the maximum itself: EM until float32 stops resolving its steps (at EM's default tol it stops 0.006 short)
+    maximum = float(jaxvi.infer(gm.model, jaxvi.EM(m_step=gm.m_step, max_iter=2000, tol=0.0), x, key=jax.random.key(0),
+                                progress=False).objective)
     fits = {}
-    for estimator in ("vimco", "score"):
-        method = jaxvi.SVI(discrete="guide", estimator=estimator, num_particles=8, num_steps=600, learning_rate=5e-2,
+    for estimator, steps, optimizer in (("vimco", 1000, optax.adam(optax.exponential_decay(5e-2, 1000, 0.02))),
+                                        ("score", 600, optax.adam(5e-2))):
+        method = jaxvi.SVI(discrete="guide", estimator=estimator, num_particles=8, num_steps=steps, optimizer=optimizer,
                            num_eval_particles=400)
         result = jaxvi.infer(gm.model, method, x, key=jax.random.key(0), progress=False)
         fits[estimator] = (result, float(jaxvi.evidence(gm.model, result.params, x).log_evidence))
     result, log_evidence = fits["vimco"]
-    assert maximum - 0.01 < log_evidence <= maximum + 1e-4, (log_evidence, maximum)
-    assert maximum - log_evidence < 0.25 * (maximum - fits["score"][1]), (log_evidence, fits["score"][1], maximum)
+    assert maximum - 0.005 < log_evidence <= maximum + 1e-4, (log_evidence, maximum)
+    assert maximum - log_evidence < 0.1 * (maximum - fits["score"][1]), (log_evidence, fits["score"][1], maximum)
     bound, stderr = float(result.objective), float(result.diagnostics.elbo_stderr)
     assert log_evidence - 0.05 < bound < log_evidence + 4.5 * stderr, (bound, stderr, log_evidence)
 
