@@ -113,3 +113,21 @@ def test_the_cache_is_bounded_and_dropped_code_is_freed(monkeypatch):
         live.append(len(client.live_executables()))
     # the first two fill the table; from then on each new fit's code replaces the oldest's
     assert live[1] > live[0] and live[2] == live[3] == live[4] == live[1]
+
+
+def test_compiler_options_apply_to_a_top_level_call_and_step_aside_inside_a_trace(monkeypatch):
+    """A ``per_fit`` function with XLA options (``CHEAP_CODE``): called on values it compiles with them; called
+    inside a trace (``jit``, ``vmap``, ``eval_shape``), where JAX refuses options on a nested ``jit``, it becomes
+    part of the caller's program; the same numbers either way."""
+    monkeypatch.setattr(compiled, "_fits", collections.OrderedDict())
+    model = mixture(4.0)
+    double = compiled.per_fit(lambda model, method, x: 2.0 * x + model.init(KEY, x)[0],
+                              compiler_options=compiled.CHEAP_CODE)
+    x = jnp.arange(3.0)
+    expected = 2.0 * np.arange(3.0) + MEANS[0]
+    np.testing.assert_allclose(double(model, keep(), x), expected)
+    np.testing.assert_allclose(jax.jit(lambda x: double(model, keep(), x))(x), expected)
+    np.testing.assert_allclose(jax.vmap(lambda x: double(model, keep(), x))(x[:, None])[:, 0], expected)
+    assert jax.eval_shape(lambda x: double(model, keep(), x), x).shape == (3,)
+    (functions,) = compiled._fits.values()  # one with the options (the call on values), one without (traced)
+    assert {options for _, options in functions} == {(), tuple(sorted(compiled.CHEAP_CODE.items()))}
