@@ -23,6 +23,8 @@ from typing import Any, Callable
 
 import jax
 
+from jaxvi.model import is_traced
+
 __all__ = ["CACHE_ENV", "CACHED_FITS", "CHEAP_CODE", "cache", "cached_fits", "per_fit"]
 
 # XLA's cheapest code generation, the same IEEE arithmetic, for code run once on a few rows, where compiling
@@ -46,17 +48,15 @@ def per_fit(fn: Callable, compiler_options: dict | None = None) -> Callable:
     called inside a trace (a user's ``jit``, ``vmap`` or ``eval_shape``), the function is part of the caller's
     program, which XLA compiles with the caller's options (JAX refuses options on a nested ``jit``).
     """
-    def options(args) -> dict | None:
-        if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(args)):
-            return None
-        return {**_every_fit, **(compiler_options or {})} or None
+    def options(*args) -> dict | None:
+        return None if is_traced(*args) else {**_every_fit, **(compiler_options or {})} or None
 
     @functools.wraps(fn)
     def call(model, method, *args, **kwargs):
-        return _jitted(fn, model, method, options((method, args, kwargs)))(method, *args, **kwargs)
+        return _jitted(fn, model, method, options(method, args, kwargs))(method, *args, **kwargs)
 
     call.lower = lambda model, method, *args, **kwargs: _jitted(
-        fn, model, method, options((method, args, kwargs))).lower(method, *args, **kwargs)
+        fn, model, method, options(method, args, kwargs)).lower(method, *args, **kwargs)
     return call
 
 
