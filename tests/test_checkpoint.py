@@ -212,7 +212,7 @@ def test_a_checkpoint_of_another_fit_is_refused_naming_what_differs(em_fit, monk
 
 def test_bad_checkpoint_arguments_fail_before_compiling(em_fit, tmp_path, monkeypatch):
     path = em_fit[0]
-    for name in ("_start", "_run", "_fit"):
+    for name in ("_start", "_run", "_finish", "_finish_cheaply"):
         monkeypatch.setattr(infer_module, name, lambda *a, **k: pytest.fail("the path is checked before compiling"))
     (tmp_path / "a_file").write_text("")
     with pytest.raises(ValueError, match="checkpoint: cannot write a file at .*a_file/fit.ckpt: Not a directory"):
