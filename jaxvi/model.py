@@ -116,19 +116,29 @@ def check_data(data: PyTree) -> PyTree:
         raise ValueError(f"data: every leaf needs the same leading (datum) axis, got sizes {sizes}")
     if arrays[0].shape[0] == 0:
         raise ValueError(f"data: expected at least one datum, got leading axis of size 0 (shape {arrays[0].shape})")
-    for path, a in zip(paths, arrays):
-        if isinstance(a, jax.core.Tracer) or not np.issubdtype(a.dtype, np.inexact):
-            continue
-        if isinstance(a, np.ndarray):
-            finite = np.isfinite(a).all()
-        else:
-            with jax.ensure_compile_time_eval():  # concrete data, also when infer is traced over other arguments
-                finite = bool(jnp.isfinite(a).all())
-        if not finite:
+    checked = [(path, a) for path, a in zip(paths, arrays)
+               if not isinstance(a, jax.core.Tracer) and np.issubdtype(a.dtype, np.inexact)]
+    # arrays in host memory are checked there (no compiling); those on an accelerator in one compiled call
+    on_device = [a for _, a in checked if not _in_host_memory(a)]
+    if on_device:
+        with jax.ensure_compile_time_eval():  # concrete data, also when infer is traced over other arguments
+            device_finite = iter(np.asarray(_all_finite(on_device)))
+    for path, a in checked:
+        if not (np.isfinite(np.asarray(a)).all() if _in_host_memory(a) else next(device_finite)):
             bad = np.argwhere(~np.isfinite(np.asarray(a)))[0]
             raise ValueError(f"data {path}: expected finite values, got {np.asarray(a)[tuple(bad)]} at index "
                              f"{tuple(bad.tolist())}")
     return jax.tree_util.tree_unflatten(treedef, [a if isinstance(a, jax.Array) else jnp.asarray(a) for a in arrays])
+
+
+def _in_host_memory(a) -> bool:
+    return isinstance(a, np.ndarray) or all(device.platform == "cpu" for device in a.devices())
+
+
+@jax.jit
+def _all_finite(leaves: list) -> jax.Array:
+    """Whether each array is finite everywhere: one compiled call for all the data's leaves."""
+    return jnp.stack([jnp.all(jnp.isfinite(a)) for a in leaves])
 
 
 def _check_sequences(data: Sequences) -> Sequences:

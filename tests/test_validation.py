@@ -39,6 +39,20 @@ def test_bad_data(bad, message):
         fit(data=bad)
 
 
+@pytest.mark.parametrize("in_host_memory", [True, False])
+def test_a_non_finite_value_is_found_in_host_memory_and_on_an_accelerator(in_host_memory, monkeypatch):
+    """Data in host memory are checked there; on an accelerator (here: as if the CPU were one) in one compiled call
+    for all leaves, which names the leaf and the index all the same."""
+    from jaxvi import model as model_module
+
+    monkeypatch.setattr(model_module, "_in_host_memory", lambda a: in_host_memory)
+    good = jnp.asarray(GOOD)
+    with pytest.raises(ValueError, match=r"data \['b'\]: expected finite values, got -inf at index \(4, 0\)"):
+        model_module.check_data({"a": good, "b": good.at[4, 0].set(-jnp.inf), "c": GOOD})
+    checked = model_module.check_data({"a": good, "b": GOOD})
+    assert all(np.array_equal(checked[k], GOOD) for k in "ab")
+
+
 @pytest.mark.parametrize("k", [0, -3, 2.5, "3"])
 def test_discrete_needs_a_positive_integer(k):
     with pytest.raises(ValueError, match=r"Discrete\(K\): expected an integer >= 1"):

@@ -254,12 +254,13 @@ def _finalize(method, model, key: jax.Array, state: PyTree, kept: Kept, data: Py
     is the first evaluation's.
 
     The two calls are one ``lax.while_loop`` of at most two turns: ``finalize`` compiles once, and a
-    healthy run evaluates it once."""
+    healthy run evaluates it once. It is traced once too: a nested ``jit``, whose trace the loop's initial
+    carry (its shapes) and the loop's body share."""
+    evaluate = jax.jit(lambda key, state, data: method.finalize(model, key, state, data))
+
     def turn(carry):
         i, first = carry
-        result = method.finalize(model, key, tree_where(i == 0, state, kept.state), data)
-        if first is None:  # (the abstract evaluation for the loop's initial carry)
-            return i + 1, result
+        result = evaluate(key, tree_where(i == 0, state, kept.state), data)
         objective = jnp.where(jnp.isfinite(result.objective) | (i == 0), result.objective,
                               kept.objective.astype(result.objective.dtype))
         fault = tree_where(i == 0, result.diagnostics.fault, first.diagnostics.fault)
@@ -270,8 +271,7 @@ def _finalize(method, model, key: jax.Array, state: PyTree, kept: Kept, data: Py
         i, result = carry
         return (i == 0) | ((i == 1) & (result.diagnostics.fault.kind != NO_FAULT))
 
-    empty = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype),
-                                   jax.eval_shape(lambda: turn((jnp.array(0), None))[1]))
+    empty = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(evaluate, key, state, data))
     turns, result = lax.while_loop(again, turn, (jnp.array(0), empty))
     return result, turns == 2
 
