@@ -131,3 +131,19 @@ def test_compiler_options_apply_to_a_top_level_call_and_step_aside_inside_a_trac
     assert jax.eval_shape(lambda x: double(model, keep(), x), x).shape == (3,)
     (functions,) = compiled._fits.values()  # one with the options (the call on values), one without (traced)
     assert {options for _, options in functions} == {(), tuple(sorted(compiled.CHEAP_CODE.items()))}
+
+
+def test_the_final_evaluation_is_compiled_for_the_cheapest_code_on_small_data_only(monkeypatch):
+    """``infer`` compiles a fit's final evaluation with ``CHEAP_CODE`` where the data of all its restarts are at
+    most ``CHEAP_FINISH_BYTES`` (X: 240 bytes), with XLA's defaults above; log p(D | θ0) either way."""
+    infer_module = importlib.import_module("jaxvi.infer")
+    for bound, n_init, options in ((240, 1, compiled.CHEAP_CODE), (480, 2, compiled.CHEAP_CODE), (239, 1, {}),
+                                   (479, 2, {})):
+        monkeypatch.setattr(infer_module, "CHEAP_FINISH_BYTES", bound)
+        monkeypatch.setattr(compiled, "_fits", collections.OrderedDict())
+        method = jaxvi.EM(m_step=lambda params, data, posterior: params, max_iter=3, n_init=n_init)
+        result = jaxvi.infer(mixture(1.0), method, X, key=KEY, progress=False)
+        np.testing.assert_allclose(float(result.objective), log_evidence(1.0), rtol=1e-6)
+        (functions,) = compiled._fits.values()
+        finishes = {options for fn, options in functions if fn is infer_module._finish_restarts}
+        assert finishes == {tuple(sorted(options.items()))}, (bound, n_init, finishes)
