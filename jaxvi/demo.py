@@ -275,7 +275,6 @@ def _three_ways(out_dir, quick, progress):
 
     wine = _wine()
     x = (wine @ np.linalg.svd(wine - wine.mean(0), full_matrices=False)[2][:2].T).astype(np.float32)
-    n = len(x)
     gm = jaxvi.models.gaussian_mixture(SURPLUS_K, covariance="full")
     em = jaxvi.infer(gm.model, jaxvi.EM(m_step=gm.m_step, n_init=4, max_iter=300, tol=5e-5), x,
                      key=jax.random.key(0), progress=progress)

@@ -46,7 +46,6 @@ import math
 import chex
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
 from jaxvi.chunks import kahan_add, map_data, sum_accurately, sum_data

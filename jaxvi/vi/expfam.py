@@ -555,7 +555,6 @@ def quadrature(family: Family, eta: Natural) -> Quadrature:
     p, nd = family.num_nodes, family.event_ndim
     nodes = family.points(eta, p)
     event_shape = nodes.shape[nodes.ndim - nd:]
-    batch_shape = nodes.shape[1:nodes.ndim - nd]
     size = math.prod(event_shape)
 
     def flat_statistics(v):
