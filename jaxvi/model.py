@@ -118,7 +118,8 @@ def check_data(data: PyTree) -> PyTree:
         raise ValueError(f"data: expected at least one datum, got leading axis of size 0 (shape {arrays[0].shape})")
     checked = [(path, a) for path, a in zip(paths, arrays)
                if not isinstance(a, jax.core.Tracer) and np.issubdtype(a.dtype, np.inexact)]
-    # arrays in host memory are checked there (no compiling); those on an accelerator in one compiled call
+    # arrays in this process's host memory are checked there (no compiling); others (on an accelerator, or spanning
+    # several processes' devices) in one compiled call
     on_device = [a for _, a in checked if not _in_host_memory(a)]
     if on_device:
         with jax.ensure_compile_time_eval():  # concrete data, also when infer is traced over other arguments
@@ -132,7 +133,8 @@ def check_data(data: PyTree) -> PyTree:
 
 
 def _in_host_memory(a) -> bool:
-    return isinstance(a, np.ndarray) or all(device.platform == "cpu" for device in a.devices())
+    """A NumPy array, or a JAX array of this process's CPUs alone (not one spanning other processes' devices)."""
+    return isinstance(a, np.ndarray) or (a.is_fully_addressable and all(d.platform == "cpu" for d in a.devices()))
 
 
 @jax.jit
