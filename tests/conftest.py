@@ -19,19 +19,6 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 
-@pytest.fixture
-def fusion_emitters(monkeypatch):
-    """XLA:CPU's default fusion emitters for jaxvi's compiled fits in this test and the processes it starts, for
-    tests that assert bit-identical results across differently compiled programs (a fit in one call and in
-    chunks, a killed fit resumed): XLA's defaults keep them identical, the elemental emitters set above do not
-    (the same objective a few float32 units apart in its last digits)."""
-    from jaxvi.run import compiled
-
-    monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", "").replace("--xla_cpu_use_fusion_emitters=false",
-                                                                         "--xla_cpu_use_fusion_emitters=true"))
-    monkeypatch.setattr(compiled, "_every_fit", {"xla_cpu_use_fusion_emitters": True})
-
-
 @pytest.fixture(scope="session")
 def blobs():
     """Four Gaussian clusters in 3-D, 500 points each, of different spreads (float64 NumPy)."""

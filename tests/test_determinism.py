@@ -24,7 +24,7 @@ def cases():
 
 
 @pytest.mark.parametrize("name", list(cases()))
-def test_same_key_same_bits(name, fusion_emitters):
+def test_same_key_same_bits(name):
     model, method = cases()[name]
     first = jaxvi.infer(model, method, X, key=KEY, progress=False)
     second = jaxvi.infer(model, method, X, key=KEY, progress=True)    # the chunked path too

@@ -36,7 +36,6 @@ CACHE_ENV = "JAXVI_CACHE"  # a folder: ``import jaxvi`` turns the on-disk cache 
 
 _fits: collections.OrderedDict = collections.OrderedDict()  # (model, structure) -> {(fn, options): jitted fn}
 _lock = threading.Lock()
-_every_fit: dict = {}  # XLA options for every per_fit function (none: XLA's defaults; the tests set some)
 
 
 def per_fit(fn: Callable, compiler_options: dict | None = None) -> Callable:
@@ -49,7 +48,7 @@ def per_fit(fn: Callable, compiler_options: dict | None = None) -> Callable:
     program, which XLA compiles with the caller's options (JAX refuses options on a nested ``jit``).
     """
     def options(*args) -> dict | None:
-        return None if is_traced(*args) else {**_every_fit, **(compiler_options or {})} or None
+        return None if is_traced(*args) else compiler_options
 
     @functools.wraps(fn)
     def call(model, method, *args, **kwargs):

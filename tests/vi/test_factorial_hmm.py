@@ -193,14 +193,12 @@ def test_too_many_chains_and_em_on_chains_are_refused_with_their_names():
         jaxvi.models.factorial_hmm(0, 2, 1)
 
 
-def test_a_structured_fit_killed_mid_way_resumes_to_the_uninterrupted_result(fitted, tmp_path, monkeypatch,
-                                                                              fusion_emitters):
+def test_a_structured_fit_killed_mid_way_resumes_to_the_uninterrupted_result(fitted, tmp_path, monkeypatch):
     """The run layer's checkpoints carry the chains' q (``CAVIState.local``): a fit stopped after its second
     checkpoint and rerun with the same call ends where the uninterrupted fit ends, bit for bit."""
     from jaxvi.run import checkpoint as checkpoints
-    model, x, _ = fitted
+    model, x, result = fitted
     method = jaxvi.CAVI(max_iter=40, tol=0.0)
-    result = jaxvi.infer(model, method, jnp.asarray(x), key=KEY, progress=False)  # compiled as fusion_emitters says
     path, save, saved = str(tmp_path / "fit.ckpt"), checkpoints.save, []
 
     def save_then_stop(*args):
