@@ -24,6 +24,7 @@ from typing import Any, Callable
 import jax
 
 from jaxvi.model import is_traced
+from jaxvi.run import stored
 
 __all__ = ["CACHE_ENV", "CACHED_FITS", "CHEAP_CODE", "cache", "cached_fits", "per_fit"]
 
@@ -52,10 +53,12 @@ def per_fit(fn: Callable, compiler_options: dict | None = None) -> Callable:
 
     @functools.wraps(fn)
     def call(model, method, *args, **kwargs):
-        return _jitted(fn, model, method, options(method, args, kwargs))(method, *args, **kwargs)
+        chosen = options(method, args, kwargs)
+        jitted, memo = _jitted(fn, model, method, chosen)
+        return stored.call(jitted, memo, fn, model, method, args, kwargs, chosen)
 
     call.lower = lambda model, method, *args, **kwargs: _jitted(
-        fn, model, method, options(method, args, kwargs)).lower(method, *args, **kwargs)
+        fn, model, method, options(method, args, kwargs))[0].lower(method, *args, **kwargs)
     return call
 
 
@@ -64,9 +67,9 @@ def cached_fits() -> int:
     return len(_fits)
 
 
-def _jitted(fn: Callable, model: Any, method: Any, compiler_options: dict | None = None) -> Callable:
-    """The jitted ``fn`` of this fit, made if new; the fit becomes the most recent, the oldest beyond
-    ``CACHED_FITS`` are dropped."""
+def _jitted(fn: Callable, model: Any, method: Any, compiler_options: dict | None = None) -> tuple[Callable, dict]:
+    """The jitted ``fn`` of this fit, made if new, and its executables loaded or stored on disk by this process
+    (``jaxvi.run.stored``); the fit becomes the most recent, the oldest beyond ``CACHED_FITS`` are dropped."""
     key = (model, jax.tree_util.tree_structure(method))
     with _lock:
         functions = _fits.pop(key, None) or {}
@@ -75,7 +78,7 @@ def _jitted(fn: Callable, model: Any, method: Any, compiler_options: dict | None
             _fits.popitem(last=False)
         name = (fn, tuple(sorted((compiler_options or {}).items())))
         if name not in functions:
-            functions[name] = jax.jit(functools.partial(fn, model), compiler_options=compiler_options)
+            functions[name] = (jax.jit(functools.partial(fn, model), compiler_options=compiler_options), {})
         return functions[name]
 
 
@@ -85,7 +88,11 @@ def cache(path: str | os.PathLike | None = None) -> str:
     A process that compiles a program already there (the same model code, method structure, data shapes and
     dtypes, jax version and device) loads it instead of compiling it: a script run again pays its
     compile time once. Every compilation is kept, however short (JAX keeps only those over a second by
-    default). The folder grows with every new program; delete it to start afresh. Setting the environment
+    default). A fit's own executables (its start, loop and final evaluation) are also kept whole in
+    ``path/fits``, under a digest of the model's and method's code and the data's shapes
+    (``jaxvi.run.stored``), so a later process finds them without tracing or lowering anything. The folder
+    grows with every new program; delete it to start afresh, and after changing code a digest cannot see
+    (code built from strings at run time, a C extension outside installed packages). Setting the environment
     variable ``JAXVI_CACHE`` to a folder does the same when jaxvi is imported.
 
     Args:
@@ -114,4 +121,5 @@ def cache(path: str | os.PathLike | None = None) -> str:
     compilation_cache.reset_cache()  # a cache already opened elsewhere is closed; the next compile opens this one
     jax.config.update("jax_compilation_cache_dir", folder)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    stored.set_folder(folder)
     return folder

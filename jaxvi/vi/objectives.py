@@ -40,6 +40,7 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxvi.methods.settings import check_number, is_concrete, settings
 from jaxvi.pareto import log_mean_exp
@@ -202,7 +203,8 @@ class Renyi(Reparameterized):
 
     def __post_init__(self):
         check_number("Renyi(alpha)", self.alpha)
-        if is_concrete(self.alpha) and not jnp.isfinite(self.alpha):  # check_number lets +inf through
+        # check_number lets +inf through; NumPy, as a known number needs no compiled jnp.isfinite (0.16 s at import)
+        if is_concrete(self.alpha) and not np.isfinite(np.asarray(self.alpha)).all():
             raise ValueError(f"Renyi(alpha): expected a finite number, got {self.alpha!r}")
 
     def estimate(self, terms: ParticleTerms):

@@ -1,0 +1,330 @@
+"""A fit's executables kept on disk whole, found again without tracing: a rerun skips tracing and lowering too.
+
+JAX's persistent compilation cache (``jaxvi.cache``) finds a program by its lowered code, so a later process
+still traces and lowers every function before it loads the executable: 0.4-0.8 s per fit on a 2-core CPU,
+most of what is left of the compile time once the cache is warm. With the cache on, each executable a fit
+compiles (its start, its loop, its final evaluation: ``per_fit`` functions) is also kept in the cache
+folder's ``fits/`` under a key computed from what the program is made of, without tracing it:
+
+- the function and the digest of jaxvi's own source files;
+- the model and the method's structure: ``jaxvi.run.fingerprint`` digests of their code and constants,
+  with two additions for code that cannot be seen by name: a class defined outside installed packages is
+  digested with its methods' code, and an installed package whose functions the model calls adds its
+  version;
+- the abstract arguments: tree structure, shapes, dtypes, weak types and devices (not their values:
+  numbers such as a learning rate are traced);
+- the compiler options, the jax and jaxlib versions, the device kind, ``XLA_FLAGS`` and JAX's
+  configuration.
+
+A process that finds its key loads the executable (``jax.experimental.serialize_executable``) and runs it
+with no tracing at all; one that does not compiles ahead of time (``lower``, then ``compile``, which JAX's
+own cache may serve: such an executable is not stored, as XLA's CPU executables loaded from that cache do not
+serialise whole) and stores the result. Calls inside a user's trace, arguments spread over
+several devices, and programs JAX cannot serialise (closed-over arrays passed as constants) run the
+plain jitted function. What a digest cannot see (listed in ``jaxvi.run.fingerprint``: code built from
+strings at run time, a global looked up by a computed name, C extensions not installed as packages) is
+not in the key: after changing such code, delete the folder.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import io
+import os
+import pickle
+import sys
+import types
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+from jaxvi.run import fingerprint
+
+__all__ = ["LOADED_EVENT", "call", "executable_key", "set_folder"]
+
+LOADED_EVENT = "/jaxvi/stored_executable_loaded"  # jax.monitoring event: a fit's executable came from disk
+_FORMAT = "jaxvi stored executable 1"
+
+_folder: str | None = None
+_jaxvi_digest: str | None = None
+_cache_hits = [0]  # programs JAX's persistent cache has served in this process
+
+
+def _count_cache_hits(event: str, **kwargs) -> None:
+    if event == "/jax/compilation_cache/cache_hits":
+        _cache_hits[0] += 1
+
+
+jax.monitoring.register_event_listener(_count_cache_hits)
+
+
+def set_folder(folder: str | None) -> None:
+    """Keeps executables in ``folder/fits`` from now on (None: not at all)."""
+    global _folder
+    _folder = None if folder is None else os.path.join(folder, "fits")
+
+
+def call(jitted, memo: dict, fn: Callable, model, method, args: tuple, kwargs: dict, compiler_options=None):
+    """``jitted(method, *args, **kwargs)``, through the executable kept on disk for it when the cache is on.
+
+    ``memo`` holds this process's executables of ``jitted``, by the arguments' abstract signature, so a
+    repeated call neither digests nor reads anything."""
+    if _folder is None:
+        return jitted(method, *args, **kwargs)
+    signature = _signature((method, *args), kwargs)
+    if signature is None:
+        return jitted(method, *args, **kwargs)
+    compiled = memo.get(signature)
+    if compiled is None:
+        compiled = _load_or_compile(jitted, fn, model, method, args, kwargs, signature, compiler_options)
+        memo[signature] = compiled
+    return compiled(method, *args, **kwargs)
+
+
+def executable_key(fn: Callable, model, signature, compiler_options) -> str:
+    """The hex digest an executable is stored under (see the module docstring)."""
+    walk = _StrictWalk()
+    treedef, leaves = signature
+    walk.value((_FORMAT, f"{fn.__module__}.{fn.__qualname__}", _jaxvi_source_digest(), model,
+                _structure(treedef), leaves, sorted((compiler_options or {}).items()), _environment()))
+    walk.value(sorted(walk.packages))
+    walk.value([_version(name) for name in sorted(walk.packages)])
+    return walk.hash.hexdigest()
+
+
+def _load_or_compile(jitted, fn, model, method, args, kwargs, signature, compiler_options):
+    try:
+        key = executable_key(fn, model, signature, compiler_options)
+    except Exception:  # noqa: BLE001 - a value the digest cannot walk: no key, compile as usual
+        key = None
+    path = None if key is None else os.path.join(_folder, key[:2], key)
+    in_tree = jax.tree_util.tree_structure(((method, *args), kwargs))
+    anchors = _anchors(model, in_tree)
+    if path is not None and os.path.exists(path):
+        try:
+            compiled = _load(path, in_tree, anchors, _device(signature))
+            jax.monitoring.record_event(LOADED_EVENT)
+            return compiled
+        except Exception:  # noqa: BLE001 - a stale or damaged file: compile again and replace it
+            pass
+    hits = _cache_hits[0]
+    compiled = jitted.lower(method, *args, **kwargs).compile()
+    if path is not None and _cache_hits[0] == hits:  # an executable JAX's cache loaded does not serialise whole
+        _store(path, compiled, anchors)
+    return compiled
+
+
+def _signature(args: tuple, kwargs: dict):
+    """``(treedef, per-leaf (shape, dtype, weak type, device))`` of the arguments, hashable; None where the
+    executable cannot be kept: a tracer, an array over several devices, a leaf that is not an array or a number."""
+    leaves, treedef = jax.tree_util.tree_flatten((args, kwargs))
+    described, device = [], None
+    for leaf in leaves:
+        if isinstance(leaf, jax.core.Tracer):
+            return None
+        if isinstance(leaf, jax.Array):
+            devices = leaf.sharding.device_set
+            if len(devices) != 1 or not leaf.is_fully_addressable:
+                return None
+            here = next(iter(devices))
+            if device is not None and here != device:
+                return None
+            device = here
+            described.append((leaf.shape, str(leaf.dtype), bool(leaf.aval.weak_type), here.id))
+        elif isinstance(leaf, (np.ndarray, np.generic)):
+            described.append((leaf.shape, str(leaf.dtype), False, None))
+        elif isinstance(leaf, (bool, int, float, complex)):
+            described.append(((), type(leaf).__name__, True, None))
+        else:
+            return None
+    return treedef, tuple(described)
+
+
+def _device(signature):
+    ids = {leaf[3] for leaf in signature[1] if leaf[3] is not None}
+    if ids:
+        (device_id,) = ids
+        return next(d for d in jax.devices() if d.id == device_id)
+    return jax.devices()[0]
+
+
+def _structure(treedef) -> Any:
+    """A tree structure as nested (node type, node data, children), walkable by a digest (a ``PyTreeDef``'s
+    repr hides its functions' code)."""
+    if treedef.num_nodes == 1 and treedef.num_leaves == 1:
+        return "leaf"
+    kind, data = treedef.node_data()
+    return (kind, data, [_structure(child) for child in treedef.children()])
+
+
+def _anchors(model, in_tree) -> list:
+    """Objects an executable's output structure may hold that cannot be pickled (the model, functions in a
+    method's static fields), in a fixed order: they are stored as their place in this list and put back from
+    the call that loads the executable, whose key says it has the same ones."""
+    anchors, seen = [], set()
+
+    def add(value, depth=0):
+        if value is None or isinstance(value, (bool, int, float, complex, str, bytes)) or id(value) in seen:
+            return
+        seen.add(id(value))
+        anchors.append(value)
+        if depth < 4 and isinstance(value, (tuple, list)):
+            for item in value:
+                add(item, depth + 1)
+        elif depth < 4 and isinstance(value, dict):
+            for item in value.values():
+                add(item, depth + 1)
+        elif depth < 4 and hasattr(value, "__dict__") and not isinstance(value, (type, types.FunctionType)):
+            for item in vars(value).values():
+                add(item, depth + 1)
+
+    add(model)
+
+    def visit(treedef):
+        if treedef.num_nodes == 1 and treedef.num_leaves == 1:
+            return
+        node = treedef.node_data()
+        if node is not None:
+            add(node[1])
+        for child in treedef.children():
+            visit(child)
+
+    visit(in_tree)
+    return anchors
+
+
+class _Pickler(pickle.Pickler):
+    def __init__(self, file, anchors):
+        super().__init__(file)
+        self.places = {id(a): i for i, a in enumerate(anchors)}
+
+    def persistent_id(self, obj):
+        return self.places.get(id(obj))
+
+
+class _Unpickler(pickle.Unpickler):
+    def __init__(self, file, anchors):
+        super().__init__(file)
+        self.anchors = anchors
+
+    def persistent_load(self, pid):
+        return self.anchors[pid]
+
+
+def _store(path: str, compiled, anchors: list) -> None:
+    """Writes the executable and its output structure atomically; does nothing if JAX cannot serialise it."""
+    from jax.experimental.serialize_executable import serialize
+
+    try:
+        executable, _, out_tree = serialize(compiled)
+        with io.BytesIO() as buffer:
+            _Pickler(buffer, anchors).dump((_FORMAT, executable, out_tree))
+            payload = buffer.getvalue()
+    except Exception:  # noqa: BLE001 - constants in the program, an output type defined in a function, ...
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    temporary = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(temporary, "wb") as file:
+            file.write(payload)
+        os.replace(temporary, path)
+    except OSError:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def _load(path: str, in_tree, anchors: list, device):
+    from jax.experimental.serialize_executable import deserialize_and_load
+
+    _ready_custom_calls(device.platform)
+    with open(path, "rb") as file:
+        form, executable, out_tree = _Unpickler(file, anchors).load()
+    if form != _FORMAT:
+        raise ValueError(f"not a {_FORMAT}")
+    return deserialize_and_load(executable, in_tree, out_tree, backend=device.client, execution_devices=[device])
+
+
+_custom_calls_ready: set = set()
+
+
+def _ready_custom_calls(platform: str) -> None:
+    """Sets up the custom calls an executable may call that JAX sets up only while lowering code that uses them:
+    on CPUs, its LAPACK kernels (a program with a Cholesky factor loaded into a process that has lowered none
+    would call an empty kernel). Lowering one small Cholesky does it, once per process."""
+    if platform == "cpu" and platform not in _custom_calls_ready:
+        jax.jit(jax.numpy.linalg.cholesky).lower(np.eye(1, dtype=np.float32))
+        _custom_calls_ready.add(platform)
+
+
+def _environment() -> tuple:
+    """What else decides the compiled code: versions, the device, XLA's flags, JAX's configuration."""
+    device = jax.devices()[0]
+    config = sorted((name, repr(value)) for name, value in jax.config.values.items() if "cache" not in name)
+    return (jax.__version__, _version("jaxlib"), device.platform, device.client.platform_version,
+            device.device_kind, jax.device_count(), os.environ.get("XLA_FLAGS", ""), sys.version, config)
+
+
+def _jaxvi_source_digest() -> str:
+    """The digest of every Python file of the jaxvi package (computed once per process)."""
+    global _jaxvi_digest
+    if _jaxvi_digest is None:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        digest = hashlib.sha256()
+        for folder, dirs, files in sorted(os.walk(root)):
+            dirs.sort()
+            for name in sorted(files):
+                if name.endswith(".py"):
+                    path = os.path.join(folder, name)
+                    digest.update(os.path.relpath(path, root).encode() + b"\0")
+                    with open(path, "rb") as file:
+                        digest.update(file.read())
+        _jaxvi_digest = digest.hexdigest()
+    return _jaxvi_digest
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        module = sys.modules.get(package)
+        return str(getattr(module, "__version__", "?"))
+
+
+class _StrictWalk(fingerprint._Walk):
+    """The fingerprint walk, with a class outside installed packages digested with its methods' code, and the
+    installed packages whose functions it meets recorded (their versions join the key)."""
+
+    def __init__(self):
+        super().__init__()
+        self.packages: set[str] = set()
+
+    def _compound(self, value: Any) -> None:
+        if isinstance(value, type) and not _installed(value):
+            self.token("class", f"{value.__module__}.{value.__qualname__}")
+            self._items("class body", [(name, item) for name, item in vars(value).items()
+                                       if isinstance(item, (types.FunctionType, classmethod, staticmethod, property))
+                                       or not name.startswith("__")])
+            self._parts("bases", *[base for base in value.__bases__ if base is not object])
+            return
+        if isinstance(value, (classmethod, staticmethod)):
+            self._parts("method wrapper", value.__func__)
+            return
+        if isinstance(value, property):
+            self._parts("property", value.fget, value.fset, value.fdel)
+            return
+        if isinstance(value, types.FunctionType) and fingerprint._is_library(value.__code__.co_filename):
+            self.packages.add((value.__module__ or "").split(".")[0])
+        elif not isinstance(value, type) and not _installed(type(value)):
+            self.value(type(value))  # an instance of a class of the user's (a NamedTuple too): its methods' code
+        super()._compound(value)
+
+
+def _installed(kind: type) -> bool:
+    """Whether a class comes from an installed package, the standard library or jaxvi (whose source is in the key)."""
+    if kind.__module__ == "jaxvi" or kind.__module__.startswith("jaxvi."):
+        return True
+    if kind.__module__ in sys.builtin_module_names:
+        return True
+    filename = getattr(sys.modules.get(kind.__module__), "__file__", None)  # none for `python -c` or a notebook
+    return filename is not None and fingerprint._is_library(filename)
