@@ -56,6 +56,12 @@ def test_a_second_process_loads_every_compiled_fit_from_the_cache_and_changed_co
     edited = fit_in_a_new_process(tmp_path / "cache", shift="2.0")
     assert edited["loaded"] < 3 and edited["misses"] > 0
     np.testing.assert_allclose(float.fromhex(edited["objective"]), float.fromhex(cold["objective"]) + 60.0, rtol=1e-6)
+    # damaged files are not loaded: the fit compiles again (here from JAX's cache), the same bits as the cold fit
+    for stored in (tmp_path / "cache" / "fits").rglob("*"):
+        if stored.is_file():
+            stored.write_bytes(stored.read_bytes()[:100])
+    damaged = fit_in_a_new_process(tmp_path / "cache")
+    assert damaged["loaded"] == 0 and damaged["objective"] == cold["objective"]
 
 
 def test_a_cache_folder_that_cannot_be_made_is_refused_with_its_name(tmp_path):

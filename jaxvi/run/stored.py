@@ -76,10 +76,20 @@ def call(jitted, memo: dict, fn: Callable, model, method, args: tuple, kwargs: d
     if signature is None:
         return jitted(method, *args, **kwargs)
     compiled = memo.get(signature)
-    if compiled is None:
-        compiled = _load_or_compile(jitted, fn, model, method, args, kwargs, signature, compiler_options)
+    if compiled is not None:
+        return compiled(method, *args, **kwargs)
+    compiled, path = _load_or_compile(jitted, fn, model, method, args, kwargs, signature, compiler_options)
+    if path is None:
         memo[signature] = compiled
-    return compiled(method, *args, **kwargs)
+        return compiled(method, *args, **kwargs)
+    try:  # a loaded executable's first call: one that cannot run here is removed, and the fit compiled afresh
+        out = compiled(method, *args, **kwargs)
+    except jax.errors.JaxRuntimeError:
+        _remove(path)
+        compiled = jitted.lower(method, *args, **kwargs).compile()
+        out = compiled(method, *args, **kwargs)
+    memo[signature] = compiled
+    return out
 
 
 def executable_key(fn: Callable, model, signature, compiler_options) -> str:
@@ -94,6 +104,7 @@ def executable_key(fn: Callable, model, signature, compiler_options) -> str:
 
 
 def _load_or_compile(jitted, fn, model, method, args, kwargs, signature, compiler_options):
+    """``(executable, path)``: the stored executable and its file, or one compiled now (and stored) and None."""
     try:
         key = executable_key(fn, model, signature, compiler_options)
     except Exception:  # noqa: BLE001 - a value the digest cannot walk: no key, compile as usual
@@ -105,14 +116,14 @@ def _load_or_compile(jitted, fn, model, method, args, kwargs, signature, compile
         try:
             compiled = _load(path, in_tree, anchors, _device(signature))
             jax.monitoring.record_event(LOADED_EVENT)
-            return compiled
-        except Exception:  # noqa: BLE001 - a stale or damaged file: compile again and replace it
+            return compiled, path
+        except Exception:  # noqa: BLE001 - a damaged file: compiled again (and replaced if compiled afresh)
             pass
     hits = _cache_hits[0]
     compiled = jitted.lower(method, *args, **kwargs).compile()
     if path is not None and _cache_hits[0] == hits:  # an executable JAX's cache loaded does not serialise whole
         _store(path, compiled, anchors)
-    return compiled
+    return compiled, None
 
 
 def _signature(args: tuple, kwargs: dict):
@@ -142,11 +153,20 @@ def _signature(args: tuple, kwargs: dict):
 
 
 def _device(signature):
+    """The device the arguments are on; for host data alone, the one ``jit`` would put them on."""
     ids = {leaf[3] for leaf in signature[1] if leaf[3] is not None}
     if ids:
         (device_id,) = ids
         return next(d for d in jax.devices() if d.id == device_id)
-    return jax.devices()[0]
+    default = jax.config.values.get("jax_default_device")
+    return default if isinstance(default, jax.Device) else jax.devices()[0]
+
+
+def _remove(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
 
 
 def _structure(treedef) -> Any:
