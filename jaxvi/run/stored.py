@@ -34,6 +34,7 @@ import os
 import pickle
 import sys
 import types
+import weakref
 from typing import Any, Callable
 
 import jax
@@ -49,6 +50,7 @@ _FORMAT = "jaxvi stored executable 1"
 _folder: str | None = None
 _jaxvi_digest: str | None = None
 _cache_hits = [0]  # programs JAX's persistent cache has served in this process
+_model_digests: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _count_cache_hits(event: str, **kwargs) -> None:
@@ -96,11 +98,29 @@ def executable_key(fn: Callable, model, signature, compiler_options) -> str:
     """The hex digest an executable is stored under (see the module docstring)."""
     walk = _StrictWalk()
     treedef, leaves = signature
-    walk.value((_FORMAT, f"{fn.__module__}.{fn.__qualname__}", _jaxvi_source_digest(), model,
+    walk.value((_FORMAT, f"{fn.__module__}.{fn.__qualname__}", _jaxvi_source_digest(), _model_digest(model),
                 _structure(treedef), leaves, sorted((compiler_options or {}).items()), _environment()))
     walk.value(sorted(walk.packages))
     walk.value([_version(name) for name in sorted(walk.packages)])
     return walk.hash.hexdigest()
+
+
+def _model_digest(model) -> str:
+    """The model's digest with the versions of the installed packages its code calls, once per model object (a
+    fit's three executables share it)."""
+    try:
+        return _model_digests[model]
+    except (KeyError, TypeError):
+        pass
+    walk = _StrictWalk()
+    walk.value(model)
+    walk.value([(name, _version(name)) for name in sorted(walk.packages)])
+    digest = walk.hash.hexdigest()
+    try:
+        _model_digests[model] = digest
+    except TypeError:  # a model that cannot be weakly referenced: digested on every call
+        pass
+    return digest
 
 
 def _load_or_compile(jitted, fn, model, method, args, kwargs, signature, compiler_options):
