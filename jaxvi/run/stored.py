@@ -362,9 +362,8 @@ class _StrictWalk(fingerprint._Walk):
 
 def _installed(kind: type) -> bool:
     """Whether a class comes from an installed package, the standard library or jaxvi (whose source is in the key)."""
-    if kind.__module__ == "jaxvi" or kind.__module__.startswith("jaxvi."):
+    module = getattr(kind, "__module__", None) or ""
+    if module == "jaxvi" or module.startswith("jaxvi.") or module in sys.builtin_module_names:
         return True
-    if kind.__module__ in sys.builtin_module_names:
-        return True
-    filename = getattr(sys.modules.get(kind.__module__), "__file__", None)  # none for `python -c` or a notebook
+    filename = getattr(sys.modules.get(module), "__file__", None)  # none for `python -c` or a notebook
     return filename is not None and fingerprint._is_library(filename)
