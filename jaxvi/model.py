@@ -116,16 +116,16 @@ def check_data(data: PyTree) -> PyTree:
         raise ValueError(f"data: every leaf needs the same leading (datum) axis, got sizes {sizes}")
     if arrays[0].shape[0] == 0:
         raise ValueError(f"data: expected at least one datum, got leading axis of size 0 (shape {arrays[0].shape})")
-    checked = [(path, a) for path, a in zip(paths, arrays)
-               if not isinstance(a, jax.core.Tracer) and np.issubdtype(a.dtype, np.inexact)]
     # arrays in this process's host memory are checked there (no compiling); others (on an accelerator, or spanning
     # several processes' devices) in one compiled call
-    on_device = [a for _, a in checked if not _in_host_memory(a)]
+    checked = [(path, a, _in_host_memory(a)) for path, a in zip(paths, arrays)
+               if not isinstance(a, jax.core.Tracer) and np.issubdtype(a.dtype, np.inexact)]
+    on_device = [a for _, a, in_host in checked if not in_host]
     if on_device:
         with jax.ensure_compile_time_eval():  # concrete data, also when infer is traced over other arguments
             device_finite = iter(np.asarray(_all_finite(on_device)))
-    for path, a in checked:
-        if not (np.isfinite(np.asarray(a)).all() if _in_host_memory(a) else next(device_finite)):
+    for path, a, in_host in checked:
+        if not (np.isfinite(np.asarray(a)).all() if in_host else next(device_finite)):
             bad = np.argwhere(~np.isfinite(np.asarray(a)))[0]
             raise ValueError(f"data {path}: expected finite values, got {np.asarray(a)[tuple(bad)]} at index "
                              f"{tuple(bad.tolist())}")

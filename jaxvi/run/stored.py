@@ -49,7 +49,7 @@ _FORMAT = "jaxvi stored executable 1"
 
 _folder: str | None = None
 _jaxvi_digest: str | None = None
-_cache_hits = [0]  # programs JAX's persistent cache has served in this process
+_cache_hits: list[int] = []  # programs JAX's persistent cache has served since the cache was turned on
 _model_digests: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -58,13 +58,13 @@ def _count_cache_hits(event: str, **kwargs) -> None:
         _cache_hits[0] += 1
 
 
-jax.monitoring.register_event_listener(_count_cache_hits)
-
-
 def set_folder(folder: str | None) -> None:
     """Keeps executables in ``folder/fits`` from now on (None: not at all)."""
     global _folder
     _folder = None if folder is None else os.path.join(folder, "fits")
+    if _folder is not None and not _cache_hits:  # counted only once the cache is on, by one listener
+        _cache_hits.append(0)
+        jax.monitoring.register_event_listener(_count_cache_hits)
 
 
 def call(jitted, memo: dict, fn: Callable, model, method, args: tuple, kwargs: dict, compiler_options=None):
@@ -100,9 +100,7 @@ def executable_key(fn: Callable, model, signature, compiler_options) -> str:
     treedef, leaves = signature
     walk.value((_FORMAT, f"{fn.__module__}.{fn.__qualname__}", _jaxvi_source_digest(), _model_digest(model),
                 _structure(treedef), leaves, sorted((compiler_options or {}).items()), _environment()))
-    walk.value(sorted(walk.packages))
-    walk.value([_version(name) for name in sorted(walk.packages)])
-    return walk.hash.hexdigest()
+    return walk.hexdigest()
 
 
 def _model_digest(model) -> str:
@@ -114,8 +112,7 @@ def _model_digest(model) -> str:
         pass
     walk = _StrictWalk()
     walk.value(model)
-    walk.value([(name, _version(name)) for name in sorted(walk.packages)])
-    digest = walk.hash.hexdigest()
+    digest = walk.hexdigest()
     try:
         _model_digests[model] = digest
     except TypeError:  # a model that cannot be weakly referenced: digested on every call
@@ -189,10 +186,14 @@ def _remove(path: str) -> None:
         pass
 
 
+def _is_leaf(treedef) -> bool:
+    return treedef.num_nodes == 1 and treedef.num_leaves == 1
+
+
 def _structure(treedef) -> Any:
     """A tree structure as nested (node type, node data, children), walkable by a digest (a ``PyTreeDef``'s
     repr hides its functions' code)."""
-    if treedef.num_nodes == 1 and treedef.num_leaves == 1:
+    if _is_leaf(treedef):
         return "leaf"
     kind, data = treedef.node_data()
     return (kind, data, [_structure(child) for child in treedef.children()])
@@ -209,20 +210,23 @@ def _anchors(model, in_tree) -> list:
             return
         seen.add(id(value))
         anchors.append(value)
-        if depth < 4 and isinstance(value, (tuple, list)):
-            for item in value:
-                add(item, depth + 1)
-        elif depth < 4 and isinstance(value, dict):
-            for item in value.values():
-                add(item, depth + 1)
-        elif depth < 4 and hasattr(value, "__dict__") and not isinstance(value, (type, types.FunctionType)):
-            for item in vars(value).values():
-                add(item, depth + 1)
+        if depth >= 4:
+            return
+        if isinstance(value, (tuple, list)):
+            items = value
+        elif isinstance(value, dict):
+            items = value.values()
+        elif hasattr(value, "__dict__") and not isinstance(value, (type, types.FunctionType)):
+            items = vars(value).values()
+        else:
+            return
+        for item in items:
+            add(item, depth + 1)
 
     add(model)
 
     def visit(treedef):
-        if treedef.num_nodes == 1 and treedef.num_leaves == 1:
+        if _is_leaf(treedef):
             return
         node = treedef.node_data()
         if node is not None:
@@ -338,6 +342,11 @@ class _StrictWalk(fingerprint._Walk):
     def __init__(self):
         super().__init__()
         self.packages: set[str] = set()
+
+    def hexdigest(self) -> str:
+        """The digest of what was walked, with the versions of the installed packages met."""
+        self.value([(name, _version(name)) for name in sorted(self.packages)])
+        return self.hash.hexdigest()
 
     def _compound(self, value: Any) -> None:
         if isinstance(value, type) and not _installed(value):
