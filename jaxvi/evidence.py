@@ -29,6 +29,7 @@ from jaxvi.latents import Global, exact_family
 from jaxvi.model import Model, check_data, check_key
 from jaxvi import pareto
 from jaxvi.pareto import KHAT_THRESHOLD, MIN_DRAWS, log_mean_exp, psis
+from jaxvi.run.schedule import resolution
 
 __all__ = ["Evidence", "Resampled", "evidence", "psis_resample"]
 
@@ -170,12 +171,13 @@ def _exact_posterior(model, params, data, chunk_size):
 
 
 @jax.jit
-def _log_mean_exp_and_variance(log_weights: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+def _log_mean_exp_and_variance(log_weights: jax.Array, resolution: jax.Array) -> tuple[jax.Array, jax.Array,
+                                                                                        jax.Array]:
     """``(log mean exp w, var of log mean exp w, PSIS k-hat)`` over the last axis (delta method; k-hat NaN
-    under 21 weights)."""
+    under 21 weights; weights constant within ``resolution`` have no tail)."""
     log_mean = log_mean_exp(log_weights, axis=-1)
     ratio = jnp.exp(log_weights - log_mean[..., None])                   # e^w / p_hat
-    return log_mean, jnp.var(ratio, axis=-1) / log_weights.shape[-1], pareto.khat(log_weights)
+    return log_mean, jnp.var(ratio, axis=-1) / log_weights.shape[-1], pareto.khat(log_weights, resolution)
 
 
 def _importance_sampled(model, params, data, key, posterior, num_samples, chunk_size):
@@ -188,8 +190,9 @@ EVALUATIONS_AT_ONCE = 65_536  # log-joint evaluations held in memory together
 
 
 def _weights(guide, space, log_joint_of_z, guide_params, key, num_samples, batch_size=None):
-    """``(z, w)``: ``num_samples`` draws of z from the guide (leaves ``(num_samples, *shape)``) and their log
-    importance weights, the log-joint evaluated ``batch_size`` particles at a time."""
+    """``(z, w, resolution)``: ``num_samples`` draws of z from the guide (leaves ``(num_samples, *shape)``), their
+    log importance weights, the log-joint evaluated ``batch_size`` particles at a time, and how far rounding can
+    move those weights (``jaxvi.run.resolution`` of the largest |log p| + |log q|)."""
     u, log_q = guide.sample_and_log_prob(guide_params, key, num_samples)
 
     def one(u):
@@ -197,7 +200,7 @@ def _weights(guide, space, log_joint_of_z, guide_params, key, num_samples, batch
         return z, log_joint_of_z(z) + log_det
 
     z, log_joint = jax.lax.map(one, u, batch_size=batch_size)
-    return z, log_joint - log_q
+    return z, log_joint - log_q, resolution(jnp.max(jnp.abs(log_joint) + jnp.abs(log_q)))
 
 
 def _global_weights(model, posterior, params, data, key, num_samples):
@@ -216,16 +219,17 @@ def _local_weights(model, posterior, params, data, key, num_samples, per_datum, 
 
     def one_datum(args):
         x, psi, k = args  # k draws the weights, as evidence always has; per_datum gets a key folded from it
-        z, w = _weights(posterior.guide, posterior.space, lambda z: model.log_joint(params, z, x), psi, k, num_samples)
-        return per_datum(z, w, jax.random.fold_in(k, 1))
+        z, w, r = _weights(posterior.guide, posterior.space, lambda z: model.log_joint(params, z, x), psi, k,
+                           num_samples)
+        return per_datum(z, w, r, jax.random.fold_in(k, 1))
 
     at_once = max(1, min(chunk_size, EVALUATIONS_AT_ONCE // num_samples))  # memory: data x particles
     return map_data(one_datum, (data, posterior.params, keys), at_once)
 
 
-def _resample_one(z, weights, key, num_draws):
+def _resample_one(z, weights, resolution, key, num_draws):
     """``num_draws`` of the draws ``z`` resampled with their Pareto-smoothed weights, and k-hat."""
-    smoothed, khat = psis(weights)
+    smoothed, khat = psis(weights, resolution)
     index = jax.random.categorical(key, smoothed, shape=(num_draws,))
     return jax.tree_util.tree_map(lambda a: a[index], z), khat
 
@@ -234,19 +238,19 @@ def _resample_one(z, weights, key, num_draws):
 def _resampled(model, posterior, params, data, key, num_samples, num_draws):
     weight_key, draw_key = jax.random.split(key)
     if posterior.is_global:
-        z, weights = _global_weights(model, posterior, params, data, weight_key, num_samples)
-        return _resample_one(z, weights, draw_key, num_draws)
+        z, weights, rounding = _global_weights(model, posterior, params, data, weight_key, num_samples)
+        return _resample_one(z, weights, rounding, draw_key, num_draws)
     return _local_weights(model, posterior, params, data, key, num_samples,
-                          lambda z, w, k: _resample_one(z, w, k, num_draws))
+                          lambda z, w, r, k: _resample_one(z, w, r, k, num_draws))
 
 
 @functools.partial(jax.jit, static_argnums=(0, 5))  # compiled once per model, proposal structure and shapes
 def _global(model, posterior, params, data, key, num_samples):
-    return _log_mean_exp_and_variance(_global_weights(model, posterior, params, data, key, num_samples)[1])
+    return _log_mean_exp_and_variance(*_global_weights(model, posterior, params, data, key, num_samples)[1:])
 
 
 @functools.partial(jax.jit, static_argnums=(0, 5, 6))
 def _local(model, posterior, params, data, key, num_samples, chunk_size):
     log_p, variance, khat = _local_weights(model, posterior, params, data, key, num_samples,
-                                           lambda z, w, k: _log_mean_exp_and_variance(w), chunk_size)
+                                           lambda z, w, r, k: _log_mean_exp_and_variance(w, r), chunk_size)
     return jnp.sum(log_p), jnp.sum(variance), khat

@@ -38,11 +38,13 @@ def log_mean_exp(values: jax.Array, axis: int = 0) -> jax.Array:
     return jax.nn.logsumexp(values, axis=axis) - jnp.log(jnp.asarray(values.shape[axis], values.dtype))
 
 
-def khat(log_weights: jax.Array) -> jax.Array:
-    """PSIS k-hat over the last axis (``psis``), or NaN under ``MIN_DRAWS`` weights (no tail to fit); no gradient."""
+def khat(log_weights: jax.Array, resolution: jax.Array | None = None) -> jax.Array:
+    """PSIS k-hat over the last axis (``psis``, with its ``resolution``), or NaN under ``MIN_DRAWS`` weights (no
+    tail to fit); no gradient."""
     if log_weights.shape[-1] < MIN_DRAWS:
         return jnp.full(log_weights.shape[:-1], jnp.nan, log_weights.dtype)
-    return psis(lax.stop_gradient(log_weights))[1]
+    return psis(lax.stop_gradient(log_weights),
+                None if resolution is None else lax.stop_gradient(resolution))[1]
 
 
 def tail_length(num_draws: int) -> int:
@@ -50,12 +52,18 @@ def tail_length(num_draws: int) -> int:
     return math.ceil(min(0.2 * num_draws, 3.0 * math.sqrt(num_draws)))
 
 
-def psis(log_weights: jax.Array) -> tuple[jax.Array, jax.Array]:
+def psis(log_weights: jax.Array, resolution: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     r"""Pareto-smoothed log importance weights and the tail shape :math:`\hat k`, over the last axis.
 
     Args:
       log_weights: ``(..., S)`` raw log importance weights :math:`\log p(x, z_s) - \log q(z_s)`, S >= 21
         draws per row (independent draws from q). ``-inf`` is a zero weight.
+      resolution: optional, shape ``(...)``: how far rounding alone can move a row's log weights (from the
+        magnitudes of the terms they were formed from, e.g. ``jaxvi.run.resolution(|log p| + |log q|)``). A row
+        whose whole spread is within it is constant to float precision, as when q is the posterior: no tail
+        (k-hat ``-inf``, the weights only normalised), as for exactly equal weights. Without it, such a row's
+        rounding is read as a tail: a few distinct values, whose ties leave a tail of any length, so a k-hat
+        anywhere from ``-inf`` to ``inf``.
 
     Returns:
       ``(smoothed, khat)``: ``smoothed`` of the same shape, normalised so that ``exp(smoothed)`` sums to 1
@@ -79,20 +87,24 @@ def psis(log_weights: jax.Array) -> tuple[jax.Array, jax.Array]:
     if log_weights.shape[-1] < MIN_DRAWS:
         raise ValueError(f"log_weights: expected at least {MIN_DRAWS} draws on the last axis (PSIS fits a generalized "
                          f"Pareto to the 5 or more largest), got {log_weights.shape[-1]}")
+    if resolution is None:
+        resolution = jnp.zeros(log_weights.shape[:-1], log_weights.dtype)
+    resolution = jnp.broadcast_to(jnp.asarray(resolution, log_weights.dtype), log_weights.shape[:-1])
     one_row = _psis_row
     for _ in range(log_weights.ndim - 1):
         one_row = jax.vmap(one_row)
-    return one_row(log_weights)
+    return one_row(log_weights, resolution)
 
 
-def _psis_row(log_weights: jax.Array) -> tuple[jax.Array, jax.Array]:
+def _psis_row(log_weights: jax.Array, resolution: jax.Array) -> tuple[jax.Array, jax.Array]:
     """PSIS of one ``(S,)`` row: the weights above the (M+1)-th largest (at most M of them; found by a top-k, not
     a sort) replaced by GPD quantiles. Weights tied with that cutoff are not in the tail, as in ArviZ and NumPyro;
     a tail of fewer than 5 weights cannot be fitted (k-hat ``inf``, no smoothing), an empty one is no tail at all
-    (k-hat ``-inf``: the M + 1 largest weights are equal)."""
+    (k-hat ``-inf``: the M + 1 largest weights are equal, or all the weights within ``resolution``)."""
     dtype = log_weights.dtype
     m = tail_length(log_weights.shape[0])
     shifted = log_weights - jnp.max(log_weights)
+    shifted = jnp.where(-jnp.min(shifted) <= resolution, jnp.zeros_like(shifted), shifted)  # constant to rounding
     largest, where = lax.top_k(shifted, m + 1)                     # descending: the M largest, then the cutoff
     cutoff = jnp.maximum(largest[m], jnp.log(jnp.finfo(dtype).tiny))
     tail, tail_at = largest[:m][::-1], where[:m][::-1]             # ascending

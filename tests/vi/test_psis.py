@@ -94,6 +94,25 @@ def test_khat_is_low_for_q_at_or_wider_than_the_posterior_and_high_for_a_too_nar
     assert abs(float(narrow) - (1 - 0.3**2)) < 0.15
 
 
+def test_weights_constant_to_their_rounding_have_no_tail_given_the_resolution():
+    """q the exact posterior, the log-joint 30 nats lower: log w = log p(x) - 30 exactly, but float32 rounds the
+    terms (|log p| + |log q| about 33) into a few distinct weights. Read as they are (ArviZ's semantics), their ties
+    leave a tail of 1-4 weights: k-hat inf, "unreliable". Their spread is within the terms' resolution: no tail."""
+    z = 0.5 + np.sqrt(0.5) * jax.random.normal(jax.random.key(0), (4000,))
+    log_joint = jax.scipy.stats.norm.logpdf(z) + jax.scipy.stats.norm.logpdf(1.0, z, 1.0) - 30.0
+    log_q = jax.scipy.stats.norm.logpdf(z, 0.5, np.sqrt(0.5))
+    log_weights = log_joint - log_q
+    assert 1 < len(np.unique(np.asarray(log_weights))) <= 5
+    rounding = jaxvi.run.resolution(jnp.max(jnp.abs(log_joint) + jnp.abs(log_q)))
+    assert float(jnp.max(log_weights) - jnp.min(log_weights)) < float(rounding)
+    assert float(jaxvi.psis(log_weights)[1]) == np.inf
+    smoothed, khat = jaxvi.psis(log_weights, rounding)
+    assert float(khat) == -np.inf and float(jaxvi.pareto.khat(log_weights, rounding)) == -np.inf
+    np.testing.assert_allclose(np.exp(smoothed), 1 / 4000, rtol=1e-5)
+    narrow = normal_log_weights(0.3)  # a real tail: the resolution of its terms changes nothing
+    assert float(jaxvi.psis(narrow, jaxvi.run.resolution(jnp.array(40.0)))[1]) == float(jaxvi.psis(narrow)[1])
+
+
 def test_constant_weights_have_no_tail_and_bad_input_is_refused():
     smoothed, khat = jaxvi.psis(jnp.full((2, 100), -3.0))
     assert np.all(np.isneginf(khat))
