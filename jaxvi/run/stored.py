@@ -45,7 +45,7 @@ from jaxvi.run import fingerprint
 __all__ = ["LOADED_EVENT", "call", "executable_key", "set_folder"]
 
 LOADED_EVENT = "/jaxvi/stored_executable_loaded"  # jax.monitoring event: a fit's executable came from disk
-_FORMAT = "jaxvi stored executable 1"
+_FORMAT = "jaxvi stored executable 2"
 
 _folder: str | None = None
 _jaxvi_digest: str | None = None
@@ -263,7 +263,7 @@ def _store(path: str, compiled, anchors: list) -> None:
     try:
         executable, _, out_tree = serialize(compiled)
         with io.BytesIO() as buffer:
-            _Pickler(buffer, anchors).dump((_FORMAT, executable, out_tree))
+            _Pickler(buffer, anchors).dump((_FORMAT, executable, out_tree, _calls_custom_code(compiled)))
             payload = buffer.getvalue()
     except Exception:  # noqa: BLE001 - constants in the program, an output type defined in a function, ...
         return
@@ -281,21 +281,32 @@ def _store(path: str, compiled, anchors: list) -> None:
 def _load(path: str, in_tree, anchors: list, device):
     from jax.experimental.serialize_executable import deserialize_and_load
 
-    _ready_custom_calls(device.platform)
     with open(path, "rb") as file:
-        form, executable, out_tree = _Unpickler(file, anchors).load()
+        form, executable, out_tree, custom = _Unpickler(file, anchors).load()
     if form != _FORMAT:
         raise ValueError(f"not a {_FORMAT}")
+    if custom:
+        _ready_custom_calls(device.platform)
     return deserialize_and_load(executable, in_tree, out_tree, backend=device.client, execution_devices=[device])
 
 
 _custom_calls_ready: set = set()
 
 
+def _calls_custom_code(compiled) -> bool:
+    """Whether the compiled program calls a custom call (a kernel outside XLA's own code, e.g. LAPACK's), whose
+    loading needs ``_ready_custom_calls``; True where its text cannot be read."""
+    try:
+        return "custom_call_target=" in compiled.as_text()
+    except Exception:  # noqa: BLE001
+        return True
+
+
 def _ready_custom_calls(platform: str) -> None:
     """Sets up the custom calls an executable may call that JAX sets up only while lowering code that uses them:
     on CPUs, its LAPACK kernels (a program with a Cholesky factor loaded into a process that has lowered none
-    would call an empty kernel). Lowering one small Cholesky does it, once per process."""
+    would call an empty kernel). Lowering one small Cholesky does it, once per process (0.2 s: only for a
+    program that calls custom code)."""
     if platform == "cpu" and platform not in _custom_calls_ready:
         jax.jit(jax.numpy.linalg.cholesky).lower(np.eye(1, dtype=np.float32))
         _custom_calls_ready.add(platform)
