@@ -54,9 +54,9 @@ def jaxvi_setup(steps: int, dim: int = D, batch_size: int | None = None, lr: flo
 
     import jaxvi
 
-    def log_lik(params, z, datum):
+    def log_lik(params, z, datum):  # log Bernoulli(y | sigmoid(logit)) in the form of NumPyro's Bernoulli
         logit = datum["x"] @ z["w"]
-        return datum["y"] * logit - jax.nn.softplus(logit)
+        return logit * datum["y"] - jnp.clip(logit, 0) - jnp.log1p(jnp.exp(-jnp.abs(logit)))
 
     latent = jaxvi.Global({"w": jaxvi.Real((dim,))},
                           log_prior=lambda params, z: jnp.sum(jax.scipy.stats.norm.logpdf(z["w"])))

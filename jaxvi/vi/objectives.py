@@ -241,7 +241,7 @@ def particle_terms(log_joint_at: Callable[..., tuple[jax.Array, jax.Array, PyTre
     particle); returns the terms and every particle's ``extra`` (stacked on a leading axis)."""
     estimator = as_estimator(estimator)
     u, log_q = estimator.draw(guide, guide_params, key, num_particles)
-    evaluate = jax.vmap(log_joint_at) if inputs is None else (lambda u: jax.vmap(log_joint_at)(u, inputs))
+    evaluate = _over_particles(log_joint_at, num_particles, inputs)
     if estimator.needs_path:
         def total_weight(u):
             log_joint, log_det, extra = evaluate(u)
@@ -257,6 +257,18 @@ def particle_terms(log_joint_at: Callable[..., tuple[jax.Array, jax.Array, PyTre
         path = jnp.zeros_like(log_joint)
     entropy = guide.entropy(guide_params) if estimator.needs_entropy else jnp.zeros((), log_joint.dtype)
     return ParticleTerms(log_joint, log_det, log_q, entropy, path), extra
+
+
+def _over_particles(log_joint_at: Callable, num_particles: int, inputs: PyTree) -> Callable:
+    """``log_joint_at`` of every particle (a leading axis), vmapped; one particle evaluated without the vmap and
+    given its axis after."""
+    if num_particles == 1:
+        def one(u):
+            out = log_joint_at(u[0]) if inputs is None else log_joint_at(u[0], jax.tree_util.tree_map(lambda a: a[0],
+                                                                                                      inputs))
+            return jax.tree_util.tree_map(lambda a: a[None], out)
+        return one
+    return jax.vmap(log_joint_at) if inputs is None else (lambda u: jax.vmap(log_joint_at)(u, inputs))
 
 
 def estimate(terms: ParticleTerms, estimator) -> tuple[jax.Array, jax.Array]:
