@@ -87,9 +87,8 @@ def psis(log_weights: jax.Array, resolution: jax.Array | None = None) -> tuple[j
     if log_weights.shape[-1] < MIN_DRAWS:
         raise ValueError(f"log_weights: expected at least {MIN_DRAWS} draws on the last axis (PSIS fits a generalized "
                          f"Pareto to the 5 or more largest), got {log_weights.shape[-1]}")
-    if resolution is None:
-        resolution = jnp.zeros(log_weights.shape[:-1], log_weights.dtype)
-    resolution = jnp.broadcast_to(jnp.asarray(resolution, log_weights.dtype), log_weights.shape[:-1])
+    resolution = jnp.broadcast_to(jnp.asarray(0 if resolution is None else resolution, log_weights.dtype),
+                                  log_weights.shape[:-1])
     one_row = _psis_row
     for _ in range(log_weights.ndim - 1):
         one_row = jax.vmap(one_row)

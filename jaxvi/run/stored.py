@@ -81,12 +81,11 @@ def call(jitted, memo: dict, fn: Callable, model, method, args: tuple, kwargs: d
     if compiled is not None:
         return compiled(method, *args, **kwargs)
     compiled, path = _load_or_compile(jitted, fn, model, method, args, kwargs, signature, compiler_options)
-    if path is None:
-        memo[signature] = compiled
-        return compiled(method, *args, **kwargs)
     try:  # a loaded executable's first call: one that cannot run here is removed, and the fit compiled afresh
         out = compiled(method, *args, **kwargs)
     except jax.errors.JaxRuntimeError:
+        if path is None:
+            raise
         _remove(path)
         compiled = jitted.lower(method, *args, **kwargs).compile()
         out = compiled(method, *args, **kwargs)

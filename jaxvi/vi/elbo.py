@@ -135,7 +135,7 @@ def elbo(spec: ELBOSpec, model, params: PyTree, global_psi: PyTree, local_psi: P
     return _bound(surrogate + log_prior, bound + log_prior, stderr, jnp.mean(per_datum, axis=0),
                   jnp.concatenate([terms.log_det, jnp.ravel(local_det)]),
                   jnp.concatenate([terms.log_q, jnp.ravel(local_q)]), log_prior + jnp.mean(global_prior),
-                  _khat(terms))
+                  _khat(weights, terms))
 
 
 def _local(spec: ELBOSpec, model, params, z_global, local_psi, rows, key, num_particles):
@@ -170,7 +170,7 @@ def _local(spec: ELBOSpec, model, params, z_global, local_psi, rows, key, num_pa
         surrogate, bound = estimator.estimate(terms)
         weights = terms.log_joint + terms.log_det - terms.log_q
         return (surrogate, bound, jnp.var(weights) / num_particles, jnp.mean(terms.log_joint),
-                jnp.mean(terms.log_det), jnp.mean(terms.log_q), _khat(terms))
+                jnp.mean(terms.log_det), jnp.mean(terms.log_q), _khat(weights, terms))
 
     keys = jax.random.split(key, jax.tree_util.tree_leaves(local_psi)[0].shape[0])
     return jax.vmap(one_datum)(rows, local_psi, keys)
@@ -183,11 +183,11 @@ def _bound(surrogate, bound, stderr, per_datum, log_det, log_q, log_prior, khat)
     return Bound(surrogate, bound, stderr, finite, jnp.argmin(per_datum_finite).astype(jnp.int32), khat)
 
 
-def _khat(terms) -> jax.Array:
+def _khat(weights: jax.Array, terms) -> jax.Array:
     """PSIS k-hat of the particles' log weights log p + log det - log q, which rounding moves by up to the float
     resolution of the largest of their terms' magnitudes (``jaxvi.run.resolution``)."""
     magnitude = jnp.max(jnp.abs(terms.log_joint) + jnp.abs(terms.log_det) + jnp.abs(terms.log_q))
-    return pareto.khat(terms.log_joint + terms.log_det - terms.log_q, resolution(magnitude))
+    return pareto.khat(weights, resolution(magnitude))
 
 
 def _log_det(guide, log_det: jax.Array) -> jax.Array:

@@ -261,12 +261,12 @@ def particle_terms(log_joint_at: Callable[..., tuple[jax.Array, jax.Array, PyTre
 
 def _over_particles(log_joint_at: Callable, num_particles: int, inputs: PyTree) -> Callable:
     """``log_joint_at`` of every particle (a leading axis), vmapped; one particle evaluated without the vmap and
-    given its axis after."""
+    given its axis after: XLA:CPU fuses a batch of one badly (the SVI logistic regression's 2,000 steps, its
+    likelihood in NumPyro's Bernoulli form: 2.19 s vmapped, 0.47-0.58 s not)."""
     if num_particles == 1:
         def one(u):
-            out = log_joint_at(u[0]) if inputs is None else log_joint_at(u[0], jax.tree_util.tree_map(lambda a: a[0],
-                                                                                                      inputs))
-            return jax.tree_util.tree_map(lambda a: a[None], out)
+            args = (u[0],) if inputs is None else (u[0], jax.tree_util.tree_map(lambda a: a[0], inputs))
+            return jax.tree_util.tree_map(lambda a: a[None], log_joint_at(*args))
         return one
     return jax.vmap(log_joint_at) if inputs is None else (lambda u: jax.vmap(log_joint_at)(u, inputs))
 
