@@ -18,7 +18,7 @@ from jaxvi.model import Model, check_data, check_key, check_model, is_traced
 from jaxvi.parallel import shard_data
 from jaxvi.result import FAULT_OBJECTIVE, Result
 from jaxvi.run import checkpoint as checkpoints
-from jaxvi.run import loop
+from jaxvi.run import compiled, loop
 from jaxvi.run.compiled import CHEAP_CODE, per_fit
 from jaxvi.run.guard import raise_on_fault, warn_on_skips
 from jaxvi.run.schedule import RESOLUTION_ULPS, STOP_REASONS, STOP_RESOLUTION, Change, resolution
@@ -26,10 +26,6 @@ from jaxvi.run.schedule import RESOLUTION_ULPS, STOP_REASONS, STOP_RESOLUTION, C
 __all__ = ["infer"]
 
 PyTree = Any
-# The final evaluation runs once: on data (of all restarts) up to this size it is compiled for XLA's cheapest code,
-# where compiling costs more than running. SVI's, logistic regression on 20,000 x 50 floats: compile 1.30 s -> 0.27 s,
-# run 0.01 s -> 0.05 s; EM's, a 16-component full-covariance GMM on 200,000 x 16: compile 0.35 s -> 0.11 s, run < 0.01 s.
-CHEAP_FINISH_BYTES = 2 ** 24
 
 
 def infer(model: Model, method, data: PyTree, *, key: jax.Array, progress: bool = True,
@@ -117,8 +113,10 @@ def infer(model: Model, method, data: PyTree, *, key: jax.Array, progress: bool 
             runs = runs._replace(max_skips=jnp.broadcast_to(skips, runs.max_skips.shape))  # this call's policy
         after_chunk = lambda r: checkpoints.save(checkpoint, r, fit)  # noqa: E731
     if runs is None:
-        runs = _start(model, method, data, keys, init_params, skips)
-    runs = loop.drive(lambda r, stop: _run(model, method, r, data=data, stop=stop), runs, max_steps,
+        start = _start_cheaply if _runs_cheaply(method, data, compiled.START_PASSES) else _start
+        runs = start(model, method, data, keys, init_params, skips)
+    run = _run_cheaply if _runs_cheaply(method, (data, runs.state), max_steps) else _run
+    runs = loop.drive(lambda r, stop: run(model, method, r, data=data, stop=stop), runs, max_steps,
                       progress=progress and not traced, desc=type(method).__name__,
                       describe=functools.partial(_describe, method.reports, n), every=checkpoint_every,
                       after_chunk=after_chunk)
@@ -156,14 +154,18 @@ def _warn_unresolved(method, result: Result, n: int) -> None:
                   f"float64 (jax.config.update('jax_enable_x64', True) and float64 data).", stacklevel=3)
 
 
-@per_fit
-def _start(model, method, data, keys, init_params, max_skips=0):
+def _start_restarts(model, method, data, keys, init_params, max_skips=0):
     return _over_restarts(lambda k: loop.start(method, model, k, data, init_params, max_skips), keys, method)
 
 
-@per_fit
-def _run(model, method, runs, *, data, stop):
+def _run_restarts(model, method, runs, *, data, stop):
     return _over_restarts(lambda r: loop.run_until(method, model, data, r, stop), runs, method)
+
+
+_start = per_fit(_start_restarts)
+_start_cheaply = per_fit(_start_restarts, compiler_options=CHEAP_CODE)
+_run = per_fit(_run_restarts)
+_run_cheaply = per_fit(_run_restarts, compiler_options=CHEAP_CODE)
 
 
 def _finish_restarts(model, method, runs, data) -> tuple[Result, jax.Array]:
@@ -182,9 +184,15 @@ _finish_cheaply = per_fit(_finish_restarts, compiler_options=CHEAP_CODE)
 
 def _finishes_cheaply(method, data: PyTree) -> bool:
     """Whether the final evaluation, run once, is compiled for XLA's cheapest code (``CHEAP_CODE``): where the data
-    of all restarts together are at most ``CHEAP_FINISH_BYTES``, so that compiling it costs more than running it."""
-    size = sum(a.size * jnp.dtype(a.dtype).itemsize for a in jax.tree_util.tree_leaves(data))
-    return size * method.n_init <= CHEAP_FINISH_BYTES
+    of all restarts together are at most ``compiled.CHEAP_PASS_BYTES``."""
+    return compiled.nbytes(data) * method.n_init <= compiled.CHEAP_PASS_BYTES
+
+
+def _runs_cheaply(method, touched: PyTree, passes: int) -> bool:
+    """Whether the start or the run is compiled for XLA's cheapest code (``CHEAP_CODE``): where ``touched`` (the
+    data, with the restarts' states for the run) times its passes (the run's steps; ``compiled.START_PASSES``) times
+    the restarts is at most ``compiled.CHEAP_RUN_BYTES``."""
+    return compiled.nbytes(touched) * method.n_init * passes <= compiled.CHEAP_RUN_BYTES
 
 
 @functools.partial(per_fit, compiler_options=CHEAP_CODE)

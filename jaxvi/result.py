@@ -120,18 +120,21 @@ class Result:
           ValueError: ``data`` that the model (or the encoder) cannot take, e.g. another number of
             features than the fitted data's.
         """
+        from jaxvi.run.compiled import one_pass_options  # not at the top: jaxvi.run's loop imports this module
+
         data = None if data is None else check_data(data)
         if is_traced(data, self.params):
             return self.method.posterior(self, data)
+        posterior = jax.jit(_method_posterior, compiler_options=one_pass_options(self.params, self.guide_params, data))
         try:  # traced abstractly first: data the model cannot take are a ValueError, not an error from XLA
-            _posterior.eval_shape(self, data)
+            posterior.eval_shape(self, data)
         except ValueError:
             raise
         except Exception as err:
             shapes = jax.tree_util.tree_map(lambda a: tuple(a.shape), data)
             raise ValueError(f"data: expected data whose every datum the fitted model takes (as the data it was "
                              f"fitted to), got shapes {shapes}, on which the posterior failed: {err}") from None
-        return _posterior(self, data)
+        return posterior(self, data)
 
     def summary(self) -> str:
         """A table a person reads: the method, the objective and what it is, iterations, and the
@@ -186,7 +189,8 @@ jax.tree_util.register_dataclass(
 )
 
 
-_posterior = jax.jit(lambda result, data: result.method.posterior(result, data))
+def _method_posterior(result: Result, data):
+    return result.method.posterior(result, data)
 
 
 def _number(value) -> str:

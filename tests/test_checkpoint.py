@@ -174,7 +174,7 @@ def compiles():
 
 
 def test_a_chunked_fit_compiles_its_loop_once(em_fit):
-    assert em_fit[2].count("jit(_run)") == 1               # the run state keeps its types from chunk to chunk
+    assert em_fit[2].count("jit(_run_restarts)") == 1  # the run state keeps its types from chunk to chunk
 
 
 def test_the_same_fit_resumes_without_starting_again(em_fit, tmp_path, monkeypatch):
@@ -205,14 +205,15 @@ def test_the_same_fit_resumes_without_starting_again(em_fit, tmp_path, monkeypat
 ])
 def test_a_checkpoint_of_another_fit_is_refused_naming_what_differs(em_fit, monkeypatch, change, message):
     path = em_fit[0]
-    monkeypatch.setattr(infer_module, "_start", lambda *a, **k: pytest.fail("refused before compiling"))
+    for name in ("_start", "_start_cheaply"):
+        monkeypatch.setattr(infer_module, name, lambda *a, **k: pytest.fail("refused before compiling"))
     with pytest.raises(ValueError, match=f"checkpoint: {path} holds another fit .*{message}"):
         resume_em(path, **change)
 
 
 def test_bad_checkpoint_arguments_fail_before_compiling(em_fit, tmp_path, monkeypatch):
     path = em_fit[0]
-    for name in ("_start", "_run", "_finish", "_finish_cheaply"):
+    for name in ("_start", "_start_cheaply", "_run", "_run_cheaply", "_finish", "_finish_cheaply"):
         monkeypatch.setattr(infer_module, name, lambda *a, **k: pytest.fail("the path is checked before compiling"))
     (tmp_path / "a_file").write_text("")
     with pytest.raises(ValueError, match="checkpoint: cannot write a file at .*a_file/fit.ckpt: Not a directory"):

@@ -135,11 +135,11 @@ def test_compiler_options_apply_to_a_top_level_call_and_step_aside_inside_a_trac
 
 def test_the_final_evaluation_is_compiled_for_the_cheapest_code_on_small_data_only(monkeypatch):
     """``infer`` compiles a fit's final evaluation with ``CHEAP_CODE`` where the data of all its restarts are at
-    most ``CHEAP_FINISH_BYTES`` (X: 240 bytes), with XLA's defaults above; log p(D | θ0) either way."""
+    most ``CHEAP_PASS_BYTES`` (X: 240 bytes), with XLA's defaults above; log p(D | θ0) either way."""
     infer_module = importlib.import_module("jaxvi.infer")
     for bound, n_init, options in ((240, 1, compiled.CHEAP_CODE), (480, 2, compiled.CHEAP_CODE), (239, 1, {}),
                                    (479, 2, {})):
-        monkeypatch.setattr(infer_module, "CHEAP_FINISH_BYTES", bound)
+        monkeypatch.setattr(compiled, "CHEAP_PASS_BYTES", bound)
         monkeypatch.setattr(compiled, "_fits", collections.OrderedDict())
         method = jaxvi.EM(m_step=lambda params, data, posterior: params, max_iter=3, n_init=n_init)
         result = jaxvi.infer(mixture(1.0), method, X, key=KEY, progress=False)
@@ -147,3 +147,22 @@ def test_the_final_evaluation_is_compiled_for_the_cheapest_code_on_small_data_on
         (functions,) = compiled._fits.values()
         finishes = {options for fn, options in functions if fn is infer_module._finish_restarts}
         assert finishes == {tuple(sorted(options.items()))}, (bound, n_init, finishes)
+
+
+def test_the_start_and_the_run_are_compiled_for_the_cheapest_code_on_small_problems_only(monkeypatch):
+    """``infer`` compiles a fit's start with ``CHEAP_CODE`` where its data (X: 240 bytes) times ``START_PASSES`` (4
+    here) and the restarts are at most ``CHEAP_RUN_BYTES``, and its run where the data and the restarts' states times
+    the steps (4) are; XLA's defaults above. log p(D | θ0) either way."""
+    infer_module = importlib.import_module("jaxvi.infer")
+    monkeypatch.setattr(compiled, "START_PASSES", 4)
+    cheap = tuple(sorted(compiled.CHEAP_CODE.items()))
+    for bound, n_init, start, run in ((960, 1, cheap, ()), (1920, 2, cheap, ()), (959, 1, (), ()), (1919, 2, (), ()),
+                                      (2 ** 20, 2, cheap, cheap)):
+        monkeypatch.setattr(compiled, "CHEAP_RUN_BYTES", bound)
+        monkeypatch.setattr(compiled, "_fits", collections.OrderedDict())
+        method = jaxvi.EM(m_step=lambda params, data, posterior: params, max_iter=3, n_init=n_init)
+        result = jaxvi.infer(mixture(1.0), method, X, key=KEY, progress=False)
+        np.testing.assert_allclose(np.asarray(result.trace), log_evidence(1.0), rtol=1e-6)
+        (functions,) = compiled._fits.values()
+        chosen = {fn.__name__: options for fn, options in functions}
+        assert (chosen["_start_restarts"], chosen["_run_restarts"]) == (start, run), (bound, n_init, chosen)
