@@ -44,6 +44,7 @@ lane2() {
   bench vae_digits
   bench hmm_em --skip-long
   bench svi_local_scaling
+  bench small_fits --repeats 1
   "$PY" -c "import sklearn, numpyro" 2>/dev/null && bench scaling --families gmm svi --plot "$RESULTS/scaling_$SUFFIX.png"
 }
 
