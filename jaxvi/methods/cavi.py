@@ -326,7 +326,7 @@ class CAVI:
         if data is None or not (structure.factors or local_layout) or is_traced(data):
             return
         head = jax.tree_util.tree_map(lambda a: a[:min(8, a.shape[0])], data)
-        prior, residuals = _compiled_probe(model, self, head)
+        proper, residuals = _compiled_probe(model, self, head)
         for name, residual in zip(_leaf_names(model, local=True), residuals[2]):
             if not float(residual) <= NOT_CONJUGATE:
                 raise ValueError(
@@ -349,8 +349,8 @@ class CAVI:
                     f"other factors of log p is not linear in its sufficient statistics (relative residual "
                     f"{float(residual):.2g} > {NOT_CONJUGATE:g}), so CAVI has no closed-form update for it. Fit the "
                     f"model with jaxvi.SVI, writing that latent as a Real with a bijector")
-        for factor, name, eta in zip(structure.factors, names, prior):
-            if not np.all(np.isfinite(np.asarray(expfam.log_normalizer(factor.family, eta)))):
+        for factor, name, finite in zip(structure.factors, names, np.asarray(proper)):
+            if not finite:
                 raise ValueError(f"latent: the prior of the factor {name} ({factor.spec!r}) is not a proper "
                                  f"{factor.family.name} distribution (its natural parameters, read off log_prior, "
                                  f"have no finite normaliser); CAVI starts from the priors and needs proper ones")
@@ -373,8 +373,9 @@ class CAVI:
                              f"{self.batch_size}")
 
     def _probe(self, model: Model, data: PyTree):
-        """(the priors' natural parameters, (the prior reads' residuals, the log-joint reads' residuals)), every
-        factor read with the others at their broad reference members and a random local q."""
+        """(whether each factor's prior, its natural parameters read off ``log_prior``, has a finite log-normaliser;
+        (the prior reads' residuals, the log-joint reads' residuals, the local reads' residuals)), every factor read
+        with the others at their broad reference members and a random local q."""
         structure = _structure(model)
         params = model.init(jax.random.key(0), data)
         dtype = float_dtype(data)
@@ -400,7 +401,8 @@ class CAVI:
 
             local_residuals = jnp.max(jax.vmap(datum_residuals)(data), axis=0)
         stacked = jnp.stack(residuals) if residuals else jnp.zeros((0,), dtype)
-        return prior, (prior_residuals, stacked, local_residuals)
+        proper = [jnp.all(jnp.isfinite(expfam.log_normalizer(f.family, eta))) for f, eta in zip(structure.factors, prior)]
+        return jnp.stack(proper) if proper else jnp.zeros((0,), bool), (prior_residuals, stacked, local_residuals)
 
     def schedule(self, num_data: int) -> Schedule:
         """All the data every step, ``max_iter + 1`` steps, stopping on the change of the bound per datum; with

@@ -300,6 +300,18 @@ def test_a_factor_the_log_joint_is_not_conjugate_in_is_refused_before_compiling(
         fit(model, jnp.linspace(-1.0, 1.0, 20))
 
 
+def test_an_improper_prior_is_refused_before_compiling_naming_its_factor():
+    """A flat prior on a Gamma precision (Gamma(1, 0), no finite normaliser): CAVI starts from the priors, so it is
+    refused, the factor and its family named."""
+    model = jaxvi.Model(
+        lambda params, z, x: stats.norm.logpdf(x, z["mu"][0], 1.0 / jnp.sqrt(z["tau"])),
+        jaxvi.Global({"mu": jaxvi.Gaussian(1), "tau": jaxvi.Gamma()}, lambda params, z: stats.norm.logpdf(z["mu"][0])),
+        init=lambda key, data: {})
+    with pytest.raises(ValueError, match=r"the prior of the factor Global\['tau'\] .* is not a proper gamma "
+                                         r"distribution"):
+        fit(model, jnp.linspace(-1.0, 1.0, 20))
+
+
 def test_cavi_refuses_a_model_without_global_factors():
     model = jaxvi.Model(lambda params, z, x: -0.5 * (x - z) ** 2, jaxvi.Discrete(2), init=lambda key, data: {})
     with pytest.raises(ValueError, match="jaxvi.EM"):
