@@ -153,7 +153,6 @@ def test_the_start_and_the_run_are_compiled_for_the_cheapest_code_on_small_probl
     """``infer`` compiles a fit's start with ``CHEAP_CODE`` where its data (X: 240 bytes) times ``START_PASSES`` (4
     here) and the restarts are at most ``CHEAP_RUN_BYTES``, and its run where the data and the restarts' states times
     the steps (4) are; XLA's defaults above. log p(D | θ0) either way."""
-    infer_module = importlib.import_module("jaxvi.infer")
     monkeypatch.setattr(compiled, "START_PASSES", 4)
     cheap = tuple(sorted(compiled.CHEAP_CODE.items()))
     for bound, n_init, start, run in ((960, 1, cheap, ()), (1920, 2, cheap, ()), (959, 1, (), ()), (1919, 2, (), ()),
