@@ -29,7 +29,7 @@ from jaxvi.latents import Global, exact_family
 from jaxvi.model import Model, check_data, check_key
 from jaxvi import pareto
 from jaxvi.pareto import KHAT_THRESHOLD, MIN_DRAWS, log_mean_exp, psis
-from jaxvi.run.compiled import one_pass_options
+from jaxvi.run.compiled import run_once_options
 from jaxvi.run.schedule import resolution
 
 __all__ = ["Evidence", "Resampled", "evidence", "psis_resample"]
@@ -168,7 +168,7 @@ def _warn_if_unreliable(khat: jax.Array, what: str = "evidence: the importance-s
 
 
 def _exact_posterior(model, params, data, chunk_size):
-    return jax.jit(exact.posterior, static_argnums=(0, 1, 4), compiler_options=one_pass_options(params, data))(
+    return jax.jit(exact.posterior, static_argnums=(0, 1, 4), compiler_options=run_once_options(params, data))(
         model.log_joint, model.latent, params, data, chunk_size)
 
 

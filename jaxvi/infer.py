@@ -115,7 +115,7 @@ def infer(model: Model, method, data: PyTree, *, key: jax.Array, progress: bool 
     if runs is None:
         start = _start_cheaply if _runs_cheaply(method, data, compiled.START_PASSES) else _start
         runs = start(model, method, data, keys, init_params, skips)
-    run = _run_cheaply if _runs_cheaply(method, (data, runs.state), max_steps) else _run
+    run = _run_cheaply if _runs_cheaply(method, data, max_steps, runs.state) else _run
     runs = loop.drive(lambda r, stop: run(model, method, r, data=data, stop=stop), runs, max_steps,
                       progress=progress and not traced, desc=type(method).__name__,
                       describe=functools.partial(_describe, method.reports, n), every=checkpoint_every,
@@ -188,11 +188,12 @@ def _finishes_cheaply(method, data: PyTree) -> bool:
     return compiled.nbytes(data) * method.n_init <= compiled.CHEAP_PASS_BYTES
 
 
-def _runs_cheaply(method, touched: PyTree, passes: int) -> bool:
-    """Whether the start or the run is compiled for XLA's cheapest code (``CHEAP_CODE``): where ``touched`` (the
-    data, with the restarts' states for the run) times its passes (the run's steps; ``compiled.START_PASSES``) times
-    the restarts is at most ``compiled.CHEAP_RUN_BYTES``."""
-    return compiled.nbytes(touched) * method.n_init * passes <= compiled.CHEAP_RUN_BYTES
+def _runs_cheaply(method, data: PyTree, passes: int, states: PyTree = None) -> bool:
+    """Whether the start or the run is compiled for XLA's cheapest code (``CHEAP_CODE``): where the data of every
+    restart, with the restarts' ``states`` (for the run; they carry the restart axis), times the passes (the run's
+    steps; ``compiled.START_PASSES``) are at most ``compiled.CHEAP_RUN_BYTES``."""
+    touched = compiled.nbytes(data) * method.n_init + compiled.nbytes(states)
+    return touched * passes <= compiled.CHEAP_RUN_BYTES
 
 
 @functools.partial(per_fit, compiler_options=CHEAP_CODE)

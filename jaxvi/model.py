@@ -11,6 +11,7 @@ import functools
 from typing import Any, Callable
 
 import jax
+import jax._src.core as jax_core  # its trace_state_clean: whether a transformation is tracing (no public equivalent)
 import jax.numpy as jnp
 import numpy as np
 
@@ -81,8 +82,10 @@ class Model:
 
 
 def is_traced(*trees: PyTree) -> bool:
-    """Whether any leaf is a tracer: ``infer`` is then running inside a user's jit or vmap."""
-    return any(isinstance(leaf, jax.core.Tracer) for tree in trees for leaf in jax.tree_util.tree_leaves(tree))
+    """Whether ``infer`` (or a posterior, an evidence) runs inside a user's jit, vmap or other transformation: a leaf
+    is a tracer, or JAX is tracing now (a user's jit of a function that closes over concrete fits and data)."""
+    tracing = not getattr(jax_core, "trace_state_clean", lambda: True)()  # without it (a later JAX): the leaves alone
+    return tracing or any(isinstance(leaf, jax.core.Tracer) for tree in trees for leaf in jax.tree_util.tree_leaves(tree))
 
 
 def check_data(data: PyTree) -> PyTree:

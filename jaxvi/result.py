@@ -120,12 +120,14 @@ class Result:
           ValueError: ``data`` that the model (or the encoder) cannot take, e.g. another number of
             features than the fitted data's.
         """
-        from jaxvi.run.compiled import one_pass_options  # not at the top: jaxvi.run's loop imports this module
+        from jaxvi.run.compiled import run_once_options  # not at the top: jaxvi.run's loop imports this module
 
         data = None if data is None else check_data(data)
         if is_traced(data, self.params):
             return self.method.posterior(self, data)
-        posterior = jax.jit(_method_posterior, compiler_options=one_pass_options(self.params, self.guide_params, data))
+        options = run_once_options(self.params, self.guide_params, data,
+                                   passes=getattr(self.method, "posterior_passes", 1))
+        posterior = jax.jit(_method_posterior, compiler_options=options)
         try:  # traced abstractly first: data the model cannot take are a ValueError, not an error from XLA
             posterior.eval_shape(self, data)
         except ValueError:

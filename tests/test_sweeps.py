@@ -165,3 +165,14 @@ def test_the_start_and_the_run_are_compiled_for_the_cheapest_code_on_small_probl
         (functions,) = compiled._fits.values()
         chosen = {fn.__name__: options for fn, options in functions}
         assert (chosen["_start_restarts"], chosen["_run_restarts"]) == (start, run), (bound, n_init, chosen)
+
+
+def test_a_users_jit_of_a_fit_s_posterior_and_evidence_closing_over_concrete_values_runs_in_its_program():
+    """A user's jit of a function that closes over a fit and its data (no tracer among their leaves): the posterior
+    and the exact evidence are traced into the caller's program, which XLA compiles with the caller's options (JAX
+    refuses options on a nested jit); log p(D | θ0) as outside it."""
+    x = jnp.asarray(X)  # a JAX array: nothing in the caller's trace converts it
+    result = jaxvi.infer(mixture(1.0), keep(), x, key=KEY, progress=False)
+    posterior, evidence = jax.jit(lambda: (result.posterior(x).log_evidence.sum(),
+                                           jaxvi.evidence(result.model, result.params, x).log_evidence))()
+    np.testing.assert_allclose([float(posterior), float(evidence)], log_evidence(1.0), rtol=1e-6)

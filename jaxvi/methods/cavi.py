@@ -294,6 +294,12 @@ class CAVI:
 
     # --- checks -------------------------------------------------------------------------------------
 
+    @property
+    def posterior_passes(self) -> int:
+        """The most passes ``posterior`` makes over the data (``Result.posterior`` compiles by them): a local q of
+        exponential-family factors takes up to ``local_max_iter`` sweeps of every datum."""
+        return self.local_max_iter
+
     def check(self, model: Model, data: PyTree = None) -> None:
         """Raises ValueError for a model CAVI cannot fit, before anything compiles: no exponential-family
         ``Global`` factor; a local latent without an exact posterior; a log-prior or log-joint not linear in a

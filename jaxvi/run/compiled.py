@@ -27,10 +27,10 @@ from jaxvi.model import is_traced
 from jaxvi.run import stored
 
 __all__ = ["CACHE_ENV", "CACHED_FITS", "CHEAP_CODE", "CHEAP_PASS_BYTES", "CHEAP_RUN_BYTES", "START_PASSES", "cache",
-           "cached_fits", "nbytes", "one_pass_options", "per_fit"]
+           "cached_fits", "nbytes", "per_fit", "run_once_options"]
 
-# XLA's cheapest code generation, the same IEEE arithmetic, for code run once on a few rows, where compiling
-# dominates: no backend optimisation, and on CPUs the older elemental emitters instead of the fusion emitters
+# XLA's cheapest code generation, IEEE arithmetic in another order of fused operations (results agree to rounding, not
+# bit for bit), for code run once on a few rows, where compiling dominates: no backend optimisation, and on CPUs the older elemental emitters instead of the fusion emitters
 # (CAVI's conjugacy probe, D = K = 16: 4.0-5.4 s at XLA's defaults, 2.6-3.8 s at level 0, 1.5-2.0 s with both)
 CHEAP_CODE = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
 # Where compiling dominates running, code is compiled for CHEAP_CODE: code that makes one pass over its arrays (a final
@@ -80,11 +80,11 @@ def nbytes(tree: Any) -> int:
                if hasattr(a, "dtype") and hasattr(a, "size"))
 
 
-def one_pass_options(*trees: Any) -> dict | None:
-    """XLA's options for code that makes one pass over the arrays of ``trees`` (a posterior, an evaluation):
-    ``CHEAP_CODE`` where they are at most ``CHEAP_PASS_BYTES``; XLA's defaults (None) above, and inside a trace
-    (whose caller's options hold)."""
-    return None if is_traced(*trees) or nbytes(trees) > CHEAP_PASS_BYTES else CHEAP_CODE
+def run_once_options(*trees: Any, passes: int = 1) -> dict | None:
+    """XLA's options for code run once (a posterior, an evaluation) that makes ``passes`` passes over the arrays of
+    ``trees``: ``CHEAP_CODE`` where their bytes times the passes are at most ``CHEAP_PASS_BYTES``; XLA's defaults
+    (None) above, and inside a trace (whose caller's options hold)."""
+    return None if is_traced(*trees) or nbytes(trees) * passes > CHEAP_PASS_BYTES else CHEAP_CODE
 
 
 def cached_fits() -> int:
