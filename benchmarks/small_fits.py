@@ -108,7 +108,8 @@ def main():
                 out = spawn(__file__, ["--child", "fit", "--fit", fit, "--mode", mode], args.child_timeout)
                 rows.setdefault(f"{label} | {mode}", []).append(out)
                 meta.update({k: out[k] for k in ("machine", "jax") if k in out})
-    lines = ["# Small fits: XLA's cheapest code (jaxvi's default on small problems) against full optimisation (as before)",
+    lines = ["# Small fits: XLA's cheapest code (jaxvi's default on small problems) against full optimisation "
+             "(as before)",
              f"machine: {meta.get('machine')}; jax {meta.get('jax')}; median of {args.repeats} fresh processes "
              f"each, the modes interleaved", "",
              "| fit | code | compile s | first call s | repeat s | objective |", "|---|---|---|---|---|---|"]

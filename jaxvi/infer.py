@@ -120,7 +120,8 @@ def infer(model: Model, method, data: PyTree, *, key: jax.Array, progress: bool 
                       progress=progress and not traced, desc=type(method).__name__,
                       describe=functools.partial(_describe, method.reports, n), every=checkpoint_every,
                       after_chunk=after_chunk)
-    result, chosen = (_finish_cheaply if _finishes_cheaply(method, data) else _finish)(model, method, runs, data)
+    finish = _finish_cheaply if compiled.run_once_options(data, passes=method.n_init) else _finish  # once per restart
+    result, chosen = finish(model, method, runs, data)
     if not traced:
         if int(result.diagnostics.fault.kind) == FAULT_OBJECTIVE and hasattr(method, "explain"):
             run = jax.tree_util.tree_map(lambda a: a[int(chosen)], runs)
@@ -180,12 +181,6 @@ def _finish_restarts(model, method, runs, data) -> tuple[Result, jax.Array]:
 
 _finish = per_fit(_finish_restarts)
 _finish_cheaply = per_fit(_finish_restarts, compiler_options=CHEAP_CODE)
-
-
-def _finishes_cheaply(method, data: PyTree) -> bool:
-    """Whether the final evaluation, run once, is compiled for XLA's cheapest code (``CHEAP_CODE``): where the data
-    of all restarts together are at most ``compiled.CHEAP_PASS_BYTES``."""
-    return compiled.nbytes(data) * method.n_init <= compiled.CHEAP_PASS_BYTES
 
 
 def _runs_cheaply(method, data: PyTree, passes: int, states: PyTree = None) -> bool:

@@ -84,8 +84,9 @@ class Model:
 def is_traced(*trees: PyTree) -> bool:
     """Whether ``infer`` (or a posterior, an evidence) runs inside a user's jit, vmap or other transformation: a leaf
     is a tracer, or JAX is tracing now (a user's jit of a function that closes over concrete fits and data)."""
-    tracing = not getattr(jax_core, "trace_state_clean", lambda: True)()  # without it (a later JAX): the leaves alone
-    return tracing or any(isinstance(leaf, jax.core.Tracer) for tree in trees for leaf in jax.tree_util.tree_leaves(tree))
+    if not getattr(jax_core, "trace_state_clean", lambda: True)():  # without it (a later JAX): the leaves alone
+        return True
+    return any(isinstance(leaf, jax.core.Tracer) for tree in trees for leaf in jax.tree_util.tree_leaves(tree))
 
 
 def check_data(data: PyTree) -> PyTree:

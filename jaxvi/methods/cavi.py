@@ -407,7 +407,8 @@ class CAVI:
 
             local_residuals = jnp.max(jax.vmap(datum_residuals)(data), axis=0)
         stacked = jnp.stack(residuals) if residuals else jnp.zeros((0,), dtype)
-        proper = [jnp.all(jnp.isfinite(expfam.log_normalizer(f.family, eta))) for f, eta in zip(structure.factors, prior)]
+        proper = [jnp.all(jnp.isfinite(expfam.log_normalizer(f.family, eta)))
+                  for f, eta in zip(structure.factors, prior)]
         return jnp.stack(proper) if proper else jnp.zeros((0,), bool), (prior_residuals, stacked, local_residuals)
 
     def schedule(self, num_data: int) -> Schedule:

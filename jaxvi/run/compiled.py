@@ -29,8 +29,9 @@ from jaxvi.run import stored
 __all__ = ["CACHE_ENV", "CACHED_FITS", "CHEAP_CODE", "CHEAP_PASS_BYTES", "CHEAP_RUN_BYTES", "START_PASSES", "cache",
            "cached_fits", "nbytes", "per_fit", "run_once_options"]
 
-# XLA's cheapest code generation, IEEE arithmetic in another order of fused operations (results agree to rounding, not
-# bit for bit), for code run once on a few rows, where compiling dominates: no backend optimisation, and on CPUs the older elemental emitters instead of the fusion emitters
+# XLA's cheapest code generation, for code where compiling dominates running: no backend optimisation, and on CPUs the
+# older elemental emitters instead of the fusion emitters. IEEE arithmetic, fused in another order: results agree with
+# XLA's defaults to rounding, not bit for bit
 # (CAVI's conjugacy probe, D = K = 16: 4.0-5.4 s at XLA's defaults, 2.6-3.8 s at level 0, 1.5-2.0 s with both)
 CHEAP_CODE = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
 # Where compiling dominates running, code is compiled for CHEAP_CODE: code that makes one pass over its arrays (a final
