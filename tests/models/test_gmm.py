@@ -84,9 +84,36 @@ def test_a_component_that_loses_all_its_data_stays_finite():
     np.testing.assert_allclose(result.params.means[1], 0.0, atol=1e-6)
 
 
+@pytest.mark.parametrize("covariance", ["full", "diag"])
+def test_the_m_step_in_chunks_or_at_once_is_the_closed_form(blobs, covariance):
+    """The M-step's sums over the 2,000 blobs in chunks of 300 (6 and a remainder of 200), and at once (the default
+    here: fewer than ``CHUNK_ROWS``), equal the closed form in float64 NumPy, from random responsibilities."""
+    from jaxvi.exact import DiscretePosterior
+
+    resp = np.random.default_rng(1).dirichlet(np.ones(K), len(blobs))
+    nk = resp.sum(axis=0) + 10 * np.finfo(np.float64).eps
+    means = resp.T @ blobs / nk[:, None]
+    centred = blobs[None] - means[:, None]                                                  # (K, N, D)
+    if covariance == "full":
+        cov = np.einsum("nk,knd,kne->kde", resp, centred, centred) / nk[:, None, None] + 1e-6 * np.eye(3)
+        prec_chol = np.linalg.inv(np.linalg.cholesky(cov)).transpose(0, 2, 1)
+    else:
+        prec_chol = 1 / np.sqrt(np.einsum("nk,knd->kd", resp, centred**2) / nk[:, None] + 1e-6)
+    with jax.enable_x64(True):
+        posterior = DiscretePosterior(jnp.log(resp), jnp.zeros(len(blobs)), jnp.arange(K))
+        for chunk_size in (300, None):
+            params = jaxvi.models.gmm_m_step(covariance, chunk_size=chunk_size)(None, jnp.asarray(blobs), posterior)
+            np.testing.assert_allclose(params.weights, nk / nk.sum(), rtol=1e-12)
+            np.testing.assert_allclose(params.means, means, rtol=1e-11)
+            np.testing.assert_allclose(params.prec_chol, prec_chol, rtol=1e-10, atol=1e-12)
+
+
 def test_bad_settings_and_data_are_rejected_with_a_named_argument():
     with pytest.raises(ValueError, match="covariance"):
         gaussian_mixture(2, covariance="tied")
+    for chunk_size in (0, 2.5, True):
+        with pytest.raises(ValueError, match=f"chunk_size: expected an integer >= 1 or None, got {chunk_size}"):
+            gaussian_mixture(2, chunk_size=chunk_size)
     with pytest.raises(ValueError, match=r"init: expected one of \('kmeans', 'kmeans\+\+', 'random'\), got 'spectral'"):
         gaussian_mixture(2, init="spectral")
     gm = gaussian_mixture(3)
