@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, example, given, reject, settings
 from hypothesis import strategies as st
 
 import jaxvi
@@ -19,12 +19,23 @@ def mixture_data(seed, n=120, k=3, d=2):
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 10_000), k=st.integers(1, 4), covariance=st.sampled_from(["full", "diag"]))
+@example(seed=1263, k=4, covariance="full")  # fell by 7.5e-6 of 408 nats with reg_covar=1e-6
 def test_log_evidence_never_decreases(seed, k, covariance):
+    """EM with the exact M-step never lowers log p(D): without reg_covar, as scikit-learn's own test of monotone EM
+    (reg_covar adds to every covariance, so that step is not Q's maximiser, and log p(D) can fall where a component
+    holds few data). Draws where a component collapses onto one datum are rejected: the likelihood is unbounded
+    there, and the run either stops (non-finite init or covariance) or follows it past what float64 resolves."""
     with jax.enable_x64(True):
         x = mixture_data(seed)
-        gm = gaussian_mixture(k, covariance=covariance, init="random")
-        result = jaxvi.infer(gm.model, jaxvi.EM(max_iter=30, tol=0.0, m_step=gm.m_step), x,
-                             key=jax.random.key(seed), progress=False)
+        gm = gaussian_mixture(k, covariance=covariance, init="random", reg_covar=0.0)
+        try:
+            result = jaxvi.infer(gm.model, jaxvi.EM(max_iter=30, tol=0.0, m_step=gm.m_step), x,
+                                 key=jax.random.key(seed), progress=False)
+        except (ValueError, FloatingPointError) as err:
+            if "finite" not in str(err):
+                raise
+            reject()
+        assume(float(np.min(np.sum(result.posterior(x).probs, axis=0))) >= 2.0)
         trace = np.append(np.asarray(result.trace)[: int(result.n_iter)], float(result.objective))
         assert np.all(np.diff(trace) >= -1e-9 * np.abs(trace[1:])), trace
 

@@ -88,7 +88,9 @@ def gaussian_mixture(n_components: int, *, covariance: str = "full", init: str =
         points); every datum is assigned to its nearest mean and one M-step gives the parameters. On
         iris a single ``"kmeans"`` start reaches scikit-learn's fit; two in ten ``"kmeans++"`` starts
         end in a worse optimum.
-      reg_covar: added to the diagonal of every covariance (keeps them positive definite).
+      reg_covar: added to the diagonal of every covariance (keeps them positive definite). As in scikit-learn,
+        the M-step is then not the exact maximiser of EM's Q, and log p(D) can fall by a little where a component
+        holds few data (7.5e-6 of 408 nats, a component of 3 data); with ``reg_covar=0.0`` it never falls.
       chunk_size: data per chunk in the M-step's sums (default: ``gmm_m_step``'s, by bytes).
 
     Example:
