@@ -28,6 +28,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxvi import exact
+from jaxvi.chunks import sum_accurately, sum_min_data
+from jaxvi.data import num_data
 from jaxvi.exact.enumerate import latent_values
 from jaxvi.latents import LatentParts, num_values, split_latent
 from jaxvi.run.schedule import resolution
@@ -35,9 +37,10 @@ from jaxvi import pareto
 from jaxvi.vi.objectives import particle_terms
 from jaxvi.vi.space import LatentSpace
 
-__all__ = ["Bound", "ELBOSpec", "Enumerated", "Guided", "Plain", "Summed", "elbo", "guide_elbo"]
+__all__ = ["PARTICLE_CHUNK", "Bound", "ELBOSpec", "Enumerated", "Guided", "Plain", "Summed", "elbo", "guide_elbo"]
 
 PyTree = Any
+PARTICLE_CHUNK = 2 ** 20  # particles x rows of local terms evaluated at once, above which the data go in chunks
 
 
 class Summed(NamedTuple):
@@ -115,7 +118,8 @@ def elbo(spec: ELBOSpec, model, params: PyTree, global_psi: PyTree, local_psi: P
         surrogate, bound, variance, per_datum, log_det, log_q, khat = _local(spec, model, params, None, local_psi, rows,
                                                                              key, num_particles)
         return _bound(scale * jnp.sum(surrogate) + log_prior, scale * jnp.sum(bound) + log_prior,
-                      scale * jnp.sqrt(jnp.sum(variance)), per_datum, log_det, log_q, log_prior, khat)
+                      scale * jnp.sqrt(jnp.sum(variance)), _first_bad(per_datum), log_det, log_q, log_prior, khat,
+                      num_data(rows))
 
     space = spec.global_space
 
@@ -124,18 +128,57 @@ def elbo(spec: ELBOSpec, model, params: PyTree, global_psi: PyTree, local_psi: P
         log_det = _log_det(spec.global_guide, log_det)
         surrogate, _, _, per_datum, local_det, local_q, _ = _local(spec, model, params, z_global, local_psi, rows, k, 1)
         global_prior = spec.parts.global_log_prior(params, z_global)
-        return global_prior + scale * jnp.sum(surrogate), log_det, (per_datum, global_prior, local_det, local_q)
+        first_bad = _first_bad(per_datum)
+        return global_prior + scale * jnp.sum(surrogate), log_det, (first_bad, global_prior, local_det, local_q)
 
+    def log_joints_in_chunks(u):
+        """``log_joint_at`` of every particle (a leading axis), the data in chunks of ``chunk`` rows."""
+        z_global, log_det = jax.vmap(space.constrain)(u)
+        log_det = _log_det(spec.global_guide, log_det)
+        global_prior = jax.vmap(lambda z: spec.parts.global_log_prior(params, z))(z_global)
+        data_term, first_bad = _sum_local_in_chunks(spec, model, params, z_global, rows, chunk)
+        empty = jnp.zeros((num_particles, 0), data_term.dtype)
+        return global_prior + scale * data_term, log_det, (first_bad, global_prior, empty, empty)
+
+    chunk = _particle_chunk(spec, rows, num_particles)
     keys = jax.random.split(key, num_particles + 1)
-    terms, (per_datum, global_prior, local_det, local_q) = particle_terms(
-        log_joint_at, spec.global_guide, global_psi, keys[0], num_particles, spec.estimator, inputs=keys[1:])
+    terms, (first_bad, global_prior, local_det, local_q) = particle_terms(
+        log_joint_at if chunk is None else log_joints_in_chunks, spec.global_guide, global_psi, keys[0],
+        num_particles, spec.estimator, inputs=None if chunk is not None else keys[1:], batched=chunk is not None)
     surrogate, bound = spec.estimator.estimate(terms)
     weights = terms.log_joint + terms.log_det - terms.log_q
     stderr = jnp.std(weights) / math.sqrt(num_particles)
-    return _bound(surrogate + log_prior, bound + log_prior, stderr, jnp.mean(per_datum, axis=0),
+    return _bound(surrogate + log_prior, bound + log_prior, stderr, jnp.min(first_bad),
                   jnp.concatenate([terms.log_det, jnp.ravel(local_det)]),
                   jnp.concatenate([terms.log_q, jnp.ravel(local_q)]), log_prior + jnp.mean(global_prior),
-                  _khat(weights, terms))
+                  _khat(weights, terms), num_rows=num_data(rows))
+
+
+def _particle_chunk(spec: ELBOSpec, rows: PyTree, num_particles: int) -> int | None:
+    """How many rows a chunk of the data holds when the global particles' local terms are evaluated in chunks
+    (``_sum_local_in_chunks``), or None: all rows at once. In chunks where there are several particles, more
+    particles times rows than ``PARTICLE_CHUNK`` and local terms that draw nothing (``Summed``, ``Plain``):
+    a final ELBO of 100 particles on 10^6 data otherwise holds 100 x 10^6 terms, which XLA:CPU laid out
+    particle-major and reduced over both axes in 1.85 s, against 0.34 s in chunks."""
+    if num_particles == 1 or isinstance(spec.local, Guided):
+        return None
+    chunk = max(PARTICLE_CHUNK // num_particles, 1)
+    return chunk if num_data(rows) > chunk else None
+
+
+def _sum_local_in_chunks(spec: ELBOSpec, model, params, z_global: PyTree, rows: PyTree, chunk: int
+                         ) -> tuple[jax.Array, jax.Array]:
+    """Every particle's sum over ``rows`` of its local term (``Summed`` or ``Plain``: nothing drawn) at its global
+    value (``z_global``, a leading particle axis), and every particle's first datum whose term is not finite (the
+    number of rows where all are), ``chunk`` rows at a time; the sums compensated across chunks (``sum_data``)."""
+    n = num_data(rows)
+
+    def chunk_terms(batch):
+        chunk_rows, index = batch
+        terms = jax.vmap(lambda z: _local(spec, model, params, z, None, chunk_rows, None, 1)[0])(z_global)
+        return sum_accurately(terms.T), jnp.min(jnp.where(jnp.isfinite(terms), n, index), axis=1)
+
+    return sum_min_data(chunk_terms, (rows, jnp.arange(n, dtype=jnp.int32)), chunk)
 
 
 def _local(spec: ELBOSpec, model, params, z_global, local_psi, rows, key, num_particles):
@@ -176,11 +219,19 @@ def _local(spec: ELBOSpec, model, params, z_global, local_psi, rows, key, num_pa
     return jax.vmap(one_datum)(rows, local_psi, keys)
 
 
-def _bound(surrogate, bound, stderr, per_datum, log_det, log_q, log_prior, khat) -> Bound:
-    per_datum_finite = jnp.isfinite(per_datum)
-    finite = jnp.stack([jnp.all(per_datum_finite), jnp.all(jnp.isfinite(log_det)), jnp.all(jnp.isfinite(log_q)),
+def _first_bad(per_datum: jax.Array) -> jax.Array:
+    """The first datum whose term is not finite; their number where all are."""
+    finite = jnp.isfinite(per_datum)
+    return jnp.where(jnp.all(finite), finite.shape[0], jnp.argmin(finite)).astype(jnp.int32)
+
+
+def _bound(surrogate, bound, stderr, first_bad, log_det, log_q, log_prior, khat, num_rows) -> Bound:
+    """The ``Bound``; ``first_bad``: the first datum (of ``num_rows``) whose log-joint was not finite, or
+    ``num_rows`` where all were (``first_bad_datum`` is then 0, as the argmin of an all-finite mask)."""
+    finite = jnp.stack([first_bad >= num_rows, jnp.all(jnp.isfinite(log_det)), jnp.all(jnp.isfinite(log_q)),
                         jnp.all(jnp.isfinite(log_prior))])
-    return Bound(surrogate, bound, stderr, finite, jnp.argmin(per_datum_finite).astype(jnp.int32), khat)
+    return Bound(surrogate, bound, stderr, finite, jnp.where(first_bad >= num_rows, 0, first_bad).astype(jnp.int32),
+                 khat)
 
 
 def _khat(weights: jax.Array, terms) -> jax.Array:

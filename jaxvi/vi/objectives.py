@@ -234,14 +234,18 @@ def as_estimator(estimator):
 
 
 def particle_terms(log_joint_at: Callable[..., tuple[jax.Array, jax.Array, PyTree]], guide, guide_params: PyTree,
-                   key: jax.Array, num_particles: int, estimator, inputs: PyTree = None
+                   key: jax.Array, num_particles: int, estimator, inputs: PyTree = None, batched: bool = False
                    ) -> tuple[ParticleTerms, PyTree]:
     """Draws the particles from the guide and evaluates ``log_joint_at(u) -> (log p(x, z(u)), log_det, extra)``
     at each (``log_joint_at(u, input)`` with each particle's row of ``inputs`` when given, e.g. a key per
-    particle); returns the terms and every particle's ``extra`` (stacked on a leading axis)."""
+    particle); returns the terms and every particle's ``extra`` (stacked on a leading axis). ``batched``:
+    ``log_joint_at`` takes every particle at once (a leading axis) and returns every particle's terms."""
     estimator = as_estimator(estimator)
     u, log_q = estimator.draw(guide, guide_params, key, num_particles)
-    evaluate = _over_particles(log_joint_at, num_particles, inputs)
+    if batched:
+        evaluate = log_joint_at if inputs is None else (lambda u: log_joint_at(u, inputs))
+    else:
+        evaluate = _over_particles(log_joint_at, num_particles, inputs)
     if estimator.needs_path:
         def total_weight(u):
             log_joint, log_det, extra = evaluate(u)

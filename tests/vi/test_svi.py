@@ -403,6 +403,54 @@ def test_a_non_finite_final_elbo_is_a_fault_and_the_result_is_the_last_finite_st
     np.testing.assert_array_equal(np.isfinite(np.asarray(result.trace)), True)
 
 
+def test_a_many_particle_elbo_sums_the_data_in_chunks_as_all_at_once(monkeypatch):
+    """100 particles of a global mean on 610 data, the data in chunks of 40 rows (15 and a remainder of 10:
+    ``PARTICLE_CHUNK`` lowered to 4,000 terms) against all at once: the bound and standard error of the float64 sum
+    over the same particles, and the same k-hat; and the first datum whose log-joint is not finite for some particle
+    named alike (datum 377's for the particles above 1.5, datum 500's for all)."""
+    from jaxvi.vi import elbo as elbo_module
+
+    x = np.random.default_rng(3).normal(1.5, SIGMA, 610).astype(np.float32)
+    flag = np.zeros(610, np.float32)
+    fit = jaxvi.infer(normal_model(), jaxvi.SVI(num_steps=300, learning_rate=0.05), x, key=KEY, progress=False)
+
+    def log_lik(params, z, datum):
+        bad = (datum["flag"] == 2) | ((datum["flag"] == 1) & (z["mu"] > 1.5))
+        return jnp.where(bad, jnp.nan, jax.scipy.stats.norm.logpdf(datum["x"], z["mu"], SIGMA))
+
+    model = jaxvi.Model(log_lik, normal_model().latent, lambda k, d: {})
+    spec = jaxvi.SVI().elbo_spec(model)
+
+    def evaluate(particle_chunk, flag):
+        monkeypatch.setattr(elbo_module, "PARTICLE_CHUNK", particle_chunk)
+        bound = jax.jit(lambda psi, rows: elbo_module.elbo(spec, model, {}, psi, None, rows, jax.random.key(5), 1.0,
+                                                           100))(fit.guide_params, {"x": x, "flag": flag})
+        return jax.tree_util.tree_map(np.asarray, bound)
+
+    assert elbo_module._particle_chunk(spec, {"x": x}, 100) is None  # the default: 61,000 terms, at once
+    chunked, whole = evaluate(4000, flag), evaluate(2 ** 30, flag)
+    monkeypatch.setattr(elbo_module, "PARTICLE_CHUNK", 4000)
+    assert elbo_module._particle_chunk(spec, {"x": x}, 100) == 40
+    # the same particles (the default estimator's draw from the key's first split), their weights in float64
+    u, log_q = spec.estimator.draw(spec.global_guide, fit.guide_params, jax.random.split(jax.random.key(5), 101)[0],
+                                   100)
+    mu = np.asarray(u["mu"] if isinstance(u, dict) else u, np.float64).reshape(100)
+    weights = (scipy.stats.norm.logpdf(mu, PRIOR_MEAN, PRIOR_SD) - np.asarray(log_q, np.float64)
+               + scipy.stats.norm.logpdf(x.astype(np.float64)[:, None], mu, SIGMA).sum(axis=0))
+    assert np.any(mu > 1.5) and np.any(mu <= 1.5)  # datum 377's log-joint is finite for some particles only
+    for bound in chunked, whole:
+        np.testing.assert_allclose(bound.bound, weights.mean(), rtol=1e-6)
+        np.testing.assert_allclose(bound.stderr, weights.std() / 10, rtol=1e-3)  # the weights' spread: 1e-4 of them
+        assert bool(np.all(bound.finite))
+    np.testing.assert_allclose(chunked.khat, whole.khat, atol=1e-3)  # PSIS's fit to the same weights, a rounding apart
+    flag[377], flag[500] = 1, 2
+    for bound in evaluate(4000, flag), evaluate(2 ** 30, flag):
+        assert not bound.finite[0] and int(bound.first_bad_datum) == 377
+    flag[377] = 0
+    for bound in evaluate(4000, flag), evaluate(2 ** 30, flag):
+        assert not bound.finite[0] and int(bound.first_bad_datum) == 500
+
+
 def test_after_a_minibatch_fault_the_result_is_the_last_finite_state_with_its_per_datum_guides():
     """Per-datum q_i on minibatches of 10 of 50: a NaN log-joint for datum 7 once the shared shift passes 0.3.
     The run keeps the last finite state at the cost of the batch's rows; err.result is that state exactly."""
