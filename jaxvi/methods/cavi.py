@@ -431,7 +431,7 @@ class CAVI:
         params = model.init(init_key, data) if params is None else params
         structure = _structure(model)
         dtype = float_dtype(data)
-        factors, _ = self._prior_factors(structure, params, dtype)
+        factors, _ = self._prior_factors(structure, params, dtype, checked=False)
         scale = 1.0
         if self.batch_size is not None:  # the first global updates from the first minibatch, scaled to all the data
             scale = (num_data_of(data) if num_data is None else num_data) / min(self.batch_size, num_data_of(data))
@@ -443,17 +443,19 @@ class CAVI:
         return CAVIState(params, factors, params, factors, minus_inf, jnp.zeros((), dtype), local,
                          jnp.zeros((), jnp.int32))
 
-    def _prior_factors(self, structure: _Structure, params, dtype) -> tuple[tuple, jax.Array]:
+    def _prior_factors(self, structure: _Structure, params, dtype, checked: bool = True) -> tuple[tuple, jax.Array]:
         """Every factor's prior, its natural parameters read off ``log_prior`` (the others at their reference
-        members), and the reads' linearity residuals."""
+        members), and the reads' linearity residuals: checked at one point more than a read needs, values
+        included; unchecked (``checked=False``, the fit's start, after ``check`` has checked them), at as few
+        points as determine them, gradients only (the residuals are then the gradients' alone)."""
         references = _references(structure, dtype)
         rules = structure.rules(references)
         factors, residuals = [], []
         for j, f in enumerate(structure.factors):
             prior = lambda z_j, j=j: expfam.expect_product(  # noqa: E731
                 lambda *others: structure.log_prior(params, _insert(others, j, z_j)), tuple(_drop(rules, j)))
-            eta, _, residual = expfam.natural_parameters(prior, f.family, f.family.points(references[j],
-                                                                                          f.read_points + 1))
+            points = f.family.points(references[j], f.read_points + 1 if checked else f.read_points)
+            eta, _, residual = expfam.natural_parameters(prior, f.family, points, values=checked)
             factors.append(tuple(e.astype(dtype) for e in eta))
             residuals.append(jnp.maximum(*residual))
         return tuple(factors), jnp.stack(residuals) if residuals else jnp.zeros((0,), dtype)
