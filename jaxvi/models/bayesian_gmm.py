@@ -34,21 +34,17 @@ def wishart_log_prob(precision: jax.Array, dof, scale_inverse: jax.Array) -> jax
             - multigammaln(0.5 * dof, d))
 
 
-def _normal_log_prob(x, mean, precision):
-    d = x.shape[-1]
-    diff = x - mean
-    return 0.5 * (jnp.linalg.slogdet(precision)[1] - diff @ precision @ diff - d * jnp.log(2 * jnp.pi))
-
-
-def _normal_log_prob_expanded(x, mean, precision, center):
-    r""":math:`\log N(x \mid \mu, \Lambda^{-1})` with the quadratic form expanded about a fixed ``center`` c
-    (:math:`\tilde x = x - c`, :math:`\tilde\mu = \mu - c`):
+def _normal_log_prob(x, mean, precision, center=None):
+    r""":math:`\log N(x \mid \mu, \Lambda^{-1})`, the quadratic form expanded about a fixed ``center`` c (default
+    :math:`\mu`; :math:`\tilde x = x - c`, :math:`\tilde\mu = \mu - c`):
     :math:`\tilde x^T \Lambda \tilde x - 2 \tilde x^T \Lambda \tilde\mu + \tilde\mu^T \Lambda \tilde\mu`. Evaluated for
-    every datum and component, :math:`\tilde x^T \Lambda_k` is one product of the data with all the components'
-    precisions (N x D by D x KD) and :math:`\Lambda_k \tilde\mu_k` is computed once, where :math:`x - \mu_k` would
-    make the data's product with each component's precision a small product of its own (K products of N x D by
-    D x D), in the gradients too. Centred on the data's mean, the terms stay of the size of the data's spread."""
+    every datum and component with c fixed, :math:`\tilde x^T \Lambda_k` is one product of the data with all the
+    components' precisions (N x D by D x KD) and :math:`\Lambda_k \tilde\mu_k` is computed once, where
+    :math:`x - \mu_k` would make the data's product with each component's precision a small product of its own
+    (K products of N x D by D x D), in the gradients too. Centred on the data's mean, the terms stay of the size
+    of the data's spread."""
     d = x.shape[-1]
+    center = mean if center is None else center
     xc, mc = x - center, mean - center
     quadratic = xc @ precision @ xc - 2 * xc @ (precision @ mc) + mc @ precision @ mc
     return 0.5 * (jnp.linalg.slogdet(precision)[1] - quadratic - d * jnp.log(2 * jnp.pi))
@@ -87,7 +83,7 @@ def bayesian_gaussian_mixture(data, K: int, covariance: str = "full", *, weight_
     if covariance == "diag" and cov.ndim == 2:
         cov = np.diag(cov)
     psi0 = jnp.asarray(cov, dtype)
-    center = jnp.asarray(x.mean(0), dtype)  # the likelihood's expansion point (_normal_log_prob_expanded)
+    center = jnp.asarray(x.mean(0), dtype)  # the likelihood's expansion point (_normal_log_prob)
 
     if covariance == "full":
         components = NormalWishart(d, (K,))
@@ -99,7 +95,7 @@ def bayesian_gaussian_mixture(data, K: int, covariance: str = "full", *, weight_
             return jnp.sum(jax.vmap(one)(means, precisions))
 
         def component_log_likelihood(x, mean_k, precision_k):
-            return _normal_log_prob_expanded(x, mean_k, precision_k, center)
+            return _normal_log_prob(x, mean_k, precision_k, center)
     else:
         components = NormalGamma((K, d))
         shape0, rate0 = 0.5 * nu0, 0.5 * psi0   # Normal-Gamma: the Wishart with d = 1 per dimension

@@ -123,19 +123,20 @@ def elbo(spec: ELBOSpec, model, params: PyTree, global_psi: PyTree, local_psi: P
 
     space = spec.global_space
 
-    def log_joint_at(u, k):
+    def global_terms(u):
+        """A particle's global value, its log-Jacobian and its log prior."""
         z_global, log_det = space.constrain(u)
-        log_det = _log_det(spec.global_guide, log_det)
+        return z_global, _log_det(spec.global_guide, log_det), spec.parts.global_log_prior(params, z_global)
+
+    def log_joint_at(u, k):
+        z_global, log_det, global_prior = global_terms(u)
         surrogate, _, _, per_datum, local_det, local_q, _ = _local(spec, model, params, z_global, local_psi, rows, k, 1)
-        global_prior = spec.parts.global_log_prior(params, z_global)
         first_bad = _first_bad(per_datum)
         return global_prior + scale * jnp.sum(surrogate), log_det, (first_bad, global_prior, local_det, local_q)
 
     def log_joints_in_chunks(u):
         """``log_joint_at`` of every particle (a leading axis), the data in chunks of ``chunk`` rows."""
-        z_global, log_det = jax.vmap(space.constrain)(u)
-        log_det = _log_det(spec.global_guide, log_det)
-        global_prior = jax.vmap(lambda z: spec.parts.global_log_prior(params, z))(z_global)
+        z_global, log_det, global_prior = jax.vmap(global_terms)(u)
         data_term, first_bad = _sum_local_in_chunks(spec, model, params, z_global, rows, chunk)
         empty = jnp.zeros((num_particles, 0), data_term.dtype)
         return global_prior + scale * data_term, log_det, (first_bad, global_prior, empty, empty)
@@ -228,10 +229,10 @@ def _first_bad(per_datum: jax.Array) -> jax.Array:
 def _bound(surrogate, bound, stderr, first_bad, log_det, log_q, log_prior, khat, num_rows) -> Bound:
     """The ``Bound``; ``first_bad``: the first datum (of ``num_rows``) whose log-joint was not finite, or
     ``num_rows`` where all were (``first_bad_datum`` is then 0, as the argmin of an all-finite mask)."""
-    finite = jnp.stack([first_bad >= num_rows, jnp.all(jnp.isfinite(log_det)), jnp.all(jnp.isfinite(log_q)),
+    all_finite = first_bad >= num_rows
+    finite = jnp.stack([all_finite, jnp.all(jnp.isfinite(log_det)), jnp.all(jnp.isfinite(log_q)),
                         jnp.all(jnp.isfinite(log_prior))])
-    return Bound(surrogate, bound, stderr, finite, jnp.where(first_bad >= num_rows, 0, first_bad).astype(jnp.int32),
-                 khat)
+    return Bound(surrogate, bound, stderr, finite, jnp.where(all_finite, 0, first_bad).astype(jnp.int32), khat)
 
 
 def _khat(weights: jax.Array, terms) -> jax.Array:
