@@ -18,7 +18,7 @@ from jax import lax
 
 from jaxvi.data import num_data
 
-__all__ = ["equal_chunk_size", "kahan_add", "map_data", "minibatch", "sum_accurately", "sum_data", "sum_min_data",
+__all__ = ["equal_chunk_size", "kahan_add", "map_chunks", "map_data", "minibatch", "sum_accurately", "sum_data", "sum_min_data",
            "num_data"]
 
 PyTree = Any
@@ -44,13 +44,20 @@ def map_data(fn: Callable[[PyTree], PyTree], data: PyTree, chunk_size: int) -> P
     Returns:
       ``fn``'s outputs stacked along a new leading axis of size N.
     """
+    return map_chunks(jax.vmap(fn), data, chunk_size)
+
+
+def map_chunks(fn: Callable[[PyTree], PyTree], data: PyTree, chunk_size: int) -> PyTree:
+    """``fn(data)`` for a function ``fn`` of a chunk of data (every leaf's leading axis the chunk's data, and the
+    same of its outputs), computed ``chunk_size`` data at a time: ``map_data`` of a function that works on a whole
+    chunk at once (and may decide once per chunk, e.g. with a ``lax.cond``)."""
     chunks, tail = _chunks(data, chunk_size)
     if chunks is None:  # one chunk: no loop to compile
-        return jax.vmap(fn)(data)
-    out = lax.map(jax.vmap(fn), chunks)
+        return fn(data)
+    out = lax.map(fn, chunks)
     out = jax.tree_util.tree_map(lambda a: jnp.swapaxes(a, 0, 1).reshape(-1, *a.shape[2:]), out)
     if tail is not None:
-        out = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b]), out, jax.vmap(fn)(tail))
+        out = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b]), out, fn(tail))
     return out
 
 

@@ -46,7 +46,7 @@ from jax import lax
 
 from jaxvi import exact
 from jaxvi._xla import batched_lapack_may_deadlock
-from jaxvi.chunks import map_data, num_data as num_data_of, sum_data
+from jaxvi.chunks import map_chunks, map_data, num_data as num_data_of, sum_data
 from jaxvi.latents import Gaussian, Markov, exact_family, is_spec, split_latent
 from jaxvi.methods.common import batch_rows, final_fault, float_dtype, full_data, sum_accurately
 from jaxvi.methods.em import gradient_m_step
@@ -661,14 +661,19 @@ class CAVI:
     def _fit_local_factors(self, layout, expected, params, data, start, dtype):
         """(every datum's local bound, the fitted ``LocalFactors``): the local factors swept from ``start`` (carried
         natural parameters) to ``local_tol``, given the global factors' rules in ``expected``."""
-        def datum(x, carried):
-            fn, counts = layout.datum_joint(expected, params, x), layout.multiplicities(x)
-            carried = local_factors.fit(layout, fn, carried, self.local_tol, self.local_max_iter, dtype, counts)
-            etas = local_factors.complete(layout, fn, carried, dtype, counts)
-            return local_factors.bound(layout, fn, etas, counts), carried
+        def joint(x):
+            return layout.datum_joint(expected, params, x)
 
-        bounds, carried = map_data(lambda chunk: datum(*chunk), (data, start),
-                                   layout.chunk_size(self.chunk_size, num_data_of(data)))
+        def datum_bound(x, carried):
+            fn, counts = joint(x), layout.multiplicities(x)
+            return local_factors.bound(layout, fn, local_factors.complete(layout, fn, carried, dtype, counts), counts)
+
+        def chunk(pair):
+            x, carried = pair
+            carried = local_factors.fit_chunk(layout, joint, x, carried, self.local_tol, self.local_max_iter, dtype)
+            return jax.vmap(datum_bound)(x, carried), carried
+
+        bounds, carried = map_chunks(chunk, (data, start), layout.chunk_size(self.chunk_size, num_data_of(data)))
         return bounds, self._local_factors(layout, expected, params, carried, dtype)
 
     def _factor_function(self, model, structure, params, factors, data, post, j, scale=1.0):

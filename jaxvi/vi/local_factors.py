@@ -13,6 +13,17 @@ own, all of them vmapped. Each update raises the datum's bound
 The first local factor is never stored: a sweep begins by setting it from the others (``complete``). For LDA
 that is the per-token assignments, so what a fit carries between iterations is a document's topic proportions
 (N x K), not its tokens' assignments (N x L x K); the assignments are recomputed where they are needed.
+
+Where the first factor is a categorical plate (LDA's assignments) its probabilities
+:math:`\phi_{nk} \propto \exp \eta_{nk}` cost an exponential per entry and category in every sweep, most of a
+sweep. When the plate's entries meet the other factors alike, :math:`\eta_{nk}(t) = a_{nk} + s_k(t)` (t the
+others' expected statistics; LDA: :math:`a_{nk} = E[\log \beta_{k w_n}]`, :math:`s_k = E[\log\theta_k]`), a
+datum's sweeps run in exp space instead, as scikit-learn's and gensim's hand-written E-steps do:
+:math:`\phi_{nk} \propto e^{\eta_{nk}(t_0)}\, e^{s_k(t) - s_k(t_0)}`, the first factor's natural parameters
+read once in full and then one row of them per sweep (K exponentials instead of L x K). That the plate meets
+the others alike is not assumed: it is checked on every datum, after its first sweep and at the start of its
+last (``_shared``), and a chunk with a datum where it fails (or where exp space under- or overflows) is fitted
+again by the sweeps above (``fit_chunk``). Both give the same sweeps, to rounding.
 """
 from __future__ import annotations
 
@@ -27,11 +38,13 @@ from jaxvi.latents import EXPONENTIAL_FAMILY_SPECS, Global, is_spec
 from jaxvi.vi import expfam
 from jaxvi.vi.factors import factor_spec
 
-__all__ = ["LocalFactors", "LocalLayout", "bound", "complete", "fit", "local_layout", "read", "reference"]
+__all__ = ["LocalFactors", "LocalLayout", "bound", "complete", "fit", "fit_chunk", "local_layout", "read",
+           "reference"]
 
 PyTree = Any
 DatumJoint = Callable[[tuple], jax.Array]  # every local factor's value (its family's layout) -> log-joint of one datum
 WORKING_SET = 2 ** 18  # numbers: the local natural parameters of a chunk of data fitted at once (1 MiB in float32)
+SHARED_TOLERANCE = 1000  # epsilons of the dtype, relative: a plate's entries meet the other factors alike within this
 
 
 class LocalLayout(NamedTuple):
@@ -127,15 +140,18 @@ def reference(layout: LocalLayout, n: int, dtype) -> tuple:
                            for f in layout.factors[1:])
 
 
-def read(layout: LocalLayout, fn: DatumJoint, etas: tuple, j: int, dtype, counts: tuple, checked: bool = False
-         ) -> tuple[tuple, jax.Array]:
+def read(layout: LocalLayout, fn: DatumJoint, etas: tuple, j: int, dtype, counts: tuple, checked: bool = False,
+         first_probs: jax.Array | None = None) -> tuple[tuple, jax.Array]:
     r"""``(eta_j, residual)``: local factor j's optimum given the others (``etas``, one datum's natural parameters;
     ``etas[j]`` only places the read's points, the reference member where None), the coefficients of
     :math:`E_{q_{-j}}[fn]` in :math:`T_j` (per copy, for an entry of multiplicity ``counts[j]`` > 0; 0 where
     it is 0), and the read's linearity residual (``checked``: read at one point more than the family needs, so
-    the residual tests the linearity, and that a plate's entries enter on their own)."""
+    the residual tests the linearity, and that a plate's entries enter on their own). ``first_probs``: a
+    categorical first factor given by its probabilities instead of ``etas[0]`` (its expectation's one node)."""
     factor = layout.factors[j]
-    others = [expfam.quadrature(f.family, eta) for k, (f, eta) in enumerate(zip(layout.factors, etas)) if k != j]
+    others = [expfam.Quadrature(first_probs[None], None, jnp.zeros((), dtype))
+              if k == 0 and first_probs is not None else expfam.quadrature(f.family, eta)
+              for k, (f, eta) in enumerate(zip(layout.factors, etas)) if k != j]
 
     def of_factor(z_j):
         return expfam.expect_product(lambda *zs: fn(zs[:j] + (z_j,) + zs[j:]), tuple(others))
@@ -186,6 +202,99 @@ def fit(layout: LocalLayout, fn: DatumJoint, carried: tuple, tol, max_iter: int,
 
     _, carried, _ = lax.while_loop(more, body, (jnp.zeros((), jnp.int32), carried, jnp.array(jnp.inf, dtype)))
     return carried
+
+
+def shares_coupling(layout: LocalLayout) -> bool:
+    """Whether the sweeps may run in exp space (static): the first factor is a categorical plate (one axis of
+    more than one entry) and there are other factors to sweep. Whether its entries do meet the others alike is
+    checked per datum as the sweeps run (``_shared``)."""
+    first = layout.factors[0]
+    return (len(layout.factors) > 1 and first.family is expfam.CATEGORICAL and len(first.batch_shape) == 1
+            and first.batch_shape[0] > 1)
+
+
+class _Plate(NamedTuple):
+    """The first factor of a datum (a categorical plate) at its start ``t0``: its natural parameters ``start``
+    (L, K), and ``basis`` = exp(start - its maximum per entry), the unnormalised probabilities."""
+
+    start: jax.Array
+    basis: jax.Array
+
+
+def _first_row(layout: LocalLayout, fn: DatumJoint, carried: tuple, dtype, counts: tuple) -> jax.Array:
+    """The first entry's natural parameters of the first factor given the carried others (K,): the read of one
+    row (the entries of a conjugate plate enter on their own, so the compiler computes this row alone)."""
+    return read(layout, fn, carried, 0, dtype, counts)[0][0][0]
+
+
+def _exp_sweep(layout: LocalLayout, fn: DatumJoint, carried: tuple, dtype, counts: tuple, plate: _Plate) -> tuple:
+    r"""``_sweep`` in exp space: :math:`\phi_{nk} \propto` ``basis`` :math:`\cdot\, e^{s_k(t) - s_k(t_0)}`, the shift
+    read off the first entry, then every other factor read given :math:`\phi`."""
+    shift = _first_row(layout, fn, carried, dtype, counts) - plate.start[0]
+    weights = jnp.exp(shift - jnp.max(shift))
+    probs = plate.basis * (weights / (plate.basis @ weights)[:, None])
+    etas = list(carried)
+    for j in range(1, len(etas)):
+        etas[j], _ = read(layout, fn, tuple(etas), j, dtype, counts, first_probs=probs)
+    return (None,) + tuple(etas[1:])
+
+
+def _shared(layout: LocalLayout, fn: DatumJoint, carried: tuple, dtype, counts: tuple, plate: _Plate) -> jax.Array:
+    r"""Whether, at the carried others t, the first factor's natural parameters (read in full) are
+    :math:`\eta(t_0) + s(t) - s(t_0)` on every entry of multiplicity > 0 (the shift that of the first entry), to
+    ``SHARED_TOLERANCE`` epsilons of their size: the exp-space sweep from t is then the sweep. False where
+    anything is not finite."""
+    full = read(layout, fn, carried, 0, dtype, counts)[0][0]
+    error = jnp.abs(full - plate.start - (full[0] - plate.start[0]))
+    if counts[0] is not None:
+        error = jnp.where(counts[0][:, None] > 0, error, 0.0)
+    scale = jnp.max(jnp.abs(full)) + jnp.max(jnp.abs(plate.start)) + 1.0
+    return jnp.max(error) <= SHARED_TOLERANCE * jnp.finfo(dtype).eps * scale
+
+
+def _fit_shared(layout: LocalLayout, fn: DatumJoint, carried: tuple, tol, max_iter: int, dtype, counts: tuple
+                ) -> tuple[tuple, jax.Array]:
+    """``(carried, ok)``: ``fit`` by exp-space sweeps, and whether they were the sweeps (``_shared`` after the
+    first sweep, which stops the rest where it fails, and at the start of the last)."""
+    eta = read(layout, fn, carried, 0, dtype, counts)[0][0]
+    plate = _Plate(eta, jnp.exp(eta - jnp.max(eta, axis=-1, keepdims=True)))
+    first = _exp_sweep(layout, fn, carried, dtype, counts, plate)
+    ok = _shared(layout, fn, first, dtype, counts, plate)
+
+    def body(state):
+        count, _, old, _ = state
+        new = _exp_sweep(layout, fn, old, dtype, counts, plate)
+        return count + 1, old, new, _mean_change(old, new)
+
+    def more(state):
+        count, _, _, change = state
+        return ok & (count < max_iter) & ~(change < tol) & jnp.isfinite(change)
+
+    state = (jnp.ones((), jnp.int32), carried, first, _mean_change(carried, first))
+    _, previous, carried, change = lax.while_loop(more, body, state)
+    return carried, ok & jnp.isfinite(change) & _shared(layout, fn, previous, dtype, counts, plate)
+
+
+def _unless(ok: jax.Array, fallback: Callable[[], PyTree], value: PyTree) -> PyTree:
+    """``value`` if ``ok``, else ``fallback()``: a loop run once or never, which stays a loop under ``vmap`` (a
+    ``lax.cond`` there becomes a select, and runs both)."""
+    return lax.while_loop(lambda state: ~state[0], lambda state: (jnp.ones((), bool), fallback()), (ok, value))[1]
+
+
+def fit_chunk(layout: LocalLayout, joint: Callable[[PyTree], DatumJoint], data: PyTree, carried: tuple, tol,
+              max_iter: int, dtype) -> tuple:
+    """``fit`` of every datum of a chunk (``data`` and ``carried`` with the chunk's data in front; ``joint(x)``
+    one datum's ``DatumJoint``): in exp space where ``shares_coupling`` allows, the whole chunk fitted again by
+    the plain sweeps if a datum's check fails."""
+    def plain():
+        return jax.vmap(lambda x, c: fit(layout, joint(x), c, tol, max_iter, dtype, layout.multiplicities(x)))(
+            data, carried)
+
+    if not shares_coupling(layout):
+        return plain()
+    fitted, ok = jax.vmap(lambda x, c: _fit_shared(layout, joint(x), c, tol, max_iter, dtype,
+                                                   layout.multiplicities(x)))(data, carried)
+    return _unless(jnp.all(ok), plain, fitted)
 
 
 def bound(layout: LocalLayout, fn: DatumJoint, etas: tuple, counts: tuple) -> jax.Array:

@@ -331,6 +331,89 @@ def test_topics_of_a_corpus_drawn_from_lda_are_recovered():
     assert distance[rows, columns].max() < 0.1, distance[rows, columns]
 
 
+def weighted_lda(docs, weights):
+    """LDA whose every distinct word also carries a weight w_n on log theta, sum_n c_n z_n . (w_n log theta +
+    log beta_{w_n}): conjugate, but the plate's entries meet theta unalike (all alike where every w_n is 1)."""
+    base = lda(docs, K, V)
+
+    def log_joint(params, z, x):
+        ids, counts, w = x
+        log_beta = jnp.log(z["topics"][:, ids]).T
+        words = jnp.sum(counts[:, None] * z["assignments"] * (w[:, None] * jnp.log(z["proportions"]) + log_beta))
+        return words + jax.scipy.stats.dirichlet.logpdf(z["proportions"], jnp.full(K, 1.0 / K))
+
+    latent = dict(base.latent, assignments=jaxvi.OneHot(K, (docs[0].shape[1],), multiplicity=lambda x: x[1]))
+    return jaxvi.Model(log_joint, latent, base.init), (*docs, weights)
+
+
+def numpy_weighted_e_step(counts, weights, topic_concentration, alpha, tol, max_iter):
+    """``numpy_e_step`` with every distinct word's weight on E[log theta] (weights aligned with np.flatnonzero)."""
+    e_log_beta = expected_log(topic_concentration)
+    gammas = []
+    for doc, w in zip(counts, weights):
+        words = np.flatnonzero(doc)
+        gamma = np.ones(K)
+        for _ in range(max_iter):
+            log_phi = w[:len(words)] * expected_log(gamma)[:, None] + e_log_beta[:, words]
+            phi = np.exp(log_phi - special.logsumexp(log_phi, axis=0))
+            new = alpha + phi @ (doc[words] * w[:len(words)])
+            change, gamma = np.mean(np.abs(new - gamma)), new
+            if change < tol:
+                break
+        gammas.append(gamma)
+    return np.stack(gammas)
+
+
+def test_sweeps_in_exp_space_are_checked_and_a_plate_met_unalike_is_swept_plainly(corpus):
+    """A document's sweeps run in exp space (one row of the assignments' natural parameters read per sweep)
+    only where every word meets theta alike. With per-word weights on log theta it does not: the check refuses
+    those documents, alone or vmapped beside documents that pass it, and the plain sweeps fit them; every
+    document's gamma is NumPy's log-space E-step's (per-word weights, and weights of 1: plain LDA)."""
+    from jaxvi.methods.cavi import _structure
+    from jaxvi.vi import local_factors
+
+    _, counts = corpus
+    counts = counts[:12]
+    rng = np.random.default_rng(5)
+    with jax.enable_x64(True):
+        docs = bag_of_words(counts, np.float64, length=V)
+        weights = np.where(docs[1] > 0, rng.uniform(0.5, 2.0, docs[1].shape), 0.0)
+        topic_concentration = rng.gamma(2.0, 1.0, (K, V))
+        alpha, tol, max_iter = 1.0 / K, 1e-10, 500
+        gammas = {}
+        for name, w in (("alike", np.where(docs[1] > 0, 1.0, 0.0)), ("unalike", weights)):
+            model, data = weighted_lda(docs, w)
+            structure = _structure(model)
+            layout = structure.local_factors
+            expected = structure.expected_log_joint(model, structure.rules(((jnp.asarray(topic_concentration - 1),),)))
+            data = tuple(jnp.asarray(a) for a in data)
+            start = local_factors.reference(layout, len(counts), jnp.float64)
+
+            def exp_space(x, carried):
+                return local_factors._fit_shared(layout, layout.datum_joint(expected, {}, x), carried, tol, max_iter,
+                                                 jnp.float64, layout.multiplicities(x))
+
+            checked = np.asarray(jax.vmap(exp_space)(data, start)[1])
+            assert checked.all() if name == "alike" else not checked.any(), (name, checked)
+
+            def fit(x, carried):
+                return local_factors.fit_chunk(layout, lambda d: layout.datum_joint(expected, {}, d), x, carried, tol,
+                                               max_iter, jnp.float64)[1][0] + 1.0
+
+            gammas[name] = np.asarray(fit(data, start))
+            numpy = numpy_weighted_e_step(counts, np.asarray(data[2]), topic_concentration, alpha, tol, max_iter)
+            np.testing.assert_allclose(gammas[name], numpy, rtol=1e-9)
+            if name == "alike":
+                np.testing.assert_allclose(numpy, numpy_e_step(counts, topic_concentration, alpha, tol, max_iter),
+                                           rtol=1e-12)
+                alike_data = data
+        # vmapped over two corpora, one checked in exp space and one refused: each its own E-step
+        both = jax.tree_util.tree_map(lambda a, b: jnp.stack([a, b]), alike_data, data)
+        stacked = jax.vmap(fit, in_axes=(0, None))(both, start)
+        np.testing.assert_allclose(np.asarray(stacked[0]), gammas["alike"], rtol=1e-12)
+        np.testing.assert_allclose(np.asarray(stacked[1]), gammas["unalike"], rtol=1e-12)
+
+
 @pytest.mark.parametrize("extra, name", [
     (lambda z: jnp.sum(z["proportions"] ** 2), r"local factor z\['proportions'\]"),
     (lambda z: jnp.sum(z["assignments"][1:] * z["assignments"][:-1]), r"local factor z\['assignments'\]"),
