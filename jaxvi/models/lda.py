@@ -107,7 +107,8 @@ def lda(docs, K: int, V: int, *, doc_topic_prior=None, topic_word_prior=None) ->
         word_ids, word_counts = x
         log_theta = jnp.log(z["proportions"])                               # (K,)
         log_beta = jnp.log(z["topics"][:, word_ids]).T                      # (L, K)
-        words = jnp.sum(word_counts[:, None] * z["assignments"] * (log_theta + log_beta))
+        words = (jnp.einsum("n,nk,k->", word_counts, z["assignments"], log_theta)
+                 + jnp.einsum("n,nk,nk->", word_counts, z["assignments"], log_beta))
         return words + _dirichlet_log_prob(log_theta, alpha)
 
     latent = {"assignments": OneHot(K, (ids.shape[1],), multiplicity=lambda x: x[1]),
