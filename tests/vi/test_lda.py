@@ -367,7 +367,8 @@ def numpy_weighted_e_step(counts, weights, topic_concentration, alpha, tol, max_
 def test_sweeps_in_exp_space_are_checked_and_a_plate_met_unalike_is_swept_plainly(corpus):
     """A document's sweeps run in exp space (one row of the assignments' natural parameters read per sweep)
     only where every word meets theta alike. With per-word weights on log theta it does not: the check refuses
-    those documents, alone or vmapped beside documents that pass it, and the plain sweeps fit them; every
+    those documents, and the plain sweeps fit their chunk (half of it weighted), alone or vmapped beside a corpus
+    that passes it; every
     document's gamma is NumPy's log-space E-step's (per-word weights, and weights of 1: plain LDA)."""
     from jaxvi.methods.cavi import _structure
     from jaxvi.vi import local_factors
@@ -377,39 +378,40 @@ def test_sweeps_in_exp_space_are_checked_and_a_plate_met_unalike_is_swept_plainl
     rng = np.random.default_rng(5)
     with jax.enable_x64(True):
         docs = bag_of_words(counts, np.float64, length=V)
-        weights = np.where(docs[1] > 0, rng.uniform(0.5, 2.0, docs[1].shape), 0.0)
         topic_concentration = rng.gamma(2.0, 1.0, (K, V))
         alpha, tol, max_iter = 1.0 / K, 1e-10, 500
-        gammas = {}
-        for name, w in (("alike", np.where(docs[1] > 0, 1.0, 0.0)), ("unalike", weights)):
-            model, data = weighted_lda(docs, w)
-            structure = _structure(model)
-            layout = structure.local_factors
-            expected = structure.expected_log_joint(model, structure.rules(((jnp.asarray(topic_concentration - 1),),)))
-            data = tuple(jnp.asarray(a) for a in data)
-            start = local_factors.reference(layout, len(counts), jnp.float64)
+        weights = {"alike": np.where(docs[1] > 0, 1.0, 0.0),
+                   "unalike": np.where(docs[1] > 0, rng.uniform(0.5, 2.0, docs[1].shape), 0.0)}
+        weights["unalike"][6:] = weights["alike"][6:]  # half the documents weighted: the chunk is fitted again
+        model, _ = weighted_lda(docs, weights["alike"])  # the weights are data: one model, one compiled fit
+        structure = _structure(model)
+        layout = structure.local_factors
+        expected = structure.expected_log_joint(model, structure.rules(((jnp.asarray(topic_concentration - 1),),)))
+        start = local_factors.reference(layout, len(counts), jnp.float64)
 
-            def exp_space(x, carried):
-                return local_factors._fit_shared(layout, layout.datum_joint(expected, {}, x), carried, tol, max_iter,
-                                                 jnp.float64, layout.multiplicities(x))
+        def fit(data):
+            """(every document's exp-space check, every document's gamma after fit_chunk)."""
+            checks = jax.vmap(lambda x, c: local_factors._fit_shared(
+                layout, layout.datum_joint(expected, {}, x), c, tol, max_iter, jnp.float64,
+                layout.multiplicities(x))[1])(data, start)
+            fitted = local_factors.fit_chunk(layout, lambda x: layout.datum_joint(expected, {}, x), data, start, tol,
+                                             max_iter, jnp.float64)
+            return checks, fitted[1][0] + 1.0
 
-            checked = np.asarray(jax.vmap(exp_space)(data, start)[1])
-            assert checked.all() if name == "alike" else not checked.any(), (name, checked)
-
-            def fit(x, carried):
-                return local_factors.fit_chunk(layout, lambda d: layout.datum_joint(expected, {}, d), x, carried, tol,
-                                               max_iter, jnp.float64)[1][0] + 1.0
-
-            gammas[name] = np.asarray(fit(data, start))
-            numpy = numpy_weighted_e_step(counts, np.asarray(data[2]), topic_concentration, alpha, tol, max_iter)
+        data = {name: (*(jnp.asarray(a) for a in docs), jnp.asarray(w)) for name, w in weights.items()}
+        compiled, gammas = jax.jit(fit), {}
+        for name, w in weights.items():
+            checks, gamma = compiled(data[name])
+            np.testing.assert_array_equal(checks, np.arange(len(counts)) >= (0 if name == "alike" else 6))
+            gammas[name] = np.asarray(gamma)
+            numpy = numpy_weighted_e_step(counts, w, topic_concentration, alpha, tol, max_iter)
             np.testing.assert_allclose(gammas[name], numpy, rtol=1e-9)
-            if name == "alike":
-                np.testing.assert_allclose(numpy, numpy_e_step(counts, topic_concentration, alpha, tol, max_iter),
-                                           rtol=1e-12)
-                alike_data = data
-        # vmapped over two corpora, one checked in exp space and one refused: each its own E-step
-        both = jax.tree_util.tree_map(lambda a, b: jnp.stack([a, b]), alike_data, data)
-        stacked = jax.vmap(fit, in_axes=(0, None))(both, start)
+        np.testing.assert_allclose(gammas["alike"], numpy_e_step(counts, topic_concentration, alpha, tol, max_iter),
+                                   rtol=1e-9)
+        # vmapped over the two corpora, one checked in exp space and one refused: each its own E-step
+        both = jax.tree_util.tree_map(lambda a, b: jnp.stack([a, b]), data["alike"], data["unalike"])
+        checks, stacked = jax.jit(jax.vmap(fit))(both)
+        np.testing.assert_array_equal(checks, [[True] * 12, [False] * 6 + [True] * 6])
         np.testing.assert_allclose(np.asarray(stacked[0]), gammas["alike"], rtol=1e-12)
         np.testing.assert_allclose(np.asarray(stacked[1]), gammas["unalike"], rtol=1e-12)
 
