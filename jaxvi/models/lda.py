@@ -107,6 +107,7 @@ def lda(docs, K: int, V: int, *, doc_topic_prior=None, topic_word_prior=None) ->
         word_ids, word_counts = x
         log_theta = jnp.log(z["proportions"])                               # (K,)
         log_beta = jnp.log(z["topics"][:, word_ids]).T                      # (L, K)
+        # two contractions, not one product summed: their gradients in CAVI's sweeps are matrix-vector products
         words = (jnp.einsum("n,nk,k->", word_counts, z["assignments"], log_theta)
                  + jnp.einsum("n,nk,nk->", word_counts, z["assignments"], log_beta))
         return words + _dirichlet_log_prob(log_theta, alpha)

@@ -22,8 +22,13 @@ datum's sweeps run in exp space instead, as scikit-learn's and gensim's hand-wri
 :math:`\phi_{nk} \propto e^{\eta_{nk}(t_0)}\, e^{s_k(t) - s_k(t_0)}`, the first factor's natural parameters
 read once in full and then one row of them per sweep (K exponentials instead of L x K). That the plate meets
 the others alike is not assumed: it is checked on every datum, after its first sweep and at the start of its
-last (``_shared``), and a chunk with a datum where it fails (or where exp space under- or overflows) is fitted
-again by the sweeps above (``fit_chunk``). Both give the same sweeps, to rounding.
+last (``_shared``), and a chunk with a datum where it fails, or where a sweep's probabilities leave float range,
+is fitted again by the sweeps above (``fit_chunk``). The last sweep is then the plain sweep from the same state
+(to rounding), so a converged datum is at a fixed point of the plain sweeps within the tolerance; the sweeps
+between are checked only through those two checks (which catch any coupling that differs between entries by a
+factor, as per-entry weights do; a coupling that differs only in directions the sweeps never move along is not
+seen, and does not change the fixed point). In float32 the shift read off the first entry rounds once more than
+the plain softmax: about 1.5x the plain sweeps' error against float64 on LDA.
 """
 from __future__ import annotations
 
@@ -44,7 +49,7 @@ __all__ = ["LocalFactors", "LocalLayout", "bound", "complete", "fit", "fit_chunk
 PyTree = Any
 DatumJoint = Callable[[tuple], jax.Array]  # every local factor's value (its family's layout) -> log-joint of one datum
 WORKING_SET = 2 ** 18  # numbers: the local natural parameters of a chunk of data fitted at once (1 MiB in float32)
-SHARED_TOLERANCE = 1000  # epsilons of the dtype, relative: a plate's entries meet the other factors alike within this
+SHARED_TOLERANCE = 64  # epsilons of the dtype, relative: a plate's entries meet the other factors alike within this
 
 
 class LocalLayout(NamedTuple):
@@ -227,52 +232,64 @@ def _first_row(layout: LocalLayout, fn: DatumJoint, carried: tuple, dtype, count
     return read(layout, fn, carried, 0, dtype, counts)[0][0][0]
 
 
-def _exp_sweep(layout: LocalLayout, fn: DatumJoint, carried: tuple, dtype, counts: tuple, plate: _Plate) -> tuple:
-    r"""``_sweep`` in exp space: :math:`\phi_{nk} \propto` ``basis`` :math:`\cdot\, e^{s_k(t) - s_k(t_0)}`, the shift
-    read off the first entry, then every other factor read given :math:`\phi`."""
+def _exp_sweep(layout: LocalLayout, fn: DatumJoint, carried: tuple, dtype, counts: tuple, plate: _Plate
+               ) -> tuple[tuple, jax.Array]:
+    r"""``(carried, in_range)``: ``_sweep`` in exp space, :math:`\phi_{nk} \propto` ``basis``
+    :math:`\cdot\, e^{s_k(t) - s_k(t_0)}`, the shift read off the first entry, then every other factor read given
+    :math:`\phi`; and whether every entry's unnormalised probabilities sum to at least K tiny / eps (else some that
+    matter may have flushed to 0). An entry of multiplicity 0 is uniform, as ``read`` makes it."""
     shift = _first_row(layout, fn, carried, dtype, counts) - plate.start[0]
     weights = jnp.exp(shift - jnp.max(shift))
-    probs = plate.basis * (weights / (plate.basis @ weights)[:, None])
+    norms = plate.basis @ weights
+    probs = plate.basis * (weights / norms[:, None])
+    finfo, size = jnp.finfo(dtype), weights.shape[-1]
+    in_range = norms >= size * finfo.tiny / finfo.eps
+    if counts[0] is not None:
+        live = counts[0] > 0
+        probs = jnp.where(live[:, None], probs, 1.0 / size)
+        in_range = in_range | ~live
     etas = list(carried)
     for j in range(1, len(etas)):
         etas[j], _ = read(layout, fn, tuple(etas), j, dtype, counts, first_probs=probs)
-    return (None,) + tuple(etas[1:])
+    return (None,) + tuple(etas[1:]), jnp.all(in_range)
 
 
 def _shared(layout: LocalLayout, fn: DatumJoint, carried: tuple, dtype, counts: tuple, plate: _Plate) -> jax.Array:
     r"""Whether, at the carried others t, the first factor's natural parameters (read in full) are
-    :math:`\eta(t_0) + s(t) - s(t_0)` on every entry of multiplicity > 0 (the shift that of the first entry), to
-    ``SHARED_TOLERANCE`` epsilons of their size: the exp-space sweep from t is then the sweep. False where
-    anything is not finite."""
+    :math:`\eta(t_0) + s(t) - s(t_0)` on every entry of multiplicity > 0 (the shift that of the first entry), each
+    to ``SHARED_TOLERANCE`` epsilons of the four terms' size: the exp-space sweep from t is then the sweep. False
+    where anything is not finite."""
     full = read(layout, fn, carried, 0, dtype, counts)[0][0]
     error = jnp.abs(full - plate.start - (full[0] - plate.start[0]))
+    scale = jnp.abs(full) + jnp.abs(plate.start) + jnp.abs(full[0]) + jnp.abs(plate.start[0]) + 1.0
+    within = (error <= SHARED_TOLERANCE * jnp.finfo(dtype).eps * scale) & jnp.isfinite(scale)
     if counts[0] is not None:
-        error = jnp.where(counts[0][:, None] > 0, error, 0.0)
-    scale = jnp.max(jnp.abs(full)) + jnp.max(jnp.abs(plate.start)) + 1.0
-    return jnp.max(error) <= SHARED_TOLERANCE * jnp.finfo(dtype).eps * scale
+        within = within | (counts[0][:, None] <= 0)
+    return jnp.all(within)
 
 
 def _fit_shared(layout: LocalLayout, fn: DatumJoint, carried: tuple, tol, max_iter: int, dtype, counts: tuple
                 ) -> tuple[tuple, jax.Array]:
-    """``(carried, ok)``: ``fit`` by exp-space sweeps, and whether they were the sweeps (``_shared`` after the
-    first sweep, which stops the rest where it fails, and at the start of the last)."""
+    """``(carried, ok)``: ``fit`` by exp-space sweeps, and whether they stand for the plain ones (``_shared`` after
+    the first sweep, which stops the rest where it fails, and at the start of the last; every sweep's
+    probabilities in float range)."""
     eta = read(layout, fn, carried, 0, dtype, counts)[0][0]
     plate = _Plate(eta, jnp.exp(eta - jnp.max(eta, axis=-1, keepdims=True)))
-    first = _exp_sweep(layout, fn, carried, dtype, counts, plate)
-    ok = _shared(layout, fn, first, dtype, counts, plate)
+    first, in_range = _exp_sweep(layout, fn, carried, dtype, counts, plate)
+    alike = _shared(layout, fn, first, dtype, counts, plate)
 
     def body(state):
-        count, _, old, _ = state
-        new = _exp_sweep(layout, fn, old, dtype, counts, plate)
-        return count + 1, old, new, _mean_change(old, new)
+        count, _, old, _, in_range = state
+        new, new_in_range = _exp_sweep(layout, fn, old, dtype, counts, plate)
+        return count + 1, old, new, _mean_change(old, new), in_range & new_in_range
 
     def more(state):
-        count, _, _, change = state
-        return ok & (count < max_iter) & ~(change < tol) & jnp.isfinite(change)
+        count, _, _, change, in_range = state
+        return alike & in_range & (count < max_iter) & ~(change < tol) & jnp.isfinite(change)
 
-    state = (jnp.ones((), jnp.int32), carried, first, _mean_change(carried, first))
-    _, previous, carried, change = lax.while_loop(more, body, state)
-    return carried, ok & jnp.isfinite(change) & _shared(layout, fn, previous, dtype, counts, plate)
+    state = (jnp.ones((), jnp.int32), carried, first, _mean_change(carried, first), in_range)
+    _, previous, carried, change, in_range = lax.while_loop(more, body, state)
+    return carried, alike & in_range & jnp.isfinite(change) & _shared(layout, fn, previous, dtype, counts, plate)
 
 
 def _unless(ok: jax.Array, fallback: Callable[[], PyTree], value: PyTree) -> PyTree:

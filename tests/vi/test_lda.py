@@ -389,28 +389,32 @@ def test_sweeps_in_exp_space_are_checked_and_a_plate_met_unalike_is_swept_plainl
         expected = structure.expected_log_joint(model, structure.rules(((jnp.asarray(topic_concentration - 1),),)))
         start = local_factors.reference(layout, len(counts), jnp.float64)
 
+        assert local_factors.shares_coupling(layout)
+
         def fit(data):
-            """(every document's exp-space check, every document's gamma after fit_chunk)."""
-            checks = jax.vmap(lambda x, c: local_factors._fit_shared(
+            """(every document's exp-space check, its gamma in exp space, its gamma after fit_chunk)."""
+            exp_space, checks = jax.vmap(lambda x, c: local_factors._fit_shared(
                 layout, layout.datum_joint(expected, {}, x), c, tol, max_iter, jnp.float64,
-                layout.multiplicities(x))[1])(data, start)
+                layout.multiplicities(x)))(data, start)
             fitted = local_factors.fit_chunk(layout, lambda x: layout.datum_joint(expected, {}, x), data, start, tol,
                                              max_iter, jnp.float64)
-            return checks, fitted[1][0] + 1.0
+            return checks, exp_space[1][0] + 1.0, fitted[1][0] + 1.0
 
         data = {name: (*(jnp.asarray(a) for a in docs), jnp.asarray(w)) for name, w in weights.items()}
         compiled, gammas = jax.jit(fit), {}
         for name, w in weights.items():
-            checks, gamma = compiled(data[name])
+            checks, exp_space, gamma = compiled(data[name])
             np.testing.assert_array_equal(checks, np.arange(len(counts)) >= (0 if name == "alike" else 6))
             gammas[name] = np.asarray(gamma)
             numpy = numpy_weighted_e_step(counts, w, topic_concentration, alpha, tol, max_iter)
             np.testing.assert_allclose(gammas[name], numpy, rtol=1e-9)
+            if name == "alike":  # fit_chunk kept the exp-space sweeps
+                np.testing.assert_array_equal(gamma, exp_space)
         np.testing.assert_allclose(gammas["alike"], numpy_e_step(counts, topic_concentration, alpha, tol, max_iter),
                                    rtol=1e-9)
         # vmapped over the two corpora, one checked in exp space and one refused: each its own E-step
         both = jax.tree_util.tree_map(lambda a, b: jnp.stack([a, b]), data["alike"], data["unalike"])
-        checks, stacked = jax.jit(jax.vmap(fit))(both)
+        checks, _, stacked = jax.jit(jax.vmap(fit))(both)
         np.testing.assert_array_equal(checks, [[True] * 12, [False] * 6 + [True] * 6])
         np.testing.assert_allclose(np.asarray(stacked[0]), gammas["alike"], rtol=1e-12)
         np.testing.assert_allclose(np.asarray(stacked[1]), gammas["unalike"], rtol=1e-12)
