@@ -177,11 +177,24 @@ def complete(layout: LocalLayout, fn: DatumJoint, carried: tuple, dtype, counts:
     return (first,) + tuple(carried[1:])
 
 
-def _sweep(layout: LocalLayout, fn: DatumJoint, carried: tuple, dtype, counts: tuple) -> tuple:
-    etas = list(complete(layout, fn, carried, dtype, counts))
+def _first_natural(layout: LocalLayout, fn: DatumJoint, carried: tuple, dtype, counts: tuple) -> jax.Array:
+    """The first factor's natural parameters given the carried others (one array: a categorical's, (L, K) for a
+    plate)."""
+    return complete(layout, fn, carried, dtype, counts)[0][0]
+
+
+def _read_others(layout: LocalLayout, fn: DatumJoint, etas: tuple, dtype, counts: tuple,
+                 first_probs: jax.Array | None = None) -> tuple:
+    """The carried factors after every factor but the first is read in turn given the newest others (the first
+    at ``etas[0]``, or at its probabilities ``first_probs``)."""
+    etas = list(etas)
     for j in range(1, len(etas)):
-        etas[j], _ = read(layout, fn, tuple(etas), j, dtype, counts)
+        etas[j], _ = read(layout, fn, tuple(etas), j, dtype, counts, first_probs=first_probs)
     return (None,) + tuple(etas[1:])
+
+
+def _sweep(layout: LocalLayout, fn: DatumJoint, carried: tuple, dtype, counts: tuple) -> tuple:
+    return _read_others(layout, fn, complete(layout, fn, carried, dtype, counts), dtype, counts)
 
 
 def _mean_change(old: tuple, new: tuple) -> jax.Array:
@@ -226,19 +239,14 @@ class _Plate(NamedTuple):
     basis: jax.Array
 
 
-def _first_row(layout: LocalLayout, fn: DatumJoint, carried: tuple, dtype, counts: tuple) -> jax.Array:
-    """The first entry's natural parameters of the first factor given the carried others (K,): the read of one
-    row (the entries of a conjugate plate enter on their own, so the compiler computes this row alone)."""
-    return read(layout, fn, carried, 0, dtype, counts)[0][0][0]
-
-
 def _exp_sweep(layout: LocalLayout, fn: DatumJoint, carried: tuple, dtype, counts: tuple, plate: _Plate
                ) -> tuple[tuple, jax.Array]:
     r"""``(carried, in_range)``: ``_sweep`` in exp space, :math:`\phi_{nk} \propto` ``basis``
     :math:`\cdot\, e^{s_k(t) - s_k(t_0)}`, the shift read off the first entry, then every other factor read given
     :math:`\phi`; and whether every entry's unnormalised probabilities sum to at least K tiny / eps (else some that
     matter may have flushed to 0). An entry of multiplicity 0 is uniform, as ``read`` makes it."""
-    shift = _first_row(layout, fn, carried, dtype, counts) - plate.start[0]
+    # the first entry's row alone: a conjugate plate's entries enter on their own, so the compiler computes only it
+    shift = _first_natural(layout, fn, carried, dtype, counts)[0] - plate.start[0]
     weights = jnp.exp(shift - jnp.max(shift))
     norms = plate.basis @ weights
     probs = plate.basis * (weights / norms[:, None])
@@ -248,10 +256,7 @@ def _exp_sweep(layout: LocalLayout, fn: DatumJoint, carried: tuple, dtype, count
         live = counts[0] > 0
         probs = jnp.where(live[:, None], probs, 1.0 / size)
         in_range = in_range | ~live
-    etas = list(carried)
-    for j in range(1, len(etas)):
-        etas[j], _ = read(layout, fn, tuple(etas), j, dtype, counts, first_probs=probs)
-    return (None,) + tuple(etas[1:]), jnp.all(in_range)
+    return _read_others(layout, fn, carried, dtype, counts, first_probs=probs), jnp.all(in_range)
 
 
 def _shared(layout: LocalLayout, fn: DatumJoint, carried: tuple, dtype, counts: tuple, plate: _Plate) -> jax.Array:
@@ -259,7 +264,7 @@ def _shared(layout: LocalLayout, fn: DatumJoint, carried: tuple, dtype, counts: 
     :math:`\eta(t_0) + s(t) - s(t_0)` on every entry of multiplicity > 0 (the shift that of the first entry), each
     to ``SHARED_TOLERANCE`` epsilons of the four terms' size: the exp-space sweep from t is then the sweep. False
     where anything is not finite."""
-    full = read(layout, fn, carried, 0, dtype, counts)[0][0]
+    full = _first_natural(layout, fn, carried, dtype, counts)
     error = jnp.abs(full - plate.start - (full[0] - plate.start[0]))
     scale = jnp.abs(full) + jnp.abs(plate.start) + jnp.abs(full[0]) + jnp.abs(plate.start[0]) + 1.0
     within = (error <= SHARED_TOLERANCE * jnp.finfo(dtype).eps * scale) & jnp.isfinite(scale)
@@ -273,7 +278,7 @@ def _fit_shared(layout: LocalLayout, fn: DatumJoint, carried: tuple, tol, max_it
     """``(carried, ok)``: ``fit`` by exp-space sweeps, and whether they stand for the plain ones (``_shared`` after
     the first sweep, which stops the rest where it fails, and at the start of the last; every sweep's
     probabilities in float range)."""
-    eta = read(layout, fn, carried, 0, dtype, counts)[0][0]
+    eta = _first_natural(layout, fn, carried, dtype, counts)
     plate = _Plate(eta, jnp.exp(eta - jnp.max(eta, axis=-1, keepdims=True)))
     first, in_range = _exp_sweep(layout, fn, carried, dtype, counts, plate)
     alike = _shared(layout, fn, first, dtype, counts, plate)
