@@ -19,7 +19,7 @@ from jax import lax
 from jaxvi.data import num_data
 
 __all__ = ["equal_chunk_size", "kahan_add", "map_chunks", "map_data", "minibatch", "sum_accurately", "sum_data",
-           "sum_min_data", "num_data"]
+           "sum_min_data", "num_data", "unless"]
 
 PyTree = Any
 TOP_K_MINIBATCH = 4  # minibatch: a top-k of n uniform keys up to n = 4 x size, the streamed draw beyond (measured: equal near 6x)
@@ -182,3 +182,9 @@ def minibatch(key: jax.Array, n: int, size: int) -> jax.Array:
 
     start = (jnp.zeros(size, jnp.int32), jnp.array(0, jnp.int32), jnp.array(0, jnp.int32))
     return lax.while_loop(lambda state: state[1] < size, more, start)[0]
+
+
+def unless(ok: jax.Array, fallback: Callable[[], PyTree], value: PyTree) -> PyTree:
+    """``value`` if ``ok``, else ``fallback()``: a loop run once or never, which stays a loop under ``vmap`` (a
+    ``lax.cond`` there becomes a select, and runs both). Not reverse-differentiable (a ``while_loop``)."""
+    return lax.while_loop(lambda state: ~state[0], lambda state: (jnp.ones((), bool), fallback()), (ok, value))[1]

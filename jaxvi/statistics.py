@@ -66,7 +66,7 @@ def streamed_e_step(model, params: PyTree, data: PyTree, chunk_size: int, collec
     n_full = n // size
 
     def one_chunk(chunk):
-        post = exact.posterior(model.log_joint, model.latent, params, chunk, size)
+        post = exact.posterior(model.log_joint, model.latent, params, chunk, size, differentiable=False)
         ok = jnp.all(jnp.isfinite(post.log_evidence)) & exact.all_well_posed(post)
         return jnp.sum(post.log_evidence), collect(params, chunk, post), ok
 

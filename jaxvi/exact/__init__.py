@@ -22,9 +22,16 @@ _MODULES = {"discrete": enumerate, "markov": chain, "gaussian": gaussian}
 _BY_POSTERIOR = {DiscretePosterior: enumerate, ChainPosterior: chain, GaussianPosterior: gaussian}
 
 
-def posterior(log_joint, latent, params, data, chunk_size: int = 1024):
-    """The exact posterior p(z_i | x_i, params) of every datum, by the latent's own algorithm."""
-    return _MODULES[exact_family(latent)].posterior(log_joint, latent, params, data, chunk_size)
+def posterior(log_joint, latent, params, data, chunk_size: int = 1024, differentiable: bool = True):
+    """The exact posterior p(z_i | x_i, params) of every datum, by the latent's own algorithm.
+
+    ``differentiable=False`` (an E-step that nothing differentiates through) allows a faster algorithm decided
+    by a loop, which reverse-mode differentiation cannot go through: for a ``Markov`` chain whose transitions do
+    not depend on the step, forward–backward in probability space (``chain.posterior``)."""
+    family = exact_family(latent)
+    if family == "markov":
+        return chain.posterior(log_joint, latent, params, data, chunk_size, differentiable)
+    return _MODULES[family].posterior(log_joint, latent, params, data, chunk_size)
 
 
 def expected_log_joint(log_joint, params, data, post, chunk_size: int = 1024) -> jax.Array:

@@ -48,7 +48,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxvi.chunks import kahan_add, map_data, sum_accurately, sum_data
+from jaxvi.chunks import kahan_add, map_data, sum_accurately, sum_data, unless
 from jaxvi.data import Sequences
 
 __all__ = ["ChainPosterior", "Sequences", "backtrack", "backward_scan", "expected_log_joint", "forward_scan",
@@ -56,6 +56,7 @@ __all__ = ["ChainPosterior", "Sequences", "backtrack", "backward_scan", "expecte
 
 PyTree = Any
 LogJoint = Callable[[PyTree, PyTree, PyTree], jax.Array]
+SCALED_TOLERANCE = 64  # epsilons of the dtype, relative: a step's transition part equals step 1's within this
 
 
 def split_sequences(data: PyTree) -> tuple[PyTree, jax.Array]:
@@ -213,6 +214,104 @@ def backward_scan(steps: PyTree, potentials_of: Callable, lengths: jax.Array, lo
     (_, counts, _), messages = lax.scan(step, (last, zero_counts, zero_counts),
                                         (jnp.arange(1, T), steps, log_forward[:-1]), reverse=True)
     return jnp.concatenate([messages, last[None]]), counts
+
+
+def _scaled_scans(first: jax.Array, steps: PyTree, potentials_of: Callable, lengths: jax.Array
+                  ) -> tuple[tuple[jax.Array, ...], jax.Array]:
+    r"""The forward and backward recursions in probability space, for a chain whose transitions do not
+    depend on the step: ``((log_evidence, log_forward, log_backward, transitions), ok)`` in the layout of
+    ``forward_scan`` and ``backward_scan``, and whether they stand for the log-space recursions.
+
+    Each potential is split as :math:`\phi_t(i, j) = D_t(i, j) + u_t(j)` with :math:`u_t(j) = \max_i \phi_t(i, j)`.
+    Where :math:`D_t = D_1` (step 1's, per sequence) at every real step, with :math:`E = \exp D_1` and
+    :math:`b_t = \exp(u_t - \max_j u_t)`, the recursions are those of the scaled (probability-space)
+    forward–backward, K exponentials a step instead of K x K:
+
+    .. math::
+        a_t(j) \propto b_t(j) \sum_i a_{t-1}(i) E(i, j), \qquad
+        \tilde\beta_{t-1}(i) = \sum_j E(i, j)\, b_t(j) \beta_t(j), \qquad
+        \xi_t(i, j) = a_{t-1}(i) E(i, j) b_t(j) \beta_t(j) / Z_t,
+
+    with :math:`Z_t = \sum_i a_{t-1}(i) \tilde\beta_{t-1}(i)`, messages normalised to sum 1 (the log ones of
+    the log-space recursions, exponentiated), and :math:`\log p(x) = \sum_t \log c_t + \max_j u_t`, c_t the
+    forward normaliser. ``ok`` is False unless, at every real step of every sequence, :math:`D_t` equals
+    :math:`D_1` to ``SCALED_TOLERANCE`` epsilons of the terms' size (exactly where infinite; a column impossible
+    at step t passes, one impossible at step 1 but not at t fails), and every :math:`c_t` and :math:`Z_t` is at
+    least :math:`K^2` tiny / eps: the terms that flushed to 0 (each below tiny) then change no sum by more than
+    an epsilon, where log space would have kept them.
+    """
+    dtype = first.dtype
+    finfo, K = jnp.finfo(dtype), first.shape[0]
+    floor = K * K * finfo.tiny / finfo.eps
+    step_one = potentials_of(jax.tree_util.tree_map(lambda a: a[0], steps)).astype(dtype)    # (K, K, N)
+    step_one_top = jnp.max(step_one, axis=0)
+    usable = jnp.isfinite(step_one_top) & (lengths > 1)                                    # (K, N)
+    states, which = jnp.arange(K), jnp.argmax(usable, axis=1)     # column j from the first sequence where possible
+    reference, reference_top = step_one[:, states, which], step_one_top[states, which]     # (K, K), (K,)
+    reference_part = jnp.where(jnp.any(usable, axis=1), reference - reference_top, jnp.nan)[:, :, None]
+    reference_size = (jnp.abs(reference) + jnp.abs(reference_top) + 1.0)[:, :, None]
+    matrix = jnp.where(jnp.isfinite(reference_part[:, :, 0]), jnp.exp(reference_part[:, :, 0]), 0.0)   # E (from, to)
+
+    top = jnp.max(first, axis=0)
+    message = jnp.exp(first - jnp.where(jnp.isfinite(top), top, 0.0))
+    norm = jnp.sum(message, axis=0)
+    message = message / jnp.where(norm > 0, norm, 1.0)
+    first_scale = jnp.log(norm) + top
+
+    def forward(carry, inputs):
+        previous, alike, in_range = carry
+        t, x = inputs
+        potentials = potentials_of(x).astype(dtype)
+        column_top = jnp.max(potentials, axis=0)                                            # u_t (K, N)
+        part = potentials - column_top
+        size = jnp.abs(potentials) + jnp.abs(column_top) + reference_size
+        close = (part == reference_part) | ((jnp.abs(part - reference_part)
+                                              <= SCALED_TOLERANCE * finfo.eps * size) & jnp.isfinite(size))
+        real = t < lengths
+        alike = alike & (close | ~jnp.isfinite(column_top) | ~real)    # elementwise: reduced once, after the scan
+        step_top = jnp.max(column_top, axis=0)
+        emission = jnp.exp(column_top - jnp.where(jnp.isfinite(step_top), step_top, 0.0))  # b_t (K, N)
+        new = (matrix.T @ previous) * emission
+        norm = jnp.sum(new, axis=0)
+        in_range = in_range & (~real | (norm >= floor))
+        new = jnp.where(real, new / jnp.where(norm > 0, norm, 1.0), previous)
+        return (new, alike, in_range), (new, jnp.where(real, jnp.log(norm) + step_top, 0.0), emission)
+
+    T = 1 + jax.tree_util.tree_leaves(steps)[0].shape[0]
+    times = jnp.arange(1, T)
+    (_, alike, in_range), (messages, scales, emissions) = lax.scan(
+        forward, (message, jnp.ones(step_one.shape, bool), norm >= floor), (times, steps))
+    forward_messages = jnp.concatenate([message[None], messages])
+
+    def backward(following, inputs):
+        t, emission, previous = inputs
+        weighted = emission * following                                                    # b_t beta_t (K, N)
+        unnormalised = matrix @ weighted                                                   # (K, N)
+        z = jnp.sum(previous * unnormalised, axis=0)
+        real = t < lengths
+        total = jnp.sum(unnormalised, axis=0)
+        new = jnp.where(real, unnormalised / jnp.where(total > 0, total, 1.0), following)
+        return new, (new, jnp.where(real, weighted / jnp.where(z > 0, z, 1.0), 0.0), ~real | (z >= floor))
+
+    last = jnp.ones_like(message)
+    _, (backward_messages, pair_weights, backward_ok) = lax.scan(
+        backward, last, (times, emissions, forward_messages[:-1]), reverse=True)
+    transitions = matrix[:, :, None] * _sum_over_time(forward_messages[:-1], pair_weights)
+    log_evidence = first_scale + sum_accurately(scales)
+    log_forward = jnp.log(forward_messages)
+    log_backward = jnp.log(jnp.concatenate([backward_messages, last[None]]))
+    return (log_evidence, log_forward, log_backward, transitions), jnp.all(alike) & jnp.all(in_range) & jnp.all(backward_ok)
+
+
+def _sum_over_time(previous: jax.Array, following: jax.Array, chunk: int = 256) -> jax.Array:
+    r""":math:`\sum_t p_t(i) f_t(j)` per sequence, ``(K, K, N)`` from two ``(T, K, N)``: a contraction over
+    ``chunk`` steps at a time, the chunks' sums added pairwise (``sum_accurately``), so float32 keeps them to a
+    few ulps over 10^6 steps."""
+    T = previous.shape[0]
+    pad = (-T) % chunk if T > chunk else 0
+    size = chunk if T > chunk else max(T, 1)
+    shape = lambda a: jnp.pad(a, ((0, pad), (0, 0), (0, 0))).reshape(-1, size, *a.shape[1:])  # noqa: E731
+    return sum_accurately(jnp.einsum("ctin,ctjn->cijn", shape(previous), shape(following)))
 
 
 def prefix_scan(combine: Callable, elements: PyTree, reverse: bool = False) -> PyTree:
@@ -441,15 +540,26 @@ def _weighted_sum(weights: jax.Array, values: jax.Array) -> jax.Array:
     return jnp.sum(jnp.where(w > 0, w * values, 0.0), axis=tuple(range(weights.ndim)))
 
 
-def _sequential(log_joint: LogJoint, params: PyTree, obs: PyTree, lengths: jax.Array, K: int
-                ) -> tuple[jax.Array, ...]:
-    """Forward and backward scans over all sequences at once; the potentials computed step by step."""
+def _sequential(log_joint: LogJoint, params: PyTree, obs: PyTree, lengths: jax.Array, K: int,
+                differentiable: bool = True) -> tuple[jax.Array, ...]:
+    """Forward and backward scans over all sequences at once; the potentials computed step by step. Unless
+    ``differentiable``, in probability space where that stands for log space (``_scaled_scans``), else (for all
+    the sequences) in log space again."""
     first_of, pairs_of = _potential_functions(log_joint, params, K)
     time_major = jax.tree_util.tree_map(lambda a: jnp.moveaxis(a, 1, 0), obs)                  # (T, N, ...)
     first = first_of(jax.tree_util.tree_map(lambda a: a[0], time_major))
     steps = jax.tree_util.tree_map(lambda a: a[1:], time_major)
-    log_forward, log_evidence, _ = forward_scan(first, steps, pairs_of, lengths, "sum")
-    log_backward, transitions = backward_scan(steps, pairs_of, lengths, log_forward)
+
+    def in_log_space():
+        log_forward, log_evidence, _ = forward_scan(first, steps, pairs_of, lengths, "sum")
+        log_backward, transitions = backward_scan(steps, pairs_of, lengths, log_forward)
+        return log_evidence, log_forward, log_backward, transitions
+
+    if differentiable or jax.tree_util.tree_leaves(time_major)[0].shape[0] < 2:
+        log_evidence, log_forward, log_backward, transitions = in_log_space()
+    else:
+        scaled, ok = _scaled_scans(first, steps, pairs_of, lengths)
+        log_evidence, log_forward, log_backward, transitions = unless(ok, in_log_space, scaled)
     sequence_first = lambda a: jnp.moveaxis(a, -1, 0)
     return log_evidence, sequence_first(log_forward), sequence_first(log_backward), sequence_first(transitions)
 
@@ -463,13 +573,16 @@ def _parallel(potentials: jax.Array, lengths: jax.Array) -> tuple[jax.Array, ...
     return log_evidence, log_forward, log_backward, jnp.sum(weights[:, 1:], axis=1)
 
 
-def posterior(log_joint: LogJoint, latent, params: PyTree, data: PyTree, chunk_size: int = 1024
-              ) -> ChainPosterior:
+def posterior(log_joint: LogJoint, latent, params: PyTree, data: PyTree, chunk_size: int = 1024,
+              differentiable: bool = True) -> ChainPosterior:
     """The exact E-step for a ``Markov`` latent: forward–backward over every sequence.
 
     ``chunk_size`` bounds how many sequences' potentials are evaluated at once for the stored
     ``log_potentials``; the sequential recursions run on all sequences together (their memory is
-    O(N T K) for the messages).
+    O(N T K) for the messages). ``differentiable=False`` (EM's E-step) lets the sequential recursions run in
+    probability space where the chain's transitions do not depend on the step (``_scaled_scans``: K
+    exponentials a step instead of K x K), checked as they run and else run again in log space: a loop decides,
+    which reverse-mode differentiation cannot go through.
     """
     obs, lengths = split_sequences(data)
     potentials = map_data(lambda args: step_potentials(log_joint, params, *args, latent.K), (obs, lengths),
@@ -477,7 +590,8 @@ def posterior(log_joint: LogJoint, latent, params: PyTree, data: PyTree, chunk_s
     if latent.parallel:
         log_evidence, log_forward, log_backward, transitions = _parallel(potentials, lengths)
     else:
-        log_evidence, log_forward, log_backward, transitions = _sequential(log_joint, params, obs, lengths, latent.K)
+        log_evidence, log_forward, log_backward, transitions = _sequential(log_joint, params, obs, lengths, latent.K,
+                                                                           differentiable)
     return ChainPosterior(log_evidence, potentials, log_forward, log_backward, transitions, lengths)
 
 

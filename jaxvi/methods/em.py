@@ -167,9 +167,11 @@ class EM:
     def e_step(self, model: Model, params: PyTree, data: PyTree):
         """The exact posterior p(z_i | x_i, params) of every datum: the E-step.
 
-        A ``DiscretePosterior``, ``ChainPosterior`` or ``GaussianPosterior`` by the model's latent spec.
+        A ``DiscretePosterior``, ``ChainPosterior`` or ``GaussianPosterior`` by the model's latent spec. Nothing
+        differentiates through it (a gradient M-step holds it fixed), so a Markov chain's may run in probability
+        space (``exact.posterior(differentiable=False)``).
         """
-        return exact.posterior(model.log_joint, model.latent, params, data, self.chunk_size)
+        return exact.posterior(model.log_joint, model.latent, params, data, self.chunk_size, differentiable=False)
 
     def posterior(self, result: Result, data: PyTree):
         """The exact posterior of ``data`` at the fitted parameters (what ``Result.posterior`` returns)."""

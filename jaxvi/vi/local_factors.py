@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxvi.chunks import equal_chunk_size, num_data, sum_accurately, sum_data
+from jaxvi.chunks import equal_chunk_size, num_data, sum_accurately, sum_data, unless
 from jaxvi.latents import EXPONENTIAL_FAMILY_SPECS, Global, is_spec
 from jaxvi.vi import expfam
 from jaxvi.vi.factors import factor_spec
@@ -297,12 +297,6 @@ def _fit_shared(layout: LocalLayout, fn: DatumJoint, carried: tuple, tol, max_it
     return carried, alike & in_range & jnp.isfinite(change) & _shared(layout, fn, previous, dtype, counts, plate)
 
 
-def _unless(ok: jax.Array, fallback: Callable[[], PyTree], value: PyTree) -> PyTree:
-    """``value`` if ``ok``, else ``fallback()``: a loop run once or never, which stays a loop under ``vmap`` (a
-    ``lax.cond`` there becomes a select, and runs both)."""
-    return lax.while_loop(lambda state: ~state[0], lambda state: (jnp.ones((), bool), fallback()), (ok, value))[1]
-
-
 def fit_chunk(layout: LocalLayout, joint: Callable[[PyTree], DatumJoint], data: PyTree, carried: tuple, tol,
               max_iter: int, dtype) -> tuple:
     """``fit`` of every datum of a chunk (``data`` and ``carried`` with the chunk's data in front; ``joint(x)``
@@ -316,7 +310,7 @@ def fit_chunk(layout: LocalLayout, joint: Callable[[PyTree], DatumJoint], data: 
         return plain()
     fitted, ok = jax.vmap(lambda x, c: _fit_shared(layout, joint(x), c, tol, max_iter, dtype,
                                                    layout.multiplicities(x)))(data, carried)
-    return _unless(jnp.all(ok), plain, fitted)
+    return unless(jnp.all(ok), plain, fitted)
 
 
 def bound(layout: LocalLayout, fn: DatumJoint, etas: tuple, counts: tuple) -> jax.Array:

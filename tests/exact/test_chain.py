@@ -73,10 +73,15 @@ def to_jax(tree, dtype=None):
     return jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype) if dtype is not None else jnp.asarray(a), tree)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 4), static_argnames=("chunk_size",))
-def chain_posterior(step, latent, params, data, chunk_size=1024):
+@functools.partial(jax.jit, static_argnums=(0, 1, 4, 5), static_argnames=("chunk_size", "differentiable"))
+def chain_posterior(step, latent, params, data, chunk_size=1024, differentiable=True):
     """``jaxvi.exact.posterior``, compiled once per model, latent and shape (the tests reuse it)."""
-    return exact.posterior(step, latent, params, data, chunk_size)
+    return exact.posterior(step, latent, params, data, chunk_size, differentiable)
+
+
+# the three forward-backwards: (parallel, differentiable); the last runs in probability space where it stands for
+# log space (EM's E-step), else in log space again
+WAYS = [(False, True), (True, True), (False, False)]
 
 
 @functools.partial(jax.jit, static_argnums=1)
@@ -151,8 +156,9 @@ def test_forward_backward_equals_enumeration_over_all_paths(T, K, emission):
         assert params["log_trans"].dtype == jnp.float64
         truth = brute_force(step, params, obs, K)
         np.testing.assert_allclose(truth["probs"].sum(axis=1), 1.0, rtol=1e-12)
-        for parallel in (False, True):
-            post = chain_posterior(step, jaxvi.Markov(K, parallel=parallel), params, obs)
+        for parallel, differentiable in WAYS:
+            post = chain_posterior(step, jaxvi.Markov(K, parallel=parallel), params, obs,
+                                   differentiable=differentiable)
             assert isinstance(post, jaxvi.ChainPosterior)
             st = stats_of(post)
             assert st["log_evidence"].dtype == jnp.float64
@@ -231,14 +237,15 @@ def padded():
     return np_params, full, obs, truths
 
 
-@pytest.mark.parametrize("parallel", [False, True])
-def test_padded_sequences_equal_each_sequence_run_alone(padded, parallel):
+@pytest.mark.parametrize("parallel, differentiable", WAYS)
+def test_padded_sequences_equal_each_sequence_run_alone(padded, parallel, differentiable):
     np_params, full, obs, truths = padded
     K = PADDED_K
     with jax.enable_x64(True):
         params = to_jax(np_params)
         data = jaxvi.Sequences(jnp.asarray(obs), jnp.asarray(PADDED_LENGTHS, jnp.int32))
-        post = chain_posterior(gaussian_step, jaxvi.Markov(K, parallel=parallel), params, data, chunk_size=3)
+        post = chain_posterior(gaussian_step, jaxvi.Markov(K, parallel=parallel), params, data, chunk_size=3,
+                               differentiable=differentiable)
         st = stats_of(post)
         np.testing.assert_array_equal(post.lengths, PADDED_LENGTHS)
         mode = np.asarray(mode_of(post, parallel))
@@ -365,12 +372,12 @@ def long_sequence():
     return np_params, x, ref
 
 
-@pytest.mark.parametrize("parallel", [False, True])
-def test_a_sequence_of_100000_steps_in_float32_matches_float64(long_sequence, parallel):
+@pytest.mark.parametrize("parallel, differentiable", WAYS)
+def test_a_sequence_of_100000_steps_in_float32_matches_float64(long_sequence, parallel, differentiable):
     np_params, x, ref = long_sequence
     assert np.isfinite(ref["log_evidence"][0])
     post = chain_posterior(gaussian_step, jaxvi.Markov(LONG_K, parallel=parallel), to_jax(np_params, jnp.float32),
-                           jnp.asarray(x, jnp.float32))
+                           jnp.asarray(x, jnp.float32), differentiable=differentiable)
     st = jax.tree_util.tree_map(np.asarray, stats_of(post))
     assert st["log_evidence"].dtype == np.float32
     assert np.isfinite(st["log_evidence"][0])
@@ -443,8 +450,8 @@ def test_expect_and_expected_log_joint_equal_enumeration():
 
 # --- impossible transitions -----------------------------------------------------------------------
 
-@pytest.mark.parametrize("parallel", [False, True])
-def test_an_impossible_transition_gets_zero_probability_and_no_nan(parallel):
+@pytest.mark.parametrize("parallel, differentiable", WAYS)
+def test_an_impossible_transition_gets_zero_probability_and_no_nan(parallel, differentiable):
     K, T, N = 3, 5, 3
     np_params = random_hmm(51, K)
     trans = np.exp(np_params["log_trans"])
@@ -459,7 +466,8 @@ def test_an_impossible_transition_gets_zero_probability_and_no_nan(parallel):
     with jax.enable_x64(True):
         params, obs = to_jax(np_params), jnp.asarray(np_obs)
         truth = brute_force(gaussian_step, params, obs, K)
-        post = chain_posterior(gaussian_step, jaxvi.Markov(K, parallel=parallel), params, obs)
+        post = chain_posterior(gaussian_step, jaxvi.Markov(K, parallel=parallel), params, obs,
+                               differentiable=differentiable)
         st = jax.tree_util.tree_map(np.asarray, stats_of(post))
         for name, field in st.items():
             assert not np.any(np.isnan(field)), name
@@ -502,8 +510,8 @@ def test_prefix_scan_equals_sequential_matrix_products(T, reverse):
 
 # --- a sequence no path explains ------------------------------------------------------------------
 
-@pytest.mark.parametrize("parallel", [False, True])
-def test_a_sequence_no_path_explains_has_log_evidence_minus_infinity_and_no_nan(parallel):
+@pytest.mark.parametrize("parallel, differentiable", WAYS)
+def test_a_sequence_no_path_explains_has_log_evidence_minus_infinity_and_no_nan(parallel, differentiable):
     """State 1 can only follow state 1; the second sequence's symbol 1 at t = 1 needs state 1 there, but
     state 1 is never a start and 0 -> 1 is impossible, so p(x) = 0 exactly."""
     K = 2
@@ -512,7 +520,8 @@ def test_a_sequence_no_path_explains_has_log_evidence_minus_infinity_and_no_nan(
                   "log_emit": np.log(np.array([[0.5, 0.0, 0.25, 0.25], [0.25, 0.25, 0.25, 0.25]]))}
     obs = np.array([[0, 2, 3], [0, 1, 2]], np.int32)
     with jax.enable_x64(True):
-        post = chain_posterior(categorical_step, jaxvi.Markov(K, parallel=parallel), to_jax(params), jnp.asarray(obs))
+        post = chain_posterior(categorical_step, jaxvi.Markov(K, parallel=parallel), to_jax(params), jnp.asarray(obs),
+                               differentiable=differentiable)
         truth = brute_force(categorical_step, to_jax(params), jnp.asarray(obs), K)
         log_evidence = np.asarray(post.log_evidence)
     assert np.isneginf(truth["log_evidence"][1]) and np.isneginf(log_evidence[1])
@@ -532,3 +541,92 @@ def test_em_stops_on_a_sequence_no_path_explains_and_names_it():
     obs = np.array([[0, 2, 3], [0, 2, 2], [0, 1, 2]], np.int32)
     with pytest.raises(ValueError, match=r"log p\(x\) is not finite for datum 2"):
         jaxvi.infer(model, jaxvi.EM(max_iter=3, m_step=lambda p, d, q: p), obs, key=jax.random.key(0), progress=False)
+
+
+# --- the probability-space recursions and their check ---------------------------------------------
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def stands_for_log_space(step, K, params, obs):
+    """Whether ``chain._scaled_scans`` stands for the log-space recursions on these (unpadded) sequences."""
+    first_of, pairs_of = chain._potential_functions(step, params, K)
+    time_major = jnp.moveaxis(obs, 1, 0)
+    lengths = jnp.full(obs.shape[0], obs.shape[1], jnp.int32)
+    return chain._scaled_scans(first_of(time_major[0]), time_major[1:], pairs_of, lengths)[1]
+
+
+def input_driven_step(params, z, x):
+    """Transitions that depend on the step's observation: staying is likelier the larger x."""
+    prev, state = z
+    move = params["log_start"][state] if prev is None else params["log_trans"][prev, state] + 0.7 * x * (prev == state)
+    return move + jax.scipy.stats.norm.logpdf(x, params["loc"][state], params["scale"][state])
+
+
+def rare_jump_hmm():
+    """Left to right, 0 -> 1 with probability exp(-103.6): in float32 that transition flushes to 0 in probability
+    space (below the smallest float), and the sequence 0, 0, 100, 100 can only be explained by taking it."""
+    with np.errstate(divide="ignore"):
+        params = {"log_start": np.log([1.0, 0.0]), "log_trans": np.array([[0.0, -103.6], [-np.inf, 0.0]]),
+                  "loc": np.array([0.0, 100.0]), "scale": np.array([1.0, 1.0])}
+    return params, np.array([[0.0, 0.0, 100.0, 100.0]])
+
+
+def test_probability_space_is_refused_where_transitions_depend_on_the_data_or_flush_to_zero():
+    K, T, N = 3, 5, 3
+    np_params = random_hmm(61, K)
+    np_obs = simulate(np_params, T, N, seed=62)
+    with jax.enable_x64(True):
+        params, obs = to_jax(np_params), jnp.asarray(np_obs)
+        assert bool(stands_for_log_space(gaussian_step, K, params, obs))
+        assert not bool(stands_for_log_space(input_driven_step, K, params, obs))
+        truth = brute_force(input_driven_step, params, obs, K)
+        st = stats_of(chain_posterior(input_driven_step, jaxvi.Markov(K), params, obs, differentiable=False))
+        names = ("log_evidence", "marginals", "pair", "transitions")
+        chex.assert_trees_all_close({k: st[k] for k in names}, {k: truth[k] for k in names}, rtol=1e-10, atol=1e-10)
+
+    # float32: a transition below the smallest float, which the only explanation of the sequence takes
+    rare, x = rare_jump_hmm()
+    with jax.enable_x64(True):
+        truth = brute_force(gaussian_step, to_jax(rare), jnp.asarray(x), 2)
+    assert np.isfinite(truth["log_evidence"][0])
+    params32, x32 = to_jax(rare, jnp.float32), jnp.asarray(x, jnp.float32)
+    assert not bool(stands_for_log_space(gaussian_step, 2, params32, x32))
+    st = stats_of(chain_posterior(gaussian_step, jaxvi.Markov(2), params32, x32, differentiable=False))
+    np.testing.assert_allclose(st["log_evidence"], truth["log_evidence"], rtol=1e-6)
+    np.testing.assert_allclose(st["marginals"], truth["marginals"], atol=1e-6)
+    np.testing.assert_allclose(st["transitions"], truth["transitions"], atol=1e-6)
+
+    # vmapped over two parameter sets, one in float range and one not: each gets its own answer, the first the
+    # probability-space one (at x = 100 float32 rounds its log-potentials of -5000 to 3e-4, so the two ways differ)
+    plain = random_hmm(63, 2)
+    both = jax.tree_util.tree_map(lambda a, b: jnp.stack([a, b]).astype(jnp.float32), plain, rare)
+    batched = jax.vmap(lambda p: stats_of(chain_posterior(gaussian_step, jaxvi.Markov(2), p, x32,
+                                                          differentiable=False)))(both)
+    for i, (one, differentiable) in enumerate(((plain, False), (rare, True))):
+        alone = stats_of(chain_posterior(gaussian_step, jaxvi.Markov(2), to_jax(one, jnp.float32), x32,
+                                         differentiable=differentiable))
+        chex.assert_trees_all_close(jax.tree_util.tree_map(lambda a: a[i], batched), alone, rtol=1e-6, atol=1e-7)
+    scaled, logged = (stats_of(chain_posterior(gaussian_step, jaxvi.Markov(2), to_jax(plain, jnp.float32), x32,
+                                               differentiable=d)) for d in (False, True))
+    assert np.max(np.abs(scaled["marginals"] - logged["marginals"])) > 1e-6
+
+
+def test_probability_space_takes_a_column_impossible_at_step_one_from_another_sequence():
+    """State 1 never emits symbol 0. Where some sequence has another symbol at step 1, state 1's transitions are
+    read there and the recursions stand; where every sequence starts its steps with symbol 0 they cannot be read,
+    the check refuses, and log space answers. Both equal enumeration."""
+    K = 2
+    with np.errstate(divide="ignore"):
+        params = {"log_start": np.log([0.6, 0.4]), "log_trans": np.log([[0.7, 0.3], [0.2, 0.8]]),
+                  "log_emit": np.log(np.array([[0.4, 0.2, 0.2, 0.2], [0.0, 0.5, 0.25, 0.25]]))}
+    readable = np.array([[1, 0, 2, 1, 0], [2, 3, 1, 1, 2]], np.int32)
+    unreadable = np.array([[1, 0, 2, 1, 0], [2, 0, 1, 1, 2]], np.int32)
+    with jax.enable_x64(True):
+        jparams = to_jax(params)
+        for obs, stands in ((readable, True), (unreadable, False)):
+            obs = jnp.asarray(obs)
+            assert bool(stands_for_log_space(categorical_step, K, jparams, obs)) is stands
+            truth = brute_force(categorical_step, jparams, obs, K)
+            st = stats_of(chain_posterior(categorical_step, jaxvi.Markov(K), jparams, obs, differentiable=False))
+            names = ("log_evidence", "marginals", "pair", "transitions")
+            chex.assert_trees_all_close({k: st[k] for k in names}, {k: truth[k] for k in names},
+                                        rtol=1e-10, atol=1e-10)
