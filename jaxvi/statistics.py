@@ -58,15 +58,16 @@ class StreamedEStep(NamedTuple):
     bad_end: jax.Array
 
 
-def streamed_e_step(model, params: PyTree, data: PyTree, chunk_size: int, collect: Callable) -> StreamedEStep:
+def streamed_e_step(model, params: PyTree, data: PyTree, chunk_size: int, collect: Callable,
+                    differentiable: bool = True) -> StreamedEStep:
     """The exact E-step of ``data`` one chunk at a time (a ``lax.scan`` over equal chunks, ``equal_chunk_size``,
-    then the rest where N has no divisor near ``chunk_size``)."""
+    then the rest where N has no divisor near ``chunk_size``); ``differentiable`` as for ``exact.posterior``."""
     n = num_data(data)
     size = equal_chunk_size(n, min(chunk_size, n))
     n_full = n // size
 
     def one_chunk(chunk):
-        post = exact.posterior(model.log_joint, model.latent, params, chunk, size, differentiable=False)
+        post = exact.posterior(model.log_joint, model.latent, params, chunk, size, differentiable)
         ok = jnp.all(jnp.isfinite(post.log_evidence)) & exact.all_well_posed(post)
         return jnp.sum(post.log_evidence), collect(params, chunk, post), ok
 

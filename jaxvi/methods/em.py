@@ -164,14 +164,15 @@ class EM:
         stopping on the change of log p(D) per datum."""
         return Schedule(self.max_iter + 1, stopping=Change(self.tol), evaluates_ahead=True)
 
-    def e_step(self, model: Model, params: PyTree, data: PyTree):
-        """The exact posterior p(z_i | x_i, params) of every datum: the E-step.
+    def e_step(self, model: Model, params: PyTree, data: PyTree, passes: int = 1):
+        """The exact posterior p(z_i | x_i, params) of every datum: the E-step, one of ``passes`` over ``data``.
 
         A ``DiscretePosterior``, ``ChainPosterior`` or ``GaussianPosterior`` by the model's latent spec. Nothing
-        differentiates through it (a gradient M-step holds it fixed), so a Markov chain's may run in probability
-        space (``exact.posterior(differentiable=False)``).
+        differentiates through it (a gradient M-step holds it fixed), so where the fit's passes are work enough a
+        Markov chain's runs in probability space (``exact.differentiable_for``).
         """
-        return exact.posterior(model.log_joint, model.latent, params, data, self.chunk_size, differentiable=False)
+        return exact.posterior(model.log_joint, model.latent, params, data, self.chunk_size,
+                               exact.differentiable_for(model.latent, data, passes))
 
     def posterior(self, result: Result, data: PyTree):
         """The exact posterior of ``data`` at the fitted parameters (what ``Result.posterior`` returns)."""
@@ -200,7 +201,8 @@ class EM:
         dtype = state.log_evidence.dtype
         prior = model.total_log_prior(state.params)
         if isinstance(self.m_step, Statistics):
-            streamed = streamed_e_step(model, state.params, data, self.chunk_size, self.m_step.collect)
+            streamed = streamed_e_step(model, state.params, data, self.chunk_size, self.m_step.collect,
+                                       exact.differentiable_for(model.latent, data, self.max_iter + 1))
             log_evidence = (streamed.log_evidence + prior).astype(dtype)
             evidence_ok = jnp.isfinite(log_evidence) & (streamed.bad_start < 0)
 
@@ -217,7 +219,7 @@ class EM:
                 return Fault(jnp.array(-1, jnp.int32), kind.astype(jnp.int32), index.astype(jnp.int32),
                              end.astype(jnp.int32))
         else:
-            post = self.e_step(model, state.params, data)
+            post = self.e_step(model, state.params, data, self.max_iter + 1)
             log_evidence = (sum_accurately(post.log_evidence) + prior).astype(dtype)
             well_posed = exact.well_posed(post)
             evidence_ok = jnp.isfinite(log_evidence) & exact.all_well_posed(post)

@@ -131,7 +131,7 @@ class OnlineEM:
         :math:`\\tfrac{N}{B}\\sum_{batch} \\log p_{\\theta_t}(x_i)`. ``key`` is unused."""
         index, rows = batch_rows(batch, num_data, None)
         post = exact.posterior(model.log_joint, model.latent, state.params, rows, self.chunk_size,
-                               differentiable=False)
+                               exact.differentiable_for(model.latent, rows, self.num_steps))
         scale = num_data / num_rows(rows)
         dtype = float_dtype(rows)
         estimate = (scale * sum_accurately(post.log_evidence) + model.total_log_prior(state.params)).astype(dtype)

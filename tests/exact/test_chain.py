@@ -630,3 +630,16 @@ def test_probability_space_takes_a_column_impossible_at_step_one_from_another_se
             names = ("log_evidence", "marginals", "pair", "transitions")
             chex.assert_trees_all_close({k: st[k] for k in names}, {k: truth[k] for k in names},
                                         rtol=1e-10, atol=1e-10)
+
+
+def test_probability_space_is_chosen_where_the_fit_repays_its_compile_time():
+    """``SCALED_WORK`` of K^2 x sequence steps x passes: a 10-iteration EM of 200 x 1,000 steps at K = 8 stays in
+    log space, 100 iterations or 10 of one sequence of 10^6 steps do not; the parallel scan and other latents are
+    never switched."""
+    many, long = jnp.zeros((200, 1_000, 4)), jax.ShapeDtypeStruct((1, 1_000_000, 4), jnp.float32)
+    assert 64 * 200_000 * 11 < chain.SCALED_WORK <= 64 * 200_000 * 101
+    assert exact.differentiable_for(jaxvi.Markov(8), many, 11)
+    assert not exact.differentiable_for(jaxvi.Markov(8), many, 101)
+    assert not exact.differentiable_for(jaxvi.Markov(8), long, 11)
+    assert exact.differentiable_for(jaxvi.Markov(8, parallel=True), many, 101)
+    assert exact.differentiable_for(jaxvi.Discrete(8), jnp.zeros((10**7, 4)), 101)
