@@ -37,7 +37,7 @@ def posterior(log_joint, latent, params, data, chunk_size: int = 1024, different
 def differentiable_for(latent, data, passes: int) -> bool:
     """The ``differentiable`` an E-step that nothing differentiates through, run ``passes`` times over ``data``,
     gives ``posterior``: False where a faster path repays its compile time (``chain.worth_scaling``)."""
-    return not (exact_family(latent) == "markov" and not latent.parallel and chain.worth_scaling(latent, data, passes))
+    return not (exact_family(latent) == "markov" and chain.worth_scaling(latent, data, passes))
 
 
 def expected_log_joint(log_joint, params, data, post, chunk_size: int = 1024) -> jax.Array:

@@ -228,7 +228,8 @@ def _scaled_scans(first: jax.Array, steps: PyTree, potentials_of: Callable, leng
     ``forward_scan`` and ``backward_scan``, and whether they stand for the log-space recursions.
 
     Each potential is split as :math:`\phi_t(i, j) = D_t(i, j) + u_t(j)` with :math:`u_t(j) = \max_i \phi_t(i, j)`.
-    Where :math:`D_t = D_1` (step 1's, per sequence) at every real step, with :math:`E = \exp D_1` and
+    Where :math:`D_t = D_1` at every real step of every sequence (:math:`D_1`: step 1's, column j read from the
+    first sequence of two or more steps where it is possible), with :math:`E = \exp D_1` and
     :math:`b_t = \exp(u_t - \max_j u_t)`, the recursions are those of the scaled (probability-space)
     forward–backward, K exponentials a step instead of K x K:
 
@@ -253,14 +254,13 @@ def _scaled_scans(first: jax.Array, steps: PyTree, potentials_of: Callable, leng
     usable = jnp.isfinite(step_one_top) & (lengths > 1)                                    # (K, N)
     states, which = jnp.arange(K), jnp.argmax(usable, axis=1)     # column j from the first sequence where possible
     reference, reference_top = step_one[:, states, which], step_one_top[states, which]     # (K, K), (K,)
-    reference_part = jnp.where(jnp.any(usable, axis=1), reference - reference_top, jnp.nan)[:, :, None]
+    reference_part = jnp.where(jnp.any(usable, axis=1), reference - reference_top, jnp.nan)              # D_1
+    matrix = jnp.where(jnp.isfinite(reference_part), jnp.exp(reference_part), 0.0)                       # E (from, to)
+    reference_part = reference_part[:, :, None]
     reference_size = (jnp.abs(reference) + jnp.abs(reference_top) + 1.0)[:, :, None]
-    matrix = jnp.where(jnp.isfinite(reference_part[:, :, 0]), jnp.exp(reference_part[:, :, 0]), 0.0)   # E (from, to)
 
-    top = jnp.max(first, axis=0)
-    message = jnp.exp(first - jnp.where(jnp.isfinite(top), top, 0.0))
-    norm = jnp.sum(message, axis=0)
-    message = message / jnp.where(norm > 0, norm, 1.0)
+    message, top = _exp_below_top(first)
+    message, norm = _unit_sum(message)
     first_scale = jnp.log(norm) + top
 
     def forward(carry, inputs):
@@ -274,12 +274,10 @@ def _scaled_scans(first: jax.Array, steps: PyTree, potentials_of: Callable, leng
                                               <= SCALED_TOLERANCE * finfo.eps * size) & jnp.isfinite(size))
         real = t < lengths
         alike = alike & (close | ~jnp.isfinite(column_top) | ~real)    # elementwise: reduced once, after the scan
-        step_top = jnp.max(column_top, axis=0)
-        emission = jnp.exp(column_top - jnp.where(jnp.isfinite(step_top), step_top, 0.0))  # b_t (K, N)
-        new = (matrix.T @ previous) * emission
-        norm = jnp.sum(new, axis=0)
+        emission, step_top = _exp_below_top(column_top)                                    # b_t (K, N)
+        new, norm = _unit_sum((matrix.T @ previous) * emission)
         in_range = in_range & (~real | (norm >= floor))
-        new = jnp.where(real, new / jnp.where(norm > 0, norm, 1.0), previous)
+        new = jnp.where(real, new, previous)
         return (new, alike, in_range), (new, jnp.where(real, jnp.log(norm) + step_top, 0.0), emission)
 
     T = 1 + jax.tree_util.tree_leaves(steps)[0].shape[0]
@@ -294,8 +292,7 @@ def _scaled_scans(first: jax.Array, steps: PyTree, potentials_of: Callable, leng
         unnormalised = matrix @ weighted                                                   # (K, N)
         z = jnp.sum(previous * unnormalised, axis=0)
         real = t < lengths
-        total = jnp.sum(unnormalised, axis=0)
-        new = jnp.where(real, unnormalised / jnp.where(total > 0, total, 1.0), following)
+        new = jnp.where(real, _unit_sum(unnormalised)[0], following)
         return new, (new, jnp.where(real, weighted / jnp.where(z > 0, z, 1.0), 0.0), ~real | (z >= floor))
 
     last = jnp.ones_like(message)
@@ -306,6 +303,18 @@ def _scaled_scans(first: jax.Array, steps: PyTree, potentials_of: Callable, leng
     log_forward = jnp.log(forward_messages)
     log_backward = jnp.log(jnp.concatenate([backward_messages, last[None]]))
     return (log_evidence, log_forward, log_backward, transitions), jnp.all(alike) & jnp.all(in_range) & jnp.all(backward_ok)
+
+
+def _exp_below_top(values: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(exp(values - top), top)``, top the maximum over axis 0 (where it is -inf: nothing subtracted, all 0)."""
+    top = jnp.max(values, axis=0)
+    return jnp.exp(values - jnp.where(jnp.isfinite(top), top, 0.0)), top
+
+
+def _unit_sum(values: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(values / total, total)``, total the sum over axis 0 (where it is 0: left as they are)."""
+    total = jnp.sum(values, axis=0)
+    return values / jnp.where(total > 0, total, 1.0), total
 
 
 def _sum_over_time(previous: jax.Array, following: jax.Array, chunk: int = 256) -> jax.Array:
@@ -581,6 +590,8 @@ def _parallel(potentials: jax.Array, lengths: jax.Array) -> tuple[jax.Array, ...
 def worth_scaling(latent, data: PyTree, passes: int) -> bool:
     """Whether ``passes`` E-steps of a ``Markov`` latent over ``data`` are work enough (``SCALED_WORK``) for the
     probability-space recursions to repay their compile time: ``posterior(differentiable=False)`` for them."""
+    if latent.parallel:  # the parallel scan has no probability-space recursions
+        return False
     obs, _ = split_sequences(data)
     n, t = jax.tree_util.tree_leaves(obs)[0].shape[:2]
     return latent.K ** 2 * n * t * passes >= SCALED_WORK
