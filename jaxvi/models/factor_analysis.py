@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxvi.latents import Gaussian
+from jaxvi.linalg import spd_solve
 from jaxvi.methods.common import sum_accurately
 from jaxvi.model import Model
 from jaxvi.statistics import Statistics
@@ -251,7 +252,7 @@ def _moments(stats: dict) -> tuple[jax.Array, jax.Array]:
 
 def _regression(stats: dict) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     r"""``([W, mu], residual sum of squares per dimension, N, data variance per dimension)`` from the statistics."""
-    coefficients = jnp.linalg.solve(stats["a"], stats["b"].T).T  # B A^{-1}, A symmetric
+    coefficients = spd_solve(stats["a"], stats["b"].T).T  # B A^{-1}, A symmetric positive definite
     residual = stats["xx"] - jnp.sum(coefficients * stats["b"], axis=1)
     n = stats["n"]
     return coefficients, residual, n, stats["xx"] / n - (stats["x"] / n) ** 2

@@ -28,6 +28,8 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.special import digamma, gammaln, multigammaln
 
+from jaxvi.linalg import spd_inverse, spd_log_det, spd_solve
+
 __all__ = ["BETA", "CATEGORICAL", "DIRICHLET", "Family", "GAMMA", "NORMAL", "NORMAL_WISHART", "NotLinear", "Quadrature", "WISHART",
            "coordinate_update", "entropy", "expect_linear", "expect_product", "expectation", "expected_statistics",
            "kl_divergence", "log_density", "log_normalizer", "natural_parameters", "normal_wishart_moments",
@@ -123,7 +125,7 @@ def _dirichlet_read(points, grads):
 def _log_det_read(precisions, grads):
     r"""(beta_1, beta_2) from :math:`G = \beta_1 + \beta_2 \Lambda^{-1}` (symmetric): beta_2 by least squares
     on the first and last points' difference, beta_1 the mean remainder."""
-    inverses = jnp.linalg.inv(precisions)
+    inverses = spd_inverse(precisions)
     change = inverses[0] - inverses[-1]
     beta_2 = jnp.sum((grads[0] - grads[-1]) * change) / jnp.sum(change * change)
     return jnp.mean(grads - beta_2 * inverses, axis=0), beta_2
@@ -138,7 +140,7 @@ def _normal_read(points, grads):
     r"""Normal, T = (z, z zᵀ): :math:`\nabla f = \beta_1 + 2 \beta_2 z`: :math:`2\beta_2` by least squares on
     the differences from the first point (p >= d + 1 points spanning every direction), symmetrised."""
     steps, changes = points[1:] - points[0], grads[1:] - grads[0]
-    twice = _symmetric(jnp.linalg.solve(steps.T @ steps, steps.T @ changes))
+    twice = _symmetric(spd_solve(steps.T @ steps, steps.T @ changes))
     return jnp.mean(grads - points @ twice, axis=0), 0.5 * twice
 
 
@@ -147,7 +149,7 @@ def _normal_wishart_read(points, grads):
     \mu`, a regression on the points' means; in Λ, what is left of :math:`\nabla_\Lambda f` once the μ terms
     :math:`\mathrm{sym}(\beta_1 \mu^\top) + \beta_2 \mu\mu^\top` are taken off is the Wishart's."""
     means, precisions = points[:, :, 0], points[:, :, 1:]
-    scaled = jnp.linalg.solve(precisions, grads[:, :, :1])[..., 0]                # (p, d)
+    scaled = spd_solve(precisions, grads[:, :, :1])[..., 0]                       # (p, d)
     centred = means - jnp.mean(means, axis=0)
     beta_2 = 0.5 * jnp.sum((scaled - jnp.mean(scaled, axis=0)) * centred) / jnp.sum(centred * centred)
     beta_1 = jnp.mean(scaled - 2 * beta_2 * means, axis=0)
@@ -221,13 +223,13 @@ CATEGORICAL = Family(  # over one-hot vectors: eta = unnormalised log-probabilit
 def _wishart_parts(eta):
     """(dof nu, scale W) from eta = (-W^-1 / 2, (nu - d - 1) / 2)."""
     d = eta[0].shape[-1]
-    return 2 * eta[1] + d + 1, jnp.linalg.inv(-2 * eta[0])
+    return 2 * eta[1] + d + 1, spd_inverse(-2 * eta[0])
 
 
 def _wishart_log_normalizer(eta):
     d = eta[0].shape[-1]
     nu = 2 * eta[1] + d + 1
-    _, log_det_inv_w = jnp.linalg.slogdet(-2 * eta[0])
+    log_det_inv_w = spd_log_det(-2 * eta[0])
     return -0.5 * nu * log_det_inv_w + 0.5 * nu * d * jnp.log(2.0) + multigammaln(0.5 * nu, d)
 
 
@@ -248,15 +250,15 @@ def _symmetric(m):
 
 WISHART = Family(  # over a d x d precision matrix: eta = (-W^-1 / 2, (nu - d - 1) / 2), T = (z, log|z|)
     "wishart", 2, (2, 0),
-    statistics=lambda z: (z, jnp.linalg.slogdet(z)[1]),
+    statistics=lambda z: (z, spd_log_det(z)),
     log_normalizer=_wishart_log_normalizer,
     points=_wishart_points, tangent=_symmetric, rule=lambda eta: _wishart_rule(eta), read=_wishart_read)
 
 
 def _normal_points(eta, p):
     precision = -2 * eta[1]
-    mean = jnp.linalg.solve(precision, eta[0][..., None])[..., 0]
-    sd = jnp.sqrt(jnp.diagonal(jnp.linalg.inv(precision), axis1=-2, axis2=-1))
+    mean = spd_solve(precision, eta[0][..., None])[..., 0]
+    sd = jnp.sqrt(jnp.diagonal(spd_inverse(precision), axis1=-2, axis2=-1))
     d = mean.shape[-1]
     # the mean, a step along every axis, a step back along the diagonal, ...: p points whose gradients
     # determine a quadratic's coefficients once p >= d + 1
@@ -310,13 +312,13 @@ def normal_wishart_moments(eta):
 def _normal_wishart_statistics(z):
     mean, precision = normal_wishart_parts(z)
     scaled = precision @ mean
-    return scaled, mean @ scaled, precision, jnp.linalg.slogdet(precision)[1]
+    return scaled, mean @ scaled, precision, spd_log_det(precision)
 
 
 def _normal_wishart_log_normalizer(eta):
     _, strength, scale_inverse, dof = normal_wishart_moments(eta)
     d = eta[0].shape[-1]
-    _, log_det_inv_w = jnp.linalg.slogdet(scale_inverse)
+    log_det_inv_w = spd_log_det(scale_inverse)
     return (-0.5 * d * jnp.log(strength) + 0.5 * d * jnp.log(2 * jnp.pi)
             - 0.5 * dof * log_det_inv_w + 0.5 * dof * d * jnp.log(2.0) + multigammaln(0.5 * dof, d))
 
@@ -325,8 +327,8 @@ def _normal_wishart_points(eta, p):
     mean, strength, scale_inverse, dof = normal_wishart_moments(eta)
     d = mean.shape[-1]
     precisions = _wishart_points((-0.5 * scale_inverse, 0.5 * (dof - d - 1)), p)   # (p, batch, d, d)
-    spread = jnp.sqrt(jnp.diagonal(jnp.linalg.inv(strength[..., None, None] * dof[..., None, None]
-                                                  * jnp.linalg.inv(scale_inverse)), axis1=-2, axis2=-1))
+    spread = jnp.sqrt(jnp.diagonal(spd_inverse(strength[..., None, None] * dof[..., None, None]
+                                                  * spd_inverse(scale_inverse)), axis1=-2, axis2=-1))
     offsets = jnp.linspace(-1.0, 1.0, p)[:, None] * jnp.cos(jnp.arange(d) * 2.0 + jnp.arange(p)[:, None] + 1.0)
     means = mean + spread * offsets.reshape((p,) + (1,) * (mean.ndim - 1) + (d,))
     return jnp.concatenate([means[..., None], precisions], axis=-1)
@@ -382,7 +384,7 @@ def _wishart_entropy(dof, scale_inverse):
     \ln\Gamma_d(\nu/2) - \tfrac{\nu-d-1}2 \sum_i \psi(\tfrac{\nu-i}2) + \tfrac{\nu d}2`; and
     :math:`E\log|\Lambda|`."""
     d = scale_inverse.shape[-1]
-    log_det_w = -jnp.linalg.slogdet(scale_inverse)[1]
+    log_det_w = -spd_log_det(scale_inverse)
     multi_digamma = jnp.sum(digamma((dof[..., None] - jnp.arange(d)) / 2), axis=-1)
     expected_log_det = multi_digamma + d * jnp.log(2.0) + log_det_w
     return (0.5 * (d + 1) * log_det_w + 0.5 * d * (d + 1) * jnp.log(2.0) + multigammaln(0.5 * dof, d)
@@ -603,7 +605,7 @@ def expect_product(fn: Callable, rules: tuple) -> jax.Array:
 def _sigma_points(eta: Natural) -> Quadrature:
     r"""A Normal's 2d sigma points :math:`\mu \pm \sqrt{d}\, L e_k` (:math:`LL^\top = \Sigma`): exact for every
     quadratic, without derivatives."""
-    covariance = jnp.linalg.inv(-2 * eta[1])
+    covariance = spd_inverse(-2 * eta[1])
     mean = (covariance @ eta[0][..., None])[..., 0]
     d = mean.shape[-1]
     columns = jnp.swapaxes(jnp.linalg.cholesky(covariance), -1, -2) * jnp.sqrt(jnp.asarray(d, mean.dtype))

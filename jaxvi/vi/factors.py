@@ -17,6 +17,7 @@ import numpy as np
 from tensorflow_probability.substrates import jax as tfp
 
 from jaxvi.latents import Beta, Dirichlet, Gamma, Gaussian, NormalGamma, NormalWishart, OneHot, Wishart
+from jaxvi.linalg import spd_inverse
 from jaxvi.vi import expfam
 
 __all__ = ["Factor", "FactorSpec", "factor_spec", "sample_factors"]
@@ -124,15 +125,15 @@ class Factor:
         if isinstance(spec, OneHot):
             return {"probs": jax.nn.softmax(eta[0], axis=-1)}
         if isinstance(spec, Wishart):
-            return {"dof": 2 * eta[1] + spec.d + 1, "scale": jnp.linalg.inv(-2 * eta[0])}
+            return {"dof": 2 * eta[1] + spec.d + 1, "scale": spd_inverse(-2 * eta[0])}
         if isinstance(spec, Gaussian):
-            covariance = jnp.linalg.inv(-2 * eta[1])
+            covariance = spd_inverse(-2 * eta[1])
             return {"mean": covariance @ eta[0], "covariance": covariance}
         mean, strength, scale_inverse, dof = expfam.normal_wishart_moments(eta)
         if isinstance(spec, NormalGamma):
             return {"mean": mean[..., 0], "strength": strength, "shape": dof / 2,
                     "rate": scale_inverse[..., 0, 0] / 2}
-        return {"mean": mean, "strength": strength, "scale": jnp.linalg.inv(scale_inverse), "dof": dof}
+        return {"mean": mean, "strength": strength, "scale": spd_inverse(scale_inverse), "dof": dof}
 
     def _distribution(self):
         """The TFP distribution of the value (not for Wishart precisions: ``_wishart_*``)."""
@@ -177,7 +178,7 @@ class Factor:
             precision = dof[..., None, None] * (scale ** 2 + diagonal[..., :, None] * diagonal[..., None, :])
             if isinstance(spec, Wishart):
                 return precision
-            mean = jnp.linalg.inv(scale) / (p["strength"] * (dof - spec.d - 1))[..., None, None]
+            mean = spd_inverse(scale) / (p["strength"] * (dof - spec.d - 1))[..., None, None]
             return mean, precision
         return self._distribution().variance()
 

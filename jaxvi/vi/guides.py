@@ -26,6 +26,7 @@ import distrax
 import jax
 import jax.numpy as jnp
 
+from jaxvi.linalg import spd_log_det
 from jaxvi.nn import mlp_apply, mlp_init
 
 __all__ = ["Categorical", "Delta", "Flow", "FullRank", "LowRank", "MeanField", "is_guide"]
@@ -170,7 +171,7 @@ class _DiagPlusLowRankNormal:
         dim, rank = self.factor.shape
         d_inv = 1.0 / self.scale**2
         capacitance = jnp.eye(rank, dtype=self.loc.dtype) + (self.factor.T * d_inv) @ self.factor
-        log_det = 2.0 * jnp.sum(jnp.log(self.scale)) + jnp.linalg.slogdet(capacitance)[1]
+        log_det = 2.0 * jnp.sum(jnp.log(self.scale)) + spd_log_det(capacitance)
         return 0.5 * (log_det + dim * (1.0 + math.log(2 * math.pi)))
 
 
