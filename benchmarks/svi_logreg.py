@@ -87,7 +87,9 @@ def jaxvi_steps(jax, model, method, data, n: int, steps: int) -> float:
         state, info = method.step(model, key, state, data, num_data=n)
         return state, info.objective
 
-    loop = jax.jit(lambda state, keys: jax.lax.scan(step, state, keys))
+    from jaxvi import compiler_options
+
+    loop = jax.jit(lambda state, keys: jax.lax.scan(step, state, keys), compiler_options=compiler_options())
     keys = jax.random.split(jax.random.key(0), steps)
     return timed(lambda: loop(state, keys)).run_s
 

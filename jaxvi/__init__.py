@@ -25,13 +25,13 @@ from jaxvi.vi import (Categorical, Delta, FittedGuide, Flow, FullRank, GlobalLoc
                       ordered, positive, simplex)
 from jaxvi.vi.objectives import Renyi
 from jaxvi import export, models, nn, parallel, plot, run
-from jaxvi.run.compiled import CACHE_ENV as _CACHE_ENV, cache
+from jaxvi.run.compiled import CACHE_ENV as _CACHE_ENV, cache, compiler_options
 
 if _os.environ.get(_CACHE_ENV):
     cache(_os.environ[_CACHE_ENV])
 
 __all__ = ["Amortized", "AmortizedParams", "Batch", "Beta", "cache", "calibrate", "Calibration", "Categorical",
-           "CAVI", "ChainPosterior", "compare", "Comparison", "Delta", "Dirichlet", "Discrete", "DiscretePosterior",
+           "CAVI", "ChainPosterior", "compare", "Comparison", "compiler_options", "Delta", "Dirichlet", "Discrete", "DiscretePosterior",
            "EM", "EMDiagnostics", "EMState", "evidence", "Evidence", "export", "Fault", "FittedGuide", "Flow",
            "FullRank", "Gamma", "Gaussian", "GaussianPosterior", "Global", "GlobalLocal", "infer", "interval",
            "load", "LowRank", "Markov", "MeanField", "Method", "Model", "models", "nn", "NormalGamma",

@@ -120,7 +120,7 @@ def infer(model: Model, method, data: PyTree, *, key: jax.Array, progress: bool 
                       progress=progress and not traced, desc=type(method).__name__,
                       describe=functools.partial(_describe, method.reports, n), every=checkpoint_every,
                       after_chunk=after_chunk)
-    finish = _finish_cheaply if compiled.run_once_options(data, passes=method.n_init) else _finish  # once per restart
+    finish = _finish_cheaply if compiled.runs_once_cheaply(data, passes=method.n_init) else _finish  # once per restart
     result, chosen = finish(model, method, runs, data)
     if not traced:
         if int(result.diagnostics.fault.kind) == FAULT_OBJECTIVE and hasattr(method, "explain"):
@@ -164,9 +164,9 @@ def _run_restarts(model, method, runs, *, data, stop):
 
 
 _start = per_fit(_start_restarts)
-_start_cheaply = per_fit(_start_restarts, compiler_options=CHEAP_CODE)
+_start_cheaply = per_fit(_start_restarts, options=CHEAP_CODE)
 _run = per_fit(_run_restarts)
-_run_cheaply = per_fit(_run_restarts, compiler_options=CHEAP_CODE)
+_run_cheaply = per_fit(_run_restarts, options=CHEAP_CODE)
 
 
 def _finish_restarts(model, method, runs, data) -> tuple[Result, jax.Array]:
@@ -180,7 +180,7 @@ def _finish_restarts(model, method, runs, data) -> tuple[Result, jax.Array]:
 
 
 _finish = per_fit(_finish_restarts)
-_finish_cheaply = per_fit(_finish_restarts, compiler_options=CHEAP_CODE)
+_finish_cheaply = per_fit(_finish_restarts, options=CHEAP_CODE)
 
 
 def _runs_cheaply(method, data: PyTree, passes: int, states: PyTree = None) -> bool:
@@ -191,7 +191,7 @@ def _runs_cheaply(method, data: PyTree, passes: int, states: PyTree = None) -> b
     return touched * passes <= compiled.CHEAP_RUN_BYTES
 
 
-@functools.partial(per_fit, compiler_options=CHEAP_CODE)
+@functools.partial(per_fit, options=CHEAP_CODE)
 def _explain(model, method, run, data):
     """The fault of a run stopped by a non-finite objective, completed by the method's ``explain``
     (which term, which datum): the faulty step replayed with its keys and batch (run once: ``CHEAP_CODE``)."""

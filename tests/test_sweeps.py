@@ -122,7 +122,7 @@ def test_compiler_options_apply_to_a_top_level_call_and_step_aside_inside_a_trac
     monkeypatch.setattr(compiled, "_fits", collections.OrderedDict())
     model = mixture(4.0)
     double = compiled.per_fit(lambda model, method, x: 2.0 * x + model.init(KEY, x)[0],
-                              compiler_options=compiled.CHEAP_CODE)
+                              options=compiled.CHEAP_CODE)
     x = jnp.arange(3.0)
     expected = 2.0 * np.arange(3.0) + MEANS[0]
     np.testing.assert_allclose(double(model, keep(), x), expected)
@@ -130,15 +130,37 @@ def test_compiler_options_apply_to_a_top_level_call_and_step_aside_inside_a_trac
     np.testing.assert_allclose(jax.vmap(lambda x: double(model, keep(), x))(x[:, None])[:, 0], expected)
     assert jax.eval_shape(lambda x: double(model, keep(), x), x).shape == (3,)
     (functions,) = compiled._fits.values()  # one with the options (the call on values), one without (traced)
-    assert {options for _, options in functions} == {(), tuple(sorted(compiled.CHEAP_CODE.items()))}
+    assert {options for _, options in functions} == {(), tuple(sorted(compiled.compiler_options(compiled.CHEAP_CODE)
+                                                                      .items()))}
+
+
+def test_jaxvi_s_compiler_options_keep_ynnpack_to_products_on_a_cpu_unless_xla_flags_choose(monkeypatch):
+    """``compiler_options`` adds ``CPU_CODE`` (YNNPACK takes products and convolutions, not reductions) to the options
+    asked for, on a CPU whose XLA takes it; a choice of the same option in ``XLA_FLAGS`` is the user's and stands.
+    A program compiled with them runs and gives the same number."""
+    assert jax.default_backend() == "cpu"
+    compiled._cpu_code.cache_clear()
+    assert compiled.compiler_options() == compiled.CPU_CODE
+    assert compiled.compiler_options(compiled.CHEAP_CODE) == {**compiled.CPU_CODE, **compiled.CHEAP_CODE}
+    x = jnp.arange(12.0).reshape(3, 4)
+    mean_square = jax.jit(lambda x: jnp.mean(jnp.sum((x @ x.T) ** 2, axis=1)), compiler_options=jaxvi.compiler_options())
+    np.testing.assert_allclose(mean_square(x), np.mean(np.sum((np.arange(12.0).reshape(3, 4) @
+                                                                np.arange(12.0).reshape(3, 4).T) ** 2, axis=1)))
+    monkeypatch.setenv("XLA_FLAGS", f"--{compiled.YNN_OPTION}=")
+    compiled._cpu_code.cache_clear()
+    try:
+        assert compiled.compiler_options(compiled.CHEAP_CODE) == compiled.CHEAP_CODE
+    finally:
+        monkeypatch.undo()
+        compiled._cpu_code.cache_clear()
 
 
 def test_the_final_evaluation_is_compiled_for_the_cheapest_code_on_small_data_only(monkeypatch):
     """``infer`` compiles a fit's final evaluation with ``CHEAP_CODE`` where the data of all its restarts are at
-    most ``CHEAP_PASS_BYTES`` (X: 240 bytes), with XLA's defaults above; log p(D | θ0) either way."""
+    most ``CHEAP_PASS_BYTES`` (X: 240 bytes), with ``compiler_options()`` above; log p(D | θ0) either way."""
     infer_module = importlib.import_module("jaxvi.infer")
-    for bound, n_init, options in ((240, 1, compiled.CHEAP_CODE), (480, 2, compiled.CHEAP_CODE), (239, 1, {}),
-                                   (479, 2, {})):
+    for bound, n_init, options in ((240, 1, compiled.CHEAP_CODE), (480, 2, compiled.CHEAP_CODE), (239, 1, None),
+                                   (479, 2, None)):
         monkeypatch.setattr(compiled, "CHEAP_PASS_BYTES", bound)
         monkeypatch.setattr(compiled, "_fits", collections.OrderedDict())
         method = jaxvi.EM(m_step=lambda params, data, posterior: params, max_iter=3, n_init=n_init)
@@ -146,17 +168,18 @@ def test_the_final_evaluation_is_compiled_for_the_cheapest_code_on_small_data_on
         np.testing.assert_allclose(float(result.objective), log_evidence(1.0), rtol=1e-6)
         (functions,) = compiled._fits.values()
         finishes = {options for fn, options in functions if fn is infer_module._finish_restarts}
-        assert finishes == {tuple(sorted(options.items()))}, (bound, n_init, finishes)
+        assert finishes == {tuple(sorted(compiled.compiler_options(options).items()))}, (bound, n_init, finishes)
 
 
 def test_the_start_and_the_run_are_compiled_for_the_cheapest_code_on_small_problems_only(monkeypatch):
     """``infer`` compiles a fit's start with ``CHEAP_CODE`` where its data (X: 240 bytes) times ``START_PASSES`` (4
     here) and the restarts are at most ``CHEAP_RUN_BYTES``, and its run where the data and the restarts' states times
-    the steps (4) are; XLA's defaults above. log p(D | θ0) either way."""
+    the steps (4) are; ``compiler_options()`` above. log p(D | θ0) either way."""
     monkeypatch.setattr(compiled, "START_PASSES", 4)
-    cheap = tuple(sorted(compiled.CHEAP_CODE.items()))
-    for bound, n_init, start, run in ((960, 1, cheap, ()), (1920, 2, cheap, ()), (959, 1, (), ()), (1919, 2, (), ()),
-                                      (2 ** 20, 2, cheap, cheap)):
+    cheap = tuple(sorted(compiled.compiler_options(compiled.CHEAP_CODE).items()))
+    plain = tuple(sorted(compiled.compiler_options().items()))
+    for bound, n_init, start, run in ((960, 1, cheap, plain), (1920, 2, cheap, plain), (959, 1, plain, plain),
+                                      (1919, 2, plain, plain), (2 ** 20, 2, cheap, cheap)):
         monkeypatch.setattr(compiled, "CHEAP_RUN_BYTES", bound)
         monkeypatch.setattr(compiled, "_fits", collections.OrderedDict())
         method = jaxvi.EM(m_step=lambda params, data, posterior: params, max_iter=3, n_init=n_init)

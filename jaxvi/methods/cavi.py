@@ -736,7 +736,7 @@ class CAVI:
         return new
 
 
-@functools.partial(per_fit, compiler_options=CHEAP_CODE)
+@functools.partial(per_fit, options=CHEAP_CODE)
 def _compiled_probe(model: Model, method: CAVI, data: PyTree):
     """``CAVI._probe`` compiled once per model and method structure, like the fit itself; run once on at most 8 rows,
     so compiled for XLA's cheapest code (``CHEAP_CODE``)."""

@@ -16,6 +16,7 @@ import numpy as np
 
 from jaxvi.data import num_data as num_data_of
 from jaxvi.model import Model
+from jaxvi.run.compiled import compiler_options
 from jaxvi.run.loop import step_keys
 
 __all__ = ["Streamed", "stream"]
@@ -78,8 +79,10 @@ def stream(model: Model, method, minibatches: Iterable[PyTree], *, num_data: int
     init_key, run_key = jax.random.split(key)
     method.check(model, first)
     if state is None:
-        state = jax.jit(lambda k, d, p: method.init(model, k, d, p, num_data=int(num_data)))(init_key, first, params)
-    step = jax.jit(lambda s, d, t: method.step(model, step_keys(run_key, t)[0], s, d, num_data=int(num_data)))
+        state = jax.jit(lambda k, d, p: method.init(model, k, d, p, num_data=int(num_data)),
+                        compiler_options=compiler_options())(init_key, first, params)
+    step = jax.jit(lambda s, d, t: method.step(model, step_keys(run_key, t)[0], s, d, num_data=int(num_data)),
+                   compiler_options=compiler_options())
 
     bar = None
     if progress:
