@@ -59,8 +59,9 @@ PyTree = Any
 LogJoint = Callable[[PyTree, PyTree, PyTree], jax.Array]
 SCALED_TOLERANCE = 64  # epsilons of the dtype, relative: a step's transition part equals step 1's within this
 # K^2 x sequence steps x passes from which a fit's E-steps run in probability space (``worth_scaling``): on a 2-core
-# CPU they compile about 1 s longer (both recursions are compiled) and save about 3.5 ns per K^2 x sequence step
-# (K = 8, 200 x 1,000 steps: 91 -> 49 ms an E-step), so they pay for themselves from about 3 x 10^8 of that work
+# CPU they compile 0.4-1 s longer (both recursions are compiled) and save 1.5-9 ns per K^2 x sequence step, so they pay
+# for themselves from 10^8 to 4 x 10^8 of that work (K = 8, jaxvi.compiler_options: 200 sequences of 1,000 steps 57 ->
+# 39 ms an E-step, compile 0.9 -> 1.5 s; one sequence of 10^6 steps 1.35 -> 0.80 s, compile 0.9 -> 1.2 s)
 SCALED_WORK = 2 ** 28
 
 
