@@ -30,12 +30,12 @@ from jaxvi.run.compiled import CACHE_ENV as _CACHE_ENV, cache, compiler_options
 if _os.environ.get(_CACHE_ENV):
     cache(_os.environ[_CACHE_ENV])
 
-__all__ = ["Amortized", "AmortizedParams", "Batch", "Beta", "cache", "calibrate", "Calibration", "Categorical",
-           "CAVI", "ChainPosterior", "compare", "Comparison", "compiler_options", "Delta", "Dirichlet", "Discrete", "DiscretePosterior",
-           "EM", "EMDiagnostics", "EMState", "evidence", "Evidence", "export", "Fault", "FittedGuide", "Flow",
-           "FullRank", "Gamma", "Gaussian", "GaussianPosterior", "Global", "GlobalLocal", "infer", "interval",
-           "load", "LowRank", "Markov", "MeanField", "Method", "Model", "models", "nn", "NormalGamma",
-           "NormalWishart", "OneHot", "OnlineEM", "ordered", "parallel", "plot", "positive", "predictive",
-           "Predictive", "psis", "psis_resample", "Real", "Renyi", "Resampled", "Result", "run", "Sequences",
-           "simplex", "Skips", "Statistics", "SVI", "SVIDiagnostics", "Wishart"]
+__all__ = ["Amortized", "AmortizedParams", "Batch", "Beta", "cache", "calibrate", "Calibration", "Categorical", "CAVI",
+           "ChainPosterior", "compare", "Comparison", "compiler_options", "Delta", "Dirichlet", "Discrete",
+           "DiscretePosterior", "EM", "EMDiagnostics", "EMState", "evidence", "Evidence", "export", "Fault",
+           "FittedGuide", "Flow", "FullRank", "Gamma", "Gaussian", "GaussianPosterior", "Global", "GlobalLocal",
+           "infer", "interval", "load", "LowRank", "Markov", "MeanField", "Method", "Model", "models", "nn",
+           "NormalGamma", "NormalWishart", "OneHot", "OnlineEM", "ordered", "parallel", "plot", "positive",
+           "predictive", "Predictive", "psis", "psis_resample", "Real", "Renyi", "Resampled", "Result", "run",
+           "Sequences", "simplex", "Skips", "Statistics", "SVI", "SVIDiagnostics", "Wishart"]
 __version__ = "0.1.0"
