@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy.special import expit, logsumexp, softmax, xlog1py, xlogy
+from scipy.special import expit, logsumexp, softmax
 from sklearn.datasets import load_digits
 
 import jaxvi
@@ -15,8 +15,15 @@ K = 10
 def em_step(x, weights, probs):
     r"""One closed-form EM step for a mixture of Bernoulli products: returns the mean log-likelihood at
     ``(weights, probs)`` and the next ones, :math:`\pi_k = \bar r_k`, :math:`p_{kd} = \sum_i r_{ik} x_{id} / \sum_i r_{ik}`."""
-    # xlogy: 0 log 0 = 0 where a pixel's probability reaches exactly 0 or 1
-    joint = np.log(weights) + (xlogy(x[:, None], probs) + xlog1py(1 - x[:, None], -probs)).sum(axis=-1)
+    # sum_d xlogy(x_id, p_kd) + xlog1py(1 - x_id, -p_kd) for x of zeros and ones, as matrix products over the
+    # pixels (N x K, not N x K x D): each pixel's term is log p_kd where x_id = 1 and log(1 - p_kd) where x_id = 0,
+    # and 0 log 0 = 0 where a probability reaches exactly 0 or 1 (a 1 at such a pixel makes the term -inf)
+    assert np.all((x == 0) | (x == 1))
+    with np.errstate(divide="ignore"):
+        log_on, log_off = np.log(probs), np.log1p(-probs)
+    joint = (x @ np.where(probs > 0, log_on, 0.0).T + (1 - x) @ np.where(probs < 1, log_off, 0.0).T
+             + np.where(x @ (probs == 0).T + (1 - x) @ (probs == 1).T > 0, -np.inf, 0.0))
+    joint = np.log(weights) + joint
     log_likelihood = logsumexp(joint, axis=1)
     resp = np.exp(joint - log_likelihood[:, None])
     probs = np.clip(resp.T @ x / resp.sum(axis=0)[:, None], 0.0, 1.0)  # rounding can pass 1 by an ulp
