@@ -134,22 +134,26 @@ def test_compiler_options_apply_to_a_top_level_call_and_step_aside_inside_a_trac
                                                                       .items()))}
 
 
-def test_jaxvi_s_compiler_options_keep_ynnpack_to_products_on_a_cpu_unless_xla_flags_choose(monkeypatch):
+def test_compiler_options_keep_ynnpack_to_products_in_optimised_cpu_code_unless_xla_flags_choose(monkeypatch):
     """``compiler_options`` adds ``CPU_CODE`` (YNNPACK takes products and convolutions, not reductions) to the options
-    asked for, on a CPU whose XLA takes it; a choice of the same option in ``XLA_FLAGS`` is the user's and stands.
-    A program compiled with them runs and gives the same number."""
+    asked for, on a CPU whose XLA takes it, where the code is optimised: not with ``CHEAP_CODE`` (level 0), nor where
+    ``XLA_FLAGS`` turns optimisation off (as this suite's conftest does) or chooses that option itself. A program
+    compiled with them runs and gives NumPy's number. ``XLA_FLAGS`` is read when the choice is made, once a process."""
     assert jax.default_backend() == "cpu"
-    compiled._cpu_code.cache_clear()
-    assert compiled.compiler_options() == compiled.CPU_CODE
-    assert compiled.compiler_options(compiled.CHEAP_CODE) == {**compiled.CPU_CODE, **compiled.CHEAP_CODE}
-    x = jnp.arange(12.0).reshape(3, 4)
-    mean_square = jax.jit(lambda x: jnp.mean(jnp.sum((x @ x.T) ** 2, axis=1)), compiler_options=jaxvi.compiler_options())
-    np.testing.assert_allclose(mean_square(x), np.mean(np.sum((np.arange(12.0).reshape(3, 4) @
-                                                                np.arange(12.0).reshape(3, 4).T) ** 2, axis=1)))
-    monkeypatch.setenv("XLA_FLAGS", f"--{compiled.YNN_OPTION}=")
-    compiled._cpu_code.cache_clear()
+    x = np.arange(12.0).reshape(3, 4)
+    expected = np.mean(np.sum((x @ x.T) ** 2, axis=1))
     try:
-        assert compiled.compiler_options(compiled.CHEAP_CODE) == compiled.CHEAP_CODE
+        for flags, cpu_code in (("", compiled.CPU_CODE), ("--xla_backend_optimization_level=0", {}),
+                                (f"--{compiled.YNN_OPTION}=", {})):
+            monkeypatch.setenv("XLA_FLAGS", flags)
+            compiled._cpu_code.cache_clear()
+            assert compiled.compiler_options() == cpu_code, flags
+            assert compiled.compiler_options({"xla_cpu_use_fusion_emitters": False}) == {
+                **cpu_code, "xla_cpu_use_fusion_emitters": False}, flags
+            assert compiled.compiler_options(compiled.CHEAP_CODE) == compiled.CHEAP_CODE, flags
+            mean_square = jax.jit(lambda x: jnp.mean(jnp.sum((x @ x.T) ** 2, axis=1)),
+                                  compiler_options=jaxvi.compiler_options())
+            np.testing.assert_allclose(mean_square(jnp.asarray(x, jnp.float32)), expected, rtol=1e-6)
     finally:
         monkeypatch.undo()
         compiled._cpu_code.cache_clear()

@@ -33,8 +33,10 @@ __all__ = ["CACHE_ENV", "CACHED_FITS", "CHEAP_CODE", "CHEAP_PASS_BYTES", "CHEAP_
 # together with the arithmetic that feeds them. In jaxvi's programs those fused reductions ran several times slower than
 # XLA's own loops (2-core CPU, YNNPACK's products kept either way: a Bayesian mixture's local step on 200,000 x 16 data,
 # K = 16, 119 ms -> 27 ms; 10 EM iterations of a Gaussian HMM on 200 x 1,000 steps 1.03 s -> 0.43 s; 20 of a GMM on
-# 200,000 x 16 data 1.59 s -> 1.15 s; SVI's logistic regression and the VAE unchanged). So jaxvi's programs leave YNNPACK
-# the products alone: the option's value lists the kinds of work it may take.
+# 200,000 x 16 data 1.59 s -> 1.15 s; SVI's logistic regression and the VAE unchanged). So jaxvi's programs leave
+# YNNPACK the products alone: the option's value lists the kinds of work it may take. Not in code XLA does not optimise
+# (backend optimisation level 0: CHEAP_CODE, or XLA_FLAGS), whose own loops are slower still: a Bernoulli mixture's EM
+# on the digits, float64, 1.08 s with YNNPACK's reductions, 4.5 s without.
 YNN_OPTION = "xla_cpu_experimental_ynn_fusion_type"
 CPU_CODE = {YNN_OPTION: "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"}
 
@@ -42,7 +44,8 @@ CPU_CODE = {YNN_OPTION: "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_
 # older elemental emitters instead of the fusion emitters. IEEE arithmetic, fused in another order: results agree with
 # XLA's defaults to rounding, not bit for bit
 # (CAVI's conjugacy probe, D = K = 16: 4.0-5.4 s at XLA's defaults, 2.6-3.8 s at level 0, 1.5-2.0 s with both)
-CHEAP_CODE = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
+OPTIMIZATION_LEVEL = "xla_backend_optimization_level"
+CHEAP_CODE = {OPTIMIZATION_LEVEL: 0, "xla_cpu_use_fusion_emitters": False}
 # Where compiling dominates running, code is compiled for CHEAP_CODE: code that makes one pass over its arrays (a final
 # evaluation, a posterior) where they are at most CHEAP_PASS_BYTES (SVI's final ELBO of a logistic regression on
 # 20,000 x 50 floats: compile 1.30 s -> 0.27 s, run 0.01 s -> 0.05 s; EM's of a 16-component full-covariance GMM on
@@ -63,20 +66,25 @@ _lock = threading.Lock()
 
 def compiler_options(options: dict | None = None) -> dict:
     """XLA's options for jaxvi's compiled programs: ``options`` (e.g. ``CHEAP_CODE``), with ``CPU_CODE`` where JAX
-    compiles for a CPU whose XLA takes it and ``XLA_FLAGS`` does not set that option itself.
+    compiles for a CPU whose XLA takes it, the code is optimised (not ``CHEAP_CODE``'s level 0) and ``XLA_FLAGS`` sets
+    neither that option nor level 0.
 
     jaxvi compiles its own programs (``jaxvi.infer``'s start, run and final evaluation, posteriors, streamed steps)
     with them. A program of your own that runs a method's ``step`` (your ``lax.scan``) runs as jaxvi's do when you
     pass them too: ``jax.jit(fit, compiler_options=jaxvi.compiler_options())``.
     """
-    return {**_cpu_code(), **(options or {})}
+    options = dict(options or {})
+    if options.get(OPTIMIZATION_LEVEL) == 0:
+        return options
+    return {**_cpu_code(), **options}
 
 
 @functools.cache
 def _cpu_code() -> dict:
-    """``CPU_CODE``, or nothing: on another backend, where ``XLA_FLAGS`` sets the option, or where this XLA refuses it
-    (one without YNNPACK, or one that names its options otherwise)."""
-    if jax.default_backend() != "cpu" or YNN_OPTION in os.environ.get("XLA_FLAGS", ""):
+    """``CPU_CODE``, or nothing: on another backend, where ``XLA_FLAGS`` sets the option or turns optimisation off, or
+    where this XLA refuses the option (one without YNNPACK, or one that names its options otherwise)."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    if jax.default_backend() != "cpu" or YNN_OPTION in flags or f"{OPTIMIZATION_LEVEL}=0" in flags:
         return {}
     try:
         jax.jit(lambda x: x + 1, compiler_options=CPU_CODE).lower(jax.numpy.float32(0)).compile()
