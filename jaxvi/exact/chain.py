@@ -303,7 +303,8 @@ def _scaled_scans(first: jax.Array, steps: PyTree, potentials_of: Callable, leng
     log_evidence = first_scale + sum_accurately(scales)
     log_forward = jnp.log(forward_messages)
     log_backward = jnp.log(jnp.concatenate([backward_messages, last[None]]))
-    return (log_evidence, log_forward, log_backward, transitions), jnp.all(alike) & jnp.all(in_range) & jnp.all(backward_ok)
+    ok = jnp.all(alike) & jnp.all(in_range) & jnp.all(backward_ok)
+    return (log_evidence, log_forward, log_backward, transitions), ok
 
 
 def _exp_below_top(values: jax.Array) -> tuple[jax.Array, jax.Array]:

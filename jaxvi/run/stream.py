@@ -78,11 +78,12 @@ def stream(model: Model, method, minibatches: Iterable[PyTree], *, num_data: int
                          f"{num_data_of(first)} in minibatch 0")
     init_key, run_key = jax.random.split(key)
     method.check(model, first)
+    options = compiler_options()
     if state is None:
         state = jax.jit(lambda k, d, p: method.init(model, k, d, p, num_data=int(num_data)),
-                        compiler_options=compiler_options())(init_key, first, params)
+                        compiler_options=options)(init_key, first, params)
     step = jax.jit(lambda s, d, t: method.step(model, step_keys(run_key, t)[0], s, d, num_data=int(num_data)),
-                   compiler_options=compiler_options())
+                   compiler_options=options)
 
     bar = None
     if progress:
