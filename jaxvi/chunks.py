@@ -4,9 +4,12 @@ Working on ``chunk_size`` data at a time keeps the intermediates of a vmapped lo
 mixture: one row per datum and latent value) small enough to stay in cache, instead of writing
 ``N x K x ...`` arrays to memory. The results are the same as one big ``vmap``.
 
-Chunk i holds rows i, i + N/c, i + 2N/c, ... (``_strided``), not rows ic to (i + 1)c: data split over devices
-along the leading axis (``mesh=``) then give every device its share of every chunk, and the devices work on
-each chunk together; contiguous chunks would each live on one device, and the others would wait or copy.
+Where JAX has several devices, chunk i holds rows i, i + N/c, i + 2N/c, ... (``_chunked``), not rows ic to
+(i + 1)c: data split over devices along the leading axis (``mesh=``) then give every device its share of every
+chunk, and the devices work on each chunk together; contiguous chunks would each live on one device, and the
+others would wait or copy. With one device, chunk i is rows ic to (i + 1)c: the chunks are the data reshaped, where
+strided ones are a transposed copy of every array the loop reads and of every per-datum result it returns (a
+Bayesian mixture's CAVI step on 200,000 x 16 data, K = 16: 94-100 ms strided, 76-79 ms contiguous).
 """
 from __future__ import annotations
 
@@ -55,7 +58,7 @@ def map_chunks(fn: Callable[[PyTree], PyTree], data: PyTree, chunk_size: int) ->
     if chunks is None:  # one chunk: no loop to compile
         return fn(data)
     out = lax.map(fn, chunks)
-    out = jax.tree_util.tree_map(lambda a: jnp.swapaxes(a, 0, 1).reshape(-1, *a.shape[2:]), out)
+    out = jax.tree_util.tree_map(_unchunked, out)
     if tail is not None:
         out = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b]), out, fn(tail))
     return out
@@ -110,23 +113,38 @@ def _highest(dtype):
 
 
 def _chunks(data: PyTree, chunk_size: int) -> tuple[PyTree | None, PyTree | None]:
-    """``(chunks, tail)``: the data's first ``(N // c) c`` rows as ``(N // c, c, ...)`` strided chunks
-    (``_strided``), c = ``equal_chunk_size(N, chunk_size)``, and the remaining rows (None if there are none);
-    chunks is None when the data are one chunk (N <= chunk_size)."""
+    """``(chunks, tail)``: the data's first ``(N // c) c`` rows as ``(N // c, c, ...)`` chunks (``_chunked``),
+    c = ``equal_chunk_size(N, chunk_size)``, and the remaining rows (None if there are none); chunks is None when
+    the data are one chunk (N <= chunk_size)."""
     n = num_data(data)
     if n <= chunk_size:
         return None, None
     size = equal_chunk_size(n, chunk_size)
     n_full = n // size
-    chunks = jax.tree_util.tree_map(lambda a: _strided(a[: n_full * size], size), data)
+    chunks = jax.tree_util.tree_map(lambda a: _chunked(a[: n_full * size], size), data)
     tail = jax.tree_util.tree_map(lambda a: a[n_full * size:], data) if n_full * size < n else None
     return chunks, tail
 
 
-def _strided(a: jax.Array, size: int) -> jax.Array:
-    """``a``'s rows as ``(len(a) // size, size, ...)`` chunks, chunk i holding rows i, i + len(a) // size, ...:
-    data split over devices along the leading axis give every chunk an equal share on every device."""
-    return jnp.swapaxes(a.reshape(size, a.shape[0] // size, *a.shape[1:]), 0, 1)
+def _strided() -> bool:
+    """Whether chunks are strided (module docstring): where JAX has more than one device."""
+    return jax.device_count() > 1
+
+
+def _chunked(a: jax.Array, size: int) -> jax.Array:
+    """``a``'s rows as ``(len(a) // size, size, ...)`` chunks: strided (chunk i holding rows i, i + len(a) // size,
+    ..., so data split over devices along the leading axis give every chunk an equal share on every device), or
+    contiguous on one device (``_strided``)."""
+    if _strided():
+        return jnp.swapaxes(a.reshape(size, a.shape[0] // size, *a.shape[1:]), 0, 1)
+    return a.reshape(a.shape[0] // size, size, *a.shape[1:])
+
+
+def _unchunked(a: jax.Array) -> jax.Array:
+    """The rows of ``_chunked``'s ``(chunks, size, ...)`` array back in their order."""
+    if _strided():
+        a = jnp.swapaxes(a, 0, 1)
+    return a.reshape(-1, *a.shape[2:])
 
 
 def sum_accurately(values: jax.Array) -> jax.Array:
