@@ -135,16 +135,21 @@ def test_compiler_options_apply_to_a_top_level_call_and_step_aside_inside_a_trac
 
 
 def test_compiler_options_keep_ynnpack_to_products_in_optimised_cpu_code_unless_xla_flags_choose(monkeypatch):
-    """``compiler_options`` adds ``CPU_CODE`` (YNNPACK takes products and convolutions, not reductions) to the options
-    asked for, on a CPU whose XLA takes it, where the code is optimised: not with ``CHEAP_CODE`` (level 0), nor where
-    ``XLA_FLAGS`` turns optimisation off (as this suite's conftest does) or chooses that option itself. A program
-    compiled with them runs and gives NumPy's number. ``XLA_FLAGS`` is read when the choice is made, once a process."""
+    """``compiler_options`` adds ``CPU_CODE`` (YNNPACK takes products and convolutions, not reductions; LLVM's level 1)
+    to the options asked for, on a CPU whose XLA takes it, where the code is optimised: not with ``CHEAP_CODE`` (level
+    0), nor where ``XLA_FLAGS`` turns optimisation off (as this suite's conftest does); an option ``XLA_FLAGS`` sets
+    itself is left to it. A program compiled with them runs and gives NumPy's number. ``XLA_FLAGS`` is read when the
+    choice is made, once a process."""
     assert jax.default_backend() == "cpu"
     x = np.arange(12.0).reshape(3, 4)
     expected = np.mean(np.sum((x @ x.T) ** 2, axis=1))
     try:
+        level = {compiled.OPTIMIZATION_LEVEL: 1}
+        ynn = {compiled.YNN_OPTION: compiled.CPU_CODE[compiled.YNN_OPTION]}
+        assert compiled.CPU_CODE == {**ynn, **level}
         for flags, cpu_code in (("", compiled.CPU_CODE), ("--xla_backend_optimization_level=0", {}),
-                                (f"--{compiled.YNN_OPTION}=", {})):
+                                (f"--{compiled.YNN_OPTION}=", level), ("--xla_backend_optimization_level=3", ynn),
+                                (f"--{compiled.YNN_OPTION}= --xla_backend_optimization_level=2", {})):
             monkeypatch.setenv("XLA_FLAGS", flags)
             compiled._cpu_code.cache_clear()
             assert compiled.compiler_options() == cpu_code, flags

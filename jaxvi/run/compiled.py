@@ -29,6 +29,8 @@ from jaxvi.run import stored
 __all__ = ["CACHE_ENV", "CACHED_FITS", "CHEAP_CODE", "CHEAP_PASS_BYTES", "CHEAP_RUN_BYTES", "CPU_CODE", "START_PASSES",
            "cache", "cached_fits", "compiler_options", "nbytes", "per_fit", "run_once_options", "runs_once_cheaply"]
 
+OPTIMIZATION_LEVEL = "xla_backend_optimization_level"
+YNN_OPTION = "xla_cpu_experimental_ynn_fusion_type"
 # XLA's CPU compiler (jaxlib 0.10) hands parts of a program to YNNPACK: matrix products and convolutions, and reductions
 # together with the arithmetic that feeds them. In jaxvi's programs those fused reductions ran several times slower than
 # XLA's own loops (2-core CPU, YNNPACK's products kept either way: a Bayesian mixture's local step on 200,000 x 16 data,
@@ -37,14 +39,19 @@ __all__ = ["CACHE_ENV", "CACHED_FITS", "CHEAP_CODE", "CHEAP_PASS_BYTES", "CHEAP_
 # YNNPACK the products alone: the option's value lists the kinds of work it may take. Not in code XLA does not optimise
 # (backend optimisation level 0: CHEAP_CODE, or XLA_FLAGS), whose own loops are slower still: a Bernoulli mixture's EM
 # on the digits, float64, 1.08 s with YNNPACK's reductions, 4.5 s without.
-YNN_OPTION = "xla_cpu_experimental_ynn_fusion_type"
-CPU_CODE = {YNN_OPTION: "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"}
+# The backend optimisation level (LLVM's code generation: 3, "aggressive", by default) is 1, as most of a large
+# program's compile time is LLVM's (a Bayesian mixture's CAVI fit: 0.70 s of XLA's passes, then 3.78 s of LLVM). Level 1
+# compiled that fit (start, 20 iterations, final bound) in 3.95 s against 4.70 s (medians of four, alternated) and the
+# VAE's in 2.7-3.1 s against 2.9-3.3 s; the runs of those, an HMM's and a GMM's EM, SVI and LDA stayed within this
+# 2-core CPU's noise (LDA on 10,000 documents 5.2-5.3 s against 5.7-5.8 s; on the small Lee corpus 0.56-0.58 s against
+# 0.49-0.52 s).
+CPU_CODE = {YNN_OPTION: "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION",
+            OPTIMIZATION_LEVEL: 1}
 
 # XLA's cheapest code generation, for code where compiling dominates running: no backend optimisation, and on CPUs the
 # older elemental emitters instead of the fusion emitters. IEEE arithmetic, fused in another order: results agree with
 # XLA's defaults to rounding, not bit for bit
 # (CAVI's conjugacy probe, D = K = 16: 4.0-5.4 s at XLA's defaults, 2.6-3.8 s at level 0, 1.5-2.0 s with both)
-OPTIMIZATION_LEVEL = "xla_backend_optimization_level"
 CHEAP_CODE = {OPTIMIZATION_LEVEL: 0, "xla_cpu_use_fusion_emitters": False}
 # Where compiling dominates running, code is compiled for CHEAP_CODE: code that makes one pass over its arrays (a final
 # evaluation, a posterior) where they are at most CHEAP_PASS_BYTES (SVI's final ELBO of a logistic regression on
@@ -66,8 +73,8 @@ _lock = threading.Lock()
 
 def compiler_options(options: dict | None = None) -> dict:
     """XLA's options for jaxvi's compiled programs: ``options`` (e.g. ``CHEAP_CODE``), with ``CPU_CODE`` where JAX
-    compiles for a CPU whose XLA takes it, the code is optimised (not ``CHEAP_CODE``'s level 0) and ``XLA_FLAGS`` sets
-    neither that option nor level 0.
+    compiles for a CPU whose XLA takes it and the code is optimised (not ``CHEAP_CODE``'s level 0, nor level 0 in
+    ``XLA_FLAGS``), less the options ``XLA_FLAGS`` sets and those of ``options``.
 
     jaxvi compiles its own programs (``jaxvi.infer``'s start, run and final evaluation, posteriors, streamed steps)
     with them. A program of your own that runs a method's ``step`` (your ``lax.scan``) runs as jaxvi's do when you
@@ -81,16 +88,18 @@ def compiler_options(options: dict | None = None) -> dict:
 
 @functools.cache
 def _cpu_code() -> dict:
-    """``CPU_CODE``, or nothing: on another backend, where ``XLA_FLAGS`` sets the option or turns optimisation off, or
-    where this XLA refuses the option (one without YNNPACK, or one that names its options otherwise)."""
+    """``CPU_CODE`` less the options ``XLA_FLAGS`` sets, or nothing: on another backend, where ``XLA_FLAGS`` turns
+    optimisation off, or where this XLA refuses the options (one without YNNPACK, or one that names its options
+    otherwise)."""
     flags = os.environ.get("XLA_FLAGS", "")
-    if jax.default_backend() != "cpu" or YNN_OPTION in flags or f"{OPTIMIZATION_LEVEL}=0" in flags:
+    code = {name: value for name, value in CPU_CODE.items() if name not in flags}
+    if jax.default_backend() != "cpu" or f"{OPTIMIZATION_LEVEL}=0" in flags or not code:
         return {}
     try:
-        jax.jit(lambda x: x + 1, compiler_options=CPU_CODE).lower(jax.numpy.float32(0)).compile()
+        jax.jit(lambda x: x + 1, compiler_options=code).lower(jax.numpy.float32(0)).compile()
     except Exception:  # XLA's error type differs between jaxlib versions
         return {}
-    return dict(CPU_CODE)
+    return code
 
 
 def per_fit(fn: Callable, options: dict | None = None) -> Callable:
