@@ -227,7 +227,10 @@ class CAVI:
       n_init: restarts from ``n_init`` keys, vmapped; the highest bound is returned.
       m_step_iters: L-BFGS steps per M-step on θ (the model's floating parameters; none: no M-step).
       chunk_size: how many data are evaluated at once (local exponential-family factors: at most this many, as
-        many as keep a chunk's sweeps in cache, ``LocalLayout.chunk_size``).
+        many as keep a chunk's sweeps in cache, ``LocalLayout.chunk_size``). Each chunk repeats the work of the
+        log-joint that does not depend on the datum (a mixture's log-determinants), so larger chunks pay it less
+        often: a Bayesian mixture's iteration on 200,000 x 16 data, K = 16, took 77-79 ms with 1,024, 66-71 ms
+        with 2,048, 56-57 ms with 4,096 and 8,192, and 77-82 ms with 16,384 (2-core CPU).
       start: where the first global updates start: ``"prior"``, the local q that is exact at one draw of the
         global factors from their priors (priors on the data's scale give data-like starts, as k-means' random
         centres do); ``"random"``, responsibilities drawn from Dirichlet(1) for every datum (a ``Discrete``
@@ -259,7 +262,7 @@ class CAVI:
     tol: float = 1e-3
     n_init: int = 1
     m_step_iters: int = 20
-    chunk_size: int = 1024
+    chunk_size: int = 4096
     start: str = "prior"
     restarts: str = "auto"
     local_tol: float = 1e-3
