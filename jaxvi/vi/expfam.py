@@ -327,8 +327,8 @@ def _normal_wishart_points(eta, p):
     mean, strength, scale_inverse, dof = normal_wishart_moments(eta)
     d = mean.shape[-1]
     precisions = _wishart_points((-0.5 * scale_inverse, 0.5 * (dof - d - 1)), p)   # (p, batch, d, d)
-    spread = jnp.sqrt(jnp.diagonal(spd_inverse(strength[..., None, None] * dof[..., None, None]
-                                                  * spd_inverse(scale_inverse)), axis1=-2, axis2=-1))
+    # the sds of the mean under the mean precision (strength dof W): diag of W^-1 / (strength dof), W^-1 given
+    spread = jnp.sqrt(jnp.diagonal(scale_inverse, axis1=-2, axis2=-1) / (strength * dof)[..., None])
     offsets = jnp.linspace(-1.0, 1.0, p)[:, None] * jnp.cos(jnp.arange(d) * 2.0 + jnp.arange(p)[:, None] + 1.0)
     means = mean + spread * offsets.reshape((p,) + (1,) * (mean.ndim - 1) + (d,))
     return jnp.concatenate([means[..., None], precisions], axis=-1)
