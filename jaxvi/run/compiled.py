@@ -139,8 +139,9 @@ def runs_once_cheaply(*trees: Any, passes: int = 1) -> bool:
 
 
 def run_once_options(*trees: Any, passes: int = 1) -> dict | None:
-    """XLA's options for such code: ``compiler_options(CHEAP_CODE)`` where it ``runs_once_cheaply``,
-    ``compiler_options()`` above; None inside a trace (whose caller's options hold)."""
+    """XLA's options for code run once that makes ``passes`` passes over the arrays of ``trees``:
+    ``compiler_options(CHEAP_CODE)`` where it ``runs_once_cheaply``, ``compiler_options()`` above; None inside a trace
+    (whose caller's options hold)."""
     if is_traced(*trees):
         return None
     return compiler_options(CHEAP_CODE if runs_once_cheaply(*trees, passes=passes) else None)
