@@ -68,9 +68,12 @@ def fit_jaxvi(args) -> dict:
         # the bound of the final factors, as scikit-learn's fit ends on an E-step
         return method.bound(model, {}, state.factors, data), state.factors, bounds
 
-    # restarts as infer runs them: vmapped, or one after another where batched LAPACK can deadlock (CAVI(restarts));
-    # the data an argument, as infer passes them (closed over, they would be compiled in as a constant)
-    if method.restarts_in_sequence:
+    # restarts as infer runs them: one restart unbatched, several vmapped, or one after another where batched LAPACK
+    # can deadlock (CAVI(restarts)); the data an argument, as infer passes them (closed over, they would be compiled
+    # in as a constant)
+    if args.restarts == 1:
+        over_restarts = lambda starts, data: jax.tree_util.tree_map(lambda a: a[None], one(starts[0], data))  # noqa: E731
+    elif method.restarts_in_sequence:
         over_restarts = lambda starts, data: jax.lax.map(lambda s: one(s, data), starts)  # noqa: E731
     else:
         over_restarts = jax.vmap(one, in_axes=(0, None))
@@ -82,7 +85,8 @@ def fit_jaxvi(args) -> dict:
     run = time.perf_counter() - t0
     best = int(np.argmax(np.asarray(bound)))
     return {"total_s": compile_s + run, "run_s": run, "compile_s": compile_s, "bound": float(bound[best]),
-            "restarts": "in sequence" if method.restarts_in_sequence else "vmapped",
+            "restarts": "one, unbatched" if args.restarts == 1 else "in sequence" if method.restarts_in_sequence
+            else "vmapped",
             "bounds": [float(b) for b in np.asarray(bound)],
             "monotone": bool(np.all(np.diff(np.asarray(bounds, np.float64), axis=1) >= -resolution(bounds)))}
 

@@ -83,3 +83,32 @@ def test_skip_stops_after_max_skips_and_a_deterministic_step_fails_again():
 def test_bad_nonfinite_policies_are_named(data, kwargs, message):
     with pytest.raises(ValueError, match=message):
         jaxvi.infer(rare_nan_model(), jaxvi.SVI(num_steps=5), data, key=KEY, progress=False, **kwargs)
+
+
+def test_tree_where_picks_like_trees_by_cond_and_equals_a_leafwise_where():
+    """The fault guard's select: for a scalar predicate between trees of like leaves, one ``lax.cond`` (XLA copies the
+    chosen tree instead of compiling a select per leaf); else, and under ``vmap`` with a batched predicate, the
+    leafwise ``jnp.where``. Every form equals NumPy's leafwise choice."""
+    from jaxvi.methods.common import tree_where
+
+    rng = np.random.default_rng(0)
+    new = {"w": rng.normal(size=(3, 2)).astype(np.float32), "count": np.int32(7), "b": rng.normal(size=4).astype(np.float32)}
+    old = {"w": rng.normal(size=(3, 2)).astype(np.float32), "count": np.int32(3), "b": rng.normal(size=4).astype(np.float32)}
+    pick = jax.jit(tree_where)
+    for pred in (True, False):
+        got = pick(jnp.asarray(pred), new, old)
+        for name in new:
+            np.testing.assert_array_equal(got[name], new[name] if pred else old[name])
+    primitives = {e.primitive.name for e in jax.make_jaxpr(tree_where)(jnp.asarray(True), new, old).eqns}
+    assert "cond" in primitives and "select_n" not in primitives
+    # a scalar broadcast against an array: leafwise where, as before
+    got = pick(jnp.asarray(False), {"w": np.float32(0.0)}, {"w": new["w"]})
+    np.testing.assert_array_equal(got["w"], new["w"])
+    # a batched predicate (restarts under vmap): per restart
+    preds = np.array([True, False, True])
+    stacked_new = jax.tree_util.tree_map(lambda a: np.stack([a] * 3), new)
+    stacked_old = jax.tree_util.tree_map(lambda a: np.stack([a] * 3), old)
+    got = jax.vmap(tree_where)(jnp.asarray(preds), stacked_new, stacked_old)
+    for name in new:
+        for r, p in enumerate(preds):
+            np.testing.assert_array_equal(got[name][r], (new if p else old)[name])
