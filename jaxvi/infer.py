@@ -98,8 +98,7 @@ def infer(model: Model, method, data: PyTree, *, key: jax.Array, progress: bool 
         raise ValueError(f"on_nonfinite: expected 'stop' or 'skip', got {on_nonfinite!r}")
     if isinstance(max_skips, bool) or not isinstance(max_skips, (int, np.integer)) or not 1 <= max_skips < 2**31:
         raise ValueError(f"max_skips: expected an integer >= 1, got {max_skips!r}")
-    skips = jnp.asarray(max_skips if on_nonfinite == "skip" else 0, jnp.int32)
-    keys = key[None] if method.n_init == 1 else jax.random.split(key, method.n_init)
+    skips = np.int32(max_skips if on_nonfinite == "skip" else 0)  # a host number: no eager op to compile
     # compiled in three parts: the start, the run (in chunks with a progress bar or checkpoints), the final evaluation
     n = num_data(data)
     max_steps = method.schedule(n).max_steps
@@ -107,14 +106,14 @@ def infer(model: Model, method, data: PyTree, *, key: jax.Array, progress: bool 
     if checkpoint is not None:
         fit = checkpoints.fingerprint(model, method, data, key, init_params)
         if os.path.exists(checkpoint):  # checked against the fit and the state's shapes, before compiling
-            like = functools.partial(jax.eval_shape, functools.partial(_start, model), method, data, keys,
+            like = functools.partial(jax.eval_shape, functools.partial(_start, model), method, data, key,
                                      init_params, skips)
             runs = checkpoints.resume(checkpoint, like, fit, max_steps, n)
             runs = runs._replace(max_skips=jnp.broadcast_to(skips, runs.max_skips.shape))  # this call's policy
         after_chunk = lambda r: checkpoints.save(checkpoint, r, fit)  # noqa: E731
     if runs is None:
         start = _start_cheaply if _runs_cheaply(method, data, compiled.START_PASSES) else _start
-        runs = start(model, method, data, keys, init_params, skips)
+        runs = start(model, method, data, key, init_params, skips)
     run = _run_cheaply if _runs_cheaply(method, data, max_steps, runs.state) else _run
     runs = loop.drive(lambda r, stop: run(model, method, r, data=data, stop=stop), runs, max_steps,
                       progress=progress and not traced, desc=type(method).__name__,
@@ -155,7 +154,9 @@ def _warn_unresolved(method, result: Result, n: int) -> None:
                   f"float64 (jax.config.update('jax_enable_x64', True) and float64 data).", stacklevel=3)
 
 
-def _start_restarts(model, method, data, keys, init_params, max_skips=0):
+def _start_restarts(model, method, data, key, init_params, max_skips=0):
+    """Every restart's start, from ``jax.random.split(key, n_init)`` (``key`` itself for one restart)."""
+    keys = key[None] if method.n_init == 1 else jax.random.split(key, method.n_init)
     return _over_restarts(lambda k: loop.start(method, model, k, data, init_params, max_skips), keys, method)
 
 

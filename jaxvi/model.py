@@ -277,7 +277,7 @@ def _check_init_params(params: PyTree) -> None:
 
 def _continuous_value(latent) -> PyTree:
     """An abstract value of a pytree of ``Real`` / ``Gaussian`` specs."""
-    real = jnp.zeros(0).dtype  # float32, or float64 with jax_enable_x64
+    real = jnp.result_type(float)  # float32, or float64 with jax_enable_x64
     return jax.tree_util.tree_map(lambda spec: value_shape(spec, real), latent, is_leaf=is_spec)
 
 

@@ -307,8 +307,7 @@ def test_a_faulted_fit_is_not_resumed_by_another_m_step(tmp_path):
 
 
 def test_the_host_loop_ends_for_any_state():
-    keys = KEY[None]
-    runs = infer_module._start(MODEL_EM, EM, jnp.asarray(X), keys, None)
+    runs = infer_module._start(MODEL_EM, EM, jnp.asarray(X), KEY, None)
     calls = []
 
     def chunk(r, stop):

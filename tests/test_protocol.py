@@ -200,8 +200,7 @@ def test_the_progress_text_reads_each_restart_s_own_last_step():
     x = _mixture_data(90)
     gm = gaussian_mixture(3, init="kmeans++")  # k-means starts all converge at once here
     method = jaxvi.EM(m_step=gm.m_step, max_iter=40, n_init=3)
-    keys = jax.random.split(KEY, 3)
-    runs = infer_module._start(gm.model, method, x, keys, None)
+    runs = infer_module._start(gm.model, method, x, KEY, None)  # restarts from jax.random.split(KEY, 3)
     runs = infer_module._run(gm.model, method, runs, data=x, stop=jnp.asarray(41))
     steps = np.asarray(runs.n_iter)
     assert len(set(steps.tolist())) > 1  # the restarts stopped at different steps

@@ -39,7 +39,7 @@ def temp_bytes(method, n):
     """The scratch memory of the compiled EM iterations (not of the initialiser, which sees all data at once)."""
     gm = jaxvi.models.gaussian_mixture(8)
     x = jnp.asarray(clusters(n, k=8), jnp.float32)
-    runs = infer_module._start(gm.model, method(gm), x, KEY[None], None)
+    runs = infer_module._start(gm.model, method(gm), x, KEY, None)
     compiled = infer_module._run.lower(gm.model, method(gm), runs, data=x, stop=jnp.asarray(4)).compile()
     return compiled.memory_analysis().temp_size_in_bytes
 

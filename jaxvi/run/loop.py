@@ -295,7 +295,7 @@ def drive(run_chunk: Callable[[RunState, jax.Array], RunState], run: RunState, m
     """
     end = max_steps + 1
     if not progress and after_chunk is None:
-        return run_chunk(run, jnp.asarray(end, jnp.int32))
+        return run_chunk(run, np.int32(end))
     chunk = every or max(1, math.ceil(max_steps / 20))
     stop = (int(np.min(np.asarray(run.n_iter))) // chunk + 1) * chunk
     bar = None
@@ -306,7 +306,7 @@ def drive(run_chunk: Callable[[RunState, jax.Array], RunState], run: RunState, m
                    dynamic_ncols=True)
     try:
         while not np.all(np.asarray(run.done) | (np.asarray(run.n_iter) >= max_steps)):
-            run = run_chunk(run, jnp.asarray(stop if stop < max_steps else end, jnp.int32))
+            run = run_chunk(run, np.int32(stop if stop < max_steps else end))
             stop += chunk
             if after_chunk is not None:
                 after_chunk(run)
