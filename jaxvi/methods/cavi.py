@@ -48,7 +48,7 @@ from jaxvi import exact
 from jaxvi._xla import batched_lapack_may_deadlock
 from jaxvi.chunks import map_chunks, map_data, num_data as num_data_of, sum_data
 from jaxvi.latents import Gaussian, Markov, exact_family, is_spec, split_latent
-from jaxvi.methods.common import batch_rows, final_fault, float_dtype, full_data, sum_accurately
+from jaxvi.methods.common import batch_rows, final_fault, float_dtype, full_data, sum_accurately, tree_where
 from jaxvi.methods.em import gradient_m_step
 from jaxvi.methods.settings import check_count, check_number, settings
 from jaxvi.model import Model, is_traced
@@ -530,16 +530,15 @@ class CAVI:
         index = jnp.where(kind == FAULT_PARAMS, jnp.argmin(leaf_finite), -1)
         fault = Fault(jnp.array(-1, jnp.int32), kind.astype(jnp.int32), index.astype(jnp.int32),
                       jnp.array(-1, jnp.int32))
-        keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(moved, a, b), new, old)  # noqa: E731
+        local = None if state.local is None else _stored(post)  # none kept between minibatches
+        kept_params, kept_factors, kept_local = tree_where(moved, (params, factors, local),
+                                                           (state.params, state.factors, state.local))
+        evaluated_params, evaluated_factors = tree_where(ok, (state.params, state.factors),
+                                                         (state.evaluated_params, state.evaluated_factors))
         new_state = CAVIState(
-            params=keep(params, state.params), factors=keep(factors, state.factors),
-            evaluated_params=jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), state.params,
-                                                    state.evaluated_params),
-            evaluated_factors=jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), state.factors,
-                                                     state.evaluated_factors),
-            bound=jnp.where(ok, bound, state.bound),
-            linearity=jnp.maximum(state.linearity, jnp.where(moved, residual, 0.0)),
-            local=None if state.local is None else keep(_stored(post), state.local),
+            params=kept_params, factors=kept_factors, evaluated_params=evaluated_params,
+            evaluated_factors=evaluated_factors, bound=jnp.where(ok, bound, state.bound),
+            linearity=jnp.maximum(state.linearity, jnp.where(moved, residual, 0.0)), local=kept_local,
             count=state.count + 1)
         return new_state, CAVIInfo(bound, fault)
 

@@ -29,7 +29,7 @@ from jax import lax
 from jaxvi import exact
 from jaxvi.chunks import num_data as num_data_of
 from jaxvi.latents import Gaussian, check_enumeration, exact_family
-from jaxvi.methods.common import check_floating, final_fault, float_dtype, full_data, sum_accurately
+from jaxvi.methods.common import check_floating, final_fault, float_dtype, full_data, sum_accurately, tree_where
 from jaxvi.methods.settings import check_count, check_number, settings
 from jaxvi.model import Model
 from jaxvi.result import FAULT_LOG_EVIDENCE, FAULT_NOT_QUADRATIC, FAULT_PARAMS, NO_FAULT, Fault, Result
@@ -230,8 +230,8 @@ class EM:
         leaf_finite = jnp.stack([jnp.all(jnp.isfinite(a)) for a in jax.tree_util.tree_leaves(new_params)])
         move = evidence_ok & jnp.all(leaf_finite)
         new_state = EMState(
-            params=_where(move, new_params, state.params),
-            evaluated=_where(evidence_ok, state.params, state.evaluated),
+            params=tree_where(move, new_params, state.params),
+            evaluated=tree_where(evidence_ok, state.params, state.evaluated),
             log_evidence=jnp.where(evidence_ok, log_evidence, state.log_evidence),
             m_step_rejections=state.m_step_rejections + (evidence_ok & state.rejected).astype(jnp.int32),
             rejected=jnp.where(evidence_ok, move & rejected, state.rejected))
@@ -278,7 +278,7 @@ def gradient_m_step(model: Model, params: PyTree, data: PyTree, post,
     (new_params, _), _ = lax.scan(body, (params, optimizer.init(params)), length=num_steps)
     new_params = _like(new_params, params, "the gradient M-step")
     improved = neg_q(new_params) <= neg_q(params)
-    return _where(improved, new_params, params), ~improved
+    return tree_where(improved, new_params, params), ~improved
 
 
 def _first_fault(well_posed, evidence_ok, datum_log_evidence, params_ok, leaf_finite) -> Fault:
@@ -307,10 +307,6 @@ def _value_and_grad(fn, params, opt_state):
         return optax.value_and_grad_from_state(fn)(params, state=opt_state)
     except ValueError:  # the optimiser keeps no value/grad in its state (e.g. Adam)
         return jax.value_and_grad(fn)(params)
-
-
-def _where(pred, on_true: PyTree, on_false: PyTree) -> PyTree:
-    return jax.tree_util.tree_map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
 
 
 def _like(new: PyTree, old: PyTree, who: str) -> PyTree:

@@ -162,7 +162,7 @@ def advance(method, model, data: PyTree, run: RunState) -> RunState:
     objective = info.objective.astype(run.trace.dtype)
     n_iter = run.n_iter + ok.astype(jnp.int32)
     monitor, stop = schedule.stopping.update(run.monitor, objective, n_iter, n)
-    monitor = jax.tree_util.tree_map(lambda new, old: jnp.where(ok, new, old), monitor, run.monitor)
+    monitor = tree_where(ok, monitor, run.monitor)
     stopped, converged = ok & (stop != STOP_RUNNING), ok & (stop == STOP_TOLERANCE)
     order, heldout, patience_out = run.order, run.heldout, jnp.array(False)
     if schedule.epochs:
@@ -347,7 +347,7 @@ def _score_heldout(method, model, data, run: RunState, state, epoch_end, epoch, 
                      lambda: nan)
     improved = epoch_end & (score > run.heldout.best)
     stale = jnp.where(epoch_end, jnp.where(improved, 0, run.heldout.stale + 1), run.heldout.stale)
-    best_state = jax.tree_util.tree_map(lambda new, old: jnp.where(improved, new, old), state, run.heldout.best_state)
+    best_state = tree_where(improved, state, run.heldout.best_state)
     return Heldout(jnp.where(epoch_end, run.heldout.trace.at[jnp.maximum(epoch, 0)].set(score), run.heldout.trace),
                    jnp.where(improved, score, run.heldout.best), stale.astype(jnp.int32), best_state)
 
