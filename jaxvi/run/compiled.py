@@ -95,8 +95,8 @@ def _cpu_code() -> dict:
     code = {name: value for name, value in CPU_CODE.items() if name not in flags}
     if jax.default_backend() != "cpu" or f"{OPTIMIZATION_LEVEL}=0" in flags or not code:
         return {}
-    try:
-        jax.jit(lambda x: x + 1, compiler_options=code).lower(jax.numpy.float32(0)).compile()
+    try:  # XLA checks the options' names and values before compiling anything: an identity has no kernel to compile
+        jax.jit(lambda x: x, compiler_options=code).lower(jax.numpy.float32(0)).compile()  # (7 ms against 15 for x + 1)
     except Exception:  # XLA's error type differs between jaxlib versions
         return {}
     return code
