@@ -52,13 +52,14 @@ def test_iwae_bound_rises_with_k_and_stays_below_the_exact_evidence(ppca_fit):
     for k in (1, 10, 100):
         estimate = jaxvi.evidence(pp.model, result.params, x, key=jax.random.key(k), posterior=q, num_samples=k,
                                   exact=False) if k > 1 else None
-        if k == 1:
-            value, se = guide_elbo(pp.model, result.params, x, q, key=jax.random.key(1), num_particles=1)
+        if k == 1:  # the ELBO (the K = 1 bound), its mean over 100 draws per datum: a standard error to compare with
+            value, se = guide_elbo(pp.model, result.params, x, q, key=jax.random.key(1), num_particles=100)
             bounds.append((float(value), float(se)))
         else:
             bounds.append((float(estimate.log_evidence), float(estimate.stderr)))
     means = [b for b, _ in bounds]
-    assert means[0] <= means[1] + 4.5 * bounds[0][1] and means[1] <= means[2] + 4.5 * bounds[1][1]
+    # each bound at most the next, within the standard error of the difference of the two independent estimates
+    assert all(means[i] <= means[i + 1] + 4.5 * np.hypot(bounds[i][1], bounds[i + 1][1]) for i in range(2)), bounds
     assert estimate.khat.shape == (len(x),) and np.all(np.isfinite(estimate.khat))  # PSIS k-hat per datum (k = 100)
     assert all(b <= exact + 4.5 * s + 1e-3 for b, s in bounds)
 

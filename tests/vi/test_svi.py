@@ -403,6 +403,26 @@ def test_a_non_finite_final_elbo_is_a_fault_and_the_result_is_the_last_finite_st
     np.testing.assert_array_equal(np.isfinite(np.asarray(result.trace)), True)
 
 
+def test_a_one_particle_elbo_has_no_standard_error():
+    """The standard error of a bound estimated from one draw cannot be estimated (no spread): NaN, not 0; from two
+    draws it is their sample standard deviation (n - 1 in its denominator) over the root of two, |w1 - w2| / 2."""
+    x = np.random.default_rng(4).normal(1.0, SIGMA, 50).astype(np.float32)
+    model = normal_model()
+    fit = jaxvi.infer(model, jaxvi.SVI(num_steps=2, learning_rate=0.05), x, key=KEY, progress=False)  # q still wide
+    q = fit.posterior()
+    value, se = jaxvi.vi.elbo.guide_elbo(model, fit.params, x, q, key=jax.random.key(2), num_particles=1)
+    assert np.isfinite(float(value)) and np.isnan(float(se))
+    spec = jaxvi.SVI().elbo_spec(model)
+    bound = jaxvi.vi.elbo.elbo(spec, model, {}, fit.guide_params, None, x, jax.random.key(2), 1.0, 2)
+    u, log_q = spec.estimator.draw(spec.global_guide, fit.guide_params, jax.random.split(jax.random.key(2), 3)[0], 2)
+    mu = np.asarray(u["mu"] if isinstance(u, dict) else u, np.float64).reshape(2)
+    weights = (scipy.stats.norm.logpdf(mu, PRIOR_MEAN, PRIOR_SD) - np.asarray(log_q, np.float64)
+               + scipy.stats.norm.logpdf(x.astype(np.float64)[:, None], mu, SIGMA).sum(axis=0))
+    resolution = 4 * np.finfo(np.float32).eps * np.max(np.abs(weights))  # the float32 weights' rounding
+    assert abs(weights[0] - weights[1]) > 100 * resolution
+    np.testing.assert_allclose(float(bound.stderr), abs(weights[0] - weights[1]) / 2, atol=resolution)
+
+
 def test_a_many_particle_elbo_sums_the_data_in_chunks_as_all_at_once(monkeypatch):
     """100 particles of a global mean on 610 data, the data in chunks of 40 rows (15 and a remainder of 10:
     ``PARTICLE_CHUNK`` lowered to 4,000 terms) against all at once: the bound and standard error of the float64 sum
@@ -440,7 +460,7 @@ def test_a_many_particle_elbo_sums_the_data_in_chunks_as_all_at_once(monkeypatch
     assert np.any(mu > 1.5) and np.any(mu <= 1.5)  # datum 377's log-joint is finite for some particles only
     for bound in chunked, whole:
         np.testing.assert_allclose(bound.bound, weights.mean(), rtol=1e-6)
-        np.testing.assert_allclose(bound.stderr, weights.std() / 10, rtol=1e-3)  # the weights' spread: 1e-4 of them
+        np.testing.assert_allclose(bound.stderr, weights.std(ddof=1) / 10, rtol=1e-3)  # their spread: 1e-4 of them
         assert bool(np.all(bound.finite))
     np.testing.assert_allclose(chunked.khat, whole.khat, atol=1e-3)  # PSIS's fit to the same weights, a rounding apart
     flag[377], flag[500] = 1, 2
