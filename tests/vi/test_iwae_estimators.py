@@ -217,7 +217,8 @@ def fit_hierarchical_normal(estimator, x, steps=4000):
     q = result.posterior()
     errors = {"theta": abs(theta - x.mean()), "mean": np.max(np.abs(q.mean() - (theta + x) / 2)),
               "sd": np.max(np.abs(q.stddev() / math.sqrt(0.5) - 1)),
-              "bound": abs(float(result.objective) - scipy.stats.norm.logpdf(x, theta, math.sqrt(2)).sum())}
+              "bound": abs(float(result.objective) - scipy.stats.norm.logpdf(x, theta, math.sqrt(2)).sum()),
+              "bound_se": float(result.diagnostics.elbo_stderr)}  # the final estimate's Monte-Carlo standard error
     return errors
 
 
@@ -237,8 +238,11 @@ def test_dreg_reaches_the_exact_posterior_where_the_iwae_gradient_has_not(hierar
 
 
 def test_a_renyi_fit_approaches_the_exact_posterior(hierarchical_data):
-    errors = fit_hierarchical_normal(jaxvi.Renyi(0.5), hierarchical_data)  # 0.003, 0.024, 0.023, 0.001 here
-    assert errors["theta"] < 0.01 and errors["mean"] < 0.05 and errors["sd"] < 0.05 and errors["bound"] < 0.005, errors
+    """At q near the posterior the Renyi bound is near log p(D); its final estimate (400 particles) is that within its
+    Monte-Carlo standard error, 0.006-0.008 over six keys (errors 0.001-0.014), so it is checked against 4.5 of it."""
+    errors = fit_hierarchical_normal(jaxvi.Renyi(0.5), hierarchical_data)  # 0.003, 0.024, 0.023, 0.001 (se 0.006) here
+    assert errors["theta"] < 0.01 and errors["mean"] < 0.05 and errors["sd"] < 0.05, errors
+    assert errors["bound"] < 4.5 * errors["bound_se"], errors
 
 
 def test_renyi_alpha_is_traced_a_new_alpha_does_not_recompile_and_vmaps(hierarchical_data):
