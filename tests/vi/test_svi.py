@@ -403,6 +403,17 @@ def test_a_non_finite_final_elbo_is_a_fault_and_the_result_is_the_last_finite_st
     np.testing.assert_array_equal(np.isfinite(np.asarray(result.trace)), True)
 
 
+def normal_model_weights(spec, guide_params, x, key, num_particles):
+    """``(mu, weights)``: the particles ``elbo`` draws for ``normal_model()``'s global mean from ``key`` (the default
+    estimator's draw from the key's first split) and their log importance weights, in float64."""
+    u, log_q = spec.estimator.draw(spec.global_guide, guide_params, jax.random.split(key, num_particles + 1)[0],
+                                   num_particles)
+    mu = np.asarray(u["mu"] if isinstance(u, dict) else u, np.float64).reshape(num_particles)
+    weights = (scipy.stats.norm.logpdf(mu, PRIOR_MEAN, PRIOR_SD) - np.asarray(log_q, np.float64)
+               + scipy.stats.norm.logpdf(x.astype(np.float64)[:, None], mu, SIGMA).sum(axis=0))
+    return mu, weights
+
+
 def test_a_one_particle_elbo_has_no_standard_error():
     """The standard error of a bound estimated from one draw cannot be estimated (no spread): NaN, not 0; from two
     draws it is their sample standard deviation (n - 1 in its denominator) over the root of two, |w1 - w2| / 2."""
@@ -414,10 +425,7 @@ def test_a_one_particle_elbo_has_no_standard_error():
     assert np.isfinite(float(value)) and np.isnan(float(se))
     spec = jaxvi.SVI().elbo_spec(model)
     bound = jaxvi.vi.elbo.elbo(spec, model, {}, fit.guide_params, None, x, jax.random.key(2), 1.0, 2)
-    u, log_q = spec.estimator.draw(spec.global_guide, fit.guide_params, jax.random.split(jax.random.key(2), 3)[0], 2)
-    mu = np.asarray(u["mu"] if isinstance(u, dict) else u, np.float64).reshape(2)
-    weights = (scipy.stats.norm.logpdf(mu, PRIOR_MEAN, PRIOR_SD) - np.asarray(log_q, np.float64)
-               + scipy.stats.norm.logpdf(x.astype(np.float64)[:, None], mu, SIGMA).sum(axis=0))
+    _, weights = normal_model_weights(spec, fit.guide_params, x, jax.random.key(2), 2)
     resolution = 4 * np.finfo(np.float32).eps * np.max(np.abs(weights))  # the float32 weights' rounding
     assert abs(weights[0] - weights[1]) > 100 * resolution
     np.testing.assert_allclose(float(bound.stderr), abs(weights[0] - weights[1]) / 2, atol=resolution)
@@ -451,12 +459,7 @@ def test_a_many_particle_elbo_sums_the_data_in_chunks_as_all_at_once(monkeypatch
     chunked, whole = evaluate(4000, flag), evaluate(2 ** 30, flag)
     monkeypatch.setattr(elbo_module, "PARTICLE_CHUNK", 4000)
     assert elbo_module._particle_chunk(spec, {"x": x}, 100) == 40
-    # the same particles (the default estimator's draw from the key's first split), their weights in float64
-    u, log_q = spec.estimator.draw(spec.global_guide, fit.guide_params, jax.random.split(jax.random.key(5), 101)[0],
-                                   100)
-    mu = np.asarray(u["mu"] if isinstance(u, dict) else u, np.float64).reshape(100)
-    weights = (scipy.stats.norm.logpdf(mu, PRIOR_MEAN, PRIOR_SD) - np.asarray(log_q, np.float64)
-               + scipy.stats.norm.logpdf(x.astype(np.float64)[:, None], mu, SIGMA).sum(axis=0))
+    mu, weights = normal_model_weights(spec, fit.guide_params, x, jax.random.key(5), 100)
     assert np.any(mu > 1.5) and np.any(mu <= 1.5)  # datum 377's log-joint is finite for some particles only
     for bound in chunked, whole:
         np.testing.assert_allclose(bound.bound, weights.mean(), rtol=1e-6)
