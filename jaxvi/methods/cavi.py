@@ -48,7 +48,8 @@ from jaxvi import exact
 from jaxvi._xla import batched_lapack_may_deadlock
 from jaxvi.chunks import map_chunks, map_data, num_data as num_data_of, sum_data
 from jaxvi.latents import Gaussian, Markov, exact_family, is_spec, split_latent
-from jaxvi.methods.common import batch_rows, final_fault, float_dtype, full_data, sum_accurately, tree_where
+from jaxvi.methods.common import (batch_rows, final_fault, float_dtype, full_data, leaves_finite, sum_accurately,
+                                 tree_where)
 from jaxvi.methods.em import gradient_m_step
 from jaxvi.methods.settings import check_count, check_number, settings
 from jaxvi.model import Model, is_traced
@@ -524,7 +525,7 @@ class CAVI:
             return params, factors, residual.astype(dtype)
 
         params, factors, residual = lax.cond(ok, move, lambda: (state.params, state.factors, jnp.zeros((), dtype)))
-        leaf_finite = jnp.stack([jnp.all(jnp.isfinite(a)) for a in jax.tree_util.tree_leaves((params, factors))])
+        leaf_finite = leaves_finite((params, factors))
         moved = ok & jnp.all(leaf_finite)
         kind = jnp.where(ok, jnp.where(moved, NO_FAULT, FAULT_PARAMS), FAULT_LOG_EVIDENCE)
         index = jnp.where(kind == FAULT_PARAMS, jnp.argmin(leaf_finite), -1)

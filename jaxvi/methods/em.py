@@ -29,7 +29,8 @@ from jax import lax
 from jaxvi import exact
 from jaxvi.chunks import num_data as num_data_of
 from jaxvi.latents import Gaussian, check_enumeration, exact_family
-from jaxvi.methods.common import check_floating, final_fault, float_dtype, full_data, sum_accurately, tree_where
+from jaxvi.methods.common import (check_floating, final_fault, float_dtype, full_data, leaves_finite, sum_accurately,
+                                 tree_where)
 from jaxvi.methods.settings import check_count, check_number, settings
 from jaxvi.model import Model
 from jaxvi.result import FAULT_LOG_EVIDENCE, FAULT_NOT_QUADRATIC, FAULT_PARAMS, NO_FAULT, Fault, Result
@@ -227,7 +228,7 @@ class EM:
             fault_of = lambda leaf_finite: _first_fault(  # noqa: E731
                 well_posed, jnp.isfinite(log_evidence), post.log_evidence, jnp.all(leaf_finite), leaf_finite)
         new_params, rejected = lax.cond(evidence_ok, m_step, lambda: (state.params, jnp.array(False)))
-        leaf_finite = jnp.stack([jnp.all(jnp.isfinite(a)) for a in jax.tree_util.tree_leaves(new_params)])
+        leaf_finite = leaves_finite(new_params)
         move = evidence_ok & jnp.all(leaf_finite)
         new_state = EMState(
             params=tree_where(move, new_params, state.params),
