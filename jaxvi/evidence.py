@@ -28,7 +28,7 @@ from jaxvi.chunks import map_data
 from jaxvi.latents import Global, exact_family
 from jaxvi.model import Model, check_data, check_key
 from jaxvi import pareto
-from jaxvi.pareto import KHAT_THRESHOLD, MIN_DRAWS, log_mean_exp, psis
+from jaxvi.pareto import KHAT_THRESHOLD, MIN_DRAWS, log_mean_exp, log_mean_exp_variance, psis
 from jaxvi.run.compiled import run_once_options
 from jaxvi.run.schedule import resolution
 
@@ -42,7 +42,8 @@ class Evidence(NamedTuple):
 
     Attributes:
       log_evidence: the (estimated) log evidence, a scalar.
-      stderr: its Monte-Carlo standard error (0 when exact).
+      stderr: its Monte-Carlo standard error (0 when exact; the delta method, ``jaxvi.pareto.log_mean_exp_variance``,
+        summed in quadrature over the data for a local latent; NaN from one sample).
       exact: whether it is exact (True) or an importance-sampling estimate.
       khat: for an estimate, PSIS's Pareto :math:`\hat k` of its importance weights: a scalar for a global
         latent, one per datum for a local one (above 0.7: unreliable). None when exact, or with fewer than 21
@@ -177,9 +178,8 @@ def _log_mean_exp_and_variance(log_weights: jax.Array, resolution: jax.Array) ->
                                                                                         jax.Array]:
     """``(log mean exp w, var of log mean exp w, PSIS k-hat)`` over the last axis (delta method; k-hat NaN
     under 21 weights; weights constant within ``resolution`` have no tail)."""
-    log_mean = log_mean_exp(log_weights, axis=-1)
-    ratio = jnp.exp(log_weights - log_mean[..., None])                   # e^w / p_hat
-    return log_mean, jnp.var(ratio, axis=-1) / log_weights.shape[-1], pareto.khat(log_weights, resolution)
+    return (log_mean_exp(log_weights, axis=-1), log_mean_exp_variance(log_weights, axis=-1),
+            pareto.khat(log_weights, resolution))
 
 
 def _importance_sampled(model, params, data, key, posterior, num_samples, chunk_size):

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-__all__ = ["KHAT_THRESHOLD", "MIN_DRAWS", "khat", "log_mean_exp", "psis", "tail_length"]
+__all__ = ["KHAT_THRESHOLD", "MIN_DRAWS", "khat", "log_mean_exp", "log_mean_exp_variance", "psis", "tail_length"]
 
 KHAT_THRESHOLD = 0.7  # above it, importance sampling from q is unreliable (Vehtari et al. 2024)
 MIN_DRAWS = 21  # the fewest draws whose tail (5 weights) a GPD is fitted to
@@ -36,6 +36,15 @@ def log_mean_exp(values: jax.Array, axis: int = 0) -> jax.Array:
     r""":math:`\log \frac1S \sum_s e^{v_s}` over ``axis`` (S its length): the log of an importance-sampling
     estimate from its log weights."""
     return jax.nn.logsumexp(values, axis=axis) - jnp.log(jnp.asarray(values.shape[axis], values.dtype))
+
+
+def log_mean_exp_variance(log_weights: jax.Array, axis: int = 0) -> jax.Array:
+    r"""The Monte-Carlo variance of :math:`\hat L = \log \frac1S \sum_s e^{w_s}` over ``axis``, by the delta method:
+    :math:`\mathrm{Var}(\log \bar W) \approx \mathrm{Var}(\bar W) / \bar W^2`, estimated as the sample variance
+    (n - 1: NaN from one weight) of :math:`e^{w_s - \hat L} - 1` (``expm1``: exact where the weights are nearly
+    equal) over S."""
+    log_mean = jnp.expand_dims(log_mean_exp(log_weights, axis), axis)
+    return jnp.var(jnp.expm1(log_weights - log_mean), axis=axis, ddof=1) / log_weights.shape[axis]
 
 
 def khat(log_weights: jax.Array, resolution: jax.Array | None = None) -> jax.Array:

@@ -21,7 +21,6 @@ every local latent). Log-Jacobians of bijectors are added to the log-joint throu
 """
 from __future__ import annotations
 
-import math
 from typing import Any, NamedTuple
 
 import jax
@@ -93,9 +92,10 @@ class ELBOSpec(NamedTuple):
 
 class Bound(NamedTuple):
     """``surrogate`` (differentiate it; its value is ``bound``'s), ``bound`` (the estimate on all N
-    data, + log p(θ)), its Monte-Carlo ``stderr`` (the particles' sample standard deviation, n - 1 in its
-    denominator, over the root of their number; NaN from one particle, whose spread cannot be estimated; summed in
-    quadrature over the data for local latents), ``finite``: which terms were finite
+    data, + log p(θ)), its Monte-Carlo ``stderr`` (the root of the estimator's ``variance`` from the particles:
+    for the ELBO their sample standard deviation, n - 1 in its denominator, over the root of their number, for a
+    log-mean-exp (IWAE, VIMCO, Rényi) the delta method's; NaN from one particle, whose spread cannot be estimated;
+    summed in quadrature over the data for local latents), ``finite``: which terms were finite
     (log_joint, log_det, log_q, log_prior) and the first datum of the batch whose log-joint was not, and
     ``khat``: PSIS's Pareto k-hat of the particles' importance weights (``jaxvi.psis``), a scalar with global
     latents (the joint weights), one per datum of the batch for local ones; NaN under 21 particles or where
@@ -150,7 +150,7 @@ def elbo(spec: ELBOSpec, model, params: PyTree, global_psi: PyTree, local_psi: P
         num_particles, spec.estimator, inputs=None if chunk is not None else keys[1:], batched=chunk is not None)
     surrogate, bound = spec.estimator.estimate(terms)
     weights = terms.log_joint + terms.log_det - terms.log_q
-    stderr = jnp.std(weights, ddof=1) / math.sqrt(num_particles)
+    stderr = jnp.sqrt(spec.estimator.variance(terms))
     return _bound(surrogate + log_prior, bound + log_prior, stderr, jnp.min(first_bad),
                   jnp.concatenate([terms.log_det, jnp.ravel(local_det)]),
                   jnp.concatenate([terms.log_q, jnp.ravel(local_q)]), log_prior + jnp.mean(global_prior),
@@ -215,7 +215,7 @@ def _local(spec: ELBOSpec, model, params, z_global, local_psi, rows, key, num_pa
         terms, _ = particle_terms(log_joint_at, guide, psi, k, num_particles, estimator)
         surrogate, bound = estimator.estimate(terms)
         weights = terms.log_joint + terms.log_det - terms.log_q
-        return (surrogate, bound, jnp.var(weights, ddof=1) / num_particles, jnp.mean(terms.log_joint),
+        return (surrogate, bound, estimator.variance(terms), jnp.mean(terms.log_joint),
                 jnp.mean(terms.log_det), jnp.mean(terms.log_q), _khat(weights, terms))
 
     keys = jax.random.split(key, jax.tree_util.tree_leaves(local_psi)[0].shape[0])
