@@ -76,7 +76,9 @@ class SVIDiagnostics(NamedTuple):
     """What an SVI fit knows beyond its objective.
 
     Attributes:
-      elbo_stderr: the Monte-Carlo standard error of the final ELBO estimate.
+      elbo_stderr: the Monte-Carlo standard error of the final bound's estimate, the estimator's own
+        (``jaxvi.vi.objectives``: the weights' spread for the ELBO, the delta method for IWAE, VIMCO and Rényi
+        bounds, which understates it where the weights have a heavy tail: ``khat`` above 0.7).
       log_evidence: the exact log p(D | θ) (+ log p(θ)) at the fitted θ where the latent has an
         exact posterior and no global part, else NaN (``jaxvi.evidence`` estimates it).
       gap: ``log_evidence - objective``, :math:`\\sum_i KL(q_i \\| p(z_i \\mid x_i))` (NaN where unknown);
