@@ -19,6 +19,28 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 
+def _stamp_arviz_daily_warning():
+    """ArviZ (test extra) writes a stamp of the day at its first import each day, through a temporary file of one
+    fixed name: two test workers importing it at once race on that name, and one fails its collection
+    (FileNotFoundError at ``tmp.replace``, seen at midnight). The stamp is written here first, through a temporary
+    file of this process's own, so that ArviZ's import finds the day stamped and writes nothing."""
+    import datetime
+    import tempfile
+
+    try:
+        from platformdirs import user_cache_dir  # ArviZ's dependency: where it keeps the stamp
+    except ImportError:
+        return
+    folder = user_cache_dir("arviz", "arviz")
+    os.makedirs(folder, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=folder, delete=False) as f:
+        f.write(datetime.date.today().isoformat())
+    os.replace(f.name, os.path.join(folder, "daily_warning"))
+
+
+_stamp_arviz_daily_warning()
+
+
 @pytest.fixture(scope="session")
 def blobs():
     """Four Gaussian clusters in 3-D, 500 points each, of different spreads (float64 NumPy)."""
