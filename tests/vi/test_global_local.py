@@ -134,7 +134,10 @@ def test_random_effects_on_minibatches_match_numpyro_subsampling():
 def test_amortized_with_a_global_location_recovers_it():
     """x_i = z_i + mu + 0.5 e_i with z_i ~ N(0, 1) local (encoded) and mu global (a Normal(0, 10^2) prior): the
     data are N(mu, 1.25), mu's posterior mean is mean(x) (to 1e-4 here) with sd sqrt(1.25 / N) = 0.025, and a
-    mean-field q(mu) q(z_i | x_i) keeps that mean (Gaussian model); the encoder's Normal family holds q(z | x)."""
+    mean-field q(mu) q(z_i | x_i) keeps that mean (Gaussian model); the encoder's Normal family holds q(z | x).
+    q(mu)'s mean is within 0.2 posterior sds of it: 40 epochs at a constant step size, then 40 with the step decaying
+    to 1% (over six keys 0.03-0.10 sds off; 20 epochs at the constant step alone ended 0.08-1.1 sds off, the last
+    iterate moved by the minibatches' noise, and a step decaying from the start stopped 6-20 sds short)."""
     rng = np.random.default_rng(1)
     x = (1.0 + rng.normal(size=(2000, 1)) + 0.5 * rng.normal(size=(2000, 1))).astype(np.float32)
 
@@ -143,8 +146,9 @@ def test_amortized_with_a_global_location_recovers_it():
 
     latent = {"z": jaxvi.Real((1,)), "mu": jaxvi.Global(jaxvi.Real(()), lambda p, m: norm.logpdf(m, 0.0, 10.0))}
     model = jaxvi.Model(log_joint, latent, init=lambda key, data: {})
-    method = jaxvi.Amortized(encoder=jaxvi.nn.mlp((16,)), num_epochs=20, batch_size=100, validation=0.0,
-                             learning_rate=1e-2)
+    steps = optax.join_schedules([optax.constant_schedule(1e-2), optax.exponential_decay(1e-2, 800, 0.01)], [800])
+    method = jaxvi.Amortized(encoder=jaxvi.nn.mlp((16,)), num_epochs=80, batch_size=100, validation=0.0,
+                             optimizer=optax.adam(steps))
     result = jaxvi.infer(model, method, x, key=KEY, progress=False)
     q = result.posterior(x)
     assert isinstance(q, jaxvi.GlobalLocal) and np.asarray(q.local.mean()).shape == (2000, 1)
