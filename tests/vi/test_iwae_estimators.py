@@ -271,8 +271,9 @@ def test_renyi_alpha_is_traced_a_new_alpha_does_not_recompile_and_vmaps(hierarch
 def test_vimco_fits_theta_to_the_maximum_likelihood_through_a_tight_bound():
     """A two-component mixture with a Categorical q per datum: VIMCO climbs the 8-particle IWAE bound, which for
     a 2-valued latent is nearly log p(D | θ), so θ lands on the maximum (its step size decayed over 2,000 steps:
-    0.0003-0.003 below it over six keys, where 1,000 steps ended up to 0.007 below); the score estimator climbs the ELBO, whose θ lies further off (0.05 at a constant step size, the
-    ELBO's own optimum: decaying it leaves the slower score estimator short of even that). The final 400-particle
+    0.0003-0.003 below it over six keys, where 1,000 steps ended up to 0.007 below); the score estimator climbs the
+    ELBO, whose θ lies further off (0.05 at a constant step size, the ELBO's own optimum: decaying it leaves the
+    slower score estimator short of even that). The final 400-particle
     bound is log p(D | θ) within its Monte-Carlo standard error (the delta method's, 0.059-0.067 over six keys, where
     the bound was -0.050 to +0.052 off)."""
     rng = np.random.default_rng(2)
