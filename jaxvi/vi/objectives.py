@@ -38,8 +38,10 @@ with n - 1 in the denominator (NaN from one particle): :math:`\widehat{\mathrm{V
 mean, that of :math:`\log p(x, u_s)` for ``"analytic"`` (the entropy is exact), and by the delta method for
 a log-mean-exp, :math:`\widehat{\mathrm{Var}}(e^{w_s - \hat L})/S` (IWAE, DReG, VIMCO; Rényi's with the weights
 scaled by 1 - α and the result by :math:`(1 - \alpha)^{-2}`), the variance of the ratio of the mean weight to
-its estimate. The ELBO's formula applied to a log-mean-exp overstates its error by far: the bound is a log of
-a mean, not a mean of logs.
+its estimate. The ELBO's formula applied to a log-mean-exp does not estimate its error (the bound is a log of a
+mean, not a mean of logs): on a normal mean's posterior, 100 particles, it was 1.7x the IWAE bound's spread over
+keys at an over-dispersed q and an eighth of it at a narrow one; the delta method's was within 2.5% at the first
+and half the spread at the second, whose weights have a heavy tail (PSIS k-hat 0.84).
 """
 from __future__ import annotations
 
