@@ -41,7 +41,7 @@ scaled by 1 - α and the result by :math:`(1 - \alpha)^{-2}`), the variance of t
 its estimate. The ELBO's formula applied to a log-mean-exp does not estimate its error (the bound is a log of a
 mean, not a mean of logs): on a normal mean's posterior, 100 particles, it was 1.7x the IWAE bound's spread over
 keys at an over-dispersed q and an eighth of it at a narrow one; the delta method's was within 2.5% at the first
-and half the spread at the second, whose weights have a heavy tail (PSIS k-hat 0.84).
+and half the spread at the second, whose weights have a heavy tail (PSIS k-hat 0.83).
 """
 from __future__ import annotations
 
