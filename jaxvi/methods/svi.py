@@ -411,7 +411,9 @@ class SVI:
 
     def elbo(self, result: Result, data: PyTree, *, key: jax.Array, num_particles: int = 1000
              ) -> tuple[jax.Array, jax.Array]:
-        """``(ELBO, standard error)`` of a fit's q on ``data`` (+ log p(θ)), with ``num_particles`` draws.
+        """``(ELBO, standard error)`` of a fit's q on ``data`` (+ log p(θ)), with ``num_particles`` draws: the
+        method's estimator's bound (IWAE's, VIMCO's or Rényi's for those) and its own standard error (as
+        ``SVIDiagnostics.elbo_stderr``).
 
         For a global latent ``data`` may be new (a held-out bound); for local latents it must be
         the data the fit's q_i belong to. Compiled once per model and settings.
