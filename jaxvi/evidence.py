@@ -43,7 +43,7 @@ class Evidence(NamedTuple):
     Attributes:
       log_evidence: the (estimated) log evidence, a scalar.
       stderr: its Monte-Carlo standard error (0 when exact; the delta method, ``jaxvi.pareto.log_mean_exp_variance``,
-        summed in quadrature over the data for a local latent; NaN from one sample).
+        summed in quadrature over the data for a local latent).
       exact: whether it is exact (True) or an importance-sampling estimate.
       khat: for an estimate, PSIS's Pareto :math:`\hat k` of its importance weights: a scalar for a global
         latent, one per datum for a local one (above 0.7: unreliable). None when exact, or with fewer than 21

@@ -41,7 +41,7 @@ def log_mean_exp(values: jax.Array, axis: int = 0) -> jax.Array:
 def log_mean_exp_variance(log_weights: jax.Array, axis: int = 0) -> jax.Array:
     r"""The Monte-Carlo variance of :math:`\hat L = \log \frac1S \sum_s e^{w_s}` over ``axis``, by the delta method:
     :math:`\mathrm{Var}(\log \bar W) \approx \mathrm{Var}(\bar W) / \bar W^2`, estimated as the sample variance
-    (n - 1: NaN from one weight) of :math:`e^{w_s - \hat L} - 1` (``expm1``: exact where the weights are nearly
+    (n - 1: NaN from one weight) of :math:`e^{w_s - \hat L} - 1` (``expm1``: accurate where the weights are nearly
     equal) over S."""
     log_mean = jnp.expand_dims(log_mean_exp(log_weights, axis), axis)
     return jnp.var(jnp.expm1(log_weights - log_mean), axis=axis, ddof=1) / log_weights.shape[axis]

@@ -25,17 +25,23 @@ def _stamp_arviz_daily_warning():
     (FileNotFoundError at ``tmp.replace``, seen at midnight). The stamp is written here first, through a temporary
     file of this process's own, so that ArviZ's import finds the day stamped and writes nothing."""
     import datetime
+    import importlib.util
     import tempfile
 
-    try:
-        from platformdirs import user_cache_dir  # ArviZ's dependency: where it keeps the stamp
-    except ImportError:
+    if importlib.util.find_spec("arviz") is None or importlib.util.find_spec("platformdirs") is None:
         return
-    folder = user_cache_dir("arviz", "arviz")
-    os.makedirs(folder, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=folder, delete=False) as f:
-        f.write(datetime.date.today().isoformat())
-    os.replace(f.name, os.path.join(folder, "daily_warning"))
+    from platformdirs import user_cache_dir  # ArviZ's dependency: where it keeps the stamp
+
+    folder, name = user_cache_dir("arviz", "arviz"), None
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=folder, delete=False) as f:
+            name = f.name
+            f.write(datetime.date.today().isoformat())
+        os.replace(name, os.path.join(folder, "daily_warning"))
+    except OSError:  # a folder that cannot be written: ArviZ's import fails there alike, in its tests only
+        if name is not None and os.path.exists(name):
+            os.remove(name)
 
 
 _stamp_arviz_daily_warning()

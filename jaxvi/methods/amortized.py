@@ -80,8 +80,8 @@ class AmortizedDiagnostics(NamedTuple):
     """What an amortized fit knows beyond its objective.
 
     Attributes:
-      elbo_stderr: the Monte-Carlo standard error of the final training bound, the estimator's own (as
-        ``SVIDiagnostics.elbo_stderr``).
+      elbo_stderr: the Monte-Carlo standard error of the final training ELBO (the plain ELBO's, whatever the
+        ``objective``: the final evaluation is the ELBO).
       heldout_elbo: the best held-out ELBO (NaN without a validation part).
       heldout_trace: the held-out ELBO after every epoch.
       epochs: epochs completed.

@@ -94,7 +94,7 @@ class Bound(NamedTuple):
     """``surrogate`` (differentiate it; its value is ``bound``'s), ``bound`` (the estimate on all N
     data, + log p(θ)), its Monte-Carlo ``stderr`` (the root of the estimator's ``variance`` from the particles:
     for the ELBO their sample standard deviation, n - 1 in its denominator, over the root of their number, for a
-    log-mean-exp (IWAE, VIMCO, Rényi) the delta method's; NaN from one particle, whose spread cannot be estimated;
+    log-mean-exp (IWAE, DReG, VIMCO, Rényi) the delta method's; NaN from one particle, whose spread cannot be estimated;
     summed in quadrature over the data for local latents), ``finite``: which terms were finite
     (log_joint, log_det, log_q, log_prior) and the first datum of the batch whose log-joint was not, and
     ``khat``: PSIS's Pareto k-hat of the particles' importance weights (``jaxvi.psis``), a scalar with global

@@ -99,7 +99,8 @@ class Reparameterized:
         return bound, bound
 
     def variance(self, terms: ParticleTerms) -> jax.Array:
-        """The Monte-Carlo variance of ``estimate``'s bound (module docstring)."""
+        """The Monte-Carlo variance of ``estimate``'s bound (module docstring): the ELBO's; a subclass whose
+        ``estimate`` is another bound gives its own."""
         return _variance_of_mean(_log_weights(terms))
 
 
