@@ -130,7 +130,7 @@ def elbo(spec: ELBOSpec, model, params: PyTree, global_psi: PyTree, local_psi: P
         z_global, log_det = space.constrain(u)
         return z_global, _log_det(spec.global_guide, log_det), spec.parts.global_log_prior(params, z_global)
 
-    def log_joint_at(u, k):
+    def log_joint_at(u, k=None):
         z_global, log_det, global_prior = global_terms(u)
         surrogate, _, _, per_datum, local_det, local_q, _ = _local(spec, model, params, z_global, local_psi, rows, k, 1)
         first_bad = _first_bad(per_datum)
@@ -144,10 +144,13 @@ def elbo(spec: ELBOSpec, model, params: PyTree, global_psi: PyTree, local_psi: P
         return global_prior + scale * data_term, log_det, (first_bad, global_prior, empty, empty)
 
     chunk = _particle_chunk(spec, rows, num_particles)
-    keys = jax.random.split(key, num_particles + 1)
+    inputs = None  # no local draws: the global particles are drawn from the key itself (a hash fewer per step)
+    if isinstance(spec.local, Guided):  # the global draw's key, and one per particle for its local draws
+        keys = jax.random.split(key, num_particles + 1)
+        key, inputs = keys[0], keys[1:]
     terms, (first_bad, global_prior, local_det, local_q) = particle_terms(
-        log_joint_at if chunk is None else log_joints_in_chunks, spec.global_guide, global_psi, keys[0],
-        num_particles, spec.estimator, inputs=None if chunk is not None else keys[1:], batched=chunk is not None)
+        log_joint_at if chunk is None else log_joints_in_chunks, spec.global_guide, global_psi, key,
+        num_particles, spec.estimator, inputs=inputs, batched=chunk is not None)
     surrogate, bound = spec.estimator.estimate(terms)
     weights = terms.log_joint + terms.log_det - terms.log_q
     stderr = jnp.sqrt(spec.estimator.variance(terms))

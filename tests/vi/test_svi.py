@@ -382,13 +382,14 @@ def _user_steps(model, method, data, key, steps, batch_size=None):
 def test_a_non_finite_final_elbo_is_a_fault_and_the_result_is_the_last_finite_step():
     """-inf outside mu < 0.3: the one-particle step estimates stay finite for 100 steps, the final ELBO's
     100 particles do not (the fit used to return objective=-inf with no fault). err.result is the state
-    of the last step, whose estimate was finite."""
+    of the last step, whose estimate was finite. Key 4 draws this case (as keys 0 and 5 do; the other nine of the
+    first twelve meet mu >= 0.3 in a step first)."""
     x = np.random.default_rng(0).normal(size=30).astype(np.float32)
     latent = jaxvi.Global({"mu": jaxvi.Real(())}, lambda p, z: jax.scipy.stats.norm.logpdf(z["mu"], 0.0, 1.0))
     model = jaxvi.Model(lambda p, z, x: jnp.where(z["mu"] < 0.3, jax.scipy.stats.norm.logpdf(x, z["mu"], 1.0),
                                                   -jnp.inf), latent, lambda k, d: {})
     method = jaxvi.SVI(num_steps=100, learning_rate=0.05)
-    key = jax.random.key(9)
+    key = jax.random.key(4)
     with pytest.raises(FloatingPointError, match=r"SVI's final evaluation \(on all the data, after 100 steps\) "
                                                  r"failed: the ELBO was not finite: its log_joint term for datum 0"
                        ) as err:
@@ -404,10 +405,9 @@ def test_a_non_finite_final_elbo_is_a_fault_and_the_result_is_the_last_finite_st
 
 
 def normal_model_weights(spec, guide_params, x, key, num_particles):
-    """``(mu, weights)``: the particles ``elbo`` draws for ``normal_model()``'s global mean from ``key`` (the default
-    estimator's draw from the key's first split) and their log importance weights, in float64."""
-    u, log_q = spec.estimator.draw(spec.global_guide, guide_params, jax.random.split(key, num_particles + 1)[0],
-                                   num_particles)
+    """``(mu, weights)``: the particles ``elbo`` draws for ``normal_model()``'s global mean from ``key`` (the
+    estimator's draw from the key itself: nothing local is drawn) and their log importance weights, in float64."""
+    u, log_q = spec.estimator.draw(spec.global_guide, guide_params, key, num_particles)
     mu = np.asarray(u["mu"] if isinstance(u, dict) else u, np.float64).reshape(num_particles)
     weights = (scipy.stats.norm.logpdf(mu, PRIOR_MEAN, PRIOR_SD) - np.asarray(log_q, np.float64)
                + scipy.stats.norm.logpdf(x.astype(np.float64)[:, None], mu, SIGMA).sum(axis=0))
@@ -467,8 +467,10 @@ def test_a_bounds_standard_error_is_the_spread_of_its_estimates_over_keys(estima
 def test_a_many_particle_elbo_sums_the_data_in_chunks_as_all_at_once(monkeypatch):
     """100 particles of a global mean on 610 data, the data in chunks of 40 rows (15 and a remainder of 10:
     ``PARTICLE_CHUNK`` lowered to 4,000 terms) against all at once: the bound and standard error of the float64 sum
-    over the same particles, and the same k-hat; and the first datum whose log-joint is not finite for some particle
-    named alike (datum 377's for the particles above 1.5, datum 500's for all)."""
+    over the same particles, and k-hat's verdict (below 0.5, a good proposal, in both: the log weights are about
+    -1,286 with a spread of 0.11, so float32's rounding of the two sums alone moves the tail's fit by about 0.08, and
+    k-hat itself is not compared closer); and the first datum whose log-joint is not finite for some particle named
+    alike (datum 377's for the particles above 1.5, datum 500's for all)."""
     from jaxvi.vi import elbo as elbo_module
 
     x = np.random.default_rng(3).normal(1.5, SIGMA, 610).astype(np.float32)
@@ -498,7 +500,7 @@ def test_a_many_particle_elbo_sums_the_data_in_chunks_as_all_at_once(monkeypatch
         np.testing.assert_allclose(bound.bound, weights.mean(), rtol=1e-6)
         np.testing.assert_allclose(bound.stderr, weights.std(ddof=1) / 10, rtol=1e-3)  # their spread: 1e-4 of them
         assert bool(np.all(bound.finite))
-    np.testing.assert_allclose(chunked.khat, whole.khat, atol=1e-3)  # PSIS's fit to the same weights, a rounding apart
+    assert float(chunked.khat) < 0.5 and float(whole.khat) < 0.5
     flag[377], flag[500] = 1, 2
     for bound in evaluate(4000, flag), evaluate(2 ** 30, flag):
         assert not bound.finite[0] and int(bound.first_bad_datum) == 377
