@@ -103,8 +103,9 @@ class RunState(NamedTuple):
 
 
 def step_keys(run_key: jax.Array, step: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """``(step_key, batch_key)`` of step ``step`` (below 2^30): ``run_key`` folded with 2 step and 2 step + 1, two
-    hashes of which a step compiles only those it uses (a full-data step draws no batch)."""
+    """``(step_key, batch_key)`` of step ``step``: ``run_key`` folded with 2 step and 2 step + 1, two hashes of which a
+    step compiles only those it uses (a full-data step draws no batch). Below 2^29 steps they stay clear of the run's
+    other streams (the split's and the final evaluations', folded from 2^31 - 1 down)."""
     return jax.random.fold_in(run_key, 2 * step), jax.random.fold_in(run_key, 2 * step + 1)
 
 
