@@ -239,20 +239,23 @@ class Renyi(Reparameterized):
 
     def estimate(self, terms: ParticleTerms):
         weights = _log_weights(terms)
-        one_minus = 1 - jnp.asarray(self.alpha, weights.dtype)
-        at_one = one_minus == 0  # the limit, the ELBO; the other branch stays finite there (no NaN in its gradient)
-        scaled = log_mean_exp(one_minus * weights) / jnp.where(at_one, 1, one_minus)
-        bound = jnp.where(at_one, jnp.mean(weights), scaled)
+        at_one, scale = self._order(weights.dtype)
+        bound = jnp.where(at_one, jnp.mean(weights), log_mean_exp(scale * weights) / scale)
         return bound, bound
 
     def variance(self, terms: ParticleTerms) -> jax.Array:
         """:math:`\\widehat{\\mathrm{Var}}(e^{a w_s - \\log \\frac1S \\sum_r e^{a w_r}}) / (S a^2)`, a = 1 - α, by the
         delta method; the ELBO's at a = 0, its limit."""
         weights = _log_weights(terms)
-        one_minus = 1 - jnp.asarray(self.alpha, weights.dtype)
-        at_one = one_minus == 0
-        scale = jnp.where(at_one, 1, one_minus)
+        at_one, scale = self._order(weights.dtype)
         return jnp.where(at_one, _variance_of_mean(weights), log_mean_exp_variance(scale * weights) / scale ** 2)
+
+    def _order(self, dtype) -> tuple[jax.Array, jax.Array]:
+        """``(at_one, a)``: whether α = 1 (the limit, the ELBO, which ``estimate`` and ``variance`` take there) and
+        a = 1 - α, or 1 at α = 1, so that the other branch stays finite (no NaN in its gradient)."""
+        one_minus = 1 - jnp.asarray(self.alpha, dtype)
+        at_one = one_minus == 0
+        return at_one, jnp.where(at_one, 1, one_minus)
 
 
 ESTIMATORS = {"elbo": Reparameterized(), "analytic": Analytic(), "stl": STL(), "iwae": IWAE(), "score": Score(),
