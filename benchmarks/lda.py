@@ -176,7 +176,8 @@ def fit_jaxvi(args) -> dict:
         return state.factors[0][0], bounds
 
     t0 = time.perf_counter()
-    compiled = jax.jit(fit, compiler_options=jaxvi.compiler_options()).lower(start, data).compile()  # as infer's
+    options = jaxvi.compiler_options(model=model, method=method)  # as infer compiles this fit
+    compiled = jax.jit(fit, compiler_options=options).lower(start, data).compile()
     compile_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     topics, bounds = jax.block_until_ready(compiled(start, data))

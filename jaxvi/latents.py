@@ -14,7 +14,8 @@ import jax
 
 __all__ = ["Beta", "Dirichlet", "Discrete", "EXPONENTIAL_FAMILY_SPECS", "Gamma", "Gaussian", "Global", "LatentParts",
            "MAX_ENUMERATED_TABLE", "MAX_ENUMERATED_VALUES", "Markov", "NormalGamma", "NormalWishart", "OneHot", "Real",
-           "Wishart", "check_enumeration", "discrete_sizes", "exact_family", "is_spec", "num_values", "split_latent", "value_shape"]
+           "Wishart", "all_discrete", "check_enumeration", "discrete_sizes", "exact_family", "is_spec", "num_values",
+           "split_latent", "value_shape"]
 
 MAX_ENUMERATED_VALUES = 2 ** 20  # joint values of a Discrete latent enumerated for one datum (a table row)
 MAX_ENUMERATED_TABLE = 2 ** 28   # elements (data x values x draws) of a table held at once: 1 GiB of float32
@@ -419,6 +420,11 @@ def exact_family(latent) -> str:
             f"one chain per factor of q (structured mean field)")
     discrete_sizes(latent)
     return "discrete"
+
+
+def all_discrete(latent) -> bool:
+    """Whether every spec of the latent pytree ``latent`` is ``Discrete`` (true of none: ``None``)."""
+    return all(isinstance(leaf, Discrete) for leaf in jax.tree_util.tree_leaves(latent, is_leaf=is_spec))
 
 
 def discrete_sizes(latent) -> tuple[list[int], jax.tree_util.PyTreeDef]:

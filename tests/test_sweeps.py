@@ -164,6 +164,43 @@ def test_compiler_options_keep_ynnpack_to_products_in_optimised_cpu_code_unless_
         compiled._cpu_code.cache_clear()
 
 
+def test_fits_whose_steps_are_large_kernels_compile_for_the_older_emitters(monkeypatch):
+    """EM with discrete latents and CAVI over all the data with discrete local latents (or none) are fits of a few
+    passes over the data in large kernels (``large_kernels``): ``compiler_options(model=, method=)`` adds
+    ``LARGE_KERNEL_CODE`` to ``CPU_CODE`` for them, and ``infer`` compiles their start, run and final evaluation so;
+    a chain's EM (a scan of small kernels), minibatch CAVI and CAVI with chains or local factors keep ``CPU_CODE``;
+    ``CHEAP_CODE`` stays itself. The fit compiled so gives log p(D | θ0) enumerated by hand."""
+    monkeypatch.setenv("XLA_FLAGS", "")  # optimised code, which this suite's conftest turns off
+    compiled._cpu_code.cache_clear()
+    try:
+        large = {**compiled.CPU_CODE, **compiled.LARGE_KERNEL_CODE}
+        assert compiled.LARGE_KERNEL_CODE == {"xla_cpu_use_fusion_emitters": False}
+        x = np.random.default_rng(1).normal(size=(40, 2)).astype(np.float32)
+        bayes_gmm, hmm = jaxvi.models.bayesian_gaussian_mixture(x, 3), jaxvi.models.gaussian_hmm(2)
+        cases = ((mixture(1.0), keep(), large), (hmm.model, jaxvi.EM(m_step=hmm.m_step), compiled.CPU_CODE),
+                 (bayes_gmm, jaxvi.CAVI(), large), (bayes_gmm, jaxvi.CAVI(batch_size=8), compiled.CPU_CODE),
+                 (jaxvi.models.variational_gaussian_hmm(2, 2), jaxvi.CAVI(), compiled.CPU_CODE),
+                 (jaxvi.models.lda(jaxvi.models.bag_of_words(np.array([[1, 2, 0]])), 2, 3), jaxvi.CAVI(),
+                  compiled.CPU_CODE),
+                 (mixture(1.0), jaxvi.SVI(), compiled.CPU_CODE))
+        for model, method, expected in cases:
+            assert compiled.compiler_options(model=model, method=method) == expected, method
+            assert compiled.compiler_options(compiled.CHEAP_CODE, model=model, method=method) == compiled.CHEAP_CODE
+        assert compiled.compiler_options() == compiled.CPU_CODE  # no fit named: the default
+        monkeypatch.setattr(compiled, "_fits", collections.OrderedDict())
+        for name in ("CHEAP_RUN_BYTES", "CHEAP_PASS_BYTES"):  # X is small: no part of the fit compiled cheaply
+            monkeypatch.setattr(compiled, name, 0)
+        result = jaxvi.infer(mixture(1.0), keep(), X, key=KEY, progress=False)
+        np.testing.assert_allclose(np.asarray(result.trace), log_evidence(1.0), rtol=1e-6)
+        (functions,) = compiled._fits.values()
+        chosen = {fn.__name__: options for fn, options in functions}
+        assert {chosen[name] for name in ("_start_restarts", "_run_restarts", "_finish_restarts")} == {
+            tuple(sorted(large.items()))}, chosen
+    finally:
+        monkeypatch.undo()
+        compiled._cpu_code.cache_clear()
+
+
 def test_the_final_evaluation_is_compiled_for_the_cheapest_code_on_small_data_only(monkeypatch):
     """``infer`` compiles a fit's final evaluation with ``CHEAP_CODE`` where the data of all its restarts are at
     most ``CHEAP_PASS_BYTES`` (X: 240 bytes), with ``compiler_options()`` above; log p(D | θ0) either way."""

@@ -28,7 +28,7 @@ from jax import lax
 
 from jaxvi import exact
 from jaxvi.chunks import num_data as num_data_of
-from jaxvi.latents import Gaussian, check_enumeration, exact_family
+from jaxvi.latents import Gaussian, all_discrete, check_enumeration, exact_family
 from jaxvi.methods.common import (check_floating, final_fault, float_dtype, full_data, leaves_finite, sum_accurately,
                                  tree_where)
 from jaxvi.methods.settings import check_count, check_number, settings
@@ -159,6 +159,12 @@ class EM:
             warnings.warn("EM with Gaussian(laplace=True): the E-step is the Laplace approximation, so the "
                           "objective is an approximate log p(D) and need not rise every iteration",
                           stacklevel=3)
+
+    def large_kernels(self, model: Model) -> bool:
+        """Whether a step on ``model`` is a few passes over the data in large kernels, compiled for XLA:CPU's older
+        emitters (``jaxvi.run.compiled.LARGE_KERNEL_CODE``): an E-step by enumeration of discrete latents, not a
+        chain's forward-backward scan."""
+        return all_discrete(model.latent)
 
     def schedule(self, num_data: int) -> Schedule:
         """All the data every step, ``max_iter + 1`` steps (the last one's M-step is not evaluated),

@@ -26,8 +26,9 @@ import jax
 from jaxvi.model import is_traced
 from jaxvi.run import stored
 
-__all__ = ["CACHE_ENV", "CACHED_FITS", "CHEAP_CODE", "CHEAP_PASS_BYTES", "CHEAP_RUN_BYTES", "CPU_CODE", "START_PASSES",
-           "cache", "cached_fits", "compiler_options", "nbytes", "per_fit", "run_once_options", "runs_once_cheaply"]
+__all__ = ["CACHE_ENV", "CACHED_FITS", "CHEAP_CODE", "CHEAP_PASS_BYTES", "CHEAP_RUN_BYTES", "CPU_CODE",
+           "LARGE_KERNEL_CODE", "START_PASSES", "cache", "cached_fits", "compiler_options", "nbytes", "per_fit",
+           "run_once_options", "runs_once_cheaply"]
 
 OPTIMIZATION_LEVEL = "xla_backend_optimization_level"
 YNN_OPTION = "xla_cpu_experimental_ynn_fusion_type"
@@ -47,6 +48,17 @@ YNN_OPTION = "xla_cpu_experimental_ynn_fusion_type"
 # 0.49-0.52 s).
 CPU_CODE = {YNN_OPTION: "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION",
             OPTIMIZATION_LEVEL: 1}
+# XLA:CPU compiles each fused kernel through its fusion emitters (MLIR, then LLVM) by default; its older elemental
+# emitters compile a kernel in less time, and their code runs as fast over large arrays, slower in small kernels run
+# many times and in some transcendental functions (log1p). Measured at level 1 on the 2-core CPU, fusion emitters
+# against the older ones, compile time then run time: a Bayesian mixture's CAVI fit (200,000 x 16, K = 16, 20
+# iterations) 4.2-4.6 s -> 3.0-3.2 s, 1.23-1.43 s -> 1.31-1.57 s; a 16-component GMM's EM, 8 restarts, 1.6-1.8 s ->
+# 1.05-1.1 s, 8.27 s either way. Against that, run time: a Gaussian HMM's EM (200 x 1,000 steps, a scan of small
+# kernels) 0.40 s -> 0.65 s, SVI's logistic regression (2,000 steps, log1p) 0.39 s -> 0.61 s, the VAE 2.4 s -> 2.7 s.
+# So the older emitters compile the programs of fits whose step is a few passes over the data in large kernels, where
+# compiling dominates (``method.large_kernels(model)``: EM and CAVI with closed-form updates and discrete local
+# latents); the others keep the default.
+LARGE_KERNEL_CODE = {"xla_cpu_use_fusion_emitters": False}
 
 # XLA's cheapest code generation, for code where compiling dominates running: no backend optimisation, and on CPUs the
 # older elemental emitters instead of the fusion emitters. IEEE arithmetic, fused in another order: results agree with
@@ -71,28 +83,32 @@ _fits: collections.OrderedDict = collections.OrderedDict()  # (model, structure)
 _lock = threading.Lock()
 
 
-def compiler_options(options: dict | None = None) -> dict:
+def compiler_options(options: dict | None = None, *, model: Any = None, method: Any = None) -> dict:
     """XLA's options for jaxvi's compiled programs: ``options`` (e.g. ``CHEAP_CODE``), with ``CPU_CODE`` where JAX
     compiles for a CPU whose XLA takes it and the code is optimised (not ``CHEAP_CODE``'s level 0, nor level 0 in
-    ``XLA_FLAGS``), less the options ``XLA_FLAGS`` sets and those of ``options``.
+    ``XLA_FLAGS``), less the options ``XLA_FLAGS`` sets and those of ``options``; and ``LARGE_KERNEL_CODE`` there too
+    for a fit of ``model`` by ``method`` whose step is a few passes over the data in large kernels
+    (``method.large_kernels(model)``).
 
     jaxvi compiles its own programs (``jaxvi.infer``'s start, run and final evaluation, posteriors, streamed steps)
     with them. A program of your own that runs a method's ``step`` (your ``lax.scan``) runs as jaxvi's do when you
-    pass them too: ``jax.jit(fit, compiler_options=jaxvi.compiler_options())``.
+    pass them too: ``jax.jit(fit, compiler_options=jaxvi.compiler_options(model=model, method=method))``.
     """
     options = dict(options or {})
     if options.get(OPTIMIZATION_LEVEL) == 0:
         return options
-    return {**_cpu_code(), **options}
+    large = model is not None and hasattr(method, "large_kernels") and bool(method.large_kernels(model))
+    return {**_cpu_code(large), **options}
 
 
 @functools.cache
-def _cpu_code() -> dict:
-    """``CPU_CODE`` less the options ``XLA_FLAGS`` sets, or nothing: on another backend, where ``XLA_FLAGS`` turns
-    optimisation off, or where this XLA refuses the options (one without YNNPACK, or one that names its options
-    otherwise)."""
+def _cpu_code(large_kernels: bool = False) -> dict:
+    """``CPU_CODE`` (with ``LARGE_KERNEL_CODE`` for ``large_kernels``) less the options ``XLA_FLAGS`` sets, or
+    nothing: on another backend, where ``XLA_FLAGS`` turns optimisation off, or where this XLA refuses the options
+    (one without YNNPACK, or one that names its options otherwise)."""
     flags = os.environ.get("XLA_FLAGS", "")
-    code = {name: value for name, value in CPU_CODE.items() if name not in flags}
+    wanted = {**CPU_CODE, **LARGE_KERNEL_CODE} if large_kernels else CPU_CODE
+    code = {name: value for name, value in wanted.items() if name not in flags}
     if jax.default_backend() != "cpu" or f"{OPTIMIZATION_LEVEL}=0" in flags or not code:
         return {}
     try:  # XLA checks the options' names and values before compiling anything: an identity has no kernel to compile
@@ -107,22 +123,22 @@ def per_fit(fn: Callable, options: dict | None = None) -> Callable:
 
     The call is ``jax.jit(functools.partial(fn, model))(method, *args, **kwargs)``, the jitted function
     taken from the table of recent fits; ``.lower(model, method, ...)`` lowers it ahead of time.
-    XLA compiles it with ``compiler_options(options)``, for this function only (``options``: ``CHEAP_CODE`` for a
-    check run once on a few rows); called inside a trace (a user's ``jit``, ``vmap`` or ``eval_shape``), the function
-    is part of the caller's program, which XLA compiles with the caller's options (JAX refuses options on a nested
-    ``jit``).
+    XLA compiles it with ``compiler_options(options, model=model, method=method)``, for this function only
+    (``options``: ``CHEAP_CODE`` for a check run once on a few rows); called inside a trace (a user's ``jit``,
+    ``vmap`` or ``eval_shape``), the function is part of the caller's program, which XLA compiles with the caller's
+    options (JAX refuses options on a nested ``jit``).
     """
-    def chosen_options(*args) -> dict | None:
-        return None if is_traced(*args) else compiler_options(options)
+    def chosen_options(model, method, args, kwargs) -> dict | None:
+        return None if is_traced(method, args, kwargs) else compiler_options(options, model=model, method=method)
 
     @functools.wraps(fn)
     def call(model, method, *args, **kwargs):
-        chosen = chosen_options(method, args, kwargs)
+        chosen = chosen_options(model, method, args, kwargs)
         jitted, memo = _jitted(fn, model, method, chosen)
         return stored.call(jitted, memo, fn, model, method, args, kwargs, chosen)
 
     call.lower = lambda model, method, *args, **kwargs: _jitted(
-        fn, model, method, chosen_options(method, args, kwargs))[0].lower(method, *args, **kwargs)
+        fn, model, method, chosen_options(model, method, args, kwargs))[0].lower(method, *args, **kwargs)
     return call
 
 
