@@ -47,7 +47,7 @@ from jax import lax
 from jaxvi import exact
 from jaxvi._xla import batched_lapack_may_deadlock
 from jaxvi.chunks import map_chunks, map_data, num_data as num_data_of, sum_data
-from jaxvi.latents import Gaussian, Markov, exact_family, is_spec, split_latent
+from jaxvi.latents import Gaussian, Markov, all_discrete, exact_family, is_spec, split_latent
 from jaxvi.methods.common import (batch_rows, final_fault, float_dtype, full_data, leaves_finite, sum_accurately,
                                  tree_where)
 from jaxvi.methods.em import gradient_m_step
@@ -417,10 +417,10 @@ class CAVI:
 
     def large_kernels(self, model: Model) -> bool:
         """Whether a step on ``model`` works in large kernels over the data (or the minibatch), compiled for XLA:CPU's
-        older emitters (``jaxvi.run.compiled.LARGE_KERNEL_CODE``): local latents without Markov chains, whose
-        forward-backward is a scan of small kernels."""
-        local = jax.tree_util.tree_leaves(split_latent(model.latent).local, is_leaf=is_spec)
-        return not any(isinstance(leaf, Markov) for leaf in local)
+        older emitters (``jaxvi.run.compiled.LARGE_KERNEL_CODE``): discrete local latents or none. Not Markov chains
+        (forward-backward is a scan of small kernels) nor local exponential-family factors (LDA's sweeps ran slower
+        in the older emitters' code)."""
+        return all_discrete(split_latent(model.latent).local)
 
     def schedule(self, num_data: int) -> Schedule:
         """All the data every step, ``max_iter + 1`` steps, stopping on the change of the bound per datum; with

@@ -53,13 +53,12 @@ CPU_CODE = {YNN_OPTION: "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_
 # many times and in some transcendental functions (log1p). Measured at level 1 on the 2-core CPU, fusion emitters
 # against the older ones, compile time then run time: a Bayesian mixture's CAVI fit (200,000 x 16, K = 16, 20
 # iterations) 4.2-4.6 s -> 3.0-3.2 s, 1.23-1.43 s -> 1.31-1.57 s; a 16-component GMM's EM, 8 restarts, 1.6-1.8 s ->
-# 1.05-1.1 s, 8.27 s either way; LDA by CAVI on 50,000 documents (K = 50, V = 10,000), 2 batch iterations 4.0-4.3 s ->
-# 2.7-3.0 s, 24-29 s -> 23-31 s, one online pass 3.7-4.4 s -> 2.6-2.9 s, 14-20 s -> 15-18 s. Against that, run time:
-# a Gaussian HMM's EM (200 x 1,000 steps, a scan of small kernels) 0.40 s -> 0.65 s, its variational HMM by CAVI
-# 2.2 s -> 2.4-2.6 s (compile 6.2 s -> 4.3 s), SVI's logistic regression (2,000 steps, log1p) 0.39 s -> 0.61 s, the
-# VAE 2.4 s -> 2.7 s. So the older emitters compile the programs of fits that work in large kernels over the data,
-# where compiling dominates (``method.large_kernels(model)``: EM with discrete latents, CAVI without Markov chains);
-# the others keep the default.
+# 1.05-1.1 s, 8.27 s either way. Against that, run time: a Gaussian HMM's EM (200 x 1,000 steps, a scan of small
+# kernels) 0.40 s -> 0.65 s, its variational HMM by CAVI 2.2 s -> 2.4-2.6 s (compile 6.2 s -> 4.3 s), SVI's
+# logistic regression (2,000 steps, log1p) 0.39 s -> 0.61 s, the VAE 2.4 s -> 2.7 s, LDA by CAVI on 100,000 documents
+# (K = 50, V = 10,000, 2 batch iterations) 54-64 s -> 58-75 s (compile 3.3-4.0 s -> 2.5-3.0 s). So the older emitters
+# compile the programs of fits that work in large kernels over the data, where compiling dominates
+# (``method.large_kernels(model)``: EM and CAVI with discrete local latents or none); the others keep the default.
 LARGE_KERNEL_CODE = {"xla_cpu_use_fusion_emitters": False}
 
 # XLA's cheapest code generation, for code where compiling dominates running: no backend optimisation, and on CPUs the
