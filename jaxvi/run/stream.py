@@ -78,7 +78,7 @@ def stream(model: Model, method, minibatches: Iterable[PyTree], *, num_data: int
                          f"{num_data_of(first)} in minibatch 0")
     init_key, run_key = jax.random.split(key)
     method.check(model, first)
-    options = compiler_options()
+    options = compiler_options(model=model, method=method)
     if state is None:
         state = jax.jit(lambda k, d, p: method.init(model, k, d, p, num_data=int(num_data)),
                         compiler_options=options)(init_key, first, params)
