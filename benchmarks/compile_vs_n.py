@@ -5,7 +5,8 @@ A compiled fit's program should not grow with N: the data are an argument, chunk
 nothing of size N is a constant XLA can fold. Each fit runs ``jaxvi.infer`` (one iteration: compile time does
 not depend on the number of iterations) in a fresh process, the sizes interleaved, ``--repeats`` times each;
 the compile time is JAX's own tracing, lowering and compilation events (``_common.CompileClock``), measured
-directly. Both sizes compile the optimised programs (no size-chosen cheap code: ``fit``). Reported: every run, the median per N, and the ratio of the medians (target: within 20%).
+directly. Both sizes compile the optimised programs (no size-chosen cheap code: ``fit``). Reported: every run,
+the median per N, and the ratio of the medians (target: within 20%).
 
 Usage:
   python benchmarks/compile_vs_n.py --json benchmarks/results/compile_vs_n_cpu.json \\

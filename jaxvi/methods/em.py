@@ -161,9 +161,9 @@ class EM:
                           stacklevel=3)
 
     def large_kernels(self, model: Model) -> bool:
-        """Whether a step on ``model`` is a few passes over the data in large kernels, compiled for XLA:CPU's older
-        emitters (``jaxvi.run.compiled.LARGE_KERNEL_CODE``): an E-step by enumeration of discrete latents, not a
-        chain's forward-backward scan."""
+        """Whether a step on ``model`` works in large kernels over the data, compiled for XLA:CPU's older emitters
+        (``jaxvi.run.compiled.LARGE_KERNEL_CODE``): an E-step by enumeration of discrete latents, not a chain's
+        forward-backward scan of small kernels nor a Gaussian E-step."""
         return all_discrete(model.latent)
 
     def schedule(self, num_data: int) -> Schedule:

@@ -24,9 +24,9 @@ which batches, which stopping rule) and which fields of its state hold one row p
 those rows) it declares as data: ``reports``, ``schedule(num_data)`` and ``per_datum``.
 
 A method may also say how its programs are best compiled: ``large_kernels(model)``, true where a step works in
-large kernels over the data (EM with discrete latents, CAVI with discrete local latents or none), makes ``jaxvi.compiler_options``
-choose XLA:CPU's older kernel emitters, which compile faster (``jaxvi.run.compiled.LARGE_KERNEL_CODE``); a method
-without it is compiled with the defaults.
+large kernels over the data (EM with discrete latents, CAVI with discrete local latents or none), makes
+``jaxvi.compiler_options`` choose XLA:CPU's older kernel emitters, which compile faster
+(``jaxvi.run.compiled.LARGE_KERNEL_CODE``); a method without it is compiled with the defaults.
 
 ``finalize`` reports the fault of its own evaluation in ``result.diagnostics.fault`` (a non-finite
 objective or parameter leaf, ``Fault`` kinds 6 and 7; kind 0 when finite): ``jaxvi.infer`` then

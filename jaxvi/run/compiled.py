@@ -88,7 +88,7 @@ def compiler_options(options: dict | None = None, *, model: Any = None, method: 
     """XLA's options for jaxvi's compiled programs: ``options`` (e.g. ``CHEAP_CODE``), with ``CPU_CODE`` where JAX
     compiles for a CPU whose XLA takes it and the code is optimised (not ``CHEAP_CODE``'s level 0, nor level 0 in
     ``XLA_FLAGS``), less the options ``XLA_FLAGS`` sets and those of ``options``; and ``LARGE_KERNEL_CODE`` there too
-    for a fit of ``model`` by ``method`` whose step is a few passes over the data in large kernels
+    for a fit of ``model`` by ``method`` whose step works in large kernels over the data
     (``method.large_kernels(model)``).
 
     jaxvi compiles its own programs (``jaxvi.infer``'s start, run and final evaluation, posteriors, streamed steps)
