@@ -423,8 +423,9 @@ def exact_family(latent) -> str:
 
 
 def all_discrete(latent) -> bool:
-    """Whether every spec of the latent pytree ``latent`` is ``Discrete`` (true of none: ``None``)."""
-    return all(isinstance(leaf, Discrete) for leaf in jax.tree_util.tree_leaves(latent, is_leaf=is_spec))
+    """Whether the latent pytree ``latent`` has specs and every one is ``Discrete``."""
+    leaves = jax.tree_util.tree_leaves(latent, is_leaf=is_spec)
+    return bool(leaves) and all(isinstance(leaf, Discrete) for leaf in leaves)
 
 
 def discrete_sizes(latent) -> tuple[list[int], jax.tree_util.PyTreeDef]:

@@ -420,7 +420,8 @@ class CAVI:
         older emitters (``jaxvi.run.compiled.LARGE_KERNEL_CODE``): discrete local latents or none. Not Markov chains
         (forward-backward is a scan of small kernels) nor local exponential-family factors (LDA's sweeps ran slower
         in the older emitters' code)."""
-        return all_discrete(split_latent(model.latent).local)
+        local = split_latent(model.latent).local
+        return local is None or all_discrete(local)
 
     def schedule(self, num_data: int) -> Schedule:
         """All the data every step, ``max_iter + 1`` steps, stopping on the change of the bound per datum; with

@@ -33,7 +33,7 @@ from jax import lax
 from jaxvi import exact
 from jaxvi.data import num_data as num_rows
 from jaxvi.exact.enumerate import latent_values
-from jaxvi.latents import Discrete, Markov, check_enumeration, exact_family, is_spec, split_latent
+from jaxvi.latents import Markov, all_discrete, check_enumeration, exact_family, is_spec, split_latent
 from jaxvi.methods.common import (batch_rows, check_floating, final_fault, float_dtype, leaves_finite, objective_fault,
                                  step_fault, tree_where)
 from jaxvi.methods.protocol import Info
@@ -202,7 +202,7 @@ class SVI:
         local = parts.local
         if local is None:
             local_term = Plain()
-        elif isinstance(local, Markov) or _all_discrete(local):
+        elif isinstance(local, Markov) or all_discrete(local):
             if self._enumerates(local):
                 local_term = Summed(local)
             else:
@@ -490,11 +490,6 @@ def _evaluate(model, num_particles, method, params, global_psi, local_psi, data,
     """``SVI.elbo``'s bound, compiled once per model, particle count and method structure."""
     bound = elbo(method.elbo_spec(model), model, params, global_psi, local_psi, data, key, 1.0, num_particles)
     return bound.bound, bound.stderr
-
-
-def _all_discrete(latent) -> bool:
-    leaves = jax.tree_util.tree_leaves(latent, is_leaf=is_spec)
-    return bool(leaves) and all(isinstance(leaf, Discrete) for leaf in leaves)
 
 
 def _has_exact_posterior(latent) -> bool:
