@@ -1,4 +1,6 @@
 """Chunked evaluation over data (``jaxvi.chunks``): the same numbers as one ``vmap``, in either chunk layout."""
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -30,3 +32,46 @@ def test_a_chunk_holds_contiguous_rows_on_one_device_and_strided_rows_on_several
     rows = jnp.arange(6.0)
     smallest = chunks.map_chunks(lambda c: jnp.broadcast_to(jnp.min(c), c.shape), rows, 2)
     np.testing.assert_array_equal(smallest, [0, 1, 2, 0, 1, 2] if strided else [0, 0, 2, 2, 4, 4])
+
+
+def _exact_sums(values: np.ndarray) -> np.ndarray:
+    """The exact sum over axis 0 of each column (``math.fsum``), as float64."""
+    return np.array([math.fsum(column) for column in values.reshape(len(values), -1).T]).reshape(values.shape[1:])
+
+
+# float32 values whose running sum loses digits: a large offset, values spread over six decades, signs mixed; and
+# large values first, then 10^5 small ones, each below half an ulp of a running total (which drops them all)
+_RNG = np.random.default_rng(0)
+HARD = [(_RNG.standard_normal(shape) * 10.0 ** _RNG.uniform(-3, 3, shape) + 1e3).astype(np.float32)
+        for shape in [(7,), (1_000,), (100_001,), (4_097, 3)]] + [
+    np.concatenate([np.full(64, 1e4), np.full(100_000, 1e-4)]).astype(np.float32)]
+
+
+@pytest.mark.parametrize("values", HARD, ids=lambda v: "x".join(map(str, v.shape)))
+def test_sums_over_data_are_within_the_pairwise_bound_of_the_exact_sum(values):
+    """``sum_accurately`` of float32 values, compiled and not and under ``vmap`` over columns, is within the
+    pairwise bound of the exact sum (``math.fsum``), :math:`(\\lceil\\log_2 N\\rceil + 8)` machine epsilons of
+    :math:`\\sum |v_i|`, where a running float32 sum's bound is N of them."""
+    exact = _exact_sums(values.astype(np.float64))
+    bound = (np.ceil(np.log2(len(values))) + 8) * float(np.finfo(np.float32).eps) * np.sum(np.abs(values), 0)
+    totals = [chunks.sum_accurately(jnp.asarray(values)), jax.jit(chunks.sum_accurately)(values)]
+    if values.ndim == 2:
+        totals.append(jax.jit(jax.vmap(chunks.sum_accurately, in_axes=1))(values))
+    for total in totals:
+        assert total.dtype == jnp.float32
+        assert np.all(np.abs(np.asarray(total, np.float64) - exact) <= bound)
+
+
+def test_sums_over_data_differentiate_and_keep_their_type():
+    """The gradient of a sum is one for every value (first and second order, under ``jit`` and ``vmap``);
+    bfloat16 and integer values keep their type."""
+    values = jnp.asarray(HARD[1][:50])
+    loss = lambda v: chunks.sum_accurately(jnp.sin(v)) ** 2  # noqa: E731
+    grad = jax.jit(jax.grad(loss))(values)
+    np.testing.assert_allclose(grad, 2 * jnp.sum(jnp.sin(values)) * jnp.cos(values), rtol=2e-5)
+    np.testing.assert_allclose(jax.vmap(jax.grad(lambda v: chunks.sum_accurately(v * v)))(values.reshape(5, 10)),
+                               2 * values.reshape(5, 10), rtol=1e-6)
+    hessian = jax.hessian(lambda v: chunks.sum_accurately(v ** 3))(values[:4])
+    np.testing.assert_allclose(hessian, np.diag(6 * np.asarray(values[:4])), rtol=1e-6)
+    assert chunks.sum_accurately(values.astype(jnp.bfloat16)).dtype == jnp.bfloat16
+    assert int(chunks.sum_accurately(jnp.arange(100, dtype=jnp.int32))) == 4950
