@@ -1,11 +1,14 @@
 """Shared fixtures: small simulated data sets, made once per session.
 
 Most of the suite's time is XLA compiling small fits, not running them, so the tests ask XLA:CPU for
-its cheapest code generation, the same IEEE arithmetic as jaxvi's own ``CHEAP_CODE``: no backend
-optimisation (``--xla_backend_optimization_level=0``) and the older elemental emitters instead of the
-fusion emitters (``--xla_cpu_use_fusion_emitters=false``). On six small fits (EM, CAVI, HMM, SVI, VAE,
-LDA) the two take backend compile time from 31-33 s (XLA's defaults) to 24-25 s (level 0) and 10-12 s
-(both). Sums may round in another order (a float32 objective can move in its last digit). They are set
+its cheapest code generation: no backend optimisation (``--xla_backend_optimization_level=0``, as jaxvi's
+own ``CHEAP_CODE``) and the older elemental emitters instead of the fusion emitters
+(``--xla_cpu_use_fusion_emitters=false``). On six small fits (EM, CAVI, HMM, SVI, VAE, LDA) the two take
+backend compile time from 31-33 s (XLA's defaults) to 24-25 s (level 0) and 10-12 s (both). jaxvi's
+``CHEAP_CODE`` no longer takes the pair, as it compiled some programs into code that never finished
+(``jaxvi/run/compiled.py``); the suite keeps it for its time, and a test that checks a fit under jaxvi's own
+options runs it in a child without these flags (tests/test_em.py). Sums may round in another order (a float32
+objective can move in its last digit). They are set
 here, before any test initialises a JAX backend, and reach the subprocesses the tests start; a flag the
 caller already gave in XLA_FLAGS wins.
 """

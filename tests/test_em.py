@@ -220,3 +220,56 @@ def test_non_finite_log_evidence_names_the_iteration_and_datum():
     with pytest.raises(FloatingPointError, match=r"iteration 3: log p\(x_i\) became non-finite for datum 17"):
         jaxvi.infer(model, jaxvi.EM(max_iter=10, tol=0.0, m_step=m_step), x_with_trap, key=jax.random.key(0),
                     progress=False)
+
+
+HUNG_FIT = """
+import json, sys
+import jax, jax.numpy as jnp, numpy as np
+import jaxvi
+
+rng = np.random.default_rng(2)
+x = rng.uniform(-3, 3, 100)
+y = np.where(rng.integers(0, 2, 100) == 0, 1.0 + 2.0 * x, -1.0 - 0.5 * x) + 0.4 * rng.normal(size=100)
+data = {"x": x.astype(np.float32), "y": y.astype(np.float32)}
+
+def log_joint(params, z, d):
+    mean = params["intercept"][z] + params["slope"][z] * d["x"]
+    return jax.nn.log_softmax(params["logits"])[z] + jax.scipy.stats.norm.logpdf(d["y"], mean,
+                                                                                jnp.exp(params["log_sigma"]))
+
+def init(key, d):
+    return {"logits": jnp.zeros(2), "intercept": jax.random.normal(key, (2,)), "slope": jnp.array([1.0, -1.0]),
+            "log_sigma": jnp.zeros(())}
+
+result = jaxvi.infer(jaxvi.Model(log_joint, jaxvi.Discrete(2), init), jaxvi.EM(n_init=8, max_iter=5), data,
+                     key=jax.random.key(0), progress=False)
+print(json.dumps({"params": {k: np.asarray(v, np.float64).tolist() for k, v in result.params.items()},
+                  "objective": float(result.objective), "x": x.tolist(), "y": y.tolist()}))
+"""
+
+
+def test_a_small_fit_whose_gradient_m_step_searches_lines_under_vmapped_restarts_finishes():
+    """EM with the default gradient M-step (L-BFGS and its zoom line search, a loop inside the run's loop), 8
+    restarts vmapped, on 100 points: small, so its run is compiled for ``CHEAP_CODE``. XLA:CPU's older emitters at
+    level 0 compiled this program into one that never finished (the run's line search spun; with either option
+    alone it finished). It must finish, in a child process with jaxvi's own XLA options (not this suite's
+    ``XLA_FLAGS``, which ask for that pair to compile faster) and a time limit, and its log p(D) must be the
+    enumerated log p(D) at its parameters."""
+    import json
+    import os
+    import subprocess
+    import sys
+    env = {name: value for name, value in os.environ.items() if name != "XLA_FLAGS"}  # jaxvi's options, not the suite's
+    try:
+        out = subprocess.run([sys.executable, "-c", HUNG_FIT], capture_output=True, text=True, timeout=240, check=True,
+                             env=env)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the fit did not finish in 240 s")
+    fit = json.loads(out.stdout.strip().splitlines()[-1])
+    p, x, y = fit["params"], np.array(fit["x"], np.float32), np.array(fit["y"], np.float32)
+    x, y = x.astype(np.float64), y.astype(np.float64)
+    log_w = np.array(p["logits"]) - np.logaddexp.reduce(p["logits"])
+    sigma = np.exp(p["log_sigma"])
+    mean = np.array(p["intercept"])[None] + np.array(p["slope"])[None] * x[:, None]
+    log_joint = log_w[None] - 0.5 * ((y[:, None] - mean) / sigma) ** 2 - np.log(sigma) - 0.5 * np.log(2 * np.pi)
+    np.testing.assert_allclose(fit["objective"], np.sum(np.logaddexp.reduce(log_joint, axis=1)), rtol=1e-5)
