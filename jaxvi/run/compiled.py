@@ -77,7 +77,9 @@ CHEAP_CODE = {OPTIMIZATION_LEVEL: 0}
 # most CHEAP_RUN_BYTES, and its start where the data times START_PASSES are (a start may loop over the data itself:
 # k-means). A Gaussian HMM's run on 5 x 40 x 2 floats, 8 steps: compile 1.99 s -> 0.46 s, run 0.004 s either way; on
 # 200 x 1,000 x 2 floats, 100 steps (160 MB touched), the cheap code would run 10x slower (2.3 s -> 23.6 s). A
-# 16-component GMM's start (k-means) on 200,000 x 16 floats: compile 1.79 s -> 0.53 s, run 0.73 s -> 8.2 s.
+# 16-component GMM's start (k-means) on 200,000 x 16 floats: compile 1.79 s -> 0.53 s, run 0.73 s -> 8.2 s. (Those
+# figures are XLA's defaults against CHEAP_CODE with the older emitters, before it dropped them; small fits today:
+# benchmarks/results/small_fits_cpu.md.)
 CHEAP_PASS_BYTES = 2 ** 24
 CHEAP_RUN_BYTES = 2 ** 22
 START_PASSES = 100
