@@ -1,4 +1,5 @@
-"""Chunked evaluation over data (``jaxvi.chunks``): the same numbers as one ``vmap``, in either chunk layout."""
+"""Chunked evaluation over data (``jaxvi.chunks``): the same numbers as one ``vmap``, in either chunk layout; sums
+over data within the pairwise bound of the exact sum."""
 import math
 
 import jax

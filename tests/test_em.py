@@ -1,4 +1,9 @@
 """EM: monotonicity, the generic M-step against closed forms, restarts and vmap, compilation, faults."""
+import json
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -223,7 +228,7 @@ def test_non_finite_log_evidence_names_the_iteration_and_datum():
 
 
 HUNG_FIT = """
-import json, sys
+import json
 import jax, jax.numpy as jnp, numpy as np
 import jaxvi
 
@@ -255,10 +260,6 @@ def test_a_small_fit_whose_gradient_m_step_searches_lines_under_vmapped_restarts
     alone it finished). It must finish, in a child process with jaxvi's own XLA options (not this suite's
     ``XLA_FLAGS``, which ask for that pair to compile faster) and a time limit, and its log p(D) must be the
     enumerated log p(D) at its parameters."""
-    import json
-    import os
-    import subprocess
-    import sys
     env = {name: value for name, value in os.environ.items() if name != "XLA_FLAGS"}  # jaxvi's options, not the suite's
     try:
         out = subprocess.run([sys.executable, "-c", HUNG_FIT], capture_output=True, text=True, timeout=240, check=True,
