@@ -249,7 +249,7 @@ def init(key, d):
 result = jaxvi.infer(jaxvi.Model(log_joint, jaxvi.Discrete(2), init), jaxvi.EM(n_init=8, max_iter=5), data,
                      key=jax.random.key(0), progress=False)
 print(json.dumps({"params": {k: np.asarray(v, np.float64).tolist() for k, v in result.params.items()},
-                  "objective": float(result.objective), "x": x.tolist(), "y": y.tolist()}))
+                  "objective": float(result.objective), "x": data["x"].tolist(), "y": data["y"].tolist()}))
 """
 
 
@@ -267,8 +267,7 @@ def test_a_small_fit_whose_gradient_m_step_searches_lines_under_vmapped_restarts
     except subprocess.TimeoutExpired:
         pytest.fail("the fit did not finish in 240 s")
     fit = json.loads(out.stdout.strip().splitlines()[-1])
-    p, x, y = fit["params"], np.array(fit["x"], np.float32), np.array(fit["y"], np.float32)
-    x, y = x.astype(np.float64), y.astype(np.float64)
+    p, x, y = fit["params"], np.array(fit["x"]), np.array(fit["y"])  # the float32 data the fit saw, in float64
     log_w = np.array(p["logits"]) - np.logaddexp.reduce(p["logits"])
     sigma = np.exp(p["log_sigma"])
     mean = np.array(p["intercept"])[None] + np.array(p["slope"])[None] * x[:, None]
