@@ -264,7 +264,7 @@ def _lloyd(data, seeds, weights):
     constant data: until no center moves), at most ``KMEANS_ROUNDS`` rounds. Rows of ``weights`` 0 (0 or 1 per
     row) are left out. Returns the centers and the number of rounds."""
     k = seeds.shape[0]
-    count = jnp.sum(weights)
+    count = sum_accurately(weights)
     mean = sum_accurately(weights[:, None] * data) / count
     tolerance = KMEANS_TOL * jnp.mean(sum_accurately(weights[:, None] * (data - mean) ** 2) / count)
 
