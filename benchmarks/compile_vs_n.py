@@ -12,7 +12,7 @@ Two ways, ``--repeats`` times each, interleaved:
   at N = 1,000 and with JAX's caches cleared before each fit (``jax.clear_caches``), so every fit compiles anew; JAX's
   CPU async dispatch is off, so each program compiles alone. What differs between the two fits is N alone.
 * ``fresh``: each fit in a fresh process, with JAX's defaults: a user's first call. There the run's program compiles
-  while the start's executes (k-means over all N data: 24 s at N = 4,000,000); on a 2-core machine the compiler then
+  while the start's executes (k-means over all N data: about 5 s at N = 4,000,000); on a 2-core machine the compiler then
   shares the cores with XLA's threads, and its time span stretches with N although its work does not. The first
   call's wall time is reported too: the overlap makes it shorter, not longer.
 
@@ -81,6 +81,9 @@ def together(args) -> dict:
     return {"fits": fits}
 
 
+TASKS = {"fresh": fresh, "together": together}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=int, nargs=2, default=list(SIZES))
@@ -88,9 +91,9 @@ def main():
     parser.add_argument("--n-init", type=int, default=1)
     parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--order", type=int, nargs="+", help=argparse.SUPPRESS)
-    args = parse(parser, QUICK, {"fresh": fresh, "together": together})
+    args = parse(parser, QUICK, TASKS)
     if args.child:
-        run_child({"fresh": fresh, "together": together}[args.child], args)
+        run_child(TASKS[args.child], args)
         return
     import jax
 
