@@ -679,12 +679,19 @@ class CAVI:
             fn, counts = joint(x), layout.multiplicities(x)
             return local_factors.bound(layout, fn, local_factors.complete(layout, fn, carried, dtype, counts), counts)
 
+        chunk_size = layout.chunk_size(self.chunk_size, num_data_of(data))
+        if local_factors.shares_coupling(layout) and jax.device_count() == 1:
+            carried = local_factors.fit_slots(layout, joint, data, start, self.local_tol, self.local_max_iter, dtype,
+                                              chunk_size)
+            bounds = map_chunks(lambda pair: jax.vmap(datum_bound)(*pair), (data, carried), chunk_size)
+            return bounds, self._local_factors(layout, expected, params, carried, dtype)
+
         def chunk(pair):
             x, carried = pair
             carried = local_factors.fit_chunk(layout, joint, x, carried, self.local_tol, self.local_max_iter, dtype)
             return jax.vmap(datum_bound)(x, carried), carried
 
-        bounds, carried = map_chunks(chunk, (data, start), layout.chunk_size(self.chunk_size, num_data_of(data)))
+        bounds, carried = map_chunks(chunk, (data, start), chunk_size)
         return bounds, self._local_factors(layout, expected, params, carried, dtype)
 
     def _factor_function(self, model, structure, params, factors, data, post, j, scale=1.0):

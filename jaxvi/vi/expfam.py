@@ -33,7 +33,7 @@ from jaxvi.linalg import spd_inverse, spd_log_det, spd_solve
 __all__ = ["BETA", "CATEGORICAL", "DIRICHLET", "Family", "GAMMA", "NORMAL", "NORMAL_WISHART", "NotLinear", "Quadrature", "WISHART",
            "coordinate_update", "entropy", "expect_linear", "expect_product", "expectation", "expected_statistics",
            "kl_divergence", "log_density", "log_normalizer", "natural_parameters", "normal_wishart_moments",
-           "normal_wishart_natural", "normal_wishart_parts", "quadrature"]
+           "normal_wishart_natural", "normal_wishart_parts", "quadrature", "tangent_change"]
 
 Natural = tuple  # natural parameters: a tuple of arrays, batch shape in front
 
@@ -578,6 +578,21 @@ def quadrature(family: Family, eta: Natural) -> Quadrature:
                 / (jnp.max(jnp.abs(expected)) + 1.0))
     tangents = jnp.moveaxis(solution.reshape(factors, p, size), 1, 0).reshape(nodes.shape)
     return Quadrature(nodes, family.tangent(tangents), residual)
+
+
+def tangent_change(family: Family, eta: Natural, origin: Natural) -> jax.Array | None:
+    r"""How the tangents of ``quadrature(family, eta)`` change, at the same nodes, for the rule to give the
+    expectations under ``origin`` instead: then :math:`E[f]` moves by :math:`\beta \cdot (E_{origin}[T] - E_\eta[T])`
+    for every f linear in T, and a derivative of anything read off :math:`E[f]` along this change is that
+    quantity's change from :math:`\eta` to ``origin``, exactly, as it is affine in the tangents. The Dirichlet's
+    rule (``_dirichlet_rule``, one node): :math:`\bar z \odot (E_{origin}[\log z] - E_\eta[\log z])`. Shaped like
+    the rule's tangents (nodes in front); None for a family whose
+    rule has no tangents (its nodes move instead)."""
+    if family is not DIRICHLET:
+        return None
+    alpha = eta[0] + 1
+    mean = alpha / jnp.sum(alpha, axis=-1, keepdims=True)
+    return (mean * (expected_statistics(family, origin)[0] - expected_statistics(family, eta)[0]))[None]
 
 
 def expect_product(fn: Callable, rules: tuple) -> jax.Array:

@@ -420,6 +420,61 @@ def test_sweeps_in_exp_space_are_checked_and_a_plate_met_unalike_is_swept_plainl
         np.testing.assert_allclose(np.asarray(stacked[1]), gammas["unalike"], rtol=1e-12)
 
 
+@pytest.mark.parametrize("max_iter", [500, 3])
+def test_documents_swept_in_refilled_slots_are_each_fitted_as_alone(corpus, monkeypatch, max_iter):
+    """fit_slots sweeps S documents at once and gives a slot the next document as soon as its own is done, R slots
+    at a time. With 5 slots refilled 2 at a time and 23 documents (a multiple of neither), taking from 50 to 500
+    sweeps (or all stopped at 3): every document's gamma is the one _fit_shared gives it alone, and NumPy's E-step's.
+    Where some documents' words meet theta unalike, every document is fitted again by the plain sweeps: NumPy's
+    weighted E-step's. Vmapped over the two corpora: each its own."""
+    from jaxvi.methods.cavi import _structure
+    from jaxvi.vi import local_factors
+
+    monkeypatch.setattr(local_factors, "MOST_SLOTS", 5)
+    monkeypatch.setattr(local_factors, "REFILL_SHARE", 2)
+    _, counts = corpus
+    counts = counts[:23]
+    rng = np.random.default_rng(6)
+    with jax.enable_x64(True):
+        docs = bag_of_words(counts, np.float64, length=V)
+        topic_concentration = rng.gamma(2.0, 1.0, (K, V))
+        alpha, tol = 1.0 / K, 1e-10
+        weights = {"alike": np.where(docs[1] > 0, 1.0, 0.0),
+                   "unalike": np.where(docs[1] > 0, rng.uniform(0.5, 2.0, docs[1].shape), 0.0)}
+        weights["unalike"][:17] = weights["alike"][:17]  # the last 6 documents weighted
+        model, _ = weighted_lda(docs, weights["alike"])
+        structure = _structure(model)
+        layout = structure.local_factors
+        expected = structure.expected_log_joint(model, structure.rules(((jnp.asarray(topic_concentration - 1),),)))
+        start = local_factors.reference(layout, len(counts), jnp.float64)
+        assert local_factors.slot_counts(layout, len(counts)) == (5, 2)
+
+        def joint(x):
+            return layout.datum_joint(expected, {}, x)
+
+        def fit(data):
+            """(every document's gamma fitted alone by _fit_shared, and its check; every gamma after fit_slots)."""
+            alone, checks = jax.vmap(lambda x, c: local_factors._fit_shared(
+                layout, joint(x), c, tol, max_iter, jnp.float64, layout.multiplicities(x)))(data, start)
+            slots = local_factors.fit_slots(layout, joint, data, start, tol, max_iter, jnp.float64, 8)
+            return alone[1][0] + 1.0, checks, slots[1][0] + 1.0
+
+        data = {name: (*(jnp.asarray(a) for a in docs), jnp.asarray(w)) for name, w in weights.items()}
+        compiled = jax.jit(fit)
+        alone, checks, slots = compiled(data["alike"])
+        assert np.all(checks)
+        np.testing.assert_allclose(slots, alone, rtol=1e-12)
+        np.testing.assert_allclose(slots, numpy_e_step(counts, topic_concentration, alpha, tol, max_iter), rtol=1e-9)
+        _, checks, refitted = compiled(data["unalike"])
+        np.testing.assert_array_equal(checks, np.arange(len(counts)) < 17)
+        np.testing.assert_allclose(refitted, numpy_weighted_e_step(counts, weights["unalike"], topic_concentration,
+                                                                   alpha, tol, max_iter), rtol=1e-9)
+        both = jax.tree_util.tree_map(lambda a, b: jnp.stack([a, b]), data["alike"], data["unalike"])
+        _, _, stacked = jax.jit(jax.vmap(fit))(both)
+        np.testing.assert_allclose(stacked[0], slots, rtol=1e-12)
+        np.testing.assert_allclose(stacked[1], refitted, rtol=1e-12)
+
+
 @pytest.mark.parametrize("extra, name", [
     (lambda z: jnp.sum(z["proportions"] ** 2), r"local factor z\['proportions'\]"),
     (lambda z: jnp.sum(z["assignments"][1:] * z["assignments"][:-1]), r"local factor z\['assignments'\]"),
