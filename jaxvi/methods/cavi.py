@@ -680,7 +680,7 @@ class CAVI:
             return local_factors.bound(layout, fn, local_factors.complete(layout, fn, carried, dtype, counts), counts)
 
         chunk_size = layout.chunk_size(self.chunk_size, num_data_of(data))
-        if local_factors.shares_coupling(layout) and jax.device_count() == 1:
+        if local_factors.sweeps_in_slots(layout):
             carried = local_factors.fit_slots(layout, joint, data, start, self.local_tol, self.local_max_iter, dtype,
                                               chunk_size)
             bounds = map_chunks(lambda pair: jax.vmap(datum_bound)(*pair), (data, carried), chunk_size)

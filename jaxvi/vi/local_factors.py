@@ -52,7 +52,7 @@ from jaxvi.vi import expfam
 from jaxvi.vi.factors import factor_spec
 
 __all__ = ["LocalFactors", "LocalLayout", "bound", "complete", "fit", "fit_chunk", "fit_slots", "local_layout", "read",
-           "reference"]
+           "reference", "slot_counts", "sweeps_in_slots"]
 
 PyTree = Any
 DatumJoint = Callable[[tuple], jax.Array]  # every local factor's value (its family's layout) -> log-joint of one datum
@@ -268,6 +268,13 @@ def shares_coupling(layout: LocalLayout) -> bool:
             and first.batch_shape[0] > 1)
 
 
+def sweeps_in_slots(layout: LocalLayout) -> bool:
+    """Whether a local pass fits the data in slots (``fit_slots``; static): where the sweeps may run in exp space
+    (``shares_coupling``) and JAX has one device (data split over several would be gathered across them at every
+    refill; ``fit_chunk``'s chunks give each device its share)."""
+    return shares_coupling(layout) and jax.device_count() == 1
+
+
 class _Plate(NamedTuple):
     """The first factor of a datum (a categorical plate) at its start: the carried others there, ``origin``
     (:math:`t_0`), the first factor's natural parameters ``start`` (L, K), and ``basis`` = exp(start - its maximum
@@ -381,18 +388,18 @@ def slot_counts(layout: LocalLayout, n: int) -> tuple[int, int]:
 
 
 class _Slots(NamedTuple):
-    """``fit_slots``' state: S slots, each fitting one datum's local factors by ``_fit_shared``'s sweeps.
+    """``fit_slots``' state: S slots, each fitting one datum's local factors by exp-space sweeps.
 
     Attributes:
       datum: (S,) the datum each slot holds, n where it is empty.
       x: the data the slots hold (every leaf (S, ...)).
       carried, previous: the slots' carried factors after their last sweep and before it.
       plate: the slots' ``_Plate`` (every array (S, L, K)).
-      count, change, in_range, alike: every slot's sweeps so far, the mean change of its last, whether every sweep's
-        probabilities stayed in float range, and whether the plate met the others alike after its first sweep.
+      count, change, in_range: every slot's sweeps so far, the mean change of its last (the dtype's largest
+        number before the first), and whether every sweep's probabilities stayed in float range.
       next: the first datum not yet taken into a slot.
       fitted: every datum's carried factors, from ``start``, each written when its slot is done.
-      ok: whether every datum done so far passed ``_fit_shared``'s checks.
+      ok: whether every datum done so far passed the check at the start of its last sweep (``_shared``).
     """
 
     datum: jax.Array
@@ -403,24 +410,29 @@ class _Slots(NamedTuple):
     count: jax.Array
     change: jax.Array
     in_range: jax.Array
-    alike: jax.Array
     next: jax.Array
     fitted: tuple
     ok: jax.Array
 
-    PER_SLOT = ("datum", "x", "carried", "previous", "plate", "count", "change", "in_range", "alike")
+    PER_SLOT = ("datum", "x", "carried", "previous", "plate", "count", "change", "in_range")
 
 
 def fit_slots(layout: LocalLayout, joint: Callable[[PyTree], DatumJoint], data: PyTree, start: tuple, tol,
               max_iter: int, dtype, chunk_size: int) -> tuple:
-    """``fit_chunk`` of every datum (``data`` and ``start`` with every datum in front) where ``shares_coupling``:
-    ``_fit_shared``'s sweeps of every datum, S at a time in slots (``slot_counts``), each slot refilled with the next
-    datum as soon as its own is done, R slots at a time (continuous batching). Chunks of data swept in step sweep
-    each datum until the chunk's slowest is done: LDA's documents after the first global update take 26 sweeps on
-    average and 83 in chunks of 36. Where a datum's check fails, every datum is fitted again by the plain sweeps,
-    ``chunk_size`` at a time."""
+    """``fit_chunk`` of every datum (``data`` and ``start`` with every datum in front) where ``shares_coupling``,
+    by exp-space sweeps S data at a time in slots (``slot_counts``), each slot given the next datum as soon as its
+    own is done, R slots at a time (continuous batching). Chunks of data swept in step sweep each datum until the
+    chunk's slowest is done: LDA's documents after the first global update take 26 sweeps on average, and 83 in
+    chunks of 36.
+
+    Every datum is checked as ``_fit_shared`` checks it at the start of its last sweep, and where a check fails,
+    every datum is fitted again by the plain sweeps, ``chunk_size`` at a time. (``_fit_shared``'s check after the
+    first sweep, which stops a datum that will fail early, is left out: it reads the first factor in full once more
+    per datum, and a slot's datum that will fail ends no later than ``max_iter`` sweeps.) Under ``jax.vmap`` the
+    refills' branch becomes a select, so every loop turn refills: the same results, more work."""
     n = num_data(data)
     slots, refills = slot_counts(layout, n)
+    unswept = jnp.finfo(dtype).max  # the change before a datum's first sweep: finite, and not below any tolerance
 
     def of(x):
         return joint(x), layout.multiplicities(x)
@@ -429,8 +441,16 @@ def fit_slots(layout: LocalLayout, joint: Callable[[PyTree], DatumJoint], data: 
         fn, counts = of(x)
         return _exp_sweep(layout, fn, carried, dtype, counts, plate)
 
+    def plate_of(x, carried):
+        fn, counts = of(x)
+        return _plate(layout, fn, carried, dtype, counts)
+
+    def passed(x, previous, plate):
+        fn, counts = of(x)
+        return _shared(layout, fn, previous, dtype, counts, plate)
+
     def running(state):
-        return ((state.datum < n) & state.alike & state.in_range & (state.count < max_iter) & ~(state.change < tol)
+        return ((state.datum < n) & state.in_range & (state.count < max_iter) & ~(state.change < tol)
                 & jnp.isfinite(state.change))
 
     def swept(state):
@@ -447,41 +467,28 @@ def fit_slots(layout: LocalLayout, joint: Callable[[PyTree], DatumJoint], data: 
                               count=state.count + live, change=pick(change, state.change),
                               in_range=pick(state.in_range & in_range, state.in_range))
 
-    def begun(x, carried):
-        """A datum's slot after its first sweep from ``carried`` (``_fit_shared``'s start)."""
-        fn, counts = of(x)
-        plate = _plate(layout, fn, carried, dtype, counts)
-        first, in_range = _exp_sweep(layout, fn, carried, dtype, counts, plate)
-        return first, plate, in_range, _shared(layout, fn, first, dtype, counts, plate), _mean_change(carried, first)
-
-    def passed(x, previous, plate):
-        fn, counts = of(x)
-        return _shared(layout, fn, previous, dtype, counts, plate)
-
     def refilled(state):
-        """R slots, done ones first, then empty ones: every done datum written out and its check completed, and
-        every such slot given the next datum (empty when none is left)."""
+        """R slots, done ones first, then empty ones: every done datum checked and written out, and every such
+        slot given the next datum (empty when none is left)."""
         occupied = state.datum < n
         done = occupied & ~running(state)
         score, chosen = lax.top_k(jnp.where(done, 2, jnp.where(occupied, 0, 1)), refills)
         held = state._replace(**{name: jax.tree_util.tree_map(lambda a: a[chosen], getattr(state, name))
                                  for name in _Slots.PER_SLOT})
         finished, free = score == 2, score > 0
-        checks = held.alike & held.in_range & jnp.isfinite(held.change) & jax.vmap(passed)(
-            held.x, held.previous, held.plate)
+        checks = held.in_range & jnp.isfinite(held.change) & jax.vmap(passed)(held.x, held.previous, held.plate)
         written = jnp.where(finished, held.datum, n)
         fitted = jax.tree_util.tree_map(lambda out, c: out.at[written].set(c, mode="drop"), state.fitted,
                                         held.carried)
-        ok = state.ok & jnp.all(checks | ~finished)
 
         datum = state.next + jnp.arange(refills, dtype=jnp.int32)
         fresh = free & (datum < n)
         index = jnp.minimum(datum, n - 1)
         x = jax.tree_util.tree_map(lambda a: a[index], data)
         begin = jax.tree_util.tree_map(lambda a: a[index], start)
-        first, plate, in_range, alike, change = jax.vmap(begun)(x, begin)
-        new = _Slots(jnp.where(fresh, datum, jnp.where(free, n, held.datum)), x, first, begin, plate,
-                     jnp.ones_like(held.count), change, in_range, alike, state.next, state.fitted, state.ok)
+        new = held._replace(x=x, carried=begin, previous=begin, plate=jax.vmap(plate_of)(x, begin),
+                            count=jnp.zeros_like(held.count), change=jnp.full_like(held.change, unswept),
+                            in_range=jnp.ones_like(held.in_range))
 
         def put(slot, new_value, old_value):
             value = jnp.where(jnp.reshape(fresh, fresh.shape + (1,) * (new_value.ndim - 1)), new_value, old_value)
@@ -489,16 +496,15 @@ def fit_slots(layout: LocalLayout, joint: Callable[[PyTree], DatumJoint], data: 
 
         updates = {name: jax.tree_util.tree_map(put, getattr(state, name), getattr(new, name), getattr(held, name))
                    for name in _Slots.PER_SLOT}
-        updates["datum"] = state.datum.at[chosen].set(new.datum)
-        return state._replace(**updates, next=state.next + jnp.sum(fresh, dtype=jnp.int32), fitted=fitted, ok=ok)
+        updates["datum"] = state.datum.at[chosen].set(jnp.where(fresh, datum, jnp.where(free, n, held.datum)))
+        return state._replace(**updates, next=state.next + jnp.sum(fresh, dtype=jnp.int32), fitted=fitted,
+                              ok=state.ok & jnp.all(checks | ~finished))
 
     def turn(state):
         state = swept(state)
-        occupied = state.datum < n
         live = running(state)
-        free = jnp.sum(~live)
-        worth = jnp.any(occupied & ~live) | (state.next < n)
-        due = worth & ((free >= refills) | ~jnp.any(live))
+        worth = jnp.any((state.datum < n) & ~live) | (state.next < n)
+        due = worth & ((jnp.sum(~live) >= refills) | ~jnp.any(live))
         return lax.cond(due, refilled, lambda unchanged: unchanged, state)
 
     def more(state):
@@ -513,7 +519,7 @@ def fit_slots(layout: LocalLayout, joint: Callable[[PyTree], DatumJoint], data: 
                      _Plate(jax.tree_util.tree_map(empty, start), jnp.zeros(plate_shape, dtype),
                             jnp.ones(plate_shape, dtype)),
                      jnp.zeros((slots,), jnp.int32), jnp.zeros((slots,), dtype), jnp.ones((slots,), bool),
-                     jnp.ones((slots,), bool), jnp.zeros((), jnp.int32), start, jnp.ones((), bool))
+                     jnp.zeros((), jnp.int32), start, jnp.ones((), bool))
     final = lax.while_loop(more, turn, initial)
 
     def plain():
