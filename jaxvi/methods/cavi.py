@@ -679,8 +679,9 @@ class CAVI:
             fn, counts = joint(x), layout.multiplicities(x)
             return local_factors.bound(layout, fn, local_factors.complete(layout, fn, carried, dtype, counts), counts)
 
-        chunk_size = layout.chunk_size(self.chunk_size, num_data_of(data))
-        if local_factors.sweeps_in_slots(layout):
+        n = num_data_of(data)
+        chunk_size = layout.chunk_size(self.chunk_size, n)
+        if local_factors.sweeps_in_slots(layout, n):
             carried = local_factors.fit_slots(layout, joint, data, start, self.local_tol, self.local_max_iter, dtype,
                                               chunk_size)
             bounds = map_chunks(lambda pair: jax.vmap(datum_bound)(*pair), (data, carried), chunk_size)

@@ -20,23 +20,22 @@ sweep. When the plate's entries meet the other factors alike, :math:`\eta_{nk}(t
 others' expected statistics; LDA: :math:`a_{nk} = E[\log \beta_{k w_n}]`, :math:`s_k = E[\log\theta_k]`), a
 datum's sweeps run in exp space instead, as scikit-learn's and gensim's hand-written E-steps do:
 :math:`\phi_{nk} \propto e^{\eta_{nk}(t_0)}\, e^{s_k(t) - s_k(t_0)}`, the first factor's natural parameters
-read once in full and then only their change :math:`s(t) - s(t_0)` per sweep (K exponentials instead of L x K).
-The change is one forward derivative through the terms that couple the plate to the others, where the others'
-quadrature rules allow it (``_first_shift``; the rest of the log-joint, for LDA a gather and a logarithm per entry
-and topic, is not evaluated), else the first entry's row read in full. That the plate meets the others alike is
-not assumed: it is checked on every datum, after its first sweep and at the start of its
-last (``_shared``), and a chunk with a datum where it fails, or where a sweep's probabilities leave float range,
-is fitted again by the sweeps above (``fit_chunk``). The last sweep is then the plain sweep from the same state
-(to rounding), so a converged datum is at a fixed point of the plain sweeps within the tolerance; the sweeps
-between are checked only through those two checks (which catch any coupling that differs between entries by a
-factor, as per-entry weights do; a coupling that differs only in directions the sweeps never move along is not
-seen, and does not change the fixed point). In float32 the exp-space sweeps are as accurate as the plain ones: on
-500 of LDA's documents (K = 50) the mean relative error of q(theta)'s concentrations against float64's plain sweeps
-is 1.13e-6 for both (1.20e-6 with the shift read off the first entry's row).
+read once in full and then only their change :math:`s(t) - s(t_0)` per sweep (K exponentials instead of L x K):
+read off the first entry's row (``_shift``), or, in slots (below), as one forward derivative through the terms
+that couple the plate to the others (``_first_shift``), which leaves the rest of the log-joint out. That the plate
+meets the others alike is not assumed: it is checked on every datum at the start of its last sweep (``_shared``;
+in chunks after its first sweep too, which stops a datum that will fail early), and data where it fails, or where
+a sweep's probabilities leave float range, are fitted again by the sweeps above. The last sweep is then the plain
+sweep from the same state (to rounding), so a converged datum is at a fixed point of the plain sweeps within the
+tolerance; the sweeps between are checked only through those checks (which catch any coupling that differs between
+entries by a factor, as per-entry weights do; a coupling that differs only in directions the sweeps never move
+along is not seen, and does not change the fixed point). In float32 the exp-space sweeps are about as accurate as
+the plain ones: on 500 of LDA's documents (K = 50) the mean relative error of q(theta)'s concentrations against
+float64's plain sweeps is 1.13e-6 for the plain sweeps and the derivative's, 1.20e-6 for the row's.
 
-The data are swept in step in chunks (``fit_chunk``), or, where the sweeps run in exp space on one device, in
-slots that each take the next datum as soon as their own is done (``fit_slots``): a chunk is swept until its
-slowest datum is done, and LDA's documents differ by up to 10x in the sweeps they need.
+The data are swept in step in chunks (``fit_chunk``), or, where the sweeps run in exp space on one device and the
+data are many, in slots that each take the next datum as soon as their own is done (``fit_slots``): a chunk is
+swept until its slowest datum is done, and LDA's documents differ by up to 10x in the sweeps they need.
 """
 from __future__ import annotations
 
@@ -268,13 +267,6 @@ def shares_coupling(layout: LocalLayout) -> bool:
             and first.batch_shape[0] > 1)
 
 
-def sweeps_in_slots(layout: LocalLayout) -> bool:
-    """Whether a local pass fits the data in slots (``fit_slots``; static): where the sweeps may run in exp space
-    (``shares_coupling``) and JAX has one device (data split over several would be gathered across them at every
-    refill; ``fit_chunk``'s chunks give each device its share)."""
-    return shares_coupling(layout) and jax.device_count() == 1
-
-
 class _Plate(NamedTuple):
     """The first factor of a datum (a categorical plate) at its start: the carried others there, ``origin``
     (:math:`t_0`), the first factor's natural parameters ``start`` (L, K), and ``basis`` = exp(start - its maximum
@@ -291,23 +283,29 @@ def _plate(layout: LocalLayout, fn: DatumJoint, carried: tuple, dtype, counts: t
     return _Plate(carried, eta, jnp.exp(eta - jnp.max(eta, axis=-1, keepdims=True)))
 
 
-def _shift(layout: LocalLayout, fn: DatumJoint, carried: tuple, dtype, counts: tuple, plate: _Plate) -> jax.Array:
-    r"""The first entry's :math:`\eta(t) - \eta(t_0)` (K,), by ``_first_shift`` where it applies, else read off in
-    full at t (the compiler then computes the first entry's row alone: a conjugate plate's entries enter on their
-    own)."""
-    shift = _first_shift(layout, fn, carried, plate.origin, dtype, counts)
+def _shift(layout: LocalLayout, fn: DatumJoint, carried: tuple, dtype, counts: tuple, plate: _Plate,
+           derivative: bool = False) -> jax.Array:
+    r"""The first entry's :math:`\eta(t) - \eta(t_0)` (K,): read off in full at t (the compiler then computes the
+    first entry's row alone, a conjugate plate's entries entering on their own), or, with ``derivative``, by
+    ``_first_shift`` where it applies.
+
+    In a loop over one datum's sweeps the datum's terms that do not involve t (LDA's :math:`E[\log\beta_{k w_n}]`,
+    a gather per entry) are the same every sweep, and the compiler computes them once, before the loop; where the
+    data change between sweeps (``fit_slots``) they are not, and the derivative leaves them out. It costs more to
+    compile (gensim's Lee corpus, 10 batch iterations: 0.4-0.6 s more), so only slots take it."""
+    shift = _first_shift(layout, fn, carried, plate.origin, dtype, counts) if derivative else None
     if shift is None:
         return _first_natural(layout, fn, carried, dtype, counts)[0] - plate.start[0]
     return shift[0]
 
 
-def _exp_sweep(layout: LocalLayout, fn: DatumJoint, carried: tuple, dtype, counts: tuple, plate: _Plate
-               ) -> tuple[tuple, jax.Array]:
-    r"""``(carried, in_range)``: ``_sweep`` in exp space, :math:`\phi_{nk} \propto` ``basis``
-    :math:`\cdot\, e^{s_k(t) - s_k(t_0)}`, the shift read off the first entry, then every other factor read given
-    :math:`\phi`; and whether every entry's unnormalised probabilities sum to at least K tiny / eps (else some that
-    matter may have flushed to 0). An entry of multiplicity 0 is uniform, as ``read`` makes it."""
-    shift = _shift(layout, fn, carried, dtype, counts, plate)
+def _exp_sweep(layout: LocalLayout, fn: DatumJoint, carried: tuple, dtype, counts: tuple, plate: _Plate,
+               derivative: bool = False) -> tuple[tuple, jax.Array, jax.Array]:
+    r"""``(carried, in_range, shift)``: ``_sweep`` in exp space, :math:`\phi_{nk} \propto` ``basis``
+    :math:`\cdot\, e^{s_k(t) - s_k(t_0)}` (the shift, ``_shift`` with ``derivative``), then every other factor read given :math:`\phi`;
+    whether every entry's unnormalised probabilities sum to at least K tiny / eps (else some that matter may have
+    flushed to 0); and the shift. An entry of multiplicity 0 is uniform, as ``read`` makes it."""
+    shift = _shift(layout, fn, carried, dtype, counts, plate, derivative)
     weights = jnp.exp(shift - jnp.max(shift))
     norms = plate.basis @ weights
     probs = plate.basis * (weights / norms[:, None])
@@ -317,18 +315,22 @@ def _exp_sweep(layout: LocalLayout, fn: DatumJoint, carried: tuple, dtype, count
         live = counts[0] > 0
         probs = jnp.where(live[:, None], probs, 1.0 / size)
         in_range = in_range | ~live
-    return _read_others(layout, fn, carried, dtype, counts, first_probs=probs), jnp.all(in_range)
+    return _read_others(layout, fn, carried, dtype, counts, first_probs=probs), jnp.all(in_range), shift
 
 
-def _shared(layout: LocalLayout, fn: DatumJoint, carried: tuple, dtype, counts: tuple, plate: _Plate) -> jax.Array:
+def _shared(layout: LocalLayout, fn: DatumJoint, carried: tuple, dtype, counts: tuple, plate: _Plate,
+            shift: jax.Array | None = None) -> jax.Array:
     r"""Whether, at the carried others t, the first factor's natural parameters (read in full) are
-    :math:`\eta(t_0) + s(t) - s(t_0)` on every entry of multiplicity > 0 (the shift that of the first entry), each
-    to ``SHARED_TOLERANCE`` epsilons of the four terms' size: the exp-space sweep from t is then the sweep. False
-    where anything is not finite."""
+    :math:`\eta(t_0) + s(t) - s(t_0)` on every entry of multiplicity > 0 (the shift ``_shift``'s, or ``shift``: the
+    one a sweep from t used), each to ``SHARED_TOLERANCE`` epsilons of the four terms' size: the exp-space sweep
+    from t is then the sweep. False where anything is not finite."""
     full = _first_natural(layout, fn, carried, dtype, counts)
-    shift = _shift(layout, fn, carried, dtype, counts, plate)
-    error = jnp.abs(full - plate.start - shift)
-    scale = jnp.abs(full) + jnp.abs(plate.start) + jnp.abs(shift) + 1.0
+    if shift is None:  # ``_shift``'s row, from the full read
+        error = jnp.abs(full - plate.start - (full[0] - plate.start[0]))
+        scale = jnp.abs(full) + jnp.abs(plate.start) + jnp.abs(full[0]) + jnp.abs(plate.start[0]) + 1.0
+    else:
+        error = jnp.abs(full - plate.start - shift)
+        scale = jnp.abs(full) + jnp.abs(plate.start) + jnp.abs(shift) + 1.0
     within = (error <= SHARED_TOLERANCE * jnp.finfo(dtype).eps * scale) & jnp.isfinite(scale)
     if counts[0] is not None:
         within = within | (counts[0][:, None] <= 0)
@@ -341,12 +343,12 @@ def _fit_shared(layout: LocalLayout, fn: DatumJoint, carried: tuple, tol, max_it
     the first sweep, which stops the rest where it fails, and at the start of the last; every sweep's
     probabilities in float range)."""
     plate = _plate(layout, fn, carried, dtype, counts)
-    first, in_range = _exp_sweep(layout, fn, carried, dtype, counts, plate)
+    first, in_range, _ = _exp_sweep(layout, fn, carried, dtype, counts, plate)
     alike = _shared(layout, fn, first, dtype, counts, plate)
 
     def body(state):
         count, _, old, _, in_range = state
-        new, new_in_range = _exp_sweep(layout, fn, old, dtype, counts, plate)
+        new, new_in_range, _ = _exp_sweep(layout, fn, old, dtype, counts, plate)
         return count + 1, old, new, _mean_change(old, new), in_range & new_in_range
 
     def more(state):
@@ -376,7 +378,8 @@ def fit_chunk(layout: LocalLayout, joint: Callable[[PyTree], DatumJoint], data: 
 
 SLOT_SET = 2 ** 22  # numbers: the slots' plates (two per slot, ``_Plate``) held by ``fit_slots`` (16 MiB in float32)
 MOST_SLOTS = 256  # the most data ``fit_slots`` sweeps at once
-REFILL_SHARE = 8  # ``fit_slots`` refills a slot-th of its slots at a time
+REFILL_SHARE = 8  # ``fit_slots`` refills an eighth of its slots at a time
+SLOT_TURNOVER = 8  # the data a local pass fits in slots at least fill them this many times (``sweeps_in_slots``)
 
 
 def slot_counts(layout: LocalLayout, n: int) -> tuple[int, int]:
@@ -387,6 +390,17 @@ def slot_counts(layout: LocalLayout, n: int) -> tuple[int, int]:
     return slots, max(1, slots // REFILL_SHARE)
 
 
+def sweeps_in_slots(layout: LocalLayout, n: int) -> bool:
+    """Whether a local pass fits ``n`` data in slots (``fit_slots``; static): where the sweeps may run in exp space
+    (``shares_coupling``), JAX has one device (data split over several would be gathered across them at every
+    refill; ``fit_chunk``'s chunks give each device its share), and the data fill the slots ``SLOT_TURNOVER``
+    times. With fewer, the slots' start and end, swept wide while few are filled, cost more than the chunks'
+    waste: on gensim's Lee corpus (270 documents, K = 10), 10 batch iterations ran in 1.14-1.22 s in slots against
+    0.86-0.87 s in chunks."""
+    return (shares_coupling(layout) and jax.device_count() == 1
+            and n >= SLOT_TURNOVER * slot_counts(layout, n)[0])
+
+
 class _Slots(NamedTuple):
     """``fit_slots``' state: S slots, each fitting one datum's local factors by exp-space sweeps.
 
@@ -395,8 +409,9 @@ class _Slots(NamedTuple):
       x: the data the slots hold (every leaf (S, ...)).
       carried, previous: the slots' carried factors after their last sweep and before it.
       plate: the slots' ``_Plate`` (every array (S, L, K)).
-      count, change, in_range: every slot's sweeps so far, the mean change of its last (the dtype's largest
-        number before the first), and whether every sweep's probabilities stayed in float range.
+      count, change, in_range, shift: every slot's sweeps so far, the mean change of its last (the dtype's largest
+        number before the first), whether every sweep's probabilities stayed in float range, and the shift its last
+        sweep used (``_exp_sweep``).
       next: the first datum not yet taken into a slot.
       fitted: every datum's carried factors, from ``start``, each written when its slot is done.
       ok: whether every datum done so far passed the check at the start of its last sweep (``_shared``).
@@ -410,11 +425,12 @@ class _Slots(NamedTuple):
     count: jax.Array
     change: jax.Array
     in_range: jax.Array
+    shift: jax.Array
     next: jax.Array
     fitted: tuple
     ok: jax.Array
 
-    PER_SLOT = ("datum", "x", "carried", "previous", "plate", "count", "change", "in_range")
+    PER_SLOT = ("datum", "x", "carried", "previous", "plate", "count", "change", "in_range", "shift")
 
 
 def fit_slots(layout: LocalLayout, joint: Callable[[PyTree], DatumJoint], data: PyTree, start: tuple, tol,
@@ -439,15 +455,15 @@ def fit_slots(layout: LocalLayout, joint: Callable[[PyTree], DatumJoint], data: 
 
     def sweep(x, carried, plate):
         fn, counts = of(x)
-        return _exp_sweep(layout, fn, carried, dtype, counts, plate)
+        return _exp_sweep(layout, fn, carried, dtype, counts, plate, derivative=True)
 
     def plate_of(x, carried):
         fn, counts = of(x)
         return _plate(layout, fn, carried, dtype, counts)
 
-    def passed(x, previous, plate):
+    def passed(x, previous, plate, shift):
         fn, counts = of(x)
-        return _shared(layout, fn, previous, dtype, counts, plate)
+        return _shared(layout, fn, previous, dtype, counts, plate, shift)
 
     def running(state):
         return ((state.datum < n) & state.in_range & (state.count < max_iter) & ~(state.change < tol)
@@ -455,7 +471,7 @@ def fit_slots(layout: LocalLayout, joint: Callable[[PyTree], DatumJoint], data: 
 
     def swept(state):
         """Every running slot swept once more."""
-        new, in_range = jax.vmap(sweep)(state.x, state.carried, state.plate)
+        new, in_range, shift = jax.vmap(sweep)(state.x, state.carried, state.plate)
         change = jax.vmap(_mean_change)(state.carried, new)
         live = running(state)
 
@@ -465,7 +481,8 @@ def fit_slots(layout: LocalLayout, joint: Callable[[PyTree], DatumJoint], data: 
         return state._replace(carried=jax.tree_util.tree_map(pick, new, state.carried),
                               previous=jax.tree_util.tree_map(pick, state.carried, state.previous),
                               count=state.count + live, change=pick(change, state.change),
-                              in_range=pick(state.in_range & in_range, state.in_range))
+                              in_range=pick(state.in_range & in_range, state.in_range),
+                              shift=pick(shift, state.shift))
 
     def refilled(state):
         """R slots, done ones first, then empty ones: every done datum checked and written out, and every such
@@ -476,7 +493,8 @@ def fit_slots(layout: LocalLayout, joint: Callable[[PyTree], DatumJoint], data: 
         held = state._replace(**{name: jax.tree_util.tree_map(lambda a: a[chosen], getattr(state, name))
                                  for name in _Slots.PER_SLOT})
         finished, free = score == 2, score > 0
-        checks = held.in_range & jnp.isfinite(held.change) & jax.vmap(passed)(held.x, held.previous, held.plate)
+        checks = held.in_range & jnp.isfinite(held.change) & jax.vmap(passed)(held.x, held.previous, held.plate,
+                                                                                    held.shift)
         written = jnp.where(finished, held.datum, n)
         fitted = jax.tree_util.tree_map(lambda out, c: out.at[written].set(c, mode="drop"), state.fitted,
                                         held.carried)
@@ -519,7 +537,8 @@ def fit_slots(layout: LocalLayout, joint: Callable[[PyTree], DatumJoint], data: 
                      _Plate(jax.tree_util.tree_map(empty, start), jnp.zeros(plate_shape, dtype),
                             jnp.ones(plate_shape, dtype)),
                      jnp.zeros((slots,), jnp.int32), jnp.zeros((slots,), dtype), jnp.ones((slots,), bool),
-                     jnp.zeros((), jnp.int32), start, jnp.ones((), bool))
+                     jnp.zeros(plate_shape[:1] + plate_shape[2:], dtype), jnp.zeros((), jnp.int32), start,
+                     jnp.ones((), bool))
     final = lax.while_loop(more, turn, initial)
 
     def plain():
