@@ -50,8 +50,8 @@ from jaxvi.latents import EXPONENTIAL_FAMILY_SPECS, Global, is_spec
 from jaxvi.vi import expfam
 from jaxvi.vi.factors import factor_spec
 
-__all__ = ["LocalFactors", "LocalLayout", "bound", "complete", "fit", "fit_chunk", "fit_slots", "local_layout", "read",
-           "reference", "slot_counts", "sweeps_in_slots"]
+__all__ = ["LocalFactors", "LocalLayout", "bound", "complete", "fit", "fit_chunk", "fit_slots", "local_layout",
+           "read", "reference", "slot_counts", "sweeps_in_slots"]
 
 PyTree = Any
 DatumJoint = Callable[[tuple], jax.Array]  # every local factor's value (its family's layout) -> log-joint of one datum
@@ -302,9 +302,10 @@ def _shift(layout: LocalLayout, fn: DatumJoint, carried: tuple, dtype, counts: t
 def _exp_sweep(layout: LocalLayout, fn: DatumJoint, carried: tuple, dtype, counts: tuple, plate: _Plate,
                derivative: bool = False) -> tuple[tuple, jax.Array, jax.Array]:
     r"""``(carried, in_range, shift)``: ``_sweep`` in exp space, :math:`\phi_{nk} \propto` ``basis``
-    :math:`\cdot\, e^{s_k(t) - s_k(t_0)}` (the shift, ``_shift`` with ``derivative``), then every other factor read given :math:`\phi`;
-    whether every entry's unnormalised probabilities sum to at least K tiny / eps (else some that matter may have
-    flushed to 0); and the shift. An entry of multiplicity 0 is uniform, as ``read`` makes it."""
+    :math:`\cdot\, e^{s_k(t) - s_k(t_0)}` (the shift, ``_shift`` with ``derivative``), then every other factor
+    read given :math:`\phi`; whether every entry's unnormalised probabilities sum to at least K tiny / eps (else
+    some that matter may have flushed to 0); and the shift. An entry of multiplicity 0 is uniform, as ``read``
+    makes it."""
     shift = _shift(layout, fn, carried, dtype, counts, plate, derivative)
     weights = jnp.exp(shift - jnp.max(shift))
     norms = plate.basis @ weights
