@@ -586,8 +586,7 @@ def tangent_change(family: Family, eta: Natural, origin: Natural) -> jax.Array |
     for every f linear in T, and a derivative of anything read off :math:`E[f]` along this change is that
     quantity's change from :math:`\eta` to ``origin``, exactly, as it is affine in the tangents. The Dirichlet's
     rule (``_dirichlet_rule``, one node): :math:`\bar z \odot (E_{origin}[\log z] - E_\eta[\log z])`. Shaped like
-    the rule's tangents (nodes in front); None for a family whose
-    rule has no tangents (its nodes move instead)."""
+    the rule's tangents (nodes in front); None for a family whose rule has no tangents (its nodes move instead)."""
     if family is not DIRICHLET:
         return None
     alpha = eta[0] + 1
