@@ -246,6 +246,24 @@ def test_every_family_s_quadrature_rule_averages_its_statistics_to_their_expecta
             np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
 
 
+def test_a_tangent_change_moves_the_dirichlet_rule_to_another_member_s_expectations():
+    """With its nodes held, the Dirichlet's rule plus ``tangent_change`` toward another member gives that member's
+    expectation of every f linear in log z, closed form (digamma), float64; families whose rules have no tangents
+    get None."""
+    with jax.enable_x64(True):
+        eta = (jnp.array([[-0.9, 0.5, 9.0], [0.1, 0.1, 0.1]]),)
+        origin = (jnp.array([[2.0, -0.5, 0.3], [30.0, 1.0, 0.0]]),)
+        beta, c = jnp.array([[0.7, -1.2, 2.0], [1.5, 0.4, -0.3]]), 0.25
+        rule = expfam.quadrature(expfam.DIRICHLET, eta)
+        moved = rule._replace(tangents=rule.tangents + expfam.tangent_change(expfam.DIRICHLET, eta, origin))
+        value = expfam.expect_product(lambda z: c + jnp.sum(beta * jnp.log(z), axis=-1), (moved,))
+        alpha = origin[0] + 1
+        expected_log = digamma(alpha) - digamma(jnp.sum(alpha, axis=-1, keepdims=True))
+        np.testing.assert_allclose(value, c + jnp.sum(beta * expected_log, axis=-1), rtol=1e-12)
+        assert expfam.tangent_change(expfam.GAMMA, (jnp.array([1.0]), jnp.array([-1.0])),
+                                     (jnp.array([2.0]), jnp.array([-1.0]))) is None
+
+
 
 def factor_cases():
     """(spec, natural parameters, the moments checked of a draw: ((mean, variance), ...) in closed form), float64."""
