@@ -364,29 +364,38 @@ def numpy_weighted_e_step(counts, weights, topic_concentration, alpha, tol, max_
     return np.stack(gammas)
 
 
+def exp_space_case(counts, seed, weighted):
+    """(docs, random topic concentrations, per-word weights {"alike": 1, "unalike": random on the documents
+    ``weighted`` (a mask), 1 on the others}, the local layout, the expected log-joint at those topics), float64 (call
+    under ``jax.enable_x64``): one model for both weightings, the weights being data."""
+    from jaxvi.methods.cavi import _structure
+
+    rng = np.random.default_rng(seed)
+    docs = bag_of_words(counts, np.float64, length=V)
+    topic_concentration = rng.gamma(2.0, 1.0, (K, V))
+    alike = np.where(docs[1] > 0, 1.0, 0.0)
+    unalike = np.where(docs[1] > 0, rng.uniform(0.5, 2.0, docs[1].shape), 0.0)
+    weights = {"alike": alike, "unalike": np.where(np.asarray(weighted)[:, None], unalike, alike)}
+    model, _ = weighted_lda(docs, alike)
+    structure = _structure(model)
+    expected = structure.expected_log_joint(model, structure.rules(((jnp.asarray(topic_concentration - 1),),)))
+    return docs, topic_concentration, weights, structure.local_factors, expected
+
+
 def test_sweeps_in_exp_space_are_checked_and_a_plate_met_unalike_is_swept_plainly(corpus):
     """A document's sweeps run in exp space (one row of the assignments' natural parameters read per sweep)
     only where every word meets theta alike. With per-word weights on log theta it does not: the check refuses
     those documents, and the plain sweeps fit their chunk (half of it weighted), alone or vmapped beside a corpus
     that passes it; every
     document's gamma is NumPy's log-space E-step's (per-word weights, and weights of 1: plain LDA)."""
-    from jaxvi.methods.cavi import _structure
     from jaxvi.vi import local_factors
 
     _, counts = corpus
     counts = counts[:12]
-    rng = np.random.default_rng(5)
     with jax.enable_x64(True):
-        docs = bag_of_words(counts, np.float64, length=V)
-        topic_concentration = rng.gamma(2.0, 1.0, (K, V))
+        # half the documents weighted: the chunk is fitted again
+        docs, topic_concentration, weights, layout, expected = exp_space_case(counts, 5, np.arange(12) < 6)
         alpha, tol, max_iter = 1.0 / K, 1e-10, 500
-        weights = {"alike": np.where(docs[1] > 0, 1.0, 0.0),
-                   "unalike": np.where(docs[1] > 0, rng.uniform(0.5, 2.0, docs[1].shape), 0.0)}
-        weights["unalike"][6:] = weights["alike"][6:]  # half the documents weighted: the chunk is fitted again
-        model, _ = weighted_lda(docs, weights["alike"])  # the weights are data: one model, one compiled fit
-        structure = _structure(model)
-        layout = structure.local_factors
-        expected = structure.expected_log_joint(model, structure.rules(((jnp.asarray(topic_concentration - 1),),)))
         start = local_factors.reference(layout, len(counts), jnp.float64)
 
         assert local_factors.shares_coupling(layout)
@@ -427,25 +436,16 @@ def test_documents_swept_in_refilled_slots_are_each_fitted_as_alone(corpus, monk
     sweeps (or all stopped at 3): every document's gamma is the one _fit_shared gives it alone, and NumPy's E-step's.
     Where some documents' words meet theta unalike, every document is fitted again by the plain sweeps: NumPy's
     weighted E-step's. Vmapped over the two corpora: each its own."""
-    from jaxvi.methods.cavi import _structure
     from jaxvi.vi import local_factors
 
     monkeypatch.setattr(local_factors, "MOST_SLOTS", 5)
     monkeypatch.setattr(local_factors, "REFILL_SHARE", 2)
     _, counts = corpus
     counts = counts[:23]
-    rng = np.random.default_rng(6)
     with jax.enable_x64(True):
-        docs = bag_of_words(counts, np.float64, length=V)
-        topic_concentration = rng.gamma(2.0, 1.0, (K, V))
+        # the last 6 documents weighted
+        docs, topic_concentration, weights, layout, expected = exp_space_case(counts, 6, np.arange(23) >= 17)
         alpha, tol = 1.0 / K, 1e-10
-        weights = {"alike": np.where(docs[1] > 0, 1.0, 0.0),
-                   "unalike": np.where(docs[1] > 0, rng.uniform(0.5, 2.0, docs[1].shape), 0.0)}
-        weights["unalike"][:17] = weights["alike"][:17]  # the last 6 documents weighted
-        model, _ = weighted_lda(docs, weights["alike"])
-        structure = _structure(model)
-        layout = structure.local_factors
-        expected = structure.expected_log_joint(model, structure.rules(((jnp.asarray(topic_concentration - 1),),)))
         start = local_factors.reference(layout, len(counts), jnp.float64)
         assert local_factors.slot_counts(layout, len(counts)) == (5, 2)
         # CAVI's local pass takes the slots where the data fill them 8 times
