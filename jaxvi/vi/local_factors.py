@@ -361,14 +361,26 @@ def _fit_shared(layout: LocalLayout, fn: DatumJoint, carried: tuple, tol, max_it
     return carried, alike & in_range & jnp.isfinite(change) & _shared(layout, fn, previous, dtype, counts, plate)
 
 
+def _fit_plainly(layout: LocalLayout, joint: Callable[[PyTree], DatumJoint], data: PyTree, carried: tuple, tol,
+                 max_iter: int, dtype) -> tuple:
+    """``fit`` of every datum of ``data`` (``carried`` with the same data in front), vmapped."""
+    return jax.vmap(lambda x, c: fit(layout, joint(x), c, tol, max_iter, dtype, layout.multiplicities(x)))(
+        data, carried)
+
+
+def _rows_where(mask: jax.Array, new: PyTree, old: PyTree) -> PyTree:
+    """``new`` where ``mask`` (one entry per leading row of every leaf), else ``old``."""
+    return jax.tree_util.tree_map(
+        lambda a, b: jnp.where(jnp.reshape(mask, mask.shape + (1,) * (a.ndim - 1)), a, b), new, old)
+
+
 def fit_chunk(layout: LocalLayout, joint: Callable[[PyTree], DatumJoint], data: PyTree, carried: tuple, tol,
               max_iter: int, dtype) -> tuple:
     """``fit`` of every datum of a chunk (``data`` and ``carried`` with the chunk's data in front; ``joint(x)``
     one datum's ``DatumJoint``): in exp space where ``shares_coupling`` allows, the whole chunk fitted again by
     the plain sweeps if a datum's check fails."""
     def plain():
-        return jax.vmap(lambda x, c: fit(layout, joint(x), c, tol, max_iter, dtype, layout.multiplicities(x)))(
-            data, carried)
+        return _fit_plainly(layout, joint, data, carried, tol, max_iter, dtype)
 
     if not shares_coupling(layout):
         return plain()
@@ -475,19 +487,15 @@ def fit_slots(layout: LocalLayout, joint: Callable[[PyTree], DatumJoint], data: 
         new, in_range, shift = jax.vmap(sweep)(state.x, state.carried, state.plate)
         change = jax.vmap(_mean_change)(state.carried, new)
         live = running(state)
-
-        def pick(a, b):
-            return jnp.where(jnp.reshape(live, live.shape + (1,) * (a.ndim - 1)), a, b)
-
-        return state._replace(carried=jax.tree_util.tree_map(pick, new, state.carried),
-                              previous=jax.tree_util.tree_map(pick, state.carried, state.previous),
-                              count=state.count + live, change=pick(change, state.change),
-                              in_range=pick(state.in_range & in_range, state.in_range),
-                              shift=pick(shift, state.shift))
+        return state._replace(carried=_rows_where(live, new, state.carried),
+                              previous=_rows_where(live, state.carried, state.previous),
+                              count=state.count + live, change=_rows_where(live, change, state.change),
+                              in_range=_rows_where(live, state.in_range & in_range, state.in_range),
+                              shift=_rows_where(live, shift, state.shift))
 
     def refilled(state):
         """R slots, done ones first, then empty ones: every done datum checked and written out, and every such
-        slot given the next datum (empty when none is left)."""
+        slot given the next datum (empty when none is left: its other fields are then never read)."""
         occupied = state.datum < n
         done = occupied & ~running(state)
         score, chosen = lax.top_k(jnp.where(done, 2, jnp.where(occupied, 0, 1)), refills)
@@ -505,17 +513,12 @@ def fit_slots(layout: LocalLayout, joint: Callable[[PyTree], DatumJoint], data: 
         index = jnp.minimum(datum, n - 1)
         x = jax.tree_util.tree_map(lambda a: a[index], data)
         begin = jax.tree_util.tree_map(lambda a: a[index], start)
-        new = held._replace(x=x, carried=begin, previous=begin, plate=jax.vmap(plate_of)(x, begin),
-                            count=jnp.zeros_like(held.count), change=jnp.full_like(held.change, unswept),
-                            in_range=jnp.ones_like(held.in_range))
-
-        def put(slot, new_value, old_value):
-            value = jnp.where(jnp.reshape(fresh, fresh.shape + (1,) * (new_value.ndim - 1)), new_value, old_value)
-            return slot.at[chosen].set(value)
-
-        updates = {name: jax.tree_util.tree_map(put, getattr(state, name), getattr(new, name), getattr(held, name))
+        new = held._replace(datum=jnp.where(fresh, datum, n), x=x, carried=begin, previous=begin,
+                            plate=jax.vmap(plate_of)(x, begin), count=jnp.zeros_like(held.count),
+                            change=jnp.full_like(held.change, unswept), in_range=jnp.ones_like(held.in_range))
+        updates = {name: jax.tree_util.tree_map(lambda slot, value: slot.at[chosen].set(value), getattr(state, name),
+                                                _rows_where(free, getattr(new, name), getattr(held, name)))
                    for name in _Slots.PER_SLOT}
-        updates["datum"] = state.datum.at[chosen].set(jnp.where(fresh, datum, jnp.where(free, n, held.datum)))
         return state._replace(**updates, next=state.next + jnp.sum(fresh, dtype=jnp.int32), fitted=fitted,
                               ok=state.ok & jnp.all(checks | ~finished))
 
@@ -533,19 +536,17 @@ def fit_slots(layout: LocalLayout, joint: Callable[[PyTree], DatumJoint], data: 
         return jnp.zeros((slots,) + a.shape[1:], a.dtype)
 
     plate_shape = (slots,) + layout.factors[0].reference(dtype)[0].shape  # (S, L, K)
-    initial = _Slots(jnp.full((slots,), n, jnp.int32), jax.tree_util.tree_map(empty, data),
-                     jax.tree_util.tree_map(empty, start), jax.tree_util.tree_map(empty, start),
-                     _Plate(jax.tree_util.tree_map(empty, start), jnp.zeros(plate_shape, dtype),
-                            jnp.ones(plate_shape, dtype)),
+    blank = jax.tree_util.tree_map(empty, start)
+    initial = _Slots(jnp.full((slots,), n, jnp.int32), jax.tree_util.tree_map(empty, data), blank, blank,
+                     _Plate(blank, jnp.zeros(plate_shape, dtype), jnp.ones(plate_shape, dtype)),
                      jnp.zeros((slots,), jnp.int32), jnp.zeros((slots,), dtype), jnp.ones((slots,), bool),
                      jnp.zeros(plate_shape[:1] + plate_shape[2:], dtype), jnp.zeros((), jnp.int32), start,
                      jnp.ones((), bool))
     final = lax.while_loop(more, turn, initial)
 
     def plain():
-        return map_chunks(lambda pair: jax.vmap(lambda x, c: fit(layout, joint(x), c, tol, max_iter, dtype,
-                                                                 layout.multiplicities(x)))(*pair),
-                          (data, start), chunk_size)
+        return map_chunks(lambda pair: _fit_plainly(layout, joint, *pair, tol, max_iter, dtype), (data, start),
+                          chunk_size)
 
     return unless(final.ok, plain, final.fitted)
 
