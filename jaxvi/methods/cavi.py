@@ -336,7 +336,7 @@ class CAVI:
         if data is None or not (structure.factors or local_layout) or is_traced(data):
             return
         head = jax.tree_util.tree_map(lambda a: a[:min(8, a.shape[0])], data)
-        proper, residuals = _compiled_probe(model, self, head)
+        proper, residuals = _compiled_probe(model, CAVI(start=self.start, chunk_size=self.chunk_size), head)
         for name, residual in zip(_leaf_names(model, local=True), residuals[2]):
             if not float(residual) <= NOT_CONJUGATE:
                 raise ValueError(
@@ -391,7 +391,12 @@ class CAVI:
         dtype = float_dtype(data)
         references = _references(structure, dtype)
         prior, prior_residuals = self._prior_factors(structure, params, dtype)
-        post = self._initial_local(model, structure, params, references, data, jax.random.key(1), None)
+        layout = structure.local_factors
+        if layout is None:
+            post = self._initial_local(model, structure, params, references, data, jax.random.key(1), None)
+        else:  # linearity holds under any local q: the reference members, not swept (no fit in this program)
+            post = self._local_factors(layout, structure.expected_log_joint(model, structure.rules(references)),
+                                       params, local_factors.reference(layout, num_data_of(data), dtype), dtype)
         residuals = []
         for j, f in enumerate(structure.factors):
             fn = self._factor_function(model, structure, params, references, data, post, j)
@@ -399,7 +404,6 @@ class CAVI:
                                                                                       f.read_points + 1))
             residuals.append(jnp.maximum(*residual))
         local_residuals = jnp.zeros((0,), dtype)
-        layout = structure.local_factors
         if layout is not None:  # every local factor read on every datum, the others at their reference members
             expected = structure.expected_log_joint(model, structure.rules(references))
             start = tuple(f.reference(dtype) for f in layout.factors)
@@ -758,7 +762,8 @@ class CAVI:
 @functools.partial(per_fit, options=CHEAP_CODE)
 def _compiled_probe(model: Model, method: CAVI, data: PyTree):
     """``CAVI._probe`` compiled once per model and method structure, like the fit itself; run once on at most 8 rows,
-    so compiled for XLA's cheapest code (``CHEAP_CODE``)."""
+    so compiled for XLA's cheapest code (``CHEAP_CODE``). ``method`` keeps only the fields the probe reads (``start``,
+    ``chunk_size``), so that fits differing in the others (a batch fit and an online one) share its code."""
     return method._probe(model, data)
 
 
