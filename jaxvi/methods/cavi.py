@@ -592,7 +592,8 @@ class CAVI:
                                                                 for is_global in parts.is_global])
         local = None
         if structure.parts.local is not None and data is not None:
-            local = _compiled_local_q(result.model, self, result.params, result.diagnostics.factors, data)
+            local = _compiled_local_q(result.model, _local_step_fields(self, structure), result.params,
+                                      result.diagnostics.factors, data)
             layout = structure.local_factors
             if layout is not None:  # every datum's factors, as distributions
                 local = jax.tree_util.tree_unflatten(layout.treedef, [Factor(f.spec, tuple(eta))
@@ -603,7 +604,7 @@ class CAVI:
         r"""The bound :math:`E_q[\log p_\theta(D, z)] + H[q]` at any q: the global ``factors`` (natural parameters,
         as in ``CAVIState.factors``) and the local ``local_posterior`` (a ``DiscretePosterior`` for a
         ``Discrete`` local latent; None: the optimal local q, the bound a step reports). Compiled once per model
-        and method structure."""
+        and local step (``_local_step_fields``)."""
         structure = _structure(model)
         if local_posterior is not None and not isinstance(local_posterior, (chains.ChainProduct,
                                                                             exact.DiscretePosterior)):
@@ -614,7 +615,7 @@ class CAVI:
                              "pass None for the bound at the optimal local q")
         if structure.parts.local is None:  # nothing for a local q to describe
             local_posterior = None
-        return _compiled_bound(model, self, params, factors, data, local_posterior)
+        return _compiled_bound(model, _local_step_fields(self, structure), params, factors, data, local_posterior)
 
     def _bound(self, model: Model, params: PyTree, factors: tuple, data: PyTree, local_posterior=None) -> jax.Array:
         """``bound``, traced (its arguments checked by ``bound``, ``local_posterior`` None without a local latent)."""
@@ -767,16 +768,26 @@ def _compiled_probe(model: Model, method: CAVI, data: PyTree):
     return method._probe(model, data)
 
 
+def _local_step_fields(method: CAVI, structure: _Structure) -> CAVI:
+    """``method`` keeping only the fields its local step reads (``chunk_size``, ``local_tol``, ``local_max_iter``; with
+    several Markov chains ``max_iter`` and ``tol`` too), the others at their defaults: a bound or a local q compiled
+    for it serves every fit of the model that differs in the others (a batch fit and an online one)."""
+    if structure.chains is not None:
+        return CAVI(max_iter=method.max_iter, tol=method.tol, chunk_size=method.chunk_size,
+                    local_tol=method.local_tol, local_max_iter=method.local_max_iter)
+    return CAVI(chunk_size=method.chunk_size, local_tol=method.local_tol, local_max_iter=method.local_max_iter)
+
+
 @per_fit
 def _compiled_bound(model: Model, method: CAVI, params, factors, data, local_posterior):
-    """``CAVI.bound`` compiled once per model and method structure."""
+    """``CAVI.bound`` compiled once per model and local step (``_local_step_fields``)."""
     return method._bound(model, params, factors, data, local_posterior)
 
 
 @per_fit
 def _compiled_local_q(model: Model, method: CAVI, params, factors, data):
     """The local q of ``data`` at the global ``factors`` (``CAVI._local_step``; local exponential-family factors as
-    every datum's natural parameters), compiled once per model and method structure."""
+    every datum's natural parameters), compiled once per model and local step (``_local_step_fields``)."""
     local = method._local_step(model, _structure(model), params, factors, data)[1]
     if isinstance(local, local_factors.LocalFactors):  # every datum's natural parameters (it closes over a function)
         return map_data(lambda chunk: local.factors(*chunk), (data, local.carried), method.chunk_size)
