@@ -7,14 +7,17 @@ own ``CHEAP_CODE``) and the older elemental emitters instead of the fusion emitt
 backend compile time from 31-33 s (XLA's defaults) to 24-25 s (level 0) and 10-12 s (both). jaxvi's
 ``CHEAP_CODE`` no longer takes the pair, as it compiled some programs into code that never finished
 (``jaxvi/run/compiled.py``); the suite keeps it for its time, and a test that checks a fit under jaxvi's own
-options runs it in a child without these flags (tests/test_em.py). Sums may round in another order (a float32
-objective can move in its last digit). They are set
-here, before any test initialises a JAX backend, and reach the subprocesses the tests start; a flag the
-caller already gave in XLA_FLAGS wins.
+options runs it in a child without these flags (tests/test_em.py). A third flag,
+``--xla_cpu_parallel_codegen_split_count=1``, has LLVM emit each program as one module, not split for threads that
+the two test workers leave no core to: four test files under ``pytest -n 2`` took 112-116 s with it and 127-139 s
+without (alternated, on an Intel Xeon of 2 cores). Sums may round in another order (a float32 objective can move
+in its last digit). The flags are set here, before any test initialises a JAX backend, and reach the subprocesses
+the tests start; a flag the caller already gave in XLA_FLAGS wins.
 """
 import os
 
-for flag, value in (("xla_backend_optimization_level", "0"), ("xla_cpu_use_fusion_emitters", "false")):
+for flag, value in (("xla_backend_optimization_level", "0"), ("xla_cpu_use_fusion_emitters", "false"),
+                    ("xla_cpu_parallel_codegen_split_count", "1")):
     if flag not in os.environ.get("XLA_FLAGS", ""):
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" --{flag}={value}").strip()
 
