@@ -157,11 +157,11 @@ def _warn_unresolved(method, result: Result, n: int) -> None:
 def _start_restarts(model, method, data, key, init_params, max_skips=0):
     """Every restart's start, from ``jax.random.split(key, n_init)`` (``key`` itself for one restart)."""
     keys = key[None] if method.n_init == 1 else jax.random.split(key, method.n_init)
-    return _over_restarts(lambda k: loop.start(method, model, k, data, init_params, max_skips), keys, method)
+    return _over_restarts(lambda k: loop.start(method, model, k, data, init_params, max_skips), keys, method, model)
 
 
 def _run_restarts(model, method, runs, *, data, stop):
-    return _over_restarts(lambda r: loop.run_until(method, model, data, r, stop), runs, method)
+    return _over_restarts(lambda r: loop.run_until(method, model, data, r, stop), runs, method, model)
 
 
 _start = per_fit(_start_restarts)
@@ -172,7 +172,7 @@ _run_cheaply = per_fit(_run_restarts, options=CHEAP_CODE)
 
 def _finish_restarts(model, method, runs, data) -> tuple[Result, jax.Array]:
     """Finalises every restart and keeps the one with the highest finite objective."""
-    results = _over_restarts(lambda r: loop.finish(method, model, data, r), runs, method)
+    results = _over_restarts(lambda r: loop.finish(method, model, data, r), runs, method, model)
     healthy = (results.diagnostics.fault.kind == 0) & jnp.isfinite(results.objective)
     best = jnp.argmax(jnp.where(healthy, results.objective, -jnp.inf))
     chosen = jax.tree_util.tree_map(lambda a: a[best], results)
@@ -202,14 +202,14 @@ def _explain(model, method, run, data):
     return method.explain(model, step_key, run.state, batch, num_data=n)._replace(iteration=run.fault.iteration)
 
 
-def _over_restarts(fn, batched: PyTree, method) -> PyTree:
+def _over_restarts(fn, batched: PyTree, method, model) -> PyTree:
     """``jax.vmap(fn)(batched)`` over the leading restart axis; with one restart, ``fn`` on it unbatched
     (the same result, without batching the loop: faster to trace, and its ``lax.cond`` stays a branch); one
-    restart after another (``lax.map``) where the method says so (its ``restarts_in_sequence``)."""
+    restart after another (``lax.map``) where the method says so for ``model`` (its ``restarts_in_sequence``)."""
     if jax.tree_util.tree_leaves(batched)[0].shape[0] == 1:
         out = fn(jax.tree_util.tree_map(lambda a: a[0], batched))
         return jax.tree_util.tree_map(lambda a: a[None], out)
-    if getattr(method, "restarts_in_sequence", False):
+    if hasattr(method, "restarts_in_sequence") and method.restarts_in_sequence(model):
         return jax.lax.map(fn, batched)
     return jax.vmap(fn)(batched)
 

@@ -239,7 +239,10 @@ class CAVI:
       restarts: how the ``n_init`` restarts run: ``"vmap"``, side by side in one vmapped program;
         ``"sequence"``, one after another in one compiled program (``lax.map``); ``"auto"`` (the default),
         ``"sequence"`` where batched LAPACK calls can deadlock (the CPU backend with jaxlib before 0.11.2:
-        ``jaxvi/_xla.py``), else ``"vmap"``. The fits are the same either way.
+        ``jaxvi/_xla.py``) or the model has local exponential-family factors (LDA's: every datum is swept until
+        it converges, in loops and branches that vmapped restarts run in lockstep, both sides of every branch:
+        2,000 documents, K = 20, two restarts of 10 iterations ran in 11.0 s one after another, 29.8 s
+        vmapped), else ``"vmap"``. The fits are the same either way.
       local_tol: local exponential-family factors (a mean-field q per datum: LDA's document-topic proportions
         and token assignments) are swept, datum by datum, until the mean absolute change of their natural
         parameters is below this (scikit-learn's ``mean_change_tol``; traced); the local q is carried from one
@@ -289,11 +292,11 @@ class CAVI:
         if self.restarts not in RESTARTS:
             raise ValueError(f"CAVI(restarts): expected one of {RESTARTS}, got {self.restarts!r}")
 
-    @property
-    def restarts_in_sequence(self) -> bool:
-        """Whether the run layer runs the restarts one after another (``restarts``)."""
+    def restarts_in_sequence(self, model: Model) -> bool:
+        """Whether the run layer runs the restarts of a fit of ``model`` one after another (``restarts``)."""
         if self.restarts == "auto":
-            return batched_lapack_may_deadlock()
+            has_local_factors = local_factors.local_layout(split_latent(model.latent).local) is not None
+            return batched_lapack_may_deadlock() or has_local_factors
         return self.restarts == "sequence"
 
     # --- checks -------------------------------------------------------------------------------------

@@ -281,10 +281,16 @@ def test_restarts_vmapped_or_in_sequence_are_the_same_fits_run_one_at_a_time(six
     assert abs(alone[0] - alone[1]) > 1.0  # two different starts
 
 
-def test_restarts_run_in_sequence_where_batched_lapack_can_deadlock():
+def test_restarts_run_in_sequence_where_batched_lapack_can_deadlock_or_data_are_swept_to_convergence():
+    """By default a Bayesian mixture's restarts are vmapped (where batched LAPACK is safe); LDA's, whose documents
+    are swept until each converges, run one after another."""
     from jaxvi._xla import batched_lapack_may_deadlock
-    assert jaxvi.CAVI().restarts_in_sequence == batched_lapack_may_deadlock()
-    assert jaxvi.CAVI(restarts="vmap").restarts_in_sequence is False
+    mixture = jaxvi.models.bayesian_gaussian_mixture(np.zeros((5, 2)), 2)
+    topics = jaxvi.models.lda(jaxvi.models.bag_of_words(np.ones((2, 4))), 2, 4)
+    assert jaxvi.CAVI().restarts_in_sequence(mixture) == batched_lapack_may_deadlock()
+    assert jaxvi.CAVI().restarts_in_sequence(topics) is True
+    assert jaxvi.CAVI(restarts="vmap").restarts_in_sequence(topics) is False
+    assert jaxvi.CAVI(restarts="sequence").restarts_in_sequence(mixture) is True
     with pytest.raises(ValueError, match=r"CAVI\(restarts\): expected one of"):
         jaxvi.CAVI(restarts="parallel")
 
