@@ -388,7 +388,8 @@ class CAVI:
     def _probe(self, model: Model, data: PyTree):
         """(whether each factor's prior, its natural parameters read off ``log_prior``, has a finite log-normaliser;
         (the prior reads' residuals, the log-joint reads' residuals, the local reads' residuals)), every factor read
-        with the others at their broad reference members and a random local q."""
+        with the others at their broad reference members, and a local q: local exponential-family factors at their
+        reference members, another local latent's q as ``init`` starts it."""
         structure = _structure(model)
         params = model.init(jax.random.key(0), data)
         dtype = float_dtype(data)
@@ -398,8 +399,9 @@ class CAVI:
         if layout is None:
             post = self._initial_local(model, structure, params, references, data, jax.random.key(1), None)
         else:  # linearity holds under any local q: the reference members, not swept (no fit in this program)
-            post = self._local_factors(layout, structure.expected_log_joint(model, structure.rules(references)),
-                                       params, local_factors.reference(layout, num_data_of(data), dtype), dtype)
+            expected = structure.expected_log_joint(model, structure.rules(references))
+            post = self._local_factors(layout, expected, params,
+                                       local_factors.reference(layout, num_data_of(data), dtype), dtype)
         residuals = []
         for j, f in enumerate(structure.factors):
             fn = self._factor_function(model, structure, params, references, data, post, j)
@@ -408,7 +410,6 @@ class CAVI:
             residuals.append(jnp.maximum(*residual))
         local_residuals = jnp.zeros((0,), dtype)
         if layout is not None:  # every local factor read on every datum, the others at their reference members
-            expected = structure.expected_log_joint(model, structure.rules(references))
             start = tuple(f.reference(dtype) for f in layout.factors)
 
             def datum_residuals(x):
