@@ -59,15 +59,3 @@ def blobs():
     rng = np.random.default_rng(0)
     centers = [-3.0, 0.0, 3.0, 6.0]
     return np.concatenate([rng.normal(c, 1 + 0.3 * i, (500, 3)) for i, c in enumerate(centers)])
-
-
-SLOWEST_FIRST = ("tests/test_cli.py", "tests/vi/test_lda.py", "tests/vi/test_svi.py", "tests/models/test_hmm.py",
-                 "tests/vi/test_cavi.py", "tests/test_parallel.py")  # the slowest modules, slowest first
-
-
-def pytest_collection_modifyitems(items):
-    """``pytest -n 2 --dist loadscope`` hands whole modules to the two workers in collection order, each to the
-    first worker free: the slowest go first, so that none is left to start near the end while the other worker
-    idles (the rest keep their order)."""
-    rank = {path: i for i, path in enumerate(SLOWEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))
