@@ -680,7 +680,8 @@ class CAVI:
 
     def _fit_local_factors(self, layout, expected, params, data, start, dtype):
         """(every datum's local bound, the fitted ``LocalFactors``): the local factors swept from ``start`` (carried
-        natural parameters) to ``local_tol``, given the global factors' rules in ``expected``."""
+        natural parameters) to ``local_tol``, given the global factors' rules in ``expected``: in exp space where
+        ``local_factors.sweeps_in_exp_space`` (in slots where also ``sweeps_in_slots``), else plainly."""
         def joint(x):
             return layout.datum_joint(expected, params, x)
 
@@ -690,15 +691,17 @@ class CAVI:
 
         n = num_data_of(data)
         chunk_size = layout.chunk_size(self.chunk_size, n)
-        if local_factors.sweeps_in_slots(layout, n):
+        exp_space = local_factors.sweeps_in_exp_space(layout, n)
+        if exp_space and local_factors.sweeps_in_slots(layout, n):
             carried = local_factors.fit_slots(layout, joint, data, start, self.local_tol, self.local_max_iter, dtype,
                                               chunk_size)
             bounds = map_chunks(lambda pair: jax.vmap(datum_bound)(*pair), (data, carried), chunk_size)
             return bounds, self._local_factors(layout, expected, params, carried, dtype)
+        fit = local_factors.fit_chunk if exp_space else local_factors.fit_plainly
 
         def chunk(pair):
             x, carried = pair
-            carried = local_factors.fit_chunk(layout, joint, x, carried, self.local_tol, self.local_max_iter, dtype)
+            carried = fit(layout, joint, x, carried, self.local_tol, self.local_max_iter, dtype)
             return jax.vmap(datum_bound)(x, carried), carried
 
         bounds, carried = map_chunks(chunk, (data, start), chunk_size)

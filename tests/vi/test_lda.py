@@ -134,6 +134,48 @@ def test_batch_variational_bayes_equals_scikit_learn_iteration_by_iteration(corp
             np.testing.assert_allclose(np.asarray(state.factors[0][0]) + 1.0, peer.components_, rtol=1e-6)
 
 
+def test_a_small_corpus_is_swept_plainly_a_large_one_in_exp_space_and_both_are_scikit_learn_s_fit(corpus, monkeypatch):
+    """Local passes over fewer than EXP_SPACE_ENTRIES plate entries (N x L x K) sweep plainly, compiling less; from
+    there on in exp space. Forced either way on the same corpus, 4 batch iterations from the same topics (every
+    document from gamma = 1) give the same topics, scikit-learn's."""
+    from jaxvi.vi import local_factors
+
+    _, counts = corpus
+    with jax.enable_x64(True):
+        docs = bag_of_words(counts, np.float64)
+        data = tuple(jnp.asarray(a) for a in docs)
+        model = lda(docs, K, V)
+        layout = jaxvi.methods.cavi._structure(model).local_factors
+        least = -(-local_factors.EXP_SPACE_ENTRIES // (docs[0].shape[1] * K))  # the fewest documents in exp space
+        assert [local_factors.sweeps_in_exp_space(layout, n) for n in (least - 1, least)] == [False, True]
+        assert not local_factors.sweeps_in_exp_space(layout, len(counts))
+        start = np.random.default_rng(1).gamma(100.0, 0.01, (K, V))
+        peer = scikit_learn_from(start, "batch")
+        for _ in range(4):
+            peer._em_step(counts, total_samples=len(counts), batch_update=True)
+        method, topics = jaxvi.CAVI(local_tol=1e-10, local_max_iter=500), {}
+        for entries, path in ((local_factors.EXP_SPACE_ENTRIES, "fit_plainly"), (0, "fit_chunk")):
+            monkeypatch.setattr(local_factors, "EXP_SPACE_ENTRIES", entries)
+            traced = []  # the sweeps each trace chose
+            for name in ("fit_plainly", "fit_chunk"):
+                monkeypatch.setattr(local_factors, name, lambda *a, name=name, fit=getattr(local_factors, name):
+                                    traced.append(name) or fit(*a))
+
+            def fit(d):
+                def iteration(state, _):
+                    state = state._replace(local=jax.tree_util.tree_map(jnp.zeros_like, state.local))  # gamma = 1
+                    return method.step(model, jax.random.key(0), state, d, num_data=len(counts))[0], None
+
+                state = method.init(model, jax.random.key(0), d)._replace(factors=((jnp.asarray(start - 1.0),),))
+                return jax.lax.scan(iteration, state, None, length=4)[0].factors[0][0] + 1.0
+
+            topics[path] = np.asarray(jax.jit(fit)(data))
+            assert ("fit_chunk" in traced) == (path == "fit_chunk")  # (fit_chunk falls back to fit_plainly)
+            monkeypatch.undo()
+        np.testing.assert_allclose(topics["fit_plainly"], topics["fit_chunk"], rtol=1e-12)
+        np.testing.assert_allclose(topics["fit_chunk"], peer.components_, rtol=1e-6)
+
+
 def test_stochastic_variational_bayes_equals_scikit_learn_online_minibatch_by_minibatch(corpus):
     """Online LDA (Hoffman, Blei & Bach 2010): the same minibatches in the same order from the same topics, steps
     rho_t = (tau0 + t)^-kappa: the same topics after every minibatch of two passes."""
