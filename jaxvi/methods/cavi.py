@@ -295,8 +295,7 @@ class CAVI:
     def restarts_in_sequence(self, model: Model) -> bool:
         """Whether the run layer runs the restarts of a fit of ``model`` one after another (``restarts``)."""
         if self.restarts == "auto":
-            has_local_factors = local_factors.local_layout(split_latent(model.latent).local) is not None
-            return batched_lapack_may_deadlock() or has_local_factors
+            return batched_lapack_may_deadlock() or _structure(model).local_factors is not None
         return self.restarts == "sequence"
 
     # --- checks -------------------------------------------------------------------------------------
@@ -339,7 +338,7 @@ class CAVI:
         if data is None or not (structure.factors or local_layout) or is_traced(data):
             return
         head = jax.tree_util.tree_map(lambda a: a[:min(8, a.shape[0])], data)
-        proper, residuals = _compiled_probe(model, CAVI(start=self.start, chunk_size=self.chunk_size), head)
+        proper, residuals = _compiled_probe(model, _keeping(self, "start", "chunk_size"), head)
         for name, residual in zip(_leaf_names(model, local=True), residuals[2]):
             if not float(residual) <= NOT_CONJUGATE:
                 raise ValueError(
@@ -775,14 +774,18 @@ def _compiled_probe(model: Model, method: CAVI, data: PyTree):
     return method._probe(model, data)
 
 
+def _keeping(method: CAVI, *fields: str) -> CAVI:
+    """``method`` with only ``fields`` kept, the others at their defaults: code compiled for it (keyed on the method's
+    structure) serves every fit that differs in the others only."""
+    return CAVI(**{name: getattr(method, name) for name in fields})
+
+
 def _local_step_fields(method: CAVI, structure: _Structure) -> CAVI:
-    """``method`` keeping only the fields its local step reads (``chunk_size``, ``local_tol``, ``local_max_iter``; with
-    several Markov chains ``max_iter`` and ``tol`` too), the others at their defaults: a bound or a local q compiled
-    for it serves every fit of the model that differs in the others (a batch fit and an online one)."""
-    if structure.chains is not None:
-        return CAVI(max_iter=method.max_iter, tol=method.tol, chunk_size=method.chunk_size,
-                    local_tol=method.local_tol, local_max_iter=method.local_max_iter)
-    return CAVI(chunk_size=method.chunk_size, local_tol=method.local_tol, local_max_iter=method.local_max_iter)
+    """``_keeping`` the fields the local step reads (``chunk_size``, ``local_tol``, ``local_max_iter``; with several
+    Markov chains ``max_iter`` and ``tol`` too): a bound or a local q compiled for it serves every fit of the model
+    that differs in the others (a batch fit and an online one)."""
+    chains_fields = ("max_iter", "tol") if structure.chains is not None else ()
+    return _keeping(method, "chunk_size", "local_tol", "local_max_iter", *chains_fields)
 
 
 @per_fit
