@@ -30,7 +30,10 @@ Two ways to run the recursions:
   reduction over states is a vector operation across sequences. The step potentials are computed
   inside the scan from one step of the data and never stored; the backward scan also sums the
   pair marginals, which is all EM's M-step needs of them. (Measured on a 2-core CPU, K = 8,
-  200 x 1000 steps: about 3x faster than a per-sequence scan over stored potentials.)
+  200 x 1000 steps: about 3x faster than a per-sequence scan over stored potentials.) Where nothing
+  differentiates through them (EM's E-step) and the transitions do not depend on the step, the
+  recursions run in probability space (``_scaled_scans``), their emissions computed before them
+  for blocks of steps at once, so that each step is a K x K product and a normalisation.
 - parallel (``Markov(K, parallel=True)``): per sequence, a parallel prefix scan (``prefix_scan``,
   recursive doubling) over K x K matrices in the (logsumexp, +) semiring, O(log T) deep, on stored
   potentials.
@@ -58,11 +61,18 @@ __all__ = ["ChainPosterior", "Sequences", "backtrack", "backward_scan", "expecte
 PyTree = Any
 LogJoint = Callable[[PyTree, PyTree, PyTree], jax.Array]
 SCALED_TOLERANCE = 64  # epsilons of the dtype, relative: a step's transition part equals step 1's within this
-# K^2 x sequence steps x passes from which a fit's E-steps run in probability space (``worth_scaling``): on a 2-core
-# CPU they compile 0.4-1 s longer (both recursions are compiled) and save 1.5-9 ns per K^2 x sequence step, so they pay
-# for themselves from 10^8 to 4 x 10^8 of that work (K = 8, jaxvi.compiler_options: 200 sequences of 1,000 steps 57 ->
-# 39 ms an E-step, compile 0.9 -> 1.5 s; one sequence of 10^6 steps 1.35 -> 0.80 s, compile 0.9 -> 1.2 s)
+# The work from which a fit's E-steps run in probability space (``worth_scaling``): (K^2 x sequences + STEP_ENTRIES)
+# x steps x passes. On a 2-core CPU (Intel Xeon, K = 8, jaxvi.compiler_options) both recursions compile 0.7 s longer
+# than the log-space ones alone, and an E-step saves about 1.3 us per step of the recursions plus 2 ns per K^2 x
+# sequence step: 200 sequences of 1,000 steps 63 -> 36 ms, 20 of 1,000 9.3 -> 6.1 ms, one sequence of 2 x 10^5 steps
+# 326 -> 34 ms, of 10^6 steps 1.65 -> 0.19 s. So a step costs as much as STEP_ENTRIES = 2^9 of the K^2 x sequences,
+# and the saving repays the compile from about 3.5 x 10^8 of that work: a 10-iteration EM of 200 x 1,000 steps stays
+# in log space (1.5 x 10^8), 100 iterations or one pass over one sequence of 10^6 steps (5.8 x 10^8) do not.
 SCALED_WORK = 2 ** 28
+STEP_ENTRIES = 2 ** 9
+# potentials (K^2 x sequences x steps) per block of steps whose emissions ``_scaled_scans`` computes before the
+# recursions (K = 8: 81 steps of 200 sequences, 16,384 of one; 2^18 to 2^22 ran alike)
+EMISSION_BLOCK = 2 ** 20
 
 
 def split_sequences(data: PyTree) -> tuple[PyTree, jax.Array]:
@@ -225,23 +235,25 @@ def backward_scan(steps: PyTree, potentials_of: Callable, lengths: jax.Array, lo
 def _scaled_scans(first: jax.Array, steps: PyTree, potentials_of: Callable, lengths: jax.Array
                   ) -> tuple[tuple[jax.Array, ...], jax.Array]:
     r"""The forward and backward recursions in probability space, for a chain whose transitions do not
-    depend on the step: ``((log_evidence, log_forward, log_backward, transitions), ok)`` in the layout of
+    depend on the step: ``((log_evidence, forward, backward, transitions), ok)``, the messages normalised to sum 1
+    (the log-space recursions' ``log_forward`` and ``log_backward``, exponentiated) in the layout of
     ``forward_scan`` and ``backward_scan``, and whether they stand for the log-space recursions.
 
     Each potential is split as :math:`\phi_t(i, j) = D_t(i, j) + u_t(j)` with :math:`u_t(j) = \max_i \phi_t(i, j)`.
     Where :math:`D_t = D_1` at every real step of every sequence (:math:`D_1`: step 1's, column j read from the
     first sequence of two or more steps where it is possible), with :math:`E = \exp D_1` and
     :math:`b_t = \exp(u_t - \max_j u_t)`, the recursions are those of the scaled (probability-space)
-    forward–backward, K exponentials a step instead of K x K:
+    forward–backward:
 
     .. math::
         a_t(j) \propto b_t(j) \sum_i a_{t-1}(i) E(i, j), \qquad
         \tilde\beta_{t-1}(i) = \sum_j E(i, j)\, b_t(j) \beta_t(j), \qquad
         \xi_t(i, j) = a_{t-1}(i) E(i, j) b_t(j) \beta_t(j) / Z_t,
 
-    with :math:`Z_t = \sum_i a_{t-1}(i) \tilde\beta_{t-1}(i)`, messages normalised to sum 1 (the log ones of
-    the log-space recursions, exponentiated), and :math:`\log p(x) = \sum_t \log c_t + \max_j u_t`, c_t the
-    forward normaliser. ``ok`` is False unless, at every real step of every sequence, :math:`D_t` equals
+    with :math:`Z_t = \sum_i a_{t-1}(i) \tilde\beta_{t-1}(i)` and :math:`\log p(x) = \sum_t \log c_t + \max_j u_t`,
+    c_t the forward normaliser. The :math:`b_t` (and the check of :math:`D_t`) are computed before the recursions,
+    for blocks of steps at once (``_emissions``), so a step of either recursion is a K x K product and a
+    normalisation. ``ok`` is False unless, at every real step of every sequence, :math:`D_t` equals
     :math:`D_1` to ``SCALED_TOLERANCE`` epsilons of the terms' size (exactly where infinite; a column impossible
     at step t passes, one impossible at step 1 but not at t fails), and every :math:`c_t` and :math:`Z_t` is at
     least :math:`K^2` tiny / eps: the terms that flushed to 0 (each below tiny) then change no sum by more than
@@ -257,34 +269,24 @@ def _scaled_scans(first: jax.Array, steps: PyTree, potentials_of: Callable, leng
     reference, reference_top = step_one[:, states, which], step_one_top[states, which]     # (K, K), (K,)
     reference_part = jnp.where(jnp.any(usable, axis=1), reference - reference_top, jnp.nan)              # D_1
     matrix = jnp.where(jnp.isfinite(reference_part), jnp.exp(reference_part), 0.0)                       # E (from, to)
-    reference_part = reference_part[:, :, None]
-    reference_size = (jnp.abs(reference) + jnp.abs(reference_top) + 1.0)[:, :, None]
+    reference_size = jnp.abs(reference) + jnp.abs(reference_top) + 1.0
+    alike, emissions, step_tops = _emissions(steps, potentials_of, lengths, reference_part, reference_size)
 
     message, top = _exp_below_top(first)
     message, norm = _unit_sum(message)
     first_scale = jnp.log(norm) + top
 
     def forward(carry, inputs):
-        previous, alike, in_range = carry
-        t, x = inputs
-        potentials = potentials_of(x).astype(dtype)
-        column_top = jnp.max(potentials, axis=0)                                            # u_t (K, N)
-        part = potentials - column_top
-        size = jnp.abs(potentials) + jnp.abs(column_top) + reference_size
-        close = (part == reference_part) | ((jnp.abs(part - reference_part)
-                                              <= SCALED_TOLERANCE * finfo.eps * size) & jnp.isfinite(size))
-        real = t < lengths
-        alike = alike & (close | ~jnp.isfinite(column_top) | ~real)    # elementwise: reduced once, after the scan
-        emission, step_top = _exp_below_top(column_top)                                    # b_t (K, N)
+        previous, in_range = carry
+        t, emission, step_top = inputs
         new, norm = _unit_sum((matrix.T @ previous) * emission)
+        real = t < lengths
         in_range = in_range & (~real | (norm >= floor))
         new = jnp.where(real, new, previous)
-        return (new, alike, in_range), (new, jnp.where(real, jnp.log(norm) + step_top, 0.0), emission)
+        return (new, in_range), (new, jnp.where(real, jnp.log(norm) + step_top, 0.0))
 
-    T = 1 + jax.tree_util.tree_leaves(steps)[0].shape[0]
-    times = jnp.arange(1, T)
-    (_, alike, in_range), (messages, scales, emissions) = lax.scan(
-        forward, (message, jnp.ones(step_one.shape, bool), norm >= floor), (times, steps))
+    times = jnp.arange(1, 1 + emissions.shape[0])
+    (_, in_range), (messages, scales) = lax.scan(forward, (message, norm >= floor), (times, emissions, step_tops))
     forward_messages = jnp.concatenate([message[None], messages])
 
     def backward(following, inputs):
@@ -301,10 +303,46 @@ def _scaled_scans(first: jax.Array, steps: PyTree, potentials_of: Callable, leng
         backward, last, (times, emissions, forward_messages[:-1]), reverse=True)
     transitions = matrix[:, :, None] * _sum_over_time(forward_messages[:-1], pair_weights)
     log_evidence = first_scale + sum_accurately(scales)
-    log_forward = jnp.log(forward_messages)
-    log_backward = jnp.log(jnp.concatenate([backward_messages, last[None]]))
+    backward_messages = jnp.concatenate([backward_messages, last[None]])
     ok = jnp.all(alike) & jnp.all(in_range) & jnp.all(backward_ok)
-    return (log_evidence, log_forward, log_backward, transitions), ok
+    return (log_evidence, forward_messages, backward_messages, transitions), ok
+
+
+def _emissions(steps: PyTree, potentials_of: Callable, lengths: jax.Array, reference_part: jax.Array,
+               reference_size: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    r"""``(alike, emissions, tops)`` of steps 1..T-1 for ``_scaled_scans``: whether every real step's
+    :math:`D_t` equals ``reference_part`` (:math:`D_1`), ``(K, K, N)`` to be reduced; :math:`b_t` ``(T - 1, K, N)``
+    and :math:`\max_j u_t` ``(T - 1, N)``. The potentials of ``EMISSION_BLOCK`` / (K^2 N) steps at a time (at
+    least one), in a ``lax.scan`` over such blocks: a few large kernels per block instead of a dozen small ones
+    per step inside the recursions."""
+    leaves = jax.tree_util.tree_leaves(steps)
+    steps_count, K, N = leaves[0].shape[0], reference_part.shape[0], lengths.shape[0]
+    dtype, finfo = reference_part.dtype, jnp.finfo(reference_part.dtype)
+    block = max(1, min(steps_count, EMISSION_BLOCK // (K * K * N)))
+    pad = (-steps_count) % block
+
+    def blocked(a, fill):
+        return jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1), constant_values=fill).reshape((-1, block) + a.shape[1:])
+
+    # padded steps get a time past every length, so they count as steps past a sequence's end
+    times = blocked(jnp.arange(1, 1 + steps_count), 1 + steps_count)
+    part_one, size_one = reference_part[None, :, :, None], reference_size[None, :, :, None]
+
+    def block_of(alike, inputs):
+        t, x = inputs
+        potentials = jax.vmap(potentials_of)(x).astype(dtype)                               # (B, K, K, N)
+        column_top = jnp.max(potentials, axis=1)                                            # u_t (B, K, N)
+        part = potentials - column_top[:, None]
+        size = jnp.abs(potentials) + jnp.abs(column_top)[:, None] + size_one
+        close = (part == part_one) | ((jnp.abs(part - part_one) <= SCALED_TOLERANCE * finfo.eps * size)
+                                      & jnp.isfinite(size))
+        real = (t[:, None] < lengths)[:, None, None, :]
+        alike = alike & jnp.all(close | ~jnp.isfinite(column_top)[:, None] | ~real, axis=0)
+        return alike, jax.vmap(_exp_below_top)(column_top)
+
+    alike, (emissions, tops) = lax.scan(block_of, jnp.ones((K, K, N), bool),
+                                        (times, jax.tree_util.tree_map(lambda a: blocked(a, 0), steps)))
+    return alike, emissions.reshape((-1, K, N))[:steps_count], tops.reshape((-1, N))[:steps_count]
 
 
 def _exp_below_top(values: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -434,6 +472,8 @@ class ChainPosterior(NamedTuple):
       log_backward: ``(N, T, K)`` normalised backward messages :math:`\hat\beta_t`.
       transitions: ``(N, K, K)`` expected transition counts :math:`\sum_{t \ge 1} \xi_t(i, j)`.
       lengths: ``(N,)`` sequence lengths.
+      marginals: ``(N, T, K)`` state marginals :math:`\gamma_t(k) = p(z_t = k \mid x)`, the normalised product of
+        the forward and backward messages; 0 past a sequence's end.
     """
 
     log_evidence: jax.Array
@@ -442,17 +482,12 @@ class ChainPosterior(NamedTuple):
     log_backward: jax.Array
     transitions: jax.Array
     lengths: jax.Array
+    marginals: jax.Array
 
     @property
     def real_steps(self) -> jax.Array:
         """``(N, T)`` True where a step is within its sequence's length."""
         return jnp.arange(self.log_forward.shape[1]) < self.lengths[:, None]
-
-    @property
-    def marginals(self) -> jax.Array:
-        r"""``(N, T, K)`` state marginals :math:`\gamma_t(k) = p(z_t = k \mid x)`; 0 past a sequence's end."""
-        gamma = jax.nn.softmax(self.log_forward + self.log_backward, axis=-1)
-        return jnp.where(self.real_steps[..., None], gamma, 0.0)
 
     @property
     def pair_marginals(self) -> jax.Array:
@@ -560,7 +595,8 @@ def _sequential(log_joint: LogJoint, params: PyTree, obs: PyTree, lengths: jax.A
                 differentiable: bool = True) -> tuple[jax.Array, ...]:
     """Forward and backward scans over all sequences at once; the potentials computed step by step. Unless
     ``differentiable``, in probability space where that stands for log space (``_scaled_scans``), else (for all
-    the sequences) in log space again."""
+    the sequences) in log space again. Returns ``(log_evidence, log_forward, log_backward, transitions,
+    marginals)``, sequence axis first."""
     first_of, pairs_of = _potential_functions(log_joint, params, K)
     time_major = jax.tree_util.tree_map(lambda a: jnp.moveaxis(a, 1, 0), obs)                  # (T, N, ...)
     first = first_of(jax.tree_util.tree_map(lambda a: a[0], time_major))
@@ -569,15 +605,33 @@ def _sequential(log_joint: LogJoint, params: PyTree, obs: PyTree, lengths: jax.A
     def in_log_space():
         log_forward, log_evidence, _ = forward_scan(first, steps, pairs_of, lengths, "sum")
         log_backward, transitions = backward_scan(steps, pairs_of, lengths, log_forward)
-        return log_evidence, log_forward, log_backward, transitions
+        return (log_evidence, log_forward, log_backward, transitions,
+                jax.nn.softmax(log_forward + log_backward, axis=1))
 
     if differentiable or jax.tree_util.tree_leaves(time_major)[0].shape[0] < 2:
-        log_evidence, log_forward, log_backward, transitions = in_log_space()
+        outputs = in_log_space()
     else:
-        scaled, ok = _scaled_scans(first, steps, pairs_of, lengths)
-        log_evidence, log_forward, log_backward, transitions = unless(ok, in_log_space, scaled)
+        (log_evidence, forward, backward, transitions), ok = _scaled_scans(first, steps, pairs_of, lengths)
+        # the marginals from the messages themselves: what the loop carries is what a caller reads (XLA drops
+        # the log messages where nothing does)
+        products = forward * backward                                                       # (T, K, N)
+        scaled = (log_evidence, jnp.log(forward), jnp.log(backward), transitions,
+                  products / jnp.sum(products, axis=1, keepdims=True))
+        outputs = unless(ok, in_log_space, scaled)
+    log_evidence, log_forward, log_backward, transitions, marginals = outputs
     sequence_first = lambda a: jnp.moveaxis(a, -1, 0)
-    return log_evidence, sequence_first(log_forward), sequence_first(log_backward), sequence_first(transitions)
+    return (log_evidence, sequence_first(log_forward), sequence_first(log_backward), sequence_first(transitions),
+            _past_the_end_zero(jnp.moveaxis(marginals, -1, 0), lengths))
+
+
+def _past_the_end_zero(marginals: jax.Array, lengths: jax.Array) -> jax.Array:
+    """``(N, T, K)`` state marginals, 0 at the steps past each sequence's length."""
+    return jnp.where((jnp.arange(marginals.shape[1]) < lengths[:, None])[..., None], marginals, 0.0)
+
+
+def _log_marginals(log_forward: jax.Array, log_backward: jax.Array, lengths: jax.Array) -> jax.Array:
+    """``(N, T, K)`` state marginals from sequence-first log messages."""
+    return _past_the_end_zero(jax.nn.softmax(log_forward + log_backward, axis=-1), lengths)
 
 
 def _parallel(potentials: jax.Array, lengths: jax.Array) -> tuple[jax.Array, ...]:
@@ -590,13 +644,14 @@ def _parallel(potentials: jax.Array, lengths: jax.Array) -> tuple[jax.Array, ...
 
 
 def worth_scaling(latent, data: PyTree, passes: int) -> bool:
-    """Whether ``passes`` E-steps of a ``Markov`` latent over ``data`` are work enough (``SCALED_WORK``) for the
-    probability-space recursions to repay their compile time: ``posterior(differentiable=False)`` for them."""
+    """Whether ``passes`` E-steps of a ``Markov`` latent over ``data`` are work enough (``SCALED_WORK``, counted as
+    (K^2 x sequences + ``STEP_ENTRIES``) x steps x passes) for the probability-space recursions to repay their compile
+    time: ``posterior(differentiable=False)`` for them."""
     if latent.parallel:  # the parallel scan has no probability-space recursions
         return False
     obs, _ = split_sequences(data)
     n, t = jax.tree_util.tree_leaves(obs)[0].shape[:2]
-    return latent.K ** 2 * n * t * passes >= SCALED_WORK
+    return (latent.K ** 2 * n + STEP_ENTRIES) * t * passes >= SCALED_WORK
 
 
 def posterior(log_joint: LogJoint, latent, params: PyTree, data: PyTree, chunk_size: int = 1024,
@@ -615,10 +670,11 @@ def posterior(log_joint: LogJoint, latent, params: PyTree, data: PyTree, chunk_s
                           chunk_size)
     if latent.parallel:
         log_evidence, log_forward, log_backward, transitions = _parallel(potentials, lengths)
+        marginals = _log_marginals(log_forward, log_backward, lengths)
     else:
-        log_evidence, log_forward, log_backward, transitions = _sequential(log_joint, params, obs, lengths, latent.K,
-                                                                           differentiable)
-    return ChainPosterior(log_evidence, potentials, log_forward, log_backward, transitions, lengths)
+        log_evidence, log_forward, log_backward, transitions, marginals = _sequential(
+            log_joint, params, obs, lengths, latent.K, differentiable)
+    return ChainPosterior(log_evidence, potentials, log_forward, log_backward, transitions, lengths, marginals)
 
 
 def from_potentials(potentials: jax.Array, lengths: jax.Array) -> ChainPosterior:
@@ -629,8 +685,9 @@ def from_potentials(potentials: jax.Array, lengths: jax.Array) -> ChainPosterior
     log_forward, log_evidence, _ = forward_scan(first, steps, lambda p: p, lengths, "sum")
     log_backward, transitions = backward_scan(steps, lambda p: p, lengths, log_forward)
     sequence_first = lambda a: jnp.moveaxis(a, -1, 0)  # noqa: E731
-    return ChainPosterior(log_evidence, potentials, sequence_first(log_forward), sequence_first(log_backward),
-                          sequence_first(transitions), lengths)
+    log_forward, log_backward = sequence_first(log_forward), sequence_first(log_backward)
+    return ChainPosterior(log_evidence, potentials, log_forward, log_backward, sequence_first(transitions), lengths,
+                          _log_marginals(log_forward, log_backward, lengths))
 
 
 def expected_log_joint(log_joint: LogJoint, params: PyTree, data: PyTree, post: ChainPosterior,

@@ -261,6 +261,35 @@ def test_padded_sequences_equal_each_sequence_run_alone(padded, parallel, differ
             np.testing.assert_array_equal(mode[n, L:], -1)
 
 
+@pytest.mark.parametrize("block", [1, 2, 4])
+def test_probability_space_in_blocks_of_steps_equals_each_padded_sequence_run_alone(padded, block, monkeypatch):
+    """The probability-space recursions read their emissions off the potentials of ``block`` steps at a time
+    (``EMISSION_BLOCK``): blocks of 1, 2 and 4 of the 5 steps after the first (the last block padded past the data)
+    answer alone, with the check passed, as each sequence does by enumeration."""
+    np_params, full, obs, truths = padded
+    K, N = PADDED_K, len(PADDED_LENGTHS)
+    monkeypatch.setattr(chain, "EMISSION_BLOCK", block * K * K * N)
+    with jax.enable_x64(True):
+        params = to_jax(np_params)
+        data = jaxvi.Sequences(jnp.asarray(obs), jnp.asarray(PADDED_LENGTHS, jnp.int32))
+
+        @jax.jit  # compiled afresh for each block size
+        def scaled(params, data):
+            first_of, pairs_of = chain._potential_functions(gaussian_step, params, K)
+            time_major = jnp.moveaxis(data.obs, 1, 0)
+            ok = chain._scaled_scans(first_of(time_major[0]), time_major[1:], pairs_of, data.lengths)[1]
+            return ok, stats_of(exact.posterior(gaussian_step, jaxvi.Markov(K), params, data, differentiable=False))
+
+        ok, st = scaled(params, data)
+        assert bool(ok)
+        for n, L in enumerate(PADDED_LENGTHS):
+            truth = truths[n]
+            np.testing.assert_allclose(st["log_evidence"][n], truth["log_evidence"][0], rtol=1e-10)
+            np.testing.assert_allclose(st["marginals"][n, :L], truth["marginals"][0], rtol=1e-10, atol=1e-12)
+            np.testing.assert_array_equal(st["marginals"][n, L:], 0.0)
+            np.testing.assert_allclose(st["transitions"][n], truth["transitions"][0], rtol=1e-10, atol=1e-12)
+
+
 def test_padded_sequences_sample_and_expect(padded):
     np_params, full, obs, truths = padded
     K = PADDED_K
@@ -633,13 +662,15 @@ def test_probability_space_takes_a_column_impossible_at_step_one_from_another_se
 
 
 def test_probability_space_is_chosen_where_the_fit_repays_its_compile_time():
-    """``SCALED_WORK`` of K^2 x sequence steps x passes: a 10-iteration EM of 200 x 1,000 steps at K = 8 stays in
-    log space, 100 iterations or 10 of one sequence of 10^6 steps do not; the parallel scan and other latents are
-    never switched."""
+    """``SCALED_WORK`` of (K^2 x sequences + ``STEP_ENTRIES``) x steps x passes: a 10-iteration EM of 200 x 1,000
+    steps at K = 8 stays in log space, 100 iterations, or one pass over one sequence of 10^6 steps, do not; nor does a
+    10-iteration EM of one sequence of 10^5 steps, though its K^2 x sequence steps are half the first fit's; the
+    parallel scan and other latents are never switched."""
     many, long = jnp.zeros((200, 1_000, 4)), jax.ShapeDtypeStruct((1, 1_000_000, 4), jnp.float32)
-    assert 64 * 200_000 * 11 < chain.SCALED_WORK <= 64 * 200_000 * 101
+    assert (64 * 200 + chain.STEP_ENTRIES) * 1_000 * 11 < chain.SCALED_WORK <= (64 * 200) * 1_000 * 101
     assert exact.differentiable_for(jaxvi.Markov(8), many, 11)
     assert not exact.differentiable_for(jaxvi.Markov(8), many, 101)
-    assert not exact.differentiable_for(jaxvi.Markov(8), long, 11)
+    assert not exact.differentiable_for(jaxvi.Markov(8), long, 1)
+    assert not exact.differentiable_for(jaxvi.Markov(8), jax.ShapeDtypeStruct((1, 100_000, 4), jnp.float32), 11)
     assert exact.differentiable_for(jaxvi.Markov(8, parallel=True), many, 101)
     assert exact.differentiable_for(jaxvi.Discrete(8), jnp.zeros((10**7, 4)), 101)
