@@ -528,7 +528,8 @@ class CAVI:
             scale = num_data / num_data_of(data)
             tau0, kappa = self.step_size
             rho = (tau0 + state.count + 1.0) ** -kappa
-        bound, post = self._local_step(model, structure, state.params, state.factors, data, state.local, scale)
+        bound, post = self._local_step(model, structure, state.params, state.factors, data, state.local, scale,
+                                       passes=self.max_iter + 1)
         bound = bound.astype(dtype)
         ok = jnp.isfinite(bound)
 
@@ -640,13 +641,15 @@ class CAVI:
 
     # --- the three steps ------------------------------------------------------------------------------
 
-    def _local_step(self, model: Model, structure: _Structure, params, factors, data, start=None, scale=1.0):
+    def _local_step(self, model: Model, structure: _Structure, params, factors, data, start=None, scale=1.0,
+                    passes: int = 1):
         """(the bound, the local q) at the global factors ``factors``: the local q is the exact posterior of the
         expected log-joint, whose normalisers sum to the data's part of the bound (times ``scale``, N / B for a
         minibatch). Several ``Markov`` chains: one sweep of their updates from ``start``, or without one, sweeps
         from random step weights until the bound per datum changes by less than ``tol`` (at most ``max_iter``).
         Local exponential-family factors: sweeps from ``start`` (their reference members without one) to
-        ``local_tol``."""
+        ``local_tol``. A ``Markov`` chain's posterior, one of ``passes`` over these data, runs in probability space
+        where that repays its compile (``exact.differentiable_for``; nothing differentiates through it)."""
         rules = structure.rules(factors)
         expected = structure.expected_log_joint(model, rules)
         local = structure.parts.local
@@ -668,7 +671,8 @@ class CAVI:
             data_term, post = sum_data(lambda chunk: sum_accurately(jax.vmap(
                 lambda x: expected(params, None, x))(chunk)), data, self.chunk_size), None
         else:
-            post = exact.posterior(expected, local, params, data, self.chunk_size)
+            post = exact.posterior(expected, local, params, data, self.chunk_size,
+                                   exact.differentiable_for(local, data, passes))
             data_term = sum_accurately(post.log_evidence)
         return scale * data_term + structure.global_terms(model, params, factors, rules), post
 

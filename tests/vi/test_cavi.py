@@ -11,6 +11,8 @@ from sklearn.datasets import load_iris
 from sklearn.mixture import BayesianGaussianMixture
 
 import jaxvi
+from jaxvi.exact import differentiable_for
+from jaxvi.latents import split_latent
 from jaxvi.run.schedule import RESOLUTION_ULPS
 from jaxvi.vi import expfam
 
@@ -336,10 +338,17 @@ def sample_categorical_hmm(rng, n, t):
     return sequences
 
 
-def test_variational_categorical_hmm_equals_hmmlearn_iteration_by_iteration():
+@pytest.mark.parametrize("probability_space", [False, True])
+def test_variational_categorical_hmm_equals_hmmlearn_iteration_by_iteration(probability_space, monkeypatch):
     """From hmmlearn's initial Dirichlet posteriors, jaxvi's bound history and posteriors equal
-    VariationalCategoricalHMM's (its bound is the whole bound: log-normalisers minus KLs, no dropped constants)."""
+    VariationalCategoricalHMM's (its bound is the whole bound: log-normalisers minus KLs, no dropped constants); with
+    the chain's recursions in log space (these small data's default) and in probability space (``SCALED_WORK`` 0: as
+    a fit of long sequences runs them)."""
     from hmmlearn.vhmm import VariationalCategoricalHMM
+
+    from jaxvi.exact import chain
+    if probability_space:
+        monkeypatch.setattr(chain, "SCALED_WORK", 0)
     sequences = sample_categorical_hmm(np.random.default_rng(5), 4, 60)
     peer = VariationalCategoricalHMM(n_components=3, n_features=4, n_iter=1, tol=-np.inf, random_state=0,
                                      init_params="ste", implementation="log")
@@ -351,6 +360,8 @@ def test_variational_categorical_hmm_equals_hmmlearn_iteration_by_iteration():
         model = jaxvi.models.variational_categorical_hmm(3, 4)
         method = jaxvi.CAVI()
         data = jnp.asarray(sequences)
+        local = split_latent(model.latent).local
+        assert differentiable_for(local, data, method.max_iter + 1) is not probability_space
         state = jax.jit(lambda d: method.init(model, KEY, d))(data)
         names = ["emissions", "start", "transitions"]  # the factors' (sorted) order
         given = tuple((jnp.asarray(start[["start", "transitions", "emissions"].index(name)]),) for name in names)
