@@ -613,8 +613,7 @@ def _sequential(log_joint: LogJoint, params: PyTree, obs: PyTree, lengths: jax.A
         outputs = in_log_space()
     else:
         (log_evidence, forward, backward, transitions), ok = _scaled_scans(first, steps, pairs_of, lengths)
-        # the marginals from the messages themselves: what the loop carries is what a caller reads (XLA drops
-        # the log messages where nothing does)
+        # the state marginals from the messages themselves, not through their logarithms
         products = forward * backward                                                       # (T, K, N)
         scaled = (log_evidence, jnp.log(forward), jnp.log(backward), transitions,
                   products / jnp.sum(products, axis=1, keepdims=True))
