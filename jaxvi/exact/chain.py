@@ -320,13 +320,8 @@ def _emissions(steps: PyTree, potentials_of: Callable, lengths: jax.Array, refer
     steps_count, K, N = leaves[0].shape[0], reference_part.shape[0], lengths.shape[0]
     dtype, finfo = reference_part.dtype, jnp.finfo(reference_part.dtype)
     block = max(1, min(steps_count, EMISSION_BLOCK // (K * K * N)))
-    pad = (-steps_count) % block
-
-    def blocked(a, fill):
-        return jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1), constant_values=fill).reshape((-1, block) + a.shape[1:])
-
     # padded steps get a time past every length, so they count as steps past a sequence's end
-    times = blocked(jnp.arange(1, 1 + steps_count), 1 + steps_count)
+    times = _in_blocks(jnp.arange(1, 1 + steps_count), block, fill=1 + steps_count)
     part_one, size_one = reference_part[None, :, :, None], reference_size[None, :, :, None]
 
     def block_of(alike, inputs):
@@ -342,7 +337,7 @@ def _emissions(steps: PyTree, potentials_of: Callable, lengths: jax.Array, refer
         return alike, jax.vmap(_exp_below_top)(column_top)
 
     alike, (emissions, tops) = lax.scan(block_of, jnp.array(True),
-                                        (times, jax.tree_util.tree_map(lambda a: blocked(a, 0), steps)))
+                                        (times, jax.tree_util.tree_map(lambda a: _in_blocks(a, block), steps)))
     return alike, emissions.reshape((-1, K, N))[:steps_count], tops.reshape((-1, N))[:steps_count]
 
 
@@ -362,11 +357,14 @@ def _sum_over_time(previous: jax.Array, following: jax.Array, chunk: int = 256) 
     r""":math:`\sum_t p_t(i) f_t(j)` per sequence, ``(K, K, N)`` from two ``(T, K, N)``: a contraction over
     ``chunk`` steps at a time, the chunks' sums added pairwise (``sum_accurately``), so float32 keeps them to a
     few ulps over 10^6 steps."""
-    T = previous.shape[0]
-    pad = (-T) % chunk if T > chunk else 0
-    size = chunk if T > chunk else max(T, 1)
-    shape = lambda a: jnp.pad(a, ((0, pad), (0, 0), (0, 0))).reshape(-1, size, *a.shape[1:])  # noqa: E731
-    return sum_accurately(jnp.einsum("ctin,ctjn->cijn", shape(previous), shape(following)))
+    size = min(chunk, max(previous.shape[0], 1))
+    return sum_accurately(jnp.einsum("ctin,ctjn->cijn", _in_blocks(previous, size), _in_blocks(following, size)))
+
+
+def _in_blocks(a: jax.Array, block: int, fill=0) -> jax.Array:
+    """``a`` ``(T, ...)`` as ``(ceil(T / block), block, ...)``, its last block padded with ``fill``."""
+    pad = (-a.shape[0]) % block
+    return jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1), constant_values=fill).reshape((-1, block) + a.shape[1:])
 
 
 def prefix_scan(combine: Callable, elements: PyTree, reverse: bool = False) -> PyTree:
@@ -488,7 +486,7 @@ class ChainPosterior(NamedTuple):
     @property
     def real_steps(self) -> jax.Array:
         """``(N, T)`` True where a step is within its sequence's length."""
-        return jnp.arange(self.log_forward.shape[1]) < self.lengths[:, None]
+        return _real_steps(self.log_forward.shape[1], self.lengths)
 
     @property
     def pair_marginals(self) -> jax.Array:
@@ -594,9 +592,10 @@ def _weighted_sum(weights: jax.Array, values: jax.Array) -> jax.Array:
 
 def _sequential(log_joint: LogJoint, params: PyTree, obs: PyTree, lengths: jax.Array, K: int,
                 differentiable: bool = True) -> tuple[jax.Array, ...]:
-    """Forward and backward scans over all sequences at once; the potentials computed step by step. Unless
-    ``differentiable``, in probability space where that stands for log space (``_scaled_scans``), else (for all
-    the sequences) in log space again. Returns ``(log_evidence, log_forward, log_backward, transitions,
+    """Forward and backward scans over all sequences at once; the potentials computed inside the scans, step by
+    step (in probability space, before them, for blocks of steps: ``_emissions``). Unless ``differentiable``, in
+    probability space where that stands for log space (``_scaled_scans``), else (for all the sequences) in log space
+    again. Returns ``(log_evidence, log_forward, log_backward, transitions,
     marginals)``, sequence axis first."""
     first_of, pairs_of = _potential_functions(log_joint, params, K)
     time_major = jax.tree_util.tree_map(lambda a: jnp.moveaxis(a, 1, 0), obs)                  # (T, N, ...)
@@ -626,7 +625,12 @@ def _sequential(log_joint: LogJoint, params: PyTree, obs: PyTree, lengths: jax.A
 
 def _past_the_end_zero(marginals: jax.Array, lengths: jax.Array) -> jax.Array:
     """``(N, T, K)`` state marginals, 0 at the steps past each sequence's length."""
-    return jnp.where((jnp.arange(marginals.shape[1]) < lengths[:, None])[..., None], marginals, 0.0)
+    return jnp.where(_real_steps(marginals.shape[1], lengths)[..., None], marginals, 0.0)
+
+
+def _real_steps(steps: int, lengths: jax.Array) -> jax.Array:
+    """``(N, steps)`` True where a step is within its sequence's length."""
+    return jnp.arange(steps) < lengths[:, None]
 
 
 def _log_marginals(log_forward: jax.Array, log_backward: jax.Array, lengths: jax.Array) -> jax.Array:
@@ -638,7 +642,7 @@ def _parallel(potentials: jax.Array, lengths: jax.Array) -> tuple[jax.Array, ...
     """Associative-scan forward and backward of every sequence, from stored potentials."""
     log_forward, log_evidence = jax.vmap(parallel_forward)(potentials)
     log_backward = jax.vmap(parallel_backward)(potentials)
-    real_steps = jnp.arange(potentials.shape[1]) < lengths[:, None]
+    real_steps = _real_steps(potentials.shape[1], lengths)
     weights = _step_weights(potentials, log_forward, log_backward, real_steps)
     return log_evidence, log_forward, log_backward, jnp.sum(weights[:, 1:], axis=1)
 
