@@ -18,7 +18,7 @@ from jaxvi.model import Model, check_data, check_key, check_model, is_traced
 from jaxvi.parallel import shard_data
 from jaxvi.result import FAULT_OBJECTIVE, Result
 from jaxvi.run import checkpoint as checkpoints
-from jaxvi.run import compiled, loop
+from jaxvi.run import compiled, loop, stored
 from jaxvi.run.compiled import CHEAP_CODE, per_fit
 from jaxvi.run.guard import raise_on_fault, warn_on_skips
 from jaxvi.run.schedule import RESOLUTION_ULPS, STOP_REASONS, STOP_RESOLUTION, Change, resolution
@@ -82,7 +82,7 @@ def infer(model: Model, method, data: PyTree, *, key: jax.Array, progress: bool 
     key = check_key(key)
     if isinstance(method, type) or not isinstance(method, Method):
         raise ValueError(f"method: expected a jaxvi method such as jaxvi.EM(), got {method!r}")
-    check_model(model, data, key, init_params)
+    stored.check_once(check_model, model, data, key, init_params)  # passed before on the same model and shapes: skipped
     method.check(model, data)
     if init_params is not None and method.n_init > 1:
         raise ValueError(f"init_params: a single starting point needs n_init=1, got n_init={method.n_init}")

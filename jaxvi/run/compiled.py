@@ -118,11 +118,20 @@ def _cpu_code(large_kernels: bool = False) -> dict:
     code = {name: value for name, value in wanted.items() if name not in flags}
     if jax.default_backend() != "cpu" or f"{OPTIMIZATION_LEVEL}=0" in flags or not code:
         return {}
-    try:  # XLA checks the options' names and values before compiling anything: an identity has no kernel to compile
-        jax.jit(lambda x: x, compiler_options=code).lower(jax.numpy.float32(0)).compile()  # (7 ms against 15 for x + 1)
-    except Exception:  # XLA's error type differs between jaxlib versions
-        return {}
-    return code
+    accepted = stored.remembered(f"XLA accepts the compiler options {sorted(code.items())}",
+                                 functools.partial(_accepts, code))
+    return code if accepted else {}
+
+
+def _accepts(options: dict) -> bool:
+    """Whether XLA compiles a program with ``options``. It checks their names and values before compiling anything:
+    an identity, lowered for an abstract scalar (no array to make), has no kernel to compile (7 ms against 15 for
+    x + 1; a process that finds the answer in the cache folder reads it: ``stored.remembered``)."""
+    try:
+        jax.jit(lambda x: x, compiler_options=options).lower(jax.ShapeDtypeStruct((), jax.numpy.float32)).compile()
+    except Exception:  # noqa: BLE001 - XLA's error type differs between jaxlib versions
+        return False
+    return True
 
 
 def per_fit(fn: Callable, options: dict | None = None) -> Callable:
@@ -198,7 +207,8 @@ def cache(path: str | os.PathLike | None = None) -> str:
     compile time once. Every compilation is kept, however short (JAX keeps only those over a second by
     default). A fit's own executables (its start, loop and final evaluation) are also kept whole in
     ``path/fits``, under a digest of the model's and method's code and the data's shapes
-    (``jaxvi.run.stored``), so a later process finds them without tracing or lowering anything. The folder
+    (``jaxvi.run.stored``), so a later process finds them without tracing or lowering anything (nor checking the
+    model again on data of the shapes it passed on). The folder
     grows with every new program; delete it to start afresh, and after changing code a digest cannot see
     (code built from strings at run time, a C extension outside installed packages). Setting the environment
     variable ``JAXVI_CACHE`` to a folder does the same when jaxvi is imported.

@@ -16,6 +16,10 @@ folder's ``fits/`` under a key computed from what the program is made of, withou
 - the compiler options, the jax and jaxlib versions, the device kind, ``XLA_FLAGS`` and JAX's
   configuration.
 
+Two smaller things are kept beside them, so that a warm process traces and compiles nothing before its fit:
+that ``check_model`` passed on a model of that digest and arguments of those shapes (``checks/``: ``check_once``),
+and values computed once per environment (``values/``: ``remembered``; whether XLA takes jaxvi's compiler options).
+
 A process that finds its key loads the executable (``jax.experimental.serialize_executable``) and runs it
 with no tracing at all; one that does not compiles ahead of time (``lower``, then ``compile``, which JAX's
 own cache may serve: such an executable is not stored, as XLA's CPU executables loaded from that cache do not
@@ -30,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import io
+import json
 import os
 import pickle
 import sys
@@ -42,9 +47,12 @@ import numpy as np
 
 from jaxvi.run import fingerprint
 
-__all__ = ["LOADED_EVENT", "call", "executable_key", "set_folder"]
+__all__ = ["CHECK_REMEMBERED_EVENT", "LOADED_EVENT", "REMEMBERED_EVENT", "call", "check_once", "executable_key",
+           "remembered", "set_folder"]
 
 LOADED_EVENT = "/jaxvi/stored_executable_loaded"  # jax.monitoring event: a fit's executable came from disk
+REMEMBERED_EVENT = "/jaxvi/stored_value_read"  # a value ``remembered`` came from disk, not computed
+CHECK_REMEMBERED_EVENT = "/jaxvi/stored_check_passed"  # ``check_once`` found its check passed before
 _FORMAT = "jaxvi stored executable 2"
 
 _folder: str | None = None
@@ -100,6 +108,48 @@ def executable_key(fn: Callable, model, signature, compiler_options) -> str:
     walk.value((_FORMAT, f"{fn.__module__}.{fn.__qualname__}", _jaxvi_source_digest(), _model_digest(model),
                 _structure(treedef), leaves, sorted((compiler_options or {}).items()), _environment()))
     return walk.hexdigest()
+
+
+def check_once(check: Callable, model, *args) -> None:
+    """``check(model, *args)``, a validation that raises on bad input, skipped where the cache is on and a process
+    passed it before with a model of the same digest and arguments of the same abstract signature (the key of an
+    executable, above): its outcome depends on nothing else, so a rerun that loads its fit whole traces nothing,
+    not even the user's log-joint once. A pass is remembered in the cache folder's ``checks/``."""
+    signature = None if _folder is None else _signature(args, {})
+    key = None
+    if signature is not None:
+        try:
+            key = executable_key(check, model, signature, None)
+        except Exception:  # noqa: BLE001 - a value the digest cannot walk: checked every time
+            key = None
+    path = None if key is None else os.path.join(_folder, "checks", key)
+    if path is not None and os.path.exists(path):
+        jax.monitoring.record_event(CHECK_REMEMBERED_EVENT)
+        return
+    check(model, *args)
+    if path is not None:
+        _write(path, b"")
+
+
+def remembered(name: str, compute: Callable[[], Any]) -> Any:
+    """``compute()``, a value JSON can hold that depends only on ``name`` and this process's environment (versions,
+    device, ``XLA_FLAGS``, JAX's configuration), kept in the cache folder's ``values/`` where the cache is on, so a
+    later process reads it instead of computing it again (which may mean compiling)."""
+    if _folder is None:
+        return compute()
+    walk = _StrictWalk()
+    walk.value((_FORMAT, name, _environment()))
+    path = os.path.join(_folder, "values", walk.hexdigest())
+    try:
+        with open(path, encoding="utf-8") as file:
+            value = json.load(file)["value"]
+        jax.monitoring.record_event(REMEMBERED_EVENT)
+        return value
+    except (OSError, ValueError, KeyError, TypeError):  # absent or damaged: computed (and written) again
+        pass
+    value = compute()
+    _write(path, json.dumps({"name": name, "value": value}).encode())
+    return value
 
 
 def _model_digest(model) -> str:
@@ -266,9 +316,15 @@ def _store(path: str, compiled, anchors: list) -> None:
             payload = buffer.getvalue()
     except Exception:  # noqa: BLE001 - constants in the program, an output type defined in a function, ...
         return
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    _write(path, payload)
+
+
+def _write(path: str, payload: bytes) -> None:
+    """Writes ``payload`` to ``path`` atomically (a temporary file, then a rename); a folder that cannot be written
+    leaves nothing."""
     temporary = f"{path}.{os.getpid()}.tmp"
     try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(temporary, "wb") as file:
             file.write(payload)
         os.replace(temporary, path)
