@@ -14,7 +14,7 @@ import numpy as np
 from jaxvi.data import num_data
 from jaxvi.io import check_path
 from jaxvi.methods.protocol import Method
-from jaxvi.model import Model, check_data, check_key, check_model, is_traced
+from jaxvi.model import Model, check_data, check_init_params, check_key, check_model, is_traced
 from jaxvi.parallel import shard_data
 from jaxvi.result import FAULT_OBJECTIVE, Result
 from jaxvi.run import checkpoint as checkpoints
@@ -82,6 +82,8 @@ def infer(model: Model, method, data: PyTree, *, key: jax.Array, progress: bool 
     key = check_key(key)
     if isinstance(method, type) or not isinstance(method, Method):
         raise ValueError(f"method: expected a jaxvi method such as jaxvi.EM(), got {method!r}")
+    if init_params is not None:
+        check_init_params(init_params)
     stored.check_once(check_model, model, data, key, init_params)  # passed before on the same model and shapes: skipped
     method.check(model, data)
     if init_params is not None and method.n_init > 1:

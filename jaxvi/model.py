@@ -20,7 +20,7 @@ from jaxvi.data import Sequences
 from jaxvi.latents import (EXPONENTIAL_FAMILY_SPECS, Gaussian, Markov, Real, exact_family, is_spec, split_latent,
                            value_shape)
 
-__all__ = ["Model", "check_data", "check_key", "check_model", "is_traced"]
+__all__ = ["Model", "check_data", "check_init_params", "check_key", "check_model", "is_traced"]
 
 PyTree = Any
 
@@ -189,7 +189,9 @@ def check_key(key) -> jax.Array:
 
 
 def check_model(model: Model, data: PyTree, key: jax.Array, params: PyTree | None = None) -> PyTree:
-    """Traces ``init`` and one call of ``log_joint`` abstractly (no compilation) and checks them.
+    """Traces ``init`` and one call of ``log_joint`` abstractly (no compilation) and checks them. Its outcome depends
+    on the model and on the shapes and dtypes of its arguments alone, never on their values (those of ``params``:
+    ``check_init_params``).
 
     Args:
       model: the model.
@@ -214,8 +216,6 @@ def check_model(model: Model, data: PyTree, key: jax.Array, params: PyTree | Non
         if any(len(shape) < 2 for shape in shapes):
             raise ValueError(f"data: a Markov latent needs sequences, every leaf of shape (N, T, ...) "
                              f"(sequences, steps, ...), got shapes {shapes}")
-    if params is not None:
-        _check_init_params(params)
     if params is None:
         try:
             params = jax.eval_shape(model.init, key, data)
@@ -256,7 +256,7 @@ def check_model(model: Model, data: PyTree, key: jax.Array, params: PyTree | Non
     return params
 
 
-def _check_init_params(params: PyTree) -> None:
+def check_init_params(params: PyTree) -> None:
     """Raises ValueError unless every leaf of ``init_params`` is a numeric array jax can hold, and a
     concrete floating one is finite."""
     for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:

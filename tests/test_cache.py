@@ -128,3 +128,26 @@ def test_a_value_remembered_in_the_folder_is_read_by_later_calls_not_computed(tm
         compiled._cpu_code.cache_clear()
     assert stored.remembered("a fact", compute) == {"accepted": True} and len(computed) == 4  # no folder: computed
     assert not compiled._accepts({"xla_no_such_option": True}) and compiled._accepts(compiled.CPU_CODE)
+
+
+def test_a_model_check_remembered_never_stands_for_the_initial_parameters_values(tmp_path):
+    """The check remembered in the folder is the abstract one (shapes and dtypes); the values of ``init_params`` are
+    checked on every call: non-finite ones of the shapes that passed are refused as before."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxvi.run import stored
+
+    x = np.random.default_rng(0).normal(size=(60, 2)).astype(np.float32)
+    gm = jaxvi.models.gaussian_mixture(2)
+    init = jax.jit(gm.model.init)(jax.random.key(0), x)
+    fit = lambda params: jaxvi.infer(gm.model, jaxvi.EM(m_step=gm.m_step, max_iter=2), x,  # noqa: E731
+                                     key=jax.random.key(0), progress=False, init_params=params)
+    try:
+        stored.set_folder(str(tmp_path))
+        fit(init)
+        assert len(list((tmp_path / "fits" / "checks").iterdir())) == 1
+        with pytest.raises(ValueError, match=r"init_params\.logits: expected finite values, got -inf at index \(1,\)"):
+            fit(init._replace(logits=init.logits.at[1].set(-jnp.inf)))
+    finally:
+        stored.set_folder(None)

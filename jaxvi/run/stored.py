@@ -38,6 +38,7 @@ import json
 import os
 import pickle
 import sys
+import threading
 import types
 import weakref
 from typing import Any, Callable
@@ -320,9 +321,9 @@ def _store(path: str, compiled, anchors: list) -> None:
 
 
 def _write(path: str, payload: bytes) -> None:
-    """Writes ``payload`` to ``path`` atomically (a temporary file, then a rename); a folder that cannot be written
-    leaves nothing."""
-    temporary = f"{path}.{os.getpid()}.tmp"
+    """Writes ``payload`` to ``path`` atomically (a temporary file of this thread's own, then a rename); a folder that
+    cannot be written leaves nothing."""
+    temporary = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(temporary, "wb") as file:
