@@ -204,5 +204,17 @@ def minibatch(key: jax.Array, n: int, size: int) -> jax.Array:
 
 def unless(ok: jax.Array, fallback: Callable[[], PyTree], value: PyTree) -> PyTree:
     """``value`` if ``ok``, else ``fallback()``: a loop run once or never, which stays a loop under ``vmap`` (a
-    ``lax.cond`` there becomes a select, and runs both). Not reverse-differentiable (a ``while_loop``)."""
-    return lax.while_loop(lambda state: ~state[0], lambda state: (jnp.ones((), bool), fallback()), (ok, value))[1]
+    ``lax.cond`` there becomes a select, and runs both). Not reverse-differentiable (a ``while_loop``).
+
+    The arrays ``fallback`` reads pass through an optimisation barrier with the loop's flag: otherwise, with
+    nothing in its work changing from turn to turn, XLA may hoist that work out of the loop and run it whether or
+    not the loop turns, as it did under ``vmap`` (EM's E-step of a 3-state HMM on 1,046 steps, four restarts
+    vmapped: 4.1 ms with its log-space fallback hoisted, 1.5 ms without it)."""
+    closed, shapes = jax.make_jaxpr(fallback, return_shape=True)()
+    structure = jax.tree_util.tree_structure(shapes)
+
+    def turn(state):
+        consts = lax.optimization_barrier((state[0], closed.consts))[1]
+        return jnp.ones((), bool), jax.tree_util.tree_unflatten(structure, jax.core.eval_jaxpr(closed.jaxpr, consts))
+
+    return lax.while_loop(lambda state: ~state[0], turn, (ok, value))[1]

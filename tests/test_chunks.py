@@ -76,3 +76,27 @@ def test_sums_over_data_differentiate_and_keep_their_type():
     np.testing.assert_allclose(hessian, np.diag(6 * np.asarray(values[:4])), rtol=1e-6)
     assert chunks.sum_accurately(values.astype(jnp.bfloat16)).dtype == jnp.bfloat16
     assert int(chunks.sum_accurately(jnp.arange(100, dtype=jnp.int32))) == 4950
+
+
+def test_unless_gives_the_value_where_ok_and_the_fallback_elsewhere_alone_and_under_vmap():
+    """``chunks.unless(ok, fallback, value)``: the fallback (here reading arrays it closes over, batched under
+    ``vmap``) where ``ok`` is False, the value where it is True, per batch element; forward-mode derivatives pass."""
+    from jaxvi.chunks import unless
+
+    x = jnp.arange(12.0).reshape(4, 3)
+    scale = jnp.array([1.0, -2.0, 3.0, -4.0])
+
+    def pick(row, s):
+        return unless(s > 0, lambda: {"y": jnp.sin(row) * s, "n": jnp.sum(row)}, {"y": row * s, "n": jnp.zeros(())})
+
+    out = jax.jit(jax.vmap(pick))(x, scale)
+    positive = np.asarray(scale) > 0
+    expected_y = np.where(positive[:, None], np.asarray(x) * np.asarray(scale)[:, None],
+                          np.sin(np.asarray(x)) * np.asarray(scale)[:, None])
+    np.testing.assert_allclose(out["y"], expected_y, rtol=1e-6)
+    np.testing.assert_allclose(out["n"], np.where(positive, 0.0, np.asarray(x).sum(1)))
+    for row, s in zip(x, scale):  # one at a time, unbatched
+        alone = jax.jit(pick)(row, s)
+        np.testing.assert_allclose(alone["y"], out["y"][list(scale).index(s)], rtol=1e-6)
+    _, tangent = jax.jvp(lambda s: pick(x[1], s)["y"], (scale[1],), (1.0,))  # the fallback's: d/ds sin(row) s
+    np.testing.assert_allclose(tangent, np.sin(np.asarray(x[1])), rtol=1e-6)
