@@ -1,9 +1,10 @@
 """jaxvi: fit latent-variable models written as pure log-joint functions, compiled with JAX."""
 import os as _os
 
-from jaxvi._xla import avoid_lapack_deadlock
+from jaxvi._xla import avoid_lapack_deadlock, compile_small_loops_whole
 
 avoid_lapack_deadlock()  # before JAX's CPU backend starts: see jaxvi/_xla.py
+compile_small_loops_whole()
 
 from jaxvi.calibrate import Calibration, calibrate
 from jaxvi.compare import Comparison, compare

@@ -7,6 +7,7 @@ enumerated by hand (an EM fit whose M-step keeps the parameters: its objective i
 import collections
 import gc
 import importlib
+import os
 
 import jax
 import jax.numpy as jnp
@@ -246,3 +247,21 @@ def test_a_users_jit_of_a_fit_s_posterior_and_evidence_closing_over_concrete_val
     posterior, evidence = jax.jit(lambda: (result.posterior(x).log_evidence.sum(),
                                            jaxvi.evidence(result.model, result.params, x).log_evidence))()
     np.testing.assert_allclose([float(posterior), float(evidence)], log_evidence(1.0), rtol=1e-6)
+
+
+def test_importing_jaxvi_compiles_small_loops_whole_unless_xla_flags_pass_backend_options(monkeypatch):
+    """``import jaxvi`` raises XLA:CPU's small-loop threshold (``jaxvi._xla``) in ``XLA_FLAGS``, keeping the user's own
+    backend options whole; in this process (jaxvi imported before any computation) a scan whose carry is 10 kB, 10
+    times XLA's default threshold, is compiled into one function (XLA marks it ``xla_cpu_small_call``)."""
+    from jaxvi import _xla
+
+    assert _xla.SMALL_LOOP_OPTION in os.environ["XLA_FLAGS"]
+    scan = jax.jit(lambda x: jax.lax.scan(lambda c, _: (jnp.sin(c) * 0.5 + c, None), x, None, length=100)[0])
+    assert "xla_cpu_small_call" in scan.lower(jnp.ones((32, 80))).compile().as_text()
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_use_fusion_emitters=false")
+    _xla.compile_small_loops_whole()
+    assert os.environ["XLA_FLAGS"] == ("--xla_cpu_use_fusion_emitters=false --xla_backend_extra_options="
+                                       f"xla_cpu_small_while_loop_byte_threshold={2 ** 20}")
+    monkeypatch.setenv("XLA_FLAGS", "--xla_backend_extra_options=xla_cpu_small_while_loop_byte_threshold=0")
+    _xla.compile_small_loops_whole()
+    assert os.environ["XLA_FLAGS"] == "--xla_backend_extra_options=xla_cpu_small_while_loop_byte_threshold=0"
