@@ -122,6 +122,10 @@ def test_a_value_remembered_in_the_folder_is_read_by_later_calls_not_computed(tm
         compiled._cpu_code.cache_clear()
         monkeypatch.setattr(compiled, "_accepts", lambda options: pytest.fail("asked XLA again"))
         assert compiled.compiler_options() == compiled.CPU_CODE  # read
+        refusals = []
+        for _ in range(2):  # a refusal is not kept: each process asks again
+            assert stored.remembered("refused", lambda: refusals.append(1) or False, keep=bool) is False
+        assert len(refusals) == 2
     finally:
         stored.set_folder(None)
         monkeypatch.undo()

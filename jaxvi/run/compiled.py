@@ -119,7 +119,7 @@ def _cpu_code(large_kernels: bool = False) -> dict:
     if jax.default_backend() != "cpu" or f"{OPTIMIZATION_LEVEL}=0" in flags or not code:
         return {}
     accepted = stored.remembered(f"XLA accepts the compiler options {sorted(code.items())}",
-                                 functools.partial(_accepts, code))
+                                 functools.partial(_accepts, code), keep=bool)  # a refusal is asked again
     return code if accepted else {}
 
 

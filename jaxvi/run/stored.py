@@ -132,10 +132,11 @@ def check_once(check: Callable, model, *args) -> None:
         _write(path, b"")
 
 
-def remembered(name: str, compute: Callable[[], Any]) -> Any:
+def remembered(name: str, compute: Callable[[], Any], keep: Callable[[Any], bool] = lambda value: True) -> Any:
     """``compute()``, a value JSON can hold that depends only on ``name`` and this process's environment (versions,
-    device, ``XLA_FLAGS``, JAX's configuration), kept in the cache folder's ``values/`` where the cache is on, so a
-    later process reads it instead of computing it again (which may mean compiling)."""
+    device, ``XLA_FLAGS``, JAX's configuration), kept in the cache folder's ``values/`` where the cache is on and
+    ``keep(value)``, so a later process reads it instead of computing it again (which may mean compiling). A value
+    not kept (an answer a passing failure could have given) is computed again by the next process."""
     if _folder is None:
         return compute()
     walk = _StrictWalk()
@@ -149,7 +150,8 @@ def remembered(name: str, compute: Callable[[], Any]) -> Any:
     except (OSError, ValueError, KeyError, TypeError):  # absent or damaged: computed (and written) again
         pass
     value = compute()
-    _write(path, json.dumps({"name": name, "value": value}).encode())
+    if keep(value):
+        _write(path, json.dumps({"name": name, "value": value}).encode())
     return value
 
 
