@@ -242,8 +242,8 @@ def _scaled_scans(first: jax.Array, steps: PyTree, potentials_of: Callable, leng
     Each potential is split as :math:`\phi_t(i, j) = D_t(i, j) + u_t(j)` with :math:`u_t(j) = \max_i \phi_t(i, j)`.
     Where :math:`D_t = D_1` at every real step of every sequence (:math:`D_1`: step 1's, column j read from the
     first sequence of two or more steps where it is possible), with :math:`E = \exp D` (:math:`D`: the :math:`D_t`
-    each of whose columns rounds least, ``_emissions``) and :math:`b_t = \exp(u_t - \max_j u_t)`, the recursions are those of the scaled (probability-space)
-    forward–backward:
+    each of whose columns rounds least, ``_emissions``) and :math:`b_t = \exp(u_t - \max_j u_t)`, the recursions
+    are those of the scaled (probability-space) forward–backward:
 
     .. math::
         a_t(j) \propto b_t(j) \sum_i a_{t-1}(i) E(i, j), \qquad
