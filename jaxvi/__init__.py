@@ -18,7 +18,7 @@ from jaxvi.latents import (Beta, Dirichlet, Discrete, Gamma, Gaussian, Global, M
                            Real, Wishart)
 from jaxvi.methods import (CAVI, EM, SVI, Amortized, AmortizedParams, EMDiagnostics, EMState, Method, OnlineEM,
                            SVIDiagnostics)
-from jaxvi.model import Model
+from jaxvi.model import Model, check_values
 from jaxvi.pareto import psis
 from jaxvi.result import Fault, Result, Skips
 from jaxvi.statistics import Statistics
@@ -32,8 +32,8 @@ if _os.environ.get(_CACHE_ENV):
     cache(_os.environ[_CACHE_ENV])
 
 __all__ = ["Amortized", "AmortizedParams", "Batch", "Beta", "cache", "calibrate", "Calibration", "Categorical", "CAVI",
-           "ChainPosterior", "compare", "Comparison", "compiler_options", "Delta", "Dirichlet", "Discrete",
-           "DiscretePosterior", "EM", "EMDiagnostics", "EMState", "evidence", "Evidence", "export", "Fault",
+           "ChainPosterior", "check_values", "compare", "Comparison", "compiler_options", "Delta", "Dirichlet",
+           "Discrete", "DiscretePosterior", "EM", "EMDiagnostics", "EMState", "evidence", "Evidence", "export", "Fault",
            "FittedGuide", "Flow", "FullRank", "Gamma", "Gaussian", "GaussianPosterior", "Global", "GlobalLocal",
            "infer", "interval", "load", "LowRank", "Markov", "MeanField", "Method", "Model", "models", "nn",
            "NormalGamma", "NormalWishart", "OneHot", "OnlineEM", "ordered", "parallel", "plot", "positive",

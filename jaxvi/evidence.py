@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from jaxvi import exact
 from jaxvi.chunks import map_data
 from jaxvi.latents import Global, exact_family
-from jaxvi.model import Model, check_data, check_key
+from jaxvi.model import Model, check_key, check_new_data
 from jaxvi import pareto
 from jaxvi.pareto import KHAT_THRESHOLD, MIN_DRAWS, log_mean_exp, log_mean_exp_variance, psis
 from jaxvi.run.compiled import run_once_options
@@ -80,7 +80,9 @@ def evidence(model: Model, params: PyTree, data: PyTree, *, key: jax.Array | Non
       >>> result = jaxvi.infer(model, jaxvi.SVI(), data, key=jax.random.key(0))
       >>> jaxvi.evidence(model, result.params, data, key=jax.random.key(1), posterior=result.posterior())
     """
-    data = check_data(data)
+    if not isinstance(model, Model):
+        raise ValueError(f"model: expected a jaxvi.Model (a zoo fit's .model), got {type(model).__name__}")
+    data = check_new_data(model, params, data)
     try:
         exact_family(model.latent)
         exact_possible = True
@@ -133,7 +135,7 @@ def psis_resample(model: Model, params: PyTree, data: PyTree, *, key: jax.Array,
     Raises:
       ValueError: as ``evidence``, and ``num_samples`` below 21 (PSIS fits the weights' tail).
     """
-    data, key = check_data(data), check_key(key)
+    data, key = check_new_data(model, params, data), check_key(key)
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < MIN_DRAWS:
         raise ValueError(f"num_samples: expected an integer >= {MIN_DRAWS} (PSIS fits the weights' tail), got "
                          f"{num_samples!r}")

@@ -14,7 +14,7 @@ import numpy as np
 from jaxvi.data import num_data
 from jaxvi.io import check_path
 from jaxvi.methods.protocol import Method
-from jaxvi.model import Model, check_data, check_init_params, check_key, check_model, is_traced
+from jaxvi.model import Model, check_data, check_init_params, check_key, check_model, is_traced, validate_data
 from jaxvi.parallel import shard_data
 from jaxvi.result import FAULT_OBJECTIVE, Result
 from jaxvi.run import checkpoint as checkpoints
@@ -85,6 +85,7 @@ def infer(model: Model, method, data: PyTree, *, key: jax.Array, progress: bool 
     if init_params is not None:
         check_init_params(init_params)
     stored.check_once(check_model, model, data, key, init_params)  # passed before on the same model and shapes: skipped
+    validate_data(model, data)  # the data's values: every call
     method.check(model, data)
     if init_params is not None and method.n_init > 1:
         raise ValueError(f"init_params: a single starting point needs n_init=1, got n_init={method.n_init}")

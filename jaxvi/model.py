@@ -20,7 +20,8 @@ from jaxvi.data import Sequences
 from jaxvi.latents import (EXPONENTIAL_FAMILY_SPECS, Gaussian, Markov, Real, exact_family, is_spec, split_latent,
                            value_shape)
 
-__all__ = ["Model", "check_data", "check_init_params", "check_key", "check_model", "is_traced"]
+__all__ = ["Model", "check_data", "check_init_params", "check_key", "check_model", "check_params_fit_data",
+           "check_new_data", "check_values", "is_traced", "validate_data"]
 
 PyTree = Any
 
@@ -40,6 +41,11 @@ class Model:
         reals: write logits, log-scales and Cholesky factors, and map them inside ``log_joint``.
       log_prior: optional ``log_prior(params) -> scalar``; fitting then maximises
         :math:`\log p(D \mid \theta) + \log p(\theta)` (MAP) instead of the likelihood.
+      validate: optional ``validate(data)``, raising ``ValueError`` for data outside the model's support, which
+        ``log_joint`` would take without complaint (symbols beyond the alphabet, a gather XLA clamps; negative
+        counts; values outside [0, 1] for Bernoulli likelihoods). jaxvi calls it on concrete data at every boundary
+        (``infer``, ``Result.posterior``, ``evidence``) before anything compiles, and not inside a user's trace
+        (``jaxvi.check_values`` does the usual checks).
 
     Models compare structurally (``jaxvi.equality``): two built of the same functions (the same
     ``def`` or ``lambda``, with equal captured values) and equal latent specs are equal, so a fresh
@@ -57,13 +63,15 @@ class Model:
     latent: Any
     init: Callable[[jax.Array, PyTree], PyTree]
     log_prior: Callable[[PyTree], jax.Array] | None = None
+    validate: Callable[[PyTree], None] | None = None
 
     def __post_init__(self):
         for name in ("log_joint", "init"):
             if not callable(getattr(self, name)):
                 raise ValueError(f"Model({name}): expected a function, got {getattr(self, name)!r}")
-        if self.log_prior is not None and not callable(self.log_prior):
-            raise ValueError(f"Model(log_prior): expected a function or None, got {self.log_prior!r}")
+        for name in ("log_prior", "validate"):
+            if getattr(self, name) is not None and not callable(getattr(self, name)):
+                raise ValueError(f"Model({name}): expected a function or None, got {getattr(self, name)!r}")
 
     def __eq__(self, other) -> bool:
         return isinstance(other, Model) and self._key == other._key
@@ -104,16 +112,16 @@ def check_data(data: PyTree) -> PyTree:
     leaves, treedef = jax.tree_util.tree_flatten(data)
     if not leaves:
         raise ValueError("data: expected an array or a pytree of arrays, got an empty pytree")
-    paths = [jax.tree_util.keystr(path) or "data" for path, _ in jax.tree_util.tree_flatten_with_path(data)[0]]
+    paths = ["data" + jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_flatten_with_path(data)[0]]
     arrays = []
     for path, leaf in zip(paths, leaves):
         if not isinstance(leaf, jax.Array):  # jax arrays stay where they are (a sharded one stays sharded)
             leaf = np.asarray(leaf)
         if not isinstance(leaf, jax.core.Tracer):
             if not (np.issubdtype(leaf.dtype, np.number) or leaf.dtype == np.bool_):
-                raise ValueError(f"data {path}: expected a numeric array, got dtype {leaf.dtype}")
+                raise ValueError(f"{path}: expected a numeric array, got dtype {leaf.dtype}")
         if leaf.ndim == 0:
-            raise ValueError(f"data {path}: expected a leading datum axis (rank >= 1), got a scalar")
+            raise ValueError(f"{path}: expected a leading datum axis (rank >= 1), got a scalar")
         arrays.append(leaf)
     sizes = {path: a.shape[0] for path, a in zip(paths, arrays)}
     if len(set(sizes.values())) > 1:
@@ -131,9 +139,69 @@ def check_data(data: PyTree) -> PyTree:
     for path, a, in_host in checked:
         if not (np.isfinite(np.asarray(a)).all() if in_host else next(device_finite)):
             bad = np.argwhere(~np.isfinite(np.asarray(a)))[0]
-            raise ValueError(f"data {path}: expected finite values, got {np.asarray(a)[tuple(bad)]} at index "
+            raise ValueError(f"{path}: expected finite values, got {np.asarray(a)[tuple(bad)]} at index "
                              f"{tuple(bad.tolist())}")
     return jax.tree_util.tree_unflatten(treedef, [a if isinstance(a, jax.Array) else jnp.asarray(a) for a in arrays])
+
+
+def check_new_data(model: Model, params: PyTree, data: PyTree) -> PyTree:
+    """``check_data``, then ``check_params_fit_data`` and ``validate_data``: data handed to a fitted model (a
+    posterior, an evidence, a bound on held-out data). Returns the data as ``check_data`` does."""
+    data = check_data(data)
+    if not is_traced(data, params):
+        check_params_fit_data(model, params, data)
+    validate_data(model, data)
+    return data
+
+
+def validate_data(model: Model, data: PyTree) -> None:
+    """``model.validate(data)`` (its support), where the model has one and the data are concrete."""
+    if model.validate is not None and not is_traced(data):
+        model.validate(data)
+
+
+def check_values(data: PyTree, what: str, low=None, high=None, *, integer: bool = False, inclusive: bool = False,
+                 name: str = "data") -> None:
+    """Raises ValueError naming the first value of ``data`` (every leaf; a ``Sequences``' real steps alone) below
+    ``low`` or at or above ``high`` (above, with ``inclusive``), or not a whole number with ``integer``: a model's
+    ``validate``. Arrays in this process's host memory are read there, others reduced in one compiled call first."""
+    real = None
+    if isinstance(data, Sequences):
+        real = np.arange(jax.tree_util.tree_leaves(data.obs)[0].shape[1]) < np.asarray(data.lengths)[:, None]
+        data, name = data.obs, f"{name}.obs"
+    for path, a in jax.tree_util.tree_flatten_with_path(data)[0]:
+        if not _in_host_memory(a) and _within(a, low, high, integer, inclusive):
+            continue
+        values = np.asarray(a)
+        bad = np.zeros(values.shape, bool)
+        if low is not None:
+            bad |= values < low
+        if high is not None:
+            bad |= values > high if inclusive else values >= high
+        if integer and np.issubdtype(values.dtype, np.inexact):
+            bad |= values != np.round(values)
+        if real is not None:
+            bad &= real.reshape(real.shape + (1,) * (values.ndim - 2))
+        if bad.any():
+            at = np.argwhere(bad)[0]
+            interval = f"[{'-inf' if low is None else low}, {'inf' if high is None else high}"
+            interval += "]" if inclusive and high is not None else ")"
+            whole = " (whole numbers)" if integer else ""
+            raise ValueError(f"{name}{jax.tree_util.keystr(path)}: expected {what}{whole} in {interval}, got "
+                             f"{values[tuple(at)]} at index {tuple(at.tolist())}")
+
+
+def _within(a: jax.Array, low, high, integer: bool, inclusive: bool) -> bool:
+    """Whether every value of a device array is within the bounds (padding included: a ``Sequences``' padding
+    outside them is then looked at on the host, as a failure would be)."""
+    least, most, whole = (np.asarray(v).item() for v in _extremes(a))
+    return ((low is None or least >= low) and (high is None or (most <= high if inclusive else most < high))
+            and (whole or not integer))
+
+
+@jax.jit
+def _extremes(a: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    return jnp.min(a), jnp.max(a), jnp.all(a == jnp.round(a)) if jnp.issubdtype(a.dtype, jnp.inexact) else True
 
 
 def _in_host_memory(a) -> bool:
@@ -221,6 +289,8 @@ def check_model(model: Model, data: PyTree, key: jax.Array, params: PyTree | Non
             params = jax.eval_shape(model.init, key, data)
         except Exception as err:
             raise ValueError(f"init: init(key, data) failed on data of shapes {_shapes(data)}: {err}") from err
+    else:
+        _check_like_init(model, key, data, params)
     for node in parts.globals:
         _check_scalar(node.log_prior, (params, _continuous_value(node.latent)), "Global(log_prior)",
                       "log_prior(params, z)")
@@ -273,6 +343,59 @@ def check_init_params(params: PyTree) -> None:
         if np.issubdtype(values.dtype, np.inexact) and not np.isfinite(values).all():
             bad = np.argwhere(~np.isfinite(values))[0]
             raise ValueError(f"{name}: expected finite values, got {values[tuple(bad)]} at index {tuple(bad.tolist())}")
+
+
+def check_params_fit_data(model: Model, params: PyTree, data: PyTree) -> None:
+    """Raises ValueError where ``data`` are not of the shapes ``params`` were fitted to: where ``init(key, data)``
+    gives a parameter leaf of another shape than ``params``' (a GMM fitted to 2 features, handed data of 1, whose
+    means would otherwise broadcast against them). Abstract (nothing compiled); nothing is compared where ``init``
+    does not run on ``data`` (fewer data than components) or gives another structure."""
+    mismatch = _mismatched_leaf(_abstract_init(model, jax.random.key(0), data), params)
+    if mismatch is not None:
+        path, expected, shape, _ = mismatch
+        raise ValueError(f"data: expected data of the shapes the parameters were fitted to, got shapes "
+                         f"{_shapes(data)}, for which init(key, data) gives params{path} of shape "
+                         f"{tuple(expected.shape)}, where the parameters have {shape}")
+
+
+def _check_like_init(model: Model, key: jax.Array, data: PyTree, params: PyTree) -> None:
+    """Raises ValueError where a leaf of ``init_params`` differs from the one ``init(key, data)`` gives: in shape,
+    or integer (or bool) where ``init`` gives floating point (an update would be truncated to integers)."""
+    mismatch = _mismatched_leaf(_abstract_init(model, key, data), params)
+    if mismatch is None:
+        return
+    path, expected, shape, dtype = mismatch
+    if shape != tuple(expected.shape):
+        raise ValueError(f"init_params{path}: expected shape {tuple(expected.shape)}, as init(key, data) gives for "
+                         f"data of shapes {_shapes(data)}, got {shape}")
+    raise ValueError(f"init_params{path}: expected a floating-point array ({expected.dtype}, as init(key, data) "
+                     f"gives), got dtype {dtype}: every update of it would be rounded to {dtype}")
+
+
+def _abstract_init(model: Model, key: jax.Array, data: PyTree) -> PyTree | None:
+    """``init(key, data)``'s parameters, abstract, or None where it fails on these data."""
+    try:
+        return jax.eval_shape(model.init, key, data)
+    except Exception:  # noqa: BLE001 - e.g. fewer data than components: nothing to compare with
+        return None
+
+
+def _mismatched_leaf(expected: PyTree | None, params: PyTree) -> tuple | None:
+    """``(path, expected leaf, shape, dtype)`` of the first leaf of ``params`` whose shape differs from
+    ``expected``'s, or which is integer or bool where ``expected``'s is floating; None where every leaf agrees, or
+    where ``expected`` is None or of another structure."""
+    if expected is None:
+        return None
+    given, structure = jax.tree_util.tree_flatten_with_path(params)
+    wanted, wanted_structure = jax.tree_util.tree_flatten(expected)
+    if structure != wanted_structure:
+        return None
+    for (path, leaf), spec in zip(given, wanted):
+        shape, dtype = tuple(jnp.shape(leaf)), jnp.result_type(leaf)
+        integral = jnp.issubdtype(dtype, jnp.integer) or dtype == jnp.bool_
+        if shape != tuple(spec.shape) or (integral and jnp.issubdtype(spec.dtype, jnp.inexact)):
+            return jax.tree_util.keystr(path), spec, shape, dtype
+    return None
 
 
 def _continuous_value(latent) -> PyTree:

@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxvi.model import check_data, is_traced
+from jaxvi.model import check_new_data, is_traced
 
 __all__ = ["Result", "Fault", "Skips", "no_fault", "no_skips", "NO_FAULT", "FAULT_LOG_EVIDENCE", "FAULT_PARAMS", "FAULT_NOT_QUADRATIC",
            "FAULT_OBJECTIVE", "FAULT_GRADIENT", "FAULT_FINAL_OBJECTIVE", "FAULT_FINAL_PARAMS", "OBJECTIVE_TERMS"]
@@ -122,7 +122,7 @@ class Result:
         """
         from jaxvi.run.compiled import run_once_options  # not at the top: jaxvi.run's loop imports this module
 
-        data = None if data is None else check_data(data)
+        data = None if data is None else check_new_data(self.model, self.params, data)
         if is_traced(data, self.params):
             return self.method.posterior(self, data)
         options = run_once_options(self.params, self.guide_params, data,

@@ -47,7 +47,7 @@ def test_a_non_finite_value_is_found_in_host_memory_and_on_an_accelerator(in_hos
 
     monkeypatch.setattr(model_module, "_in_host_memory", lambda a: in_host_memory)
     good = jnp.asarray(GOOD)
-    with pytest.raises(ValueError, match=r"data \['b'\]: expected finite values, got -inf at index \(4, 0\)"):
+    with pytest.raises(ValueError, match=r"data\['b'\]: expected finite values, got -inf at index \(4, 0\)"):
         model_module.check_data({"a": good, "b": good.at[4, 0].set(-jnp.inf), "c": GOOD})
     checked = model_module.check_data({"a": good, "b": GOOD})
     assert all(np.array_equal(checked[k], GOOD) for k in "ab")
@@ -184,8 +184,7 @@ GLOBAL = jaxvi.Global({"mu": jaxvi.Real(())}, lambda p, z: -z["mu"] ** 2)
 @pytest.mark.parametrize("make_fit, message", [
     (lambda: fit(jaxvi.Model(lambda p, z, x: -jnp.sum((x - z["mu"] * p["s"]) ** 2), GLOBAL, lambda k, d: {"s": 1.0}),
                  GOOD, jaxvi.SVI(num_steps=2), init_params={"s": 1}),
-     r"init_params: expected floating-point params, as SVI follows their gradient, got dtype int32 for leaf "
-     r"params\['s'\]"),
+     r"init_params\['s'\]: expected a floating-point array \(float32, as init\(key, data\) gives\), got dtype int32"),
     (lambda: fit(jaxvi.Model(lambda p, z, x: -jnp.sum((x - z["mu"] * p["s"]) ** 2), GLOBAL,
                              lambda k, d: {"s": jnp.array(1)}), GOOD, jaxvi.SVI(num_steps=2)),
      r"init: expected floating-point params, as SVI follows their gradient, got dtype int32 for leaf params\['s'\]"),
@@ -195,7 +194,7 @@ GLOBAL = jaxvi.Global({"mu": jaxvi.Real(())}, lambda p, z: -z["mu"] ** 2)
     (lambda: fit(jaxvi.models.vae(2, 2).model, GOOD, jaxvi.Amortized(num_steps=2, batch_size=5),
                  init_params=jax.tree_util.tree_map(lambda a: a.astype(jnp.int32),
                                                     jaxvi.models.vae(2, 2).model.init(KEY, jnp.asarray(GOOD)))),
-     r"init_params: expected floating-point params, as Amortized follows their gradient"),
+     r"init_params\.decoder.*: expected a floating-point array \(float32, as init\(key, data\) gives\)"),
     (lambda: fit(init_params=2 ** 40), r"init_params: expected a numeric array, got 1099511627776 .*too large"),
     (lambda: fit(init_params={"loc": 2 ** 40}), r"init_params\['loc'\]: expected a numeric array"),
 ])
@@ -226,14 +225,24 @@ def test_a_line_search_optimizer_is_refused_for_stochastic_gradients(make):
 
 
 def test_a_posterior_of_data_with_other_features_is_a_value_error():
-    """It used to fail inside the log-joint (or the encoder) with a broadcasting TypeError."""
+    """More features used to fail inside the log-joint (or the encoder) with a broadcasting TypeError; fewer were
+    broadcast against the fitted means, and a posterior and an evidence came back for data the fit never saw."""
     gm = jaxvi.models.gaussian_mixture(2)
     result = fit(gm.model, method=jaxvi.EM(m_step=gm.m_step, max_iter=2))
-    with pytest.raises(ValueError, match=r"data: expected data whose every datum the fitted model takes .* got shapes "
-                                         r"\(5, 3\)"):
-        result.posterior(np.zeros((5, 3), np.float32))
+    for features in (3, 1):
+        message = (rf"data: expected data of the shapes the parameters were fitted to, got shapes \(5, {features}\), "
+                   rf"for which init\(key, data\) gives params\.means of shape \(2, {features}\), where the "
+                   r"parameters have \(2, 2\)")
+        with pytest.raises(ValueError, match=message):
+            result.posterior(np.zeros((5, features), np.float32))
+        with pytest.raises(ValueError, match=message):
+            jaxvi.evidence(gm.model, result.params, np.zeros((5, features), np.float32))
+    with pytest.raises(ValueError, match=r"model: expected a jaxvi.Model \(a zoo fit's .model\), got GaussianMixture"):
+        jaxvi.evidence(gm, result.params, GOOD)
+    # a single datum, on which the mixture's init cannot run (fewer data than components), is taken: the same q
+    np.testing.assert_allclose(result.posterior(GOOD[:1]).probs, result.posterior(GOOD).probs[:1], rtol=1e-6)
     assert result.posterior(GOOD[:5]).probs.shape == (5, 2)
-    vae = jaxvi.models.vae(2, 2)
+    vae = jaxvi.models.vae(2, 2, likelihood="gaussian")
     amortized = fit(vae.model, GOOD, jaxvi.Amortized(num_steps=2, batch_size=5))
     with pytest.raises(ValueError, match=r"data: expected data whose every datum the fitted model takes"):
         amortized.posterior(np.zeros((5, 4), np.float32))
@@ -283,3 +292,87 @@ def test_the_enumeration_bounds_admit_what_fits():
     jaxvi.EM().check(model, big[: 2 ** 18])                                 # the bound itself
     with pytest.raises(ValueError, match="smaller chunk_size"):
         jaxvi.EM(m_step=gm.statistics, chunk_size=2 ** 19).check(model, big)
+
+
+def test_initial_params_of_another_shape_than_init_gives_are_refused():
+    """A Bernoulli mixture's pixel logits of shape (2, 1) were broadcast over the 6 pixels (one logit for all of
+    them), a Gaussian HMM's 3 x 3 transitions for 2 states failed inside with a broadcasting error."""
+    binary = (np.random.default_rng(1).random((20, 6)) < 0.3).astype(np.float32)
+    mixture = jaxvi.models.bernoulli_mixture(2)
+    start = mixture.init(KEY, jnp.asarray(binary))
+    with pytest.raises(ValueError, match=r"init_params\.pixel_logits: expected shape \(2, 6\), as init\(key, data\) "
+                                         r"gives for data of shapes \(20, 6\), got \(2, 1\)"):
+        fit(mixture, binary, init_params=start._replace(pixel_logits=jnp.zeros((2, 1))))
+    hmm = jaxvi.models.gaussian_hmm(2)
+    sequences = GOOD.reshape(2, 10, 2)
+    start = hmm.model.init(KEY, jnp.asarray(sequences))
+    with pytest.raises(ValueError, match=r"init_params\.transition_logits: expected shape \(2, 2\)"):
+        fit(hmm.model, sequences, jaxvi.EM(m_step=hmm.m_step), init_params=start._replace(
+            transition_logits=jnp.zeros((3, 3))))
+
+
+@pytest.mark.parametrize("in_host_memory", [True, False])
+def test_data_outside_a_zoo_model_s_support_are_refused(in_host_memory, monkeypatch):
+    """Symbols beyond a categorical HMM's alphabet were a gather XLA clamps onto the last symbol (and -1 onto it too),
+    word ids beyond LDA's vocabulary alike, a Bernoulli likelihood took values outside [0, 1] (an "objective" of
+    5.7e24 on unbinarised digits) and a Poisson one negative counts. Each is refused at the boundary, before anything
+    compiles; on an accelerator (here: as if the CPU were one) after one compiled reduction."""
+    from jaxvi import model as model_module
+
+    monkeypatch.setattr(model_module, "_in_host_memory", lambda a: in_host_memory)
+    symbols = np.random.default_rng(0).integers(0, 3, (4, 12))
+    categorical = jaxvi.models.categorical_hmm(2, 3)
+    em = jaxvi.EM(m_step=categorical.m_step, max_iter=2)
+    for bad, value in ((3, 3), (-1, -1)):
+        with pytest.raises(ValueError, match=rf"data: expected symbols \(whole numbers\) in \[0, 3\), got {value} at "
+                                             r"index \(1, 5\)"):
+            fit(categorical.model, jnp.asarray(symbols).at[1, 5].set(bad), em)
+    variational = jaxvi.models.variational_categorical_hmm(2, 3)
+    with pytest.raises(ValueError, match=r"data: expected symbols \(whole numbers\) in \[0, 3\), got 7"):
+        fit(variational, jnp.asarray(symbols).at[0, 0].set(7), jaxvi.CAVI(max_iter=2))
+    with pytest.raises(ValueError, match=r"data\.obs: expected symbols \(whole numbers\) in \[0, 3\), got 5 at index "
+                                         r"\(2, 3\)"):
+        fit(categorical.model, jaxvi.Sequences(jnp.asarray(symbols).at[2, 3].set(5), np.full(4, 12)), em)
+    digits = np.random.default_rng(0).integers(0, 17, (20, 6)).astype(np.float32)
+    with pytest.raises(ValueError, match=r"data: expected values in \[0, 1\], got 14\.0 at index \(0, 0\)"):
+        fit(jaxvi.models.bernoulli_mixture(2), jnp.asarray(digits))
+    with pytest.raises(ValueError, match=r"data: expected values in \[0, 1\], got 14\.0"):
+        fit(jaxvi.models.vae(2, 6).model, jnp.asarray(digits), jaxvi.Amortized(num_steps=2, batch_size=5))
+    counts = np.random.default_rng(0).poisson(1.0, (6, 12)).astype(np.float32)
+    counts[:, 0] += 1
+    docs = jaxvi.models.bag_of_words(counts)
+    lda = jaxvi.models.lda(docs, 2, 12)
+    ids, weights = docs
+    with pytest.raises(ValueError, match=r"data\[0\]: expected word ids \(whole numbers\) in \[0, 12\), got 12"):
+        fit(lda, (jnp.asarray(ids).at[0, 0].set(12), jnp.asarray(weights)), jaxvi.CAVI(max_iter=2))
+    with pytest.raises(ValueError, match=r"data\[1\]: expected counts in \[0, inf\), got -3\.0 at index \(0, 0\)"):
+        fit(lda, (jnp.asarray(ids), jnp.asarray(weights).at[0, 0].set(-3.0)), jaxvi.CAVI(max_iter=2))
+    poisson = jaxvi.models.poisson_hmm(2)
+    with pytest.raises(ValueError, match=r"data: expected counts in \[0, inf\), got -2\.0 at index \(0, 0, 0\)"):
+        fit(poisson.model, jnp.asarray(counts.reshape(2, 3, 12)).at[0, 0, 0].set(-2.0),
+            jaxvi.EM(m_step=poisson.m_step))
+
+
+def test_a_sequence_s_padding_is_not_data():
+    """The support is checked on the real steps alone: padding of any value (here -1, no symbol) fits as padding 0
+    does, the same fit, since the padded steps carry the messages unchanged."""
+    symbols = np.random.default_rng(0).integers(0, 3, (4, 12))
+    lengths = np.array([12, 7, 9, 3])
+    categorical = jaxvi.models.categorical_hmm(2, 3)
+    em = jaxvi.EM(m_step=categorical.m_step, max_iter=3, tol=0.0)
+    padded = [np.where(np.arange(12) < lengths[:, None], symbols, pad) for pad in (0, -1)]
+    zero, minus_one = (fit(categorical.model, jaxvi.Sequences(p, lengths), em) for p in padded)
+    assert float(zero.objective) == float(minus_one.objective)
+    np.testing.assert_array_equal(zero.params.emission.logits, minus_one.params.emission.logits)
+    with pytest.raises(ValueError, match=r"data\.obs: expected symbols \(whole numbers\) in \[0, 3\), got -1"):
+        zero.posterior(jaxvi.Sequences(padded[1], np.full(4, 12)))  # where the -1 are real steps
+
+
+def test_an_svi_posterior_of_per_datum_guides_is_of_the_data_fitted():
+    """Its q_i belong to the fitted data: other data used to be ignored, the training q's returned for them."""
+    fa = jaxvi.models.factor_analysis(1)
+    result = fit(fa.model, GOOD, jaxvi.SVI(num_steps=3, batch_size=5))
+    assert result.posterior(GOOD).mean().shape == (20, 1)
+    with pytest.raises(ValueError, match=r"data: the fit has one q per datum for the 20 data it was fitted to; pass "
+                                         r"those or none, got 10 data"):
+        result.posterior(GOOD[:10])

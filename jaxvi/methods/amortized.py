@@ -36,7 +36,7 @@ from jaxvi.methods.common import (batch_rows, check_floating, final_fault, float
 from jaxvi.methods.protocol import Info
 from jaxvi.methods.settings import check_count, settings
 from jaxvi.methods.svi import check_optimizer, make_optimizer
-from jaxvi.model import Model
+from jaxvi.model import Model, check_new_data
 from jaxvi.nn import Network, mlp
 from jaxvi.result import NO_FAULT, Fault, Result
 from jaxvi.run.schedule import Schedule
@@ -306,6 +306,7 @@ class Amortized:
         """``(ELBO, standard error)`` of the fit on ``data`` (new data welcome), + log p(θ), with
         ``num_particles`` draws per datum; ``objective="iwae"`` is not applied (the plain ELBO)."""
         check_count("num_particles", num_particles)
+        data = check_new_data(result.model, result.params, data)
         variational, global_psi = _split(result.guide_params)
         state = AmortizedState(result.params, variational, global_psi, None)
         return _evaluate(result.model, num_particles, self, state, data, key)
@@ -323,6 +324,7 @@ class Amortized:
           num_particles: samples per datum and step (STL estimator).
         """
         check_count("num_steps", num_steps)
+        data = check_new_data(result.model, result.params, data)
         optimizer = optax.adam(1e-2) if optimizer is None else optimizer
         spec = self.elbo_spec(result.model, "stl")
         if spec.global_guide is not None:

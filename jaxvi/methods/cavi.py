@@ -52,7 +52,7 @@ from jaxvi.methods.common import (batch_rows, final_fault, float_dtype, full_dat
                                  tree_where)
 from jaxvi.methods.em import gradient_m_step
 from jaxvi.methods.settings import check_count, check_number, settings
-from jaxvi.model import Model, is_traced
+from jaxvi.model import Model, check_new_data, is_traced
 from jaxvi.result import FAULT_LOG_EVIDENCE, FAULT_PARAMS, NO_FAULT, Fault, Result
 from jaxvi.run.compiled import CHEAP_CODE, per_fit
 from jaxvi.run.schedule import Change, Schedule
@@ -609,6 +609,7 @@ class CAVI:
         as in ``CAVIState.factors``) and the local ``local_posterior`` (a ``DiscretePosterior`` for a
         ``Discrete`` local latent; None: the optimal local q, the bound a step reports). Compiled once per model
         and local step (``_local_step_fields``)."""
+        data = check_new_data(model, params, data)
         structure = _structure(model)
         if local_posterior is not None and not isinstance(local_posterior, (chains.ChainProduct,
                                                                             exact.DiscretePosterior)):

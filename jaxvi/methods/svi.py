@@ -38,7 +38,7 @@ from jaxvi.methods.common import (batch_rows, check_floating, final_fault, float
                                  step_fault, tree_where)
 from jaxvi.methods.protocol import Info
 from jaxvi.methods.settings import check_count, check_number, settings
-from jaxvi.model import Model
+from jaxvi.model import Model, check_new_data
 from jaxvi.result import NO_FAULT, Fault, Result
 from jaxvi.run.schedule import Never, Schedule, Smoothed
 from jaxvi.vi.elbo import ELBOSpec, Enumerated, Guided, Plain, Summed, elbo
@@ -403,6 +403,9 @@ class SVI:
             local_q = exact.posterior(lambda p, z, x: model.log_joint(p, spec.parts.combine(z_global, z), x),
                                       spec.local.latent, result.params, data)
         elif isinstance(spec.local, Guided):
+            if data is not None and num_rows(data) != _rows_of(local_psi):  # its q_i belong to the data fitted
+                raise ValueError(f"data: the fit has one q per datum for the {_rows_of(local_psi)} data it was fitted "
+                                 f"to; pass those or none, got {num_rows(data)} data")
             space = spec.local.space
             space = latent_values(space.latent) if isinstance(space, Enumerated) else space
             local_q = FittedGuide(spec.local.guide, space, local_psi, False)
@@ -420,6 +423,7 @@ class SVI:
         the data the fit's q_i belong to. Compiled once per model and settings.
         """
         check_count("num_particles", num_particles)
+        data = check_new_data(result.model, result.params, data)
         spec = self.elbo_spec(result.model)
         global_psi, local_psi = _split_guide_params(result.guide_params, spec)
         if local_psi is not None and _rows_of(local_psi) != num_rows(data):

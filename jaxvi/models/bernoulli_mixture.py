@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxvi.latents import Discrete
-from jaxvi.model import Model
+from jaxvi.model import Model, check_values
 
 __all__ = ["BernoulliMixtureParams", "bernoulli_mixture"]
 
@@ -45,7 +45,10 @@ def bernoulli_mixture(n_components: int) -> Model:
         probs = jax.random.uniform(key, (n_components, data.shape[1]), minval=0.25, maxval=0.75)
         return BernoulliMixtureParams(jnp.zeros(n_components), jnp.log(probs) - jnp.log1p(-probs))
 
-    return Model(log_joint, latent, init)
+    def validate(data) -> None:  # x log p + (1 - x) log(1 - p) is no likelihood outside [0, 1]
+        check_values(data, "values", 0, 1, inclusive=True)
+
+    return Model(log_joint, latent, init, validate=validate)
 
 
 def log_joint(params: BernoulliMixtureParams, z, x):

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 
 from jaxvi.exact.chain import split_sequences
 from jaxvi.latents import Markov
-from jaxvi.model import Model
+from jaxvi.model import Model, check_values
 from jaxvi.models.gmm import _kmeans, _normal_diag, _normal_log_prob_full, _precision_cholesky
 
 __all__ = ["CategoricalEmission", "GaussianEmission", "HMM", "HMMParams", "PoissonEmission", "categorical_hmm",
@@ -256,7 +256,10 @@ def categorical_hmm(n_states: int, n_symbols: int) -> HMM:
         probs = 0.9 * centers + 0.1 * noise
         return HMMParams(*_chain_init(n_states, dtype), CategoricalEmission(jnp.log(probs)))
 
-    return HMM(Model(_step_log_joint(_categorical_log_prob), Markov(n_states), init), m_step)
+    def validate(data) -> None:  # a symbol outside [0, S) would be a gather XLA clamps
+        check_values(data, "symbols", 0, n_symbols, integer=True)
+
+    return HMM(Model(_step_log_joint(_categorical_log_prob), Markov(n_states), init, validate=validate), m_step)
 
 
 def poisson_hmm(n_states: int) -> HMM:
@@ -284,7 +287,10 @@ def poisson_hmm(n_states: int) -> HMM:
         rates = 0.5 * picks + 0.5 * (weights @ flat) / jnp.sum(weights) + 0.1
         return HMMParams(*_chain_init(n_states, flat.dtype), PoissonEmission(jnp.log(rates)))
 
-    return HMM(Model(_step_log_joint(_poisson_log_prob), Markov(n_states), init), m_step)
+    def validate(data) -> None:
+        check_values(data, "counts", 0)
+
+    return HMM(Model(_step_log_joint(_poisson_log_prob), Markov(n_states), init, validate=validate), m_step)
 
 
 WINDOW_HALF_WIDTH = 5  # categorical_hmm's init: symbol frequencies over 11 steps

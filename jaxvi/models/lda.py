@@ -19,7 +19,7 @@ import numpy as np
 from jax.scipy.special import gammaln
 
 from jaxvi.latents import Dirichlet, Global, OneHot
-from jaxvi.model import Model
+from jaxvi.model import Model, check_values
 
 __all__ = ["bag_of_words", "lda", "lda_perplexity", "lda_top_words"]
 
@@ -117,7 +117,11 @@ def lda(docs, K: int, V: int, *, doc_topic_prior=None, topic_word_prior=None) ->
     latent = {"assignments": OneHot(K, (ids.shape[1],), multiplicity=lambda x: x[1]),
               "proportions": Dirichlet(K),
               "topics": Global(Dirichlet(V, (K,)), log_prior)}
-    return Model(log_joint, latent, init=lambda key, data: {})
+    def validate(data) -> None:  # an id outside [0, V) would be a gather XLA clamps
+        check_values(data[0], "word ids", 0, V, integer=True, name="data[0]")
+        check_values(data[1], "counts", 0, name="data[1]")
+
+    return Model(log_joint, latent, init=lambda key, data: {}, validate=validate)
 
 
 def lda_perplexity(result, docs) -> jax.Array:

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxvi.latents import Real
-from jaxvi.model import Model
+from jaxvi.model import Model, check_values
 from jaxvi.nn import Network, mlp
 
 __all__ = ["VAE", "VAEParams", "vae"]
@@ -106,4 +106,7 @@ def vae(latent_dim: int, data_dim: int, decoder: Network | None = None, likeliho
         z = jnp.zeros(latent_dim, dtype)
         return VAEParams(network.init(key, z, data_dim), jnp.zeros(data_dim, dtype))
 
-    return VAE(Model(log_joint, Real((latent_dim,)), init), decode)
+    def validate(data) -> None:  # x out - softplus(out) is no likelihood outside [0, 1]
+        check_values(data, "values", 0, 1, inclusive=True)
+
+    return VAE(Model(log_joint, Real((latent_dim,)), init, validate=validate if bernoulli else None), decode)

@@ -17,7 +17,7 @@ import numpy as np
 from jax.scipy.special import gammaln
 
 from jaxvi.latents import Dirichlet, Global, Markov, NormalWishart
-from jaxvi.model import Model
+from jaxvi.model import Model, check_values
 from jaxvi.models.bayesian_gmm import _normal_log_prob, wishart_log_prob
 
 __all__ = ["variational_categorical_hmm", "variational_gaussian_hmm"]
@@ -69,7 +69,10 @@ def variational_categorical_hmm(K: int, num_symbols: int, *, start_prior=None, t
     latent = {"theta": Global({"start": Dirichlet(K), "transitions": Dirichlet(K, (K,)),
                                "emissions": Dirichlet(num_symbols, (K,))}, log_prior),
               "states": Markov(K)}
-    return Model(log_joint, latent, init=lambda key, data: {})
+    def validate(data) -> None:  # a symbol outside [0, S) would be a gather XLA clamps
+        check_values(data, "symbols", 0, num_symbols, integer=True)
+
+    return Model(log_joint, latent, init=lambda key, data: {}, validate=validate)
 
 
 def variational_gaussian_hmm(K: int, d: int, *, start_prior=None, transition_prior=None, mean_prior=0.0,

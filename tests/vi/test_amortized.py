@@ -258,12 +258,14 @@ def test_bad_models_and_data_for_amortized_inference():
     x = np.random.default_rng(0).normal(size=(50, 2)).astype(np.float32)
     with pytest.raises(ValueError, match="continuous guide"):
         jaxvi.infer(gm.model, jaxvi.Amortized(num_steps=5, batch_size=10), x, key=KEY)
-    vae = jaxvi.models.vae(2, 2)
+    vae, binary = jaxvi.models.vae(2, 2), (x > 0).astype(np.float32)  # a Bernoulli likelihood's data
+    with pytest.raises(ValueError, match=r"data: expected values in \[0, 1\]"):
+        jaxvi.infer(vae.model, jaxvi.Amortized(num_steps=5, batch_size=10), x, key=KEY)
     with pytest.raises(ValueError, match="batch_size"):
-        jaxvi.infer(vae.model, jaxvi.Amortized(num_steps=5, batch_size=49), x, key=KEY)
+        jaxvi.infer(vae.model, jaxvi.Amortized(num_steps=5, batch_size=49), binary, key=KEY)
     wrong = jaxvi.Amortized(num_steps=5, batch_size=10, encoder=jaxvi.nn.from_equinox(EqxMLP((2, 3), KEY)))
     with pytest.raises(ValueError, match="encoder: expected an output of shape"):
-        jaxvi.infer(vae.model, wrong, x, key=KEY)
+        jaxvi.infer(vae.model, wrong, binary, key=KEY)
     with pytest.raises(ValueError, match="data_dim"):
         jaxvi.models.vae(2, 0)
 
