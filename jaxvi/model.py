@@ -350,7 +350,7 @@ def check_params_fit_data(model: Model, params: PyTree, data: PyTree) -> None:
     gives a parameter leaf of another shape than ``params``' (a GMM fitted to 2 features, handed data of 1, whose
     means would otherwise broadcast against them). Abstract (nothing compiled); nothing is compared where ``init``
     does not run on ``data`` (fewer data than components) or gives another structure."""
-    mismatch = _mismatched_leaf(_abstract_init(model, jax.random.key(0), data), params)
+    mismatch = _mismatched_leaf(_abstract_init(model, jax.random.key(0), data), params, dtypes=False)
     if mismatch is not None:
         path, expected, shape, _ = mismatch
         raise ValueError(f"data: expected data of the shapes the parameters were fitted to, got shapes "
@@ -380,10 +380,10 @@ def _abstract_init(model: Model, key: jax.Array, data: PyTree) -> PyTree | None:
         return None
 
 
-def _mismatched_leaf(expected: PyTree | None, params: PyTree) -> tuple | None:
+def _mismatched_leaf(expected: PyTree | None, params: PyTree, dtypes: bool = True) -> tuple | None:
     """``(path, expected leaf, shape, dtype)`` of the first leaf of ``params`` whose shape differs from
-    ``expected``'s, or which is integer or bool where ``expected``'s is floating; None where every leaf agrees, or
-    where ``expected`` is None or of another structure."""
+    ``expected``'s, or (with ``dtypes``) which is integer or bool where ``expected``'s is floating; None where every
+    leaf agrees, or where ``expected`` is None or of another structure."""
     if expected is None:
         return None
     given, structure = jax.tree_util.tree_flatten_with_path(params)
@@ -393,7 +393,7 @@ def _mismatched_leaf(expected: PyTree | None, params: PyTree) -> tuple | None:
     for (path, leaf), spec in zip(given, wanted):
         shape, dtype = tuple(jnp.shape(leaf)), jnp.result_type(leaf)
         integral = jnp.issubdtype(dtype, jnp.integer) or dtype == jnp.bool_
-        if shape != tuple(spec.shape) or (integral and jnp.issubdtype(spec.dtype, jnp.inexact)):
+        if shape != tuple(spec.shape) or (dtypes and integral and jnp.issubdtype(spec.dtype, jnp.inexact)):
             return jax.tree_util.keystr(path), spec, shape, dtype
     return None
 
