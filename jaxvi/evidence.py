@@ -80,8 +80,6 @@ def evidence(model: Model, params: PyTree, data: PyTree, *, key: jax.Array | Non
       >>> result = jaxvi.infer(model, jaxvi.SVI(), data, key=jax.random.key(0))
       >>> jaxvi.evidence(model, result.params, data, key=jax.random.key(1), posterior=result.posterior())
     """
-    if not isinstance(model, Model):
-        raise ValueError(f"model: expected a jaxvi.Model (a zoo fit's .model), got {type(model).__name__}")
     data = check_new_data(model, params, data)
     try:
         exact_family(model.latent)

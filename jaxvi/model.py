@@ -147,6 +147,8 @@ def check_data(data: PyTree) -> PyTree:
 def check_new_data(model: Model, params: PyTree, data: PyTree) -> PyTree:
     """``check_data``, then ``check_params_fit_data`` and ``validate_data``: data handed to a fitted model (a
     posterior, an evidence, a bound on held-out data). Returns the data as ``check_data`` does."""
+    if not isinstance(model, Model):
+        raise ValueError(f"model: expected a jaxvi.Model (a zoo fit's .model), got {type(model).__name__}")
     data = check_data(data)
     if not is_traced(data, params):
         check_params_fit_data(model, params, data)

@@ -207,7 +207,7 @@ def _normal_diag(mean, inv_std) -> distrax.MultivariateNormalDiag:
 
 
 def _component_log_prob_full(means, prec_chols, k, x):
-    """:math:`\log N(x; \mu_k, (P_k P_k^\top)^{-1})` with every mean and x taken about the means' centre: x P - mu P
+    r""":math:`\log N(x; \mu_k, (P_k P_k^\top)^{-1})` with every mean and x taken about the means' centre: x P - mu P
     (one GEMM of the data for every component) cancels where the data are far from the origin (20 float32 units of
     a GMM's log p(D) at 10^4, 280 of a Gaussian HMM's over 10^5 steps); about the centre, only where the means are
     far from one another."""
