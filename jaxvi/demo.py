@@ -1,6 +1,7 @@
 """``jaxvi demo``: one model fitted three ways, and the evidence identity shown with numbers.
 
-Writes ``jaxvi-report/`` (a markdown report and PNG plots) from bundled or simulated data only:
+Writes ``jaxvi-report/`` (a markdown report, PNG plots and ``made_by.json``, which code wrote them) from bundled or
+simulated data only:
 
 1. factor analysis of scikit-learn's wine data, by EM (exact), SVI (a mean-field q per datum) and
    amortized inference (an encoder): each fit's ELBO, the exact log p(D) at its own θ, the gap;
@@ -12,13 +13,16 @@ Writes ``jaxvi-report/`` (a markdown report and PNG plots) from bundled or simul
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 from typing import Any
 
 import numpy as np
 
-__all__ = ["run"]
+__all__ = ["STAMP", "run", "source_digest"]
+
+STAMP = "made_by.json"  # which code wrote the report (``source_digest``) and whether it was a quick run
 
 
 def run(out_dir: str = "jaxvi-report", quick: bool = False, progress: bool = True) -> dict:
@@ -48,9 +52,30 @@ def run(out_dir: str = "jaxvi-report", quick: bool = False, progress: bool = Tru
     path = os.path.join(out_dir, "report.md")
     with open(path, "w") as f:
         f.write("\n".join(sections))
+    with open(os.path.join(out_dir, STAMP), "w") as f:  # written last: a report stamped is a whole one
+        json.dump({"source": source_digest(), "quick": quick}, f)
     print(f"jaxvi demo: the report is in {os.path.abspath(path)}", flush=True)
     numbers["seconds"] = seconds
     return numbers
+
+
+def source_digest() -> str:
+    """A SHA-256 of the jaxvi package's Python files (their paths and bytes) and of the versions of jax and NumPy:
+    the report's stamp (``STAMP``) says which code wrote it."""
+    import hashlib
+
+    import jax
+
+    package = os.path.dirname(os.path.abspath(__file__))
+    digest = hashlib.sha256(f"jax {jax.__version__} numpy {np.__version__}".encode())
+    for folder, dirs, files in sorted(os.walk(package)):
+        dirs.sort()
+        for name in sorted(f for f in files if f.endswith(".py")):
+            path = os.path.join(folder, name)
+            digest.update(os.path.relpath(path, package).encode() + b"\0")
+            with open(path, "rb") as f:
+                digest.update(f.read() + b"\0")
+    return digest.hexdigest()
 
 
 def _wine() -> np.ndarray:
