@@ -60,22 +60,13 @@ def run(out_dir: str = "jaxvi-report", quick: bool = False, progress: bool = Tru
 
 
 def source_digest() -> str:
-    """A SHA-256 of the jaxvi package's Python files (their paths and bytes) and of the versions of jax and NumPy:
-    the report's stamp (``STAMP``) says which code wrote it."""
-    import hashlib
-
+    """The report's stamp (``STAMP``): which code wrote it, the digest of the jaxvi package's Python files that the
+    compiled-code cache keys on too, with the versions of jax and NumPy."""
     import jax
 
-    package = os.path.dirname(os.path.abspath(__file__))
-    digest = hashlib.sha256(f"jax {jax.__version__} numpy {np.__version__}".encode())
-    for folder, dirs, files in sorted(os.walk(package)):
-        dirs.sort()
-        for name in sorted(f for f in files if f.endswith(".py")):
-            path = os.path.join(folder, name)
-            digest.update(os.path.relpath(path, package).encode() + b"\0")
-            with open(path, "rb") as f:
-                digest.update(f.read() + b"\0")
-    return digest.hexdigest()
+    from jaxvi.run.stored import jaxvi_source_digest
+
+    return f"{jaxvi_source_digest()} jax {jax.__version__} numpy {np.__version__}"
 
 
 def _wine() -> np.ndarray:

@@ -49,7 +49,7 @@ import numpy as np
 from jaxvi.run import fingerprint
 
 __all__ = ["CHECK_REMEMBERED_EVENT", "LOADED_EVENT", "REMEMBERED_EVENT", "call", "check_once", "executable_key",
-           "remembered", "set_folder"]
+           "jaxvi_source_digest", "remembered", "set_folder"]
 
 LOADED_EVENT = "/jaxvi/stored_executable_loaded"  # jax.monitoring event: a fit's executable came from disk
 REMEMBERED_EVENT = "/jaxvi/stored_value_read"  # a value ``remembered`` came from disk, not computed
@@ -106,7 +106,7 @@ def executable_key(fn: Callable, model, signature, compiler_options) -> str:
     """The hex digest an executable is stored under (see the module docstring)."""
     walk = _StrictWalk()
     treedef, leaves = signature
-    walk.value((_FORMAT, f"{fn.__module__}.{fn.__qualname__}", _jaxvi_source_digest(), _model_digest(model),
+    walk.value((_FORMAT, f"{fn.__module__}.{fn.__qualname__}", jaxvi_source_digest(), _model_digest(model),
                 _structure(treedef), leaves, sorted((compiler_options or {}).items()), _environment()))
     return walk.hexdigest()
 
@@ -378,7 +378,7 @@ def _environment() -> tuple:
             device.device_kind, jax.device_count(), os.environ.get("XLA_FLAGS", ""), sys.version, config)
 
 
-def _jaxvi_source_digest() -> str:
+def jaxvi_source_digest() -> str:
     """The digest of every Python file of the jaxvi package (computed once per process)."""
     global _jaxvi_digest
     if _jaxvi_digest is None:
