@@ -57,7 +57,7 @@ from jaxvi.result import FAULT_LOG_EVIDENCE, FAULT_PARAMS, NO_FAULT, Fault, Resu
 from jaxvi.run.compiled import CHEAP_CODE, per_fit
 from jaxvi.run.schedule import Change, Schedule
 from jaxvi.vi import chains, expfam, local_factors
-from jaxvi.vi.factors import Factor, FactorSpec, factor_spec, sample_factors
+from jaxvi.vi.factors import Factor, FactorSpec, encoded, factor_spec, sample_factors
 
 __all__ = ["CAVI", "CAVIDiagnostics", "CAVIInfo", "CAVIPosterior", "CAVIState", "NOT_CONJUGATE"]
 
@@ -76,7 +76,8 @@ class CAVIState(NamedTuple):
     Attributes:
       params: θ, the model's parameters the next local step uses.
       factors: the global factors' natural parameters, one tuple per global leaf (``Global`` nodes' leaves in
-        order), the next local step's.
+        order), the next local step's; a ``NormalWishart``'s or ``NormalGamma``'s are those of its mean less its
+        spec's ``center`` (``jaxvi.vi.factors.encoded``).
       evaluated_params, evaluated_factors: those of the last finite bound.
       bound: that bound; -inf before the first step.
       linearity: the worst gradient residual of any global update's read so far (rounding level when every
@@ -844,12 +845,9 @@ def _draws(factors: tuple[FactorSpec, ...], etas: tuple, key: jax.Array) -> tupl
 
 
 def _encoded(factor: FactorSpec, value) -> jax.Array:
-    """A draw as ``log_joint`` receives it, in the family's layout."""
-    if isinstance(value, tuple):  # (mean, precision) back to [mu | L]
-        mean, precision = value
-        if precision.ndim == mean.ndim:  # Normal-Gamma
-            return jnp.stack([mean, precision], axis=-1)[..., None, :]
-        return jnp.concatenate([mean[..., None], precision], axis=-1)
+    """A draw as ``log_joint`` receives it, in the family's layout (``factors.encoded``)."""
+    if isinstance(value, tuple):  # (mean, precision) back to [mu - center | L]
+        return encoded(factor.spec, value)
     if factor.family is expfam.DIRICHLET:  # a draw under small concentrations underflows to 0, and log 0 = -inf
         return jnp.maximum(value, jnp.finfo(value.dtype).tiny)
     return value

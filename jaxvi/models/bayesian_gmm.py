@@ -83,10 +83,13 @@ def bayesian_gaussian_mixture(data, K: int, covariance: str = "full", *, weight_
     if covariance == "diag" and cov.ndim == 2:
         cov = np.diag(cov)
     psi0 = jnp.asarray(cov, dtype)
-    center = jnp.asarray(x.mean(0), dtype)  # the likelihood's expansion point (_normal_log_prob)
+    # the likelihood's expansion point (_normal_log_prob), and where q's natural parameters are taken about (the
+    # components' ``center``: float32 keeps their digits with data far from 0)
+    center = jnp.asarray(x.mean(0), dtype)
+    about = tuple(float(c) for c in np.asarray(center))
 
     if covariance == "full":
-        components = NormalWishart(d, (K,))
+        components = NormalWishart(d, (K,), center=about)
 
         def component_log_prior(means, precisions):
             def one(mean_k, precision_k):
@@ -97,7 +100,7 @@ def bayesian_gaussian_mixture(data, K: int, covariance: str = "full", *, weight_
         def component_log_likelihood(x, mean_k, precision_k):
             return _normal_log_prob(x, mean_k, precision_k, center)
     else:
-        components = NormalGamma((K, d))
+        components = NormalGamma((K, d), center=about)
         shape0, rate0 = 0.5 * nu0, 0.5 * psi0   # Normal-Gamma: the Wishart with d = 1 per dimension
 
         def component_log_prior(means, precisions):

@@ -20,7 +20,7 @@ from jaxvi.latents import Beta, Dirichlet, Gamma, Gaussian, NormalGamma, NormalW
 from jaxvi.linalg import spd_inverse
 from jaxvi.vi import expfam
 
-__all__ = ["Factor", "FactorSpec", "factor_spec", "sample_factors"]
+__all__ = ["Factor", "FactorSpec", "center", "encoded", "factor_spec", "sample_factors"]
 
 tfd = tfp.distributions
 
@@ -87,13 +87,34 @@ def factor_spec(spec) -> FactorSpec:
                                                  jnp.broadcast_to(jnp.eye(d, dtype=dt), spec.shape + (d, d)),
                                                  ones * (d + 2))
 
-        if isinstance(spec, NormalWishart):
-            value = expfam.normal_wishart_parts
-        else:
-            value = lambda z: (z[..., 0, 0], z[..., 0, 1])  # noqa: E731
+        def value(z):  # [mu - c | L] -> (mu, L)
+            mean, precision = expfam.normal_wishart_parts(z)
+            if isinstance(spec, NormalGamma):
+                mean, precision = mean[..., 0], precision[..., 0, 0]
+            return mean + center(spec, z.dtype), precision
+
         return FactorSpec(spec, expfam.NORMAL_WISHART, spec.shape, (d, d + 1), value, reference, 2)
     raise ValueError(f"latent: {spec!r} is not an exponential-family spec (Gaussian, Beta, Gamma, Dirichlet, "
                      f"Wishart, NormalWishart, NormalGamma, OneHot); jaxvi.CAVI has no coordinate update for it")
+
+
+def center(spec, dtype) -> jax.Array | float:
+    """Where a Normal-Wishart's or Normal-Gamma's factor takes its natural parameters about (its ``center``,
+    broadcast against the mean), or 0: the family's layout holds the mean less it."""
+    return 0.0 if getattr(spec, "center", None) is None else jnp.asarray(spec.center, dtype)
+
+
+def encoded(spec, value) -> jax.Array:
+    """A value as ``log_joint`` receives it, in the family's layout (``FactorSpec.value`` undone): a
+    Normal-Wishart's ``(mean, precision)`` as ``[mean - center | precision]``, a Normal-Gamma's likewise with d = 1;
+    any other family's value as it is."""
+    if not isinstance(spec, (NormalWishart, NormalGamma)):
+        return value
+    mean, precision = value
+    mean = mean - center(spec, mean.dtype)
+    if isinstance(spec, NormalGamma):
+        return jnp.stack([mean, precision], axis=-1)[..., None, :]
+    return jnp.concatenate([mean[..., None], precision], axis=-1)
 
 
 @functools.partial(jax.tree_util.register_dataclass, data_fields=["eta"], meta_fields=["spec"])
@@ -131,9 +152,10 @@ class Factor:
             return {"mean": covariance @ eta[0], "covariance": covariance}
         mean, strength, scale_inverse, dof = expfam.normal_wishart_moments(eta)
         if isinstance(spec, NormalGamma):
-            return {"mean": mean[..., 0], "strength": strength, "shape": dof / 2,
+            return {"mean": mean[..., 0] + center(spec, mean.dtype), "strength": strength, "shape": dof / 2,
                     "rate": scale_inverse[..., 0, 0] / 2}
-        return {"mean": mean, "strength": strength, "scale": spd_inverse(scale_inverse), "dof": dof}
+        return {"mean": mean + center(spec, mean.dtype), "strength": strength, "scale": spd_inverse(scale_inverse),
+                "dof": dof}
 
     def _distribution(self):
         """The TFP distribution of the value (not for Wishart precisions: ``_wishart_*``)."""
@@ -188,14 +210,7 @@ class Factor:
 
     def log_prob(self, value):
         """log q(value) per factor; ``value`` as ``log_joint`` receives it."""
-        spec = self.spec
-        if isinstance(spec, NormalWishart):
-            mean, precision = value
-            value = jnp.concatenate([mean[..., None], precision], axis=-1)
-        elif isinstance(spec, NormalGamma):
-            mean, precision = value
-            value = jnp.stack([mean, precision], axis=-1)[..., None, :]
-        return expfam.log_density(self._factor.family, self.eta, value)
+        return expfam.log_density(self._factor.family, self.eta, encoded(self.spec, value))
 
     def sample(self, key: jax.Array, n: int = 1):
         """``n`` draws, stacked on a leading axis (``sample_factors`` of this factor, once per key)."""

@@ -193,6 +193,7 @@ def test_bayesian_gmm_equals_scikit_learn_iteration_by_iteration(iris, K):
             peer._m_step(iris, log_resp)
             components, (weights,) = state.factors
             mean, strength, scale_inverse, dof = expfam.normal_wishart_moments(components)
+            mean = mean + np.asarray(model.latent["theta"].latent["components"].center)  # q's are of mu - center
             np.testing.assert_allclose(weights + 1, peer.weight_concentration_, rtol=1e-9)
             np.testing.assert_allclose(strength, peer.mean_precision_, rtol=1e-9)
             np.testing.assert_allclose(dof, peer.degrees_of_freedom_, rtol=1e-9)
@@ -249,6 +250,39 @@ def test_float32_bayesian_mixture_bound_never_falls_and_switches_off_surplus_com
         truth = jaxvi.CAVI().bound(jaxvi.models.bayesian_gaussian_mixture(x32.astype(np.float64), 8), {}, factors,
                                    jnp.asarray(x32, jnp.float64))
     assert abs(float(result.objective) - float(truth)) <= RESOLUTION_ULPS * np.finfo(np.float32).eps * abs(truth)
+
+
+@pytest.mark.parametrize("covariance", ["full", "diag"])
+def test_float32_bayesian_mixture_of_data_far_from_the_origin_is_fitted_as_near_it(iris, covariance):
+    """Iris moved to 1,000, in float32: the components' factors are taken about the data's mean (their ``center``),
+    so their natural parameters keep the digits that b m m^T + W^-1 about 0 loses (the fit was refused: a prior
+    "not finite" at 1,000; at 300 its bound fell by 280 units in its last place). The data themselves are held to
+    float32's spacing at 1,000 (6.1e-5), which moves each datum's log-density by about that over the smallest
+    feature's spread: the bound is resolved to N times that (0.021 nats; measured: 0.0035 from float64, and 6-9,
+    13-28 and 67-80 units in the last place at 100, 300 and 1,000, at 0 1-2.5). To that, the bound never falls, and
+    it equals the float64 bound of the same q (its means moved back by 1,000, exactly) on the same data at 0."""
+    x32 = (iris + 1000.0).astype(np.float32)
+    model = jaxvi.models.bayesian_gaussian_mixture(x32, 4, covariance)
+    result = fit(model, jnp.asarray(x32), max_iter=100, tol=1e-5)
+    trace = np.asarray(result.trace, np.float64)[:int(result.n_iter) + 1]
+    resolution = len(x32) * np.spacing(np.float32(1000.0)) / iris.std(0).min()
+    assert np.all(np.diff(trace) >= -resolution) and trace[-1] - trace[0] > 100 * resolution
+    q = {name: factor.parameters() for name, factor in result.posterior().globals["theta"].items()}
+    with jax.enable_x64(True):
+        x64 = x32.astype(np.float64) - 1000.0
+        near = jaxvi.models.bayesian_gaussian_mixture(x64, 4, covariance)
+        center = np.asarray(near.latent["theta"].latent["components"].center)
+        p = {key: np.asarray(value, np.float64) for key, value in q["components"].items()}
+        if covariance == "full":
+            scale_inverse, dof, mean = np.linalg.inv(p["scale"]), p["dof"], p["mean"]
+        else:  # a Normal-Gamma per dimension: the Normal-Wishart with d = 1
+            scale_inverse, dof, mean = 2 * p["rate"][..., None, None], 2 * p["shape"], p["mean"][..., None]
+            center = center[:, None]
+        components = expfam.normal_wishart_natural(jnp.asarray(mean - 1000.0 - center), jnp.asarray(p["strength"]),
+                                                   jnp.asarray(scale_inverse), jnp.asarray(dof))
+        weights = (jnp.asarray(q["weights"]["concentration"], jnp.float64) - 1,)
+        truth = jaxvi.CAVI().bound(near, {}, (tuple(components), weights), jnp.asarray(x64))
+    assert abs(float(result.objective) - float(truth)) <= resolution
 
 
 @pytest.fixture(scope="module")
@@ -433,14 +467,17 @@ def test_variational_gaussian_hmm_equals_hmmlearn_iteration_by_iteration():
     peer._init(flat, lengths)
     peer.init_params = ""
 
-    def posteriors():  # hmmlearn's factors as natural parameters: emissions, start, transitions
-        emissions = expfam.normal_wishart_natural(jnp.asarray(peer.means_posterior_), jnp.asarray(peer.beta_posterior_),
-                                                  jnp.asarray(peer.scale_posterior_), jnp.asarray(peer.dof_posterior_))
+    def posteriors():  # hmmlearn's factors as natural parameters (means less center): emissions, start, transitions
+        emissions = expfam.normal_wishart_natural(jnp.asarray(peer.means_posterior_ - center),
+                                                  jnp.asarray(peer.beta_posterior_), jnp.asarray(peer.scale_posterior_),
+                                                  jnp.asarray(peer.dof_posterior_))
         return (tuple(emissions), (jnp.asarray(peer.startprob_posterior_) - 1,),
                 (jnp.asarray(peer.transmat_posterior_) - 1,))
 
     with jax.enable_x64(True):
         model = jaxvi.models.variational_gaussian_hmm(3, 2, mean_prior=flat.mean(0))
+        center = np.asarray(model.latent["theta"].latent["emissions"].center)
+        np.testing.assert_array_equal(center, flat.mean(0))
         method, data = jaxvi.CAVI(), jnp.asarray(sequences)
         dropped = -0.5 * flat.size * np.log(2 * np.pi)
         state = jax.jit(lambda d: method.init(model, KEY, d))(data)
