@@ -263,8 +263,7 @@ class NormalGamma:
 
     def __post_init__(self):
         object.__setattr__(self, "shape", _shape("NormalGamma(shape)", self.shape))
-        sizes = ((1,),) + ((self.shape[-1],),) if self.shape else ((1,),)
-        object.__setattr__(self, "center", _center("NormalGamma(center)", self.center, *sizes))
+        object.__setattr__(self, "center", _center("NormalGamma(center)", self.center, (1,), self.shape[-1:] or (1,)))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -845,9 +845,9 @@ def _draws(factors: tuple[FactorSpec, ...], etas: tuple, key: jax.Array) -> tupl
 
 
 def _encoded(factor: FactorSpec, value) -> jax.Array:
-    """A draw as ``log_joint`` receives it, in the family's layout (``factors.encoded``)."""
-    if isinstance(value, tuple):  # (mean, precision) back to [mu - center | L]
-        return encoded(factor.spec, value)
+    """A draw as ``log_joint`` receives it, in the family's layout (``factors.encoded``: a Normal-Wishart's
+    (mean, precision) as [mean - center | precision])."""
+    value = encoded(factor.spec, value)
     if factor.family is expfam.DIRICHLET:  # a draw under small concentrations underflows to 0, and log 0 = -inf
         return jnp.maximum(value, jnp.finfo(value.dtype).tiny)
     return value

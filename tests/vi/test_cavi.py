@@ -496,6 +496,10 @@ def test_variational_gaussian_hmm_equals_hmmlearn_iteration_by_iteration():
     (lambda: jaxvi.Gamma(shape=(2, -1)), r"Gamma\(shape\): expected a tuple of integers >= 1, got \(2, -1\)"),
     (lambda: jaxvi.Wishart(2.5), r"Wishart\(d\): expected an integer >= 1, got 2.5"),
     (lambda: jaxvi.NormalWishart(3, shape="K"), r"NormalWishart\(shape\): expected a tuple of integers"),
+    (lambda: jaxvi.NormalWishart(3, center=(0.0, 1.0)), r"NormalWishart\(center\): expected None or finite numbers "
+                                                         r"of shape \(3,\), got \(0.0, 1.0\)"),
+    (lambda: jaxvi.NormalGamma((4, 2), center=float("nan")), r"NormalGamma\(center\): expected None or finite "
+                                                              r"numbers of shape \(1,\) or \(2,\), got nan"),
     (lambda: jaxvi.CAVI(start="kmeans"), r"CAVI\(start\): expected one of \('prior', 'random'\), got 'kmeans'"),
     (lambda: jaxvi.CAVI(max_iter=0), r"CAVI\(max_iter\)"),
     (lambda: jaxvi.Global(jaxvi.Discrete(3), lambda params, z: 0.0), r"Global\(latent\): expected a Real spec"),
