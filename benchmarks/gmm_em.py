@@ -4,7 +4,8 @@ N=200,000, D=16, K=16, 20 iterations (tol=0, so both run exactly 20). Prints com
 directly, from JAX's compilation events), run time (the faster of two compiled repeats), the ratio and the final
 log-likelihood of both; then n_init=8 restarts (one vmapped jaxvi
 call against scikit-learn's sequential n_init=8). Peak memory is measured per fit in a fresh
-subprocess (ru_maxrss), so the two libraries do not share a high-water mark.
+subprocess (ru_maxrss), so the two libraries do not share a high-water mark; the --quick smoke run fits
+in one process (a process start costs more than its fits) and reports no peak memory.
 
 Usage: python benchmarks/gmm_em.py [--n 200000] [--json benchmarks/results/gmm_em.json]
 """
@@ -89,15 +90,22 @@ def fit_sklearn(x, seeds):
     return {"total_s": time.perf_counter() - t0, "log_likelihood": float(best), "n_iter": ITERS}
 
 
-def one_fit(library: str, restarts: int, n: int) -> dict:
+def one_fit(library: str, restarts: int, n: int, alone: bool = True) -> dict:
+    """One library's fit; ``alone``: in a process of its own, whose high-water mark is the fit's peak memory."""
     import warnings
 
     warnings.filterwarnings("ignore")
     x = make_data(n)
     seeds = list(range(restarts))
     out = fit_jaxvi(x, seeds) if library == "jaxvi" else fit_sklearn(x, seeds)
-    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 if alone else None
     return out
+
+
+def fit_in_a_process_of_its_own(library: str, restarts: int, n: int) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--n", str(n), "--child", library, str(restarts)],
+                         check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def main():
@@ -119,9 +127,8 @@ def main():
     rows = {}
     for restarts in (1, RESTARTS):
         for library in ("jaxvi", "sklearn"):
-            out = subprocess.run([sys.executable, __file__, "--n", str(args.n), "--child", library, str(restarts)],
-                                 check=True, capture_output=True, text=True).stdout
-            rows[(library, restarts)] = json.loads(out.strip().splitlines()[-1])
+            rows[(library, restarts)] = (one_fit(library, restarts, args.n, alone=False) if args.quick
+                                         else fit_in_a_process_of_its_own(library, restarts, args.n))
     machine = f"{cpu_model()}, {os.cpu_count()} cores ({platform.machine()}), jax device: {jax.devices()[0].device_kind}"
     lines = [f"# GMM EM benchmark: N={args.n}, D={D}, K={K}, {ITERS} iterations, full covariance",
              f"machine: {machine}; jax {jax.__version__}; scikit-learn {sklearn.__version__}", "",
@@ -129,7 +136,8 @@ def main():
              "|---|---|---|---|---|---|---|"]
     for (library, restarts), r in rows.items():
         lines.append(f"| {restarts} | {library} | {r.get('compile_s', 0):.2f} | {r.get('run_s', r['total_s']):.2f} | "
-                     f"{r['total_s']:.2f} | {r['log_likelihood']:.6f} | {r['peak_rss_mb']:.0f} |")
+                     f"{r['total_s']:.2f} | {r['log_likelihood']:.6f} | "
+                     f"{'-' if r['peak_rss_mb'] is None else format(r['peak_rss_mb'], '.0f')} |")
     lines.append("")
     summary = {}
     for restarts in (1, RESTARTS):
