@@ -64,9 +64,11 @@ def fit_jaxvi(args) -> dict:
             state, info = method.step(model, key, state, data, num_data=args.n)
             return state, info.objective
 
-        state, bounds = jax.lax.scan(body, state, None, length=args.iters)
-        # the bound of the final factors, as scikit-learn's fit ends on an E-step
-        return method.bound(model, {}, state.factors, data), state.factors, bounds
+        # iters + 1 steps, as infer runs CAVI(max_iter=iters): a step evaluates the bound of the factors it starts
+        # from, so the last evaluates those of the iters-th update (scikit-learn's fit ends on that E-step too), and
+        # its own update is left unevaluated; no separate program for the final bound
+        state, bounds = jax.lax.scan(body, state, None, length=args.iters + 1)
+        return state.bound, state.evaluated_factors, bounds
 
     # restarts as infer runs them: one restart unbatched, several vmapped, or one after another where batched LAPACK
     # can deadlock (CAVI(restarts)); the data an argument, as infer passes them (closed over, they would be compiled
