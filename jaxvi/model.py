@@ -118,8 +118,7 @@ def check_data(data: PyTree) -> PyTree:
         if not isinstance(leaf, jax.Array):  # jax arrays stay where they are (a sharded one stays sharded)
             leaf = np.asarray(leaf)
         if not isinstance(leaf, jax.core.Tracer):
-            if not (np.issubdtype(leaf.dtype, np.number) or leaf.dtype == np.bool_):
-                raise ValueError(f"{path}: expected a numeric array, got dtype {leaf.dtype}")
+            _check_dtype(path, leaf.dtype)
         if leaf.ndim == 0:
             raise ValueError(f"{path}: expected a leading datum axis (rank >= 1), got a scalar")
         arrays.append(leaf)
@@ -215,6 +214,17 @@ def _in_host_memory(a) -> bool:
 def _all_finite(leaves: list) -> jax.Array:
     """Whether each array is finite everywhere: one compiled call for all the data's leaves."""
     return jnp.stack([jnp.all(jnp.isfinite(a)) for a in leaves])
+
+
+def _check_dtype(path: str, dtype) -> None:
+    """Data are float32 or float64, integers or booleans. float16 and bfloat16 keep 3 and 2 significant digits, too few
+    for the sums over data and the linear algebra of a fit (LAPACK has no float16: XLA would refuse it deep inside)."""
+    if dtype in (np.float32, np.float64) or np.issubdtype(dtype, np.integer) or dtype == np.bool_:
+        return
+    if jnp.issubdtype(dtype, jnp.floating):
+        raise ValueError(f"{path}: expected float32 or float64 values, got {dtype}, too coarse for a fit's sums and "
+                         f"linear algebra; cast it: .astype(numpy.float32)")
+    raise ValueError(f"{path}: expected a numeric array, got dtype {dtype}")
 
 
 def _check_sequences(data: Sequences) -> Sequences:

@@ -33,6 +33,9 @@ def fit(model=MODEL, data=GOOD, method=None, key=KEY, **kwargs):
     ({"a": GOOD, "b": GOOD[:5]}, r"data: every leaf needs the same leading \(datum\) axis"),
     ({}, r"data: expected an array or a pytree of arrays"),
     (np.array([["a", "b"]]), r"data: expected a numeric array"),
+    (np.ones((20, 2), np.complex64), r"data: expected a numeric array, got dtype complex64"),
+    (GOOD.astype(np.float16), r"data: expected float32 or float64 values, got float16"),  # LAPACK has no float16
+    (jnp.asarray(GOOD, jnp.bfloat16), r"data: expected float32 or float64 values, got bfloat16"),
 ])
 def test_bad_data(bad, message):
     with pytest.raises(ValueError, match=message):

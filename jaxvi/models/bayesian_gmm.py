@@ -20,6 +20,7 @@ from jax.scipy.special import gammaln, multigammaln
 
 from jaxvi.latents import Dirichlet, Discrete, Global, NormalGamma, NormalWishart
 from jaxvi.model import Model
+from jaxvi.models import priors
 
 __all__ = ["bayesian_gaussian_mixture", "wishart_log_prob"]
 
@@ -75,14 +76,19 @@ def bayesian_gaussian_mixture(data, K: int, covariance: str = "full", *, weight_
         raise ValueError(f"K: expected an integer >= 1, got {K!r}")
     d = x.shape[1]
     dtype = x.dtype
-    alpha0 = jnp.asarray(1.0 / K if weight_concentration is None else weight_concentration, dtype)
-    beta0 = jnp.asarray(mean_precision, dtype)
-    m0 = jnp.asarray(x.mean(0) if mean is None else mean, dtype)
-    nu0 = jnp.asarray(d if degrees_of_freedom is None else degrees_of_freedom, dtype)
+    alpha0 = priors.numbers("weight_concentration", 1.0 / K if weight_concentration is None else weight_concentration,
+                            (), dtype, above=0)
+    beta0 = priors.numbers("mean_precision", mean_precision, (), dtype, above=0)
+    m0 = priors.numbers("mean", x.mean(0) if mean is None else mean, (d,), dtype)
+    # a proper Wishart needs nu0 > D - 1; the Gamma of each dimension ("diag") a shape nu0 / 2 > 0
+    nu0 = priors.numbers("degrees_of_freedom", d if degrees_of_freedom is None else degrees_of_freedom, (), dtype,
+                         above=d - 1 if covariance == "full" else 0)
     cov = np.atleast_2d(np.cov(x.T)) if covariance_prior is None else np.asarray(covariance_prior)
     if covariance == "diag" and cov.ndim == 2:
         cov = np.diag(cov)
-    psi0 = jnp.asarray(cov, dtype)
+    name = "covariance_prior" if covariance_prior is not None else "covariance_prior (default: the data's covariance)"
+    psi0 = (priors.spd_matrices(name, cov, (d, d), dtype) if covariance == "full"
+            else priors.numbers(name, cov, (d,), dtype, above=0))
     # the likelihood's expansion point (_normal_log_prob), and where q's natural parameters are taken about (the
     # components' ``center``: float32 keeps their digits with data far from 0)
     center = jnp.asarray(x.mean(0), dtype)

@@ -20,6 +20,7 @@ from jax.scipy.special import gammaln
 
 from jaxvi.latents import Dirichlet, Global, OneHot
 from jaxvi.model import Model, check_values
+from jaxvi.models import priors
 
 __all__ = ["bag_of_words", "lda", "lda_perplexity", "lda_top_words"]
 
@@ -97,8 +98,10 @@ def lda(docs, K: int, V: int, *, doc_topic_prior=None, topic_word_prior=None) ->
     if ids.size and (ids.min() < 0 or ids.max() >= V):
         raise ValueError(f"docs: expected word ids in [0, V) = [0, {V}), got ids in [{ids.min()}, {ids.max()}]")
     dtype = counts.dtype if np.issubdtype(counts.dtype, np.floating) else np.float32
-    alpha = jnp.asarray(1.0 / K if doc_topic_prior is None else doc_topic_prior, dtype)
-    eta = jnp.asarray(1.0 / K if topic_word_prior is None else topic_word_prior, dtype)
+    alpha = priors.numbers("doc_topic_prior", 1.0 / K if doc_topic_prior is None else doc_topic_prior, (K,), dtype,
+                           above=0)
+    eta = priors.numbers("topic_word_prior", 1.0 / K if topic_word_prior is None else topic_word_prior, (V,), dtype,
+                         above=0)
 
     def log_prior(params, topics):
         return jnp.sum(_dirichlet_log_prob(jnp.log(topics), eta))

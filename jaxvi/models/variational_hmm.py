@@ -18,6 +18,7 @@ from jax.scipy.special import gammaln
 
 from jaxvi.latents import Dirichlet, Global, Markov, NormalWishart
 from jaxvi.model import Model, check_values
+from jaxvi.models import priors
 from jaxvi.models.bayesian_gmm import _normal_log_prob, wishart_log_prob
 
 __all__ = ["variational_categorical_hmm", "variational_gaussian_hmm"]
@@ -38,8 +39,8 @@ def _log_move(theta, prev, state):
     return jnp.log(theta["start"][state]) if prev is None else jnp.log(theta["transitions"][prev, state])
 
 
-def _concentration(value, default, shape) -> jnp.ndarray:
-    return jnp.broadcast_to(jnp.asarray(default if value is None else value, jnp.result_type(float)), shape)
+def _concentration(name, value, default, shape) -> jnp.ndarray:
+    return priors.numbers(name, default if value is None else value, shape, jnp.result_type(float), above=0)
 
 
 def variational_categorical_hmm(K: int, num_symbols: int, *, start_prior=None, transition_prior=None,
@@ -54,9 +55,9 @@ def variational_categorical_hmm(K: int, num_symbols: int, *, start_prior=None, t
     for name, value in (("K", K), ("num_symbols", num_symbols)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
-    a_start = _concentration(start_prior, 1.0 / K, (K,))
-    a_trans = _concentration(transition_prior, 1.0 / K, (K, K))
-    a_emit = _concentration(emission_prior, 1.0 / num_symbols, (K, num_symbols))
+    a_start = _concentration("start_prior", start_prior, 1.0 / K, (K,))
+    a_trans = _concentration("transition_prior", transition_prior, 1.0 / K, (K, K))
+    a_emit = _concentration("emission_prior", emission_prior, 1.0 / num_symbols, (K, num_symbols))
 
     def log_prior(params, theta):
         return _chain_log_prior(theta, a_start, a_trans) + _dirichlet_log_prob(theta["emissions"], a_emit)
@@ -89,12 +90,13 @@ def variational_gaussian_hmm(K: int, d: int, *, start_prior=None, transition_pri
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
     real = jnp.result_type(float)
-    a_start = _concentration(start_prior, 1.0 / K, (K,))
-    a_trans = _concentration(transition_prior, 1.0 / K, (K, K))
-    m0 = jnp.broadcast_to(jnp.asarray(mean_prior, real), (K, d))
-    b0 = jnp.broadcast_to(jnp.asarray(mean_precision, real), (K,))
-    nu0 = jnp.broadcast_to(jnp.asarray(d if degrees_of_freedom is None else degrees_of_freedom, real), (K,))
-    psi0 = jnp.broadcast_to(1e-3 * jnp.eye(d, dtype=real) if scale is None else jnp.asarray(scale, real), (K, d, d))
+    a_start = _concentration("start_prior", start_prior, 1.0 / K, (K,))
+    a_trans = _concentration("transition_prior", transition_prior, 1.0 / K, (K, K))
+    m0 = priors.numbers("mean_prior", mean_prior, (K, d), real)
+    b0 = priors.numbers("mean_precision", mean_precision, (K,), real, above=0)
+    nu0 = priors.numbers("degrees_of_freedom", d if degrees_of_freedom is None else degrees_of_freedom, (K,), real,
+                         above=d - 1)  # a proper Wishart
+    psi0 = priors.spd_matrices("scale", 1e-3 * np.eye(d) if scale is None else scale, (K, d, d), real)
 
     def log_prior(params, theta):
         means, precisions = theta["emissions"]

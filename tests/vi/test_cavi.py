@@ -321,7 +321,7 @@ def test_restarts_run_in_sequence_where_batched_lapack_can_deadlock_or_data_are_
     """By default a Bayesian mixture's restarts are vmapped (where batched LAPACK is safe); LDA's, whose documents
     are swept until each converges, run one after another."""
     from jaxvi._xla import batched_lapack_may_deadlock
-    mixture = jaxvi.models.bayesian_gaussian_mixture(np.zeros((5, 2)), 2)
+    mixture = jaxvi.models.bayesian_gaussian_mixture(np.eye(5, 2), 2)
     topics = jaxvi.models.lda(jaxvi.models.bag_of_words(np.ones((2, 4))), 2, 4)
     assert jaxvi.CAVI().restarts_in_sequence(mixture) == batched_lapack_may_deadlock()
     assert jaxvi.CAVI().restarts_in_sequence(topics) is True
@@ -507,5 +507,49 @@ def test_variational_gaussian_hmm_equals_hmmlearn_iteration_by_iteration():
     (lambda: jaxvi.models.bayesian_linear_regression(2, noise_rate=-1.0), r"noise_rate: expected a number > 0, got -1.0"),
 ])
 def test_bad_specs_and_settings_are_refused_with_their_names(build, message):
+    with pytest.raises(ValueError, match=message):
+        build()
+
+
+_X = np.random.default_rng(0).normal(size=(20, 2))
+_DOCS = jaxvi.models.bag_of_words(np.random.default_rng(0).poisson(1.0, (6, 5)))
+
+
+@pytest.mark.parametrize("build, message", [
+    (lambda: jaxvi.models.bayesian_gaussian_mixture(_X, 2, weight_concentration=0),
+     r"weight_concentration: expected finite numbers > 0, got 0"),
+    (lambda: jaxvi.models.bayesian_gaussian_mixture(_X, 2, mean_precision=-1.0),
+     r"mean_precision: expected finite numbers > 0, got -1"),
+    (lambda: jaxvi.models.bayesian_gaussian_mixture(_X, 2, mean=[0.0, 1.0, 2.0]),
+     r"mean: expected a number or an array of shape \(2,\), got \[0.0, 1.0, 2.0\]"),
+    (lambda: jaxvi.models.bayesian_gaussian_mixture(_X, 2, degrees_of_freedom=0.5),  # a Wishart in D = 2: > 1
+     r"degrees_of_freedom: expected finite numbers > 1, got 0.5"),
+    (lambda: jaxvi.models.bayesian_gaussian_mixture(_X, 2, "diag", degrees_of_freedom=0.0),
+     r"degrees_of_freedom: expected finite numbers > 0, got 0"),
+    (lambda: jaxvi.models.bayesian_gaussian_mixture(_X, 2, covariance_prior=[[1.0, 2.0], [2.0, 1.0]]),
+     r"covariance_prior: expected symmetric positive definite 2 x 2 matrices, got one that is not positive definite "
+     r"\(smallest eigenvalue -1\)"),
+    (lambda: jaxvi.models.bayesian_gaussian_mixture(_X, 2, covariance_prior=[[1.0, 0.5], [0.0, 1.0]]),
+     r"covariance_prior: expected symmetric positive definite 2 x 2 matrices, got a matrix that is not symmetric"),
+    (lambda: jaxvi.models.bayesian_gaussian_mixture(np.c_[_X, np.ones(20)], 2),  # a constant feature
+     r"covariance_prior \(default: the data's covariance\): expected symmetric positive definite 3 x 3 matrices"),
+    (lambda: jaxvi.models.bayesian_gaussian_mixture(_X, 2, "diag", covariance_prior=[1.0, 0.0]),
+     r"covariance_prior: expected finite numbers > 0, got 0"),
+    (lambda: jaxvi.models.lda(_DOCS, 2, 5, doc_topic_prior=-1.0), r"doc_topic_prior: expected finite numbers > 0, got -1"),
+    (lambda: jaxvi.models.lda(_DOCS, 2, 5, topic_word_prior=[0.1] * 4),
+     r"topic_word_prior: expected a number or an array of shape \(5,\)"),
+    (lambda: jaxvi.models.variational_categorical_hmm(2, 3, transition_prior=0.0),
+     r"transition_prior: expected finite numbers > 0, got 0"),
+    (lambda: jaxvi.models.variational_gaussian_hmm(2, 3, degrees_of_freedom=1.5),  # a Wishart in d = 3: > 2
+     r"degrees_of_freedom: expected finite numbers > 2, got 1.5"),
+    (lambda: jaxvi.models.variational_gaussian_hmm(2, 2, scale=-np.eye(2)),
+     r"scale: expected symmetric positive definite 2 x 2 matrices, got one that is not positive definite"),
+    (lambda: jaxvi.models.variational_gaussian_hmm(2, 2, mean_prior=float("nan")),
+     r"mean_prior: expected finite numbers, got nan"),
+])
+def test_improper_or_misshapen_priors_of_the_zoo_are_refused_with_their_names(build, message):
+    """A prior hyperparameter out of its family's range (a Dirichlet's concentration <= 0, a Wishart's degrees of
+    freedom <= D - 1, a scale matrix that is not positive definite) is refused where the model is built, by name, not
+    later by CAVI as "not conjugate" (or, for the degrees of freedom, not at all)."""
     with pytest.raises(ValueError, match=message):
         build()
