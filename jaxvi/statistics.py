@@ -11,6 +11,11 @@ M-step gives ``collect`` (the sums over one chunk of data, from that chunk's exa
 - ``OnlineEM`` (Cappé & Moulines 2009) keeps a running average of minibatch statistics,
   :math:`\hat s_t = (1 - \rho_t)\hat s_{t-1} + \rho_t \tfrac{N}{B} s(\text{batch}_t)`,
   :math:`\rho_t = (t + 1)^{-\kappa}`, and takes θ_t = maximize(ŝ_t): one pass can suffice.
+
+Sums of raw moments (:math:`\sum_i x_i x_i^\top`) of data far from the origin relative to their spread keep none
+of the spread's digits in float32. A ``Statistics`` with a ``shift`` takes its sums about a point near the data
+(a mixture's component means): ``EM`` about the current θ's, recomputed every iteration; ``OnlineEM``, whose running
+average mixes the statistics of many steps, about its initial θ's, fixed for the run.
 """
 from __future__ import annotations
 
@@ -36,10 +41,30 @@ class Statistics(NamedTuple):
         (leading datum axis) under its exact posterior, as SUMS over the chunk (so chunks add up).
       maximize: ``maximize(params, stats, n) -> params``: θ maximising Q given the statistics of all
         n data (the current params are given for parts the statistics do not determine).
+      shift: optional, ``shift(params) -> point``: the point the sums are taken about (module docstring); where
+        given, jaxvi calls ``collect(params, chunk, posterior, shift=point)`` and ``maximize(params, stats, n,
+        shift=point)`` with the point of the θ that ``EM`` or ``OnlineEM`` takes it from.
     """
 
-    collect: Callable[[PyTree, PyTree, Any], PyTree]
-    maximize: Callable[[PyTree, PyTree, Any], PyTree]
+    collect: Callable[..., PyTree]
+    maximize: Callable[..., PyTree]
+    shift: Callable[[PyTree], PyTree] | None = None
+
+    def point(self, params: PyTree) -> PyTree:
+        """The point ``params`` give the sums (None without a ``shift``)."""
+        return None if self.shift is None else self.shift(params)
+
+    def collect_about(self, point: PyTree, params: PyTree, chunk: PyTree, posterior) -> PyTree:
+        """``collect``, about ``point`` where the statistics have a ``shift``."""
+        if self.shift is None:
+            return self.collect(params, chunk, posterior)
+        return self.collect(params, chunk, posterior, shift=point)
+
+    def maximize_about(self, point: PyTree, params: PyTree, stats: PyTree, n) -> PyTree:
+        """``maximize``, of sums about ``point`` where the statistics have a ``shift``."""
+        if self.shift is None:
+            return self.maximize(params, stats, n)
+        return self.maximize(params, stats, n, shift=point)
 
 
 class StreamedEStep(NamedTuple):

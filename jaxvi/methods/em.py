@@ -18,6 +18,7 @@ to raise Q is rejected (θ is kept), so log p(D) never decreases; rejections are
 from __future__ import annotations
 
 import dataclasses
+import functools
 import warnings
 from typing import Any, Callable, NamedTuple
 
@@ -208,13 +209,15 @@ class EM:
         dtype = state.log_evidence.dtype
         prior = model.total_log_prior(state.params)
         if isinstance(self.m_step, Statistics):
-            streamed = streamed_e_step(model, state.params, data, self.chunk_size, self.m_step.collect,
+            point = self.m_step.point(state.params)  # the sums about θ_t's point: recomputed every iteration
+            streamed = streamed_e_step(model, state.params, data, self.chunk_size,
+                                       functools.partial(self.m_step.collect_about, point),
                                        exact.differentiable_for(model.latent, data, self.max_iter + 1))
             log_evidence = (streamed.log_evidence + prior).astype(dtype)
             evidence_ok = jnp.isfinite(log_evidence) & (streamed.bad_start < 0)
 
             def m_step():
-                new = self.m_step.maximize(state.params, streamed.stats, num_data_of(data))
+                new = self.m_step.maximize_about(point, state.params, streamed.stats, num_data_of(data))
                 return _like(new, state.params, "EM(m_step=Statistics).maximize"), jnp.array(False)
 
             def fault_of(leaf_finite):

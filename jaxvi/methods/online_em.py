@@ -44,11 +44,14 @@ class OnlineEMState(NamedTuple):
       params: θ_t.
       stats: the running average of the scaled minibatch statistics, :math:`\\hat s_{t-1}`.
       count: steps taken (t), for the step size :math:`\\rho_t`.
+      shift: the point the statistics are summed about (``Statistics.shift``), the initial θ's, fixed for the run:
+        the running average mixes every step's statistics, which must all be about one point (None without one).
     """
 
     params: PyTree
     stats: PyTree
     count: jax.Array
+    shift: PyTree = None
 
 
 class OnlineEMDiagnostics(NamedTuple):
@@ -119,10 +122,11 @@ class OnlineEM:
         params = model.init(key, data) if params is None else params
         params = jax.tree_util.tree_map(lambda a: lax.convert_element_type(a, jnp.result_type(a)), params)
         batch = jax.tree_util.tree_map(lambda a: a[: self.batch_size], data)
-        shapes = jax.eval_shape(lambda p, b: self.statistics.collect(
-            p, b, exact.posterior(model.log_joint, model.latent, p, b)), params, batch)
+        point = self.statistics.point(params)
+        shapes = jax.eval_shape(lambda p, b: self.statistics.collect_about(
+            point, p, b, exact.posterior(model.log_joint, model.latent, p, b)), params, batch)
         return OnlineEMState(params, jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes),
-                             jnp.array(0, jnp.int32))
+                             jnp.array(0, jnp.int32), point)
 
     def step(self, model: Model, key: jax.Array, state: OnlineEMState, batch: PyTree, *, num_data
              ) -> tuple[OnlineEMState, Info]:
@@ -138,9 +142,10 @@ class OnlineEM:
         datum_ok = jnp.isfinite(post.log_evidence)
         evidence_ok = jnp.all(datum_ok) & jnp.isfinite(estimate) & exact.all_well_posed(post)
         rho = (state.count + 1.0) ** -self.step_size_power
-        batch_stats = self.statistics.collect(state.params, rows, post)
+        batch_stats = self.statistics.collect_about(state.shift, state.params, rows, post)
         stats = jax.tree_util.tree_map(lambda s, b: (1 - rho) * s + rho * scale * b, state.stats, batch_stats)
-        new_params = _like(self.statistics.maximize(state.params, stats, num_data), state.params, "OnlineEM.maximize")
+        new_params = _like(self.statistics.maximize_about(state.shift, state.params, stats, num_data), state.params,
+                           "OnlineEM.maximize")
         leaf_finite = leaves_finite(new_params)
         kind = jnp.where(evidence_ok, jnp.where(jnp.all(leaf_finite), NO_FAULT, FAULT_PARAMS), FAULT_LOG_EVIDENCE)
         first_bad = jnp.argmin(datum_ok)
@@ -150,7 +155,7 @@ class OnlineEM:
                                 jnp.where(kind == FAULT_PARAMS, jnp.argmin(leaf_finite), -1)).astype(jnp.int32),
                       jnp.array(-1, jnp.int32))
         ok = kind == NO_FAULT
-        new_state = tree_where(ok, OnlineEMState(new_params, stats, state.count + 1), state)
+        new_state = tree_where(ok, OnlineEMState(new_params, stats, state.count + 1, state.shift), state)
         return new_state, Info(estimate, fault)
 
     def finalize(self, model: Model, key: jax.Array, state: OnlineEMState, data: PyTree) -> Result:

@@ -127,13 +127,13 @@ def factor_analysis(n_factors: int, *, init: str = "pca", update: str = "em") ->
     _check_options(init, update)
     latent = Gaussian(n_factors)
 
-    def em_maximize(params: FactorAnalysisParams, stats, n=None) -> FactorAnalysisParams:
-        coefficients, residual, count, variance = _regression(stats)
+    def em_maximize(params: FactorAnalysisParams, stats, n, shift) -> FactorAnalysisParams:
+        coefficients, residual, count, variance = _regression(stats, shift)
         noise = jnp.maximum(residual / count, _floor(variance))
         return FactorAnalysisParams(coefficients[:, -1], coefficients[:, :-1], jnp.log(noise))
 
-    def svd_maximize(params: FactorAnalysisParams, stats, n=None) -> FactorAnalysisParams:
-        mean, cov = _moments(stats)
+    def svd_maximize(params: FactorAnalysisParams, stats, n, shift) -> FactorAnalysisParams:
+        mean, cov = _moments(stats, shift)
         return _svd_update(params, mean, cov)
 
     def m_step(params: FactorAnalysisParams, data, post) -> FactorAnalysisParams:
@@ -155,7 +155,8 @@ def factor_analysis(n_factors: int, *, init: str = "pca", update: str = "em") ->
         noise = jnp.maximum(variance - jnp.sum(loadings**2, axis=1), _floor(variance))
         return FactorAnalysisParams(mean, loadings, jnp.log(noise))
 
-    statistics = (Statistics(_collect, em_maximize) if update == "em" else Statistics(_collect_moments, svd_maximize))
+    statistics = (Statistics(_collect, em_maximize, _mean) if update == "em"
+                  else Statistics(_collect_moments, svd_maximize, _mean))
     return LinearGaussian(Model(_log_joint, latent, init_params), m_step, statistics)
 
 
@@ -174,8 +175,8 @@ def ppca(n_components: int, *, init: str = "pca") -> LinearGaussian:
     _check_options(init, "em")
     latent = Gaussian(n_components)
 
-    def maximize(params: PPCAParams, stats, n=None) -> PPCAParams:
-        coefficients, residual, count, variance = _regression(stats)
+    def maximize(params: PPCAParams, stats, n, shift) -> PPCAParams:
+        coefficients, residual, count, variance = _regression(stats, shift)
         noise = jnp.maximum(jnp.sum(residual) / (count * residual.shape[0]), _floor(jnp.mean(variance)))
         return PPCAParams(coefficients[:, -1], coefficients[:, :-1], jnp.log(noise))
 
@@ -192,7 +193,7 @@ def ppca(n_components: int, *, init: str = "pca") -> LinearGaussian:
         mean, cov, loadings, noise = _pca(data, n_components)
         return PPCAParams(mean, loadings, jnp.log(jnp.maximum(noise, _floor(jnp.mean(jnp.diagonal(cov))))))
 
-    return LinearGaussian(Model(_log_joint, latent, init_params), m_step, Statistics(_collect, maximize))
+    return LinearGaussian(Model(_log_joint, latent, init_params), m_step, Statistics(_collect, maximize, _mean))
 
 
 def _log_joint(params, z, x):
@@ -228,33 +229,44 @@ def _pca(data: jax.Array, d: int) -> tuple[jax.Array, jax.Array, jax.Array, jax.
     return mean, cov, loadings, noise
 
 
-def _collect(params, data: jax.Array, post) -> dict:
-    r"""The sufficient statistics of a chunk, sums over it: with :math:`\tilde z = (z, 1)`,
-    :math:`A = \sum E[\tilde z \tilde z^\top]`, :math:`B = \sum x E[\tilde z]^\top`, :math:`\sum x^2`, :math:`\sum x`, n."""
+def _mean(params) -> jax.Array:
+    """The point the statistics are summed about (``Statistics.shift``): a θ's mean, near the data wherever they lie."""
+    return params.mean
+
+
+def _collect(params, data: jax.Array, post, shift) -> dict:
+    r"""The sufficient statistics of a chunk, sums over it, of the data about ``shift`` c (:math:`\tilde x = x - c`):
+    with :math:`\tilde z = (z, 1)`, :math:`A = \sum E[\tilde z \tilde z^\top]`, :math:`B = \sum \tilde x
+    E[\tilde z]^\top`, :math:`\sum \tilde x^2`, :math:`\sum \tilde x`, n."""
     n = data.shape[0]
+    about = data - shift.astype(data.dtype)
     mean, cov = post.mean.astype(data.dtype), post.covariance.astype(data.dtype)
     ez = jnp.concatenate([mean, jnp.ones((n, 1), data.dtype)], axis=1)
     a = jnp.einsum("ni,nj->ij", ez, ez).at[:-1, :-1].add(cov.sum(axis=0))
-    return {"a": a, "b": data.T @ ez, "xx": jnp.sum(data**2, axis=0), "x": jnp.sum(data, axis=0),
+    return {"a": a, "b": about.T @ ez, "xx": jnp.sum(about**2, axis=0), "x": jnp.sum(about, axis=0),
             "n": jnp.asarray(n, data.dtype)}
 
 
-def _collect_moments(params, data: jax.Array, post) -> dict:
-    r"""What ``update="svd"`` needs of a chunk (the posterior is not used): :math:`\sum x`, :math:`\sum x x^\top`, n."""
-    return {"x": jnp.sum(data, axis=0), "xx": data.T @ data, "n": jnp.asarray(data.shape[0], data.dtype)}
+def _collect_moments(params, data: jax.Array, post, shift) -> dict:
+    r"""What ``update="svd"`` needs of a chunk (the posterior is not used), about ``shift`` c: :math:`\sum \tilde x`,
+    :math:`\sum \tilde x \tilde x^\top`, n, with :math:`\tilde x = x - c`."""
+    about = data - shift.astype(data.dtype)
+    return {"x": jnp.sum(about, axis=0), "xx": about.T @ about, "n": jnp.asarray(data.shape[0], data.dtype)}
 
 
-def _moments(stats: dict) -> tuple[jax.Array, jax.Array]:
-    """The sample mean and covariance from ``_collect_moments``' sums (raw moments: centre far-off data first)."""
-    mean = stats["x"] / stats["n"]
-    return mean, stats["xx"] / stats["n"] - mean[:, None] * mean[None, :]
+def _moments(stats: dict, shift: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The sample mean and covariance from ``_collect_moments``' sums about ``shift``."""
+    moved = stats["x"] / stats["n"]
+    return shift.astype(moved.dtype) + moved, stats["xx"] / stats["n"] - moved[:, None] * moved[None, :]
 
 
-def _regression(stats: dict) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-    r"""``([W, mu], residual sum of squares per dimension, N, data variance per dimension)`` from the statistics."""
+def _regression(stats: dict, shift: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    r"""``([W, mu], residual sum of squares per dimension, N, data variance per dimension)`` from the statistics
+    about ``shift`` (the regression's intercept is of :math:`x - c`: mu is it plus c)."""
     coefficients = spd_solve(stats["a"], stats["b"].T).T  # B A^{-1}, A symmetric positive definite
     residual = stats["xx"] - jnp.sum(coefficients * stats["b"], axis=1)
     n = stats["n"]
+    coefficients = coefficients.at[:, -1].add(shift.astype(coefficients.dtype))
     return coefficients, residual, n, stats["xx"] / n - (stats["x"] / n) ** 2
 
 
@@ -264,7 +276,7 @@ def _direct_regression(params, data: jax.Array, post) -> tuple[jax.Array, jax.Ar
     non-negative terms, instead of the difference :math:`\sum x^2 - C B^\top` of two totals that can be
     10^5 times larger than it (a small noise variance, in float32: the noise lost whole digits and
     log p(D) fell between iterations). The in-memory M-step uses it; the streamed statistics cannot."""
-    coefficients, _, n, variance = _regression(_collect(params, data, post))
+    coefficients, _, n, variance = _regression(_collect(params, data, post, params.mean), params.mean)
     mean, cov = post.mean.astype(data.dtype), post.covariance.astype(data.dtype)
     loadings = coefficients[:, :-1]
     fitted = mean @ loadings.T + coefficients[:, -1]

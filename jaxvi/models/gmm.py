@@ -119,30 +119,36 @@ def gaussian_mixture(n_components: int, *, covariance: str = "full", init: str =
 
 
 def gmm_statistics(covariance: str = "full", reg_covar: float = 1e-6) -> Statistics:
-    r"""The M-step of ``gmm_m_step`` through the sums :math:`N_k = \sum_i r_{ik}`, :math:`\sum_i r_{ik} x_i`
-    and :math:`\sum_i r_{ik} x_i x_i^\top` (diag: :math:`\sum_i r_{ik} x_i^2`), which chunks of data add up.
+    r"""The M-step of ``gmm_m_step`` through the sums :math:`N_k = \sum_i r_{ik}`, :math:`\sum_i r_{ik} \tilde x_{ik}`
+    and :math:`\sum_i r_{ik} \tilde x_{ik} \tilde x_{ik}^\top` (diag: :math:`\sum_i r_{ik} \tilde x_{ik}^2`), which
+    chunks of data add up, of the data about each component's shift :math:`c_k`, :math:`\tilde x_{ik} = x_i - c_k`
+    (``Statistics.shift``: a θ's means, so the sums keep the components' spread in float32 wherever the data lie).
 
-    The covariance is then :math:`E[x x^\top] - \mu\mu^\top`: raw moments, so data far from the origin
-    relative to their spread lose float32 precision; centre the data first.
+    Then :math:`\mu_k = c_k + \bar{\tilde x}_k` and the covariance is
+    :math:`\overline{\tilde x \tilde x^\top}_k - \bar{\tilde x}_k \bar{\tilde x}_k^\top`, whose second term is
+    the square of the mean's move from :math:`c_k`: small where the shift is near the mean.
     """
-    def collect(params, data, posterior) -> dict:
+    def collect(params, data, posterior, shift) -> dict:
         resp = posterior.probs.astype(data.dtype)
-        second = (jnp.einsum("bk,bd,be->kde", resp, data, data) if covariance == "full" else resp.T @ data**2)
-        return {"n": resp.sum(axis=0), "x": resp.T @ data, "xx": second}
+        about = data[:, None, :] - shift[None].astype(data.dtype)                 # (b, K, D)
+        second = (jnp.einsum("bk,bkd,bke->kde", resp, about, about) if covariance == "full"
+                  else jnp.einsum("bk,bkd->kd", resp, about**2))
+        return {"n": resp.sum(axis=0), "x": jnp.einsum("bk,bkd->kd", resp, about), "xx": second}
 
-    def maximize(params, stats, n=None) -> GMMParams:
+    def maximize(params, stats, n, shift) -> GMMParams:
         nk = stats["n"] + 10 * jnp.finfo(stats["n"].dtype).eps
-        means = stats["x"] / nk[:, None]
+        moved = stats["x"] / nk[:, None]                                           # the means less the shift
+        means = shift.astype(moved.dtype) + moved
         if covariance == "full":
             eye = jnp.eye(means.shape[1], dtype=means.dtype)
-            cov = stats["xx"] / nk[:, None, None] - means[:, :, None] * means[:, None, :] + reg_covar * eye
+            cov = stats["xx"] / nk[:, None, None] - moved[:, :, None] * moved[:, None, :] + reg_covar * eye
             prec_chol = _precision_cholesky(cov)
         else:
-            var = stats["xx"] / nk[:, None] - means**2 + reg_covar
+            var = stats["xx"] / nk[:, None] - moved**2 + reg_covar
             prec_chol = jax.lax.rsqrt(jnp.maximum(var, reg_covar))
         return GMMParams(jnp.log(nk / nk.sum()), means, prec_chol)
 
-    return Statistics(collect, maximize)
+    return Statistics(collect, maximize, shift=lambda params: params.means)
 
 
 def gmm_m_step(covariance: str = "full", reg_covar: float = 1e-6, chunk_size: int | None = None) -> Callable:
