@@ -244,6 +244,12 @@ def _precision_cholesky(cov):
 
 
 def _square_distances(x, centers):
+    r""":math:`\|x_i - c_k\|^2` for every datum and center, expanded (one product of the data with the centers) about
+    the centers' mean m: :math:`\|\tilde x_i\|^2 - 2 \tilde x_i \cdot \tilde c_k + \|\tilde c_k\|^2`, with
+    :math:`\tilde x = x - m`, so that the terms are of the data's spread, not of their distance from the origin
+    (expanded about 0, float32 data at 10^4 with unit spread kept no digit of the distances)."""
+    about = jnp.mean(centers, axis=0)
+    x, centers = x - about, centers - about
     return jnp.sum(x**2, 1)[:, None] - 2 * x @ centers.T + jnp.sum(centers**2, 1)
 
 
@@ -282,11 +288,13 @@ def _lloyd(data, seeds, weights):
     center left without data stays put), until a round moves the centers by :math:`\sum_k \|c_k - c_k'\|^2 \le`
     ``KMEANS_TOL`` times the data's variance averaged over features (scikit-learn's ``KMeans`` tolerance; 0 for
     constant data: until no center moves), at most ``KMEANS_ROUNDS`` rounds. Rows of ``weights`` 0 (0 or 1 per
-    row) are left out. Returns the centers and the number of rounds."""
+    row) are left out. Returns the centers and the number of rounds. It runs on the data less their mean (its
+    result plus the mean), so that the centers' sums keep the data's spread in float32 wherever the data lie."""
     k = seeds.shape[0]
     count = sum_accurately(weights)
     mean = sum_accurately(weights[:, None] * data) / count
-    tolerance = KMEANS_TOL * jnp.mean(sum_accurately(weights[:, None] * (data - mean) ** 2) / count)
+    data, seeds = data - mean, seeds - mean
+    tolerance = KMEANS_TOL * jnp.mean(sum_accurately(weights[:, None] * data ** 2) / count)
 
     def round_(centers):
         nearest = jnp.argmin(_square_distances(data, centers), axis=1)
@@ -303,7 +311,7 @@ def _lloyd(data, seeds, weights):
         return rounds + 1, round_(centers), centers
 
     rounds, centers, _ = jax.lax.while_loop(moving, step, (1, round_(seeds), seeds))
-    return centers, rounds
+    return centers + mean, rounds
 
 
 def _random_points(key, data, k):
