@@ -379,3 +379,6 @@ def test_an_svi_posterior_of_per_datum_guides_is_of_the_data_fitted():
     with pytest.raises(ValueError, match=r"data: the fit has one q per datum for the 20 data it was fitted to; pass "
                                          r"those or none, got 10 data"):
         result.posterior(GOOD[:10])
+    with pytest.raises(ValueError, match=r"data: the fit has one q per datum for the 20 data it was fitted to; pass "
+                                         r"those, got 10 data"):
+        result.method.elbo(result, GOOD[:10], key=jax.random.key(0))

@@ -403,9 +403,8 @@ class SVI:
             local_q = exact.posterior(lambda p, z, x: model.log_joint(p, spec.parts.combine(z_global, z), x),
                                       spec.local.latent, result.params, data)
         elif isinstance(spec.local, Guided):
-            if data is not None and num_rows(data) != _rows_of(local_psi):  # its q_i belong to the data fitted
-                raise ValueError(f"data: the fit has one q per datum for the {_rows_of(local_psi)} data it was fitted "
-                                 f"to; pass those or none, got {num_rows(data)} data")
+            if data is not None:
+                _check_fitted_rows(local_psi, data, "pass those or none")
             space = spec.local.space
             space = latent_values(space.latent) if isinstance(space, Enumerated) else space
             local_q = FittedGuide(spec.local.guide, space, local_psi, False)
@@ -426,9 +425,8 @@ class SVI:
         data = check_new_data(result.model, result.params, data)
         spec = self.elbo_spec(result.model)
         global_psi, local_psi = _split_guide_params(result.guide_params, spec)
-        if local_psi is not None and _rows_of(local_psi) != num_rows(data):
-            raise ValueError(f"data: the fit has one q per datum for {_rows_of(local_psi)} data, got "
-                             f"{num_rows(data)} data")
+        if local_psi is not None:
+            _check_fitted_rows(local_psi, data, "pass those")
         return _evaluate(result.model, num_particles, self, result.params, global_psi, local_psi, data, key)
 
     def _optimizer(self) -> optax.GradientTransformation:
@@ -516,6 +514,14 @@ def _split_guide_params(guide_params, spec: ELBOSpec):
     if has_global and has_local:
         return guide_params.global_, guide_params.local
     return (guide_params if has_global else None), (guide_params if has_local else None)
+
+
+def _check_fitted_rows(local_psi, data, remedy: str) -> None:
+    """Raises ValueError (ending in ``remedy``) unless ``data`` has as many rows as the fit's per-datum guides: its q_i
+    belong to the data it was fitted to."""
+    if num_rows(data) != _rows_of(local_psi):
+        raise ValueError(f"data: the fit has one q per datum for the {_rows_of(local_psi)} data it was fitted to; "
+                         f"{remedy}, got {num_rows(data)} data")
 
 
 def _rows_of(tree) -> int:
