@@ -230,7 +230,8 @@ def _pca(data: jax.Array, d: int) -> tuple[jax.Array, jax.Array, jax.Array, jax.
 
 
 def _mean(params) -> jax.Array:
-    """The point the statistics are summed about (``Statistics.shift``): a θ's mean, near the data wherever they lie."""
+    """The point the statistics are summed about (``Statistics.shift``): a θ's mean, near the data wherever they
+    lie."""
     return params.mean
 
 
