@@ -107,9 +107,10 @@ def test_statistics_of_data_far_from_the_origin_keep_their_spread_in_float32(zoo
     """Data at 10^4 with unit spread: float32 sums of raw moments keep none of the spread's digits (the streamed GMM's
     precisions went non-finite at the first step; online EM's objective was 6.3e6 nats per datum off). Summed about
     a θ's means (``Statistics.shift``), the fit is the fit of the same float32 data moved to 0 (exactly) from the same
-    start moved alike, as EM's is (it commutes with moving the data): log p(D) / N equal to what float32 data at 10^4
-    resolve: their spacing s = 2^-10 moves a datum's quadratic form by about D s |x - mu| / sigma^2, random in sign,
-    so log p(D) / N by about D s / sqrt(N) (measured against float64 from the same start: at most 5.3e-6)."""
+    start moved alike, as EM's is (it commutes with moving the data), to what float32 resolves at 10^4: there the
+    means are held to its spacing s = 2^-10, and a mean off by s/2 moves a datum's quadratic form by about
+    s |x - mu| / sigma^2 per dimension, random in sign over the data, so log p(D) / N by about D s / sqrt(N) (when this
+    test was written the float32 fits far from 0 were also within 5.3e-6 of float64's from the same start)."""
     make = {"gmm full": lambda: jaxvi.models.gaussian_mixture(3), "gmm diag": lambda: jaxvi.models.gaussian_mixture(
         3, covariance="diag"), "factor analysis": lambda: jaxvi.models.factor_analysis(1),
             "factor analysis svd": lambda: jaxvi.models.factor_analysis(1, update="svd")}[zoo]

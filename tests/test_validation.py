@@ -36,6 +36,8 @@ def fit(model=MODEL, data=GOOD, method=None, key=KEY, **kwargs):
     (np.ones((20, 2), np.complex64), r"data: expected a numeric array, got dtype complex64"),
     (GOOD.astype(np.float16), r"data: expected float32 or float64 values, got float16"),  # LAPACK has no float16
     (jnp.asarray(GOOD, jnp.bfloat16), r"data: expected float32 or float64 values, got bfloat16"),
+    (GOOD.astype(">f4"), r"data: expected values in this machine's byte order, got dtype >f4; convert: "
+                         r"\.astype\(numpy\.float32\)"),
 ])
 def test_bad_data(bad, message):
     with pytest.raises(ValueError, match=message):

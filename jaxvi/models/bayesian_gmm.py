@@ -78,11 +78,13 @@ def bayesian_gaussian_mixture(data, K: int, covariance: str = "full", *, weight_
     dtype = x.dtype
     alpha0 = priors.numbers("weight_concentration", 1.0 / K if weight_concentration is None else weight_concentration,
                             (), dtype, above=0)
-    beta0 = priors.numbers("mean_precision", mean_precision, (), dtype, above=0)
-    m0 = priors.numbers("mean", x.mean(0) if mean is None else mean, (d,), dtype)
+    # "diag": every component's dimension its own Normal-Gamma, so these may differ per component and dimension
+    each = (d,) if covariance == "full" else (K, d)
+    beta0 = priors.numbers("mean_precision", mean_precision, () if covariance == "full" else each, dtype, above=0)
+    m0 = priors.numbers("mean", x.mean(0) if mean is None else mean, each, dtype)
     # a proper Wishart needs nu0 > D - 1; the Gamma of each dimension ("diag") a shape nu0 / 2 > 0
-    nu0 = priors.numbers("degrees_of_freedom", d if degrees_of_freedom is None else degrees_of_freedom, (), dtype,
-                         above=d - 1 if covariance == "full" else 0)
+    nu0 = priors.numbers("degrees_of_freedom", d if degrees_of_freedom is None else degrees_of_freedom,
+                         () if covariance == "full" else each, dtype, above=d - 1 if covariance == "full" else 0)
     cov = np.atleast_2d(np.cov(x.T)) if covariance_prior is None else np.asarray(covariance_prior)
     if covariance == "diag" and cov.ndim == 2:
         cov = np.diag(cov)

@@ -126,7 +126,8 @@ def gmm_statistics(covariance: str = "full", reg_covar: float = 1e-6) -> Statist
 
     Then :math:`\mu_k = c_k + \bar{\tilde x}_k` and the covariance is
     :math:`\overline{\tilde x \tilde x^\top}_k - \bar{\tilde x}_k \bar{\tilde x}_k^\top`, whose second term is
-    the square of the mean's move from :math:`c_k`: small where the shift is near the mean.
+    the square of the mean's move from :math:`c_k`: small where the shift is near the mean. A component that holds
+    no data keeps its shift as its mean (``gmm_m_step`` puts it at 0); its weight is 0 either way.
     """
     def collect(params, data, posterior, shift) -> dict:
         resp = posterior.probs.astype(data.dtype)

@@ -84,7 +84,8 @@ def lda(docs, K: int, V: int, *, doc_topic_prior=None, topic_word_prior=None) ->
       docs: ``(ids, counts)``, both ``(N, L)`` (``bag_of_words``).
       K: the number of topics; V: the vocabulary's size (every id below it).
       doc_topic_prior: :math:`\alpha`, a number or ``(K,)`` (scikit-learn's ``doc_topic_prior``, default 1/K).
-      topic_word_prior: :math:`\eta`, a number or ``(V,)`` (scikit-learn's ``topic_word_prior``, default 1/K).
+      topic_word_prior: :math:`\eta`, a number, ``(V,)`` or ``(K, V)`` (scikit-learn's ``topic_word_prior``, default
+        1/K; gensim's ``eta`` of every shape).
     """
     for name, value in (("K", K), ("V", V)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
@@ -100,8 +101,8 @@ def lda(docs, K: int, V: int, *, doc_topic_prior=None, topic_word_prior=None) ->
     dtype = counts.dtype if np.issubdtype(counts.dtype, np.floating) else np.float32
     alpha = priors.numbers("doc_topic_prior", 1.0 / K if doc_topic_prior is None else doc_topic_prior, (K,), dtype,
                            above=0)
-    eta = priors.numbers("topic_word_prior", 1.0 / K if topic_word_prior is None else topic_word_prior, (V,), dtype,
-                         above=0)
+    eta = priors.numbers("topic_word_prior", 1.0 / K if topic_word_prior is None else topic_word_prior, (K, V),
+                         dtype, above=0)
 
     def log_prior(params, topics):
         return jnp.sum(_dirichlet_log_prob(jnp.log(topics), eta))

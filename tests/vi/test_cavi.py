@@ -521,7 +521,7 @@ _DOCS = jaxvi.models.bag_of_words(np.random.default_rng(0).poisson(1.0, (6, 5)))
     (lambda: jaxvi.models.bayesian_gaussian_mixture(_X, 2, mean_precision=-1.0),
      r"mean_precision: expected finite numbers > 0, got -1"),
     (lambda: jaxvi.models.bayesian_gaussian_mixture(_X, 2, mean=[0.0, 1.0, 2.0]),
-     r"mean: expected a number or an array of shape \(2,\), got \[0.0, 1.0, 2.0\]"),
+     r"mean: expected a number or an array that broadcasts to shape \(2,\), got shape \(3,\)"),
     (lambda: jaxvi.models.bayesian_gaussian_mixture(_X, 2, degrees_of_freedom=0.5),  # a Wishart in D = 2: > 1
      r"degrees_of_freedom: expected finite numbers > 1, got 0.5"),
     (lambda: jaxvi.models.bayesian_gaussian_mixture(_X, 2, "diag", degrees_of_freedom=0.0),
@@ -538,7 +538,7 @@ _DOCS = jaxvi.models.bag_of_words(np.random.default_rng(0).poisson(1.0, (6, 5)))
     (lambda: jaxvi.models.lda(_DOCS, 2, 5, doc_topic_prior=-1.0),
      r"doc_topic_prior: expected finite numbers > 0, got -1"),
     (lambda: jaxvi.models.lda(_DOCS, 2, 5, topic_word_prior=[0.1] * 4),
-     r"topic_word_prior: expected a number or an array of shape \(5,\)"),
+     r"topic_word_prior: expected a number or an array that broadcasts to shape \(2, 5\), got shape \(4,\)"),
     (lambda: jaxvi.models.variational_categorical_hmm(2, 3, transition_prior=0.0),
      r"transition_prior: expected finite numbers > 0, got 0"),
     (lambda: jaxvi.models.variational_gaussian_hmm(2, 3, degrees_of_freedom=1.5),  # a Wishart in d = 3: > 2
@@ -554,3 +554,24 @@ def test_improper_or_misshapen_priors_of_the_zoo_are_refused_with_their_names(bu
     later by CAVI as "not conjugate" (or, for the degrees of freedom, not at all)."""
     with pytest.raises(ValueError, match=message):
         build()
+
+
+def test_priors_of_every_shape_that_broadcasts_are_taken():
+    """What the checks let through: per-component and per-dimension priors where the model's log prior broadcasts them
+    ("diag" mixtures; gensim's (K, V) topic-word prior), a traced prior (only its shape is checked), and a symmetric
+    positive definite matrix whose off-diagonal entries are rounding-sized."""
+    K, D = 2, 2
+    q = np.linalg.qr(np.random.default_rng(0).normal(size=(D, D)))[0]
+    jaxvi.models.bayesian_gaussian_mixture(_X, K, "diag", mean=np.zeros((K, D)), degrees_of_freedom=np.ones((K, D)),
+                                           mean_precision=np.ones((K, D)))
+    jaxvi.models.bayesian_gaussian_mixture(_X, K, covariance_prior=(q * 0.3) @ q.T)
+    jaxvi.models.lda(_DOCS, K, 5, topic_word_prior=np.full((K, 5), 0.1))
+
+    def built(prior):  # a model built inside a trace: the prior a tracer
+        jaxvi.models.lda(_DOCS, K, 5, doc_topic_prior=prior)
+        return prior
+
+    jax.make_jaxpr(built)(jnp.ones(K))
+    with pytest.raises(ValueError, match=r"doc_topic_prior: expected a number or an array that broadcasts to shape "
+                                         r"\(2,\), got shape \(3,\)"):
+        jax.make_jaxpr(built)(jnp.ones(3))
