@@ -219,9 +219,10 @@ def _all_finite(leaves: list) -> jax.Array:
 def _check_dtype(path: str, dtype) -> None:
     """Data are float32 or float64, integers or booleans. float16 and bfloat16 keep 3 and 2 significant digits, too few
     for the sums over data and the linear algebra of a fit (LAPACK has no float16: XLA would refuse it deep inside)."""
-    if not np.dtype(dtype).isnative:  # JAX takes arrays in this machine's byte order only
-        raise ValueError(f"{path}: expected values in this machine's byte order, got dtype {np.dtype(dtype).str}; "
-                         f"convert: .astype(numpy.{np.dtype(dtype).newbyteorder('=').name})")
+    dtype = np.dtype(dtype)
+    if not dtype.isnative:  # JAX takes arrays in this machine's byte order only
+        raise ValueError(f"{path}: expected values in this machine's byte order, got dtype {dtype.str}; "
+                         f"convert: .astype(numpy.{dtype.newbyteorder('=').name})")
     if dtype in (np.float32, np.float64) or np.issubdtype(dtype, np.integer) or dtype == np.bool_:
         return
     if jnp.issubdtype(dtype, jnp.floating):

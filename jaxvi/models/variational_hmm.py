@@ -39,9 +39,13 @@ def _log_move(theta, prev, state):
     return jnp.log(theta["start"][state]) if prev is None else jnp.log(theta["transitions"][prev, state])
 
 
+def _prior(name, value, shape, above=None) -> jnp.ndarray:
+    """A prior hyperparameter checked (``priors.numbers``) and broadcast to ``shape`` (one per state)."""
+    return jnp.broadcast_to(priors.numbers(name, value, shape, jnp.result_type(float), above=above), shape)
+
+
 def _concentration(name, value, default, shape) -> jnp.ndarray:
-    return jnp.broadcast_to(priors.numbers(name, default if value is None else value, shape, jnp.result_type(float),
-                                           above=0), shape)
+    return _prior(name, default if value is None else value, shape, above=0)
 
 
 def variational_categorical_hmm(K: int, num_symbols: int, *, start_prior=None, transition_prior=None,
@@ -93,10 +97,10 @@ def variational_gaussian_hmm(K: int, d: int, *, start_prior=None, transition_pri
     real = jnp.result_type(float)
     a_start = _concentration("start_prior", start_prior, 1.0 / K, (K,))
     a_trans = _concentration("transition_prior", transition_prior, 1.0 / K, (K, K))
-    m0 = jnp.broadcast_to(priors.numbers("mean_prior", mean_prior, (K, d), real), (K, d))
-    b0 = jnp.broadcast_to(priors.numbers("mean_precision", mean_precision, (K,), real, above=0), (K,))
-    nu0 = jnp.broadcast_to(priors.numbers("degrees_of_freedom", d if degrees_of_freedom is None else degrees_of_freedom,
-                                          (K,), real, above=d - 1), (K,))  # a proper Wishart
+    m0 = _prior("mean_prior", mean_prior, (K, d))
+    b0 = _prior("mean_precision", mean_precision, (K,), above=0)
+    nu0 = _prior("degrees_of_freedom", d if degrees_of_freedom is None else degrees_of_freedom, (K,),
+                 above=d - 1)  # a proper Wishart
     psi0 = jnp.broadcast_to(priors.spd_matrices("scale", 1e-3 * np.eye(d) if scale is None else scale, (K, d, d),
                                                 real), (K, d, d))
 
