@@ -397,7 +397,8 @@ class CAVI:
         prior, prior_residuals = self._prior_factors(structure, params, dtype)
         layout = structure.local_factors
         if layout is None:
-            post = self._initial_local(model, structure, params, references, data, jax.random.key(1), None)
+            post = self._initial_local(model, structure, params, references, data, jax.random.key(1), None,
+                                       draw=False)
         else:  # linearity holds under any local q: the reference members, not swept (no fit in this program)
             expected = structure.expected_log_joint(model, structure.rules(references))
             post = self._local_factors(layout, expected, params,
@@ -480,15 +481,17 @@ class CAVI:
             residuals.append(jnp.maximum(*residual))
         return tuple(factors), jnp.stack(residuals) if residuals else jnp.zeros((0,), dtype)
 
-    def _initial_local(self, model, structure, params, factors, data, key, local_posterior):
+    def _initial_local(self, model, structure, params, factors, data, key, local_posterior, draw: bool = True):
         """The local q the first global updates start from: ``local_posterior`` if given; with ``start="random"``,
         responsibilities drawn from Dirichlet(1) per datum; else the exact local q at one draw of the global
         factors; None without a local latent. Several ``Markov`` chains: one sweep at one draw of the global
-        factors, from random step weights."""
+        factors, from random step weights. ``draw=False`` (the probe, which needs a local q, not a random one):
+        the global factors' means in place of the draw, so that JAX's Gamma sampler is not compiled there too."""
         local = structure.parts.local
         dtype = float_dtype(data)
         layout = structure.local_factors
-        draws = _draws(structure.factors, factors, key) if factors else ()  # one draw of the global factors
+        draws = ((_draws if draw else _means)(structure.factors, factors, key) if factors  # one value of each factor
+                 else ())
         if layout is not None:
             if local_posterior is not None:  # its carried factors, fitted to the factors given
                 expected = structure.expected_log_joint(model, structure.rules(factors))
@@ -842,6 +845,11 @@ def _draws(factors: tuple[FactorSpec, ...], etas: tuple, key: jax.Array) -> tupl
     """One draw of each factor, in its family's layout (``sample_factors``: one Gamma sampler for them all)."""
     values = sample_factors(tuple(Factor(f.spec, tuple(eta)) for f, eta in zip(factors, etas)), key)
     return tuple(_encoded(f, value) for f, value in zip(factors, values))
+
+
+def _means(factors: tuple[FactorSpec, ...], etas: tuple, key=None) -> tuple:
+    """Each factor's mean E_q[z], in its family's layout (``key`` unused: ``_draws``' signature)."""
+    return tuple(_encoded(f, Factor(f.spec, tuple(eta)).mean()) for f, eta in zip(factors, etas))
 
 
 def _encoded(factor: FactorSpec, value) -> jax.Array:
