@@ -389,7 +389,8 @@ class CAVI:
         """(whether each factor's prior, its natural parameters read off ``log_prior``, has a finite log-normaliser;
         (the prior reads' residuals, the log-joint reads' residuals, the local reads' residuals)), every factor read
         with the others at their broad reference members, and a local q: local exponential-family factors at their
-        reference members, another local latent's q as ``init`` starts it."""
+        reference members, another local latent's q as ``init`` starts it but at the global factors' means where
+        ``init`` draws them (``_initial_local(draw=False)``)."""
         structure = _structure(model)
         params = model.init(jax.random.key(0), data)
         dtype = float_dtype(data)
