@@ -75,7 +75,7 @@ def bayesian_gaussian_mixture(data, K: int, covariance: str = "full", *, weight_
     if isinstance(K, bool) or not isinstance(K, (int, np.integer)) or K < 1:
         raise ValueError(f"K: expected an integer >= 1, got {K!r}")
     d = x.shape[1]
-    dtype = x.dtype
+    dtype = jax.dtypes.canonicalize_dtype(x.dtype)  # float64 data make float32 priors where x64 is off
     alpha0 = priors.numbers("weight_concentration", 1.0 / K if weight_concentration is None else weight_concentration,
                             (), dtype, above=0)
     # "diag": every component's dimension its own Normal-Gamma, so these may differ per component and dimension

@@ -98,7 +98,7 @@ def lda(docs, K: int, V: int, *, doc_topic_prior=None, topic_word_prior=None) ->
                          f"({ids.dtype}) and {counts.shape}")
     if ids.size and (ids.min() < 0 or ids.max() >= V):
         raise ValueError(f"docs: expected word ids in [0, V) = [0, {V}), got ids in [{ids.min()}, {ids.max()}]")
-    dtype = counts.dtype if np.issubdtype(counts.dtype, np.floating) else np.float32
+    dtype = jax.dtypes.canonicalize_dtype(counts.dtype if np.issubdtype(counts.dtype, np.floating) else np.float32)
     alpha = priors.numbers("doc_topic_prior", 1.0 / K if doc_topic_prior is None else doc_topic_prior, (K,), dtype,
                            above=0)
     eta = priors.numbers("topic_word_prior", 1.0 / K if topic_word_prior is None else topic_word_prior, (K, V),

@@ -1,6 +1,8 @@
 """Coordinate-ascent VI (jaxvi.CAVI) with its updates derived from the log-joint, against closed-form posteriors
 and evidences, hand-derived mean-field fixed points (Bishop ch. 10), and scikit-learn's BayesianGaussianMixture
 from the same initial responsibilities."""
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -554,6 +556,18 @@ def test_improper_or_misshapen_priors_of_the_zoo_are_refused_with_their_names(bu
     later by CAVI as "not conjugate" (or, for the degrees of freedom, not at all)."""
     with pytest.raises(ValueError, match=message):
         build()
+
+
+def test_the_zoo_builds_its_models_of_float64_data_without_a_warning():
+    """scikit-learn's data sets are float64, which JAX keeps as float32 unless x64 is on: the zoo's priors are made in
+    that float32 rather than asked for in float64 (JAX warned that float64 was "not available", once per prior)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for covariance in ("full", "diag"):
+            jaxvi.models.bayesian_gaussian_mixture(_X, 2, covariance)
+        jaxvi.models.lda(jaxvi.models.bag_of_words(np.random.default_rng(0).poisson(1.0, (6, 5)), np.float64), 2, 5)
+        jaxvi.models.variational_gaussian_hmm(2, 2, mean_prior=_X.mean(0))
+        jaxvi.models.variational_categorical_hmm(2, 3, transition_prior=np.ones((2, 2)))
 
 
 def test_priors_of_every_shape_that_broadcasts_are_taken():
