@@ -61,18 +61,24 @@ def _stamp_arviz_daily_warning():
 
 _stamp_arviz_daily_warning()
 
-# The modules of most test time (seconds on the 2-core CPU under ``pytest -n 2``, session 35), run first: xdist's
-# ``--dist loadscope`` hands each worker the next module in collection order, so a long module collected last (the
-# vi/ modules come after the rest) kept one worker busy while the other had nothing left.
-HEAVY_MODULES = ("tests/test_cli.py",                # 100 s
-                 "tests/vi/test_lda.py",             # 77 s
-                 "tests/vi/test_svi.py",             # 67 s
-                 "tests/models/test_hmm.py",         # 61 s
-                 "tests/vi/test_cavi.py",            # 60 s
-                 "tests/vi/test_iwae_estimators.py",  # 49 s
-                 "tests/vi/test_factorial_hmm.py",   # 47 s
-                 "tests/vi/test_amortized.py",       # 46 s
-                 "tests/test_streaming.py")          # 44 s
+# The modules of most test time, longest first (seconds summed over a module's tests under ``pytest -n 2``, session
+# 38; test_cli.py's as CI runs it, with the demo's report made by ``make demo``): xdist's ``--dist loadscope`` hands
+# each worker the next module in collection order, so a long module collected last (the vi/ modules come after the
+# rest) kept one worker busy while the other had nothing left. Modules not named here take 41 s or less.
+HEAVY_MODULES = ("tests/vi/test_cavi.py",             # 95 s
+                 "tests/vi/test_lda.py",              # 91 s
+                 "tests/vi/test_svi.py",              # 88 s
+                 "tests/models/test_hmm.py",          # 83 s
+                 "tests/vi/test_iwae_estimators.py",  # 77 s
+                 "tests/test_streaming.py",           # 76 s
+                 "tests/test_parallel.py",            # 61 s
+                 "tests/vi/test_amortized.py",        # 61 s
+                 "tests/exact/test_chain.py",         # 54 s
+                 "tests/test_properties.py",          # 50 s
+                 "tests/test_float32.py",             # 49 s
+                 "tests/test_cli.py",                 # 48 s (117 s where it runs the quick demo itself)
+                 "tests/test_examples.py",            # 46 s
+                 "tests/vi/test_factorial_hmm.py")    # 43 s
 
 
 def pytest_collection_modifyitems(config, items):
