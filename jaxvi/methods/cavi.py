@@ -491,8 +491,9 @@ class CAVI:
         local = structure.parts.local
         dtype = float_dtype(data)
         layout = structure.local_factors
-        draws = ((_draws if draw else _means)(structure.factors, factors, key) if factors  # one value of each factor
-                 else ())
+        draws = ()  # one value of each global factor: a draw, or their means
+        if factors:
+            draws = _draws(structure.factors, factors, key) if draw else _means(structure.factors, factors)
         if layout is not None:
             if local_posterior is not None:  # its carried factors, fitted to the factors given
                 expected = structure.expected_log_joint(model, structure.rules(factors))
@@ -848,8 +849,8 @@ def _draws(factors: tuple[FactorSpec, ...], etas: tuple, key: jax.Array) -> tupl
     return tuple(_encoded(f, value) for f, value in zip(factors, values))
 
 
-def _means(factors: tuple[FactorSpec, ...], etas: tuple, key=None) -> tuple:
-    """Each factor's mean E_q[z], in its family's layout (``key`` unused: ``_draws``' signature)."""
+def _means(factors: tuple[FactorSpec, ...], etas: tuple) -> tuple:
+    """Each factor's mean E_q[z], in its family's layout."""
     return tuple(_encoded(f, Factor(f.spec, tuple(eta)).mean()) for f, eta in zip(factors, etas))
 
 
