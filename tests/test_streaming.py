@@ -90,7 +90,8 @@ def test_online_em_reaches_the_batch_fit_in_a_few_passes(zoo):
         rng = np.random.default_rng(1)
         x = (rng.normal(size=(n, 2)) @ rng.normal(size=(2, 5)) + 0.5 * rng.normal(size=(n, 5))).astype(np.float32)
         fit = jaxvi.models.factor_analysis(2)
-    batch = jaxvi.infer(fit.model, jaxvi.EM(m_step=fit.m_step, max_iter=300, tol=0.0, n_init=4), x, key=KEY,
+    restarts = 4 if zoo == "gmm" else 1  # factor analysis starts from PCA, the same start for every restart
+    batch = jaxvi.infer(fit.model, jaxvi.EM(m_step=fit.m_step, max_iter=300, tol=0.0, n_init=restarts), x, key=KEY,
                         progress=False)
     online = jaxvi.infer(fit.model, jaxvi.OnlineEM(fit.statistics, batch_size=250, num_steps=200, n_init=4), x,
                          key=KEY, progress=False)                 # 10 passes over the data
