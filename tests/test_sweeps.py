@@ -165,6 +165,28 @@ def test_compiler_options_keep_ynnpack_to_products_in_optimised_cpu_code_unless_
         compiled._cpu_code.cache_clear()
 
 
+def test_an_option_this_xla_refuses_is_left_out_alone(monkeypatch):
+    """XLA is asked for each of jaxvi's options on its own: where it refuses one (jaxlib 0.11 dropped the older emitters
+    and ``LARGE_KERNEL_CODE``'s option with them), a fit of large kernels compiles with the rest of ``CPU_CODE`` (the
+    refusal of one had dropped them all), and gives log p(D | θ0) enumerated by hand."""
+    monkeypatch.setenv("XLA_FLAGS", "")  # optimised code, which this suite's conftest turns off
+    monkeypatch.setattr(compiled, "LARGE_KERNEL_CODE", {"xla_no_such_option": True})
+    compiled._cpu_code.cache_clear()
+    try:
+        assert compiled.compiler_options(model=mixture(1.0), method=keep()) == compiled.CPU_CODE
+        monkeypatch.setattr(compiled, "_fits", collections.OrderedDict())
+        for name in ("CHEAP_RUN_BYTES", "CHEAP_PASS_BYTES"):  # X is small: no part of the fit compiled cheaply
+            monkeypatch.setattr(compiled, name, 0)
+        result = jaxvi.infer(mixture(1.0), keep(), X, key=KEY, progress=False)
+        np.testing.assert_allclose(np.asarray(result.trace), log_evidence(1.0), rtol=1e-6)
+        (functions,) = compiled._fits.values()
+        assert {options for fn, options in functions if fn.__name__ == "_run_restarts"} == {
+            tuple(sorted(compiled.CPU_CODE.items()))}
+    finally:
+        monkeypatch.undo()
+        compiled._cpu_code.cache_clear()
+
+
 def test_fits_whose_steps_are_large_kernels_compile_for_the_older_emitters(monkeypatch):
     """EM with discrete latents and CAVI with discrete local latents or none (on all the data or minibatches) are fits
     that work in large kernels over the data (``large_kernels``): ``compiler_options(model=, method=)`` adds
@@ -174,8 +196,9 @@ def test_fits_whose_steps_are_large_kernels_compile_for_the_older_emitters(monke
     monkeypatch.setenv("XLA_FLAGS", "")  # optimised code, which this suite's conftest turns off
     compiled._cpu_code.cache_clear()
     try:
-        large = {**compiled.CPU_CODE, **compiled.LARGE_KERNEL_CODE}
         assert compiled.LARGE_KERNEL_CODE == {"xla_cpu_use_fusion_emitters": False}
+        older_emitters = compiled._accepts(compiled.LARGE_KERNEL_CODE)  # jaxlib 0.11 dropped them
+        large = {**compiled.CPU_CODE, **(compiled.LARGE_KERNEL_CODE if older_emitters else {})}
         x = np.random.default_rng(1).normal(size=(40, 2)).astype(np.float32)
         bayes_gmm, hmm = jaxvi.models.bayesian_gaussian_mixture(x, 3), jaxvi.models.gaussian_hmm(2)
         cases = ((mixture(1.0), keep(), large), (hmm.model, jaxvi.EM(m_step=hmm.m_step), compiled.CPU_CODE),

@@ -59,6 +59,8 @@ CPU_CODE = {YNN_OPTION: "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_
 # (K = 50, V = 10,000, 2 batch iterations) 54-64 s -> 58-75 s (compile 3.3-4.0 s -> 2.5-3.0 s). So the older emitters
 # compile the programs of fits that work in large kernels over the data, where compiling dominates
 # (``method.large_kernels(model)``: EM and CAVI with discrete local latents or none); the others keep the default.
+# jaxlib 0.11 dropped the older emitters and this option with them: there those fits keep the fusion emitters and the
+# rest of CPU_CODE (XLA is asked for each option on its own).
 LARGE_KERNEL_CODE = {"xla_cpu_use_fusion_emitters": False}
 
 # XLA's cheapest code generation, for code where compiling dominates running: no backend optimisation. IEEE arithmetic,
@@ -110,17 +112,22 @@ def compiler_options(options: dict | None = None, *, model: Any = None, method: 
 
 @functools.cache
 def _cpu_code(large_kernels: bool = False) -> dict:
-    """``CPU_CODE`` (with ``LARGE_KERNEL_CODE`` for ``large_kernels``) less the options ``XLA_FLAGS`` sets, or
-    nothing: on another backend, where ``XLA_FLAGS`` turns optimisation off, or where this XLA refuses the options
-    (one without YNNPACK, or one that names its options otherwise)."""
+    """``CPU_CODE`` (with ``LARGE_KERNEL_CODE`` for ``large_kernels``) less the options ``XLA_FLAGS`` sets and those
+    this XLA refuses, each asked on its own (one without YNNPACK refuses its option; from jaxlib 0.11 on, XLA:CPU has
+    no older emitters and refuses ``LARGE_KERNEL_CODE``, and the others still hold); nothing on another backend or
+    where ``XLA_FLAGS`` turns optimisation off."""
     flags = os.environ.get("XLA_FLAGS", "")
     wanted = {**CPU_CODE, **LARGE_KERNEL_CODE} if large_kernels else CPU_CODE
-    code = {name: value for name, value in wanted.items() if name not in flags}
-    if jax.default_backend() != "cpu" or f"{OPTIMIZATION_LEVEL}=0" in flags or not code:
+    if jax.default_backend() != "cpu" or f"{OPTIMIZATION_LEVEL}=0" in flags:
         return {}
-    accepted = stored.remembered(f"XLA accepts the compiler options {sorted(code.items())}",
-                                 functools.partial(_accepts, code), keep=bool)  # a refusal is asked again
-    return code if accepted else {}
+    return {name: value for name, value in wanted.items() if name not in flags and _accepted(name, value)}
+
+
+def _accepted(name: str, value: Any) -> bool:
+    """Whether XLA takes the option ``name=value`` (``_accepts``), asked once per cache folder: a process that finds
+    the answer there reads it (``stored.remembered``); a refusal is asked again."""
+    return stored.remembered(f"XLA accepts the compiler option {name}={value!r}",
+                             functools.partial(_accepts, {name: value}), keep=bool)
 
 
 def _accepts(options: dict) -> bool:
