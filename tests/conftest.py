@@ -12,14 +12,46 @@ options runs it in a child without these flags (tests/test_em.py). A third flag,
 the two test workers leave no core to: four test files under ``pytest -n 2`` took 112-116 s with it and 127-139 s
 without (alternated, on an Intel Xeon of 2 cores). Sums may round in another order (a float32 objective can move
 in its last digit). The flags are set here, before any test initialises a JAX backend, and reach the subprocesses
-the tests start; a flag the caller already gave in XLA_FLAGS wins.
+the tests start; a flag the caller already gave in XLA_FLAGS wins. XLA ends the process at a flag it does not know
+(jaxlib 0.11 dropped the older emitters and their flag), so only the flags this XLA takes are set (``_taken``).
 """
+import json
 import os
+import subprocess
+import sys
 
-for flag, value in (("xla_backend_optimization_level", "0"), ("xla_cpu_use_fusion_emitters", "false"),
-                    ("xla_cpu_parallel_codegen_split_count", "1")):
-    if flag not in os.environ.get("XLA_FLAGS", ""):
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" --{flag}={value}").strip()
+TEST_FLAGS = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False,
+              "xla_cpu_parallel_codegen_split_count": 1}
+FLAGS_CHOSEN = "JAXVI_TEST_XLA_FLAGS_CHOSEN"  # set where the flags were chosen: test workers and children inherit it
+PROBE = """
+import json, sys
+import jax
+def taken(name, value):
+    try:
+        jax.jit(lambda x: x, compiler_options={name: value}).lower(jax.ShapeDtypeStruct((), 'float32')).compile()
+    except Exception:
+        return False
+    return True
+print(json.dumps([name for name, value in json.loads(sys.argv[1]).items() if taken(name, value)]))
+"""
+
+
+def _taken(flags: dict) -> dict:
+    """The flags of ``flags`` this XLA takes. XLA reads XLA_FLAGS once, at its first compile, so each flag is tried
+    as a compiler option in a child (about 2 s, once a test session: the test workers inherit the choice)."""
+    child = subprocess.run([sys.executable, "-c", PROBE, json.dumps(flags)], capture_output=True, text=True,
+                           timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    if child.returncode != 0:
+        raise RuntimeError(f"tests/conftest.py could not ask XLA which flags it takes: {child.stderr[-2000:]}")
+    names = json.loads(child.stdout.strip().splitlines()[-1])
+    return {name: value for name, value in flags.items() if name in names}
+
+
+if FLAGS_CHOSEN not in os.environ:
+    wanted = {flag: value for flag, value in TEST_FLAGS.items() if flag not in os.environ.get("XLA_FLAGS", "")}
+    for flag, value in (_taken(wanted) if wanted else {}).items():
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" --{flag}={str(value).lower()}").strip()
+    os.environ[FLAGS_CHOSEN] = "1"
 
 import gc  # noqa: E402
 
