@@ -56,8 +56,9 @@ SUPPORTED = ("EM", "OnlineEM", "SVI", "Amortized", "CAVI")
 
 
 def to_arviz(result, data: PyTree, *, key: jax.Array, num_draws: int = 1000, num_chains: int = 4):
-    """The fit ``result`` on ``data`` (the data it was fitted to) as an ``arviz.InferenceData`` (module docstring):
-    groups ``posterior``, ``log_likelihood`` (variable ``x``), ``observed_data``, and the fit in ``attrs``.
+    """The fit ``result`` on ``data`` (the data it was fitted to) as an ``arviz.InferenceData`` (module docstring;
+    with ArviZ 1, an ``xarray.DataTree``): groups ``posterior``, ``log_likelihood`` (variable ``x``),
+    ``observed_data``, and the fit in ``attrs``.
 
     Raises:
       ImportError: arviz is not installed (``pip install jaxvi[arviz]``).
@@ -84,8 +85,12 @@ def to_arviz(result, data: PyTree, *, key: jax.Array, num_draws: int = 1000, num
     dims["x"] = ["datum"] + dims.get("x", ["datum"])[1:]  # the log-likelihood's variable: one value per datum
     attrs = {"jaxvi_method": repr(result.method), "objective": float(result.objective),
              "objective_is": result.method.reports}
-    return az.from_dict(posterior=posterior, log_likelihood={"x": as_chains(log_likelihood)},
-                        observed_data=observed, dims=dims, attrs=attrs)
+    groups = {"posterior": posterior, "log_likelihood": {"x": as_chains(log_likelihood)}, "observed_data": observed}
+    if int(az.__version__.split(".")[0]) < 1:
+        return az.from_dict(**groups, dims=dims, attrs=attrs)
+    tree = az.from_dict(groups, dims=dims)  # ArviZ 1: the groups in one mapping, an xarray DataTree back
+    tree.attrs.update(attrs)
+    return tree
 
 
 def _check_fit(who: str, result, data: PyTree, key: jax.Array, num_draws: int) -> tuple[PyTree, jax.Array]:

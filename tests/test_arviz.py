@@ -18,6 +18,16 @@ KEY = jax.random.key(0)
 SIGMA, PRIOR_MEAN, PRIOR_SD = 2.0, 0.5, 3.0
 
 
+def groups(idata) -> set:
+    """The groups' names: an InferenceData's ``groups()`` (ArviZ before 1.0), a DataTree's children (ArviZ 1)."""
+    return set(idata.groups()) if callable(idata.groups) else set(idata.children)
+
+
+def elpd_loo(loo) -> float:
+    """PSIS-LOO's estimate: ``elpd_loo`` before ArviZ 1.0, ``elpd`` from it."""
+    return float(loo.elpd_loo if hasattr(loo, "elpd_loo") else loo.elpd)
+
+
 @pytest.fixture(scope="module")
 def normal_fit():
     """A Normal mean with a conjugate prior, fitted by SVI (the family holds the exact posterior)."""
@@ -37,7 +47,7 @@ def conjugate_posterior(x):
 def test_svi_fit_summary_and_psis_loo_match_the_closed_forms(normal_fit):
     x, result = normal_fit
     idata = result.to_arviz(x, key=jax.random.key(1))
-    assert set(idata.groups()) >= {"posterior", "log_likelihood", "observed_data"}
+    assert groups(idata) >= {"posterior", "log_likelihood", "observed_data"}
     assert idata.posterior["mu"].shape == (4, 1000)
     assert idata.attrs["objective_is"] == "ELBO" and idata.attrs["objective"] == pytest.approx(float(result.objective))
     summary = az.summary(idata, var_names=["mu"], kind="all")
@@ -51,7 +61,7 @@ def test_svi_fit_summary_and_psis_loo_match_the_closed_forms(normal_fit):
         m, s = conjugate_posterior(np.delete(x64, i))
         exact_loo += -0.5 * math.log(2 * math.pi * (SIGMA**2 + s**2)) - (x64[i] - m) ** 2 / (2 * (SIGMA**2 + s**2))
     loo = az.loo(idata, pointwise=True)
-    assert abs(loo.elpd_loo - exact_loo) < 0.1, (loo.elpd_loo, exact_loo)  # 0.02 here: Monte Carlo and q's error
+    assert abs(elpd_loo(loo) - exact_loo) < 0.1, (elpd_loo(loo), exact_loo)  # 0.02 here: Monte Carlo and q's error
     assert np.all(np.asarray(loo.pareto_k) < 0.7)
 
 
@@ -71,8 +81,9 @@ def test_em_fit_draws_the_exact_posterior_and_its_loo_is_the_log_likelihood(onli
                   + 1e-6)
     az.summary(idata, var_names=["z"])  # reads
     # θ is a point: every draw has the datum's exact log p(x_i | θ̂), and PSIS-LOO returns their sum
-    loo = az.loo(idata)
-    np.testing.assert_allclose(loo.elpd_loo, float(result.objective), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(idata.log_likelihood["x"]).sum(axis=-1), float(result.objective), rtol=1e-6)
+    if int(az.__version__.split(".")[0]) < 1:  # ArviZ 1's PSIS refuses log-weights all equal, which a point θ gives
+        np.testing.assert_allclose(elpd_loo(az.loo(idata)), float(result.objective), rtol=1e-6)
 
 
 def test_local_q_log_likelihood_estimates_the_evidence_and_bad_calls_are_named():
@@ -195,7 +206,7 @@ def test_cavi_bayesian_mixture_draws_its_factors_and_sums_the_assignment_out_at_
     loo = az.loo(idata, pointwise=True)
     assert np.all(np.asarray(loo.pareto_k) < 0.7)
     table = jaxvi.compare({"bgmm": result}, x, by="elpd_loo", key=jax.random.key(3), num_draws=4000)
-    assert table.rows[0].method == "CAVI" and abs(table.rows[0].elpd_loo - loo.elpd_loo) < 0.5
+    assert table.rows[0].method == "CAVI" and abs(table.rows[0].elpd_loo - elpd_loo(loo)) < 0.5
 
 
 def test_cavi_local_factors_give_the_importance_weight_of_each_draw():
