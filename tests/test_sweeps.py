@@ -165,6 +165,18 @@ def test_compiler_options_keep_ynnpack_to_products_in_optimised_cpu_code_unless_
         compiled._cpu_code.cache_clear()
 
 
+def options_of_a_fit_compiled_in_full(monkeypatch) -> dict:
+    """``infer``'s fit of ``mixture(1.0)`` by ``keep()`` on X, no part compiled cheaply, checked against log p(D | θ0)
+    enumerated by hand; the XLA options each of its functions compiled with, by name."""
+    monkeypatch.setattr(compiled, "_fits", collections.OrderedDict())
+    for name in ("CHEAP_RUN_BYTES", "CHEAP_PASS_BYTES"):  # X is small: no part of the fit compiled cheaply
+        monkeypatch.setattr(compiled, name, 0)
+    result = jaxvi.infer(mixture(1.0), keep(), X, key=KEY, progress=False)
+    np.testing.assert_allclose(np.asarray(result.trace), log_evidence(1.0), rtol=1e-6)
+    (functions,) = compiled._fits.values()
+    return {fn.__name__: options for fn, options in functions}
+
+
 def test_an_option_this_xla_refuses_is_left_out_alone(monkeypatch):
     """XLA is asked for each of jaxvi's options on its own: where it refuses one (jaxlib 0.11 dropped the older emitters
     and ``LARGE_KERNEL_CODE``'s option with them), a fit of large kernels compiles with the rest of ``CPU_CODE`` (the
@@ -174,14 +186,9 @@ def test_an_option_this_xla_refuses_is_left_out_alone(monkeypatch):
     compiled._cpu_code.cache_clear()
     try:
         assert compiled.compiler_options(model=mixture(1.0), method=keep()) == compiled.CPU_CODE
-        monkeypatch.setattr(compiled, "_fits", collections.OrderedDict())
-        for name in ("CHEAP_RUN_BYTES", "CHEAP_PASS_BYTES"):  # X is small: no part of the fit compiled cheaply
-            monkeypatch.setattr(compiled, name, 0)
-        result = jaxvi.infer(mixture(1.0), keep(), X, key=KEY, progress=False)
-        np.testing.assert_allclose(np.asarray(result.trace), log_evidence(1.0), rtol=1e-6)
-        (functions,) = compiled._fits.values()
-        assert {options for fn, options in functions if fn.__name__ == "_run_restarts"} == {
-            tuple(sorted(compiled.CPU_CODE.items()))}
+        chosen = options_of_a_fit_compiled_in_full(monkeypatch)
+        assert {chosen[name] for name in ("_start_restarts", "_run_restarts", "_finish_restarts")} == {
+            tuple(sorted(compiled.CPU_CODE.items()))}, chosen
     finally:
         monkeypatch.undo()
         compiled._cpu_code.cache_clear()
@@ -212,13 +219,7 @@ def test_fits_whose_steps_are_large_kernels_compile_for_the_older_emitters(monke
             assert compiled.compiler_options(model=model, method=method) == expected, method
             assert compiled.compiler_options(compiled.CHEAP_CODE, model=model, method=method) == compiled.CHEAP_CODE
         assert compiled.compiler_options() == compiled.CPU_CODE  # no fit named: the default
-        monkeypatch.setattr(compiled, "_fits", collections.OrderedDict())
-        for name in ("CHEAP_RUN_BYTES", "CHEAP_PASS_BYTES"):  # X is small: no part of the fit compiled cheaply
-            monkeypatch.setattr(compiled, name, 0)
-        result = jaxvi.infer(mixture(1.0), keep(), X, key=KEY, progress=False)
-        np.testing.assert_allclose(np.asarray(result.trace), log_evidence(1.0), rtol=1e-6)
-        (functions,) = compiled._fits.values()
-        chosen = {fn.__name__: options for fn, options in functions}
+        chosen = options_of_a_fit_compiled_in_full(monkeypatch)
         assert {chosen[name] for name in ("_start_restarts", "_run_restarts", "_finish_restarts")} == {
             tuple(sorted(large.items()))}, chosen
     finally:
