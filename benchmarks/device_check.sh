@@ -66,7 +66,10 @@ lane2() {
 }
 
 lane3() {
-  "$PY" -c "import sklearn, gensim" 2>/dev/null || { echo "lda: skipped (scikit-learn or gensim missing)" >> "$LOG"; return; }
+  if ! "$PY" -c "import sklearn, gensim" 2>/dev/null; then
+    echo "lda: skipped (scikit-learn or gensim missing)" >> "$LOG"
+    return
+  fi
   bench_as lda_lee lda --corpus lee
   bench_as lda_synthetic_200k lda --corpus synthetic --docs 200000 --iters 2
 }
