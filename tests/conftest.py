@@ -25,20 +25,15 @@ TEST_FLAGS = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters"
 FLAGS_CHOSEN = "JAXVI_TEST_XLA_FLAGS_CHOSEN"  # set where the flags were chosen: test workers and children inherit it
 PROBE = """
 import json, sys
-import jax
-def taken(name, value):
-    try:
-        jax.jit(lambda x: x, compiler_options={name: value}).lower(jax.ShapeDtypeStruct((), 'float32')).compile()
-    except Exception:
-        return False
-    return True
-print(json.dumps([name for name, value in json.loads(sys.argv[1]).items() if taken(name, value)]))
+from jaxvi.run.compiled import _accepts
+print(json.dumps([name for name, value in json.loads(sys.argv[1]).items() if _accepts({name: value})]))
 """
 
 
 def _taken(flags: dict) -> dict:
     """The flags of ``flags`` this XLA takes. XLA reads XLA_FLAGS once, at its first compile, so each flag is tried
-    as a compiler option in a child (about 2 s, once a test session: the test workers inherit the choice)."""
+    as a compiler option (jaxvi's own ``_accepts``) in a child (2-4 s, once a test session: the test workers inherit
+    the choice)."""
     child = subprocess.run([sys.executable, "-c", PROBE, json.dumps(flags)], capture_output=True, text=True,
                            timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
     if child.returncode != 0:
