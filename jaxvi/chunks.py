@@ -21,8 +21,8 @@ from jax import lax
 
 from jaxvi.data import num_data
 
-__all__ = ["equal_chunk_size", "kahan_add", "map_chunks", "map_data", "minibatch", "sum_accurately", "sum_data",
-           "sum_min_data", "num_data", "unless"]
+__all__ = ["equal_chunk_size", "kahan_add", "map_chunks", "map_data", "minibatch", "sum_accurately", "sum_blocks",
+           "sum_data", "sum_min_data", "num_data", "unless"]
 
 PyTree = Any
 TOP_K_MINIBATCH = 4  # minibatch: a top-k of n uniform keys up to n = 4 x size, the streamed draw beyond (measured: equal near 6x)
@@ -107,6 +107,25 @@ def sum_min_data(fn: Callable[[PyTree], tuple[PyTree, PyTree]], data: PyTree, ch
     return total, least
 
 
+def sum_blocks(fn: Callable[[PyTree], PyTree], data: PyTree, block_size: int) -> PyTree:
+    r"""The sum of ``fn`` over blocks of ``data``: :math:`\sum_b fn(data_b)`, every block's sum at once (``fn``
+    vmapped over blocks of about ``block_size`` rows, ``equal_chunk_size``; a remainder in one more call) and the
+    blocks' sums added pairwise (``sum_accurately``).
+
+    ``sum_data``'s sum, for a ``fn`` whose output is small and whose work XLA fuses into the reductions that make it
+    (a weighted sum of squares, a product of two thin matrices): no loop, so no loop's turns to pay, and a float32 sum
+    runs over at most a block's rows before the pairwise sum takes over. Where ``fn`` makes an intermediate larger
+    than its output (a product per row), vmapped over every block that intermediate spans the data: use
+    ``sum_data``, whose memory stays that of one chunk.
+    """
+    chunks, tail = _chunks(data, block_size)
+    if chunks is None:
+        return fn(data)
+    sums = jax.vmap(fn)(chunks)
+    if tail is not None:
+        sums = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b[None]]), sums, fn(tail))
+    return jax.tree_util.tree_map(sum_accurately, sums)
+
 def _highest(dtype):
     """The largest value of ``dtype`` (inf for floats): the minimum of nothing."""
     return jnp.inf if jnp.issubdtype(dtype, jnp.floating) else jnp.iinfo(dtype).max
@@ -151,20 +170,27 @@ def sum_accurately(values: jax.Array) -> jax.Array:
     r"""The sum over the leading axis, pairwise: rows are added in pairs, the pair sums in pairs, and
     so on (the last 8 naively). The rounding error is :math:`O(\log_2 N)` ulps of :math:`\sum |v_i|`
     instead of :math:`O(N)` for a running sum, for 2N additions. This is what makes float32 sums
-    over data (log p(D), an M-step's residuals) accurate to a few ulps."""
+    over data (log p(D), an M-step's residuals) accurate to a few ulps.
+
+    The rows are padded with zeros to 8 times a power of two first, so that every level is a reshape and a sum: an
+    odd level's last row, added on its own, took a slice and an update per level, which XLA:CPU compiled 4-5x slower
+    (200,000 x 8 floats: 0.14-0.18 s against 0.03-0.04 s; the sum itself ran in 1.5 ms against 0.7 ms)."""
+    size = 8
+    while size < values.shape[0]:
+        size *= 2
+    values = jnp.pad(values, [(0, size - values.shape[0])] + [(0, 0)] * (values.ndim - 1))
     while values.shape[0] > 8:
-        pairs = values.shape[0] // 2
-        summed = values[: 2 * pairs].reshape(pairs, 2, *values.shape[1:]).sum(axis=1)
-        values = summed.at[0].add(values[-1]) if values.shape[0] % 2 else summed
+        values = values.reshape(values.shape[0] // 2, 2, *values.shape[1:]).sum(axis=1)
     return jnp.sum(values, axis=0)
 
 
 def kahan_add(total: jax.Array, compensation: jax.Array, value: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Compensated summation (Kahan): ``total + value`` with the rounding error carried in
-    ``compensation``, for a running total in a loop (a scan's carry): O(1) ulps however many terms."""
+    ``compensation``, for a running total in a loop (a scan's carry): O(1) ulps however many terms. A total that
+    becomes infinite (a log-likelihood of -inf) stays so, with no compensation (it would be inf - inf, NaN)."""
     y = value - compensation
     new_total = total + y
-    return new_total, (new_total - total) - y
+    return new_total, jnp.where(jnp.isfinite(new_total), (new_total - total) - y, 0)
 
 
 def minibatch(key: jax.Array, n: int, size: int) -> jax.Array:

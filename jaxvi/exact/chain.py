@@ -165,23 +165,25 @@ def forward_scan(first: jax.Array, steps: PyTree, potentials_of: Callable, lengt
     K = first.shape[0]
     message, scale = _normalise(first, reduce, 0)
 
-    def step(previous, inputs):
+    def step(carry, inputs):
+        previous, total = carry
         t, x = inputs
         joint = previous[:, None, :] + potentials_of(x).astype(previous.dtype)      # (from i, to j, N)
         new, new_scale = _normalise(reduce(joint, axis=0), reduce, 0)
         real = t < lengths
         message = jnp.where(real, new, previous)
-        outputs = (message, jnp.where(real, new_scale[0], 0.0))
+        outputs = (message,)
         if semiring == "max":
             keep = jnp.arange(K, dtype=jnp.int32)[:, None]
             outputs += (jnp.where(real, jnp.argmax(joint, axis=0).astype(jnp.int32), keep),)
-        return message, outputs
+        return (message, kahan_add(*total, jnp.where(real, new_scale[0], 0.0))), outputs
 
     T = 1 + jax.tree_util.tree_leaves(steps)[0].shape[0]
-    _, outputs = lax.scan(step, message, (jnp.arange(1, T), steps))
+    # the T log normalisers summed as the scan goes, compensated (``kahan_add``): O(1) ulps of their sum
+    (_, (log_total, _)), outputs = lax.scan(step, (message, (scale[0], jnp.zeros_like(scale[0]))),
+                                            (jnp.arange(1, T), steps))
     messages = jnp.concatenate([message[None], outputs[0]])
-    log_total = scale[0] + sum_accurately(outputs[1])  # pairwise over time: T log normalisers
-    return messages, log_total, (outputs[2] if semiring == "max" else None)
+    return messages, log_total, (outputs[1] if semiring == "max" else None)
 
 
 def backward_scan(steps: PyTree, potentials_of: Callable, lengths: jax.Array, log_forward: jax.Array
@@ -277,16 +279,18 @@ def _scaled_scans(first: jax.Array, steps: PyTree, potentials_of: Callable, leng
     first_scale = jnp.log(norm) + top
 
     def forward(carry, inputs):
-        previous, in_range = carry
+        previous, in_range, total = carry
         t, emission, step_top = inputs
         new, norm = _unit_sum((matrix.T @ previous) * emission)
         real = t < lengths
         in_range = in_range & (~real | (norm >= floor))
         new = jnp.where(real, new, previous)
-        return (new, in_range), (new, jnp.where(real, jnp.log(norm) + step_top, 0.0))
+        return (new, in_range, kahan_add(*total, jnp.where(real, jnp.log(norm) + step_top, 0.0))), new
 
     times = jnp.arange(1, 1 + emissions.shape[0])
-    (_, in_range), (messages, scales) = lax.scan(forward, (message, norm >= floor), (times, emissions, step_tops))
+    # log p(x): the log normalisers summed as the scan goes, compensated (``kahan_add``): O(1) ulps of their sum
+    (_, in_range, (log_evidence, _)), messages = lax.scan(
+        forward, (message, norm >= floor, (first_scale, jnp.zeros_like(first_scale))), (times, emissions, step_tops))
     forward_messages = jnp.concatenate([message[None], messages])
 
     def backward(following, inputs):
@@ -302,7 +306,6 @@ def _scaled_scans(first: jax.Array, steps: PyTree, potentials_of: Callable, leng
     _, (backward_messages, pair_weights, backward_ok) = lax.scan(
         backward, last, (times, emissions, forward_messages[:-1]), reverse=True)
     transitions = matrix[:, :, None] * _sum_over_time(forward_messages[:-1], pair_weights)
-    log_evidence = first_scale + sum_accurately(scales)
     backward_messages = jnp.concatenate([backward_messages, last[None]])
     ok = jnp.all(alike) & jnp.all(in_range) & jnp.all(backward_ok)
     return (log_evidence, forward_messages, backward_messages, transitions), ok
