@@ -28,10 +28,12 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jaxvi.chunks import sum_accurately, sum_blocks
 from jaxvi.exact.chain import split_sequences
 from jaxvi.latents import Markov
 from jaxvi.model import Model, check_values
-from jaxvi.models.gmm import _component_log_prob_full, _kmeans, _normal_diag, _precision_cholesky
+from jaxvi.models.gmm import (BLOCK_ROWS, _component_log_prob_full, _kmeans, _normal_diag, _precision_cholesky,
+                              weighted_moments)
 
 __all__ = ["CategoricalEmission", "GaussianEmission", "HMM", "HMMParams", "PoissonEmission", "categorical_hmm",
            "gaussian_hmm", "poisson_hmm"]
@@ -138,15 +140,18 @@ def _log_probs(counts: jax.Array, old_logits: jax.Array) -> jax.Array:
 def _chain_m_step(params: HMMParams, post) -> tuple[jax.Array, jax.Array]:
     r"""The chain part of the M-step: :math:`\pi \propto \sum_n \gamma_{n,0}`, :math:`A_{ij} \propto \sum_{n,t} \xi_{n,t}(i, j)`."""
     dtype = params.initial_logits.dtype
-    initial = _log_probs(post.marginals[:, 0].sum(axis=0).astype(dtype), params.initial_logits)
-    transition = _log_probs(post.transitions.sum(axis=0).astype(dtype), params.transition_logits)
+    initial = _log_probs(sum_accurately(post.marginals[:, 0].astype(dtype)), params.initial_logits)
+    transition = _log_probs(sum_accurately(post.transitions.astype(dtype)), params.transition_logits)
     return initial, transition
 
 
-def _occupancy(post, dtype) -> tuple[jax.Array, jax.Array]:
-    """``(gamma (N, T, K), n_k (K,))``: state marginals and expected occupancy of every state."""
+def _weighted_sums(post, values: jax.Array, dtype) -> tuple[jax.Array, jax.Array]:
+    r"""``(n_k (K,), s_k (K, S))``: every state's expected occupancy :math:`\sum_{n,t} \gamma_{ntk}` and the sums
+    :math:`\sum_{n,t} \gamma_{ntk} v_{nt}` of ``values`` ``(N, T, S)``, accurate in float32 over any number of steps:
+    the first pairwise, the second as products over blocks of ``BLOCK_ROWS`` steps added pairwise (``sum_blocks``)."""
     gamma = post.marginals.astype(dtype)
-    return gamma, gamma.sum(axis=(0, 1))
+    gamma, values = gamma.reshape(-1, gamma.shape[-1]), values.reshape(-1, values.shape[-1]).astype(dtype)
+    return sum_accurately(gamma), sum_blocks(lambda block: block[1].T @ block[0], (values, gamma), BLOCK_ROWS)
 
 
 def gaussian_hmm(n_states: int, *, covariance: str = "diag", covar_prior: float = 1e-2) -> HMM:
@@ -183,24 +188,17 @@ def gaussian_hmm(n_states: int, *, covariance: str = "diag", covar_prior: float 
     def m_step(params: HMMParams, data, post) -> HMMParams:
         obs, _ = _real_steps(data)
         dtype = obs.dtype
-        gamma, nk = _occupancy(post, dtype)
+        # the moments of the steps, every sum over them accurate in float32 (``weighted_moments``): about the first
+        # step for the means, about the means for the (co)variances
+        nk, means, scatter = weighted_moments(obs.reshape(-1, obs.shape[-1]),
+                                              post.marginals.astype(dtype).reshape(-1, n_states), covariance)
         denom = jnp.maximum(nk, VISITED)
         visited = nk > VISITED
-        # moments of the steps less the first (data far from the origin keep their digits: E[x^2] - mu^2 of data at
-        # 10^4 lost every digit of float32 variances), as contractions over all steps
-        shift = obs[0, 0]  # a real step: every sequence has one
-        shifted = obs - shift
-        sum_x = jnp.einsum("ntk,ntd->kd", gamma, shifted)
-        means = shift + sum_x / denom[:, None]
         if diag:
-            centre = means - shift
-            scatter = jnp.einsum("ntk,ntd->kd", gamma, shifted**2) - 2 * centre * sum_x + centre**2 * nk[:, None]
             variances = jnp.maximum((scatter + covar_prior) / denom[:, None], jnp.finfo(dtype).tiny)
             prec_chol = jax.lax.rsqrt(variances)
             keep = visited[:, None]
         else:
-            centred = obs[:, :, None, :] - means
-            scatter = jnp.einsum("ntk,ntkd,ntke->kde", gamma, centred, centred)
             eye = jnp.eye(obs.shape[-1], dtype=dtype)
             prec_chol = _precision_cholesky((scatter + covar_prior * eye) / denom[:, None, None])
             keep = visited[:, None, None]
@@ -246,7 +244,7 @@ def categorical_hmm(n_states: int, n_symbols: int) -> HMM:
     def m_step(params: HMMParams, data, post) -> HMMParams:
         obs, _ = _real_steps(data)
         dtype = params.emission.logits.dtype
-        counts = jnp.einsum("ntk,nts->ks", post.marginals.astype(dtype), jax.nn.one_hot(obs, n_symbols, dtype=dtype))
+        _, counts = _weighted_sums(post, jax.nn.one_hot(obs, n_symbols, dtype=dtype), dtype)
         return HMMParams(*_chain_m_step(params, post), CategoricalEmission(_log_probs(counts, params.emission.logits)))
 
     def init(key, data) -> HMMParams:
@@ -274,8 +272,8 @@ def poisson_hmm(n_states: int) -> HMM:
     def m_step(params: HMMParams, data, post) -> HMMParams:
         obs, _ = _real_steps(data)
         dtype = params.emission.log_rates.dtype
-        gamma, nk = _occupancy(post, dtype)
-        rates = jnp.einsum("ntk,ntd->kd", gamma, obs.astype(dtype)) / jnp.maximum(nk, VISITED)[:, None]
+        nk, sums = _weighted_sums(post, obs, dtype)
+        rates = sums / jnp.maximum(nk, VISITED)[:, None]
         log_rates = jnp.log(jnp.maximum(rates, jnp.finfo(dtype).tiny))
         keep = (nk > VISITED)[:, None]
         return HMMParams(*_chain_m_step(params, post),
