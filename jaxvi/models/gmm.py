@@ -201,19 +201,21 @@ def weighted_moments(data: jax.Array, weights: jax.Array, covariance: str = "ful
     chunks costs little beside its GEMMs, few enough that memory stays bounded by the chunk and each GEMM's float32
     sum short.
     """
-    held = sum_accurately(weights)
     shift = data[0]  # sum_i w_ik x_i = N_k x_0 + sum_i w_ik (x_i - x_0)
-    mean_of = lambda shifted: (held[:, None] * shift + shifted) / (held + 10 * jnp.finfo(data.dtype).eps)[:, None]
+    mean_of = lambda held, shifted: (held[:, None] * shift + shifted) / (held + 10 * jnp.finfo(data.dtype).eps)[:, None]
     if covariance == "diag" and weights.shape[1] * data.shape[1] <= FUSED_ROW_WORK:
-        # a datum's K x D terms few: each sum one reduction over blocks, fused with the centring (no loop)
+        # a datum's K x D terms few: each pass one reduction over blocks, fused with the centring (no loop)
         rows = chunk_size or BLOCK_ROWS
-        means = mean_of(sum_blocks(lambda block: jnp.sum(block[1][:, :, None] * (block[0][:, None] - shift), 0),
-                                   (data, weights), rows))
+        held, shifted = sum_blocks(lambda block: (jnp.sum(block[1], 0),
+                                                  jnp.sum(block[1][:, :, None] * (block[0][:, None] - shift), 0)),
+                                   (data, weights), rows)
+        means = mean_of(held, shifted)
         return held, means, sum_blocks(lambda block: jnp.sum(block[1][:, :, None] * (block[0][:, None] - means)**2, 0),
                                        (data, weights), rows)
     block = weights.shape[1] * data.shape[1] * data.dtype.itemsize  # bytes of one datum's K x D block
     rows = chunk_size or min(CHUNK_ROWS, max(1, CHUNK_BYTES // block))
-    means = mean_of(sum_data(lambda chunk: chunk[1].T @ (chunk[0] - shift), (data, weights), rows))
+    held = sum_accurately(weights)
+    means = mean_of(held, sum_data(lambda chunk: chunk[1].T @ (chunk[0] - shift), (data, weights), rows))
 
     def scatter(chunk):  # sum_i w_ik (x_i - mu_k)(x_i - mu_k)^T over a chunk (diag: its diagonal)
         x, w = chunk
