@@ -1,5 +1,5 @@
 """Chunked evaluation over data (``jaxvi.chunks``): the same numbers as one ``vmap``, in either chunk layout; sums
-over data within the pairwise bound of the exact sum."""
+over data within the pairwise (or blocked) bound of the exact sum."""
 import math
 
 import jax
@@ -62,6 +62,27 @@ def test_sums_over_data_are_within_the_pairwise_bound_of_the_exact_sum(values):
         assert total.dtype == jnp.float32
         assert np.all(np.abs(np.asarray(total, np.float64) - exact) <= bound)
 
+
+
+@pytest.mark.parametrize("values", HARD, ids=lambda v: "x".join(map(str, v.shape)))
+def test_a_sum_over_blocks_is_within_a_blocks_running_bound_and_the_pairwise_bound(values):
+    """``sum_blocks`` with blocks of 64 rows (a remainder where N has no divisor near 64) is within the bound of a
+    running sum over one block plus the pairwise sum of the blocks' sums, :math:`(64 + \lceil\log_2 N\rceil + 8)`
+    machine epsilons of :math:`\sum |v_i|`, of the exact sum (``math.fsum``)."""
+    exact = _exact_sums(values.astype(np.float64))
+    bound = (64 + np.ceil(np.log2(len(values))) + 8) * float(np.finfo(np.float32).eps) * np.sum(np.abs(values), 0)
+    total = jax.jit(lambda v: chunks.sum_blocks(lambda block: jnp.sum(block, 0), v, 64))(values)
+    assert total.dtype == jnp.float32 and total.shape == values.shape[1:]
+    assert np.all(np.abs(np.asarray(total, np.float64) - exact) <= bound)
+
+
+def test_a_compensated_running_total_that_reaches_minus_infinity_stays_there_without_nan():
+    """A log-likelihood of -inf among the terms: the total is -inf from there on, and its compensation 0, not
+    inf - inf."""
+    total, compensation = chunks.kahan_add(jnp.float32(1.5), jnp.float32(0.0), jnp.float32(-jnp.inf))
+    assert float(total) == -np.inf and float(compensation) == 0.0
+    total, compensation = chunks.kahan_add(total, compensation, jnp.float32(2.0))
+    assert float(total) == -np.inf and float(compensation) == 0.0
 
 def test_sums_over_data_differentiate_and_keep_their_type():
     """The gradient of a sum is one for every value (first and second order, under ``jit`` and ``vmap``);
