@@ -21,7 +21,7 @@ from jax import lax
 
 from jaxvi.data import num_data
 
-__all__ = ["equal_chunk_size", "kahan_add", "map_chunks", "map_data", "minibatch", "sum_accurately", "sum_blocks",
+__all__ = ["add_logs", "equal_chunk_size", "kahan_add", "map_chunks", "map_data", "minibatch", "sum_accurately", "sum_blocks",
            "sum_data", "sum_min_data", "num_data", "unless"]
 
 PyTree = Any
@@ -187,10 +187,18 @@ def sum_accurately(values: jax.Array) -> jax.Array:
 def kahan_add(total: jax.Array, compensation: jax.Array, value: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Compensated summation (Kahan): ``total + value`` with the rounding error carried in
     ``compensation``, for a running total in a loop (a scan's carry): O(1) ulps however many terms. A total that
-    becomes infinite (a log-likelihood of -inf) stays so, with no compensation (it would be inf - inf, NaN)."""
+    becomes infinite makes the compensation NaN (inf - inf): where a term may be infinite, see ``add_logs``."""
     y = value - compensation
     new_total = total + y
-    return new_total, jnp.where(jnp.isfinite(new_total), (new_total - total) - y, 0)
+    return new_total, (new_total - total) - y
+
+
+def add_logs(total: jax.Array, compensation: jax.Array, value: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``kahan_add`` of log-probabilities, any of which may be -inf: a total at -inf stays there, its compensation 0.
+    (The guard is a select of its own: in ``kahan_add`` itself, it doubled the run time of a Bayesian mixture's CAVI,
+    whose gradients go through ``sum_data``'s compensated totals.)"""
+    total, compensation = kahan_add(total, compensation, value)
+    return total, jnp.where(jnp.isfinite(total), compensation, 0)
 
 
 def minibatch(key: jax.Array, n: int, size: int) -> jax.Array:

@@ -76,13 +76,15 @@ def test_a_sum_over_blocks_is_within_a_blocks_running_bound_and_the_pairwise_bou
     assert np.all(np.abs(np.asarray(total, np.float64) - exact) <= bound)
 
 
-def test_a_compensated_running_total_that_reaches_minus_infinity_stays_there_without_nan():
-    """A log-likelihood of -inf among the terms: the total is -inf from there on, and its compensation 0, not
-    inf - inf."""
-    total, compensation = chunks.kahan_add(jnp.float32(1.5), jnp.float32(0.0), jnp.float32(-jnp.inf))
+def test_a_compensated_total_of_log_probabilities_that_reaches_minus_infinity_stays_there_without_nan():
+    """``add_logs``: a log-probability of -inf among the terms makes the total -inf from there on, and its
+    compensation 0, where ``kahan_add``'s is inf - inf."""
+    total, compensation = chunks.add_logs(jnp.float32(1.5), jnp.float32(0.0), jnp.float32(-jnp.inf))
     assert float(total) == -np.inf and float(compensation) == 0.0
-    total, compensation = chunks.kahan_add(total, compensation, jnp.float32(2.0))
+    assert np.isnan(float(chunks.kahan_add(jnp.float32(1.5), jnp.float32(0.0), jnp.float32(-jnp.inf))[1]))
+    total, compensation = chunks.add_logs(total, compensation, jnp.float32(2.0))
     assert float(total) == -np.inf and float(compensation) == 0.0
+
 
 def test_sums_over_data_differentiate_and_keep_their_type():
     """The gradient of a sum is one for every value (first and second order, under ``jit`` and ``vmap``);

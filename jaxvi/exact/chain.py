@@ -51,7 +51,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxvi.chunks import kahan_add, map_data, sum_accurately, sum_data, unless
+from jaxvi.chunks import add_logs, kahan_add, map_data, sum_accurately, sum_data, unless
 from jaxvi.data import Sequences
 
 __all__ = ["ChainPosterior", "Sequences", "backtrack", "backward_scan", "expected_log_joint", "forward_scan",
@@ -176,10 +176,10 @@ def forward_scan(first: jax.Array, steps: PyTree, potentials_of: Callable, lengt
         if semiring == "max":
             keep = jnp.arange(K, dtype=jnp.int32)[:, None]
             outputs += (jnp.where(real, jnp.argmax(joint, axis=0).astype(jnp.int32), keep),)
-        return (message, kahan_add(*total, jnp.where(real, new_scale[0], 0.0))), outputs
+        return (message, add_logs(*total, jnp.where(real, new_scale[0], 0.0))), outputs
 
     T = 1 + jax.tree_util.tree_leaves(steps)[0].shape[0]
-    # the T log normalisers summed as the scan goes, compensated (``kahan_add``): O(1) ulps of their sum
+    # the T log normalisers summed as the scan goes, compensated (``add_logs``): O(1) ulps of their sum
     (_, (log_total, _)), outputs = lax.scan(step, (message, (scale[0], jnp.zeros_like(scale[0]))),
                                             (jnp.arange(1, T), steps))
     messages = jnp.concatenate([message[None], outputs[0]])
@@ -285,10 +285,10 @@ def _scaled_scans(first: jax.Array, steps: PyTree, potentials_of: Callable, leng
         real = t < lengths
         in_range = in_range & (~real | (norm >= floor))
         new = jnp.where(real, new, previous)
-        return (new, in_range, kahan_add(*total, jnp.where(real, jnp.log(norm) + step_top, 0.0))), new
+        return (new, in_range, add_logs(*total, jnp.where(real, jnp.log(norm) + step_top, 0.0))), new
 
     times = jnp.arange(1, 1 + emissions.shape[0])
-    # log p(x): the log normalisers summed as the scan goes, compensated (``kahan_add``): O(1) ulps of their sum
+    # log p(x): the log normalisers summed as the scan goes, compensated (``add_logs``): O(1) ulps of their sum
     (_, in_range, (log_evidence, _)), messages = lax.scan(
         forward, (message, norm >= floor, (first_scale, jnp.zeros_like(first_scale))), (times, emissions, step_tops))
     forward_messages = jnp.concatenate([message[None], messages])
