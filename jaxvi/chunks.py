@@ -126,6 +126,7 @@ def sum_blocks(fn: Callable[[PyTree], PyTree], data: PyTree, block_size: int) ->
         sums = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b[None]]), sums, fn(tail))
     return jax.tree_util.tree_map(sum_accurately, sums)
 
+
 def _highest(dtype):
     """The largest value of ``dtype`` (inf for floats): the minimum of nothing."""
     return jnp.inf if jnp.issubdtype(dtype, jnp.floating) else jnp.iinfo(dtype).max
