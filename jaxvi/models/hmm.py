@@ -148,10 +148,10 @@ def _chain_m_step(params: HMMParams, post) -> tuple[jax.Array, jax.Array]:
 def _weighted_sums(post, values: jax.Array, dtype) -> tuple[jax.Array, jax.Array]:
     r"""``(n_k (K,), s_k (K, S))``: every state's expected occupancy :math:`\sum_{n,t} \gamma_{ntk}` and the sums
     :math:`\sum_{n,t} \gamma_{ntk} v_{nt}` of ``values`` ``(N, T, S)``, accurate in float32 over any number of steps:
-    the first pairwise, the second as products over blocks of ``BLOCK_ROWS`` steps added pairwise (``sum_blocks``)."""
+    both in one pass over blocks of ``BLOCK_ROWS`` steps, the blocks' sums added pairwise (``sum_blocks``)."""
     gamma = post.marginals.astype(dtype)
     gamma, values = gamma.reshape(-1, gamma.shape[-1]), values.reshape(-1, values.shape[-1]).astype(dtype)
-    return sum_accurately(gamma), sum_blocks(lambda block: block[1].T @ block[0], (values, gamma), BLOCK_ROWS)
+    return sum_blocks(lambda block: (jnp.sum(block[1], 0), block[1].T @ block[0]), (values, gamma), BLOCK_ROWS)
 
 
 def gaussian_hmm(n_states: int, *, covariance: str = "diag", covar_prior: float = 1e-2) -> HMM:
