@@ -320,7 +320,10 @@ def test_categorical_defaults_reach_the_best_known_fit_on_return_terciles():
         for seed in range(4):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                reference = hmmlearn.CategoricalHMM(n_states, n_iter=3000, tol=1e-6, random_state=seed)
+                # the scaled forward-backward: the same 8 fits as implementation="log" (scores equal to 1e-12, the
+                # same iterations) in a quarter of the time (1.5 s against 6.1 s)
+                reference = hmmlearn.CategoricalHMM(n_states, n_iter=3000, tol=1e-6, random_state=seed,
+                                                    implementation="scaling")
                 reference.fit(symbols[:, None])
             assert reference.monitor_.converged
             references.append((reference.score(symbols[:, None]), reference))
