@@ -63,10 +63,9 @@ def test_sums_over_data_are_within_the_pairwise_bound_of_the_exact_sum(values):
         assert np.all(np.abs(np.asarray(total, np.float64) - exact) <= bound)
 
 
-
 @pytest.mark.parametrize("values", HARD, ids=lambda v: "x".join(map(str, v.shape)))
 def test_a_sum_over_blocks_is_within_a_blocks_running_bound_and_the_pairwise_bound(values):
-    """``sum_blocks`` with blocks of 64 rows (a remainder where N has no divisor near 64) is within the bound of a
+    r"""``sum_blocks`` with blocks of 64 rows (a remainder where N has no divisor near 64) is within the bound of a
     running sum over one block plus the pairwise sum of the blocks' sums, :math:`(64 + \lceil\log_2 N\rceil + 8)`
     machine epsilons of :math:`\sum |v_i|`, of the exact sum (``math.fsum``)."""
     exact = _exact_sums(values.astype(np.float64))
