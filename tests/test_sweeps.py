@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from scipy.special import logsumexp
 from scipy.stats import norm
 
@@ -271,6 +272,40 @@ def test_a_users_jit_of_a_fit_s_posterior_and_evidence_closing_over_concrete_val
     posterior, evidence = jax.jit(lambda: (result.posterior(x).log_evidence.sum(),
                                            jaxvi.evidence(result.model, result.params, x).log_evidence))()
     np.testing.assert_allclose([float(posterior), float(evidence)], log_evidence(1.0), rtol=1e-6)
+
+
+ZOO_STARTS = {"gaussian mixture": (lambda: jaxvi.models.gaussian_mixture(3).model, X),
+              "gaussian hmm": (lambda: jaxvi.models.gaussian_hmm(2).model, X.reshape(3, 10, 2)),
+              "categorical hmm": (lambda: jaxvi.models.categorical_hmm(2, 3).model, (X[:, 0] > 0).reshape(3, 10) * 2),
+              "factor analysis": (lambda: jaxvi.models.factor_analysis(1).model, X)}
+
+
+@pytest.mark.parametrize("name", ZOO_STARTS)
+def test_a_zoo_start_called_on_numpy_data_outside_jit_is_one_program(name):
+    """A zoo model's ``init`` called on numpy data, as a scikit-learn user calls it to start a peer alike, runs as one
+    compiled program: the same start as inside a user's jit on a JAX array. Run operation by operation it compiled
+    each of about 100 operations alone (5 s for the mixture's k-means), and the mixture's failed: its k-means++
+    indexed the numpy data with a traced draw (a TracerArrayConversionError)."""
+    make, data = ZOO_STARTS[name]
+    model = make()
+    in_a_jit = jax.jit(model.init)(KEY, jnp.asarray(data))
+    with compilations(lambda fun: fun != "jit(stage)") as names:  # the numpy data's transfer aside
+        start = model.init(KEY, data)
+    assert names == [f"jit({model.init.fn.__name__})"]
+    for got, want in zip(jax.tree_util.tree_leaves(start), jax.tree_util.tree_leaves(in_a_jit)):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_psis_called_on_numpy_weights_outside_jit_is_one_program():
+    """``jaxvi.psis`` on numpy log weights (as an ArviZ user calls it) runs as one compiled program (op by op, 5 s of
+    compilations for new shapes) and smooths as inside a user's jit."""
+    log_weights = np.random.default_rng(1).standard_t(3, size=(3, 200)).astype(np.float32)
+    in_a_jit = jax.jit(jaxvi.psis)(jnp.asarray(log_weights))
+    with compilations(lambda fun: fun != "jit(stage)") as names:  # the numpy array's transfer aside
+        smoothed, khat = jaxvi.psis(log_weights)
+    assert names == ["jit(_psis_rows)"]
+    np.testing.assert_allclose(smoothed, in_a_jit[0], rtol=1e-6)
+    np.testing.assert_allclose(khat, in_a_jit[1], rtol=1e-6)
 
 
 def test_importing_jaxvi_compiles_small_loops_whole_unless_xla_flags_pass_backend_options(monkeypatch):

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 
 from jaxvi.latents import Discrete
 from jaxvi.model import Model, check_values
+from jaxvi.run.compiled import OneProgram
 
 __all__ = ["BernoulliMixtureParams", "bernoulli_mixture"]
 
@@ -48,7 +49,7 @@ def bernoulli_mixture(n_components: int) -> Model:
     def validate(data) -> None:  # x log p + (1 - x) log(1 - p) is no likelihood outside [0, 1]
         check_values(data, "values", 0, 1, inclusive=True)
 
-    return Model(log_joint, latent, init, validate=validate)
+    return Model(log_joint, latent, OneProgram(init), validate=validate)
 
 
 def log_joint(params: BernoulliMixtureParams, z, x):

@@ -37,6 +37,7 @@ from jaxvi.latents import Gaussian
 from jaxvi.linalg import spd_solve
 from jaxvi.methods.common import sum_accurately
 from jaxvi.model import Model
+from jaxvi.run.compiled import OneProgram
 from jaxvi.statistics import Statistics
 
 __all__ = ["FactorAnalysisParams", "LinearGaussian", "PPCAParams", "factor_analysis", "ppca"]
@@ -157,7 +158,7 @@ def factor_analysis(n_factors: int, *, init: str = "pca", update: str = "em") ->
 
     statistics = (Statistics(_collect, em_maximize, _mean) if update == "em"
                   else Statistics(_collect_moments, svd_maximize, _mean))
-    return LinearGaussian(Model(_log_joint, latent, init_params), m_step, statistics)
+    return LinearGaussian(Model(_log_joint, latent, OneProgram(init_params)), m_step, statistics)
 
 
 def ppca(n_components: int, *, init: str = "pca") -> LinearGaussian:
@@ -193,7 +194,8 @@ def ppca(n_components: int, *, init: str = "pca") -> LinearGaussian:
         mean, cov, loadings, noise = _pca(data, n_components)
         return PPCAParams(mean, loadings, jnp.log(jnp.maximum(noise, _floor(jnp.mean(jnp.diagonal(cov))))))
 
-    return LinearGaussian(Model(_log_joint, latent, init_params), m_step, Statistics(_collect, maximize, _mean))
+    return LinearGaussian(Model(_log_joint, latent, OneProgram(init_params)), m_step,
+                          Statistics(_collect, maximize, _mean))
 
 
 def _log_joint(params, z, x):

@@ -20,6 +20,7 @@ from jax.scipy import stats
 from jaxvi.data import Sequences
 from jaxvi.latents import Markov
 from jaxvi.model import Model
+from jaxvi.run.compiled import OneProgram
 
 __all__ = ["factorial_hmm"]
 
@@ -53,4 +54,4 @@ def factorial_hmm(M: int, K: int, d: int) -> Model:
         return {"start": jnp.zeros((M, K), flat.dtype), "transitions": jnp.zeros((M, K, K), flat.dtype),
                 "means": mean / M + noise * spread / np.sqrt(M), "log_scale": jnp.log(spread)}
 
-    return Model(log_joint, tuple(Markov(K) for _ in range(M)), init=init)
+    return Model(log_joint, tuple(Markov(K) for _ in range(M)), init=OneProgram(init))

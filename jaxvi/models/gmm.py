@@ -25,6 +25,7 @@ from jax.scipy.linalg import solve_triangular
 from jaxvi.chunks import sum_accurately, sum_blocks, sum_data
 from jaxvi.latents import Discrete
 from jaxvi.model import Model
+from jaxvi.run.compiled import OneProgram
 from jaxvi.statistics import Statistics
 
 __all__ = ["GMMParams", "GaussianMixture", "gaussian_mixture", "gmm_m_step", "gmm_statistics", "weighted_moments"]
@@ -121,7 +122,8 @@ def gaussian_mixture(n_components: int, *, covariance: str = "full", init: str =
         return m_step(None, data, _Responsibilities(resp))
 
     log_joint = _log_joint_full if covariance == "full" else _log_joint_diag
-    return GaussianMixture(Model(log_joint, latent, init_params), m_step, gmm_statistics(covariance, reg_covar))
+    return GaussianMixture(Model(log_joint, latent, OneProgram(init_params)), m_step,
+                           gmm_statistics(covariance, reg_covar))
 
 
 def gmm_statistics(covariance: str = "full", reg_covar: float = 1e-6) -> Statistics:

@@ -34,6 +34,7 @@ from jaxvi.latents import Markov
 from jaxvi.model import Model, check_values
 from jaxvi.models.gmm import (BLOCK_ROWS, _component_log_prob_full, _kmeans, _normal_diag, _precision_cholesky,
                               weighted_moments)
+from jaxvi.run.compiled import OneProgram
 
 __all__ = ["CategoricalEmission", "GaussianEmission", "HMM", "HMMParams", "PoissonEmission", "categorical_hmm",
            "gaussian_hmm", "poisson_hmm"]
@@ -222,7 +223,7 @@ def gaussian_hmm(n_states: int, *, covariance: str = "diag", covar_prior: float 
         return -0.5 * covar_prior * jnp.sum(prec_chol**2)  # sum of tr(Sigma_k^{-1}) = sum ||P_k||_F^2
 
     emission_log_prob = _gaussian_diag_log_prob if diag else _gaussian_full_log_prob
-    model = Model(_step_log_joint(emission_log_prob), Markov(n_states), init,
+    model = Model(_step_log_joint(emission_log_prob), Markov(n_states), OneProgram(init),
                   log_prior=log_prior if covar_prior > 0 else None)
     return HMM(model, m_step)
 
@@ -261,7 +262,8 @@ def categorical_hmm(n_states: int, n_symbols: int) -> HMM:
     def validate(data) -> None:  # a symbol outside [0, S) would be a gather XLA clamps
         check_values(data, "symbols", 0, n_symbols, integer=True)
 
-    return HMM(Model(_step_log_joint(_categorical_log_prob), Markov(n_states), init, validate=validate), m_step)
+    return HMM(Model(_step_log_joint(_categorical_log_prob), Markov(n_states), OneProgram(init), validate=validate),
+               m_step)
 
 
 def poisson_hmm(n_states: int) -> HMM:
@@ -292,7 +294,8 @@ def poisson_hmm(n_states: int) -> HMM:
     def validate(data) -> None:
         check_values(data, "counts", 0)
 
-    return HMM(Model(_step_log_joint(_poisson_log_prob), Markov(n_states), init, validate=validate), m_step)
+    return HMM(Model(_step_log_joint(_poisson_log_prob), Markov(n_states), OneProgram(init), validate=validate),
+               m_step)
 
 
 WINDOW_HALF_WIDTH = 5  # categorical_hmm's init: symbol frequencies over 11 steps

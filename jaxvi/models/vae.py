@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from jaxvi.latents import Real
 from jaxvi.model import Model, check_values
 from jaxvi.nn import Network, mlp
+from jaxvi.run.compiled import OneProgram
 
 __all__ = ["VAE", "VAEParams", "vae"]
 
@@ -109,4 +110,5 @@ def vae(latent_dim: int, data_dim: int, decoder: Network | None = None, likeliho
     def validate(data) -> None:  # x out - softplus(out) is no likelihood outside [0, 1]
         check_values(data, "values", 0, 1, inclusive=True)
 
-    return VAE(Model(log_joint, Real((latent_dim,)), init, validate=validate if bernoulli else None), decode)
+    return VAE(Model(log_joint, Real((latent_dim,)), OneProgram(init), validate=validate if bernoulli else None),
+               decode)
