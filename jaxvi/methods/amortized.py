@@ -39,6 +39,7 @@ from jaxvi.methods.svi import check_optimizer, make_optimizer
 from jaxvi.model import Model, check_new_data
 from jaxvi.nn import Network, mlp
 from jaxvi.result import NO_FAULT, Fault, Result
+from jaxvi.run.compiled import compiled_outside_traces
 from jaxvi.run.schedule import Schedule
 from jaxvi.vi.elbo import ELBOSpec, Guided, elbo
 from jaxvi.vi.fitted import FittedGuide, GlobalLocal
@@ -230,6 +231,7 @@ class Amortized:
 
     # --- the algorithm -------------------------------------------------------------------------------
 
+    @compiled_outside_traces
     def init(self, model: Model, key: jax.Array, data: PyTree, params: PyTree | None = None) -> AmortizedState:
         """θ from ``model.init``, φ from the encoder, a global ψ where there are global latents."""
         model_key, encoder_key, shared_key, global_key = jax.random.split(key, 4)
@@ -273,6 +275,7 @@ class Amortized:
         """The ELBO of held-out ``data`` (``num_particles`` per datum; the plain ELBO)."""
         return self._bound(model, state, data, key, self.num_particles, "elbo").bound
 
+    @compiled_outside_traces
     def finalize(self, model: Model, key: jax.Array, state: AmortizedState, data: PyTree) -> Result:
         """The ELBO of ``data`` (the training data, in a run) with ``num_eval_particles`` per datum. A
         non-finite ELBO (which term, which datum) or parameter leaf is the result's ``diagnostics.fault``."""

@@ -54,7 +54,7 @@ from jaxvi.methods.em import gradient_m_step
 from jaxvi.methods.settings import check_count, check_number, settings
 from jaxvi.model import Model, check_new_data, is_traced
 from jaxvi.result import FAULT_LOG_EVIDENCE, FAULT_PARAMS, NO_FAULT, Fault, Result
-from jaxvi.run.compiled import CHEAP_CODE, per_fit
+from jaxvi.run.compiled import CHEAP_CODE, compiled_outside_traces, per_fit
 from jaxvi.run.schedule import Change, Schedule
 from jaxvi.vi import chains, expfam, local_factors
 from jaxvi.vi.factors import Factor, FactorSpec, encoded, factor_spec, sample_factors
@@ -442,6 +442,7 @@ class CAVI:
 
     # --- the algorithm ------------------------------------------------------------------------------
 
+    @compiled_outside_traces
     def init(self, model: Model, key: jax.Array, data: PyTree, params: PyTree | None = None, *,
              local_posterior=None, num_data: int | None = None) -> CAVIState:
         r"""The state before the first iteration: θ from ``model.init`` (or ``params``); every factor its prior
@@ -565,6 +566,7 @@ class CAVI:
             count=state.count + 1)
         return new_state, CAVIInfo(bound, fault)
 
+    @compiled_outside_traces
     def finalize(self, model: Model, key: jax.Array, state: CAVIState, data: PyTree) -> Result:
         """The last evaluated θ and factors and their bound (no further step), the local gap and, without
         ``Global`` latents, the exact log evidence."""

@@ -35,6 +35,7 @@ from jaxvi.methods.common import (check_floating, final_fault, float_dtype, full
 from jaxvi.methods.settings import check_count, check_number, settings
 from jaxvi.model import Model
 from jaxvi.result import FAULT_LOG_EVIDENCE, FAULT_NOT_QUADRATIC, FAULT_PARAMS, NO_FAULT, Fault, Result
+from jaxvi.run.compiled import compiled_outside_traces
 from jaxvi.run.schedule import Change, Schedule
 from jaxvi.statistics import Statistics, streamed_e_step
 
@@ -189,6 +190,7 @@ class EM:
         _check_posterior_size(result.model, data)
         return self.e_step(result.model, result.params, data)
 
+    @compiled_outside_traces
     def init(self, model: Model, key: jax.Array, data: PyTree, params: PyTree | None = None) -> EMState:
         """The state before the first iteration, from ``model.init(key, data)`` or given ``params``."""
         given, params = params is not None, model.init(key, data) if params is None else params
@@ -247,6 +249,7 @@ class EM:
             rejected=jnp.where(evidence_ok, move & rejected, state.rejected))
         return new_state, EMInfo(log_evidence, fault_of(leaf_finite))
 
+    @compiled_outside_traces
     def finalize(self, model: Model, key: jax.Array, state: EMState, data: PyTree) -> Result:
         """The last evaluated parameters and their log p(D) (no further E-step); a non-finite one
         (only before the first step) is the result's ``diagnostics.fault``."""

@@ -29,6 +29,7 @@ from jaxvi.methods.protocol import Info
 from jaxvi.methods.settings import check_count, check_number, settings
 from jaxvi.model import Model
 from jaxvi.result import FAULT_LOG_EVIDENCE, FAULT_PARAMS, NO_FAULT, Fault, Result
+from jaxvi.run.compiled import compiled_outside_traces
 from jaxvi.run.schedule import Schedule
 from jaxvi.statistics import Statistics, streamed_e_step
 
@@ -118,6 +119,7 @@ class OnlineEM:
         """``num_steps`` minibatches of ``batch_size``, each drawn without replacement."""
         return Schedule(self.num_steps, batch_size=self.batch_size)
 
+    @compiled_outside_traces
     def init(self, model: Model, key: jax.Array, data: PyTree, params: PyTree | None = None) -> OnlineEMState:
         params = model.init(key, data) if params is None else params
         params = jax.tree_util.tree_map(lambda a: lax.convert_element_type(a, jnp.result_type(a)), params)
@@ -158,6 +160,7 @@ class OnlineEM:
         new_state = tree_where(ok, OnlineEMState(new_params, stats, state.count + 1, state.shift), state)
         return new_state, Info(estimate, fault)
 
+    @compiled_outside_traces
     def finalize(self, model: Model, key: jax.Array, state: OnlineEMState, data: PyTree) -> Result:
         """The fit's Result: log p(D) of all the data at the final θ (a streamed E-step); a non-finite
         one (which chunk of data) is the result's ``diagnostics.fault``."""

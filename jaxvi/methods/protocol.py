@@ -28,6 +28,11 @@ large kernels over the data (EM with discrete latents, CAVI with discrete local 
 ``jaxvi.compiler_options`` choose XLA:CPU's older kernel emitters, which compile faster
 (``jaxvi.run.compiled.LARGE_KERNEL_CODE``); a method without it is compiled with the defaults.
 
+Called on concrete values (a user's own loop starting or ending outside ``jit``), jaxvi's methods run ``init`` and
+``finalize`` as one program each, compiled once per model and method structure
+(``jaxvi.run.compiled.compiled_outside_traces``); JAX would otherwise run them operation by operation and compile
+each operation alone. A method of your own can take the same decorator.
+
 ``finalize`` reports the fault of its own evaluation in ``result.diagnostics.fault`` (a non-finite
 objective or parameter leaf, ``Fault`` kinds 6 and 7; kind 0 when finite): ``jaxvi.infer`` then
 returns the last state whose objective was finite instead, and raises.

@@ -40,6 +40,7 @@ from jaxvi.methods.protocol import Info
 from jaxvi.methods.settings import check_count, check_number, settings
 from jaxvi.model import Model, check_new_data
 from jaxvi.result import NO_FAULT, Fault, Result
+from jaxvi.run.compiled import compiled_outside_traces
 from jaxvi.run.schedule import Never, Schedule, Smoothed
 from jaxvi.vi.elbo import ELBOSpec, Enumerated, Guided, Plain, Summed, elbo
 from jaxvi.vi.fitted import FittedGuide, GlobalLocal
@@ -288,6 +289,7 @@ class SVI:
 
     # --- the algorithm ------------------------------------------------------------------------------
 
+    @compiled_outside_traces
     def init(self, model: Model, key: jax.Array, data: PyTree, params: PyTree | None = None) -> SVIState:
         """θ from ``model.init`` (or ``params``), ψ from the guides, the optimiser states."""
         model_key, global_key, local_key = jax.random.split(key, 3)
@@ -342,6 +344,7 @@ class SVI:
             local_opt_state = _scatter(state.local_opt_state, index, new_opt_rows)
         return SVIState(params, global_psi, local_psi, opt_state, local_opt_state), Info(bound, fault)
 
+    @compiled_outside_traces
     def finalize(self, model: Model, key: jax.Array, state: SVIState, data: PyTree) -> Result:
         """The final ELBO on all the data and its standard error; the exact evidence and gap where
         the latent has an exact posterior and no global part. A non-finite ELBO (which term, which

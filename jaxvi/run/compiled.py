@@ -28,8 +28,8 @@ from jaxvi.model import is_traced
 from jaxvi.run import stored
 
 __all__ = ["CACHE_ENV", "CACHED_FITS", "CHEAP_CODE", "CHEAP_PASS_BYTES", "CHEAP_RUN_BYTES", "CPU_CODE",
-           "LARGE_KERNEL_CODE", "OneProgram", "START_PASSES", "cache", "cached_fits", "compiler_options", "nbytes",
-           "per_fit", "run_once_options", "runs_once_cheaply"]
+           "LARGE_KERNEL_CODE", "OneProgram", "START_PASSES", "cache", "cached_fits", "compiled_outside_traces",
+           "compiler_options", "nbytes", "per_fit", "run_once_options", "runs_once_cheaply"]
 
 OPTIMIZATION_LEVEL = "xla_backend_optimization_level"
 YNN_OPTION = "xla_cpu_experimental_ynn_fusion_type"
@@ -196,6 +196,37 @@ def per_fit(fn: Callable, options: dict | None = None) -> Callable:
         fn, model, method, chosen_options(model, method, args, kwargs))[0].lower(method, *args, **kwargs)
     return call
 
+
+
+def compiled_outside_traces(function: Callable) -> Callable:
+    """Decorates a method's ``init`` or ``finalize``, ``function(method, model, *args, **kwargs)``: called on
+    concrete values (a loop of a user's own starts or ends outside ``jit``, as docs/methods.md shows), it runs as
+    one program compiled once per model and method structure (``per_fit``); inside a trace (``infer``'s programs, a
+    user's ``jit``), ``function`` itself runs, as part of the caller's program.
+
+    Run operation by operation, JAX compiles each operation alone: a Bayesian mixture's ``CAVI.init`` compiled 545
+    of them, 20 s, against 3 s as one program; ``SVI.finalize`` 3.4 s.
+    """
+    compiled = _PROTOCOL_FUNCTIONS[function.__name__]
+
+    @functools.wraps(function)
+    def call(method, model, *args, **kwargs):
+        if is_traced(args, kwargs):
+            return function(method, model, *args, **kwargs)
+        return compiled(model, method, *args, **kwargs)
+
+    return call
+
+
+def _method_init(model, method, *args, **kwargs):
+    return method.init(model, *args, **kwargs)
+
+
+def _method_finalize(model, method, *args, **kwargs):
+    return method.finalize(model, *args, **kwargs)
+
+
+_PROTOCOL_FUNCTIONS = {"init": per_fit(_method_init), "finalize": per_fit(_method_finalize)}
 
 def nbytes(tree: Any) -> int:
     """The bytes of the arrays among ``tree``'s leaves (other leaves count nothing)."""
