@@ -174,7 +174,9 @@ class OneProgram:
 
 
 def per_fit(fn: Callable, options: dict | None = None) -> Callable:
-    """``fn(model, method, *args, **kwargs)`` compiled once per model and method structure.
+    """``fn(model, method, *args, **kwargs)`` compiled once per model and method structure (``model``: a model, or
+    static settings compared by what they are, as ``jaxvi.exact.posterior`` passes its log-joint and latent in a
+    ``jaxvi.equality.Structural``).
 
     The call is ``jax.jit(functools.partial(fn, model))(method, *args, **kwargs)``, the jitted function
     taken from the table of recent fits; ``.lower(model, method, ...)`` lowers it ahead of time.
