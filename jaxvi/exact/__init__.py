@@ -36,7 +36,7 @@ def posterior(log_joint, latent, params, data, chunk_size: int = 1024, different
     values), latent and settings (``jaxvi.run.compiled.per_fit``): operation by operation, JAX compiled each
     operation alone, 4-8 s for a mixture's or an HMM's first posterior."""
     settings = Structural((log_joint, latent, chunk_size, differentiable))
-    if is_traced(params, data):
+    if is_traced(params, data):  # an E-step's: not through per_fit, whose table of fits it would fill
         return _posterior(settings, None, params, data)
     return _compiled_posterior(settings, None, params, data)
 

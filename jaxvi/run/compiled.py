@@ -199,7 +199,6 @@ def per_fit(fn: Callable, options: dict | None = None) -> Callable:
     return call
 
 
-
 def compiled_outside_traces(function: Callable) -> Callable:
     """Decorates a method's ``init`` or ``finalize``, ``function(method, model, *args, **kwargs)``: called on
     concrete values (a loop of a user's own starts or ends outside ``jit``, as docs/methods.md shows), it runs as
@@ -213,7 +212,7 @@ def compiled_outside_traces(function: Callable) -> Callable:
 
     @functools.wraps(function)
     def call(method, model, *args, **kwargs):
-        if is_traced(args, kwargs):
+        if is_traced(args, kwargs):  # not through per_fit: a traced call would take a place in its table of fits
             return function(method, model, *args, **kwargs)
         return compiled(model, method, *args, **kwargs)
 
@@ -229,6 +228,7 @@ def _method_finalize(model, method, *args, **kwargs):
 
 
 _PROTOCOL_FUNCTIONS = {"init": per_fit(_method_init), "finalize": per_fit(_method_finalize)}
+
 
 def nbytes(tree: Any) -> int:
     """The bytes of the arrays among ``tree``'s leaves (other leaves count nothing)."""
