@@ -254,6 +254,22 @@ def test_float32_bayesian_mixture_bound_never_falls_and_switches_off_surplus_com
     assert abs(float(result.objective) - float(truth)) <= RESOLUTION_ULPS * np.finfo(np.float32).eps * abs(truth)
 
 
+def test_a_mixture_s_start_keeps_its_components_alive_on_two_clusters():
+    """Two clusters, K = 4, default settings, four keys: three find both clusters (two weights of 0.5, the bound
+    of scikit-learn's BayesianGaussianMixture answer, which finds them from every seed with its k-means start). Before,
+    the start drew the weights from their Dirichlet(1/K) prior, where most are near 0: every key ended with one
+    component holding all the data (bound -870.5 against -754.5)."""
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(-3, 1, (100, 2)), rng.normal(3, 1, (100, 2))]).astype(np.float32)
+    model = jaxvi.models.bayesian_gaussian_mixture(x, 4)
+    found = []
+    for key in range(4):
+        result = jaxvi.infer(model, jaxvi.CAVI(), x, key=jax.random.key(key), progress=False)
+        weights = np.sort(np.asarray(result.posterior().globals["theta"]["weights"].mean()))[::-1]
+        found.append(bool(np.allclose(weights[:2], 0.5, atol=0.02)) and float(result.objective) > -760)
+    assert sum(found) >= 3, found
+
+
 @pytest.mark.parametrize("covariance", ["full", "diag"])
 def test_float32_bayesian_mixture_of_data_far_from_the_origin_is_fitted_as_near_it(iris, covariance):
     """Iris moved to 1,000, in float32: the components' factors are taken about the data's mean (their ``center``),

@@ -385,6 +385,33 @@ def test_topics_of_a_corpus_drawn_from_lda_are_recovered():
     assert distance[rows, columns].max() < 0.1, distance[rows, columns]
 
 
+def test_a_fit_by_default_settings_reaches_scikit_learn_s_optimum():
+    """``jaxvi.infer``'s defaults on a corpus drawn from LDA (6 topics over 300 words, 400 documents): held-out
+    perplexity within 2% of scikit-learn's batch fit and every topic found, for every key. Before, the fit's topics
+    started at a draw from their sparse prior (a random partition of the vocabulary) and every local step swept each
+    document from the q it carried, which stayed near its first assignments: 0 or 1 of the 6 topics found, held-out
+    perplexity 93-98 against scikit-learn's 73.3."""
+    rng = np.random.default_rng(0)
+    k, v, n = 6, 300, 400
+    topics = rng.dirichlet(np.full(v, 0.05), k)
+    counts = np.stack([rng.multinomial(rng.poisson(80) + 1, p @ topics)
+                       for p in rng.dirichlet(np.full(k, 0.3), n + 200)]).astype(np.float32)
+    length = int((counts > 0).sum(1).max())
+    docs, heldout = bag_of_words(counts[:n], length=length), bag_of_words(counts[n:], length=length)
+    peer = LatentDirichletAllocation(k, learning_method="batch", max_iter=50, random_state=0).fit(counts[:n])
+    model = lda(docs, k, v)
+    for key in range(2):
+        result = jaxvi.infer(model, jaxvi.CAVI(max_iter=50), docs, key=jax.random.key(key), progress=False)
+        trace = np.asarray(result.trace, np.float64)
+        assert np.all(np.diff(trace) >= -jaxvi.run.schedule.resolution(trace[1:]))
+        fitted = np.asarray(result.posterior().globals["topics"].mean())
+        distance = np.abs(fitted[:, None, :] - topics[None, :, :]).sum(-1)  # L1 between fitted and true topics
+        rows, columns = optimize.linear_sum_assignment(distance)
+        assert distance[rows, columns].max() < 0.5, (key, distance[rows, columns])
+        ours = float(jaxvi.models.lda_perplexity(result, heldout))
+        assert ours < 1.02 * peer.perplexity(counts[n:]), (key, ours, peer.perplexity(counts[n:]))
+
+
 def weighted_lda(docs, weights):
     """LDA whose every distinct word also carries a weight w_n on log theta, sum_n c_n z_n . (w_n log theta +
     log beta_{w_n}): conjugate, but the plate's entries meet theta unalike (all alike where every w_n is 1)."""
