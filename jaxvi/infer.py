@@ -14,7 +14,8 @@ import numpy as np
 from jaxvi.data import num_data
 from jaxvi.io import check_path
 from jaxvi.methods.protocol import Method
-from jaxvi.model import Model, check_data, check_init_params, check_key, check_model, is_traced, validate_data
+from jaxvi.model import (Model, check_data, check_init_params, check_key, check_model, datum_shapes, is_traced,
+                          validate_data)
 from jaxvi.parallel import shard_data
 from jaxvi.result import FAULT_OBJECTIVE, Result
 from jaxvi.run import checkpoint as checkpoints
@@ -124,6 +125,7 @@ def infer(model: Model, method, data: PyTree, *, key: jax.Array, progress: bool 
                       after_chunk=after_chunk)
     finish = _finish_cheaply if compiled.runs_once_cheaply(data, passes=method.n_init) else _finish  # once per restart
     result, chosen = finish(model, method, runs, data)
+    result = dataclasses.replace(result, datum=datum_shapes(data))  # what data its posterior takes
     if not traced:
         if int(result.diagnostics.fault.kind) == FAULT_OBJECTIVE and hasattr(method, "explain"):
             run = jax.tree_util.tree_map(lambda a: a[int(chosen)], runs)

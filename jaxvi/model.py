@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax._src.core as jax_core  # its trace_state_clean: whether a transformation is tracing (no public equivalent)
@@ -20,8 +20,8 @@ from jaxvi.data import Sequences
 from jaxvi.latents import (EXPONENTIAL_FAMILY_SPECS, Gaussian, Markov, Real, exact_family, is_spec, split_latent,
                            value_shape)
 
-__all__ = ["Model", "check_data", "check_init_params", "check_key", "check_model", "check_params_fit_data",
-           "check_new_data", "check_values", "is_traced", "validate_data"]
+__all__ = ["DatumShapes", "Model", "check_data", "check_init_params", "check_key", "check_model",
+           "check_params_fit_data", "check_new_data", "check_values", "datum_shapes", "is_traced", "validate_data"]
 
 PyTree = Any
 
@@ -143,16 +143,56 @@ def check_data(data: PyTree) -> PyTree:
     return jax.tree_util.tree_unflatten(treedef, [a if isinstance(a, jax.Array) else jnp.asarray(a) for a in arrays])
 
 
-def check_new_data(model: Model, params: PyTree, data: PyTree) -> PyTree:
-    """``check_data``, then ``check_params_fit_data`` and ``validate_data``: data handed to a fitted model (a
+def check_new_data(model: Model, params: PyTree, data: PyTree, fitted: DatumShapes | None = None) -> PyTree:
+    """``check_data``, then ``check_datum_shapes`` (against ``fitted``, the shapes of a datum of the data the fit
+    was given, where known), ``check_params_fit_data`` and ``validate_data``: data handed to a fitted model (a
     posterior, an evidence, a bound on held-out data). Returns the data as ``check_data`` does."""
     if not isinstance(model, Model):
         raise ValueError(f"model: expected a jaxvi.Model (a zoo fit's .model), got {type(model).__name__}")
     data = check_data(data)
+    check_datum_shapes(model, data, fitted)
     if not is_traced(data, params):
         check_params_fit_data(model, params, data)
     validate_data(model, data)
     return data
+
+
+class DatumShapes(NamedTuple):
+    """The shapes of one datum of a fit's data (static and hashable: a ``Result`` keeps them): the data's tree
+    structure and every leaf's shape without its leading datum axis."""
+
+    treedef: Any
+    shapes: tuple
+
+
+def datum_shapes(data: PyTree) -> DatumShapes:
+    """The ``DatumShapes`` of ``data`` (checked data: every leaf with a leading datum axis)."""
+    leaves, treedef = jax.tree_util.tree_flatten(data)
+    return DatumShapes(treedef, tuple(tuple(jnp.shape(leaf)[1:]) for leaf in leaves))
+
+
+def check_datum_shapes(model: Model, data: PyTree, fitted: DatumShapes | None) -> None:
+    """Raises ValueError where a datum of ``data`` is not shaped as one of the data the fit was given (``fitted``;
+    nothing is compared where that is None): another tree structure, or a leaf of another shape, its time axis (the
+    first after the datum axis) excepted for a model with a ``Markov`` latent, whose sequences may be of any length.
+    A posterior of one datum handed without its datum axis (a GMM's ``x[0]``, one ``(T, D)`` sequence) would
+    otherwise be read as that many data of smaller shape, and broadcast against the parameters."""
+    if fitted is None:
+        return
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(data)
+    if treedef != fitted.treedef:
+        raise ValueError(f"data: expected data of the structure the model was fitted to, {fitted.treedef}, got "
+                         f"{treedef}")
+    timed = any(isinstance(leaf, Markov) for leaf in jax.tree_util.tree_leaves(model.latent, is_leaf=is_spec))
+    for (path, leaf), want in zip(leaves, fitted.shapes):
+        have = tuple(jnp.shape(leaf)[1:])
+        if len(have) == len(want) and have[timed:] == want[timed:]:
+            continue
+        expected = f"(T, {', '.join(map(str, want[1:]))})" if timed and want else str(want)
+        one = " (a single datum needs its leading datum axis: data[None])" if len(have) + 1 == len(want) else ""
+        raise ValueError(f"data{jax.tree_util.keystr(path)}: expected every datum of shape {expected}, as the data "
+                         f"the model was fitted to{' (T: any length)' if timed and want else ''}, got data of shape "
+                         f"{tuple(jnp.shape(leaf))}, a datum of shape {have}{one}")
 
 
 def validate_data(model: Model, data: PyTree) -> None:

@@ -91,6 +91,8 @@ class Result:
       method: the method's settings (its numbers are leaves of the pytree: a vmapped fit stacks them).
       guide_params: the variational parameters: ψ of an SVI fit, the encoder of an amortized one
         (None for EM).
+      datum: the shapes of one datum of the data ``jaxvi.infer`` was given (a ``jaxvi.model.DatumShapes``;
+        static), which data handed to ``posterior`` must share; None where unknown.
     """
 
     params: PyTree
@@ -102,6 +104,7 @@ class Result:
     model: Any
     method: Any
     guide_params: PyTree = None
+    datum: Any = None
 
     def posterior(self, data: PyTree | None = None):
         """The fitted posterior.
@@ -118,11 +121,11 @@ class Result:
 
         Raises:
           ValueError: ``data`` that the model (or the encoder) cannot take, e.g. another number of
-            features than the fitted data's.
+            features than the fitted data's, or a datum without its leading datum axis.
         """
         from jaxvi.run.compiled import run_once_options  # not at the top: jaxvi.run's loop imports this module
 
-        data = None if data is None else check_new_data(self.model, self.params, data)
+        data = None if data is None else check_new_data(self.model, self.params, data, self.datum)
         if is_traced(data, self.params):
             return self.method.posterior(self, data)
         options = run_once_options(self.params, self.guide_params, data,
@@ -187,7 +190,7 @@ class Result:
 jax.tree_util.register_dataclass(
     Result,
     data_fields=["params", "objective", "trace", "n_iter", "converged", "diagnostics", "guide_params", "method"],
-    meta_fields=["model"],
+    meta_fields=["model", "datum"],
 )
 
 

@@ -235,22 +235,51 @@ def test_a_posterior_of_data_with_other_features_is_a_value_error():
     gm = jaxvi.models.gaussian_mixture(2)
     result = fit(gm.model, method=jaxvi.EM(m_step=gm.m_step, max_iter=2))
     for features in (3, 1):
+        with pytest.raises(ValueError, match=rf"data: expected every datum of shape \(2,\), as the data the model was "
+                                             rf"fitted to, got data of shape \(5, {features}\), a datum of shape "
+                                             rf"\({features},\)$"):
+            result.posterior(np.zeros((5, features), np.float32))
         message = (rf"data: expected data of the shapes the parameters were fitted to, got shapes \(5, {features}\), "
                    rf"for which init\(key, data\) gives params\.means of shape \(2, {features}\), where the "
                    r"parameters have \(2, 2\)")
-        with pytest.raises(ValueError, match=message):
-            result.posterior(np.zeros((5, features), np.float32))
-        with pytest.raises(ValueError, match=message):
+        with pytest.raises(ValueError, match=message):  # no fit's data to compare with: the parameters' shapes
             jaxvi.evidence(gm.model, result.params, np.zeros((5, features), np.float32))
     with pytest.raises(ValueError, match=r"model: expected a jaxvi.Model \(a zoo fit's .model\), got GaussianMixture"):
         jaxvi.evidence(gm, result.params, GOOD)
     # a single datum, on which the mixture's init cannot run (fewer data than components), is taken: the same q
     np.testing.assert_allclose(result.posterior(GOOD[:1]).probs, result.posterior(GOOD).probs[:1], rtol=1e-6)
+    # but not without its datum axis, nor one feature of one datum (init cannot run there either): these were read as
+    # two data of one feature each, or one, and their posteriors came back
+    one = r" \(a single datum needs its leading datum axis: data\[None\]\)"
+    for bad, shapes in ((GOOD[0], r"\(2,\), a datum of shape \(\)" + one), (GOOD[:1, :1], r"\(1, 1\), a datum of shape \(1,\)")):
+        with pytest.raises(ValueError, match=r"data: expected every datum of shape \(2,\), as the data the model was "
+                                             r"fitted to, got data of shape " + shapes + "$"):
+            result.posterior(bad)
+        with pytest.raises(ValueError, match=r"data: expected every datum of shape \(2,\)"):
+            jaxvi.predictive(result, bad, key=KEY, num_draws=2)
     assert result.posterior(GOOD[:5]).probs.shape == (5, 2)
     vae = jaxvi.models.vae(2, 2, likelihood="gaussian")
     amortized = fit(vae.model, GOOD, jaxvi.Amortized(num_steps=2, batch_size=5))
-    with pytest.raises(ValueError, match=r"data: expected data whose every datum the fitted model takes"):
+    with pytest.raises(ValueError, match=r"data: expected every datum of shape \(2,\), as the data the model was "
+                                         r"fitted to, got data of shape \(5, 4\), a datum of shape \(4,\)$"):
         amortized.posterior(np.zeros((5, 4), np.float32))
+
+
+def test_a_posterior_of_sequences_takes_any_length_but_not_one_sequence_without_its_datum_axis():
+    """One hmmlearn-style (T, D) sequence used to fail inside the emission's bijector (distrax: event_ndims_out); the
+    time axis is free (a fitted HMM scores longer sequences), the features are not."""
+    hmm = jaxvi.models.gaussian_hmm(2)
+    sequences = np.random.default_rng(3).normal(size=(3, 12, 2)).astype(np.float32)
+    result = fit(hmm.model, sequences, jaxvi.EM(max_iter=2))
+    longer = np.concatenate([sequences, sequences], axis=1)
+    np.testing.assert_allclose(np.sum(result.posterior(longer).log_evidence),
+                               jaxvi.evidence(hmm.model, result.params, longer).log_evidence, rtol=1e-6)
+    with pytest.raises(ValueError, match=r"data: expected every datum of shape \(T, 2\), as the data the model was "
+                                         r"fitted to \(T: any length\), got data of shape \(12, 2\), a datum of shape "
+                                         r"\(2,\) \(a single datum needs its leading datum axis: data\[None\]\)$"):
+        result.posterior(sequences[0])
+    with pytest.raises(ValueError, match=r"got data of shape \(3, 12, 1\), a datum of shape \(12, 1\)$"):
+        result.posterior(sequences[..., :1])
 
 
 def _peak_rss_gib() -> float:
