@@ -15,7 +15,8 @@ import jax
 import numpy as np
 
 from jaxvi.data import num_data as num_data_of
-from jaxvi.model import Model
+from jaxvi.model import Model, check_data, validate_data
+from jaxvi.result import NO_FAULT
 from jaxvi.run.compiled import compiler_options
 from jaxvi.run.loop import step_keys
 
@@ -57,8 +58,12 @@ def stream(model: Model, method, minibatches: Iterable[PyTree], *, num_data: int
 
     Raises:
       ValueError: ``method`` is not ``CAVI`` with a ``batch_size``, ``num_data`` is not an integer >= B,
-        ``minibatches`` is empty, or a minibatch differs from the first in structure, shape or dtype (named by
-        its position).
+        ``minibatches`` is empty, or a minibatch differs from the first in structure, shape or dtype, holds a NaN
+        or an infinite value, or values outside the model's support (``model.validate``: LDA's counts and word
+        ids), named by its position, as ``jaxvi.infer`` checks its data.
+      FloatingPointError: a step was not finite (its minibatch's bound, or the factors it moved to): the step was
+        not taken (the state stayed) and the stream went on; raised at its end, naming the first such minibatch,
+        with ``err.streamed`` the ``Streamed`` fit.
     """
     from jaxvi.methods.cavi import CAVI
 
@@ -71,7 +76,7 @@ def stream(model: Model, method, minibatches: Iterable[PyTree], *, num_data: int
     first = next(batches, None)
     if first is None:
         raise ValueError("minibatches: expected at least one minibatch, got an empty iterable")
-    first = jax.device_put(first)
+    first = jax.device_put(_checked(model, first, 0))
     layout = _layout(first)
     if num_data_of(first) != method.batch_size:
         raise ValueError(f"minibatches: expected minibatches of batch_size = {method.batch_size} rows, got "
@@ -89,11 +94,12 @@ def stream(model: Model, method, minibatches: Iterable[PyTree], *, num_data: int
     if progress:
         from tqdm.auto import tqdm
         bar = tqdm(desc="CAVI (streamed)", unit="batch")
-    objectives, batch, t = [], first, 0
+    objectives, faults, batch, t = [], [], first, 0
     try:
         while batch is not None:
             state, info = step(state, batch, t)
-            objectives.append(info.objective)     # a device scalar: reading it here would wait for the step
+            objectives.append(info.objective)     # device scalars: reading them here would wait for the step
+            faults.append(info.fault.kind)
             t += 1
             if bar is not None:
                 bar.update(1)
@@ -102,11 +108,30 @@ def stream(model: Model, method, minibatches: Iterable[PyTree], *, num_data: int
                 raise ValueError(f"minibatches: minibatch {t} is {_describe(_layout(batch))}; every minibatch must be "
                                  f"the first's {_describe(layout)}")
             if batch is not None:
-                batch = jax.device_put(batch)
+                batch = jax.device_put(_checked(model, batch, t))
     finally:
         if bar is not None:
             bar.close()
-    return Streamed(state, np.asarray(jax.device_get(objectives)))
+    streamed = Streamed(state, np.asarray(jax.device_get(objectives)))
+    faulty = np.flatnonzero(np.asarray(jax.device_get(faults)) != NO_FAULT)
+    if faulty.size:
+        err = FloatingPointError(f"minibatches: the step on minibatch {faulty[0]} was not finite (its bound, or the "
+                                 f"factors it moved to), nor on {faulty.size - 1} more; those steps were not taken. "
+                                 f"err.streamed holds the fit")
+        err.streamed = streamed
+        raise err
+    return streamed
+
+
+def _checked(model: Model, batch: PyTree, t: int) -> PyTree:
+    """A minibatch checked as ``jaxvi.infer`` checks its data (``check_data``, ``validate_data``), the message
+    naming its position."""
+    try:
+        batch = check_data(batch)
+        validate_data(model, batch)
+    except ValueError as err:
+        raise ValueError(f"minibatches: minibatch {t}: {err}") from None
+    return batch
 
 
 def _layout(batch: PyTree) -> tuple:

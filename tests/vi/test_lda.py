@@ -295,6 +295,33 @@ def test_a_stream_that_cannot_be_fitted_is_refused_with_its_name(corpus):
             jaxvi.run.stream(model, method, minibatches, num_data=n, key=jax.random.key(0), progress=False)
 
 
+def test_a_stream_checks_every_minibatch_and_reports_a_step_that_was_not_taken(corpus):
+    """A minibatch holding a NaN, a negative count or a word id beyond the vocabulary was stepped on: its step
+    was not finite, so not taken, and the stream returned without a word (NaN among its objectives), or failed on the
+    conjugacy check with a message about SVI. Now each is refused, as jaxvi.infer refuses such data, naming the
+    minibatch; a step that is not finite for another reason (here a state of NaN factors) is an error at the end."""
+    docs = bag_of_words(corpus[1][:30])
+    model, method = lda(docs, K, V), jaxvi.CAVI(batch_size=10)
+    rows = lambda first, last: tuple(np.array(a[first:last]) for a in docs)  # noqa: E731
+    for leaf, value, message in ((1, np.nan, r"data\[1\]: expected finite values, got nan at index \(3, 0\)"),
+                                 (1, -1.0, r"data\[1\]: expected counts in \[0, inf\), got -1.0 at index \(3, 0\)"),
+                                 (0, V, rf"data\[0\]: expected word ids \(whole numbers\) in \[0, {V}\), got {V} at "
+                                        r"index \(3, 0\)")):
+        bad = rows(10, 20)
+        bad[leaf][3, 0] = value
+        with pytest.raises(ValueError, match=r"minibatches: minibatch 1: " + message):
+            jaxvi.run.stream(model, method, [rows(0, 10), bad, rows(20, 30)], num_data=30, key=jax.random.key(0),
+                             progress=False)
+    start = method.init(model, jax.random.key(0), tuple(jnp.asarray(a) for a in rows(0, 10)), num_data=30)
+    start = start._replace(factors=jax.tree_util.tree_map(lambda a: jnp.full_like(a, jnp.nan), start.factors))
+    with pytest.raises(FloatingPointError, match=r"minibatches: the step on minibatch 0 was not finite .*, nor on 1 "
+                                                 r"more; those steps were not taken") as caught:
+        jaxvi.run.stream(model, method, [rows(0, 10), rows(10, 20)], num_data=30, key=jax.random.key(0),
+                         state=start, progress=False)
+    assert caught.value.streamed.objectives.shape == (2,)
+    assert np.all(np.isnan(np.asarray(caught.value.streamed.state.factors[0][0])))  # no step taken
+
+
 @pytest.fixture(scope="module")
 def fitted(corpus):
     _, counts = corpus
