@@ -24,8 +24,10 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
+from jaxvi.model import is_traced
 from jaxvi.run.compiled import OneProgram
 
 __all__ = ["KHAT_THRESHOLD", "MIN_DRAWS", "khat", "log_mean_exp", "log_mean_exp_variance", "psis", "tail_length"]
@@ -81,11 +83,14 @@ def psis(log_weights: jax.Array, resolution: jax.Array | None = None) -> tuple[j
       over the last axis; ``khat`` of shape ``(...)``. The tail is the weights above the (M+1)-th largest;
       where it has fewer than 5 (ties), it cannot be fitted: ``khat`` is ``inf`` (as in ArviZ and NumPyro) and
       the weights are only normalised; where it is empty (the M + 1 largest weights are equal, as when q is
-      the posterior and the weights are constant) there is no tail: ``khat`` is ``-inf``. A NaN or ``+inf``
-      weight makes its row NaN.
+      the posterior and the weights are constant) there is no tail: ``khat`` is ``-inf``. Under a
+      transformation (``jit``, ``vmap``), a row with a NaN or ``+inf`` log weight, or with every weight zero, is
+      NaN (``smoothed`` and ``khat``).
 
     Raises:
-      ValueError: ``log_weights`` is not a float array with at least 21 draws on its last axis.
+      ValueError: ``log_weights`` is not a float array with at least 21 draws on its last axis, or (given
+        concretely) holds a NaN or ``+inf``, or a row of zero weights only; ``resolution`` is not a number >= 0 or
+        an array of them that broadcasts to the rows.
 
     Example:
       >>> smoothed, khat = jaxvi.psis(log_p - log_q)        # (S,) weights of S draws from q
@@ -98,7 +103,41 @@ def psis(log_weights: jax.Array, resolution: jax.Array | None = None) -> tuple[j
     if log_weights.shape[-1] < MIN_DRAWS:
         raise ValueError(f"log_weights: expected at least {MIN_DRAWS} draws on the last axis (PSIS fits a generalized "
                          f"Pareto to the 5 or more largest), got {log_weights.shape[-1]}")
-    return _psis_rows(log_weights, 0 if resolution is None else resolution)
+    if not is_traced(log_weights):
+        _check_weights(np.asarray(log_weights))
+    resolution = 0 if resolution is None else _checked_resolution(resolution, log_weights.shape[:-1])
+    return _psis_rows(log_weights, resolution)
+
+
+def _check_weights(log_weights: np.ndarray) -> None:
+    """Raises ValueError naming the first NaN or ``+inf`` of concrete ``log_weights``, or a row of zero weights."""
+    bad = np.isnan(log_weights) | (log_weights == np.inf)
+    if bad.any():
+        at = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(f"log_weights: expected finite values or -inf (a zero weight), got {log_weights[at]} at index "
+                         f"{at}")
+    empty = np.all(log_weights == -np.inf, axis=-1)
+    if empty.any():
+        row = f" in row {tuple(int(i) for i in np.argwhere(empty)[0])}" if empty.ndim else ""
+        raise ValueError(f"log_weights: expected at least one weight above zero, got every weight -inf{row}")
+
+
+def _checked_resolution(resolution, rows: tuple):
+    """``resolution`` checked: numbers >= 0 (concrete ones), broadcasting to ``rows``, the shape of the rows."""
+    if isinstance(resolution, (str, bytes)) or not jnp.issubdtype(jnp.result_type(resolution), jnp.number):
+        raise ValueError(f"resolution: expected a number >= 0 or an array of them, got {resolution!r}")
+    shape = jnp.shape(resolution)
+    try:
+        fits = jnp.broadcast_shapes(shape, rows) == tuple(rows)
+    except ValueError:
+        fits = False
+    if not fits:
+        raise ValueError(f"resolution: expected a shape that broadcasts to the rows' {tuple(rows)}, got {shape}")
+    if not is_traced(resolution):
+        values = np.asarray(resolution, np.float64)
+        if np.any(np.isnan(values) | (values < 0)):
+            raise ValueError(f"resolution: expected numbers >= 0, got {values.min() if values.size else values}")
+    return resolution
 
 
 @OneProgram  # called outside jit (jaxvi.psis on an array), one program: 0.9 s for new shapes, not 5 s op by op
@@ -134,7 +173,10 @@ def _psis_row(log_weights: jax.Array, resolution: jax.Array) -> tuple[jax.Array,
     smooth = (count >= 5) & jnp.isfinite(khat)
     smoothed = jnp.where(smooth, shifted.at[tail_at].set(jnp.where(in_tail, smoothed_tail, tail)), shifted)
     khat = jnp.where(count == 0, -jnp.inf, jnp.where(count < 5, jnp.inf, khat))
-    return smoothed - jax.nn.logsumexp(smoothed), khat
+    # a NaN or +inf weight, or no weight above zero: nothing to smooth (traced rows; concrete ones are refused)
+    invalid = jnp.any(jnp.isnan(log_weights) | (log_weights == jnp.inf)) | jnp.all(log_weights == -jnp.inf)
+    nan = jnp.array(jnp.nan, dtype)
+    return jnp.where(invalid, nan, smoothed - jax.nn.logsumexp(smoothed)), jnp.where(invalid, nan, khat)
 
 
 def _gpd_fit(excess: jax.Array, in_tail: jax.Array, count: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -127,6 +127,32 @@ def test_constant_weights_have_no_tail_and_bad_input_is_refused():
         jaxvi.psis(jnp.zeros(100, jnp.int32))
 
 
+def test_a_nan_or_infinite_weight_is_refused_and_under_jit_its_row_is_nan():
+    """A NaN or +inf log weight, or a row of zero weights only, gave k-hat -inf ("no tail": a perfect proposal)
+    and NaN weights; the docstring promised NaN. Concrete input is now refused, a traced row is NaN, the others
+    in the same call unchanged."""
+    weights = np.random.default_rng(0).standard_t(2, (3, 100))
+    for value, message in ((np.nan, r"got nan at index \(1, 4\)"), (np.inf, r"got inf at index \(1, 4\)")):
+        bad = weights.copy()
+        bad[1, 4] = value
+        with pytest.raises(ValueError, match=r"log_weights: expected finite values or -inf \(a zero weight\), " + message):
+            jaxvi.psis(bad)
+        smoothed, khat = jax.jit(jaxvi.psis)(bad)
+        assert np.all(np.isnan(smoothed[1])) and np.isnan(khat[1])
+        np.testing.assert_allclose(np.asarray(khat)[[0, 2]], np.asarray(jaxvi.psis(weights)[1])[[0, 2]], rtol=1e-6)
+    empty = weights.copy()
+    empty[2] = -np.inf
+    with pytest.raises(ValueError, match=r"log_weights: expected at least one weight above zero, got every weight -inf "
+                                         r"in row \(2,\)"):
+        jaxvi.psis(empty)
+    assert np.isnan(jax.jit(jaxvi.psis)(empty)[1][2])
+    for resolution, message in ((-1.0, r"expected numbers >= 0, got -1.0"), (np.nan, r"expected numbers >= 0, got nan"),
+                                ("x", r"expected a number >= 0 or an array of them, got 'x'"),
+                                (np.ones(2), r"expected a shape that broadcasts to the rows' \(3,\), got \(2,\)")):
+        with pytest.raises(ValueError, match=r"resolution: " + message):
+            jaxvi.psis(weights, resolution)
+
+
 # --- PSIS importance resampling ---------------------------------------------------------------------------
 
 def test_psis_resampling_moves_an_off_q_onto_the_exact_posterior():
