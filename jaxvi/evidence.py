@@ -22,11 +22,16 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxvi import exact
 from jaxvi.chunks import map_data
-from jaxvi.latents import Global, exact_family
-from jaxvi.model import Model, check_key, check_new_data
+from jaxvi.exact.gaussian import GaussianPosterior
+from jaxvi.latents import Global, exact_family, split_latent
+from jaxvi.methods.settings import check_count
+from jaxvi.model import Model, check_init_params, check_key, check_model, check_new_data, is_traced
+from jaxvi.run import stored
+from jaxvi.vi.fitted import FittedGuide
 from jaxvi import pareto
 from jaxvi.pareto import KHAT_THRESHOLD, MIN_DRAWS, log_mean_exp, log_mean_exp_variance, psis
 from jaxvi.run.compiled import run_once_options
@@ -80,7 +85,10 @@ def evidence(model: Model, params: PyTree, data: PyTree, *, key: jax.Array | Non
       >>> result = jaxvi.infer(model, jaxvi.SVI(), data, key=jax.random.key(0))
       >>> jaxvi.evidence(model, result.params, data, key=jax.random.key(1), posterior=result.posterior())
     """
-    data = check_new_data(model, params, data)
+    params, data = _checked(model, params, data)
+    check_count("chunk_size", chunk_size)
+    if exact not in (None, True, False):
+        raise ValueError(f"exact: expected None, True or False, got {exact!r}")
     try:
         exact_family(model.latent)
         exact_possible = True
@@ -89,15 +97,18 @@ def evidence(model: Model, params: PyTree, data: PyTree, *, key: jax.Array | Non
     if exact and not exact_possible:
         raise ValueError(f"exact: latent {model.latent!r} has no exact posterior; use exact=None or False")
     if exact_possible and exact is not False:
-        post = _exact_posterior(model, params, data, chunk_size)
+        post = _exact_posterior(model, params, data, int(chunk_size))
+        if isinstance(post, GaussianPosterior) and not is_traced(post.quadratic):
+            _check_quadratic(post)
         return Evidence(jnp.sum(post.log_evidence), jnp.zeros((), post.log_evidence.dtype), True)
     if key is None or posterior is None:
         raise ValueError("evidence: this latent has no exact posterior; importance sampling needs key= and "
                          "posterior= (a fitted guide, e.g. result.posterior() of an SVI fit)")
     key = check_key(key)
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 2:
+    if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 2:
         raise ValueError(f"num_samples: expected an integer >= 2, got {num_samples!r}")
-    _check_proposal(posterior, data)
+    num_samples = int(num_samples)
+    _check_proposal(model, posterior, data)
     log_p, variance, khat = _importance_sampled(model, params, data, key, posterior, num_samples, chunk_size)
     if num_samples < MIN_DRAWS:
         khat = None
@@ -133,14 +144,15 @@ def psis_resample(model: Model, params: PyTree, data: PyTree, *, key: jax.Array,
     Raises:
       ValueError: as ``evidence``, and ``num_samples`` below 21 (PSIS fits the weights' tail).
     """
-    data, key = check_new_data(model, params, data), check_key(key)
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < MIN_DRAWS:
+    (params, data), key = _checked(model, params, data), check_key(key)
+    if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < MIN_DRAWS:
         raise ValueError(f"num_samples: expected an integer >= {MIN_DRAWS} (PSIS fits the weights' tail), got "
                          f"{num_samples!r}")
     num_draws = num_samples if num_draws is None else num_draws
-    if isinstance(num_draws, bool) or not isinstance(num_draws, int) or num_draws < 1:
+    if isinstance(num_draws, bool) or not isinstance(num_draws, (int, np.integer)) or num_draws < 1:
         raise ValueError(f"num_draws: expected an integer >= 1, got {num_draws!r}")
-    _check_proposal(posterior, data)
+    num_samples, num_draws = int(num_samples), int(num_draws)
+    _check_proposal(model, posterior, data)
     if posterior.is_global and not isinstance(model.latent, Global):
         raise ValueError("posterior: a global guide resamples a model whose latent is one Global node; with "
                          "local latents too, resample their guides")
@@ -150,7 +162,46 @@ def psis_resample(model: Model, params: PyTree, data: PyTree, *, key: jax.Array,
     return Resampled(draws, khat)
 
 
-def _check_proposal(posterior, data) -> None:
+def _checked(model: Model, params: PyTree, data: PyTree) -> tuple[PyTree, PyTree]:
+    """``(params, data)`` checked as a fit's are: the parameters numeric arrays, finite (concrete ones); the data
+    as ``check_new_data`` checks them; the log-joint traced once at their shapes (``check_model``: a real scalar)."""
+    check_init_params(params, "params")
+    params = jax.tree_util.tree_map(jnp.asarray, params)  # lists of numbers, as infer's init_params take them
+    data = check_new_data(model, params, data)
+    if not is_traced(params, data):
+        abstract = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), params)
+        stored.check_once(_check_fitted_model, model, data, jax.random.key(0), abstract)
+    return params, data
+
+
+def _check_fitted_model(model: Model, data: PyTree, key: jax.Array, params: PyTree) -> None:
+    """``check_model`` at a fit's (abstract) parameters: the log-joint and log-priors return real scalars there."""
+    check_model(model, data, key, params, like_init=False)
+
+
+def _check_quadratic(post: GaussianPosterior) -> None:
+    """Raises ValueError where a ``Gaussian`` latent's log-joint was not quadratic in z for some datum (the
+    posterior, and so the evidence, not exact there), as ``jaxvi.infer`` does."""
+    bad = np.flatnonzero(~np.asarray(post.quadratic))
+    if bad.size:
+        raise ValueError(f"log_joint: a Gaussian latent needs log_joint(params, z, x) quadratic in z with a negative "
+                         f"definite Hessian (an exact Gaussian posterior), but it is not for datum {bad[0]} (and "
+                         f"{bad.size - 1} more): the evidence would not be exact. Write the model so z enters "
+                         f"quadratically, or ask for the approximate posterior with Gaussian(d, laplace=True)")
+
+
+def _check_proposal(model: Model, posterior, data) -> None:
+    """Raises ValueError unless ``posterior`` is a fitted guide that can propose for ``data``."""
+    if not isinstance(posterior, FittedGuide):
+        kind = type(posterior).__name__
+        hint = {"GlobalLocal": ": importance sampling takes a model whose latent is one Global node, or local "
+                               "latents alone, and the guide of its SVI fit",
+                "CAVIPosterior": ": a CAVI fit's bound is its objective, and its diagnostics hold the exact local "
+                                 "evidence where there is one"}.get(kind, "")
+        raise ValueError(f"posterior: expected a jaxvi.FittedGuide (result.posterior() of an SVI fit), got {kind}{hint}")
+    if split_latent(model.latent).globals and not isinstance(model.latent, Global):
+        raise ValueError("evidence: importance sampling takes a model whose latent is one Global node, or local "
+                         "latents alone, got one with both")
     n = jax.tree_util.tree_leaves(data)[0].shape[0]
     rows = jax.tree_util.tree_leaves(posterior.params)[0].shape[0]
     if not posterior.is_global and rows != n:

@@ -100,6 +100,9 @@ def is_traced(*trees: PyTree) -> bool:
 def check_data(data: PyTree) -> PyTree:
     """Validates ``data``: a non-empty pytree of numeric arrays sharing a leading datum axis.
 
+    A list of Python numbers, or of lists of them (``x.tolist()``), is one array (as NumPy reads it), not a pytree
+    of scalars; other lists and tuples are pytrees of data (``(X, y)``).
+
     Returns:
       The data with every leaf a ``jax.Array``.
 
@@ -109,6 +112,13 @@ def check_data(data: PyTree) -> PyTree:
     """
     if isinstance(data, Sequences):
         return _check_sequences(data)
+    if isinstance(data, list) and data and all(isinstance(leaf, (bool, int, float, np.number))
+                                               for leaf in jax.tree_util.tree_leaves(data)):
+        try:
+            data = np.asarray(data)
+        except ValueError as err:
+            raise ValueError(f"data: expected a list of numbers, or of equal-length lists of them (one array), got "
+                             f"a ragged list ({err})") from None
     leaves, treedef = jax.tree_util.tree_flatten(data)
     if not leaves:
         raise ValueError("data: expected an array or a pytree of arrays, got an empty pytree")
@@ -312,7 +322,8 @@ def check_key(key) -> jax.Array:
     )
 
 
-def check_model(model: Model, data: PyTree, key: jax.Array, params: PyTree | None = None) -> PyTree:
+def check_model(model: Model, data: PyTree, key: jax.Array, params: PyTree | None = None, *,
+                like_init: bool = True) -> PyTree:
     """Traces ``init`` and one call of ``log_joint`` abstractly (no compilation) and checks them. Its outcome depends
     on the model and on the shapes and dtypes of its arguments alone, never on their values (those of ``params``:
     ``check_init_params``).
@@ -322,6 +333,8 @@ def check_model(model: Model, data: PyTree, key: jax.Array, params: PyTree | Non
       data: validated data.
       key: a typed key.
       params: initial parameters given by the user, or None to use ``model.init``.
+      like_init: check ``params`` against ``init(key, data)``'s (shapes and float types: initial parameters);
+        False for a fit's parameters handed back (``jaxvi.evidence``), whose shapes ``check_params_fit_data`` checks.
 
     Returns:
       The abstract parameters (``jax.ShapeDtypeStruct`` leaves).
@@ -345,7 +358,7 @@ def check_model(model: Model, data: PyTree, key: jax.Array, params: PyTree | Non
             params = jax.eval_shape(model.init, key, data)
         except Exception as err:
             raise ValueError(f"init: init(key, data) failed on data of shapes {_shapes(data)}: {err}") from err
-    else:
+    elif like_init:
         _check_like_init(model, key, data, params)
     for node in parts.globals:
         _check_scalar(node.log_prior, (params, _continuous_value(node.latent)), "Global(log_prior)",
@@ -382,11 +395,12 @@ def check_model(model: Model, data: PyTree, key: jax.Array, params: PyTree | Non
     return params
 
 
-def check_init_params(params: PyTree) -> None:
-    """Raises ValueError unless every leaf of ``init_params`` is a numeric array jax can hold, and a
-    concrete floating one is finite."""
+def check_init_params(params: PyTree, name: str = "init_params") -> None:
+    """Raises ValueError unless every leaf of ``init_params`` (named ``name``) is a numeric array jax can hold, and
+    a concrete floating one is finite."""
+    argument = name
     for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-        name = f"init_params{jax.tree_util.keystr(path)}"
+        name = f"{argument}{jax.tree_util.keystr(path)}"
         if isinstance(leaf, jax.core.Tracer):
             continue
         try:

@@ -282,6 +282,51 @@ def test_a_posterior_of_sequences_takes_any_length_but_not_one_sequence_without_
         result.posterior(sequences[..., :1])
 
 
+def test_evidence_and_an_exact_posterior_check_their_arguments_as_infer_does():
+    """Each of these used to pass into the computation: a vector or integer log-joint gave a Chex AssertionError or
+    a log p(D) of +48 from an integer one; NaN parameters a NaN evidence; chunk_size 0 a ZeroDivisionError; a
+    non-quadratic Gaussian log-joint an 'exact' evidence; a DiscretePosterior as the proposal an AttributeError."""
+    params = jnp.array([-1.0, 1.0])
+    vector = jaxvi.Model(lambda p, z, x: x * p[z], jaxvi.Discrete(2), init)
+    integer = jaxvi.Model(lambda p, z, x: z, jaxvi.Discrete(2), init)
+    quartic = jaxvi.Model(lambda p, z, x: -jnp.sum(z ** 4) - jnp.sum((x - z) ** 2), jaxvi.Gaussian(2), init)
+    refused = [(lambda: jaxvi.evidence(vector, params, GOOD), r"log_joint: expected a scalar log density for one "
+                                                              r"datum, got \(2,\)"),
+               (lambda: jaxvi.evidence(integer, params, GOOD), r"log_joint: expected a real floating-point scalar, got "
+                                                               r"dtype int32"),
+               (lambda: jaxvi.evidence(MODEL, jnp.array([np.nan, 1.0]), GOOD), r"params: expected finite values, got "
+                                                                              r"nan at index \(0,\)"),
+               (lambda: jaxvi.evidence(MODEL, params, GOOD, chunk_size=0), r"chunk_size: expected an integer >= 1, "
+                                                                           r"got 0"),
+               (lambda: jaxvi.evidence(MODEL, params, GOOD, exact="yes"), r"exact: expected None, True or False, got "
+                                                                          r"'yes'"),
+               (lambda: jaxvi.evidence(quartic, params, GOOD), r"log_joint: a Gaussian latent needs log_joint\(params, "
+                                                               r"z, x\) quadratic in z .* not for datum 0 \(and 19 more\)"),
+               (lambda: jaxvi.exact.posterior(log_joint, jaxvi.Discrete(2), params, GOOD, 1.5),
+                r"chunk_size: expected an integer >= 1, got 1.5"),
+               (lambda: jaxvi.exact.posterior(lambda p, z, x: x * p[z], jaxvi.Discrete(2), params, GOOD),
+                r"log_joint: expected a scalar log density for one datum, got \(2,\)"),
+               (lambda: jaxvi.exact.posterior(log_joint, jaxvi.Discrete(2), params, np.float32(1.0)),
+                r"data: expected a leading datum axis"),
+               (lambda: jaxvi.exact.posterior(log_joint, jaxvi.Markov(2), params,
+                                              jaxvi.Sequences(np.zeros((2, 5, 1), np.float32), np.array([0, 5]))),
+                r"data.lengths: expected lengths in \[1, 5\] \(the padded length\), got 0 for sequence 0")]
+    for call, message in refused:
+        with pytest.raises(ValueError, match=message):
+            call()
+    proposal = jaxvi.exact.posterior(log_joint, jaxvi.Discrete(2), params, GOOD)
+    real = jaxvi.Model(lambda p, z, x: jax.scipy.stats.norm.logpdf(x, z["m"]).sum(), {"m": jaxvi.Real(2)}, init)
+    with pytest.raises(ValueError, match=r"posterior: expected a jaxvi.FittedGuide \(result.posterior\(\) of an SVI "
+                                         r"fit\), got DiscretePosterior$"):
+        jaxvi.evidence(real, params, GOOD, key=KEY, posterior=proposal)
+    # the data as a list of lists, as NumPy reads it (it was a pytree of scalars: 'expected a leading datum axis')
+    np.testing.assert_allclose(jaxvi.exact.posterior(log_joint, jaxvi.Discrete(2), params, GOOD.tolist()).probs,
+                               proposal.probs, rtol=1e-6)
+    with pytest.raises(ValueError, match=r"data: expected a list of numbers, or of equal-length lists of them \(one "
+                                         r"array\), got a ragged list"):
+        jaxvi.evidence(MODEL, params, [[1.0, 2.0], [1.0]])
+
+
 def _peak_rss_gib() -> float:
     import resource
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # kilobytes on Linux

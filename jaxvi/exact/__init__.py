@@ -15,7 +15,7 @@ from jaxvi.exact.chain import ChainPosterior, Sequences
 from jaxvi.exact.enumerate import DiscretePosterior, elbo, latent_values
 from jaxvi.exact.gaussian import GaussianPosterior
 from jaxvi.latents import exact_family
-from jaxvi.model import is_traced
+from jaxvi.model import Model, check_data, check_init_params, check_model, is_traced
 from jaxvi.run.compiled import per_fit
 
 __all__ = ["ChainPosterior", "DiscretePosterior", "GaussianPosterior", "Sequences", "elbo", "expected_log_joint",
@@ -34,10 +34,24 @@ def posterior(log_joint, latent, params, data, chunk_size: int = 1024, different
 
     Called on concrete values (outside ``jit``), it runs as one program, compiled once per log-joint (its code and
     values), latent and settings (``jaxvi.run.compiled.per_fit``): operation by operation, JAX compiled each
-    operation alone, 4-8 s for a mixture's or an HMM's first posterior."""
+    operation alone, 4-8 s for a mixture's or an HMM's first posterior. There its arguments are checked first, as
+    ``jaxvi.infer`` checks a fit's: the data (``check_data``: a leading datum axis, finite values, sequences'
+    lengths), ``chunk_size``, and the log-joint, traced once at these shapes (a real scalar per datum).
+
+    Raises:
+      ValueError: naming the argument that is not as described (outside ``jit``)."""
     settings = Structural((log_joint, latent, chunk_size, differentiable))
     if is_traced(params, data):  # an E-step's: not through per_fit, whose table of fits it would fill
         return _posterior(settings, None, params, data)
+    from jaxvi.methods.settings import check_count  # not at the top: the methods import this package
+
+    exact_family(latent)  # a latent without an exact posterior: named
+    check_count("chunk_size", chunk_size)
+    check_init_params(params, "params")
+    params, data = jax.tree_util.tree_map(jnp.asarray, params), check_data(data)
+    abstract = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), params)
+    check_model(Model(log_joint, latent, init=lambda key, data: params), data, jax.random.key(0), abstract,
+                like_init=False)
     return _compiled_posterior(settings, None, params, data)
 
 
