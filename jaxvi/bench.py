@@ -50,6 +50,21 @@ def benchmarks_dir() -> Path:
     return folder
 
 
+def check_names(names: list[str] | None, repeats: int = 1) -> list[str]:
+    """The benchmarks ``run`` runs (all of ``BENCHMARKS`` for none), checked with ``repeats``.
+
+    Raises:
+      ValueError: an unknown name, or ``repeats`` not an integer >= 1.
+    """
+    names = list(BENCHMARKS) if not names else list(names)
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        raise ValueError(f"names: expected benchmarks among {sorted(BENCHMARKS)}, got {unknown}")
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats: expected an integer >= 1, got {repeats!r}")
+    return names
+
+
 def run(names: list[str] | None = None, *, quick: bool = False, repeats: int = 1, out_dir: str = "jaxvi-bench",
         without: tuple[str, ...] = (), timeout: float = 3600, cache: str | None = None) -> dict:
     """Runs the benchmarks and writes ``out_dir/bench.json`` and ``out_dir/bench.md``.
@@ -69,12 +84,7 @@ def run(names: list[str] | None = None, *, quick: bool = False, repeats: int = 1
     """
     import jax
 
-    names = list(BENCHMARKS) if not names else names
-    unknown = [n for n in names if n not in BENCHMARKS]
-    if unknown:
-        raise ValueError(f"names: expected benchmarks among {sorted(BENCHMARKS)}, got {unknown}")
-    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
-        raise ValueError(f"repeats: expected an integer >= 1, got {repeats!r}")
+    names = check_names(names, repeats)
     folder = benchmarks_dir()
     os.makedirs(out_dir, exist_ok=True)
     device = jax.devices()[0]
@@ -124,6 +134,22 @@ def run(names: list[str] | None = None, *, quick: bool = False, repeats: int = 1
     return report
 
 
+def check_families(families: list[str] | None) -> list[str]:
+    """The families ``scaling`` grows (all of ``benchmarks/scaling.py``'s ``FAMILIES`` for none), checked.
+
+    Raises:
+      ValueError: an unknown family.
+    """
+    spec = importlib.util.spec_from_file_location("jaxvi_scaling_benchmark", benchmarks_dir() / "scaling.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    families = list(script.FAMILIES) if not families else list(families)
+    unknown = [f for f in families if f not in script.FAMILIES]
+    if unknown:
+        raise ValueError(f"names: with --scaling, expected families among {list(script.FAMILIES)}, got {unknown}")
+    return families
+
+
 def scaling(families: list[str] | None = None, *, quick: bool = False, out_dir: str = "jaxvi-bench",
             without: tuple[str, ...] = (), timeout: float = 4 * 3600) -> dict:
     """Runs ``benchmarks/scaling.py``: jaxvi and each peer at growing sizes, written to ``out_dir/scaling.json``,
@@ -141,13 +167,7 @@ def scaling(families: list[str] | None = None, *, quick: bool = False, out_dir: 
       The JSON written.
     """
     folder = benchmarks_dir()
-    spec = importlib.util.spec_from_file_location("jaxvi_scaling_benchmark", folder / "scaling.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    families = list(script.FAMILIES) if not families else families
-    unknown = [f for f in families if f not in script.FAMILIES]
-    if unknown:
-        raise ValueError(f"names: with --scaling, expected families among {list(script.FAMILIES)}, got {unknown}")
+    families = check_families(families)
     os.makedirs(out_dir, exist_ok=True)
     out = Path(out_dir) / "scaling"
     args = [sys.executable, str(folder / "scaling.py"), "--families", *families, "--json", f"{out}.json",

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 __all__ = ["main"]
@@ -27,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     run_bench.add_argument("--scaling", action="store_true",
                            help="time against size, jaxvi and each peer (scaling.md, scaling.png in the reports' folder)")
     args = parser.parse_args(argv)
+    _check(parser, args)
     if args.command == "demo":
         from jaxvi.demo import run
 
@@ -41,6 +43,29 @@ def main(argv: list[str] | None = None) -> int:
         run(args.names, quick=args.quick, repeats=args.repeats, out_dir=args.out, without=tuple(args.without),
             cache=args.cache)
     return 0
+
+
+def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Exits through ``parser.error`` (a usage line and the message, status 2) for arguments the command cannot
+    take, before any work: unknown benchmarks or families, repeats below 1, options --scaling does not take, and
+    folders that cannot be made (created here)."""
+    folders = [("--out", args.out)]
+    if args.command == "bench":
+        from jaxvi.bench import check_families, check_names
+
+        if args.scaling and (args.repeats != 1 or args.cache is not None):
+            parser.error("bench --scaling: takes neither --repeats nor --cache (each size runs once, cold)")
+        try:
+            check_families(args.names) if args.scaling else check_names(args.names, args.repeats)
+        except ValueError as err:
+            parser.error(f"bench {err}")
+        if args.cache:
+            folders.append(("--cache", args.cache))
+    for option, folder in folders:
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as err:
+            parser.error(f"{option}: cannot make the folder {folder}: {err.strerror or err}")
 
 
 if __name__ == "__main__":

@@ -93,6 +93,23 @@ def test_main_lists_the_commands(capsys):
     assert exit_.value.code == 0 and "demo" in out
 
 
+def test_arguments_the_command_cannot_take_are_usage_errors_before_any_work(tmp_path, capsys):
+    """Each of these printed a Python traceback (ValueError, FileExistsError, FileNotFoundError; a bad --cache only
+    after a benchmark had started): now argparse's usage line and the message, status 2, and nothing run."""
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    cases = [(["bench", "nope"], "bench names: expected benchmarks among"),
+             (["bench", "--repeats", "0", "gmm_em"], "bench repeats: expected an integer >= 1, got 0"),
+             (["bench", "--scaling", "--repeats", "2"], "bench --scaling: takes neither --repeats nor --cache"),
+             (["bench", "--out", str(afile), "gmm_em"], f"--out: cannot make the folder {afile}"),
+             (["demo", "--out", str(afile)], f"--out: cannot make the folder {afile}"),
+             (["bench", "--cache", str(afile), "--quick", "gmm_em"], f"--cache: cannot make the folder {afile}")]
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code == 2 and f"jaxvi: error: {message}" in capsys.readouterr().err, argv
+
+
 def test_bench_quick_runs_one_benchmark_and_skips_a_missing_peer(tmp_path, capsys):
     import json
 
@@ -113,8 +130,9 @@ def test_bench_quick_runs_one_benchmark_and_skips_a_missing_peer(tmp_path, capsy
             assert math.isfinite(value["median"]) and value["min"] <= value["median"] <= value["max"]
         assert summary["n_init=1.log_likelihood_rel_diff"]["median"] < 1e-4   # the same fit as scikit-learn
     assert "## gmm_em" in (tmp_path / "bench.md").read_text() and "| cold |" in (tmp_path / "bench.md").read_text()
-    with pytest.raises(ValueError, match="names"):
+    with pytest.raises(SystemExit):
         main(["bench", "no_such_benchmark", "--out", str(tmp_path)])
+    assert "jaxvi: error: bench names: expected benchmarks among" in capsys.readouterr().err
 
 
 def test_bench_scaling_times_jaxvi_and_scikit_learn_at_growing_n(tmp_path, capsys):
@@ -133,8 +151,9 @@ def test_bench_scaling_times_jaxvi_and_scikit_learn_at_growing_n(tmp_path, capsy
     text = (tmp_path / "scaling.md").read_text()
     assert "skipped: its peer NumPyro is not installed (numpyro)" in text and "## gmm" in text
     assert (tmp_path / "scaling.png").read_bytes()[:4] == b"\x89PNG"
-    with pytest.raises(ValueError, match="families"):
+    with pytest.raises(SystemExit):
         main(["bench", "--scaling", "gmm_em", "--out", str(tmp_path)])
+    assert "jaxvi: error: bench names: with --scaling, expected families among" in capsys.readouterr().err
 
 
 def test_overtakes_is_the_size_from_which_jaxvi_stays_ahead():
