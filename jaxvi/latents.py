@@ -209,7 +209,10 @@ class Dirichlet:
     shape: tuple = ()
 
     def __post_init__(self):
-        object.__setattr__(self, "K", _positive_int("Dirichlet(K)", self.K))
+        K = _positive_int("Dirichlet(K)", self.K)
+        if K < 2:  # a probability vector over one value is the constant 1: nothing to fit (distrax refuses it too)
+            raise ValueError(f"Dirichlet(K): expected an integer >= 2 (probabilities of one value are all 1), got {K}")
+        object.__setattr__(self, "K", K)
         object.__setattr__(self, "shape", _shape("Dirichlet(shape)", self.shape))
 
 

@@ -72,8 +72,11 @@ def bayesian_gaussian_mixture(data, K: int, covariance: str = "full", *, weight_
         raise ValueError(f"data: expected a floating (N, D) array, got shape {x.shape} and dtype {x.dtype}")
     if covariance not in COVARIANCES:
         raise ValueError(f"covariance: expected one of {COVARIANCES}, got {covariance!r}")
-    if isinstance(K, bool) or not isinstance(K, (int, np.integer)) or K < 1:
-        raise ValueError(f"K: expected an integer >= 1, got {K!r}")
+    if isinstance(K, bool) or not isinstance(K, (int, np.integer)) or K < 2:
+        raise ValueError(f"K: expected an integer >= 2 (a mixture of components; one Gaussian has no weights to fit), "
+                         f"got {K!r}")
+    if K > x.shape[0]:  # scikit-learn's rule too; CAVI's conjugacy probe called the weights' reads non-linear there
+        raise ValueError(f"K: expected at most the number of data, {x.shape[0]}, got {K}")
     d = x.shape[1]
     dtype = jax.dtypes.canonicalize_dtype(x.dtype)  # float64 data make float32 priors where x64 is off
     alpha0 = priors.numbers("weight_concentration", 1.0 / K if weight_concentration is None else weight_concentration,

@@ -57,9 +57,9 @@ def variational_categorical_hmm(K: int, num_symbols: int, *, start_prior=None, t
     Markov(K)}``. Dirichlet concentrations default to hmmlearn's: 1/K for the start and transition rows,
     1/num_symbols for the emission rows.
     """
-    for name, value in (("K", K), ("num_symbols", num_symbols)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
+    for name, value in (("K", K), ("num_symbols", num_symbols)):  # Dirichlet rows over them: two values or more
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 2:
+            raise ValueError(f"{name}: expected an integer >= 2 (its probabilities are fitted), got {value!r}")
     a_start = _concentration("start_prior", start_prior, 1.0 / K, (K,))
     a_trans = _concentration("transition_prior", transition_prior, 1.0 / K, (K, K))
     a_emit = _concentration("emission_prior", emission_prior, 1.0 / num_symbols, (K, num_symbols))
@@ -91,9 +91,10 @@ def variational_gaussian_hmm(K: int, d: int, *, start_prior=None, transition_pri
     for its model), ``mean_precision`` b_0, ``degrees_of_freedom`` :math:`\nu_0` (default d), ``scale``
     :math:`W_0^{-1}` (default :math:`10^{-3} I`), as hmmlearn's defaults; start and transition rows Dirichlet(1/K).
     """
-    for name, value in (("K", K), ("d", d)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
+    if isinstance(K, bool) or not isinstance(K, (int, np.integer)) or K < 2:  # Dirichlet rows over the states
+        raise ValueError(f"K: expected an integer >= 2 (its transition probabilities are fitted), got {K!r}")
+    if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1:
+        raise ValueError(f"d: expected an integer >= 1, got {d!r}")
     real = jnp.result_type(float)
     a_start = _concentration("start_prior", start_prior, 1.0 / K, (K,))
     a_trans = _concentration("transition_prior", transition_prior, 1.0 / K, (K, K))

@@ -511,6 +511,12 @@ def test_variational_gaussian_hmm_equals_hmmlearn_iteration_by_iteration():
 
 @pytest.mark.parametrize("build, message", [
     (lambda: jaxvi.Dirichlet(0), r"Dirichlet\(K\): expected an integer >= 1, got 0"),
+    (lambda: jaxvi.Dirichlet(1), r"Dirichlet\(K\): expected an integer >= 2 \(probabilities of one value are all 1\), "
+                                 r"got 1"),  # distrax's own error came from inside a fit
+    (lambda: jaxvi.models.bayesian_gaussian_mixture(_X, 1), r"K: expected an integer >= 2"),
+    (lambda: jaxvi.models.bayesian_gaussian_mixture(_X[:4], 5), r"K: expected at most the number of data, 4, got 5"),
+    (lambda: jaxvi.models.variational_categorical_hmm(1, 3), r"K: expected an integer >= 2"),
+    (lambda: jaxvi.models.variational_gaussian_hmm(1, 2), r"K: expected an integer >= 2"),
     (lambda: jaxvi.Gamma(shape=(2, -1)), r"Gamma\(shape\): expected a tuple of integers >= 1, got \(2, -1\)"),
     (lambda: jaxvi.Wishart(2.5), r"Wishart\(d\): expected an integer >= 1, got 2.5"),
     (lambda: jaxvi.NormalWishart(3, shape="K"), r"NormalWishart\(shape\): expected a tuple of integers"),
