@@ -19,7 +19,7 @@ import numpy as np
 from jax.scipy.special import gammaln
 
 from jaxvi.latents import Dirichlet, Global, OneHot
-from jaxvi.model import Model, check_values
+from jaxvi.model import Model, check_values, is_traced
 from jaxvi.models import priors
 
 __all__ = ["bag_of_words", "lda", "lda_perplexity", "lda_top_words"]
@@ -133,20 +133,44 @@ def lda_perplexity(result, docs) -> jax.Array:
     :math:`\exp(-\mathcal L / W)`: :math:`\mathcal L` the bound at the fitted topics with every document's q
     fitted to them (``CAVI.bound``; scikit-learn's ``_approx_bound``, its topic term included), W the number of
     tokens. gensim's ``log_perplexity`` returns :math:`\mathcal L / W` (with ``total_docs`` the number of
-    documents) and logs :math:`2^{-\mathcal L / W}` as its perplexity."""
+    documents) and logs :math:`2^{-\mathcal L / W}` as its perplexity.
+
+    Raises:
+      ValueError: ``docs`` are not a ``bag_of_words`` pair of (N, L) arrays of the model's L (a count matrix is
+        named: pass it through ``bag_of_words``), or hold no token."""
+    if not (isinstance(docs, (tuple, list)) and len(docs) == 2 and all(np.ndim(a) == 2 for a in docs)):
+        raise ValueError(f"docs: expected jaxvi.models.bag_of_words(counts), a pair of (N, L) arrays (word ids, "
+                         f"counts), got {type(docs).__name__}{_shapes_of(docs)}")
     data = tuple(jnp.asarray(a) for a in docs)
     length = result.model.latent["assignments"].shape[0]
     if data[0].shape[1] != length:
         raise ValueError(f"docs: the model takes documents of L = {length} entries, got {data[0].shape[1]}; pad them "
                          f"with jaxvi.models.bag_of_words(counts, length={length})")
+    if not is_traced(data) and not float(np.sum(np.asarray(data[1], np.float64))) > 0:
+        raise ValueError("docs: expected documents with at least one token, got none (a perplexity per token)")
     bound = result.method.bound(result.model, result.params, result.diagnostics.factors, data)
     return jnp.exp(-bound / jnp.sum(data[1]))
 
 
+def _shapes_of(docs) -> str:
+    """`` of shapes ...`` of what ``docs`` holds, where it holds arrays (a message's detail)."""
+    if isinstance(docs, (tuple, list)):
+        return f" of shapes {[np.shape(a) for a in docs]}"
+    return f" of shape {np.shape(docs)}" if hasattr(docs, "shape") else ""
+
+
 def lda_top_words(result, n: int = 10, vocabulary=None) -> list:
     """Every topic's ``n`` most probable words under q(topics): their ids, or their entries of ``vocabulary``
-    (a sequence indexed by id, e.g. ``CountVectorizer().get_feature_names_out()``)."""
+    (a sequence indexed by id, e.g. ``CountVectorizer().get_feature_names_out()``).
+
+    Raises:
+      ValueError: ``n`` is not an integer >= 1, or ``vocabulary`` has fewer entries than the model's V words."""
     concentration = np.asarray(result.diagnostics.factors[0][0]) + 1.0
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n: expected an integer >= 1, got {n!r}")
+    if vocabulary is not None and len(vocabulary) < concentration.shape[-1]:
+        raise ValueError(f"vocabulary: expected an entry for each of the model's V = {concentration.shape[-1]} words, "
+                         f"got {len(vocabulary)}")
     best = np.argsort(-concentration, axis=1, kind="stable")[:, :n]
     if vocabulary is None:
         return best.tolist()

@@ -379,6 +379,28 @@ def test_perplexity_transform_and_top_words_are_scikit_learn_s_at_the_fitted_top
     assert words == [[f"w{i}" for i in np.argsort(-row, kind="stable")[:4]] for row in peer.components_]
 
 
+def test_perplexity_and_top_words_refuse_what_they_cannot_read(corpus, fitted):
+    """A count matrix (scipy.sparse) gave a TypeError, one document's 1-D arrays an IndexError, documents without
+    a token a perplexity of inf; top words of n = -1 returned V - 1 words, a short vocabulary an IndexError."""
+    import scipy.sparse
+
+    _, counts = corpus
+    _, _, data, result = fitted
+    cases = [(lambda: jaxvi.models.lda_perplexity(result, scipy.sparse.csr_matrix(counts)),
+              rf"docs: expected jaxvi.models.bag_of_words\(counts\), a pair of \(N, L\) arrays \(word ids, counts\), "
+              rf"got csr_matrix of shape \(80, {V}\)"),
+             (lambda: jaxvi.models.lda_perplexity(result, (data[0][0], data[1][0])),
+              rf"got tuple of shapes \[\({V},\), \({V},\)\]"),
+             (lambda: jaxvi.models.lda_perplexity(result, bag_of_words(np.zeros((3, V)), length=V)),
+              r"docs: expected documents with at least one token, got none"),
+             (lambda: jaxvi.models.lda_top_words(result, -1), r"n: expected an integer >= 1, got -1"),
+             (lambda: jaxvi.models.lda_top_words(result, 3, ["a", "b"]),
+              rf"vocabulary: expected an entry for each of the model's V = {V} words, got 2")]
+    for call, message in cases:
+        with pytest.raises(ValueError, match=message):
+            call()
+
+
 def test_the_same_corpus_as_single_tokens_gives_the_same_fit(corpus, fitted):
     """Counts are multiplicities: each distinct word's entry stands for its count of identical tokens (its entropy
     counted so many times), so a corpus of single tokens, one entry each, fits the same q and bound."""
