@@ -147,6 +147,19 @@ def test_online_em_refuses_a_batch_larger_than_the_data():
         jaxvi.infer(gm.model, jaxvi.OnlineEM(gm.statistics, batch_size=11), np.zeros((10, 2), np.float32), key=KEY)
 
 
+def test_online_em_s_default_batch_takes_fewer_data_than_256():
+    """OnlineEM(statistics) on 100 data refused its own default batch of 256; it now steps on all of them, and on
+    two clusters reaches EM's log p(D)."""
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(-3, 1, (50, 2)), rng.normal(3, 1, (50, 2))]).astype(np.float32)
+    gm = jaxvi.models.gaussian_mixture(2)
+    method = jaxvi.OnlineEM(gm.statistics, num_steps=200)
+    assert method.schedule(100).batch_size == 100 and method.schedule(10_000).batch_size == 256
+    online = jaxvi.infer(gm.model, method, x, key=KEY, progress=False)
+    em = jaxvi.infer(gm.model, jaxvi.EM(m_step=gm.m_step), x, key=KEY, progress=False)
+    np.testing.assert_allclose(float(online.objective), float(em.objective), rtol=1e-6)
+
+
 def test_online_em_s_final_fault_names_the_chunk_and_keeps_the_last_finite_step():
     """A datum no minibatch drew breaks the log-joint: the steps never see it, the final log p(D) on all the data
     does (it used to come back as -inf with no fault). err.result holds the last step's parameters and its

@@ -66,6 +66,9 @@ class OnlineEMDiagnostics(NamedTuple):
     skips: Any = None
 
 
+DEFAULT_BATCH_SIZE = 256  # OnlineEM's data per step, where there are as many
+
+
 @settings("step_size_power")
 @dataclasses.dataclass(frozen=True)
 class OnlineEM:
@@ -73,7 +76,8 @@ class OnlineEM:
 
     Args:
       statistics: the model's M-step through sufficient statistics (e.g. ``gaussian_mixture(...).statistics``).
-      batch_size: data per step (drawn without replacement).
+      batch_size: data per step (drawn without replacement); None (the default): 256, or all the data where there
+        are fewer (scikit-learn's ``MiniBatchKMeans`` takes a batch larger than the data so).
       num_steps: steps.
       step_size_power: :math:`\kappa \in (1/2, 1]` of :math:`\rho_t = (t + 1)^{-\kappa}` (traced).
       n_init: restarts, vmapped; the best final log p(D) is kept.
@@ -86,7 +90,7 @@ class OnlineEM:
     """
 
     statistics: Statistics
-    batch_size: int = 256
+    batch_size: int | None = None
     num_steps: int = 1000
     step_size_power: float = 0.6
     n_init: int = 1
@@ -99,31 +103,38 @@ class OnlineEM:
         if not isinstance(self.statistics, Statistics):
             raise ValueError(f"OnlineEM(statistics): expected a jaxvi.Statistics M-step (a zoo model's .statistics), "
                              f"got {type(self.statistics).__name__}")
-        for name in ("batch_size", "num_steps", "n_init", "chunk_size"):
+        for name in ("num_steps", "n_init", "chunk_size"):
             check_count(f"OnlineEM({name})", getattr(self, name))
+        check_count("OnlineEM(batch_size)", self.batch_size, optional=True)
         check_number("OnlineEM(step_size_power)", self.step_size_power, low=0.5, low_open=True, high=1)
 
     def check(self, model: Model, data: PyTree = None) -> None:
         """Raises ValueError for a model without an exact posterior, a batch larger than the data, or an
         enumeration too large (a minibatch, and a chunk of the final E-step, at once)."""
         family = exact_family(model.latent)
-        if data is not None and self.batch_size > num_data(data):
+        if data is not None and self.batch_size is not None and self.batch_size > num_data(data):
             raise ValueError(f"OnlineEM(batch_size): expected at most the number of data, {num_data(data)}, "
                              f"got {self.batch_size}")
         if family == "discrete" and data is not None:
-            check_enumeration(model.latent, max(self.batch_size, min(self.chunk_size, num_data(data))),
+            n = num_data(data)
+            check_enumeration(model.latent, max(self.batch_size_for(n), min(self.chunk_size, n)),
                               "OnlineEM's E-step (a minibatch, or a chunk of the final one, at a time)",
                               "Give OnlineEM a smaller batch_size and chunk_size")
 
+    def batch_size_for(self, n: int) -> int:
+        """The data per step on ``n`` data: ``batch_size``, or by default 256 or all ``n`` where they are fewer."""
+        return min(DEFAULT_BATCH_SIZE, n) if self.batch_size is None else self.batch_size
+
     def schedule(self, num_data: int) -> Schedule:
-        """``num_steps`` minibatches of ``batch_size``, each drawn without replacement."""
-        return Schedule(self.num_steps, batch_size=self.batch_size)
+        """``num_steps`` minibatches of ``batch_size_for(num_data)``, each drawn without replacement."""
+        return Schedule(self.num_steps, batch_size=self.batch_size_for(num_data))
 
     @compiled_outside_traces
     def init(self, model: Model, key: jax.Array, data: PyTree, params: PyTree | None = None) -> OnlineEMState:
         params = model.init(key, data) if params is None else params
         params = jax.tree_util.tree_map(lambda a: lax.convert_element_type(a, jnp.result_type(a)), params)
-        batch = jax.tree_util.tree_map(lambda a: a[: self.batch_size], data)
+        size = self.batch_size_for(num_data(data))
+        batch = jax.tree_util.tree_map(lambda a: a[:size], data)
         point = self.statistics.point(params)
         shapes = jax.eval_shape(lambda p, b: self.statistics.collect_about(
             point, p, b, exact.posterior(model.log_joint, model.latent, p, b)), params, batch)
