@@ -282,6 +282,17 @@ def test_a_posterior_of_sequences_takes_any_length_but_not_one_sequence_without_
         result.posterior(sequences[..., :1])
 
 
+def test_a_setting_of_several_values_and_a_flow_s_single_width_are_named():
+    """EM(tol=array of two) failed in float() with a TypeError; Flow(2, 8) (one width) in tuple(8) with another."""
+    with pytest.raises(ValueError, match=r"EM\(tol\): expected a scalar, got shape \(2,\) \(for several values, "
+                                         r"jax.vmap over them\)"):
+        jaxvi.EM(tol=jnp.array([1e-3, 1e-3]))
+    assert jaxvi.Flow(2, 8).hidden == (8,) and jaxvi.Flow(2, [8, 4]).hidden == (8, 4)
+    for hidden in ("x", (8, 0), 2.5):
+        with pytest.raises(ValueError, match=r"Flow\(hidden\): expected the coupling networks' widths, integers >= 1"):
+            jaxvi.Flow(2, hidden)
+
+
 def test_evidence_and_an_exact_posterior_check_their_arguments_as_infer_does():
     """Each of these used to pass into the computation: a vector or integer log-joint gave a Chex AssertionError or
     a log p(D) of +48 from an integer one; NaN parameters a NaN evidence; chunk_size 0 a ZeroDivisionError; a

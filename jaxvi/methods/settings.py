@@ -58,9 +58,10 @@ def check_number(name: str, value: Any, *, low: float | None = None, high: float
         return
     if isinstance(value, bool) or not (isinstance(value, (int, float, np.number)) or hasattr(value, "dtype")):
         raise ValueError(f"{name}: expected a number, got {value!r}")
+    if np.shape(value) != ():  # one setting per method: several are a vmap over methods
+        raise ValueError(f"{name}: expected a scalar, got shape {np.shape(value)} (for several values, jax.vmap over "
+                         f"them)")
     if not is_concrete(value):
-        if np.shape(value) != ():
-            raise ValueError(f"{name}: expected a scalar, got shape {np.shape(value)}")
         return
     v = float(np.asarray(value))
     ok = np.isfinite(v) or (high is None and v == np.inf)

@@ -25,6 +25,7 @@ from typing import Any
 import distrax
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxvi.linalg import spd_log_det
 from jaxvi.nn import mlp_apply, mlp_init
@@ -195,7 +196,16 @@ class Flow:
     def __post_init__(self):
         if isinstance(self.num_layers, bool) or not isinstance(self.num_layers, int) or self.num_layers < 1:
             raise ValueError(f"Flow(num_layers): expected an integer >= 1, got {self.num_layers!r}")
-        object.__setattr__(self, "hidden", tuple(self.hidden))
+        hidden = (self.hidden,) if isinstance(self.hidden, (int, np.integer)) else self.hidden
+        try:
+            hidden = tuple(hidden)
+        except TypeError:
+            hidden = None
+        if hidden is None or not all(isinstance(h, (int, np.integer)) and not isinstance(h, bool) and h >= 1
+                                     for h in hidden):
+            raise ValueError(f"Flow(hidden): expected the coupling networks' widths, integers >= 1 (one or a tuple), "
+                             f"got {self.hidden!r}")
+        object.__setattr__(self, "hidden", tuple(int(h) for h in hidden))
         object.__setattr__(self, "init_scale", _positive_float("Flow(init_scale)", self.init_scale))
 
     def init(self, key: jax.Array, dim: int, dtype=jnp.float32) -> PyTree:
