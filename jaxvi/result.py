@@ -150,7 +150,10 @@ class Result:
                 ("converged", str(bool(jnp.all(self.converged))))]
         for field in ("elbo_stderr", "log_evidence", "gap", "heldout_elbo", "epochs", "m_step_rejections"):
             if hasattr(d, field):
-                rows.append((field.replace("_", " "), _number(getattr(d, field))))
+                value = getattr(d, field)
+                unknown = field in ("log_evidence", "gap") and bool(jnp.all(jnp.isnan(jnp.asarray(value))))
+                rows.append((field.replace("_", " "), "not available (no exact evidence for this model)" if unknown
+                             else _number(value)))
         if hasattr(d, "stop_reason"):
             from jaxvi.run.schedule import STOP_REASONS
             rows.append(("stopped at", ", ".join(STOP_REASONS[int(r)] for r in jnp.ravel(d.stop_reason))))

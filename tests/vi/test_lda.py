@@ -2,6 +2,7 @@
 against scikit-learn's batch LatentDirichletAllocation from the same initial topics, a NumPy E-step and bound,
 a corpus drawn from LDA, and the same corpus as single tokens."""
 import dataclasses
+import re
 
 import jax
 import jax.numpy as jnp
@@ -399,6 +400,13 @@ def test_perplexity_and_top_words_refuse_what_they_cannot_read(corpus, fitted):
     for call, message in cases:
         with pytest.raises(ValueError, match=message):
             call()
+
+
+def test_the_summary_says_the_evidence_is_not_available_not_nan(fitted):
+    """LDA has no exact local evidence: the summary printed 'log evidence nan' and 'gap nan'."""
+    text = fitted[3].summary()
+    for field in ("log evidence", "gap"):
+        assert re.search(rf"^{field} +not available \(no exact evidence for this model\)$", text, re.M), text
 
 
 def test_the_same_corpus_as_single_tokens_gives_the_same_fit(corpus, fitted):
