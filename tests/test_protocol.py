@@ -129,6 +129,10 @@ def test_bad_batches_are_value_errors_not_clamped_gathers():
         step(x[:10])
     with pytest.raises(ValueError, match="num_data=60"):
         step(x, n=60)
+    for n in (0, 5):  # the batch's sum scaled by n / 10: an objective of 0 and no fault, for n = 0
+        with pytest.raises(ValueError, match=rf"num_data: expected the number of data the batch was drawn from, at "
+                                             rf"least its 10 rows, got {n}"):
+            method.step(fa.model, KEY, method.init(fa.model, KEY, x[:10]), x[:10], num_data=n)
     with pytest.raises(ValueError, match="EM steps on all the data"):
         gm = gaussian_mixture(2)
         em = jaxvi.EM(m_step=gm.m_step)

@@ -263,6 +263,10 @@ def test_a_posterior_of_data_with_other_features_is_a_value_error():
     with pytest.raises(ValueError, match=r"data: expected every datum of shape \(2,\), as the data the model was "
                                          r"fitted to, got data of shape \(5, 4\), a datum of shape \(4,\)$"):
         amortized.posterior(np.zeros((5, 4), np.float32))
+    with pytest.raises(ValueError, match=r"key: expected a PRNG key"):  # JAX's TypeError from inside the draw
+        vae.sample(amortized, 0, 2)
+    with pytest.raises(ValueError, match=r"num_samples: expected an integer >= 1, got 0"):
+        vae.sample(amortized, KEY, 0)
 
 
 def test_a_posterior_of_sequences_takes_any_length_but_not_one_sequence_without_its_datum_axis():
@@ -280,6 +284,22 @@ def test_a_posterior_of_sequences_takes_any_length_but_not_one_sequence_without_
         result.posterior(sequences[0])
     with pytest.raises(ValueError, match=r"got data of shape \(3, 12, 1\), a datum of shape \(12, 1\)$"):
         result.posterior(sequences[..., :1])
+
+
+def test_a_guide_s_draws_need_a_key_and_an_hmm_is_not_for_an_encoder():
+    """FittedGuide.sample(0, 3) took the integer 0 as a key; Amortized on an HMM called its Markov latent an
+    exponential-family factor and suggested a Real; Amortized(validation=np.float32(0.1)) was refused."""
+    latent = jaxvi.Global({"m": jaxvi.Real((2,))}, lambda p, z: jnp.sum(jax.scipy.stats.norm.logpdf(z["m"], 0, 10)))
+    model = jaxvi.Model(lambda p, z, x: jnp.sum(jax.scipy.stats.norm.logpdf(x, z["m"])), latent, lambda k, d: {})
+    q = fit(model, method=jaxvi.SVI(num_steps=5)).posterior()
+    with pytest.raises(ValueError, match=r"key: expected a PRNG key"):
+        q.sample(0, 3)
+    assert jax.tree_util.tree_leaves(q.sample(KEY, 3))[0].shape == (3, 2)
+    sequences = np.zeros((4, 6, 2), np.float32)
+    with pytest.raises(ValueError, match=r"latent: expected Real or Gaussian specs for a continuous guide, got "
+                                         r"Markov\(.*\), a discrete latent: fit it by jaxvi.EM"):
+        fit(jaxvi.models.gaussian_hmm(2).model, sequences, jaxvi.Amortized(num_steps=1, batch_size=2))
+    assert jaxvi.Amortized(num_steps=1, validation=np.float32(0.1)).validation == np.float32(0.1)
 
 
 def test_a_setting_of_several_values_and_a_flow_s_single_width_are_named():

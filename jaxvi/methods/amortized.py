@@ -181,8 +181,8 @@ class Amortized:
             raise ValueError(f"Amortized(objective): expected one of {OBJECTIVES} or jaxvi.Renyi(alpha), got "
                              f"{self.objective!r}")
         object.__setattr__(self, "objective", as_estimator(self.objective))  # its numbers traced (a Renyi alpha)
-        if isinstance(self.validation, bool) or not isinstance(self.validation, (int, float)) \
-                or not 0 <= self.validation < 1:
+        fraction = isinstance(self.validation, (int, float, np.integer, np.floating))
+        if isinstance(self.validation, bool) or not fraction or not 0 <= self.validation < 1:
             raise ValueError(f"Amortized(validation): expected a fraction in [0, 1), got {self.validation!r}")
         if self.patience is not None and self.validation == 0:
             raise ValueError("Amortized(patience): early stopping needs held-out data; set validation > 0")

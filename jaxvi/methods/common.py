@@ -45,9 +45,13 @@ def batch_rows(batch: PyTree, num_data, rows_kept: int | None) -> tuple[jax.Arra
 
     Raises:
       ValueError: a plain minibatch for per-datum states, an index of the wrong shape, out of range
-        or repeated, or ``num_data`` unlike the per-datum states'.
+        or repeated, ``num_data`` unlike the per-datum states', or fewer than the batch's rows.
     """
     n = _concrete_int(num_data)
+    rows = num_rows(batch.data if isinstance(batch, Batch) else batch)
+    if n is not None and n < rows:  # N is what the batch's sum is scaled to: N / B < 1 (or 0) makes no estimate
+        raise ValueError(f"num_data: expected the number of data the batch was drawn from, at least its {rows} "
+                         f"rows, got {n}")
     if rows_kept is not None and n is not None and n != rows_kept:
         raise ValueError(f"num_data: the state keeps q_i for {rows_kept} data, got num_data={n}")
     if not isinstance(batch, Batch):

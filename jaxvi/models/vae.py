@@ -16,7 +16,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxvi.latents import Real
-from jaxvi.model import Model, check_values
+from jaxvi.methods.settings import check_count
+from jaxvi.model import Model, check_key, check_values
 from jaxvi.nn import Network, mlp
 from jaxvi.run.compiled import OneProgram
 
@@ -51,7 +52,12 @@ class VAE(NamedTuple):
         return jax.vmap(lambda zi: self.decode(result.params, zi))(z)
 
     def sample(self, result, key: jax.Array, num_samples: int) -> jax.Array:
-        """``(num_samples, D)``: new data's probabilities / means, decoded from z ~ N(0, I)."""
+        """``(num_samples, D)``: new data's probabilities / means, decoded from z ~ N(0, I).
+
+        Raises:
+          ValueError: ``key`` is not a PRNG key, or ``num_samples`` not an integer >= 1."""
+        key = check_key(key)
+        check_count("num_samples", num_samples)
         dim = self.model.latent.shape[0]
         z = jax.random.normal(key, (num_samples, dim), jnp.result_type(result.objective))
         return jax.vmap(lambda zi: self.decode(result.params, zi))(z)

@@ -43,7 +43,16 @@ class FittedGuide(NamedTuple):
     is_global: bool
 
     def sample(self, key: jax.Array, num_samples: int = 1) -> PyTree:
-        """``num_samples`` draws of z: leaves ``(num_samples, *shape)``, or ``(N, num_samples, *shape)`` for local q."""
+        """``num_samples`` draws of z: leaves ``(num_samples, *shape)``, or ``(N, num_samples, *shape)`` for local q.
+
+        Raises:
+          ValueError: ``key`` is not a PRNG key (a plain integer was taken as one), or ``num_samples`` not an
+            integer >= 1."""
+        from jaxvi.methods.settings import check_count  # not at the top: the methods import this module
+        from jaxvi.model import check_key
+
+        key = check_key(key)
+        check_count("num_samples", num_samples)
         def draw(params, k):
             u, _ = self.guide.sample_and_log_prob(params, k, num_samples)
             return self._values(u)

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxvi.latents import Gaussian, Real, is_spec
+from jaxvi.latents import Discrete, Gaussian, Markov, Real, is_spec
 
 __all__ = ["LatentSpace", "Ordered", "Positive", "Interval", "Simplex", "interval", "latent_space", "ordered",
            "positive", "simplex", "unconstrain"]
@@ -207,6 +207,10 @@ def latent_space(latent) -> LatentSpace:
     for leaf in leaves:
         if isinstance(leaf, Gaussian):
             leaf = Real((leaf.d,))
+        if isinstance(leaf, (Discrete, Markov)):
+            raise ValueError(f"latent: expected Real or Gaussian specs for a continuous guide, got {leaf!r}, a "
+                             f"discrete latent: fit it by jaxvi.EM (its exact posterior), or by jaxvi.SVI, which sums "
+                             f"it out exactly (discrete='enumerate'; a Markov chain always)")
         if not isinstance(leaf, Real):
             raise ValueError(f"latent: expected Real or Gaussian specs for a continuous guide, got {leaf!r} (an "
                              f"exponential-family factor of jaxvi.CAVI; for SVI write it as a Real with a bijector: "
