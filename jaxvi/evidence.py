@@ -198,7 +198,8 @@ def _check_proposal(model: Model, posterior, data) -> None:
                                "latents alone, and the guide of its SVI fit",
                 "CAVIPosterior": ": a CAVI fit's bound is its objective, and its diagnostics hold the exact local "
                                  "evidence where there is one"}.get(kind, "")
-        raise ValueError(f"posterior: expected a jaxvi.FittedGuide (result.posterior() of an SVI fit), got {kind}{hint}")
+        raise ValueError(f"posterior: expected a jaxvi.FittedGuide (result.posterior() of an SVI fit), got "
+                         f"{kind}{hint}")
     if split_latent(model.latent).globals and not isinstance(model.latent, Global):
         raise ValueError("evidence: importance sampling takes a model whose latent is one Global node, or local "
                          "latents alone, got one with both")

@@ -251,7 +251,8 @@ def test_a_posterior_of_data_with_other_features_is_a_value_error():
     # but not without its datum axis, nor one feature of one datum (init cannot run there either): these were read as
     # two data of one feature each, or one, and their posteriors came back
     one = r" \(a single datum needs its leading datum axis: data\[None\]\)"
-    for bad, shapes in ((GOOD[0], r"\(2,\), a datum of shape \(\)" + one), (GOOD[:1, :1], r"\(1, 1\), a datum of shape \(1,\)")):
+    for bad, shapes in ((GOOD[0], r"\(2,\), a datum of shape \(\)" + one),
+                        (GOOD[:1, :1], r"\(1, 1\), a datum of shape \(1,\)")):
         with pytest.raises(ValueError, match=r"data: expected every datum of shape \(2,\), as the data the model was "
                                              r"fitted to, got data of shape " + shapes + "$"):
             result.posterior(bad)
@@ -331,8 +332,9 @@ def test_evidence_and_an_exact_posterior_check_their_arguments_as_infer_does():
                                                                            r"got 0"),
                (lambda: jaxvi.evidence(MODEL, params, GOOD, exact="yes"), r"exact: expected None, True or False, got "
                                                                           r"'yes'"),
-               (lambda: jaxvi.evidence(quartic, params, GOOD), r"log_joint: a Gaussian latent needs log_joint\(params, "
-                                                               r"z, x\) quadratic in z .* not for datum 0 \(and 19 more\)"),
+               (lambda: jaxvi.evidence(quartic, params, GOOD),
+                r"log_joint: a Gaussian latent needs log_joint\(params, z, x\) quadratic in z .* not for datum 0 \(and "
+                r"19 more\)"),
                (lambda: jaxvi.exact.posterior(log_joint, jaxvi.Discrete(2), params, GOOD, 1.5),
                 r"chunk_size: expected an integer >= 1, got 1.5"),
                (lambda: jaxvi.exact.posterior(lambda p, z, x: x * p[z], jaxvi.Discrete(2), params, GOOD),

@@ -235,9 +235,9 @@ class CAVI:
         with 2,048, 56-57 ms with 4,096 and 8,192, and 77-82 ms with 16,384 (2-core CPU).
       start: where the first global updates start: ``"prior"``, the local q that is exact at one draw of the
         global factors from their priors (priors on the data's scale give data-like starts, as k-means' random
-        centres do), a Dirichlet factor near uniform instead (``_start_rules``: a draw from a sparse Dirichlet prior,
-        as LDA's topics', is sparse); ``"random"``, responsibilities drawn from Dirichlet(1) for every datum (a ``Discrete``
-        local latent only; near-symmetric, so restarts matter more).
+        centres do), a Dirichlet factor near uniform instead (``_start_rules``: a draw from a sparse Dirichlet
+        prior, as LDA's topics', is sparse); ``"random"``, responsibilities drawn from Dirichlet(1) for every
+        datum (a ``Discrete`` local latent only; near-symmetric, so restarts matter more).
       restarts: how the ``n_init`` restarts run: ``"vmap"``, side by side in one vmapped program;
         ``"sequence"``, one after another in one compiled program (``lax.map``); ``"auto"`` (the default),
         ``"sequence"`` where batched LAPACK calls can deadlock (the CPU backend with jaxlib before 0.11.2:
@@ -658,8 +658,9 @@ class CAVI:
         (``start``, the last step's) where that is higher, so that the bound never falls. Swept from the carried q
         instead, LDA's documents stayed near their early assignments: on 120 of gensim's Lee documents (K = 10), from
         the same topics, the fits ended at perplexity 919-953 (four starts) against 831-871 (scikit-learn's algorithm:
-        853), and on a corpus drawn from LDA (K = 6) none found a topic within 0.5 (L1) of a true one. A ``Markov`` chain's posterior, one of ``passes`` over these data, runs in probability space
-        where that repays its compile (``exact.differentiable_for``; nothing differentiates through it)."""
+        853), and on a corpus drawn from LDA (K = 6) none found a topic within 0.5 (L1) of a true one. A ``Markov``
+        chain's posterior, one of ``passes`` over these data, runs in probability space where that repays its
+        compile (``exact.differentiable_for``; nothing differentiates through it)."""
         rules = structure.rules(factors)
         expected = structure.expected_log_joint(model, rules)
         local = structure.parts.local
@@ -719,8 +720,11 @@ class CAVI:
 
     def _local_bounds(self, layout, expected, params, data, carried, dtype) -> jax.Array:
         """Every datum's local bound at its carried local factors (``_datum_bound``), a chunk of data at a time."""
-        return map_chunks(lambda pair: jax.vmap(lambda x, c: _datum_bound(layout, expected, params, x, c, dtype))(*pair),
-                          (data, carried), layout.chunk_size(self.chunk_size, num_data_of(data)))
+        def datum_bound(x, c):
+            return _datum_bound(layout, expected, params, x, c, dtype)
+
+        return map_chunks(lambda pair: jax.vmap(datum_bound)(*pair), (data, carried),
+                          layout.chunk_size(self.chunk_size, num_data_of(data)))
 
     def _better_of(self, layout, expected, params, data, carried, bounds, post, dtype):
         """``(bounds, post)`` with every datum's local q the carried one (``carried``, its first factor completed under
@@ -858,7 +862,7 @@ def _start_rules(factors: tuple[FactorSpec, ...], etas: tuple, key: jax.Array, d
     Gamma(100, 1/100) (scikit-learn's and gensim's start of LDA's topics), as a draw from a Dirichlet of small
     concentrations (LDA's topic prior, a mixture's weights) is sparse: an LDA fit started at a draw of its topics
     began from a random partition of the vocabulary and ended far below one started near uniform (120 of gensim's Lee
-    documents, K = 10: perplexity 1,375-1,402 against 838-862 over three keys; scikit-learn 825-839), and a Bayesian
+    documents, K = 10: perplexity 1,375-1,402 against 822-853 over three keys; scikit-learn 825-839), and a Bayesian
     mixture started at drawn weights lost most of its components (two clusters, K = 4: four keys of four ended with
     one). ``draw=False``: every factor at its mean (no random start: CAVI's probe)."""
     if not factors:

@@ -407,8 +407,8 @@ def sweeps_in_exp_space(layout: LocalLayout, n: int) -> bool:
     of benchmarks/lda.py: gensim's Lee corpus (270 documents, L = 213, K = 10: 5.7 x 10^5 entries), 10 batch
     iterations 4.15 s in all against 5.44-5.64 s, one online pass 2.92 s against 4.22-4.24 s; 2,000 documents
     (L = 123, K = 20: 4.9 x 10^6 entries), 10 batch iterations 12.94 s plain against 10.49 s. ``jaxvi.infer``'s
-    defaults on such documents (when the local q was carried between iterations, 55-65 of them): 400 documents (9.8 x 10^5
-    entries) 10.6 s plain against 11.4 s, 1,000 (2.5 x 10^6) 19.7 s against 17.5 s."""
+    defaults on such documents (when the local q was carried between iterations, 55-65 of them): 400 documents
+    (9.8 x 10^5 entries) 10.6 s plain against 11.4 s, 1,000 (2.5 x 10^6) 19.7 s against 17.5 s."""
     return shares_coupling(layout) and n * plate_entries(layout) >= EXP_SPACE_ENTRIES
 
 

@@ -135,7 +135,8 @@ def test_a_nan_or_infinite_weight_is_refused_and_under_jit_its_row_is_nan():
     for value, message in ((np.nan, r"got nan at index \(1, 4\)"), (np.inf, r"got inf at index \(1, 4\)")):
         bad = weights.copy()
         bad[1, 4] = value
-        with pytest.raises(ValueError, match=r"log_weights: expected finite values or -inf \(a zero weight\), " + message):
+        with pytest.raises(ValueError, match=r"log_weights: expected finite values or -inf \(a zero weight\), "
+                                             + message):
             jaxvi.psis(bad)
         smoothed, khat = jax.jit(jaxvi.psis)(bad)
         assert np.all(np.isnan(smoothed[1])) and np.isnan(khat[1])
