@@ -123,6 +123,21 @@ def test_factor_models_reject_bad_data():
         jaxvi.infer(jaxvi.models.ppca(4).model, jaxvi.EM(), jnp.zeros((10, 3)), key=jax.random.key(0))
 
 
+def test_a_constant_dimension_s_noise_is_floored_at_a_fraction_of_the_mean_variance():
+    """500 of the digits' 64 pixels, 8 of them constant: the noise of those was floored at the tiniest float (1e-38),
+    where the E-step failed as 'not quadratic' (and on all 1,797 digits log p(D) came out at +9,124). Now it rests at
+    1e-12 of the mean pixel variance and the fit is finite."""
+    from sklearn.datasets import load_digits
+
+    x = load_digits().data[:500].astype(np.float32)
+    constant = np.flatnonzero(x.var(axis=0) == 0)
+    fa = jaxvi.models.factor_analysis(5)
+    result = jaxvi.infer(fa.model, jaxvi.EM(m_step=fa.m_step), x, key=jax.random.key(0), progress=False)
+    assert constant.size == 8 and np.isfinite(float(result.objective)) and float(result.objective) < 0
+    noise = np.asarray(result.params.noise_variance)
+    np.testing.assert_allclose(noise[constant], 1e-12 * x.var(axis=0).mean(), rtol=1e-3)
+
+
 def test_factor_models_reject_unknown_options():
     with pytest.raises(ValueError, match=r"init: expected one of \('pca', 'random'\), got 'kmeans'"):
         jaxvi.models.factor_analysis(2, init="kmeans")
