@@ -15,6 +15,7 @@ to the diagonal of every covariance, so a component that loses all its data keep
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, NamedTuple
 
 import distrax
@@ -94,8 +95,9 @@ def gaussian_mixture(n_components: int, *, covariance: str = "full", init: str =
       init: picks the means: ``"kmeans"`` (scikit-learn's default: k-means++ seeds refined by Lloyd's
         k-means, at most 100 rounds, stopped as scikit-learn's ``KMeans`` stops), ``"kmeans++"`` (the seeds
         alone) or ``"random"`` (K distinct data points); every datum is assigned to its nearest mean and one
-        M-step gives the parameters. On iris a single ``"kmeans"`` start reaches scikit-learn's fit; two in ten
-        ``"kmeans++"`` starts end in a worse optimum.
+        M-step gives the parameters. On iris (K = 3) a single ``"kmeans"`` start reaches scikit-learn's fit from
+        each of 40 keys (5 did not from plain k-means++ seeds, before the seeds became greedy, as scikit-learn's);
+        3 of 40 ``"kmeans++"`` starts end in a worse optimum.
       reg_covar: added to the diagonal of every covariance (keeps them positive definite). As in scikit-learn,
         the M-step is then not the exact maximiser of EM's Q, and log p(D) can fall by a little where a component
         holds few data (7.5e-6 of 408 nats, a component of 3 data); with ``reg_covar=0.0`` it never falls.
@@ -284,12 +286,17 @@ def _square_distances(x, centers):
     return jnp.sum(x**2, 1)[:, None] - 2 * x @ centers.T + jnp.sum(centers**2, 1)
 
 
-def _kmeans_plusplus(key, data, k, weights=None):
-    """k-means++ seeding (Arthur & Vassilvitskii 2007): each next center drawn with prob. ∝ D(x)^2.
+def _kmeans_plusplus(key, data, k, weights=None, greedy: bool = True):
+    r"""Greedy k-means++ seeding (Arthur & Vassilvitskii 2007; scikit-learn's ``kmeans_plusplus``): each next center
+    the best of ``2 + floor(log k)`` candidates drawn with prob. ∝ D(x)^2, the one that leaves the least potential
+    :math:`\sum_x D(x)^2`. With one candidate a step (plain k-means++), 5 of 40 keys seeded iris (K = 3) into
+    k-means' worse optimum (inertia 143-146 against 78.9) and its GMM fit ended at log p(D) = -202.25, against
+    scikit-learn's -180.20 from every seed.
 
     ``weights`` (0 or 1 per row; default all 1) leaves out the rows with weight 0: the first center is
-    uniform over the others and a left-out row's D(x)^2 counts as 0.
+    uniform over the others and a left-out row's D(x)^2 counts as 0. ``greedy=False``: one candidate a step.
     """
+    trials = 2 + int(math.log(k)) if greedy and k > 1 else 1
     weights = jnp.ones(data.shape[0], data.dtype) if weights is None else weights.astype(data.dtype)
     first_key, key = jax.random.split(key)
     rank = jax.random.randint(first_key, (), 0, jnp.sum(weights).astype(jnp.int32))
@@ -300,18 +307,20 @@ def _kmeans_plusplus(key, data, k, weights=None):
     def add_center(j, carry):
         centers, min_d2, key = carry
         key, sub = jax.random.split(key)
-        center = data[jax.random.categorical(sub, jnp.log(min_d2))]
-        return centers.at[j].set(center), jnp.minimum(min_d2, weights * jnp.sum((data - center) ** 2, axis=1)), key
+        candidates = data[jax.random.categorical(sub, jnp.log(min_d2), shape=(trials,))]      # (trials, D)
+        d2 = jnp.minimum(min_d2, weights * jnp.sum((data[None] - candidates[:, None]) ** 2, axis=2))
+        best = jnp.argmin(jnp.sum(d2, axis=1))  # the potential each candidate would leave
+        return centers.at[j].set(candidates[best]), d2[best], key
 
     centers, _, _ = jax.lax.fori_loop(1, k, add_center, (centers, min_d2, key))
     return centers
 
 
-def _kmeans(key, data, k, weights=None):
-    """Lloyd's k-means (``_lloyd``) from k-means++ seeds. Rows of ``weights`` 0 (0 or 1 per row; default all 1)
-    are left out, as in ``_kmeans_plusplus``."""
+def _kmeans(key, data, k, weights=None, greedy: bool = True):
+    """Lloyd's k-means (``_lloyd``) from k-means++ seeds (greedy, or plain with ``greedy=False``). Rows of
+    ``weights`` 0 (0 or 1 per row; default all 1) are left out, as in ``_kmeans_plusplus``."""
     weights = jnp.ones(data.shape[0], data.dtype) if weights is None else weights.astype(data.dtype)
-    return _lloyd(data, _kmeans_plusplus(key, data, k, weights), weights)[0]
+    return _lloyd(data, _kmeans_plusplus(key, data, k, weights, greedy), weights)[0]
 
 
 def _lloyd(data, seeds, weights):
