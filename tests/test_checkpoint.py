@@ -115,6 +115,34 @@ def test_fingerprints_are_stable_across_processes_and_see_code_and_constants():
     assert digest(here["values"]["closure"]) != here["digests"]["closure"]
 
 
+def test_a_model_reaching_its_code_through_a_module_of_its_own_changes_with_that_module(tmp_path, monkeypatch):
+    """``import helper`` and ``helper.log_joint(...)`` in a model: a module global was hashed by its name alone, so
+    editing helper.py (its code, or a constant its function reads) left fingerprints and structural equality as
+    they were: a warm cache ran the old code, and a checkpoint of the old model resumed under the new one."""
+    import importlib
+
+    from jaxvi.equality import Structural
+    from jaxvi.run.fingerprint import digest
+
+    helper = tmp_path / "jaxvi_test_helper.py"
+    source = ("import jax\nSCALE = 1.0\ndef inner(x):\n    return x * 1.0\n"
+              "def log_joint(p, z, x):\n    return jax.scipy.stats.norm.logpdf(inner(x), p[z], SCALE).sum()\n")
+    helper.write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)  # an edit within the same second would reuse a .pyc
+    module = importlib.import_module("jaxvi_test_helper")
+    model = jaxvi.Model(lambda p, z, x: module.log_joint(p, z, x), jaxvi.Discrete(2), lambda key, data: jnp.zeros(2))
+    before, before_equal = digest(model), Structural((model,))
+    for old, new in (("x * 1.0", "x * 2.0"), ("SCALE = 1.0", "SCALE = 2.0")):
+        source = source.replace(old, new)
+        helper.write_text(source)
+        importlib.reload(module)
+        assert digest(model) != before and Structural((model,)) != before_equal, new
+        before, before_equal = digest(model), Structural((model,))
+    assert digest(jaxvi.Model(lambda p, z, x: module.log_joint(p, z, x), jaxvi.Discrete(2),
+                              lambda key, data: jnp.zeros(2))) == before  # the same code again: the same digest
+
+
 # --- one small EM fit and one SVI fit, compiled once for the module; every refusal comes before compiling --
 
 X = np.concatenate([np.random.default_rng(0).normal(-2.0, 1.0, (30, 1)),
