@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxvi.walk import function_parts, wrapper_parts
+from jaxvi.walk import function_parts, is_library_file, wrapper_parts
 
 __all__ = ["Structural", "key"]
 
@@ -113,7 +113,7 @@ def _key(value: Any, walking: set) -> Hashable:
     if isinstance(value, np.ndarray) and not value.dtype.hasobject:
         digest = hashlib.blake2b(np.ascontiguousarray(value).tobytes(), digest_size=32).digest()
         return np.ndarray, value.dtype, value.shape, digest
-    if isinstance(value, _IMMUTABLE) or id(value) in walking:
+    if isinstance(value, _IMMUTABLE) or id(value) in walking or _library_function(value):
         return _Identity(value)
     parts = _parts(value)
     if parts is None:
@@ -123,6 +123,15 @@ def _key(value: Any, walking: set) -> Hashable:
         return (type(value), *(_key(part, walking) for part in parts))
     finally:
         walking.discard(id(value))
+
+
+def _library_function(value: Any) -> bool:
+    """A function an installed package or the standard library defines at its module's level (no closure, such as
+    ``jax.scipy.special.multigammaln``): fixed, so compared by identity, not walked (its globals may hold objects
+    that would make every value holding it compare by identity). A library's closures (``optax.adam(1e-2)``'s)
+    are walked: their captured values tell them apart."""
+    return (isinstance(value, types.FunctionType) and value.__closure__ is None
+            and is_library_file(value.__code__.co_filename))
 
 
 def _parts(value: Any) -> tuple | None:

@@ -19,7 +19,7 @@ import types
 from typing import Any, NamedTuple
 
 __all__ = ["EMPTY_CELL", "FunctionParts", "UserModule", "attribute_names", "function_parts", "global_names",
-           "user_module", "wrapper_parts"]
+           "is_library_file", "user_module", "wrapper_parts"]
 
 _LIBRARY_DIRS = tuple({os.path.realpath(p) + os.sep for name, p in sysconfig.get_paths().items()
                        if name in ("stdlib", "platstdlib", "purelib", "platlib")})
@@ -72,7 +72,7 @@ def _module_part(value: Any, attributes: frozenset, seen: set) -> Any:
 
 
 @functools.lru_cache(maxsize=None)
-def _is_library_file(filename: str) -> bool:
+def is_library_file(filename: str) -> bool:
     """Whether a file belongs to the standard library or an installed package."""
     path = os.path.realpath(filename)
     return path.startswith(_LIBRARY_DIRS) or f"{os.sep}site-packages{os.sep}" in path \
@@ -84,7 +84,7 @@ def user_module(module: types.ModuleType) -> bool:
     packages (a built-in or extension module, or a package's, is not; nor is jaxvi's own, whose modules its code
     names as libraries' are, by name)."""
     filename = getattr(module, "__file__", None)
-    return (isinstance(filename, str) and filename.endswith(".py") and not _is_library_file(filename)
+    return (isinstance(filename, str) and filename.endswith(".py") and not is_library_file(filename)
             and module.__name__.partition(".")[0] != "jaxvi")
 
 

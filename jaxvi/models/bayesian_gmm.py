@@ -96,7 +96,7 @@ def bayesian_gaussian_mixture(data, K: int, covariance: str = "full", *, weight_
             else priors.numbers(name, cov, (d,), dtype, above=0))
     # the likelihood's expansion point (_normal_log_prob), and where q's natural parameters are taken about (the
     # components' ``center``: float32 keeps their digits with data far from 0)
-    center = jnp.asarray(x.mean(0), dtype)
+    center = np.asarray(x.mean(0), dtype)  # NumPy: the model equal to itself built again (models.priors)
     about = tuple(float(c) for c in np.asarray(center))
 
     if covariance == "full":

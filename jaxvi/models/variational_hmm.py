@@ -41,7 +41,13 @@ def _log_move(theta, prev, state):
 
 def _prior(name, value, shape, above=None) -> jnp.ndarray:
     """A prior hyperparameter checked (``priors.numbers``) and broadcast to ``shape`` (one per state)."""
-    return jnp.broadcast_to(priors.numbers(name, value, shape, jnp.result_type(float), above=above), shape)
+    return _broadcast(priors.numbers(name, value, shape, jnp.result_type(float), above=above), shape)
+
+
+def _broadcast(value, shape):
+    """``value`` broadcast to ``shape``: a NumPy array stays one (the model equal to itself built again), a traced
+    one (a model built under a transformation) a JAX array."""
+    return np.broadcast_to(value, shape) if isinstance(value, np.ndarray) else jnp.broadcast_to(value, shape)
 
 
 def _concentration(name, value, default, shape) -> jnp.ndarray:
@@ -102,8 +108,8 @@ def variational_gaussian_hmm(K: int, d: int, *, start_prior=None, transition_pri
     b0 = _prior("mean_precision", mean_precision, (K,), above=0)
     nu0 = _prior("degrees_of_freedom", d if degrees_of_freedom is None else degrees_of_freedom, (K,),
                  above=d - 1)  # a proper Wishart
-    psi0 = jnp.broadcast_to(priors.spd_matrices("scale", 1e-3 * np.eye(d) if scale is None else scale, (K, d, d),
-                                                real), (K, d, d))
+    psi0 = _broadcast(priors.spd_matrices("scale", 1e-3 * np.eye(d) if scale is None else scale, (K, d, d), real),
+                      (K, d, d))
 
     def log_prior(params, theta):
         means, precisions = theta["emissions"]
