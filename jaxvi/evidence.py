@@ -29,8 +29,7 @@ from jaxvi.chunks import map_data
 from jaxvi.exact.gaussian import GaussianPosterior
 from jaxvi.latents import Global, exact_family, split_latent
 from jaxvi.methods.settings import check_count
-from jaxvi.model import Model, check_init_params, check_key, check_model, check_new_data, is_traced
-from jaxvi.run import stored
+from jaxvi.model import Model, check_key, check_new_data, fitted_params, is_traced
 from jaxvi.vi.fitted import FittedGuide
 from jaxvi import pareto
 from jaxvi.pareto import KHAT_THRESHOLD, MIN_DRAWS, log_mean_exp, log_mean_exp_variance, psis
@@ -163,20 +162,10 @@ def psis_resample(model: Model, params: PyTree, data: PyTree, *, key: jax.Array,
 
 
 def _checked(model: Model, params: PyTree, data: PyTree) -> tuple[PyTree, PyTree]:
-    """``(params, data)`` checked as a fit's are: the parameters numeric arrays, finite (concrete ones); the data
-    as ``check_new_data`` checks them; the log-joint traced once at their shapes (``check_model``: a real scalar)."""
-    check_init_params(params, "params")
-    params = jax.tree_util.tree_map(jnp.asarray, params)  # lists of numbers, as infer's init_params take them
+    """``(params, data)`` checked as a fit's are: the data as ``check_new_data`` checks them, the parameters as
+    ``fitted_params`` does (the log-joint traced once at their shapes)."""
     data = check_new_data(model, params, data)
-    if not is_traced(params, data):
-        abstract = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), params)
-        stored.check_once(_check_fitted_model, model, data, jax.random.key(0), abstract)
-    return params, data
-
-
-def _check_fitted_model(model: Model, data: PyTree, key: jax.Array, params: PyTree) -> None:
-    """``check_model`` at a fit's (abstract) parameters: the log-joint and log-priors return real scalars there."""
-    check_model(model, data, key, params, like_init=False)
+    return fitted_params(model, params, data), data
 
 
 def _check_quadratic(post: GaussianPosterior) -> None:

@@ -21,7 +21,8 @@ from jaxvi.latents import (EXPONENTIAL_FAMILY_SPECS, Gaussian, Markov, Real, exa
                            value_shape)
 
 __all__ = ["DatumShapes", "Model", "check_data", "check_init_params", "check_key", "check_model",
-           "check_params_fit_data", "check_new_data", "check_values", "datum_shapes", "is_traced", "validate_data"]
+           "check_params_fit_data", "check_new_data", "check_values", "datum_shapes", "fitted_params", "is_traced",
+           "validate_data"]
 
 PyTree = Any
 
@@ -392,6 +393,18 @@ def check_model(model: Model, data: PyTree, key: jax.Array, params: PyTree | Non
             raise ValueError(f"log_joint: expected a scalar log density for {what.removesuffix(' x')}, got {getattr(out, 'shape', out)}")
         if not jnp.issubdtype(out.dtype, jnp.floating):
             raise ValueError(f"log_joint: expected a real floating-point scalar, got dtype {out.dtype}")
+    return params
+
+
+def fitted_params(model: Model, params: PyTree, data: PyTree) -> PyTree:
+    """A fit's parameters handed back (``jaxvi.evidence``, ``jaxvi.exact.posterior``), as arrays: checked as
+    ``init_params`` are (named ``params``), and, outside a trace, the log-joint traced once at their shapes
+    (``check_model``, not compared with ``init``'s: ``check_params_fit_data`` compares the data's shapes)."""
+    check_init_params(params, "params")
+    params = jax.tree_util.tree_map(jnp.asarray, params)  # lists of numbers, as infer's init_params take them
+    if not is_traced(params, data):
+        abstract = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), params)
+        check_model(model, data, jax.random.key(0), abstract, like_init=False)
     return params
 
 

@@ -15,7 +15,7 @@ from jaxvi.exact.chain import ChainPosterior, Sequences
 from jaxvi.exact.enumerate import DiscretePosterior, elbo, latent_values
 from jaxvi.exact.gaussian import GaussianPosterior
 from jaxvi.latents import exact_family
-from jaxvi.model import Model, check_data, check_init_params, check_model, is_traced
+from jaxvi.model import Model, check_data, fitted_params, is_traced
 from jaxvi.run.compiled import per_fit
 
 __all__ = ["ChainPosterior", "DiscretePosterior", "GaussianPosterior", "Sequences", "elbo", "expected_log_joint",
@@ -47,11 +47,8 @@ def posterior(log_joint, latent, params, data, chunk_size: int = 1024, different
 
     exact_family(latent)  # a latent without an exact posterior: named
     check_count("chunk_size", chunk_size)
-    check_init_params(params, "params")
-    params, data = jax.tree_util.tree_map(jnp.asarray, params), check_data(data)
-    abstract = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), params)
-    check_model(Model(log_joint, latent, init=lambda key, data: params), data, jax.random.key(0), abstract,
-                like_init=False)
+    data = check_data(data)
+    params = fitted_params(Model(log_joint, latent, init=lambda key, data: params), params, data)
     return _compiled_posterior(settings, None, params, data)
 
 
