@@ -15,7 +15,6 @@ to the diagonal of every covariance, so a component that loses all its data keep
 """
 from __future__ import annotations
 
-import math
 from typing import Callable, NamedTuple
 
 import distrax
@@ -24,6 +23,7 @@ import jax.numpy as jnp
 from jax.scipy.linalg import solve_triangular
 
 from jaxvi.chunks import sum_accurately, sum_blocks, sum_data
+from jaxvi.kmeans import kmeans, kmeans_plusplus, random_points, square_distances
 from jaxvi.latents import Discrete
 from jaxvi.model import Model
 from jaxvi.run.compiled import OneProgram
@@ -33,8 +33,6 @@ __all__ = ["GMMParams", "GaussianMixture", "gaussian_mixture", "gmm_m_step", "gm
 
 COVARIANCES = ("full", "diag")
 INITS = ("kmeans", "kmeans++", "random")
-KMEANS_ROUNDS = 100  # the most Lloyd rounds of init="kmeans"
-KMEANS_TOL = 1e-4  # Lloyd's rounds stop at a squared shift of the centers of at most this times the data's variance
 # the M-step's chunk of centred, weighted data (K x chunk x D): its compiled time per M-step, N = 200,000 on a 2-core
 # CPU, K = D = 16: 85 ms in chunks of 1,000 data (0.5 MB), 51-52 ms of 5,000-8,000 (5-8 MB), 59-68 ms of 10,000-40,000;
 # K = D = 32: 444 ms of 1,000 (4 MB), 252 ms of 2,000 (8 MB), 312 ms of 8,000; K = D = 4: 13 ms of 1,000, 8 ms of 20,000
@@ -118,9 +116,9 @@ def gaussian_mixture(n_components: int, *, covariance: str = "full", init: str =
 
     def init_params(key, data):
         _check_data(data, n_components)
-        pick = {"kmeans": _kmeans, "kmeans++": _kmeans_plusplus, "random": _random_points}[init]
+        pick = {"kmeans": kmeans, "kmeans++": kmeans_plusplus, "random": random_points}[init]
         centers = pick(key, data, n_components)
-        resp = jax.nn.one_hot(jnp.argmin(_square_distances(data, centers), axis=1), n_components, dtype=data.dtype)
+        resp = jax.nn.one_hot(jnp.argmin(square_distances(data, centers), axis=1), n_components, dtype=data.dtype)
         return m_step(None, data, _Responsibilities(resp))
 
     log_joint = _log_joint_full if covariance == "full" else _log_joint_diag
@@ -274,88 +272,6 @@ def _precision_cholesky(cov):
     chol = jnp.linalg.cholesky(cov)
     eye = jnp.broadcast_to(jnp.eye(cov.shape[-1], dtype=cov.dtype), cov.shape)
     return jnp.swapaxes(solve_triangular(chol, eye, lower=True), -1, -2)
-
-
-def _square_distances(x, centers):
-    r""":math:`\|x_i - c_k\|^2` for every datum and center, expanded (one product of the data with the centers) about
-    the centers' mean m: :math:`\|\tilde x_i\|^2 - 2 \tilde x_i \cdot \tilde c_k + \|\tilde c_k\|^2`, with
-    :math:`\tilde x = x - m`, so that the terms are of the data's spread, not of their distance from the origin
-    (expanded about 0, float32 data at 10^4 with unit spread kept no digit of the distances)."""
-    about = jnp.mean(centers, axis=0)
-    x, centers = x - about, centers - about
-    return jnp.sum(x**2, 1)[:, None] - 2 * x @ centers.T + jnp.sum(centers**2, 1)
-
-
-def _kmeans_plusplus(key, data, k, weights=None, greedy: bool = True):
-    r"""Greedy k-means++ seeding (Arthur & Vassilvitskii 2007; scikit-learn's ``kmeans_plusplus``): each next center
-    the best of ``2 + floor(log k)`` candidates drawn with prob. ∝ D(x)^2, the one that leaves the least potential
-    :math:`\sum_x D(x)^2`. With one candidate a step (plain k-means++), 5 of 40 keys seeded iris (K = 3) into
-    k-means' worse optimum (inertia 143-146 against 78.9) and its GMM fit ended at log p(D) = -202.25, against
-    scikit-learn's -180.20 from every seed.
-
-    ``weights`` (0 or 1 per row; default all 1) leaves out the rows with weight 0: the first center is
-    uniform over the others and a left-out row's D(x)^2 counts as 0. ``greedy=False``: one candidate a step.
-    """
-    trials = 2 + int(math.log(k)) if greedy and k > 1 else 1
-    weights = jnp.ones(data.shape[0], data.dtype) if weights is None else weights.astype(data.dtype)
-    first_key, key = jax.random.split(key)
-    rank = jax.random.randint(first_key, (), 0, jnp.sum(weights).astype(jnp.int32))
-    first = data[jnp.searchsorted(jnp.cumsum(weights), rank, side="right")]  # the rank-th row of weight 1
-    centers = jnp.zeros((k, data.shape[1]), data.dtype).at[0].set(first)
-    min_d2 = weights * jnp.sum((data - first) ** 2, axis=1)
-
-    def add_center(j, carry):
-        centers, min_d2, key = carry
-        key, sub = jax.random.split(key)
-        candidates = data[jax.random.categorical(sub, jnp.log(min_d2), shape=(trials,))]      # (trials, D)
-        d2 = jnp.minimum(min_d2, weights * jnp.sum((data[None] - candidates[:, None]) ** 2, axis=2))
-        best = jnp.argmin(jnp.sum(d2, axis=1))  # the potential each candidate would leave
-        return centers.at[j].set(candidates[best]), d2[best], key
-
-    centers, _, _ = jax.lax.fori_loop(1, k, add_center, (centers, min_d2, key))
-    return centers
-
-
-def _kmeans(key, data, k, weights=None, greedy: bool = True):
-    """Lloyd's k-means (``_lloyd``) from k-means++ seeds (greedy, or plain with ``greedy=False``). Rows of
-    ``weights`` 0 (0 or 1 per row; default all 1) are left out, as in ``_kmeans_plusplus``."""
-    weights = jnp.ones(data.shape[0], data.dtype) if weights is None else weights.astype(data.dtype)
-    return _lloyd(data, _kmeans_plusplus(key, data, k, weights, greedy), weights)[0]
-
-
-def _lloyd(data, seeds, weights):
-    r"""Lloyd's k-means from ``seeds``: every datum to its nearest center, every center to the mean of its data (a
-    center left without data stays put), until a round moves the centers by :math:`\sum_k \|c_k - c_k'\|^2 \le`
-    ``KMEANS_TOL`` times the data's variance averaged over features (scikit-learn's ``KMeans`` tolerance; 0 for
-    constant data: until no center moves), at most ``KMEANS_ROUNDS`` rounds. Rows of ``weights`` 0 (0 or 1 per
-    row) are left out. Returns the centers and the number of rounds. It runs on the data less their mean (its
-    result plus the mean), so that the centers' sums keep the data's spread in float32 wherever the data lie."""
-    k = seeds.shape[0]
-    count = sum_accurately(weights)
-    mean = sum_accurately(weights[:, None] * data) / count
-    data, seeds = data - mean, seeds - mean
-    tolerance = KMEANS_TOL * jnp.mean(sum_accurately(weights[:, None] * data ** 2) / count)
-
-    def round_(centers):
-        nearest = jnp.argmin(_square_distances(data, centers), axis=1)
-        assigned = jax.nn.one_hot(nearest, k, dtype=data.dtype) * weights[:, None]
-        counts = assigned.sum(axis=0)
-        return jnp.where(counts[:, None] > 0, assigned.T @ data / jnp.maximum(counts, 1)[:, None], centers)
-
-    def moving(carry):
-        rounds, centers, previous = carry
-        return (rounds < KMEANS_ROUNDS) & (jnp.sum((centers - previous) ** 2) > tolerance)
-
-    def step(carry):
-        rounds, centers, _ = carry
-        return rounds + 1, round_(centers), centers
-
-    rounds, centers, _ = jax.lax.while_loop(moving, step, (1, round_(seeds), seeds))
-    return centers + mean, rounds
-
-
-def _random_points(key, data, k):
-    return data[jax.random.choice(key, data.shape[0], (k,), replace=False)]
 
 
 class _Responsibilities(NamedTuple):

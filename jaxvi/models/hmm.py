@@ -30,9 +30,10 @@ import jax.numpy as jnp
 
 from jaxvi.chunks import sum_accurately, sum_blocks
 from jaxvi.exact.chain import split_sequences
+from jaxvi.kmeans import kmeans
 from jaxvi.latents import Markov
 from jaxvi.model import Model, check_values
-from jaxvi.models.gmm import (BLOCK_ROWS, _component_log_prob_full, _kmeans, _normal_diag, _precision_cholesky,
+from jaxvi.models.gmm import (BLOCK_ROWS, _component_log_prob_full, _normal_diag, _precision_cholesky,
                               weighted_moments)
 from jaxvi.run.compiled import OneProgram
 
@@ -211,7 +212,7 @@ def gaussian_hmm(n_states: int, *, covariance: str = "diag", covar_prior: float 
         _checked_obs(data, "gaussian_hmm", floating=True, rank=3)
         obs, real = _real_steps(data)
         flat, weights = obs.reshape(-1, obs.shape[-1]), real.reshape(-1, 1).astype(obs.dtype)
-        means = _kmeans(key, flat, n_states, weights[:, 0])
+        means = kmeans(key, flat, n_states, weights[:, 0])
         mean = jnp.sum(weights * flat, axis=0) / jnp.sum(weights)
         variances = jnp.sum(weights * (flat - mean) ** 2, axis=0) / jnp.sum(weights) + 1e-3
         prec_chol = (jnp.broadcast_to(jax.lax.rsqrt(variances), means.shape) if diag else
@@ -256,7 +257,7 @@ def categorical_hmm(n_states: int, n_symbols: int) -> HMM:
         kmeans_key, noise_key = jax.random.split(key)
         # plain k-means++ seeds: restarts that differ more (Google's return terciles, K = 3, EM's n_init = 4: one
         # of four reached hmmlearn's best, -1129.41; from greedy seeds all four ended near -1129.8)
-        centers = _kmeans(kmeans_key, histograms.reshape(-1, n_symbols), n_states, real.reshape(-1), greedy=False)
+        centers = kmeans(kmeans_key, histograms.reshape(-1, n_symbols), n_states, real.reshape(-1), greedy=False)
         noise = jax.random.dirichlet(noise_key, jnp.ones(n_symbols, dtype), (n_states,))
         probs = 0.9 * centers + 0.1 * noise
         return HMMParams(*_chain_init(n_states, dtype), CategoricalEmission(jnp.log(probs)))
