@@ -44,7 +44,7 @@ import numpy as np
 import optax
 from jax import lax
 
-from jaxvi import exact
+from jaxvi import exact, kmeans
 from jaxvi._xla import batched_lapack_may_deadlock
 from jaxvi.chunks import map_chunks, map_data, num_data as num_data_of, sum_data
 from jaxvi.latents import Gaussian, Markov, all_discrete, exact_family, is_spec, split_latent
@@ -63,7 +63,7 @@ __all__ = ["CAVI", "CAVIDiagnostics", "CAVIInfo", "CAVIPosterior", "CAVIState", 
 
 PyTree = Any
 
-STARTS = ("prior", "random")
+STARTS = ("auto", "prior", "random", "kmeans")
 RESTARTS = ("auto", "vmap", "sequence")
 NOT_CONJUGATE = 1e-3  # a linearity residual (relative) above this refuses a factor: not conjugate
 MAX_JOINT_PAIRS = 2 ** 16  # the most joint state pairs per step of several local chains (structured mean field)
@@ -237,7 +237,17 @@ class CAVI:
         global factors from their priors (priors on the data's scale give data-like starts, as k-means' random
         centres do), a Dirichlet factor near uniform instead (``_start_rules``: a draw from a sparse Dirichlet
         prior, as LDA's topics', is sparse); ``"random"``, responsibilities drawn from Dirichlet(1) for every
-        datum (a ``Discrete`` local latent only; near-symmetric, so restarts matter more).
+        datum (a ``Discrete`` local latent only; near-symmetric, so restarts matter more); ``"kmeans"``, every
+        datum (every step, for a ``Markov`` chain) assigned to its nearest center of k-means on the real-valued
+        data, as many centers as the local latent has values (``_kmeans_start``: scikit-learn's
+        ``BayesianGaussianMixture`` and hmmlearn's variational HMMs start so; a ``Discrete`` or one ``Markov``
+        local latent only); ``"auto"`` (the default), ``"kmeans"`` for one ``Markov`` chain over real-valued data,
+        else ``"prior"``. Measured over six keys each: a variational Gaussian HMM (hmmlearn's priors, whose
+        Wishart scale 1e-3 puts every state's drawn mean at the prior mean) reached the best bound from 2 of 6
+        prior starts and 6 of 6 k-means starts (3 states, d = 2), 1 and 4 of 6 (5 states, d = 3); Bayesian
+        mixtures (scikit-learn's priors, on the data's scale) reached their best from prior starts more often than
+        from k-means ones (iris, K = 3: best of six -330.2 against -337.5 from every k-means start; two clusters,
+        K = 6: -730.1 from 5 of 6 prior starts, 1 of 6 k-means starts, the others splitting a cluster).
       restarts: how the ``n_init`` restarts run: ``"vmap"``, side by side in one vmapped program;
         ``"sequence"``, one after another in one compiled program (``lax.map``); ``"auto"`` (the default),
         ``"sequence"`` where batched LAPACK calls can deadlock (the CPU backend with jaxlib before 0.11.2:
@@ -269,7 +279,7 @@ class CAVI:
     n_init: int = 1
     m_step_iters: int = 20
     chunk_size: int = 4096
-    start: str = "prior"
+    start: str = "auto"
     restarts: str = "auto"
     local_tol: float = 1e-3
     local_max_iter: int = 100
@@ -327,6 +337,8 @@ class CAVI:
                                        or isinstance(parts.local, (Markov, Gaussian))):
             raise ValueError(f"CAVI(start='random'): random responsibilities need a Discrete local latent, got "
                              f"{parts.local!r}; use start='prior'")
+        if self.start == "kmeans":
+            _check_kmeans_start(parts.local, layout, local_layout, data)
         if layout is not None:
             pairs = int(np.prod([K * K for K in layout.sizes]))
             if pairs > MAX_JOINT_PAIRS:
@@ -505,6 +517,8 @@ class CAVI:
             probs = jax.random.dirichlet(key, jnp.ones(m, dtype), (n,))
             log_probs = jnp.log(jnp.maximum(probs, jnp.finfo(dtype).tiny))
             return exact.DiscretePosterior(log_probs, jnp.zeros(n, dtype), values)
+        if self._start_of(local, data) == "kmeans" and draw and layout is None and structure.chains is None:
+            return _kmeans_start(local, data, key, dtype)
         expected = structure.expected_log_joint(model, _start_rules(structure.factors, factors, key, draw))
         if layout is not None:
             start = local_factors.reference(layout, num_data_of(data), dtype)
@@ -515,6 +529,16 @@ class CAVI:
             table = chains.tables(expected, params, data, structure.chains, self.chunk_size)
             return chains.sweep(table, chains.initial(start_key, data, structure.chains, dtype))
         return exact.posterior(expected, local, params, data, self.chunk_size)
+
+    def _start_of(self, local, data: PyTree) -> str:
+        """The start ``CAVI(start)`` names; for ``"auto"``, ``"kmeans"`` where the local latent is one ``Markov``
+        chain over real-valued data, else ``"prior"``."""
+        if self.start != "auto":
+            return self.start
+        if not isinstance(local, Markov):
+            return "prior"
+        leaves = jax.tree_util.tree_leaves(exact.chain.split_sequences(data)[0])
+        return "kmeans" if all(jnp.issubdtype(jnp.result_type(leaf), jnp.floating) for leaf in leaves) else "prior"
 
     def step(self, model: Model, key: jax.Array, state: CAVIState, batch: PyTree, *, num_data
              ) -> tuple[CAVIState, CAVIInfo]:
@@ -879,6 +903,70 @@ def _start_rules(factors: tuple[FactorSpec, ...], etas: tuple, key: jax.Array, d
         else:
             rules.append(_point_rule(value))
     return tuple(rules)
+
+
+def _check_kmeans_start(local, chain_layout, local_layout, data) -> None:
+    """Raises ValueError where ``CAVI(start="kmeans")`` has nothing to cluster: a local latent other than a
+    ``Discrete`` pytree or one ``Markov`` chain, data not all real-valued, fewer data (real steps) than the latent
+    has values."""
+    if local is None or chain_layout is not None or local_layout is not None or not (
+            isinstance(local, Markov) or all_discrete(local)):
+        raise ValueError(f"CAVI(start='kmeans'): k-means responsibilities need a Discrete local latent or one Markov "
+                         f"chain, got {local!r}; use start='prior'")
+    if data is None:
+        return
+    leaves = jax.tree_util.tree_leaves(exact.chain.split_sequences(data)[0] if isinstance(local, Markov) else data)
+    if not all(jnp.issubdtype(jnp.result_type(leaf), jnp.floating) for leaf in leaves):
+        raise ValueError(f"CAVI(start='kmeans'): k-means clusters real-valued data, got dtypes "
+                         f"{[str(jnp.result_type(leaf)) for leaf in leaves]}; use start='prior'")
+    if is_traced(data):
+        return
+    if isinstance(local, Markov):
+        clusters, rows, what = local.K, int(np.sum(exact.chain.split_sequences(data)[1])), "steps"
+    else:
+        clusters, rows, what = len(np.asarray(jax.tree_util.tree_leaves(exact.latent_values(local))[0])), \
+            num_data_of(data), "data"
+    if rows < clusters:
+        raise ValueError(f"CAVI(start='kmeans'): k-means of {clusters} clusters needs at least {clusters} {what}, got "
+                         f"{rows}; use start='prior'")
+
+
+def _kmeans_start(local, data: PyTree, key: jax.Array, dtype) -> exact.DiscretePosterior | exact.ChainPosterior:
+    r"""``CAVI(start="kmeans")``'s first local q: hard responsibilities, every datum (every real step of a ``Markov``
+    chain) on its nearest center of k-means (greedy k-means++ seeds, Lloyd's rounds: ``jaxvi.kmeans``) of the data's
+    leaves flattened and side by side, one cluster per value of the latent; the other values at the smallest
+    positive float. A chain's q is the chain whose step potentials are those log-responsibilities
+    (:math:`\phi_t(i, j) = \log r_t(j)`): its marginals are the responsibilities, its pair marginals their
+    products."""
+    if isinstance(local, Markov):
+        obs, lengths = exact.chain.split_sequences(data)
+        n, t = lengths.shape[0], jax.tree_util.tree_leaves(obs)[0].shape[1]
+        real = (jnp.arange(t)[None] < lengths[:, None]).reshape(-1)
+        rows = jnp.where(real[:, None], _feature_rows(obs, 2, dtype), 0)  # padding may hold anything
+        log_r = _log_one_hot(_nearest_centers(key, rows, local.K, real), local.K, dtype).reshape(n, t, 1, local.K)
+        return exact.chain.from_potentials(jnp.broadcast_to(log_r, (n, t, local.K, local.K)), lengths)
+    values = exact.latent_values(local)
+    m = jax.tree_util.tree_leaves(values)[0].shape[0]
+    log_r = _log_one_hot(_nearest_centers(key, _feature_rows(data, 1, dtype), m), m, dtype)
+    return exact.DiscretePosterior(log_r, jnp.zeros(log_r.shape[0], dtype), values)
+
+
+def _feature_rows(data: PyTree, axes: int, dtype) -> jax.Array:
+    """The data's leaves as rows of features: the leading ``axes`` axes (data; data and steps) flattened into rows,
+    the rest into features, every leaf's side by side."""
+    leaves = jax.tree_util.tree_leaves(data)
+    rows = int(np.prod(leaves[0].shape[:axes]))
+    return jnp.concatenate([jnp.reshape(leaf, (rows, -1)).astype(dtype) for leaf in leaves], axis=1)
+
+
+def _nearest_centers(key: jax.Array, rows: jax.Array, k: int, weights: jax.Array | None = None) -> jax.Array:
+    """Every row's nearest of the ``k`` centers k-means finds (rows of weight 0 left out of the clustering)."""
+    centers = kmeans.kmeans(key, rows, k, weights)
+    return jnp.argmin(kmeans.square_distances(rows, centers), axis=1)
+
+
+def _log_one_hot(labels: jax.Array, k: int, dtype) -> jax.Array:
+    return jnp.log(jnp.maximum(jax.nn.one_hot(labels, k, dtype=dtype), jnp.finfo(dtype).tiny))
 
 
 def _references(structure: _Structure, dtype) -> tuple:
