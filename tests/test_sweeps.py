@@ -91,6 +91,24 @@ def test_a_sweep_of_fresh_equal_settings_compiles_once():
     assert compiles == []
 
 
+def test_a_number_setting_of_any_python_or_numpy_type_compiles_once():
+    """tol=0 (an int), np.float64 (a strong float32 where x64 is off) and 1e-3 (a weak float32) were three abstract
+    values of the same setting and each compiled the fit's programs anew; every known number is now a float."""
+    expected = log_evidence(1.0)
+    method = lambda tol: jaxvi.EM(m_step=lambda params, data, posterior: params, max_iter=3, tol=tol)  # noqa: E731
+    jaxvi.infer(mixture(1.0), method(1e-3), X, key=KEY, progress=False)
+    svi = lambda rate: jaxvi.SVI(num_steps=3, learning_rate=rate)  # noqa: E731
+    jaxvi.infer(mixture(1.0), svi(0.5), X, key=KEY, progress=False)
+    with compilations() as compiles:
+        for tol in (0, np.float64(1e-4), np.float32(1e-5), np.array(2e-3), jnp.float32(1e-2), np.int64(1)):
+            result = jaxvi.infer(mixture(1.0), method(tol), X, key=KEY, progress=False)
+            np.testing.assert_allclose(float(result.objective), expected, rtol=1e-5)
+        for rate in (1, np.float64(0.1), np.array(0.2, np.float32)):
+            jaxvi.infer(mixture(1.0), svi(rate), X, key=KEY, progress=False)
+    assert compiles == []
+    assert type(method(0).tol) is float and svi(np.float32(0.2)).learning_rate == np.float32(0.2)
+
+
 def test_a_sweep_of_fresh_optax_optimisers_compiles_once():
     model = mixture(1.0)
     method = lambda: jaxvi.SVI(num_steps=5, optimizer=optax.adam(1e-2))  # noqa: E731

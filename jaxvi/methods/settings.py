@@ -5,6 +5,7 @@ tree structures and reuse the same compiled code."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -12,7 +13,7 @@ import numpy as np
 
 from jaxvi.equality import Structural
 
-__all__ = ["check_count", "check_number", "is_concrete", "settings"]
+__all__ = ["canonical_number", "check_count", "check_number", "is_concrete", "settings"]
 
 
 def settings(*numbers: str):
@@ -38,12 +39,42 @@ def settings(*numbers: str):
 
         jax.tree_util.register_pytree_node(cls, flatten, unflatten)
         cls.numbers = numbers
+        if numbers:
+            cls.__init__ = _with_canonical_numbers(cls.__init__, numbers)
         return cls
 
     return register
 
 
 _STATIC = "_static_structure"  # where a settings object keeps its static part, once worked out
+
+
+def _with_canonical_numbers(init, numbers: tuple[str, ...]):
+    """``init`` followed by every number field made canonical (``canonical_number``), after the class's own checks
+    (which name a bool or a string as it came)."""
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        for name in numbers:
+            object.__setattr__(self, name, canonical_number(getattr(self, name)))
+    return __init__
+
+
+def canonical_number(value: Any) -> Any:
+    """A known real scalar (a Python or NumPy int or float, a 0-d array with its value) as a Python float, each of a
+    tuple's entries so; anything else (a tracer, an estimator) as it is. A settings number is an argument of the
+    compiled programs, whose abstract value is its dtype and weak type: ``tol=0`` (an int), ``tol=np.float64(1e-4)``
+    (a strong float32) and ``tol=1e-3`` (a weak float32) compiled three times; as floats they share one program."""
+    if isinstance(value, tuple):
+        return tuple(canonical_number(v) for v in value)
+    if isinstance(value, (bool, np.bool_)) or not is_concrete(value):
+        return value
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        return float(value)
+    if isinstance(value, (np.ndarray, jax.Array)) and value.shape == () and (
+            np.issubdtype(value.dtype, np.floating) or np.issubdtype(value.dtype, np.integer)):
+        return float(value)
+    return value
 
 
 def is_concrete(value) -> bool:
