@@ -304,10 +304,14 @@ def test_a_guide_s_draws_need_a_key_and_an_hmm_is_not_for_an_encoder():
 
 
 def test_a_setting_of_several_values_and_a_flow_s_single_width_are_named():
-    """EM(tol=array of two) failed in float() with a TypeError; Flow(2, 8) (one width) in tuple(8) with another."""
+    """EM(tol=array of two) failed in float() with a TypeError; Flow(2, 8) (one width) in tuple(8) with another; a size
+    (max_iter) vmapped over was named by the tracer's repr, not as what it is."""
     with pytest.raises(ValueError, match=r"EM\(tol\): expected a scalar, got shape \(2,\) \(for several values, "
                                          r"jax.vmap over them\)"):
         jaxvi.EM(tol=jnp.array([1e-3, 1e-3]))
+    with pytest.raises(ValueError, match=r"EM\(max_iter\): expected an integer >= 1 known when the method is built, "
+                                         r"got a traced value \(BatchTracer of int32\[\]\): a size shapes the compiled"):
+        jax.vmap(lambda n: jaxvi.EM(max_iter=n))(jnp.arange(1, 3))  # its message printed the tracer's repr
     assert jaxvi.Flow(2, 8).hidden == (8,) and jaxvi.Flow(2, [8, 4]).hidden == (8, 4)
     for hidden in ("x", (8, 0), 2.5):
         with pytest.raises(ValueError, match=r"Flow\(hidden\): expected the coupling networks' widths, integers >= 1"):

@@ -109,5 +109,9 @@ def check_count(name: str, value: Any, *, optional: bool = False) -> None:
     """Raises ValueError unless ``value`` is an integer >= 1 (a size: static)."""
     if value is None and optional:
         return
+    if not is_concrete(value):
+        raise ValueError(f"{name}: expected an integer >= 1 known when the method is built, got a traced value "
+                         f"({type(value).__name__} of {value.aval.str_short()}): a size shapes the compiled program, "
+                         f"so it cannot be an argument of jit or vmap; build one method per size in Python")
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
