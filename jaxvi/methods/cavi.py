@@ -535,10 +535,7 @@ class CAVI:
         chain over real-valued data, else ``"prior"``."""
         if self.start != "auto":
             return self.start
-        if not isinstance(local, Markov):
-            return "prior"
-        leaves = jax.tree_util.tree_leaves(exact.chain.split_sequences(data)[0])
-        return "kmeans" if all(jnp.issubdtype(jnp.result_type(leaf), jnp.floating) for leaf in leaves) else "prior"
+        return "kmeans" if isinstance(local, Markov) and not _dtypes_not_real(local, data) else "prior"
 
     def step(self, model: Model, key: jax.Array, state: CAVIState, batch: PyTree, *, num_data
              ) -> tuple[CAVIState, CAVIInfo]:
@@ -915,10 +912,9 @@ def _check_kmeans_start(local, chain_layout, local_layout, data) -> None:
                          f"chain, got {local!r}; use start='prior'")
     if data is None:
         return
-    leaves = jax.tree_util.tree_leaves(exact.chain.split_sequences(data)[0] if isinstance(local, Markov) else data)
-    if not all(jnp.issubdtype(jnp.result_type(leaf), jnp.floating) for leaf in leaves):
+    if _dtypes_not_real(local, data):
         raise ValueError(f"CAVI(start='kmeans'): k-means clusters real-valued data, got dtypes "
-                         f"{[str(jnp.result_type(leaf)) for leaf in leaves]}; use start='prior'")
+                         f"{_dtypes_not_real(local, data)}; use start='prior'")
     if is_traced(data):
         return
     if isinstance(local, Markov):
@@ -929,6 +925,14 @@ def _check_kmeans_start(local, chain_layout, local_layout, data) -> None:
     if rows < clusters:
         raise ValueError(f"CAVI(start='kmeans'): k-means of {clusters} clusters needs at least {clusters} {what}, got "
                          f"{rows}; use start='prior'")
+
+
+def _dtypes_not_real(local, data: PyTree) -> list[str]:
+    """The dtypes of the data's leaves (a chain's observations, without their lengths) if any is not floating, else
+    none: what k-means would cluster."""
+    leaves = jax.tree_util.tree_leaves(exact.chain.split_sequences(data)[0] if isinstance(local, Markov) else data)
+    dtypes = [jnp.result_type(leaf) for leaf in leaves]
+    return [] if all(jnp.issubdtype(d, jnp.floating) for d in dtypes) else [str(d) for d in dtypes]
 
 
 def _kmeans_start(local, data: PyTree, key: jax.Array, dtype) -> exact.DiscretePosterior | exact.ChainPosterior:
