@@ -209,7 +209,11 @@ def minibatch(key: jax.Array, n: int, size: int) -> jax.Array:
     O(size log size) whatever n: the first ``size`` distinct values of a stream of i.i.d. uniform indices
     (skipping repeats is sequential sampling without replacement), read ``size`` draws at a time until there
     are enough (one round, rarely two, that far from n). A top-k or ``jax.random.choice(replace=False)``
-    over all n made a minibatch step's time grow with N (12 ms a step at N = 10^6)."""
+    over all n made a minibatch step's time grow with N (12 ms a step at N = 10^6). ``size == n``: every index in
+    order, the batch ``infer`` passes then (all the data as they are), so that a loop of the user's own drawing its
+    batches here reproduces ``infer``'s fit at that size too."""
+    if size == n:
+        return jnp.arange(n, dtype=jnp.int32)
     if n <= TOP_K_MINIBATCH * size:
         return lax.top_k(jax.random.uniform(key, (n,)), size)[1]
     packed = (n + size) * 2 * size < 2 ** 31  # (value, position) as one int32 sort key: a sort without a comparator
