@@ -26,6 +26,7 @@ import numpy as np
 
 from jaxvi import exact
 from jaxvi.chunks import map_data
+from jaxvi.equality import Structural
 from jaxvi.exact.gaussian import GaussianPosterior
 from jaxvi.latents import Global, exact_family, split_latent
 from jaxvi.methods.settings import check_count
@@ -189,7 +190,12 @@ def _check_proposal(model: Model, posterior, data) -> None:
                                  "evidence where there is one"}.get(kind, "")
         raise ValueError(f"posterior: expected a jaxvi.FittedGuide (result.posterior() of an SVI fit), got "
                          f"{kind}{hint}")
-    if split_latent(model.latent).globals and not isinstance(model.latent, Global):
+    parts = split_latent(model.latent)
+    if parts.globals and not isinstance(model.latent, Global):
+        if parts.local is None:
+            raise ValueError(f"evidence: importance sampling takes a model whose latent is one Global node, or local "
+                             f"latents alone, got {len(parts.globals)} Global nodes: write them as one "
+                             f"Global({{...}}, log_prior) whose log_prior sums theirs")
         raise ValueError("evidence: importance sampling takes a model whose latent is one Global node, or local "
                          "latents alone, got one with both")
     n = jax.tree_util.tree_leaves(data)[0].shape[0]
@@ -210,8 +216,11 @@ def _warn_if_unreliable(khat: jax.Array, what: str = "evidence: the importance-s
 
 
 def _exact_posterior(model, params, data, chunk_size):
-    return jax.jit(exact.posterior, static_argnums=(0, 1, 4), compiler_options=run_once_options(params, data))(
-        model.log_joint, model.latent, params, data, chunk_size)
+    """``exact.posterior`` compiled as one program for a run once: its static settings in a ``Structural``, hashed by
+    what they are (a latent dict, unhashable, was refused by JAX as a static argument)."""
+    settings = Structural((model.log_joint, model.latent, chunk_size, True))
+    return jax.jit(exact._posterior, static_argnums=(0, 1), compiler_options=run_once_options(params, data))(
+        settings, None, params, data)
 
 
 @jax.jit

@@ -318,6 +318,19 @@ def test_a_setting_of_several_values_and_a_flow_s_single_width_are_named():
             jaxvi.Flow(2, hidden)
 
 
+def test_evidence_of_several_global_nodes_says_to_write_them_as_one():
+    """Two Global nodes and no local latent: importance sampling was refused as a model with 'both' global and
+    local latents; the message now says what there is and what to write."""
+    x = np.random.default_rng(0).normal(1.5, 1.0, 20).astype(np.float32)
+    latent = {"mu": jaxvi.Global(jaxvi.Real(()), lambda p, mu: jax.scipy.stats.norm.logpdf(mu, 0, 10)),
+              "s": jaxvi.Global(jaxvi.Real((), bijector=jaxvi.positive()), lambda p, s: -s)}
+    model = jaxvi.Model(lambda p, z, x: jax.scipy.stats.norm.logpdf(x, z["mu"], z["s"]), latent, lambda k, d: {})
+    fit = jaxvi.infer(model, jaxvi.SVI(num_steps=5), x, key=KEY, progress=False)
+    with pytest.raises(ValueError, match=r"got 2 Global nodes: write them as one Global\(\{...\}, log_prior\) whose "
+                                         r"log_prior sums theirs"):
+        jaxvi.evidence(model, fit.params, x, key=KEY, posterior=fit.posterior())
+
+
 def test_evidence_and_an_exact_posterior_check_their_arguments_as_infer_does():
     """Each of these used to pass into the computation: a vector or integer log-joint gave a Chex AssertionError or
     a log p(D) of +48 from an integer one; NaN parameters a NaN evidence; chunk_size 0 a ZeroDivisionError; a
