@@ -10,6 +10,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
 
 __all__ = ["Network", "from_equinox", "from_flax", "mlp", "mlp_apply", "mlp_init"]
 
@@ -29,7 +30,8 @@ class Network(NamedTuple):
 
 
 def mlp(hidden: Sequence[int] = (256, 256), activation: Callable = jnp.tanh) -> Network:
-    """An MLP: the input flattened, ``hidden`` layers with ``activation``, a linear output.
+    """An MLP: the input flattened (a pytree's leaves raveled and joined, as ``jax.flatten_util.ravel_pytree``
+    does), ``hidden`` layers with ``activation``, a linear output.
 
     Example:
       >>> jaxvi.Amortized(encoder=jaxvi.nn.mlp((64, 64), jax.nn.relu))
@@ -37,10 +39,11 @@ def mlp(hidden: Sequence[int] = (256, 256), activation: Callable = jnp.tanh) -> 
     hidden = tuple(int(h) for h in hidden)
 
     def init(key, x, out_dim):
-        return mlp_init(key, (jnp.size(x), *hidden, out_dim), dtype=jnp.result_type(x, jnp.float32))
+        flat = ravel_pytree(x)[0]
+        return mlp_init(key, (flat.size, *hidden, out_dim), dtype=jnp.result_type(flat, jnp.float32))
 
     def apply(params, x):
-        return mlp_apply(params, jnp.ravel(x), activation)
+        return mlp_apply(params, ravel_pytree(x)[0], activation)
 
     return Network(init, apply)
 
