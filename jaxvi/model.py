@@ -393,6 +393,10 @@ def check_model(model: Model, data: PyTree, key: jax.Array, params: PyTree | Non
             raise ValueError(f"log_joint: expected a scalar log density for {what.removesuffix(' x')}, got {getattr(out, 'shape', out)}")
         if not jnp.issubdtype(out.dtype, jnp.floating):
             raise ValueError(f"log_joint: expected a real floating-point scalar, got dtype {out.dtype}")
+        if jnp.finfo(out.dtype).bits < 32:  # a bfloat16 log-joint kept 3 digits: objectives off by 0.1 nats, silently
+            raise ValueError(f"log_joint: expected a float32 or float64 scalar, got {out.dtype}, too coarse for a "
+                             f"fit's sums; compute it in float32 (.astype(jnp.float32) on the half-precision "
+                             f"values it reads)")
     return params
 
 

@@ -76,6 +76,14 @@ def test_a_log_joint_that_returns_an_integer_is_rejected():
         fit(model)
 
 
+def test_a_half_precision_log_joint_is_rejected():
+    """A bfloat16 log-joint was fitted silently: its objective 0.13 nats off the exact log p(D) at its own parameters
+    (the data themselves, in half precision, are refused as too coarse)."""
+    model = jaxvi.Model(lambda p, z, x: (p[z] - jnp.sum(x ** 2)).astype(jnp.bfloat16), jaxvi.Discrete(2), init)
+    with pytest.raises(ValueError, match=r"log_joint: expected a float32 or float64 scalar, got bfloat16, too coarse"):
+        fit(model)
+
+
 def test_a_log_joint_that_fails_on_the_datum_shape_names_the_shapes():
     model = jaxvi.Model(lambda p, z, x: jnp.dot(x, jnp.ones(5)) + p[z], jaxvi.Discrete(2), init)
     with pytest.raises(ValueError, match=r"log_joint: log_joint\(params, z, x\) failed for one datum x of shapes \(2,\)"):
