@@ -96,6 +96,9 @@ def variational_gaussian_hmm(K: int, d: int, *, start_prior=None, transition_pri
     (default 0; hmmlearn's ``VariationalGaussianHMM`` puts it at the data's mean: pass ``x.reshape(-1, d).mean(0)``
     for its model), ``mean_precision`` b_0, ``degrees_of_freedom`` :math:`\nu_0` (default d), ``scale``
     :math:`W_0^{-1}` (default :math:`10^{-3} I`), as hmmlearn's defaults; start and transition rows Dirichlet(1/K).
+    ``jaxvi.CAVI()`` starts it from k-means of the steps, as hmmlearn does (its default ``start="auto"``: under
+    these priors every state's mean drawn from its prior is near the prior mean, a start from which most keys end
+    in a worse optimum).
     """
     if isinstance(K, bool) or not isinstance(K, (int, np.integer)) or K < 2:  # Dirichlet rows over the states
         raise ValueError(f"K: expected an integer >= 2 (its transition probabilities are fitted), got {K!r}")
