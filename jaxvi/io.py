@@ -50,9 +50,9 @@ def load(path, like=None) -> Any:
 
     Args:
       path: the ``.npz`` file.
-      like: a ``Result`` of the same model and method (e.g. a fresh fit, or one from
-        ``jaxvi.infer`` with ``max_iter=1``); its structure receives the loaded arrays, and only the
-        members it needs are read.
+      like: a ``Result`` of the same model, method and data shapes, with the same ``max_iter`` and ``n_init``
+        (its trace holds ``max_iter + 1`` objectives, and there is one per restart); its structure receives the
+        loaded arrays, and only the members it needs are read.
 
     Returns:
       A ``Result`` (with ``like``), else ``{section: {path: array}}``.

@@ -19,7 +19,7 @@ import numpy as np
 from jax.scipy.special import gammaln, multigammaln
 
 from jaxvi.latents import Dirichlet, Discrete, Global, NormalGamma, NormalWishart
-from jaxvi.model import Model
+from jaxvi.model import Model, check_data
 from jaxvi.models import priors
 
 __all__ = ["bayesian_gaussian_mixture", "wishart_log_prob"]
@@ -70,6 +70,7 @@ def bayesian_gaussian_mixture(data, K: int, covariance: str = "full", *, weight_
     x = np.asarray(data)
     if x.ndim != 2 or not np.issubdtype(x.dtype, np.floating):
         raise ValueError(f"data: expected a floating (N, D) array, got shape {x.shape} and dtype {x.dtype}")
+    check_data(x)  # a NaN or an infinity named as the data's, not as the priors taken from them
     if covariance not in COVARIANCES:
         raise ValueError(f"covariance: expected one of {COVARIANCES}, got {covariance!r}")
     if isinstance(K, bool) or not isinstance(K, (int, np.integer)) or K < 2:

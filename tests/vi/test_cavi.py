@@ -575,6 +575,8 @@ def test_a_k_means_start_is_refused_where_there_is_nothing_to_cluster(model, dat
                                  r"got 1"),  # distrax's own error came from inside a fit
     (lambda: jaxvi.models.bayesian_gaussian_mixture(_X, 1), r"K: expected an integer >= 2"),
     (lambda: jaxvi.models.bayesian_gaussian_mixture(_X[:4], 5), r"K: expected at most the number of data, 4, got 5"),
+    (lambda: jaxvi.models.bayesian_gaussian_mixture(np.where(_X == _X[3, 1], np.nan, _X), 3),  # was blamed on 'mean'
+     r"data: expected finite values, got nan at index \(3, 1\)"),
     (lambda: jaxvi.models.variational_categorical_hmm(1, 3), r"K: expected an integer >= 2"),
     (lambda: jaxvi.models.variational_gaussian_hmm(1, 2), r"K: expected an integer >= 2"),
     (lambda: jaxvi.Gamma(shape=(2, -1)), r"Gamma\(shape\): expected a tuple of integers >= 1, got \(2, -1\)"),
