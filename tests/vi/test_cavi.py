@@ -255,19 +255,18 @@ def test_float32_bayesian_mixture_bound_never_falls_and_switches_off_surplus_com
 
 
 def test_a_mixture_s_start_keeps_its_components_alive_on_two_clusters():
-    """Two clusters, K = 4, default settings, four keys: three find both clusters (two weights of 0.5, the bound
-    of scikit-learn's BayesianGaussianMixture answer, which finds them from every seed with its k-means start). Before,
-    the start drew the weights from their Dirichlet(1/K) prior, where most are near 0: every key ended with one
-    component holding all the data (bound -870.5 against -754.5)."""
+    """Two clusters, K = 4, four keys, the default start (k-means, as scikit-learn's BayesianGaussianMixture starts):
+    at tol=1e-4 every key finds both clusters (two weights of 0.5, the bound of scikit-learn's answer, which finds
+    them from every seed). At the default tol=1e-3 per datum (scikit-learn's is 1e-3 on the total: N times finer) two
+    of the four stop while a cluster is still split between two components (bound -766.9 against -754.5). From prior
+    draws of the weights (Dirichlet(1/K), most near 0) every key ended with one component holding all the data."""
     rng = np.random.default_rng(0)
     x = np.concatenate([rng.normal(-3, 1, (100, 2)), rng.normal(3, 1, (100, 2))]).astype(np.float32)
     model = jaxvi.models.bayesian_gaussian_mixture(x, 4)
-    found = []
     for key in range(4):
-        result = jaxvi.infer(model, jaxvi.CAVI(), x, key=jax.random.key(key), progress=False)
+        result = jaxvi.infer(model, jaxvi.CAVI(tol=1e-4), x, key=jax.random.key(key), progress=False)
         weights = np.sort(np.asarray(result.posterior().globals["theta"]["weights"].mean()))[::-1]
-        found.append(bool(np.allclose(weights[:2], 0.5, atol=0.02)) and float(result.objective) > -760)
-    assert sum(found) >= 3, found
+        assert np.allclose(weights[:2], 0.5, atol=0.02) and float(result.objective) > -755, (key, weights)
 
 
 @pytest.mark.parametrize("covariance", ["full", "diag"])
@@ -281,7 +280,7 @@ def test_float32_bayesian_mixture_of_data_far_from_the_origin_is_fitted_as_near_
     it equals the float64 bound of the same q (its means moved back by 1,000, exactly) on the same data at 0."""
     x32 = (iris + 1000.0).astype(np.float32)
     model = jaxvi.models.bayesian_gaussian_mixture(x32, 4, covariance)
-    result = fit(model, jnp.asarray(x32), max_iter=100, tol=1e-5)
+    result = fit(model, jnp.asarray(x32), max_iter=100, tol=1e-5, start="prior")  # a long climb (k-means: 2 nats)
     trace = np.asarray(result.trace, np.float64)[:int(result.n_iter) + 1]
     resolution = len(x32) * np.spacing(np.float32(1000.0)) / iris.std(0).min()
     assert np.all(np.diff(trace) >= -resolution) and trace[-1] - trace[0] > 100 * resolution
