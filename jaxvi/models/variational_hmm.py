@@ -11,17 +11,22 @@ factors. The priors default to hmmlearn's.
 """
 from __future__ import annotations
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import gammaln
 
+from jaxvi.exact.chain import split_sequences
 from jaxvi.latents import Dirichlet, Global, Markov, NormalWishart
 from jaxvi.model import Model, check_values
 from jaxvi.models import priors
 from jaxvi.models.bayesian_gmm import _normal_log_prob, wishart_log_prob
 
 __all__ = ["variational_categorical_hmm", "variational_gaussian_hmm"]
+
+FAR_FROM_PRIOR = 3.0  # standard deviations between the data's mean and mean_prior beyond which a fit warns
 
 
 def _dirichlet_log_prob(weights, concentration):
@@ -94,7 +99,7 @@ def variational_gaussian_hmm(K: int, d: int, *, start_prior=None, transition_pri
     Data are ``(N, T, d)`` float sequences (or ``jaxvi.Sequences``). Each state's mean and precision have a
     Normal-Wishart prior :math:`N(m_0, (b_0\Lambda)^{-1})\, W(\Lambda \mid W_0, \nu_0)`: ``mean_prior`` m_0
     (default 0; hmmlearn's ``VariationalGaussianHMM`` puts it at the data's mean: pass ``x.reshape(-1, d).mean(0)``
-    for its model), ``mean_precision`` b_0, ``degrees_of_freedom`` :math:`\nu_0` (default d), ``scale``
+    for its model; a fit warns where the data's mean lies more than ``FAR_FROM_PRIOR`` standard deviations from it), ``mean_precision`` b_0, ``degrees_of_freedom`` :math:`\nu_0` (default d), ``scale``
     :math:`W_0^{-1}` (default :math:`10^{-3} I`), as hmmlearn's defaults; start and transition rows Dirichlet(1/K).
     ``jaxvi.CAVI()`` starts it from k-means of the steps, as hmmlearn does (its default ``start="auto"``: under
     these priors every state's mean drawn from its prior is near the prior mean, a start from which most keys end
@@ -133,4 +138,20 @@ def variational_gaussian_hmm(K: int, d: int, *, start_prior=None, transition_pri
     latent = {"theta": Global({"start": Dirichlet(K), "transitions": Dirichlet(K, (K,)),
                                "emissions": NormalWishart(d, (K,), center=about)}, log_prior),
               "states": Markov(K)}
-    return Model(log_joint, latent, init=lambda key, data: {})
+    m0_host = np.asarray(m0)
+
+    def validate(data) -> None:  # hmmlearn takes the prior mean from the data; this model's is fixed at build time
+        obs, lengths = split_sequences(data)
+        steps = np.asarray(obs).reshape(-1, d)[(np.arange(np.shape(obs)[1])[None] < np.asarray(lengths)[:, None])
+                                                .reshape(-1)]
+        if steps.shape[0] < 2:
+            return
+        far = np.max(np.abs(steps.mean(0) - m0_host) / np.maximum(steps.std(0), np.finfo(np.float32).tiny))
+        if far > FAR_FROM_PRIOR:
+            warnings.warn(f"variational_gaussian_hmm: the data's mean lies {far:.3g} of their standard deviations from "
+                          f"mean_prior: every state's prior mean is far from the data, which can leave states empty "
+                          f"(and in float32 lose the natural parameters' digits); hmmlearn's VariationalGaussianHMM "
+                          f"puts it at the data's mean: build the model with mean_prior=x.reshape(-1, d).mean(0)",
+                          stacklevel=4)
+
+    return Model(log_joint, latent, init=lambda key, data: {}, validate=validate)

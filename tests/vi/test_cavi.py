@@ -537,6 +537,28 @@ def test_a_variational_gaussian_hmm_by_default_settings_reaches_hmmlearn_s_best_
         np.testing.assert_allclose(float(result.objective), best, rtol=1e-6)
 
 
+def test_a_gaussian_hmm_of_data_far_from_its_prior_mean_warns_and_the_data_s_mean_fits_it():
+    """Three sticky states about (30, 30), float32: with mean_prior at the data's mean (hmmlearn's default) the
+    default fit labels every step as the states that drew it (adjusted Rand index 1, as hmmlearn's); with the
+    model's default mean_prior = 0 the fit stopped with a non-finite bound (at 100, it was refused at its start) and
+    at 10 left a state empty: the model warns, naming mean_prior and what to pass."""
+    from sklearn.metrics import adjusted_rand_score
+    rng = np.random.default_rng(0)
+    n, t, means = 4, 50, np.array([[-1.0, 0.0], [0.0, 1.0], [1.0, -1.0]])
+    states = np.zeros((n, t), int)
+    states[:, 0] = rng.integers(0, 3, n)
+    for step in range(1, t):
+        states[:, step] = np.where(rng.uniform(size=n) < 0.9, states[:, step - 1], rng.integers(0, 3, n))
+    x = (means[states] + 0.2 * rng.normal(size=(n, t, 2)) + 30.0).astype(np.float32)
+    model = jaxvi.models.variational_gaussian_hmm(3, 2, mean_prior=x.reshape(-1, 2).mean(0))
+    result = jaxvi.infer(model, jaxvi.CAVI(max_iter=300), x, key=KEY, progress=False)
+    labels = np.asarray(result.posterior(x).local.marginals).argmax(-1)
+    assert adjusted_rand_score(states.ravel(), labels.ravel()) == 1.0
+    with pytest.warns(UserWarning, match=r"variational_gaussian_hmm: the data's mean lies [0-9.]+ of their standard "
+                                         r"deviations from mean_prior.*mean_prior=x.reshape\(-1, d\).mean\(0\)"):
+        jaxvi.models.variational_gaussian_hmm(3, 2).validate(x)
+
+
 def test_a_k_means_start_leaves_the_padding_of_sequences_out():
     """Sequences of unequal lengths: what their padding holds (0 or 10^6) changes no digit of a k-means-started fit
     (the padded steps are neither clustered nor assigned)."""
