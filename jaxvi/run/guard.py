@@ -14,6 +14,9 @@ from jaxvi.result import (FAULT_FINAL_OBJECTIVE, FAULT_FINAL_PARAMS, FAULT_GRADI
 __all__ = ["describe_step_fault", "raise_on_fault", "warn_on_skips"]
 
 
+START_HINT = "check init (or init_params) and the log_joint"  # a method's ``start_hint`` replaces it
+
+
 def raise_on_fault(result: Result) -> None:
     """Raises for a fit that stopped on a fault; returns for a healthy one.
 
@@ -46,7 +49,7 @@ def raise_on_fault(result: Result) -> None:
         where = _evidence_where(fault)
         if fault.iteration == 0:
             raise ValueError(f"init: expected initial parameters at which log_joint is finite, but log p(x) is "
-                             f"not finite for {where}; check init (or init_params) and the log_joint")
+                             f"not finite for {where}; {getattr(result.method, 'start_hint', START_HINT)}")
     elif fault.kind == FAULT_PARAMS:
         if fault.iteration == 0 and not _leaf_finite(result, fault.index):
             raise ValueError(f"init: expected finite initial parameters, but {_leaf_name(result, fault.index)} is "
@@ -68,7 +71,7 @@ def describe_step_fault(result: Result, fault) -> str:
     fault = jax.tree_util.tree_map(int, fault)
     if fault.kind == FAULT_LOG_EVIDENCE:
         return (f"log p(x_i) became non-finite for {_evidence_where(fault)}" if fault.index >= 0
-                else "log_prior became non-finite")
+                else f"log_prior became non-finite{getattr(result.method, 'global_terms_hint', '')}")
     if fault.kind == FAULT_PARAMS:
         return f"the update made {_leaf_name(result, fault.index)} non-finite"
     if fault.kind == FAULT_OBJECTIVE:

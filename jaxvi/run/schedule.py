@@ -66,20 +66,26 @@ class Change:
     (monitor, reason)``: ``STOP_RUNNING`` to go on, else why to stop. Here ``STOP_TOLERANCE`` when
     :math:`|L_t - L_{t-1}| < \mathrm{tol} \cdot N`, where that is at least ``resolution(L_t)``;
     where it is finer, ``STOP_RESOLUTION`` when the change is below the resolution, the least change
-    the float type can tell from rounding. ``tol=0`` never stops.
+    the float type can tell from rounding. ``tol=0`` never stops. ``to_resolution`` (a method's default
+    tolerance, not one the user asked for): where ``tol`` is finer than the resolution, the resolution is the
+    tolerance, and a change below it is ``STOP_TOLERANCE`` (converged to what the float type resolves).
     """
 
     tol: Any
+    to_resolution: bool = False
 
     def init(self, dtype):
         return jnp.array(jnp.nan, dtype)  # the previous step's objective
 
     def resolves(self, objective, num_data):
-        """Whether ``tol`` (in total, ``tol * num_data``) is at least ``resolution(objective)``."""
-        return self.tol * num_data >= resolution(objective)
+        """Whether ``tol`` (in total, ``tol * num_data``) is at least ``resolution(objective)``; always, with
+        ``to_resolution``."""
+        return True if self.to_resolution else self.tol * num_data >= resolution(objective)
 
     def update(self, previous, objective, steps, num_data):
         change, tolerance, least = jnp.abs(objective - previous), self.tol * num_data, resolution(objective)
+        if self.to_resolution:
+            tolerance = jnp.maximum(tolerance, least)
         resolved = self.resolves(objective, num_data)
         reason = jnp.select([resolved & (change < tolerance), ~resolved & (self.tol > 0) & (change < least)],
                             [STOP_TOLERANCE, STOP_RESOLUTION], STOP_RUNNING)
