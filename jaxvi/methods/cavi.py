@@ -231,8 +231,8 @@ class CAVI:
         counted as converged (``Change(to_resolution=True)``). scikit-learn's ``BayesianGaussianMixture`` stops at
         1e-3 on the total; 1e-3 per datum stopped fits early: a two-cluster mixture (K = 4) with a cluster still split
         in two of four keys, a variational categorical HMM at the symmetric start in 5 of 8 keys (the bound of 8
-        keys' fits, median -831.1 at 1e-3, -741.0 at 1e-4, -739.6 by default; hmmlearn's -748.0). An LDA fit's bound of a few hundred
-        nats per document is resolved in float32 only to about 1e-3 per document.
+        keys' fits, median -831.1 at 1e-3, -741.0 at 1e-4, -739.6 by default; hmmlearn's -748.0). An LDA fit's
+        bound of a few hundred nats per document is resolved in float32 only to about 1e-3 per document.
       n_init: restarts from ``n_init`` keys, vmapped; the highest bound is returned.
       m_step_iters: L-BFGS steps per M-step on θ (the model's floating parameters; none: no M-step).
       chunk_size: how many data are evaluated at once (local exponential-family factors: at most this many, as

@@ -99,7 +99,8 @@ def variational_gaussian_hmm(K: int, d: int, *, start_prior=None, transition_pri
     Data are ``(N, T, d)`` float sequences (or ``jaxvi.Sequences``). Each state's mean and precision have a
     Normal-Wishart prior :math:`N(m_0, (b_0\Lambda)^{-1})\, W(\Lambda \mid W_0, \nu_0)`: ``mean_prior`` m_0
     (default 0; hmmlearn's ``VariationalGaussianHMM`` puts it at the data's mean: pass ``x.reshape(-1, d).mean(0)``
-    for its model; a fit warns where the data's mean lies more than ``FAR_FROM_PRIOR`` standard deviations from it), ``mean_precision`` b_0, ``degrees_of_freedom`` :math:`\nu_0` (default d), ``scale``
+    for its model; a fit warns where the data's mean lies more than ``FAR_FROM_PRIOR`` standard deviations from
+    it), ``mean_precision`` b_0, ``degrees_of_freedom`` :math:`\nu_0` (default d), ``scale``
     :math:`W_0^{-1}` (default :math:`10^{-3} I`), as hmmlearn's defaults; start and transition rows Dirichlet(1/K).
     ``jaxvi.CAVI()`` starts it from k-means of the steps, as hmmlearn does (its default ``start="auto"``: under
     these priors every state's mean drawn from its prior is near the prior mean, a start from which most keys end
