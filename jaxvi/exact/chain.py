@@ -55,8 +55,8 @@ from jaxvi.chunks import add_logs, kahan_add, map_data, sum_accurately, sum_data
 from jaxvi.data import Sequences
 
 __all__ = ["ChainPosterior", "Sequences", "backtrack", "backward_scan", "expected_log_joint", "forward_scan",
-           "from_potentials", "parallel_backward", "parallel_forward", "posterior", "prefix_scan", "step_potentials",
-           "worth_scaling"]
+           "from_potentials", "parallel_backward", "parallel_forward", "posterior", "prefix_scan", "real_steps",
+           "step_potentials", "worth_scaling"]
 
 PyTree = Any
 LogJoint = Callable[[PyTree, PyTree, PyTree], jax.Array]
@@ -81,6 +81,15 @@ def split_sequences(data: PyTree) -> tuple[PyTree, jax.Array]:
         return data.obs, jnp.asarray(data.lengths)
     n, t = jax.tree_util.tree_leaves(data)[0].shape[:2]
     return data, jnp.full(n, t, jnp.int32)
+
+
+def real_steps(data: PyTree) -> tuple[PyTree, jax.Array]:
+    """``(obs, real)``: the observations ``(N, T, ...)`` (every leaf) with every padded step set to 0, so that no
+    padding value (however large) reaches the arithmetic, and the ``(N, T)`` mask of real steps."""
+    obs, lengths = split_sequences(data)
+    real = _real_steps(jax.tree_util.tree_leaves(obs)[0].shape[1], lengths)
+    zeroed = jax.tree_util.tree_map(lambda a: jnp.where(real.reshape(real.shape + (1,) * (a.ndim - 2)), a, 0), obs)
+    return zeroed, real
 
 
 def step_potentials(log_joint: LogJoint, params: PyTree, obs: PyTree, length: jax.Array, K: int) -> jax.Array:

@@ -963,12 +963,12 @@ def _kmeans_start(local, data: PyTree, key: jax.Array, dtype) -> exact.DiscreteP
     (:math:`\phi_t(i, j) = \log r_t(j)`): its marginals are the responsibilities, its pair marginals their
     products."""
     if isinstance(local, Markov):
-        obs, lengths = exact.chain.split_sequences(data)
-        n, t = lengths.shape[0], jax.tree_util.tree_leaves(obs)[0].shape[1]
-        real = (jnp.arange(t)[None] < lengths[:, None]).reshape(-1)
-        rows = jnp.where(real[:, None], _feature_rows(obs, 2, dtype), 0)  # padding may hold anything
-        log_r = _log_one_hot(_nearest_centers(key, rows, local.K, real), local.K, dtype).reshape(n, t, 1, local.K)
-        return exact.chain.from_potentials(jnp.broadcast_to(log_r, (n, t, local.K, local.K)), lengths)
+        obs, real = exact.chain.real_steps(data)  # padding may hold anything: zeroed, and left out of the clustering
+        n, t = real.shape
+        labels = _nearest_centers(key, _feature_rows(obs, 2, dtype), local.K, real.reshape(-1))
+        log_r = _log_one_hot(labels, local.K, dtype).reshape(n, t, 1, local.K)
+        return exact.chain.from_potentials(jnp.broadcast_to(log_r, (n, t, local.K, local.K)),
+                                           exact.chain.split_sequences(data)[1])
     values = exact.latent_values(local)
     m = jax.tree_util.tree_leaves(values)[0].shape[0]
     log_r = _log_one_hot(_nearest_centers(key, _feature_rows(data, 1, dtype), m), m, dtype)

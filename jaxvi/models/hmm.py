@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxvi.chunks import sum_accurately, sum_blocks
-from jaxvi.exact.chain import split_sequences
+from jaxvi.exact.chain import real_steps, split_sequences
 from jaxvi.kmeans import kmeans
 from jaxvi.latents import Markov
 from jaxvi.model import Model, check_values
@@ -188,7 +188,7 @@ def gaussian_hmm(n_states: int, *, covariance: str = "diag", covar_prior: float 
     diag = covariance == "diag"
 
     def m_step(params: HMMParams, data, post) -> HMMParams:
-        obs, _ = _real_steps(data)
+        obs, _ = real_steps(data)
         dtype = obs.dtype
         # the moments of the steps, every sum over them accurate in float32 (``weighted_moments``): about the first
         # step for the means, about the means for the (co)variances
@@ -210,7 +210,7 @@ def gaussian_hmm(n_states: int, *, covariance: str = "diag", covar_prior: float 
 
     def init(key, data) -> HMMParams:
         _checked_obs(data, "gaussian_hmm", floating=True, rank=3)
-        obs, real = _real_steps(data)
+        obs, real = real_steps(data)
         flat, weights = obs.reshape(-1, obs.shape[-1]), real.reshape(-1, 1).astype(obs.dtype)
         means = kmeans(key, flat, n_states, weights[:, 0])
         mean = jnp.sum(weights * flat, axis=0) / jnp.sum(weights)
@@ -244,7 +244,7 @@ def categorical_hmm(n_states: int, n_symbols: int) -> HMM:
     of 4 seeds, while every default fit here reaches the best optimum found (tested).
     """
     def m_step(params: HMMParams, data, post) -> HMMParams:
-        obs, _ = _real_steps(data)
+        obs, _ = real_steps(data)
         dtype = params.emission.logits.dtype
         _, counts = _weighted_sums(post, jax.nn.one_hot(obs, n_symbols, dtype=dtype), dtype)
         return HMMParams(*_chain_m_step(params, post), CategoricalEmission(_log_probs(counts, params.emission.logits)))
@@ -252,7 +252,7 @@ def categorical_hmm(n_states: int, n_symbols: int) -> HMM:
     def init(key, data) -> HMMParams:
         _checked_obs(data, "categorical_hmm", floating=False, rank=2)
         dtype = jnp.zeros(()).dtype  # float32, or float64 with jax_enable_x64
-        obs, real = _real_steps(data)
+        obs, real = real_steps(data)
         histograms = _window_histograms(jax.nn.one_hot(obs, n_symbols, dtype=jnp.int32) * real[..., None]).astype(dtype)
         kmeans_key, noise_key = jax.random.split(key)
         # plain k-means++ seeds: restarts that differ more (Google's return terciles, K = 3, EM's n_init = 4: one
@@ -275,7 +275,7 @@ def poisson_hmm(n_states: int) -> HMM:
     The M-step is maximum likelihood: :math:`\lambda_k = \sum_t \gamma_{tk} x_t / n_k`.
     """
     def m_step(params: HMMParams, data, post) -> HMMParams:
-        obs, _ = _real_steps(data)
+        obs, _ = real_steps(data)
         dtype = params.emission.log_rates.dtype
         nk, sums = _weighted_sums(post, obs, dtype)
         rates = sums / jnp.maximum(nk, VISITED)[:, None]
@@ -286,7 +286,7 @@ def poisson_hmm(n_states: int) -> HMM:
 
     def init(key, data) -> HMMParams:
         _checked_obs(data, "poisson_hmm", floating=None, rank=3)
-        obs, real = _real_steps(data)
+        obs, real = real_steps(data)
         flat = obs.reshape(-1, obs.shape[-1]).astype(jnp.zeros(()).dtype)
         weights = real.reshape(-1).astype(flat.dtype)
         picks = flat[jax.random.choice(key, flat.shape[0], (n_states,), replace=flat.shape[0] < n_states,
@@ -321,14 +321,6 @@ def _chain_init(n_states: int, dtype) -> tuple[jax.Array, jax.Array]:
     move = (1.0 - stay) / max(n_states - 1, 1)
     transition = jnp.full((n_states, n_states), move, dtype).at[jnp.diag_indices(n_states)].set(stay)
     return jnp.zeros(n_states, dtype), jnp.log(transition)
-
-
-def _real_steps(data) -> tuple[jax.Array, jax.Array]:
-    """``(obs, real)``: the observations ``(N, T, ...)`` with every padded step set to 0, so that no padding
-    value (however large) reaches the arithmetic, and the ``(N, T)`` mask of real steps."""
-    obs, lengths = split_sequences(data)
-    real = jnp.arange(obs.shape[1]) < lengths[:, None]
-    return jnp.where(real.reshape(real.shape + (1,) * (obs.ndim - 2)), obs, 0), real
 
 
 def _checked_obs(data, who: str, *, floating: bool | None, rank: int) -> jax.Array:
