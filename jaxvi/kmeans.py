@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from jaxvi.chunks import sum_accurately
 
-__all__ = ["kmeans", "kmeans_plusplus", "lloyd", "random_points", "square_distances"]
+__all__ = ["kmeans", "kmeans_plusplus", "lloyd", "nearest", "random_points", "square_distances"]
 
 KMEANS_ROUNDS = 100  # the most Lloyd rounds of init="kmeans"
 KMEANS_TOL = 1e-4  # Lloyd's rounds stop at a squared shift of the centers of at most this times the data's variance
@@ -23,6 +23,11 @@ def square_distances(x, centers):
     about = jnp.mean(centers, axis=0)
     x, centers = x - about, centers - about
     return jnp.sum(x**2, 1)[:, None] - 2 * x @ centers.T + jnp.sum(centers**2, 1)
+
+
+def nearest(x, centers):
+    """Every row's nearest center: its index into ``centers``."""
+    return jnp.argmin(square_distances(x, centers), axis=1)
 
 
 def kmeans_plusplus(key, data, k, weights=None, greedy: bool = True):
@@ -76,8 +81,7 @@ def lloyd(data, seeds, weights):
     tolerance = KMEANS_TOL * jnp.mean(sum_accurately(weights[:, None] * data ** 2) / count)
 
     def round_(centers):
-        nearest = jnp.argmin(square_distances(data, centers), axis=1)
-        assigned = jax.nn.one_hot(nearest, k, dtype=data.dtype) * weights[:, None]
+        assigned = jax.nn.one_hot(nearest(data, centers), k, dtype=data.dtype) * weights[:, None]
         counts = assigned.sum(axis=0)
         return jnp.where(counts[:, None] > 0, assigned.T @ data / jnp.maximum(counts, 1)[:, None], centers)
 

@@ -534,8 +534,7 @@ class CAVI:
             n, values = num_data_of(data), exact.latent_values(local)
             m = jax.tree_util.tree_leaves(values)[0].shape[0]
             probs = jax.random.dirichlet(key, jnp.ones(m, dtype), (n,))
-            log_probs = jnp.log(jnp.maximum(probs, jnp.finfo(dtype).tiny))
-            return exact.DiscretePosterior(log_probs, jnp.zeros(n, dtype), values)
+            return exact.DiscretePosterior(_log_responsibilities(probs), jnp.zeros(n, dtype), values)
         if self._start_of(local, data) == "kmeans" and draw and layout is None and structure.chains is None:
             return _kmeans_start(local, data, key, dtype)
         expected = structure.expected_log_joint(model, _start_rules(structure.factors, factors, key, draw))
@@ -966,12 +965,13 @@ def _kmeans_start(local, data: PyTree, key: jax.Array, dtype) -> exact.DiscreteP
         obs, real = exact.chain.real_steps(data)  # padding may hold anything: zeroed, and left out of the clustering
         n, t = real.shape
         labels = _nearest_centers(key, _feature_rows(obs, 2, dtype), local.K, real.reshape(-1))
-        log_r = _log_one_hot(labels, local.K, dtype).reshape(n, t, 1, local.K)
+        log_r = _log_responsibilities(jax.nn.one_hot(labels, local.K, dtype=dtype)).reshape(n, t, 1, local.K)
         return exact.chain.from_potentials(jnp.broadcast_to(log_r, (n, t, local.K, local.K)),
                                            exact.chain.split_sequences(data)[1])
     values = exact.latent_values(local)
     m = jax.tree_util.tree_leaves(values)[0].shape[0]
-    log_r = _log_one_hot(_nearest_centers(key, _feature_rows(data, 1, dtype), m), m, dtype)
+    log_r = _log_responsibilities(jax.nn.one_hot(_nearest_centers(key, _feature_rows(data, 1, dtype), m), m,
+                                                 dtype=dtype))
     return exact.DiscretePosterior(log_r, jnp.zeros(log_r.shape[0], dtype), values)
 
 
@@ -985,12 +985,12 @@ def _feature_rows(data: PyTree, axes: int, dtype) -> jax.Array:
 
 def _nearest_centers(key: jax.Array, rows: jax.Array, k: int, weights: jax.Array | None = None) -> jax.Array:
     """Every row's nearest of the ``k`` centers k-means finds (rows of weight 0 left out of the clustering)."""
-    centers = kmeans.kmeans(key, rows, k, weights)
-    return jnp.argmin(kmeans.square_distances(rows, centers), axis=1)
+    return kmeans.nearest(rows, kmeans.kmeans(key, rows, k, weights))
 
 
-def _log_one_hot(labels: jax.Array, k: int, dtype) -> jax.Array:
-    return jnp.log(jnp.maximum(jax.nn.one_hot(labels, k, dtype=dtype), jnp.finfo(dtype).tiny))
+def _log_responsibilities(probs: jax.Array) -> jax.Array:
+    """log ``probs``, a 0 at the smallest positive float's log (a start's responsibilities, hard or drawn)."""
+    return jnp.log(jnp.maximum(probs, jnp.finfo(probs.dtype).tiny))
 
 
 def _references(structure: _Structure, dtype) -> tuple:

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from jax.scipy.linalg import solve_triangular
 
 from jaxvi.chunks import sum_accurately, sum_blocks, sum_data
-from jaxvi.kmeans import kmeans, kmeans_plusplus, random_points, square_distances
+from jaxvi.kmeans import kmeans, kmeans_plusplus, nearest, random_points
 from jaxvi.latents import Discrete
 from jaxvi.model import Model
 from jaxvi.run.compiled import OneProgram
@@ -118,7 +118,7 @@ def gaussian_mixture(n_components: int, *, covariance: str = "full", init: str =
         _check_data(data, n_components)
         pick = {"kmeans": kmeans, "kmeans++": kmeans_plusplus, "random": random_points}[init]
         centers = pick(key, data, n_components)
-        resp = jax.nn.one_hot(jnp.argmin(square_distances(data, centers), axis=1), n_components, dtype=data.dtype)
+        resp = jax.nn.one_hot(nearest(data, centers), n_components, dtype=data.dtype)
         return m_step(None, data, _Responsibilities(resp))
 
     log_joint = _log_joint_full if covariance == "full" else _log_joint_diag
