@@ -140,9 +140,10 @@ def jaxvi_bound_at(x, peer) -> float:
     with jax.enable_x64(True):
         model = jaxvi.models.bayesian_gaussian_mixture(x.astype(np.float64), K)
         dof = jnp.asarray(peer.degrees_of_freedom_)
-        center = np.asarray(model.latent["theta"].latent["components"].center)  # q's natural parameters: of mu - center
-        components = expfam.normal_wishart_natural(jnp.asarray(peer.means_ - center), jnp.asarray(peer.mean_precision_),
-                                                   jnp.asarray(peer.covariances_) * dof[:, None, None], dof)
+        center = np.asarray(model.latent["theta"].latent["components"].center)  # q's means are held less the center
+        components = expfam.normal_wishart_parameters(jnp.asarray(peer.means_ - center),
+                                                      jnp.asarray(peer.mean_precision_),
+                                                      jnp.asarray(peer.covariances_) * dof[:, None, None], dof)
         factors = (tuple(components), (jnp.asarray(peer.weight_concentration_) - 1.0,))
         return float(jaxvi.CAVI().bound(model, {}, factors, jnp.asarray(x, jnp.float64)))
 

@@ -29,8 +29,8 @@ import numpy as np
 __all__ = ["Archive", "check_path", "fill", "key_impl", "load", "save", "save_tree"]
 
 SECTIONS = ("params", "guide_params", "objective", "trace", "n_iter", "converged", "diagnostics")
-FORMAT = "jaxvi-result-2"  # 2: keys stored with their implementation
-READABLE = ("jaxvi-result-1", FORMAT)
+FORMAT = "jaxvi-result-3"  # 2: keys stored with their implementation; 3: Normal-Wishart factors held about their means
+READABLE = ("jaxvi-result-1", "jaxvi-result-2", FORMAT)
 _META_LIMIT = 1 << 24  # bytes of the JSON metadata
 
 
@@ -73,8 +73,22 @@ def load(path, like=None) -> Any:
                     raise archive.error(f"member {name} is in no section of a result {SECTIONS}")
                 out[section][key_path] = archive.read(name)
             return out
+        if archive.meta["format"] != FORMAT and _normal_wishart_factors(getattr(like, "model", None)):
+            raise archive.error(f"it was written as {archive.meta['format']}, whose Normal-Wishart and Normal-Gamma "
+                                f"factors hold natural parameters; {FORMAT} holds them about their means (float32 "
+                                f"keeps their scale so): fit the model again")
         return dataclasses.replace(like, **{section: fill(getattr(like, section), archive, section)
                                             for section in SECTIONS})
+
+
+def _normal_wishart_factors(model) -> bool:
+    """Whether ``model`` has a Normal-Wishart or Normal-Gamma latent (a ``jaxvi.CAVI`` q's factor), in a ``Global``
+    node or not."""
+    from jaxvi.latents import Global, NormalGamma, NormalWishart, is_spec
+    leaves = jax.tree_util.tree_leaves(getattr(model, "latent", None), is_leaf=is_spec)
+    leaves += [leaf for node in leaves if isinstance(node, Global)
+               for leaf in jax.tree_util.tree_leaves(node.latent, is_leaf=is_spec)]
+    return any(isinstance(leaf, (NormalWishart, NormalGamma)) for leaf in leaves)
 
 
 def check_path(path, argument: str) -> str:

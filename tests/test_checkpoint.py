@@ -4,6 +4,7 @@ refused with a ValueError naming the file and what differs; keys of every PRNG i
 import ast
 import dataclasses
 import functools
+import json
 import os
 import shutil
 import signal
@@ -488,3 +489,27 @@ def test_load_reads_only_the_members_it_needs(em_fit, tmp_path):
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
         assert peak < 4 << 20, f"{peak} bytes read for a refused file"
+
+
+def test_a_result_of_an_older_format_loads_but_not_one_with_normal_wishart_factors(em_fit, tmp_path):
+    """Results saved as jaxvi-result-2 load as before; one of a CAVI q with Normal-Wishart factors is refused (the
+    file holds their natural parameters, jaxvi-result-3 holds them about their means: read as they are, every
+    component's mean would be b m and its scale the wrong matrix, silently)."""
+    def as_format_2(path):
+        with np.load(path) as file:
+            meta = json.loads(str(file["__meta__"]))
+        return rewrite(path, str(path) + ".2.npz", meta=json.dumps({**meta, "format": "jaxvi-result-2"}))
+
+    result = em_fit[1]
+    result.save(tmp_path / "em.npz")
+    old = as_format_2(tmp_path / "em.npz")
+    assert float(jaxvi.load(old, like=result).objective) == float(result.objective)
+    x = np.random.default_rng(0).normal(size=(30, 2)).astype(np.float32)
+    fit = jaxvi.infer(jaxvi.models.bayesian_gaussian_mixture(x, 2), jaxvi.CAVI(max_iter=2), x, key=KEY,
+                      progress=False)
+    fit.save(tmp_path / "cavi.npz")
+    assert float(jaxvi.load(tmp_path / "cavi.npz", like=fit).objective) == float(fit.objective)
+    old = as_format_2(tmp_path / "cavi.npz")
+    with pytest.raises(ValueError, match=r"it was written as jaxvi-result-2, whose Normal-Wishart and Normal-Gamma "
+                                         r"factors hold natural parameters; .* fit the model again"):
+        jaxvi.load(old, like=fit)

@@ -76,8 +76,9 @@ class CAVIState(NamedTuple):
 
     Attributes:
       params: θ, the model's parameters the next local step uses.
-      factors: the global factors' natural parameters, one tuple per global leaf (``Global`` nodes' leaves in
-        order), the next local step's; a ``NormalWishart``'s or ``NormalGamma``'s are those of its mean less its
+      factors: the global factors' parameters as held (``jaxvi.vi.expfam``: natural parameters, but a
+        ``NormalWishart``'s or ``NormalGamma``'s held about its mean), one tuple per global leaf (``Global`` nodes'
+        leaves in order), the next local step's; a ``NormalWishart``'s or ``NormalGamma``'s are of its mean less its
         spec's ``center`` (``jaxvi.vi.factors.encoded``).
       evaluated_params, evaluated_factors: those of the last finite bound.
       bound: that bound; -inf before the first step.
@@ -120,8 +121,8 @@ class CAVIDiagnostics(NamedTuple):
       fault: the first numerical fault (``kind == 0``: none).
       restart_objectives: ``(n_init,)`` final bound of every restart; the best is returned.
       stop_reason: why the run stopped, an index into ``jaxvi.run.STOP_REASONS``.
-      factors: the fitted global factors' natural parameters (``Result.posterior()`` gives them as
-        distributions).
+      factors: the fitted global factors' parameters as held (``CAVIState.factors``; ``Result.posterior()`` gives
+        them as distributions).
       skips: the steps ``jaxvi.infer(..., on_nonfinite="skip")`` skipped, a ``jaxvi.result.Skips`` (None
         outside ``infer``).
     """
@@ -299,8 +300,9 @@ class CAVI:
     # what the run layer's fault messages add for CAVI: its start is q fitted from the priors, not parameters
     start_hint = "CAVI's first q is fitted from the priors and its start (CAVI(start)): check them and the log_joint"
     global_terms_hint = (" (the global factors' terms of the bound, E_q log p(theta) + H[q]: a factor's q left its "
-                         "family; in float32, for example, a Wishart factor of nearly collinear features can lose "
-                         "positive definiteness: fit in float64, or decorrelate the features)")
+                         "family; in float32, for example, a Wishart factor of features so collinear that float32 "
+                         "cannot resolve their covariance (condition 1e7 and more) can lose positive definiteness: fit "
+                         "in float64, or decorrelate the features)")
 
     def __post_init__(self):
         for name in ("max_iter", "n_init", "m_step_iters", "chunk_size", "local_max_iter"):
@@ -509,9 +511,9 @@ class CAVI:
         for j, f in enumerate(structure.factors):
             prior = lambda z_j, j=j: expfam.expect_product(  # noqa: E731
                 lambda *others: structure.log_prior(params, _insert(others, j, z_j)), tuple(_drop(rules, j)))
-            points = f.family.points(references[j], f.read_points + 1 if checked else f.read_points)
-            eta, _, residual = expfam.natural_parameters(prior, f.family, points, values=checked)
-            factors.append(tuple(e.astype(dtype) for e in eta))
+            eta, _, residual, about = expfam.read_about(prior, f.family, references[j],
+                                                        f.read_points + 1 if checked else f.read_points, values=checked)
+            factors.append(tuple(e.astype(dtype) for e in expfam.from_natural(f.family, eta, about)))
             residuals.append(jnp.maximum(*residual))
         return tuple(factors), jnp.stack(residuals) if residuals else jnp.zeros((0,), dtype)
 
@@ -807,10 +809,11 @@ class CAVI:
         factors, worst = list(factors), jnp.zeros(())
         for j, f in enumerate(structure.factors):
             fn = self._factor_function(model, structure, params, tuple(factors), data, post, j, scale)
-            eta, _, residual = expfam.natural_parameters(fn, f.family, f.family.points(tuple(factors[j]),
-                                                                                       f.read_points), values=False)
-            if rho is not None:
-                eta = tuple((1 - rho) * old + rho * e for e, old in zip(eta, factors[j]))
+            eta, _, residual, about = expfam.read_about(fn, f.family, factors[j], f.read_points, values=False)
+            if rho is not None:  # both in the natural parameters of the value less the factor's anchor
+                old = expfam.to_natural(f.family, factors[j], about)
+                eta = tuple((1 - rho) * o + rho * e for e, o in zip(eta, old))
+            eta = expfam.from_natural(f.family, eta, about)
             factors[j] = tuple(e.astype(old.dtype) for e, old in zip(eta, factors[j]))
             worst = jnp.maximum(worst, jnp.maximum(*residual))
         return tuple(factors), worst

@@ -132,8 +132,8 @@ def variational_gaussian_hmm(K: int, d: int, *, start_prior=None, transition_pri
         means, precisions = theta["emissions"]
         return _log_move(theta, prev, state) + _normal_log_prob(x, means[state], precisions[state])
 
-    # q's natural parameters about the prior mean where all states share it (NormalWishart's center: float32 keeps
-    # their digits with data far from 0)
+    # q's layout about the prior mean where all states share it (NormalWishart's center: the prior is read about it,
+    # and float32 keeps its digits with data far from 0)
     shared = np.ndim(mean_prior) <= 1
     about = tuple(float(c) for c in np.broadcast_to(np.asarray(mean_prior, float), (d,))) if shared else None
     latent = {"theta": Global({"start": Dirichlet(K), "transitions": Dirichlet(K, (K,)),

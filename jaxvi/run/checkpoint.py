@@ -36,8 +36,9 @@ from jaxvi.run.schedule import (STOP_FAULT, STOP_MAX_STEPS, STOP_PATIENCE, STOP_
 
 __all__ = ["FORMAT", "check_runs", "fingerprint", "resume", "save"]
 
-FORMAT = "jaxvi-checkpoint-4"  # 3: the fingerprint covers the model and every method setting; keys name their impl;
-#                                 4: the run keeps its last finite state (RunState.kept)
+FORMAT = "jaxvi-checkpoint-5"  # 3: the fingerprint covers the model and every method setting; keys name their impl;
+#                                 4: the run keeps its last finite state (RunState.kept);
+#                                 5: CAVI's Normal-Wishart factors held about their means
 _SHOWN = 80  # the longest value shown in a refusal
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 

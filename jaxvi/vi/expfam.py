@@ -15,12 +15,16 @@ conditional of a conjugate log-joint, Hoffman, Johnson & Tran's Autoconj conditi
 few points, and checks the linearity at those points, as ``Gaussian(d)`` checks a quadratic log-joint.
 
 A family's natural parameters are a tuple of arrays with the batch shape in front (``Gamma(shape=(3,))`` is
-three independent Gammas). Families: ``BETA``, ``GAMMA``, ``DIRICHLET``, ``WISHART``, ``NORMAL`` (a
+three independent Gammas). A factor is held in them, but for the Normal-Wishart, held about its own mean
+(``NORMAL_WISHART``: float32 keeps W^-1 so); every function here takes a factor's held parameters, and
+``to_natural`` / ``from_natural`` / ``read_about`` move between the two. Families: ``BETA``, ``GAMMA``,
+``DIRICHLET``, ``WISHART``, ``NORMAL`` (a
 d-dimensional Gaussian), ``NORMAL_WISHART`` and ``CATEGORICAL`` (over one-hot vectors, T = z: a function linear in
 z has its expectation at the mean, and its gradient is the update's natural parameters).
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable, NamedTuple
 
@@ -33,7 +37,8 @@ from jaxvi.linalg import spd_inverse, spd_log_det, spd_solve
 __all__ = ["BETA", "CATEGORICAL", "DIRICHLET", "Family", "GAMMA", "NORMAL", "NORMAL_WISHART", "NotLinear", "Quadrature", "WISHART",
            "coordinate_update", "entropy", "expect_linear", "expect_product", "expectation", "expected_statistics",
            "kl_divergence", "log_density", "log_normalizer", "natural_parameters", "normal_wishart_moments",
-           "normal_wishart_natural", "normal_wishart_parts", "quadrature", "tangent_change"]
+           "normal_wishart_parameters", "normal_wishart_parts", "quadrature", "read_about", "tangent_change", "anchor",
+           "to_natural", "from_natural"]
 
 Natural = tuple  # natural parameters: a tuple of arrays, batch shape in front
 
@@ -55,6 +60,11 @@ class Family(NamedTuple):
         symmetric part of a matrix); the identity for unconstrained events.
       num_nodes: how many nodes ``quadrature``'s generic rule uses.
       rule: the family's own ``quadrature`` rule, ``rule(eta) -> Quadrature``, or None for the generic one.
+      anchor: for a family whose factors are held about a point of their own (the Normal-Wishart, about its mean):
+        ``anchor(held) -> value`` that point, in the value's layout; None where the held parameters are the
+        natural ones.
+      about: ``about(held, c) -> natural``: the natural parameters of the value less ``c`` (a value, or None for 0).
+      hold: ``hold(natural, c) -> held``: the held parameters from the natural ones of the value less ``c``.
     """
 
     name: str
@@ -67,6 +77,9 @@ class Family(NamedTuple):
     tangent: Callable = lambda v: v
     num_nodes: int = 2
     rule: Callable | None = None
+    anchor: Callable | None = None
+    about: Callable | None = None
+    hold: Callable | None = None
 
 
 class NotLinear(NamedTuple):
@@ -234,14 +247,20 @@ def _wishart_log_normalizer(eta):
 
 
 def _wishart_points(eta, p):
-    nu, scale = _wishart_parts(eta)
-    chol = jnp.linalg.cholesky(nu[..., None, None] * scale)  # of the mean, nu W
-    d = scale.shape[-1]
+    r"""p precisions near q's: :math:`D^{1/2} S_j D^{1/2}` with D the diagonal of the mean's inverse,
+    :math:`D = \mathrm{diag}(\nu / W^{-1}_{ii})`, and :math:`S_j` p well-conditioned SPD matrices (scaled, tilted
+    off the diagonal). Of q's scales, not of its correlations: a read solves with the points (``_log_det_read``,
+    ``_normal_wishart_read``), and at q's own precisions, near-singular where the features are collinear, float32
+    lost the natural parameters' digits to those solves (their error grows with the condition number, 1e5 and
+    more); a diagonal scaling costs a solve no accuracy. W^{-1} is read as it is held, never inverted."""
+    d = eta[0].shape[-1]
+    nu = 2 * eta[1] + d + 1
+    scale = jnp.sqrt(nu[..., None] / jnp.diagonal(-2 * eta[0], axis1=-2, axis2=-1))    # D^(1/2), batch + (d,)
     off_diagonal = (jnp.ones((d, d)) - jnp.eye(d)) / d
     shapes = (jnp.exp(jnp.linspace(-0.5, 0.5, p))[:, None, None]
               * (jnp.eye(d) + 0.3 * jnp.linspace(-1.0, 1.0, p)[:, None, None] * off_diagonal))  # p SPD matrices
-    shapes = shapes.reshape((p,) + (1,) * (scale.ndim - 2) + (d, d))
-    return chol @ shapes @ jnp.swapaxes(chol, -1, -2)
+    shapes = shapes.reshape((p,) + (1,) * (scale.ndim - 1) + (d, d))
+    return scale[..., :, None] * shapes * scale[..., None, :]
 
 
 def _symmetric(m):
@@ -286,27 +305,54 @@ NORMAL = Family(  # eta = (J mu, -J / 2), T = (z, z z^T)
 # The Normal-Wishart: a mean mu and a precision L with mu | L ~ N(m, (b L)^-1), L ~ Wishart(W, nu), one value held
 # as the d x (d + 1) array [mu | L]. T = (L mu, mu^T L mu, L, log|L|), eta = (b m, -b / 2, -(b m m^T + W^-1) / 2,
 # (nu - d) / 2). With d = 1 it is the Normal-Gamma (precision shape nu / 2, rate 1 / (2 W)).
+#
+# A factor is held about its own mean: (m, -b / 2, -W^-1 / 2, (nu - d) / 2), the natural parameters of mu - m with
+# the first (0 there) replaced by m. Held as natural parameters, W^-1 = -2 eta_3 - b m m^T is the difference of two
+# matrices of size b |m|^2: float32 keeps none of its digits in the directions where it is near-singular (collinear
+# features) once a component's mean lies a few units from the origin. Reads are taken about the factor's mean too
+# (``read_factor``), and turned into held parameters where the difference is small (``_normal_wishart_hold``).
 
 def normal_wishart_parts(z):
     """(mean, precision) of a Normal-Wishart value [mu | L]."""
     return z[..., 0], z[..., 1:]
 
 
-def normal_wishart_natural(mean, strength, scale_inverse, dof):
-    """The natural parameters of NW(m, b, W, nu) from (m, b, W^-1, nu) (batch shape in front)."""
+def normal_wishart_parameters(mean, strength, scale_inverse, dof):
+    """A Normal-Wishart factor's held parameters from (m, b, W^-1, nu) (batch shape in front)."""
     d = mean.shape[-1]
-    return (strength[..., None] * mean, -0.5 * strength,
-            -0.5 * (strength[..., None, None] * mean[..., :, None] * mean[..., None, :] + scale_inverse),
-            0.5 * (dof - d))
+    return mean, -0.5 * strength, -0.5 * scale_inverse, 0.5 * (dof - d)
 
 
-def normal_wishart_moments(eta):
-    """(m, b, W^-1, nu) of one or many Normal-Wishart factors from their natural parameters."""
-    d = eta[0].shape[-1]
+def normal_wishart_moments(held):
+    """(m, b, W^-1, nu) of one or many Normal-Wishart factors from their held parameters."""
+    d = held[0].shape[-1]
+    return held[0], -2 * held[1], -2 * held[2], 2 * held[3] + d
+
+
+def _outer(v):
+    return v[..., :, None] * v[..., None, :]
+
+
+def _normal_wishart_anchor(held):
+    """[m | 0]: the value a factor is held about."""
+    return jnp.concatenate([held[0][..., None], jnp.zeros_like(held[2])], axis=-1)
+
+
+def _normal_wishart_about(held, anchor):
+    """The natural parameters of [mu - c | L] (c the anchor's mean, 0 for None): (b (m - c), -b / 2,
+    -(b (m - c)(m - c)^T + W^-1) / 2, (nu - d) / 2)."""
+    offset = held[0] if anchor is None else held[0] - normal_wishart_parts(anchor)[0]
+    strength = -2 * held[1]
+    return strength[..., None] * offset, held[1], held[2] - 0.5 * strength[..., None, None] * _outer(offset), held[3]
+
+
+def _normal_wishart_hold(eta, anchor):
+    """The held parameters from the natural ones of [mu - c | L]: m = c + eta_1 / b,
+    W^-1 = -2 eta_3 - b (m - c)(m - c)^T (small where c is near m)."""
     strength = -2 * eta[1]
-    mean = eta[0] / strength[..., None]
-    scale_inverse = -2 * eta[2] - strength[..., None, None] * mean[..., :, None] * mean[..., None, :]
-    return mean, strength, scale_inverse, 2 * eta[3] + d
+    offset = eta[0] / jnp.where(strength == 0, 1, strength)[..., None]  # 0 for a factor of no data (a plate's)
+    mean = offset if anchor is None else offset + normal_wishart_parts(anchor)[0]
+    return mean, eta[1], eta[2] + 0.5 * strength[..., None, None] * _outer(offset), eta[3]
 
 
 def _normal_wishart_statistics(z):
@@ -316,15 +362,16 @@ def _normal_wishart_statistics(z):
 
 
 def _normal_wishart_log_normalizer(eta):
-    _, strength, scale_inverse, dof = normal_wishart_moments(eta)
+    """A of the natural parameters (the family's own, as every family's)."""
+    _, strength, scale_inverse, dof = normal_wishart_moments(_normal_wishart_hold(eta, None))
     d = eta[0].shape[-1]
     log_det_inv_w = spd_log_det(scale_inverse)
     return (-0.5 * d * jnp.log(strength) + 0.5 * d * jnp.log(2 * jnp.pi)
             - 0.5 * dof * log_det_inv_w + 0.5 * dof * d * jnp.log(2.0) + multigammaln(0.5 * dof, d))
 
 
-def _normal_wishart_points(eta, p):
-    mean, strength, scale_inverse, dof = normal_wishart_moments(eta)
+def _normal_wishart_points(held, p):
+    mean, strength, scale_inverse, dof = normal_wishart_moments(held)
     d = mean.shape[-1]
     precisions = _wishart_points((-0.5 * scale_inverse, 0.5 * (dof - d - 1)), p)   # (p, batch, d, d)
     # the sds of the mean under the mean precision (strength dof W): diag of W^-1 / (strength dof), W^-1 given
@@ -338,24 +385,44 @@ def _normal_wishart_tangent(v):
     return jnp.concatenate([v[..., :1], _symmetric(v[..., 1:])], axis=-1)
 
 
-NORMAL_WISHART = Family(
+NORMAL_WISHART = Family(  # held about the mean: (m, -b / 2, -W^-1 / 2, (nu - d) / 2)
     "normal-wishart", 2, (1, 0, 2, 0),
     statistics=_normal_wishart_statistics,
     log_normalizer=_normal_wishart_log_normalizer,
     points=_normal_wishart_points, tangent=_normal_wishart_tangent, rule=lambda eta: _normal_wishart_rule(eta),
-    read=_normal_wishart_read)
+    read=_normal_wishart_read, anchor=_normal_wishart_anchor, about=_normal_wishart_about, hold=_normal_wishart_hold)
+
+
+# --- held and natural parameters ------------------------------------------------------------------
+
+def anchor(family: Family, eta: Natural) -> jax.Array | None:
+    """The value a factor's parameters are held about (in the value's layout, batch in front), or None where they
+    are its natural parameters."""
+    return None if family.anchor is None else family.anchor(tuple(eta))
+
+
+def to_natural(family: Family, eta: Natural, about: jax.Array | None = None) -> Natural:
+    """The natural parameters of the value less ``about`` (None: of the value) from a factor's held parameters."""
+    return tuple(eta) if family.about is None else family.about(tuple(eta), about)
+
+
+def from_natural(family: Family, eta: Natural, about: jax.Array | None = None) -> Natural:
+    """A factor's held parameters from the natural parameters of the value less ``about`` (None: of the value)."""
+    return tuple(eta) if family.hold is None else family.hold(tuple(eta), about)
 
 
 # --- what follows from A and T --------------------------------------------------------------------
 
 def log_normalizer(family: Family, eta: Natural) -> jax.Array:
-    """A(eta) of every factor: an array of the batch shape."""
-    return _per_factor(family, family.log_normalizer, eta)
+    """A(eta) of every factor (held parameters): an array of the batch shape. A is the same about any anchor; it
+    is taken about the factor's own, where nothing cancels."""
+    return _per_factor(family, family.log_normalizer, to_natural(family, eta, anchor(family, eta)))
 
 
 def expected_statistics(family: Family, eta: Natural) -> Natural:
-    r""":math:`E_q[T(z)] = \nabla A(\eta)`, a tuple shaped like ``eta``."""
-    return _per_factor(family, jax.grad(family.log_normalizer), eta)
+    r""":math:`E_q[T(z)] = \nabla A(\eta)` of the natural parameters of a factor's held ``eta``, a tuple shaped
+    like ``eta``."""
+    return _per_factor(family, jax.grad(family.log_normalizer), to_natural(family, eta))
 
 
 def _dot(eta: Natural, stats: Natural, family: Family) -> jax.Array:
@@ -403,17 +470,23 @@ def _wishart_family_entropy(family: Family, eta: Natural) -> jax.Array:
 
 
 def kl_divergence(family: Family, eta_q: Natural, eta_p: Natural) -> jax.Array:
-    r""":math:`KL(q \| p) = A(\eta_p) - A(\eta_q) - (\eta_p - \eta_q) \cdot E_q[T]`, per factor."""
-    eta_q, eta_p = tuple(eta_q), tuple(eta_p)
+    r""":math:`KL(q \| p) = A(\eta_p) - A(\eta_q) - (\eta_p - \eta_q) \cdot E_q[T]`, per factor, in the natural
+    parameters of the value less q's anchor (both factors given held)."""
+    about = anchor(family, eta_q)
+    eta_q, eta_p = to_natural(family, eta_q, about), to_natural(family, eta_p, about)
     difference = tuple(p - q for p, q in zip(eta_p, eta_q))
-    return (log_normalizer(family, eta_p) - log_normalizer(family, eta_q)
-            - _dot(difference, expected_statistics(family, eta_q), family))
+    a = functools.partial(_per_factor, family, family.log_normalizer)
+    return a(eta_p) - a(eta_q) - _dot(difference, _per_factor(family, jax.grad(family.log_normalizer), eta_q), family)
 
 
 def log_density(family: Family, eta: Natural, z: jax.Array) -> jax.Array:
-    r""":math:`\log q(z) = \eta \cdot T(z) - A(\eta)`, per factor."""
-    eta = tuple(eta)
-    return _dot(eta, _per_value(family, family.statistics, z), family) - log_normalizer(family, eta)
+    r""":math:`\log q(z) = \eta \cdot T(z) - A(\eta)`, per factor (held ``eta``: in the natural parameters of the
+    value less its anchor, and z less it)."""
+    about = anchor(family, eta)
+    natural = to_natural(family, eta, about)
+    z = z if about is None else z - about
+    return _dot(natural, _per_value(family, family.statistics, z), family) - _per_factor(family, family.log_normalizer,
+                                                                                           natural)
 
 
 def expect_linear(family: Family, eta: Natural, coefficients: Natural, constant: jax.Array) -> jax.Array:
@@ -472,6 +545,23 @@ def natural_parameters(fn: Callable[[jax.Array], jax.Array], family: Family, poi
     return beta, constant, NotLinear(gradient_residual, jnp.maximum(value_residual, jnp.max(inner)))
 
 
+def read_about(fn: Callable, family: Family, eta: Natural, num_points: int, *, has_aux: bool = False,
+               values: bool = True) -> tuple[Natural, jax.Array | None, NotLinear, jax.Array | None]:
+    r"""``natural_parameters`` of ``fn`` at ``family.points(eta, num_points)``, near the factor ``eta`` (held), taken
+    about its anchor c: the coefficients of :math:`T(z - c)` in :math:`f(z)` (a shift of the value leaves f linear
+    in T). ``from_natural(family, beta, about)`` makes them a factor's held parameters.
+
+    Returns:
+      ``(beta, c, not_linear, about)``: ``natural_parameters``' three and the anchor (None where there is none).
+    """
+    about = anchor(family, eta)
+    points = family.points(tuple(eta), num_points)
+    if about is None:
+        return natural_parameters(fn, family, points, has_aux=has_aux, values=values) + (None,)
+    return natural_parameters(lambda z: fn(z + about), family, points - about, has_aux=has_aux,
+                              values=values) + (about,)
+
+
 def expectation(fn: Callable, families: tuple, etas: tuple, num_points: int = 3) -> tuple[jax.Array, jax.Array]:
     r""":math:`E_q[f(z_1, \dots, z_m)]` under :math:`q = \prod_j q_j` (``families[j]`` with natural parameters
     ``etas[j]``), exactly, for an f that is linear in every factor's statistics given the others (a
@@ -504,7 +594,7 @@ def coordinate_update(fn: Callable, families: tuple, etas: tuple, j: int, num_po
     :math:`E_{q_{-j}}[f(z)]`, read off that function of :math:`z_j` by ``natural_parameters``.
 
     Returns:
-      ``(eta_j, not_linear)``: the new natural parameters of factor j and the worst linearity residual,
+      ``(eta_j, not_linear)``: the new (held) parameters of factor j and the worst linearity residual,
       the expectations over the other factors' included.
     """
     others = tuple(k for k in range(len(families)) if k != j)
@@ -517,8 +607,8 @@ def coordinate_update(fn: Callable, families: tuple, etas: tuple, j: int, num_po
         return expectation(full, tuple(families[k] for k in others), tuple(etas[k] for k in others), num_points)
 
     family = families[j]
-    beta, _, residuals = natural_parameters(given, family, family.points(tuple(etas[j]), num_points), has_aux=True)
-    return beta, jnp.maximum(*residuals)
+    beta, _, residuals, about = read_about(given, family, etas[j], num_points, has_aux=True)
+    return from_natural(family, beta, about), jnp.maximum(*residuals)
 
 
 # --- expectations by quadrature ---------------------------------------------------------------------

@@ -34,7 +34,7 @@ class FactorSpec(NamedTuple):
       batch_shape: how many independent factors (the spec's ``shape``).
       event_shape: one value's shape in the family's layout.
       value: the family's layout -> the value ``log_joint`` receives (batch in front).
-      reference: ``reference(dtype)``: natural parameters of a broad member of the family, where a factor's
+      reference: ``reference(dtype)``: the held parameters of a broad member of the family, where a factor's
         log-prior is read off before any fitted q exists.
       read_points: how many points ``expfam.natural_parameters`` needs to read the natural parameters of this
         family (where the statistics outnumber one gradient's entries); CAVI's updates read at these, its
@@ -83,9 +83,9 @@ def factor_spec(spec) -> FactorSpec:
 
         def reference(dt):
             ones = jnp.ones(spec.shape, dt)
-            return expfam.normal_wishart_natural(jnp.zeros(spec.shape + (d,), dt), ones,
-                                                 jnp.broadcast_to(jnp.eye(d, dtype=dt), spec.shape + (d, d)),
-                                                 ones * (d + 2))
+            return expfam.normal_wishart_parameters(jnp.zeros(spec.shape + (d,), dt), ones,
+                                                    jnp.broadcast_to(jnp.eye(d, dtype=dt), spec.shape + (d, d)),
+                                                    ones * (d + 2))
 
         def value(z):  # [mu - c | L] -> (mu, L)
             mean, precision = expfam.normal_wishart_parts(z)
@@ -99,7 +99,7 @@ def factor_spec(spec) -> FactorSpec:
 
 
 def center(spec, dtype) -> jax.Array | float:
-    """Where a Normal-Wishart's or Normal-Gamma's factor takes its natural parameters about (its ``center``,
+    """The origin of a Normal-Wishart's or Normal-Gamma's layout, whose mean is held less it (its ``center``,
     broadcast against the mean), or 0: the family's layout holds the mean less it."""
     return 0.0 if getattr(spec, "center", None) is None else jnp.asarray(spec.center, dtype)
 
@@ -120,7 +120,8 @@ def encoded(spec, value) -> jax.Array:
 @functools.partial(jax.tree_util.register_dataclass, data_fields=["eta"], meta_fields=["spec"])
 @dataclasses.dataclass(frozen=True)
 class Factor:
-    r"""A fitted factor of q: ``eta``, the natural parameters, of ``spec``'s family (batch shape in front).
+    r"""A fitted factor of q: ``eta``, its parameters as held (``expfam``: the natural parameters, a Normal-Wishart's
+    about its mean), of ``spec``'s family (batch shape in front).
 
     ``mean()``, ``variance()``, ``entropy()``, ``sample(key, n)`` and ``log_prob(value)`` speak the value
     ``log_joint`` receives (a ``(mean, precision)`` pair for ``NormalWishart`` and ``NormalGamma``).

@@ -176,13 +176,13 @@ def _read_at(layout: LocalLayout, fn: DatumJoint, others: tuple, j: int, at: tup
         return expfam.expect_product(lambda *zs: fn(zs[:j] + (z_j,) + zs[j:]), tuple(others))
 
     at = factor.reference(dtype) if at is None else at
-    points = factor.family.points(tuple(at), factor.read_points + int(checked))
-    eta, _, residual = expfam.natural_parameters(of_factor, factor.family, points, values=False)
+    eta, _, residual, about = expfam.read_about(of_factor, factor.family, at, factor.read_points + int(checked),
+                                                values=False)
     if counts[j] is not None:  # the gradient is the multiplicity times one copy's natural parameters
         per_copy = lambda e: jnp.where(counts[j][..., None] > 0, e / jnp.where(counts[j] > 0, counts[j], 1)[..., None],
                                        0.0)  # noqa: E731
         eta = tuple(per_copy(e) for e in eta)
-    return tuple(e.astype(dtype) for e in eta), jnp.maximum(*residual)
+    return tuple(e.astype(dtype) for e in expfam.from_natural(factor.family, eta, about)), jnp.maximum(*residual)
 
 
 def complete(layout: LocalLayout, fn: DatumJoint, carried: tuple, dtype, counts: tuple) -> tuple:

@@ -298,8 +298,9 @@ def test_float32_bayesian_mixture_of_data_far_from_the_origin_is_fitted_as_near_
         else:  # a Normal-Gamma per dimension: the Normal-Wishart with d = 1
             scale_inverse, dof, mean = 2 * p["rate"][..., None, None], 2 * p["shape"], p["mean"][..., None]
             center = center[:, None]
-        components = expfam.normal_wishart_natural(jnp.asarray(mean - 1000.0 - center), jnp.asarray(p["strength"]),
-                                                   jnp.asarray(scale_inverse), jnp.asarray(dof))
+        components = expfam.normal_wishart_parameters(jnp.asarray(mean - 1000.0 - center),
+                                                      jnp.asarray(p["strength"]),
+                                                      jnp.asarray(scale_inverse), jnp.asarray(dof))
         weights = (jnp.asarray(q["weights"]["concentration"], jnp.float64) - 1,)
         truth = jaxvi.CAVI().bound(near, {}, (tuple(components), weights), jnp.asarray(x64))
     assert abs(float(result.objective) - float(truth)) <= resolution
@@ -488,9 +489,10 @@ def test_variational_gaussian_hmm_equals_hmmlearn_iteration_by_iteration():
     peer.init_params = ""
 
     def posteriors():  # hmmlearn's factors as natural parameters (means less center): emissions, start, transitions
-        emissions = expfam.normal_wishart_natural(jnp.asarray(peer.means_posterior_ - center),
-                                                  jnp.asarray(peer.beta_posterior_), jnp.asarray(peer.scale_posterior_),
-                                                  jnp.asarray(peer.dof_posterior_))
+        emissions = expfam.normal_wishart_parameters(jnp.asarray(peer.means_posterior_ - center),
+                                                     jnp.asarray(peer.beta_posterior_),
+                                                     jnp.asarray(peer.scale_posterior_),
+                                                     jnp.asarray(peer.dof_posterior_))
         return (tuple(emissions), (jnp.asarray(peer.startprob_posterior_) - 1,),
                 (jnp.asarray(peer.transmat_posterior_) - 1,))
 
@@ -594,7 +596,8 @@ def test_the_default_tolerance_is_the_bound_s_resolution_where_coarser_and_count
 def test_a_cavi_fault_s_message_speaks_of_its_priors_and_global_terms_not_of_init_params():
     """A CAVI fit has no initial parameters to check (a zoo model's θ is empty): its fault at the start told the user
     to "check init (or init_params)"; a non-finite global part of the bound said only "log_prior became non-finite"
-    (float32 fits of nearly collinear features: standardised breast cancer, K = 8, stopped so in 11 of 12 keys)."""
+    (float32 fits of nearly collinear features stopped so: standardised breast cancer, K = 8, 11 of 12 keys, until
+    q's Normal-Wishart factors were held about their means)."""
     from jaxvi.result import FAULT_LOG_EVIDENCE, Fault
     from jaxvi.run.guard import raise_on_fault
     x = np.random.default_rng(0).normal(size=(20, 2)).astype(np.float32)

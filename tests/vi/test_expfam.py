@@ -216,13 +216,15 @@ def test_closed_form_entropies_equal_the_log_normalizer_identity():
     with jax.enable_x64(True):
         mean = jnp.array([[1.0, -2.0, 0.5], [0.0, 3.0, 1.0]])
         scale_inverse = jnp.stack([jnp.array([[2.0, 0.3, 0.0], [0.3, 1.0, 0.2], [0.0, 0.2, 1.5]]), 3.0 * jnp.eye(3)])
-        eta = expfam.normal_wishart_natural(mean, jnp.array([2.0, 40.0]), scale_inverse, jnp.array([4.5, 60.0]))
-        for family, natural in ((expfam.NORMAL_WISHART, eta), (expfam.WISHART, (-0.5 * scale_inverse,
-                                                                                  jnp.array([1.0, 20.0])))):
-            identity = (expfam.log_normalizer(family, natural)
+        eta = expfam.normal_wishart_parameters(mean, jnp.array([2.0, 40.0]), scale_inverse,
+                                               jnp.array([4.5, 60.0]))
+        for family, held in ((expfam.NORMAL_WISHART, eta), (expfam.WISHART, (-0.5 * scale_inverse,
+                                                                               jnp.array([1.0, 20.0])))):
+            natural = expfam.to_natural(family, held)
+            identity = (expfam.log_normalizer(family, held)
                         - sum(jnp.sum(e * t, axis=tuple(range(1, e.ndim)))
-                              for e, t in zip(natural, expfam.expected_statistics(family, natural))))
-            np.testing.assert_allclose(expfam.entropy(family, natural), identity, rtol=1e-12)
+                              for e, t in zip(natural, expfam.expected_statistics(family, held))))
+            np.testing.assert_allclose(expfam.entropy(family, held), identity, rtol=1e-12)
 
 
 @pytest.mark.parametrize("name", ["gamma", "wishart", "normal-wishart", "normal", "dirichlet"])
@@ -235,7 +237,7 @@ def test_every_family_s_quadrature_rule_averages_its_statistics_to_their_expecta
         family, eta = {
             "gamma": (expfam.GAMMA, (jnp.array([-0.5, 30.0]), jnp.array([-2.0, -0.1]))),
             "wishart": (expfam.WISHART, (-0.5 * scale_inverse, jnp.array([0.0, 20.0]))),
-            "normal-wishart": (expfam.NORMAL_WISHART, expfam.normal_wishart_natural(
+            "normal-wishart": (expfam.NORMAL_WISHART, expfam.normal_wishart_parameters(
                 mean, jnp.array([0.01, 40.0]), scale_inverse, jnp.array([3.0, 60.0]))),
             "normal": (expfam.NORMAL, (jnp.array([[1.0, 2.0, 3.0], [0.0, -1.0, 0.5]]), -0.5 * scale_inverse)),
             "dirichlet": (expfam.DIRICHLET, (jnp.array([[-0.9, 0.5, 9.0], [0.1, 0.1, 0.1]]),)),
@@ -283,9 +285,11 @@ def factor_cases():
         (latents.OneHot(3), (jnp.log(probs),), ((probs, probs * (1 - probs)),)),
         (latents.Wishart(2), wishart_eta(nu, scale), (wishart,)),
         (latents.Gaussian(2), normal_eta(mean, precision), ((mean, jnp.diag(jnp.linalg.inv(precision))),)),
-        (latents.NormalGamma((1,)), expfam.normal_wishart_natural(m[:, None], b0, 2 * r0[:, None, None], 2 * a0),
+        (latents.NormalGamma((1,)),
+         expfam.normal_wishart_parameters(m[:, None], b0, 2 * r0[:, None, None], 2 * a0),
          ((m, r0 / (b0 * (a0 - 1))), (a0 / r0, a0 / r0 ** 2))),
-        (latents.NormalWishart(2), expfam.normal_wishart_natural(mean, strength, jnp.linalg.inv(scale), jnp.array(nu)),
+        (latents.NormalWishart(2),
+         expfam.normal_wishart_parameters(mean, strength, jnp.linalg.inv(scale), jnp.array(nu)),
          ((mean, jnp.diag(jnp.linalg.inv(scale)) / (strength * (nu - 2 - 1))), wishart)),
     ]
 
@@ -309,3 +313,43 @@ def test_factor_draws_have_their_distribution_s_mean_and_variance():
                 assert np.all(np.abs(sample_variance - variance) < 5 * variance_error), (spec, sample_variance)
         one = factors[0].sample(jax.random.key(1), 3)  # n draws of one factor: the same sampler, vmapped over keys
         assert one.shape == (3, 2) and np.all((one > 0) & (one < 1))
+
+
+def test_a_float32_normal_wishart_read_keeps_a_near_singular_scale_of_data_far_from_the_origin():
+    """The Normal-Wishart posterior of 200 points in 6-D whose covariance has condition ~1e5 and whose mean lies 16
+    units from the origin, read in float32 as CAVI reads it (``read_about`` at q's points, then ``from_natural``),
+    against the closed form in float64 (Bishop 10.60-10.63, of the same float32 data): b and nu to float32 rounding,
+    and W^-1 to float32's resolution of a matrix of its condition (eps cond(W^-1) ~ 1.5e-2, in the whitened
+    directions). Held as natural parameters about the origin and read at q's own precisions, W^-1 was off by 89% in
+    its smallest direction and b by 0.08%: the difference of two matrices of size b |m|^2, and solves with precisions
+    of condition 1e5."""
+    rng = np.random.default_rng(0)
+    d, n = 6, 200
+    mixing = rng.normal(size=(d, d)) @ np.diag(np.logspace(0, -2.5, d))
+    x32 = jnp.asarray(rng.normal(size=(n, d)) @ mixing.T + 16.0, jnp.float32)
+    x = np.asarray(x32, np.float64)
+    m0, b0, nu0, psi0 = np.zeros(d), 1.0, d + 1.0, 1e-3 * np.eye(d)
+    mean, b, nu = (b0 * m0 + x.sum(0)) / (b0 + n), b0 + n, nu0 + n
+    scatter = (x - x.mean(0)).T @ (x - x.mean(0))
+    w_inv = psi0 + scatter + b0 * n / b * np.outer(x.mean(0) - m0, x.mean(0) - m0)
+
+    def log_joint(z):  # written as a user writes it, about the value's mean
+        mu, precision = expfam.normal_wishart_parts(z)
+        log_det = jnp.linalg.slogdet(precision)[1]
+        data = jnp.sum(jax.vmap(lambda xi: 0.5 * (log_det - (xi - mu) @ precision @ (xi - mu)))(x32))
+        prior = 0.5 * (d * jnp.log(b0) + log_det - b0 * (mu - m0) @ precision @ (mu - m0))
+        return data + prior + 0.5 * (nu0 - d - 1) * log_det - 0.5 * jnp.sum(psi0 * precision)
+
+    q = expfam.normal_wishart_parameters(*(jnp.asarray(a, jnp.float32) for a in (mean, b, w_inv, nu)))
+
+    @jax.jit
+    def read(q):
+        beta, _, _, about = expfam.read_about(log_joint, expfam.NORMAL_WISHART, q, 2, values=False)
+        return expfam.normal_wishart_moments(expfam.from_natural(expfam.NORMAL_WISHART, beta, about))
+
+    got_mean, got_b, got_w_inv, got_nu = (np.asarray(a, np.float64) for a in read(q))
+    np.testing.assert_allclose([got_b, got_nu], [b, nu], rtol=1e-5)
+    np.testing.assert_allclose(got_mean, mean, rtol=1e-6)
+    whiten = np.linalg.cholesky(np.linalg.inv(w_inv))
+    assert np.linalg.cond(w_inv) > 1e5
+    assert np.abs(np.linalg.eigvalsh(whiten.T @ (got_w_inv - w_inv) @ whiten)).max() < 2e-2
