@@ -16,6 +16,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.custom_derivatives import SymbolicZero
 from jax.scipy.special import gammaln, multigammaln
 
 from jaxvi.latents import Dirichlet, Discrete, Global, NormalGamma, NormalWishart
@@ -35,19 +36,48 @@ def wishart_log_prob(precision: jax.Array, dof, scale_inverse: jax.Array) -> jax
             - multigammaln(0.5 * dof, d))
 
 
+@jax.custom_jvp
+def _quadratic(xc, mc, precision):
+    r""":math:`(x - \mu)^T \Lambda (x - \mu)` from :math:`\tilde x = x - c`, :math:`\tilde\mu = \mu - c` as
+    :math:`(\tilde x^T \Lambda - (\Lambda \tilde\mu)^T)(\tilde x - \tilde\mu)`: :math:`\tilde x^T \Lambda` is one
+    product of the data with every component's precision (N x D by D x KD), the rest is elementwise, and the value
+    keeps the digits of a datum near its component, where the expansion :math:`\tilde x^T \Lambda \tilde x -
+    2 \tilde x^T \Lambda \tilde\mu + \tilde\mu^T \Lambda \tilde\mu` subtracts terms of size
+    :math:`|\tilde x|^2 \|\Lambda\|`: float32 lost the responsibilities and the bound to that where features are
+    collinear (standardised breast cancer data, 30 features, K = 8: the bound fell by up to 1.8 nats between
+    iterations; 0.3 so). Its derivative (``_quadratic_jvp``) is the expansion's, whose products with the data are one
+    product as well."""
+    return (xc @ precision - precision @ mc) @ (xc - mc)
+
+
+def _quadratic_jvp(primals, tangents):
+    """The derivative of the quadratic form, expanded about the center: in the CAVI reads' gradients the data meet
+    the precisions' cotangents in one product (N x D by D x KD), not in K small ones of x - mu_k (2-4x the time).
+    Only the terms of the moving arguments are formed (the quadrature's derivatives move the mixture's weights alone,
+    and a product of the data with a zero precision cost as much as the value)."""
+    xc, mc, precision = primals
+    dxc, dmc, dprecision = (None if type(t) is SymbolicZero else t for t in tangents)
+    change = jnp.zeros(jnp.shape(xc)[:-1], xc.dtype)
+    if dprecision is not None:
+        change = change + xc @ dprecision @ xc - 2 * xc @ (dprecision @ mc) + mc @ dprecision @ mc
+    if dxc is not None or dmc is not None:
+        shift = (0.0 if dxc is None else dxc) - (0.0 if dmc is None else dmc)
+        pulled = precision @ shift
+        change = change + 2 * (xc @ pulled - mc @ pulled)
+    return _quadratic(xc, mc, precision), change
+
+
+_quadratic.defjvp(_quadratic_jvp, symbolic_zeros=True)
+
+
 def _normal_log_prob(x, mean, precision, center=None):
-    r""":math:`\log N(x \mid \mu, \Lambda^{-1})`, the quadratic form expanded about a fixed ``center`` c (default
-    :math:`\mu`; :math:`\tilde x = x - c`, :math:`\tilde\mu = \mu - c`):
-    :math:`\tilde x^T \Lambda \tilde x - 2 \tilde x^T \Lambda \tilde\mu + \tilde\mu^T \Lambda \tilde\mu`. Evaluated for
-    every datum and component with c fixed, :math:`\tilde x^T \Lambda_k` is one product of the data with all the
-    components' precisions (N x D by D x KD) and :math:`\Lambda_k \tilde\mu_k` is computed once, where
-    :math:`x - \mu_k` would make the data's product with each component's precision a small product of its own
-    (K products of N x D by D x D), in the gradients too. Centred on the data's mean, the terms stay of the size
-    of the data's spread."""
+    r""":math:`\log N(x \mid \mu, \Lambda^{-1})`, with the data taken about a fixed ``center`` c (default
+    :math:`\mu`; ``_quadratic``): evaluated for every datum and component with c fixed, the data meet all the
+    components' precisions in one product. Centred on the data's mean, the terms stay of the size of the data's
+    spread."""
     d = x.shape[-1]
     center = mean if center is None else center
-    xc, mc = x - center, mean - center
-    quadratic = xc @ precision @ xc - 2 * xc @ (precision @ mc) + mc @ precision @ mc
+    quadratic = _quadratic(x - center, mean - center, precision)
     return 0.5 * (jnp.linalg.slogdet(precision)[1] - quadratic - d * jnp.log(2 * jnp.pi))
 
 
@@ -95,8 +125,8 @@ def bayesian_gaussian_mixture(data, K: int, covariance: str = "full", *, weight_
     name = "covariance_prior" if covariance_prior is not None else "covariance_prior (default: the data's covariance)"
     psi0 = (priors.spd_matrices(name, cov, (d, d), dtype) if covariance == "full"
             else priors.numbers(name, cov, (d,), dtype, above=0))
-    # the likelihood's expansion point (_normal_log_prob), and where q's natural parameters are taken about (the
-    # components' ``center``: float32 keeps their digits with data far from 0)
+    # where the data are taken about (_normal_log_prob), and the origin of q's components' layout (their ``center``:
+    # their prior is read about it, and float32 keeps its digits with data far from 0)
     center = np.asarray(x.mean(0), dtype)  # NumPy: the model equal to itself built again (models.priors)
     about = tuple(float(c) for c in np.asarray(center))
 
