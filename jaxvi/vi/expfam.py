@@ -18,9 +18,9 @@ A family's natural parameters are a tuple of arrays with the batch shape in fron
 three independent Gammas). A factor is held in them, but for the Normal-Wishart, held about its own mean
 (``NORMAL_WISHART``: float32 keeps W^-1 so); every function here takes a factor's held parameters, and
 ``to_natural`` / ``from_natural`` / ``read_about`` move between the two. Families: ``BETA``, ``GAMMA``,
-``DIRICHLET``, ``WISHART``, ``NORMAL`` (a
-d-dimensional Gaussian), ``NORMAL_WISHART`` and ``CATEGORICAL`` (over one-hot vectors, T = z: a function linear in
-z has its expectation at the mean, and its gradient is the update's natural parameters).
+``DIRICHLET``, ``WISHART``, ``NORMAL`` (a d-dimensional Gaussian), ``NORMAL_WISHART`` and ``CATEGORICAL`` (over
+one-hot vectors, T = z: a function linear in z has its expectation at the mean, and its gradient is the update's
+natural parameters).
 """
 from __future__ import annotations
 
@@ -34,11 +34,11 @@ from jax.scipy.special import digamma, gammaln, multigammaln
 
 from jaxvi.linalg import spd_inverse, spd_log_det, spd_solve
 
-__all__ = ["BETA", "CATEGORICAL", "DIRICHLET", "Family", "GAMMA", "NORMAL", "NORMAL_WISHART", "NotLinear", "Quadrature", "WISHART",
-           "coordinate_update", "entropy", "expect_linear", "expect_product", "expectation", "expected_statistics",
-           "kl_divergence", "log_density", "log_normalizer", "natural_parameters", "normal_wishart_moments",
-           "normal_wishart_parameters", "normal_wishart_parts", "quadrature", "read_about", "tangent_change", "anchor",
-           "to_natural", "from_natural"]
+__all__ = ["BETA", "CATEGORICAL", "DIRICHLET", "Family", "GAMMA", "NORMAL", "NORMAL_WISHART", "NotLinear", "Quadrature",
+           "WISHART", "anchor", "coordinate_update", "entropy", "expect_linear", "expect_product", "expectation",
+           "expected_statistics", "from_natural", "kl_divergence", "log_density", "log_normalizer",
+           "natural_parameters", "normal_wishart_moments", "normal_wishart_parameters", "normal_wishart_parts",
+           "quadrature", "read_about", "tangent_change", "to_natural"]
 
 Natural = tuple  # natural parameters: a tuple of arrays, batch shape in front
 
@@ -310,7 +310,7 @@ NORMAL = Family(  # eta = (J mu, -J / 2), T = (z, z z^T)
 # the first (0 there) replaced by m. Held as natural parameters, W^-1 = -2 eta_3 - b m m^T is the difference of two
 # matrices of size b |m|^2: float32 keeps none of its digits in the directions where it is near-singular (collinear
 # features) once a component's mean lies a few units from the origin. Reads are taken about the factor's mean too
-# (``read_factor``), and turned into held parameters where the difference is small (``_normal_wishart_hold``).
+# (``read_about``), and turned into held parameters where the difference is small (``_normal_wishart_hold``).
 
 def normal_wishart_parts(z):
     """(mean, precision) of a Normal-Wishart value [mu | L]."""
