@@ -426,10 +426,12 @@ def expected_statistics(family: Family, eta: Natural) -> Natural:
 
 
 def _dot(eta: Natural, stats: Natural, family: Family) -> jax.Array:
-    """sum over the event dimensions of eta . T, per factor (batch shape)."""
+    """sum over the event dimensions of eta . T, per factor (the batch shape, or the values' where T is of many
+    values of each factor: ``log_density`` of draws)."""
     total = 0.0
     for e, t, nd in zip(eta, stats, family.stat_ndims):
-        total = total + jnp.sum(e * t, axis=tuple(range(e.ndim - nd, e.ndim)))
+        product = e * t
+        total = total + jnp.sum(product, axis=tuple(range(product.ndim - nd, product.ndim)))
     return total
 
 

@@ -274,6 +274,35 @@ def test_float32_bayesian_mixture_of_nearly_collinear_features_fits_from_every_k
         assert np.diff(trace).min() >= -2e-4 * abs(trace[-1]), (seed, np.diff(trace).min())
 
 
+def test_a_stochastic_step_of_normal_wishart_factors_is_the_natural_gradient_step():
+    """Stochastic CAVI's step moves each factor to (1 - rho) eta + rho eta_hat in natural parameters (Hoffman et al.
+    2013). The Normal-Wishart factors are held about their means and averaged about them: the step equals the
+    average taken in natural parameters about the origin (float64), of the step at rho = 1 (tau0 = 0, the
+    minibatch's optimum) and the factors before, means 40 units out."""
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(37, 1, (20, 2)), rng.normal(43, 1, (20, 2))])
+    with jax.enable_x64(True):
+        model = jaxvi.models.bayesian_gaussian_mixture(x, 2)
+        data = jnp.asarray(x)
+        start = jaxvi.CAVI(batch_size=20).init(model, KEY, data, num_data=40)
+        batch = data[jnp.arange(0, 40, 2)]
+
+        def step(tau0):  # rho = (tau0 + 1) ** -0.75 at the first step
+            method = jaxvi.CAVI(batch_size=20, step_size=(tau0, 0.75))
+            return method.step(model, KEY, start, batch, num_data=40)[0].factors
+
+        family = expfam.NORMAL_WISHART
+        (optimum, optimum_weights), (stepped, stepped_weights) = step(0.0), step(1.0)
+        rho = 2.0 ** -0.75
+        natural = [expfam.to_natural(family, f) for f in (start.factors[0], optimum)]
+        want = expfam.from_natural(family, tuple((1 - rho) * a + rho * b for a, b in zip(*natural)))
+        for got, expected in zip(expfam.normal_wishart_moments(stepped), expfam.normal_wishart_moments(want)):
+            np.testing.assert_allclose(got, expected, rtol=1e-9)
+        np.testing.assert_allclose(stepped_weights[0], (1 - rho) * start.factors[1][0] + rho * optimum_weights[0],
+                                   rtol=1e-12)
+        assert float(jnp.max(jnp.abs(stepped[0] - start.factors[0][0]))) > 0.1  # the means moved
+
+
 def test_a_mixture_s_start_keeps_its_components_alive_on_two_clusters():
     """Two clusters, K = 4, four keys, default settings (a k-means start, as scikit-learn's BayesianGaussianMixture
     starts; tol to 1e-5 per datum or float32's resolution): every key finds both clusters (two weights of 0.5, the

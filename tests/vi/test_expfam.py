@@ -80,6 +80,36 @@ def wishart_kl(nu_q, scale_q, nu_p, scale_p):
             + multigammaln(nu_p / 2, d) - multigammaln(nu_q / 2, d) + (nu_q - nu_p) / 2 * multi_digamma)
 
 
+def test_normal_wishart_density_and_kl_equal_the_closed_forms():
+    """A Normal-Wishart factor, held about its mean (means 30 units out): log q(mu, L) equals TFP's
+    N(mu | m, (b L)^-1) W(L | nu, W); KL(q || p) the Wishart's KL plus E_L KL of the Normals,
+    1/2 (d b_p / b_q - d - d log(b_p / b_q) + b_p nu_q (m_q - m_p)^T W_q (m_q - m_p)); and log q of many values
+    at once, as of each."""
+    with jax.enable_x64(True):
+        mean_q, mean_p = jnp.array([30.0, -29.0]), jnp.array([31.0, -30.5])
+        scale_q, scale_p = jnp.array([[2.0, 0.3], [0.3, 1.0]]), jnp.array([[1.0, -0.2], [-0.2, 3.0]])
+        q = expfam.normal_wishart_parameters(mean_q, jnp.array(3.0), jnp.linalg.inv(scale_q), jnp.array(5.0))
+        p = expfam.normal_wishart_parameters(mean_p, jnp.array(0.5), jnp.linalg.inv(scale_p), jnp.array(7.0))
+        mu, precision = jnp.array([29.5, -28.0]), jnp.array([[1.5, 0.2], [0.2, 0.8]])
+        truth = (tfd.MultivariateNormalFullCovariance(mean_q, jnp.linalg.inv(3.0 * precision)).log_prob(mu)
+                 + tfd.WishartTriL(5.0, jnp.linalg.cholesky(scale_q)).log_prob(precision))
+        value = jnp.concatenate([mu[:, None], precision], axis=1)
+        np.testing.assert_allclose(expfam.log_density(expfam.NORMAL_WISHART, q, value), truth, rtol=RTOL)
+        offset = mean_q - mean_p
+        normals = 0.5 * (2 * 0.5 / 3.0 - 2 - 2 * jnp.log(0.5 / 3.0) + 0.5 * 5.0 * offset @ scale_q @ offset)
+        np.testing.assert_allclose(expfam.kl_divergence(expfam.NORMAL_WISHART, q, p),
+                                   wishart_kl(5.0, scale_q, 7.0, scale_p) + normals, rtol=1e-10)
+        # log q of many values of one factor (Factor.log_prob of draws): the event's sum was taken over the values'
+        # axis for every family of vector statistics
+        values = jnp.stack([value, value.at[:, 0].add(1.0)])
+        np.testing.assert_allclose(Factor(latents.NormalWishart(2), q).log_prob((values[:, :, 0], values[:, :, 1:])),
+                                   jax.vmap(lambda v: expfam.log_density(expfam.NORMAL_WISHART, q, v))(values),
+                                   rtol=RTOL)
+        points = jnp.array([[0.2, 0.3, 0.5], [0.6, 0.3, 0.1]])
+        np.testing.assert_allclose(Factor(latents.Dirichlet(3), (jnp.array([0.0, 1.0, 2.0]),)).log_prob(points),
+                                   tfd.Dirichlet(jnp.array([1.0, 2.0, 3.0])).log_prob(points), rtol=RTOL)
+
+
 def test_expected_statistics_equal_the_closed_forms():
     with jax.enable_x64(True):
         _, eta, dist, _ = cases()["beta"]
