@@ -238,11 +238,10 @@ class NormalWishart:
     split by mean-field. Conjugate where the log-joint is linear in
     :math:`(\Lambda\mu, \mu^\top\Lambda\mu, \Lambda, \log|\Lambda|)`: Normal likelihoods.
 
-    ``center`` (d numbers, or None for 0): the origin of q's layout, which holds :math:`\mu - c`. A fitted factor is
-    held about its own mean, wherever that lies, but its prior is read off ``log_prior`` about the origin, as
-    :math:`b_0 m_0 m_0^\top + W_0^{-1}` in one sum: with prior means far from 0 (data at 1,000 with unit spread)
-    float32 keeps none of :math:`W_0^{-1}`'s digits there; about a ``center`` near them (the data's mean) it keeps
-    them all. ``log_joint`` and the fitted factor still speak :math:`\mu`."""
+    ``center`` (d numbers, or None for 0): the origin of q's layout, which holds :math:`\mu - c`. Every factor, its
+    prior's too, is read and held about its own mean, so float32 keeps :math:`W^{-1}`'s digits wherever the means
+    lie (iris at 300 and 1,000, tested); a ``center`` near them (the data's mean, as the zoo's models take) keeps the
+    first read of the prior, about the origin, near them too. ``log_joint`` and the fitted factor speak :math:`\mu`."""
 
     d: int
     shape: tuple = ()

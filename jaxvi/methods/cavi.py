@@ -502,7 +502,8 @@ class CAVI:
 
     def _prior_factors(self, structure: _Structure, params, dtype, checked: bool = True) -> tuple[tuple, jax.Array]:
         """Every factor's prior, its natural parameters read off ``log_prior`` (the others at their reference
-        members), and the reads' linearity residuals: checked at one point more than a read needs, values
+        members; a factor held about an anchor read twice, the second time about the first read's), and the reads'
+        linearity residuals: checked at one point more than a read needs, values
         included; unchecked (``checked=False``, the fit's start, after ``check`` has checked them), at as few
         points as determine them, gradients only (the residuals are then the gradients' alone)."""
         references = _references(structure, dtype)
@@ -511,8 +512,13 @@ class CAVI:
         for j, f in enumerate(structure.factors):
             prior = lambda z_j, j=j: expfam.expect_product(  # noqa: E731
                 lambda *others: structure.log_prior(params, _insert(others, j, z_j)), tuple(_drop(rules, j)))
-            eta, _, residual, about = expfam.read_about(prior, f.family, references[j],
-                                                        f.read_points + 1 if checked else f.read_points, values=checked)
+            points = f.read_points + 1 if checked else f.read_points
+            eta, _, residual, about = expfam.read_about(prior, f.family, references[j], points, values=checked)
+            if about is not None:  # again about the prior's own mean: about the reference's (0), a Normal-Wishart's
+                # prior is b0 m0 m0^T + W0^-1 in one sum, and float32 lost W0^-1 to it 300 units out
+                about = expfam.anchor(f.family, expfam.from_natural(f.family, eta, about))
+                eta, _, residual, about = expfam.read_about(prior, f.family, references[j], points, about=about,
+                                                            values=checked)
             factors.append(tuple(e.astype(dtype) for e in expfam.from_natural(f.family, eta, about)))
             residuals.append(jnp.maximum(*residual))
         return tuple(factors), jnp.stack(residuals) if residuals else jnp.zeros((0,), dtype)

@@ -547,20 +547,23 @@ def natural_parameters(fn: Callable[[jax.Array], jax.Array], family: Family, poi
     return beta, constant, NotLinear(gradient_residual, jnp.maximum(value_residual, jnp.max(inner)))
 
 
-def read_about(fn: Callable, family: Family, eta: Natural, num_points: int, *, has_aux: bool = False,
-               values: bool = True) -> tuple[Natural, jax.Array | None, NotLinear, jax.Array | None]:
+def read_about(fn: Callable, family: Family, eta: Natural, num_points: int, *, about: jax.Array | None = None,
+               has_aux: bool = False, values: bool = True) -> tuple[Natural, jax.Array | None, NotLinear,
+                                                                    jax.Array | None]:
     r"""``natural_parameters`` of ``fn`` at ``family.points(eta, num_points)``, near the factor ``eta`` (held), taken
     about its anchor c: the coefficients of :math:`T(z - c)` in :math:`f(z)` (a shift of the value leaves f linear
-    in T). ``from_natural(family, beta, about)`` makes them a factor's held parameters.
+    in T). ``about``: another anchor, the points moved with it. ``from_natural(family, beta, about)`` makes them a
+    factor's held parameters.
 
     Returns:
       ``(beta, c, not_linear, about)``: ``natural_parameters``' three and the anchor (None where there is none).
     """
-    about = anchor(family, eta)
+    own = anchor(family, eta)
     points = family.points(tuple(eta), num_points)
-    if about is None:
+    if own is None:
         return natural_parameters(fn, family, points, has_aux=has_aux, values=values) + (None,)
-    return natural_parameters(lambda z: fn(z + about), family, points - about, has_aux=has_aux,
+    about = own if about is None else about
+    return natural_parameters(lambda z: fn(z + about), family, points - own, has_aux=has_aux,
                               values=values) + (about,)
 
 

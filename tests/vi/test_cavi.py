@@ -320,24 +320,31 @@ def test_a_mixture_s_start_keeps_its_components_alive_on_two_clusters():
         assert bool(result.converged)
 
 
-@pytest.mark.parametrize("covariance", ["full", "diag"])
-def test_float32_bayesian_mixture_of_data_far_from_the_origin_is_fitted_as_near_it(iris, covariance):
-    """Iris moved to 1,000, in float32: the components' factors are taken about the data's mean (their ``center``),
-    so their natural parameters keep the digits that b m m^T + W^-1 about 0 loses (the fit was refused: a prior
-    "not finite" at 1,000; at 300 its bound fell by 280 units in its last place). The data themselves are held to
+@pytest.mark.parametrize("covariance, offset, centered", [("full", 1000.0, True), ("diag", 1000.0, True),
+                                                       ("full", 300.0, False)])
+def test_float32_bayesian_mixture_of_data_far_from_the_origin_is_fitted_as_near_it(iris, covariance, offset, centered):
+    """Iris moved to 1,000, in float32: the components' factors are held about their means, and their prior read
+    about its own mean, so they keep the digits that b m m^T + W^-1 about 0 loses (the fit was refused: a prior
+    "not finite" at 1,000; at 300 its bound fell by 280 units in its last place). So with the components laid out
+    about the data's mean (their ``center``), and without, at 300 (the prior was read about 0 alone, and at 300
+    refused as not finite, until it was read again about its mean). The data themselves are held to
     float32's spacing at 1,000 (6.1e-5), which moves each datum's log-density by about that over the smallest
     feature's spread: the bound is resolved to N times that (0.021 nats; measured: 0.0035 from float64, and 6-9,
     13-28 and 67-80 units in the last place at 100, 300 and 1,000, at 0 1-2.5). To that, the bound never falls, and
     it equals the float64 bound of the same q (its means moved back by 1,000, exactly) on the same data at 0."""
-    x32 = (iris + 1000.0).astype(np.float32)
+    x32 = (iris + offset).astype(np.float32)
     model = jaxvi.models.bayesian_gaussian_mixture(x32, 4, covariance)
+    if not centered:
+        theta = model.latent["theta"]
+        specs = {**theta.latent, "components": dataclasses.replace(theta.latent["components"], center=None)}
+        model = dataclasses.replace(model, latent={**model.latent, "theta": dataclasses.replace(theta, latent=specs)})
     result = fit(model, jnp.asarray(x32), max_iter=100, tol=1e-5, start="prior")  # a long climb (k-means: 2 nats)
     trace = np.asarray(result.trace, np.float64)[:int(result.n_iter) + 1]
-    resolution = len(x32) * np.spacing(np.float32(1000.0)) / iris.std(0).min()
+    resolution = len(x32) * np.spacing(np.float32(offset)) / iris.std(0).min()
     assert np.all(np.diff(trace) >= -resolution) and trace[-1] - trace[0] > 100 * resolution
     q = {name: factor.parameters() for name, factor in result.posterior().globals["theta"].items()}
     with jax.enable_x64(True):
-        x64 = x32.astype(np.float64) - 1000.0
+        x64 = x32.astype(np.float64) - offset
         near = jaxvi.models.bayesian_gaussian_mixture(x64, 4, covariance)
         center = np.asarray(near.latent["theta"].latent["components"].center)
         p = {key: np.asarray(value, np.float64) for key, value in q["components"].items()}
@@ -346,7 +353,7 @@ def test_float32_bayesian_mixture_of_data_far_from_the_origin_is_fitted_as_near_
         else:  # a Normal-Gamma per dimension: the Normal-Wishart with d = 1
             scale_inverse, dof, mean = 2 * p["rate"][..., None, None], 2 * p["shape"], p["mean"][..., None]
             center = center[:, None]
-        components = expfam.normal_wishart_parameters(jnp.asarray(mean - 1000.0 - center),
+        components = expfam.normal_wishart_parameters(jnp.asarray(mean - offset - center),
                                                       jnp.asarray(p["strength"]),
                                                       jnp.asarray(scale_inverse), jnp.asarray(dof))
         weights = (jnp.asarray(q["weights"]["concentration"], jnp.float64) - 1,)
