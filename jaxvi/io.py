@@ -84,10 +84,9 @@ def load(path, like=None) -> Any:
 def _normal_wishart_factors(model) -> bool:
     """Whether ``model`` has a Normal-Wishart or Normal-Gamma latent (a ``jaxvi.CAVI`` q's factor), in a ``Global``
     node or not."""
-    from jaxvi.latents import Global, NormalGamma, NormalWishart, is_spec
-    leaves = jax.tree_util.tree_leaves(getattr(model, "latent", None), is_leaf=is_spec)
-    leaves += [leaf for node in leaves if isinstance(node, Global)
-               for leaf in jax.tree_util.tree_leaves(node.latent, is_leaf=is_spec)]
+    from jaxvi.latents import NormalGamma, NormalWishart, is_spec, split_latent
+    parts = split_latent(getattr(model, "latent", None))
+    leaves = jax.tree_util.tree_leaves([parts.local] + [node.latent for node in parts.globals], is_leaf=is_spec)
     return any(isinstance(leaf, (NormalWishart, NormalGamma)) for leaf in leaves)
 
 

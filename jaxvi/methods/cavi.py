@@ -512,13 +512,15 @@ class CAVI:
         for j, f in enumerate(structure.factors):
             prior = lambda z_j, j=j: expfam.expect_product(  # noqa: E731
                 lambda *others: structure.log_prior(params, _insert(others, j, z_j)), tuple(_drop(rules, j)))
+            about = expfam.anchor(f.family, references[j])
+            if about is not None:  # read about the prior's own mean, found by a first read (its mean alone is used):
+                # about the reference's (0), a Normal-Wishart's prior is b0 m0 m0^T + W0^-1 in one sum, and float32
+                # lost W0^-1 to it 300 units out
+                first, _, _, about = expfam.read_about(prior, f.family, references[j], f.read_points, values=False)
+                about = expfam.anchor(f.family, expfam.from_natural(f.family, first, about))
             points = f.read_points + 1 if checked else f.read_points
-            eta, _, residual, about = expfam.read_about(prior, f.family, references[j], points, values=checked)
-            if about is not None:  # again about the prior's own mean: about the reference's (0), a Normal-Wishart's
-                # prior is b0 m0 m0^T + W0^-1 in one sum, and float32 lost W0^-1 to it 300 units out
-                about = expfam.anchor(f.family, expfam.from_natural(f.family, eta, about))
-                eta, _, residual, about = expfam.read_about(prior, f.family, references[j], points, about=about,
-                                                            values=checked)
+            eta, _, residual, about = expfam.read_about(prior, f.family, references[j], points, about=about,
+                                                        values=checked)
             factors.append(tuple(e.astype(dtype) for e in expfam.from_natural(f.family, eta, about)))
             residuals.append(jnp.maximum(*residual))
         return tuple(factors), jnp.stack(residuals) if residuals else jnp.zeros((0,), dtype)
@@ -817,8 +819,8 @@ class CAVI:
             fn = self._factor_function(model, structure, params, tuple(factors), data, post, j, scale)
             eta, _, residual, about = expfam.read_about(fn, f.family, factors[j], f.read_points, values=False)
             if rho is not None:  # both in the natural parameters of the value less the factor's anchor
-                old = expfam.to_natural(f.family, factors[j], about)
-                eta = tuple((1 - rho) * o + rho * e for e, o in zip(eta, old))
+                before = expfam.to_natural(f.family, factors[j], about)
+                eta = tuple((1 - rho) * b + rho * e for e, b in zip(eta, before))
             eta = expfam.from_natural(f.family, eta, about)
             factors[j] = tuple(e.astype(old.dtype) for e, old in zip(eta, factors[j]))
             worst = jnp.maximum(worst, jnp.maximum(*residual))
