@@ -28,9 +28,11 @@ import numpy as np
 
 __all__ = ["Archive", "check_path", "fill", "key_impl", "load", "save", "save_tree"]
 
-SECTIONS = ("params", "guide_params", "objective", "trace", "n_iter", "converged", "diagnostics")
-FORMAT = "jaxvi-result-3"  # 2: keys stored with their implementation; 3: Normal-Wishart factors held about their means
-READABLE = ("jaxvi-result-1", "jaxvi-result-2", FORMAT)
+SECTIONS = ("params", "guide_params", "objective", "trace", "n_iter", "converged", "diagnostics", "method")
+# 2: keys stored with their implementation; 3: Normal-Wishart factors held about their means; 4: the method's numbers
+FORMAT = "jaxvi-result-4"
+READABLE = ("jaxvi-result-1", "jaxvi-result-2", "jaxvi-result-3", FORMAT)
+_NATURAL_NORMAL_WISHART = ("jaxvi-result-1", "jaxvi-result-2")  # formats whose Normal-Wishart factors are natural
 _META_LIMIT = 1 << 24  # bytes of the JSON metadata
 
 
@@ -41,7 +43,10 @@ def save(result, path) -> None:
       ValueError: ``path`` is a directory, or no file can be written there.
     """
     path = check_path(path, "path")
-    save_tree(path, {section: getattr(result, section) for section in SECTIONS},
+    sections = {section: getattr(result, section) for section in SECTIONS}
+    # the method's numbers as a fit holds them (a number given as a Python float is a float32 array there)
+    sections["method"] = jax.tree_util.tree_map(jnp.asarray, result.method)
+    save_tree(path, sections,
               {"format": FORMAT, "method": repr(result.method)})
 
 
@@ -52,14 +57,17 @@ def load(path, like=None) -> Any:
       path: the ``.npz`` file.
       like: a ``Result`` of the same model, method and data shapes, with the same ``max_iter`` and ``n_init``
         (its trace holds ``max_iter + 1`` objectives, and there is one per restart); its structure receives the
-        loaded arrays, and only the members it needs are read.
+        loaded arrays, and only the members it needs are read. It may be abstract
+        (``jax.eval_shape(lambda: jaxvi.infer(...))``: nothing is fitted): the method's numbers (``tol``, a step
+        size) are read from the file too.
 
     Returns:
       A ``Result`` (with ``like``), else ``{section: {path: array}}``.
 
     Raises:
       ValueError: the file is not a jaxvi result (or is damaged), or does not match ``like``'s
-        structure, shapes, dtypes or key implementations.
+        structure, shapes, dtypes or key implementations; a file written before the method's numbers were kept
+        (jaxvi-result-3 and older) with a ``like`` whose method's numbers are abstract.
     """
     with Archive(path, "path") as archive:
         if archive.meta.get("format") not in READABLE:
@@ -73,12 +81,20 @@ def load(path, like=None) -> Any:
                     raise archive.error(f"member {name} is in no section of a result {SECTIONS}")
                 out[section][key_path] = archive.read(name)
             return out
-        if archive.meta["format"] != FORMAT and _normal_wishart_factors(getattr(like, "model", None)):
-            raise archive.error(f"it was written as {archive.meta['format']}, whose Normal-Wishart and Normal-Gamma "
-                                f"factors hold natural parameters; {FORMAT} holds them about their means (float32 "
-                                f"keeps their scale so): fit the model again")
+        written = archive.meta["format"]
+        if written in _NATURAL_NORMAL_WISHART and _normal_wishart_factors(getattr(like, "model", None)):
+            raise archive.error(f"it was written as {written}, whose Normal-Wishart and Normal-Gamma factors hold "
+                                f"natural parameters; {FORMAT} holds them about their means (float32 keeps their "
+                                f"scale so): fit the model again")
+        sections = SECTIONS
+        if written != FORMAT:  # the method's numbers are not in the file: like's own are kept, if it has values
+            sections = tuple(section for section in SECTIONS if section != "method")
+            if any(isinstance(leaf, jax.ShapeDtypeStruct) for leaf in jax.tree_util.tree_leaves(like.method)):
+                raise archive.error(f"it was written as {written}, which does not keep the method's numbers, and "
+                                    f"like's method has none ({like.method!r}): pass a like whose method holds them "
+                                    f"(a Result, not jax.eval_shape's)")
         return dataclasses.replace(like, **{section: fill(getattr(like, section), archive, section)
-                                            for section in SECTIONS})
+                                            for section in sections})
 
 
 def _normal_wishart_factors(model) -> bool:

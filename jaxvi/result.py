@@ -178,9 +178,9 @@ class Result:
 
     def save(self, path) -> None:
         """Writes the arrays of this result (params, guide_params, objective, trace, n_iter, converged,
-        diagnostics; PRNG keys with their implementation) to an ``.npz`` file, atomically: a temporary
-        file beside it, renamed over it, removed if anything fails. ``jaxvi.load(path, like=result)``
-        reads them back.
+        diagnostics, the method's numbers; PRNG keys with their implementation) to an ``.npz`` file,
+        atomically: a temporary file beside it, renamed over it, removed if anything fails.
+        ``jaxvi.load(path, like=result)`` reads them back.
 
         Raises:
           ValueError: ``path`` is a directory, or no file can be written there.

@@ -513,3 +513,32 @@ def test_a_result_of_an_older_format_loads_but_not_one_with_normal_wishart_facto
     with pytest.raises(ValueError, match=r"it was written as jaxvi-result-2, whose Normal-Wishart and Normal-Gamma "
                                          r"factors hold natural parameters; .* fit the model again"):
         jaxvi.load(old, like=fit)
+
+
+def test_an_abstract_like_receives_the_method_s_numbers_from_the_file(em_fit, tmp_path):
+    """``load(like=jax.eval_shape(lambda: jaxvi.infer(...)))``, a like that fitted nothing: the method's numbers (EM's
+    tol) come from the file with the rest (they stayed abstract before: ``summary()`` printed a ShapeDtypeStruct for
+    tol). A file of jaxvi-result-3, which kept none, loads into a like holding them and refuses an abstract one."""
+    result = em_fit[1]
+    path = tmp_path / "em.npz"
+    dataclasses.replace(result, method=dataclasses.replace(result.method, tol=jnp.float32(2e-3))).save(path)
+    like = jax.eval_shape(lambda: jaxvi.infer(MODEL_EM, EM, X, key=KEY, progress=False))
+    assert isinstance(like.method.tol, jax.ShapeDtypeStruct)
+    loaded = jaxvi.load(path, like=like)
+    assert float(loaded.method.tol) == np.float32(2e-3)                       # the file's, not EM's 1e-3
+    for got, want in zip(jax.tree_util.tree_leaves(dataclasses.replace(loaded, method=EM)),
+                         jax.tree_util.tree_leaves(dataclasses.replace(result, method=EM))):
+        np.testing.assert_array_equal(got, want)
+    assert "ShapeDtypeStruct" not in loaded.summary()
+    with np.load(path) as file:  # as jaxvi-result-3 wrote it: no method members
+        arrays = {name: file[name] for name in file.files if not name.startswith("method/")}
+        meta = json.loads(str(file["__meta__"]))
+    kinds = {name: kind for name, kind in meta["kinds"].items() if not name.startswith("method/")}
+    arrays["__meta__"] = np.array(json.dumps({**meta, "format": "jaxvi-result-3", "kinds": kinds}))
+    with open(tmp_path / "old.npz", "wb") as f:
+        np.savez(f, **arrays)
+    old = jaxvi.load(tmp_path / "old.npz", like=result)
+    assert float(old.objective) == float(result.objective) and old.method is result.method
+    with pytest.raises(ValueError, match=r"written as jaxvi-result-3, which does not keep the method's numbers, and "
+                                         r"like's method has none"):
+        jaxvi.load(tmp_path / "old.npz", like=like)
