@@ -570,13 +570,13 @@ def test_sweeps_in_exp_space_are_checked_and_a_plate_met_unalike_is_swept_plainl
         np.testing.assert_allclose(np.asarray(stacked[1]), gammas["unalike"], rtol=1e-12)
 
 
-@pytest.mark.parametrize("max_iter", [500, 3])
-def test_documents_swept_in_refilled_slots_are_each_fitted_as_alone(corpus, monkeypatch, max_iter):
+def test_documents_swept_in_refilled_slots_are_each_fitted_as_alone(corpus, monkeypatch):
     """fit_slots sweeps S documents at once and gives a slot the next document as soon as its own is done, R slots
     at a time. With 5 slots refilled 2 at a time and 23 documents (a multiple of neither), taking from 50 to 500
     sweeps (or all stopped at 3): every document's gamma is the one _fit_shared gives it alone, and NumPy's E-step's.
     Where some documents' words meet theta unalike, every document is fitted again by the plain sweeps: NumPy's
-    weighted E-step's. Vmapped over the two corpora: each its own."""
+    weighted E-step's. Vmapped over the two corpora: each its own. The most sweeps is a traced number: one program
+    for both."""
     from jaxvi.vi import local_factors
 
     monkeypatch.setattr(local_factors, "MOST_SLOTS", 5)
@@ -595,7 +595,7 @@ def test_documents_swept_in_refilled_slots_are_each_fitted_as_alone(corpus, monk
         def joint(x):
             return layout.datum_joint(expected, {}, x)
 
-        def fit(data):
+        def fit(data, max_iter):
             """(every document's gamma fitted alone by _fit_shared, and its check; every gamma after fit_slots)."""
             alone, checks = jax.vmap(lambda x, c: local_factors._fit_shared(
                 layout, joint(x), c, tol, max_iter, jnp.float64, layout.multiplicities(x)))(data, start)
@@ -603,19 +603,22 @@ def test_documents_swept_in_refilled_slots_are_each_fitted_as_alone(corpus, monk
             return alone[1][0] + 1.0, checks, slots[1][0] + 1.0
 
         data = {name: (*(jnp.asarray(a) for a in docs), jnp.asarray(w)) for name, w in weights.items()}
-        compiled = jax.jit(fit)
-        alone, checks, slots = compiled(data["alike"])
-        assert np.all(checks)
-        np.testing.assert_allclose(slots, alone, rtol=1e-12)
-        np.testing.assert_allclose(slots, numpy_e_step(counts, topic_concentration, alpha, tol, max_iter), rtol=1e-9)
-        _, checks, refitted = compiled(data["unalike"])
-        np.testing.assert_array_equal(checks, np.arange(len(counts)) < 17)
-        np.testing.assert_allclose(refitted, numpy_weighted_e_step(counts, weights["unalike"], topic_concentration,
-                                                                   alpha, tol, max_iter), rtol=1e-9)
+        compiled, vmapped = jax.jit(fit), jax.jit(jax.vmap(fit, in_axes=(0, None)))
         both = jax.tree_util.tree_map(lambda a, b: jnp.stack([a, b]), data["alike"], data["unalike"])
-        _, _, stacked = jax.jit(jax.vmap(fit))(both)
-        np.testing.assert_allclose(stacked[0], slots, rtol=1e-12)
-        np.testing.assert_allclose(stacked[1], refitted, rtol=1e-12)
+        for max_iter in (500, 3):
+            alone, checks, slots = compiled(data["alike"], max_iter)
+            assert np.all(checks)
+            np.testing.assert_allclose(slots, alone, rtol=1e-12)
+            np.testing.assert_allclose(slots, numpy_e_step(counts, topic_concentration, alpha, tol, max_iter),
+                                       rtol=1e-9)
+            _, checks, refitted = compiled(data["unalike"], max_iter)
+            np.testing.assert_array_equal(checks, np.arange(len(counts)) < 17)
+            np.testing.assert_allclose(refitted, numpy_weighted_e_step(counts, weights["unalike"], topic_concentration,
+                                                                       alpha, tol, max_iter), rtol=1e-9)
+            _, _, stacked = vmapped(both, max_iter)
+            np.testing.assert_allclose(stacked[0], slots, rtol=1e-12)
+            np.testing.assert_allclose(stacked[1], refitted, rtol=1e-12)
+        assert compiled._cache_size() == 1 and vmapped._cache_size() == 1  # a new max_iter compiled nothing
 
 
 @pytest.mark.parametrize("extra, name", [
