@@ -6,6 +6,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxvi.model import check_new_data, is_traced
 
@@ -145,7 +146,7 @@ class Result:
         """A table a person reads: the method, the objective and what it is, iterations, and the
         method's diagnostics (evidence, gap, held-out ELBO, faults); parameters by shape."""
         d, name = self.diagnostics, self.method.reports
-        rows = [("method", repr(self.method)), ("latent", repr(self.model.latent)),
+        rows = [("method", repr(_as_given(self.method))), ("latent", repr(self.model.latent)),
                 (f"objective ({name})", _number(self.objective)), ("iterations", _number(self.n_iter)),
                 ("converged", str(bool(jnp.all(self.converged))))]
         for field in ("elbo_stderr", "log_evidence", "gap", "heldout_elbo", "epochs", "m_step_rejections"):
@@ -199,6 +200,19 @@ jax.tree_util.register_dataclass(
 
 def _method_posterior(result: Result, data):
     return result.method.posterior(result, data)
+
+
+def _as_given(method):
+    """``method`` with each number a fit holds as a 0-d array (``tol=Array(0.001, dtype=float32)``) shown as the
+    shortest Python number its dtype reads back (``tol=0.001``), as the settings were given; a vmapped fit's
+    stacked numbers and abstract ones as they are."""
+    def plain(leaf):
+        if isinstance(leaf, jax.Array) and leaf.shape == () and not is_traced(leaf):
+            value = np.asarray(leaf)
+            return float(np.format_float_positional(value[()], unique=True)) if value.dtype.kind == "f" else value.item()
+        return leaf
+
+    return jax.tree_util.tree_map(plain, method)
 
 
 def _number(value) -> str:

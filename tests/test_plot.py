@@ -34,9 +34,12 @@ def test_trace_and_evidence_gap_render(tmp_path):
 def test_summary_and_save_load_round_trip(tmp_path):
     x = np.random.default_rng(1).normal(size=(40, 2)).astype(np.float32)
     gm = jaxvi.models.gaussian_mixture(2)
-    result = jaxvi.infer(gm.model, jaxvi.EM(m_step=gm.m_step), x, key=jax.random.key(0), progress=False)
+    method = jaxvi.EM(m_step=gm.m_step, tol=1e-4)
+    result = jaxvi.infer(gm.model, method, x, key=jax.random.key(0), progress=False)
     text = result.summary()
     assert "objective (log p(D))" in text and "params.means" in text and "(2, 2) float32" in text
+    # the method as it was given, its numbers plain (the fit holds tol as a float32 array: "tol=Array(0.0001, ...)")
+    assert text.splitlines()[0].split(None, 1)[1] == repr(method) and "tol=0.0001," in repr(method)
     path = tmp_path / "fit.npz"
     result.save(path)
     back = jaxvi.load(path, like=result)
