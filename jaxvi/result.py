@@ -209,7 +209,9 @@ def _as_given(method):
     def plain(leaf):
         if isinstance(leaf, jax.Array) and leaf.shape == () and not is_traced(leaf):
             value = np.asarray(leaf)
-            return float(np.format_float_positional(value[()], unique=True)) if value.dtype.kind == "f" else value.item()
+            if value.dtype.kind != "f":
+                return value.item()
+            return float(np.format_float_positional(value[()], unique=True))
         return leaf
 
     return jax.tree_util.tree_map(plain, method)
