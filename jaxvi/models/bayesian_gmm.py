@@ -89,6 +89,11 @@ def bayesian_gaussian_mixture(data, K: int, covariance: str = "full", *, weight_
     "assignment": Discrete(K)}`` (``NormalGamma((K, D))`` components for ``"diag"``). The priors are fixed
     numbers taken from ``data`` as scikit-learn does (module docstring); the model has no parameters θ.
 
+    Those numbers (and the center the data are taken about) are compiled into the model's fits: a model built again
+    from other data, a cross-validation fold or a bootstrap sample, compiles its fit again (11-12 s for K = 3,
+    D = 2 on a 2-core CPU), where one model fits any data of the same shape with the code it has (0.01 s). Build it
+    once, from all the data, and fit every part with it.
+
     Args:
       data: ``(N, D)`` floating data (for the default priors).
       K: the number of components, an integer >= 1.
