@@ -46,7 +46,7 @@ from jax import lax
 
 from jaxvi import exact, kmeans
 from jaxvi._xla import batched_lapack_may_deadlock
-from jaxvi.chunks import map_chunks, map_data, num_data as num_data_of, sum_data
+from jaxvi.chunks import map_chunks, map_data, minibatch, num_data as num_data_of, sum_data
 from jaxvi.latents import Gaussian, Markov, all_discrete, exact_family, is_spec, split_latent
 from jaxvi.methods.common import (batch_rows, final_fault, float_dtype, full_data, leaves_finite, sum_accurately,
                                  tree_where)
@@ -482,17 +482,23 @@ class CAVI:
         r"""The state before the first iteration: θ from ``model.init`` (or ``params``); every factor its prior
         (read off ``log_prior``), then one round of global updates from a random local q (``CAVI(start)``), or from
         ``local_posterior`` (an exact-posterior object for the local latent) when given. With ``batch_size``, from
-        the first B data, scaled to ``num_data`` (default: the data's N; a stream's first minibatch stands for
-        more, ``jaxvi.run.stream``)."""
+        B data drawn uniformly with ``key`` (the first B with a ``local_posterior``, which is theirs), scaled to
+        ``num_data`` (default: the data's N; a stream's first minibatch stands for more, ``jaxvi.run.stream``). The
+        first B alone started every component among the first rows: scikit-learn's wine, sorted by class, fitted by
+        a mixture of 6 with batches of 32, ended with one component holding 70-78% of the weight and a bound 64-96
+        nats below the batch fit's; from rows drawn so, 14-65 nats either side of it (three keys)."""
         init_key, local_key = jax.random.split(key)
         params = model.init(init_key, data) if params is None else params
         structure = _structure(model)
         dtype = float_dtype(data)
         factors, _ = self._prior_factors(structure, params, dtype, checked=False)
         scale = 1.0
-        if self.batch_size is not None:  # the first global updates from the first minibatch, scaled to all the data
-            scale = (num_data_of(data) if num_data is None else num_data) / min(self.batch_size, num_data_of(data))
-            data = jax.tree_util.tree_map(lambda a: a[:self.batch_size], data)
+        if self.batch_size is not None:  # the first global updates from one minibatch, scaled to all the data
+            size = min(self.batch_size, num_data_of(data))
+            scale = (num_data_of(data) if num_data is None else num_data) / size
+            rows = (jnp.arange(size) if local_posterior is not None
+                    else minibatch(jax.random.fold_in(key, 1), num_data_of(data), size))
+            data = jax.tree_util.tree_map(lambda a: a[rows], data)
         post = self._initial_local(model, structure, params, factors, data, local_key, local_posterior)
         factors, _ = self._global_updates(model, structure, params, factors, data, post, scale)
         minus_inf = jnp.array(-jnp.inf, dtype)

@@ -271,10 +271,12 @@ def test_a_corpus_streamed_from_disk_a_minibatch_at_a_time_is_scikit_learn_s_onl
             np.testing.assert_allclose(np.asarray(state.factors[0][0]) + 1.0, peer.components_, rtol=1e-6)
             assert streamed.objectives.shape == (n // size,) and np.all(np.isfinite(streamed.objectives))
         assert int(state.count) == 2 * n // size
-        # without a state: method.init on the first minibatch, scaled to N, as on the whole data in memory
+        # without a state: method.init on the first minibatch, scaled to N, as in memory (where init given all the
+        # data draws its B rows with the key, a stream has seen only its first minibatch)
         data = tuple(jnp.asarray(a) for a in (ids, weights))
         streamed = jaxvi.run.stream(model, method, minibatches(), num_data=n, key=jax.random.key(3), progress=False)
-        in_memory = jax.jit(lambda d: method.init(model, jax.random.split(jax.random.key(3))[0], d))(data)
+        in_memory = jax.jit(lambda d: method.init(model, jax.random.split(jax.random.key(3))[0], d, num_data=n))(
+            jax.tree_util.tree_map(lambda a: a[:size], data))
         step = jax.jit(lambda s, rows: method.step(model, jax.random.key(0), s, rows, num_data=n))
         for first in range(0, n, size):
             in_memory, _ = step(in_memory, jax.tree_util.tree_map(lambda a: a[first:first + size], data))
