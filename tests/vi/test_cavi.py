@@ -288,6 +288,7 @@ def test_a_stochastic_start_draws_its_minibatch_from_all_the_data():
         means = np.asarray(result.posterior().globals["theta"]["components"].mean()[0])
         assert np.any(np.all(means < -2.5, axis=1)) and np.any(np.all(means > 2.5, axis=1)), (k, means)
 
+
 def test_a_stochastic_step_of_normal_wishart_factors_is_the_natural_gradient_step():
     """Stochastic CAVI's step moves each factor to (1 - rho) eta + rho eta_hat in natural parameters (Hoffman et al.
     2013). The Normal-Wishart factors are held about their means and averaged about them: the step equals the
