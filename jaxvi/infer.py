@@ -118,6 +118,8 @@ def infer(model: Model, method, data: PyTree, *, key: jax.Array, progress: bool 
     if runs is None:
         start = _start_cheaply if _runs_cheaply(method, data, compiled.START_PASSES) else _start
         runs = start(model, method, data, key, init_params, skips)
+        if hasattr(method, "check_start") and not traced:  # what only the start's reads find, before the run compiles
+            method.check_start(model, data, runs.state)
     run = _run_cheaply if _runs_cheaply(method, data, max_steps, runs.state) else _run
     runs = loop.drive(lambda r, stop: run(model, method, r, data=data, stop=stop), runs, max_steps,
                       progress=progress and not traced, desc=type(method).__name__,

@@ -19,8 +19,8 @@ Kucukelbir & McAuliffe 2017):
    log-joint is linear in the factor's sufficient statistics :math:`T_j` (conditional conjugacy, Autoconj's
    condition), that function of :math:`z_j` is :math:`c + \eta_j \cdot T_j(z_j)` and its natural parameters
    are read off its gradient at as few points as determine them (``expfam.natural_parameters``, gradients only:
-   the parts of the log-joint the factor does not enter are never evaluated for its update); ``check`` verifies
-   the linearity at one point more, values included, before compiling.
+   the parts of the log-joint the factor does not enter are never evaluated for its update); ``init``'s reads
+   (the prior's and the first updates') take one point more, so that their residuals test the linearity.
 3. **M-step** (Variational EM), where the model has floating parameters θ: gradient ascent on the bound in θ
    with q fixed (L-BFGS), kept only if it raises the bound.
 
@@ -28,8 +28,8 @@ Every step maximises the bound over one block exactly, so the objective never fa
 global factors are exact: ``expfam.quadrature`` rules, a few evaluations of the log-joint with forward-mode
 derivatives, exact for functions linear in the statistics.
 
-Before anything compiles, ``check`` reads every factor's update on a few data and refuses a log-joint that is
-not linear in a factor's statistics, naming the factor.
+The start's reads refuse a log-joint that is not linear in a factor's statistics, or an improper prior
+(``check_start``, after the start and before the run compiles), naming the factor.
 """
 from __future__ import annotations
 
@@ -82,8 +82,9 @@ class CAVIState(NamedTuple):
         spec's ``center`` (``jaxvi.vi.factors.encoded``).
       evaluated_params, evaluated_factors: those of the last finite bound.
       bound: that bound; -inf before the first step.
-      linearity: the worst gradient residual of any global update's read so far (rounding level when every
-        factor is conjugate).
+      linearity: the worst linearity residual of any read so far (rounding level when every factor is
+        conjugate): ``init``'s checked reads (the priors', the first global updates', the local factors' on the first
+        8 data; inf where a prior is not proper), then every global update's gradients.
       local: the local q the next step starts from, where it is not exact given the globals (several ``Markov``
         chains: a ``chains.ChainProduct``; local exponential-family factors: their natural parameters but the
         first's, ``jaxvi.vi.local_factors``); else None, and None on minibatches (``batch_size``).
@@ -111,7 +112,8 @@ class CAVIDiagnostics(NamedTuple):
     r"""What happened during a CAVI fit, beyond the bound.
 
     Attributes:
-      linearity: the worst relative residual of the conjugacy (linearity) checks of the global updates.
+      linearity: the worst relative residual of the conjugacy (linearity) checks of the fit's reads
+        (``CAVIState.linearity``).
       log_evidence: the exact log p(D | θ) (+ log p(θ)) at the fitted θ where the model has no ``Global`` latent
         (several ``Markov`` chains: the forward algorithm on their product chain), else NaN.
       gap: the local part's gap at the fitted global factors, :math:`\sum_i KL(q_i \| q^*_i)` with
@@ -335,11 +337,10 @@ class CAVI:
 
     def check(self, model: Model, data: PyTree = None) -> None:
         """Raises ValueError for a model CAVI cannot fit, before anything compiles: no exponential-family
-        ``Global`` factor; a local latent without an exact posterior; a log-prior or log-joint not linear in a
-        factor's statistics (read on the first 8 data, every factor at a broad member of its family; not under a
-        user's ``jit`` or ``vmap``, where the data have no values: ``diagnostics.linearity`` reports the reads); a
-        prior that is not a proper member of its factor's family; more than ``MAX_JOINT_PAIRS`` joint state pairs
-        of several chains; minibatches (``batch_size``) for a model they do not apply to."""
+        ``Global`` factor; a local latent without an exact posterior; more than ``MAX_JOINT_PAIRS`` joint state pairs
+        of several chains; minibatches (``batch_size``) for a model they do not apply to. A log-prior or log-joint
+        not linear in a factor's statistics, and a prior that is not a proper member of its factor's family, are
+        found by ``init``'s reads and refused by ``check_start``, before the run compiles."""
         parts = split_latent(model.latent)
         layout = chains.chain_layout(parts.local)
         local_layout = local_factors.local_layout(parts.local)
@@ -364,10 +365,18 @@ class CAVI:
             exact_family(parts.local)
         if self.batch_size is not None:
             self._check_minibatches(model, structure, data)
-        if data is None or not (structure.factors or local_layout) or is_traced(data):
+
+    def check_start(self, model: Model, data: PyTree, state: CAVIState) -> None:
+        """Raises ValueError where ``init``'s checked reads (``state.linearity``, of every restart) found a log-joint
+        or a log-prior not linear in a factor's sufficient statistics, or a prior that is not a proper member of its
+        family: ``jaxvi.infer`` asks before the run compiles. The factor is named by the probe (``_probe``, compiled
+        only then: a conjugate model pays for no reads beyond its start's), which reads every factor at a broad member
+        of its family; where those reads are linear, the message names none."""
+        worst = float(jnp.max(state.linearity))
+        if worst <= NOT_CONJUGATE:
             return
-        head = jax.tree_util.tree_map(lambda a: a[:min(8, a.shape[0])], data)
-        proper, residuals = _compiled_probe(model, _keeping(self, "start", "chunk_size"), head)
+        structure = _structure(model)
+        proper, residuals = _compiled_probe(model, _keeping(self, "start", "chunk_size"), data)
         for name, residual in zip(_leaf_names(model, local=True), residuals[2]):
             if not float(residual) <= NOT_CONJUGATE:
                 raise ValueError(
@@ -376,6 +385,11 @@ class CAVI:
                     f"(relative residual {float(residual):.2g} > {NOT_CONJUGATE:g}), so CAVI has no closed-form "
                     f"update for it. Fit the model with jaxvi.SVI")
         names = _leaf_names(model)
+        for factor, name, finite in zip(structure.factors, names, np.asarray(proper)):
+            if not finite:
+                raise ValueError(f"latent: the prior of the factor {name} ({factor.spec!r}) is not a proper "
+                                 f"{factor.family.name} distribution (its natural parameters, read off log_prior, "
+                                 f"have no finite normaliser); CAVI starts from the priors and needs proper ones")
         for factor, name, prior_residual, residual in zip(structure.factors, names, residuals[0], residuals[1]):
             if not float(prior_residual) <= NOT_CONJUGATE:
                 raise ValueError(
@@ -390,11 +404,11 @@ class CAVI:
                     f"other factors of log p is not linear in its sufficient statistics (relative residual "
                     f"{float(residual):.2g} > {NOT_CONJUGATE:g}), so CAVI has no closed-form update for it. Fit the "
                     f"model with jaxvi.SVI, writing that latent as a Real with a bijector")
-        for factor, name, finite in zip(structure.factors, names, np.asarray(proper)):
-            if not finite:
-                raise ValueError(f"latent: the prior of the factor {name} ({factor.spec!r}) is not a proper "
-                                 f"{factor.family.name} distribution (its natural parameters, read off log_prior, "
-                                 f"have no finite normaliser); CAVI starts from the priors and needs proper ones")
+        raise ValueError(
+            f"latent: CAVI's first updates read a log-joint or log-prior that is not linear in a factor's sufficient "
+            f"statistics (relative residual {worst:.2g} > {NOT_CONJUGATE:g}), though not where every factor is a "
+            f"broad member of its family: the log-joint is not conditionally conjugate in some factor near its "
+            f"prior, so CAVI has no closed-form update for it. Fit the model with jaxvi.SVI")
 
     def _check_minibatches(self, model: Model, structure: _Structure, data: PyTree) -> None:
         """Raises ValueError where stochastic VI (``batch_size``) does not apply: several chains (their q is kept per
@@ -415,10 +429,10 @@ class CAVI:
 
     def _probe(self, model: Model, data: PyTree):
         """(whether each factor's prior, its natural parameters read off ``log_prior``, has a finite log-normaliser;
-        (the prior reads' residuals, the log-joint reads' residuals, the local reads' residuals)), every factor read
-        with the others at their broad reference members, and a local q: local exponential-family factors at their
-        reference members, another local latent's q as ``init`` starts it but at the global factors' means where
-        ``init`` draws them (``_initial_local(draw=False)``)."""
+        (the prior reads' residuals, the log-joint reads' residuals, the local reads' residuals on the first 8 data)),
+        every factor read with the others at their broad reference members, and a local q: local exponential-family
+        factors at their reference members, another local latent's q as ``init`` starts it but at the global factors'
+        means where ``init`` draws them (``_initial_local(draw=False)``)."""
         structure = _structure(model)
         params = model.init(jax.random.key(0), data)
         dtype = float_dtype(data)
@@ -439,19 +453,24 @@ class CAVI:
                                                                                       f.read_points + 1))
             residuals.append(jnp.maximum(*residual))
         local_residuals = jnp.zeros((0,), dtype)
-        if layout is not None:  # every local factor read on every datum, the others at their reference members
-            start = tuple(f.reference(dtype) for f in layout.factors)
-
-            def datum_residuals(x):
-                fn, counts = layout.datum_joint(expected, params, x), layout.multiplicities(x)
-                return jnp.stack([local_factors.read(layout, fn, start, j, dtype, counts, checked=True)[1]
-                                  for j in range(len(layout.factors))])
-
-            local_residuals = jnp.max(jax.vmap(datum_residuals)(data), axis=0)
+        if layout is not None:
+            local_residuals = self._local_residuals(model, structure, params, references, _head(data), dtype)
         stacked = jnp.stack(residuals) if residuals else jnp.zeros((0,), dtype)
-        proper = [jnp.all(jnp.isfinite(expfam.log_normalizer(f.family, eta)))
-                  for f, eta in zip(structure.factors, prior)]
-        return jnp.stack(proper) if proper else jnp.zeros((0,), bool), (prior_residuals, stacked, local_residuals)
+        return _improper(structure, prior) == 0, (prior_residuals, stacked, local_residuals)
+
+    def _local_residuals(self, model, structure, params, factors, data, dtype) -> jax.Array:
+        """Every local factor's worst linearity residual over ``data``, each read (checked) with the other local
+        factors at their reference members and the global factors at ``factors``."""
+        layout = structure.local_factors
+        expected = structure.expected_log_joint(model, structure.rules(factors))
+        start = tuple(f.reference(dtype) for f in layout.factors)
+
+        def datum_residuals(x):
+            fn, counts = layout.datum_joint(expected, params, x), layout.multiplicities(x)
+            return jnp.stack([local_factors.read(layout, fn, start, j, dtype, counts, checked=True)[1]
+                              for j in range(len(layout.factors))])
+
+        return jnp.max(jax.vmap(datum_residuals)(data), axis=0)
 
     def large_kernels(self, model: Model) -> bool:
         """Whether a step on ``model`` works in large kernels over the data (or the minibatch), compiled for XLA:CPU's
@@ -491,7 +510,10 @@ class CAVI:
         params = model.init(init_key, data) if params is None else params
         structure = _structure(model)
         dtype = float_dtype(data)
-        factors, _ = self._prior_factors(structure, params, dtype, checked=False)
+        factors, prior_residuals = self._prior_factors(structure, params, dtype)
+        checks = [prior_residuals, _improper(structure, factors)]
+        if structure.local_factors is not None:  # on the first 8 data, the global factors at their priors
+            checks.append(self._local_residuals(model, structure, params, factors, _head(data), dtype))
         scale = 1.0
         if self.batch_size is not None:  # the first global updates from one minibatch, scaled to all the data
             size = min(self.batch_size, num_data_of(data))
@@ -500,18 +522,16 @@ class CAVI:
                     else minibatch(jax.random.fold_in(key, 1), num_data_of(data), size))
             data = jax.tree_util.tree_map(lambda a: a[rows], data)
         post = self._initial_local(model, structure, params, factors, data, local_key, local_posterior)
-        factors, _ = self._global_updates(model, structure, params, factors, data, post, scale)
+        factors, residual = self._global_updates(model, structure, params, factors, data, post, scale, checked=True)
+        linearity = jnp.max(jnp.concatenate([jnp.ravel(c).astype(dtype) for c in checks + [residual]]))
         minus_inf = jnp.array(-jnp.inf, dtype)
         local = None if self.batch_size is not None else _stored(post)
-        return CAVIState(params, factors, params, factors, minus_inf, jnp.zeros((), dtype), local,
-                         jnp.zeros((), jnp.int32))
+        return CAVIState(params, factors, params, factors, minus_inf, linearity, local, jnp.zeros((), jnp.int32))
 
-    def _prior_factors(self, structure: _Structure, params, dtype, checked: bool = True) -> tuple[tuple, jax.Array]:
+    def _prior_factors(self, structure: _Structure, params, dtype) -> tuple[tuple, jax.Array]:
         """Every factor's prior, its natural parameters read off ``log_prior`` (the others at their reference
         members; a factor held about an anchor read twice, the second time about the first read's), and the reads'
-        linearity residuals: checked at one point more than a read needs, values
-        included; unchecked (``checked=False``, the fit's start, after ``check`` has checked them), at as few
-        points as determine them, gradients only (the residuals are then the gradients' alone)."""
+        linearity residuals: checked at one point more than a read needs, values included."""
         references = _references(structure, dtype)
         rules = structure.rules(references)
         factors, residuals = [], []
@@ -524,9 +544,8 @@ class CAVI:
                 # lost W0^-1 to it 300 units out
                 first, _, _, about = expfam.read_about(prior, f.family, references[j], f.read_points, values=False)
                 about = expfam.anchor(f.family, expfam.from_natural(f.family, first, about))
-            points = f.read_points + 1 if checked else f.read_points
-            eta, _, residual, about = expfam.read_about(prior, f.family, references[j], points, about=about,
-                                                        values=checked)
+            eta, _, residual, about = expfam.read_about(prior, f.family, references[j], f.read_points + 1,
+                                                        about=about)
             factors.append(tuple(e.astype(dtype) for e in expfam.from_natural(f.family, eta, about)))
             residuals.append(jnp.maximum(*residual))
         return tuple(factors), jnp.stack(residuals) if residuals else jnp.zeros((0,), dtype)
@@ -814,16 +833,18 @@ class CAVI:
 
         return fn
 
-    def _global_updates(self, model, structure, params, factors, data, post, scale=1.0, rho=None
+    def _global_updates(self, model, structure, params, factors, data, post, scale=1.0, rho=None, checked=False
                         ) -> tuple[tuple, jax.Array]:
         r"""Every global factor set to its optimum in turn, given the others (the newest) and the local q;
-        and the worst linearity residual of the reads. On a minibatch (``scale`` = N / B), each factor moves a
-        step ``rho`` toward the optimum its minibatch estimates, in natural parameters:
+        and the worst linearity residual of the reads (``checked``: each read at one point more than it needs, so
+        that the residual tests the linearity, as ``init`` reads). On a minibatch (``scale`` = N / B), each factor
+        moves a step ``rho`` toward the optimum its minibatch estimates, in natural parameters:
         :math:`\eta \leftarrow (1 - \rho)\, \eta + \rho\, \hat\eta` (a natural-gradient step; Hoffman et al. 2013)."""
         factors, worst = list(factors), jnp.zeros(())
         for j, f in enumerate(structure.factors):
             fn = self._factor_function(model, structure, params, tuple(factors), data, post, j, scale)
-            eta, _, residual, about = expfam.read_about(fn, f.family, factors[j], f.read_points, values=False)
+            eta, _, residual, about = expfam.read_about(fn, f.family, factors[j], f.read_points + int(checked),
+                                                        values=False)
             if rho is not None:  # both in the natural parameters of the value less the factor's anchor
                 before = expfam.to_natural(f.family, factors[j], about)
                 eta = tuple((1 - rho) * b + rho * e for e, b in zip(eta, before))
@@ -857,9 +878,10 @@ class CAVI:
 
 @functools.partial(per_fit, options=CHEAP_CODE)
 def _compiled_probe(model: Model, method: CAVI, data: PyTree):
-    """``CAVI._probe`` compiled once per model and method structure, like the fit itself; run once on at most 8 rows,
-    so compiled for XLA's cheapest code (``CHEAP_CODE``). ``method`` keeps only the fields the probe reads (``start``,
-    ``chunk_size``), so that fits differing in the others (a batch fit and an online one) share its code."""
+    """``CAVI._probe`` compiled once per model and method structure, like the fit itself; run once, to name what a
+    start's reads refused, so compiled for XLA's cheapest code (``CHEAP_CODE``). ``method`` keeps only the fields the
+    probe reads (``start``, ``chunk_size``), so that fits differing in the others (a batch fit and an online one)
+    share its code."""
     return method._probe(model, data)
 
 
@@ -891,6 +913,18 @@ def _compiled_local_q(model: Model, method: CAVI, params, factors, data):
     if isinstance(local, local_factors.LocalFactors):  # every datum's natural parameters (it closes over a function)
         return map_data(lambda chunk: local.factors(*chunk), (data, local.carried), method.chunk_size)
     return local
+
+
+def _improper(structure: _Structure, factors: tuple) -> jax.Array:
+    """Per global factor: inf where its natural parameters (``factors``, a prior's) have no finite log-normaliser
+    (not a proper member of its family), else 0."""
+    finite = [jnp.all(jnp.isfinite(expfam.log_normalizer(f.family, eta))) for f, eta in zip(structure.factors, factors)]
+    return jnp.where(jnp.stack(finite), 0.0, jnp.inf) if finite else jnp.zeros((0,))
+
+
+def _head(data: PyTree) -> PyTree:
+    """The first 8 data (all, where fewer): what the conjugacy checks of local factors read."""
+    return jax.tree_util.tree_map(lambda a: a[:min(8, a.shape[0])], data)
 
 
 def _stored(post):

@@ -111,7 +111,7 @@ def bayesian_gaussian_mixture(data, K: int, covariance: str = "full", *, weight_
     if isinstance(K, bool) or not isinstance(K, (int, np.integer)) or K < 2:
         raise ValueError(f"K: expected an integer >= 2 (a mixture of components; one Gaussian has no weights to fit), "
                          f"got {K!r}")
-    if K > x.shape[0]:  # scikit-learn's rule too; CAVI's conjugacy probe called the weights' reads non-linear there
+    if K > x.shape[0]:  # scikit-learn's rule too; CAVI's conjugacy checks called the weights' reads non-linear there
         raise ValueError(f"K: expected at most the number of data, {x.shape[0]}, got {K}")
     d = x.shape[1]
     dtype = jax.dtypes.canonicalize_dtype(x.dtype)  # float64 data make float32 priors where x64 is off

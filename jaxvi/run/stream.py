@@ -60,7 +60,8 @@ def stream(model: Model, method, minibatches: Iterable[PyTree], *, num_data: int
       ValueError: ``method`` is not ``CAVI`` with a ``batch_size``, ``num_data`` is not an integer >= B,
         ``minibatches`` is empty, or a minibatch differs from the first in structure, shape or dtype, holds a NaN
         or an infinite value, or values outside the model's support (``model.validate``: LDA's counts and word
-        ids), named by its position, as ``jaxvi.infer`` checks its data.
+        ids), named by its position, as ``jaxvi.infer`` checks its data; or the start's reads find the model not
+        conjugate in a factor, or a prior not proper (``CAVI.check_start``), before a step compiles.
       FloatingPointError: a step was not finite (its minibatch's bound, or the factors it moved to): the step was
         not taken (the state stayed) and the stream went on; raised at its end, naming the first such minibatch,
         with ``err.streamed`` the ``Streamed`` fit.
@@ -87,6 +88,7 @@ def stream(model: Model, method, minibatches: Iterable[PyTree], *, num_data: int
     if state is None:
         state = jax.jit(lambda k, d, p: method.init(model, k, d, p, num_data=int(num_data)),
                         compiler_options=options)(init_key, first, params)
+        method.check_start(model, first, state)
     step = jax.jit(lambda s, d, t: method.step(model, step_keys(run_key, t)[0], s, d, num_data=int(num_data)),
                    compiler_options=options)
 

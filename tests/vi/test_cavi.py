@@ -226,7 +226,7 @@ def test_a_diagonal_mixture_is_the_full_one_in_one_dimension(iris):
                 state, info = step(state)
                 bounds.append(float(info.objective))
             fitted = method.finalize(model, KEY, state, data).posterior().globals["theta"]["components"].parameters()
-            fits[covariance] = bounds, fitted
+            fits[covariance] = bounds, jax.tree_util.tree_map(np.asarray, fitted)  # float64 outside x64 too
     (full_bounds, nw), (diag_bounds, ng) = fits["full"], fits["diag"]
     np.testing.assert_allclose(diag_bounds, full_bounds, rtol=1e-10)
     assert np.all(np.diff(full_bounds) > 0) and np.ptp(nw["mean"]) > 1.0  # three distinct components
@@ -250,9 +250,9 @@ def test_float32_bayesian_mixture_bound_never_falls_and_switches_off_surplus_com
     assert weights.min() < 0.01, weights
     with jax.enable_x64(True):
         factors = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), result.diagnostics.factors)
-        truth = jaxvi.CAVI().bound(jaxvi.models.bayesian_gaussian_mixture(x32.astype(np.float64), 8), {}, factors,
-                                   jnp.asarray(x32, jnp.float64))
-    assert abs(float(result.objective) - float(truth)) <= RESOLUTION_ULPS * np.finfo(np.float32).eps * abs(truth)
+        truth = float(jaxvi.CAVI().bound(jaxvi.models.bayesian_gaussian_mixture(x32.astype(np.float64), 8), {},
+                                         factors, jnp.asarray(x32, jnp.float64)))
+    assert abs(float(result.objective) - truth) <= RESOLUTION_ULPS * np.finfo(np.float32).eps * abs(truth)
 
 
 def test_float32_bayesian_mixture_of_nearly_collinear_features_fits_from_every_key():
@@ -440,27 +440,61 @@ def test_restarts_run_in_sequence_where_batched_lapack_can_deadlock_or_data_are_
         jaxvi.CAVI(restarts="parallel")
 
 
-def test_a_factor_the_log_joint_is_not_conjugate_in_is_refused_before_compiling():
-    """A Gamma precision that enters through exp(): not linear in (log tau, tau). The message names it."""
-    model = jaxvi.Model(
-        lambda params, z, x: stats.norm.logpdf(x, z["mu"][0], jnp.exp(-z["tau"])),
-        jaxvi.Global({"mu": jaxvi.Gaussian(1), "tau": jaxvi.Gamma()},
-                     lambda params, z: stats.norm.logpdf(z["mu"][0]) + stats.gamma.logpdf(z["tau"], 2.0)),
-        init=lambda key, data: {})
-    with pytest.raises(ValueError, match=r"not conjugate in the factor Global\['tau'\].*jaxvi.SVI"):
-        fit(model, jnp.linspace(-1.0, 1.0, 20))
+def _refused_before_the_run_compiles(model, data, match):
+    """Fits ``model`` to ``data``, expecting the ValueError ``match``: raised after the start, before the run compiles;
+    returns the names of the functions compiled."""
+    from jit_events import compilations
+
+    with compilations() as compiled, pytest.raises(ValueError, match=match):
+        fit(model, data)
+    assert not [name for name in compiled if "_run_restarts" in name], compiled
+    return compiled
 
 
-def test_an_improper_prior_is_refused_before_compiling_naming_its_factor():
+def _normal_gamma_model(log_likelihood, log_prior=lambda params, z: stats.norm.logpdf(z["mu"][0])
+                        + stats.gamma.logpdf(z["tau"], 2.0)):
+    return jaxvi.Model(lambda params, z, x: log_likelihood(x, z["mu"][0], z["tau"]),
+                       jaxvi.Global({"mu": jaxvi.Gaussian(1), "tau": jaxvi.Gamma()}, log_prior),
+                       init=lambda key, data: {})
+
+
+def test_a_factor_the_log_joint_is_not_conjugate_in_is_refused_before_the_run_compiles():
+    """A Gamma precision that enters through exp(): not linear in (log tau, tau). The start's reads find it, the
+    message names it; the conjugate model (tau a precision) compiles no probe to name a factor."""
+    from jit_events import compilations
+
+    x = jnp.linspace(-1.0, 1.0, 20)
+    model = _normal_gamma_model(lambda x, mu, tau: stats.norm.logpdf(x, mu, jnp.exp(-tau)))
+    message = r"not conjugate in the factor Global\['tau'\].*jaxvi.SVI"
+    _refused_before_the_run_compiles(model, x, message)
+    with pytest.raises(ValueError, match=message):  # a stream: at its first minibatch, before a step
+        jaxvi.run.stream(model, jaxvi.CAVI(batch_size=5), [x[:5], x[5:10]], num_data=20, key=KEY, progress=False)
+    with compilations() as compiled:
+        result = fit(_normal_gamma_model(lambda x, mu, tau: stats.norm.logpdf(x, mu, 1.0 / jnp.sqrt(tau))), x)
+    assert "_run_restarts" in str(compiled) and "_compiled_probe" not in str(compiled), compiled
+    assert float(result.diagnostics.linearity) < 1e-5  # its reads' residuals: float32's rounding
+
+
+def test_a_log_joint_not_conjugate_only_near_the_prior_is_refused_naming_no_factor():
+    """Non-linear in tau only above 50, where its prior (Gamma(400, 4): mean 100) puts the start's reads, not near the
+    broad member where the probe reads each factor to name it: refused all the same."""
+    def log_likelihood(x, mu, tau):
+        precision = jnp.where(tau > 50.0, tau + 0.01 * tau ** 2, tau)
+        return stats.norm.logpdf(x, mu, 1.0 / jnp.sqrt(precision))
+
+    model = _normal_gamma_model(log_likelihood, lambda params, z: (stats.norm.logpdf(z["mu"][0])
+                                                                  + stats.gamma.logpdf(z["tau"], 400.0, scale=0.25)))
+    _refused_before_the_run_compiles(model, jnp.linspace(-0.1, 0.1, 20),
+                                     r"not where every factor is a broad member of its family.*jaxvi.SVI")
+
+
+def test_an_improper_prior_is_refused_before_the_run_compiles_naming_its_factor():
     """A flat prior on a Gamma precision (Gamma(1, 0), no finite normaliser): CAVI starts from the priors, so it is
     refused, the factor and its family named."""
-    model = jaxvi.Model(
-        lambda params, z, x: stats.norm.logpdf(x, z["mu"][0], 1.0 / jnp.sqrt(z["tau"])),
-        jaxvi.Global({"mu": jaxvi.Gaussian(1), "tau": jaxvi.Gamma()}, lambda params, z: stats.norm.logpdf(z["mu"][0])),
-        init=lambda key, data: {})
-    with pytest.raises(ValueError, match=r"the prior of the factor Global\['tau'\] .* is not a proper gamma "
-                                         r"distribution"):
-        fit(model, jnp.linspace(-1.0, 1.0, 20))
+    model = _normal_gamma_model(lambda x, mu, tau: stats.norm.logpdf(x, mu, 1.0 / jnp.sqrt(tau)),
+                                lambda params, z: stats.norm.logpdf(z["mu"][0]))
+    _refused_before_the_run_compiles(model, jnp.linspace(-1.0, 1.0, 20),
+                                     r"the prior of the factor Global\['tau'\] .* is not a proper gamma distribution")
 
 
 def test_cavi_refuses_a_model_without_global_factors():
