@@ -371,9 +371,11 @@ class CAVI:
         or a log-prior not linear in a factor's sufficient statistics, or a prior that is not a proper member of its
         family: ``jaxvi.infer`` asks before the run compiles. The factor is named by the probe (``_probe``, compiled
         only then: a conjugate model pays for no reads beyond its start's), which reads every factor at a broad member
-        of its family; where those reads are linear, the message names none."""
-        worst = float(jnp.max(state.linearity))
-        if worst <= NOT_CONJUGATE:
+        of its family; where those reads are linear, the message names none. A read that is not finite (NaN: the
+        log-joint not finite at the start) is left to the run's fault report. Not under a user's ``jit`` or
+        ``vmap``, where the state has no values: ``diagnostics.linearity`` reports the reads."""
+        worst = float(np.max(np.asarray(state.linearity)))
+        if not worst > NOT_CONJUGATE:
             return
         structure = _structure(model)
         proper, residuals = _compiled_probe(model, _keeping(self, "start", "chunk_size"), data)
@@ -511,7 +513,7 @@ class CAVI:
         structure = _structure(model)
         dtype = float_dtype(data)
         factors, prior_residuals = self._prior_factors(structure, params, dtype)
-        checks = [prior_residuals, _improper(structure, factors)]
+        checks, improper = [prior_residuals], _improper(structure, factors)
         if structure.local_factors is not None:  # on the first 8 data, the global factors at their priors
             checks.append(self._local_residuals(model, structure, params, factors, _head(data), dtype))
         scale = 1.0
@@ -524,6 +526,7 @@ class CAVI:
         post = self._initial_local(model, structure, params, factors, data, local_key, local_posterior)
         factors, residual = self._global_updates(model, structure, params, factors, data, post, scale, checked=True)
         linearity = jnp.max(jnp.concatenate([jnp.ravel(c).astype(dtype) for c in checks + [residual]]))
+        linearity = jnp.where(jnp.any(improper > 0), jnp.inf, linearity)  # an improper prior's reads may be NaN
         minus_inf = jnp.array(-jnp.inf, dtype)
         local = None if self.batch_size is not None else _stored(post)
         return CAVIState(params, factors, params, factors, minus_inf, linearity, local, jnp.zeros((), jnp.int32))

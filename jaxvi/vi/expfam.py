@@ -279,9 +279,10 @@ def _normal_points(eta, p):
     mean = spd_solve(precision, eta[0][..., None])[..., 0]
     sd = jnp.sqrt(jnp.diagonal(spd_inverse(precision), axis1=-2, axis2=-1))
     d = mean.shape[-1]
-    # the mean, a step along every axis, a step back along the diagonal, ...: p points whose gradients
-    # determine a quadratic's coefficients once p >= d + 1
-    design = jnp.concatenate([jnp.zeros((1, d)), 0.5 * jnp.eye(d), -0.5 * jnp.ones((1, d)) / math.sqrt(d),
+    # the mean, a step along every axis, a shorter step back along the diagonal, ...: p points whose gradients
+    # determine a quadratic's coefficients once p >= d + 1; the check's point (the (d + 2)-th) not the mirror of
+    # another, so that a gradient deviating oddly from linear (sin(mu) on data about 0) shows at the points
+    design = jnp.concatenate([jnp.zeros((1, d)), 0.5 * jnp.eye(d), -0.25 * jnp.ones((1, d)) / math.sqrt(d),
                               -0.5 * jnp.eye(d)])
     offsets = design[jnp.arange(p) % design.shape[0]]
     return mean + sd * offsets.reshape((p,) + (1,) * (mean.ndim - 1) + (d,))

@@ -459,11 +459,15 @@ def _normal_gamma_model(log_likelihood, log_prior=lambda params, z: stats.norm.l
 
 
 def test_a_factor_the_log_joint_is_not_conjugate_in_is_refused_before_the_run_compiles():
-    """A Gamma precision that enters through exp(): not linear in (log tau, tau). The start's reads find it, the
-    message names it; the conjugate model (tau a precision) compiles no probe to name a factor."""
+    """A Gamma precision that enters through exp(): not linear in (log tau, tau); a Normal mean through sin() on data
+    about 0, whose gradient deviates from linear oddly (the check's points are not mirrored). The start's reads find
+    them, the message names the factor; the conjugate model (tau a precision) compiles no probe to name a factor."""
     from jit_events import compilations
 
     x = jnp.linspace(-1.0, 1.0, 20)
+    _refused_before_the_run_compiles(
+        _normal_gamma_model(lambda x, mu, tau: stats.norm.logpdf(x, jnp.sin(mu), 1.0 / jnp.sqrt(tau))), x,
+        r"not conjugate in the factor Global\['mu'\].*jaxvi.SVI")
     model = _normal_gamma_model(lambda x, mu, tau: stats.norm.logpdf(x, mu, jnp.exp(-tau)))
     message = r"not conjugate in the factor Global\['tau'\].*jaxvi.SVI"
     _refused_before_the_run_compiles(model, x, message)
@@ -486,6 +490,16 @@ def test_a_log_joint_not_conjugate_only_near_the_prior_is_refused_naming_no_fact
                                                                   + stats.gamma.logpdf(z["tau"], 400.0, scale=0.25)))
     _refused_before_the_run_compiles(model, jnp.linspace(-0.1, 0.1, 20),
                                      r"not where every factor is a broad member of its family.*jaxvi.SVI")
+
+
+def test_a_log_joint_not_finite_at_the_start_is_reported_as_such_not_as_not_conjugate():
+    """A datum whose square overflows float32: the start's reads are NaN, which the run's fault report names (the
+    log-joint not finite), not the conjugacy check."""
+    x = np.linspace(-1.0, 1.0, 20).astype(np.float32)
+    x[15] = 1e20
+    model = _normal_gamma_model(lambda x, mu, tau: stats.norm.logpdf(x, mu, 1.0 / jnp.sqrt(tau)))
+    with pytest.raises(ValueError, match=r"init: expected initial parameters at which log_joint is finite"):
+        fit(model, jnp.asarray(x))
 
 
 def test_an_improper_prior_is_refused_before_the_run_compiles_naming_its_factor():
