@@ -78,12 +78,13 @@ def main():
         return run_child(child, args)
     trees = [os.path.abspath(t) for t in args.trees]
     runs = {(fit, tree): [] for fit in FITS.values() for tree in trees}
+    path = os.environ.get("PYTHONPATH", "")
     for _ in range(args.repeats):
         for fit in FITS.values():
             for tree in trees:  # alternated: both checkouts meet the machine in the same state
-                os.environ["PYTHONPATH"] = os.pathsep.join([tree, os.environ.get("PYTHONPATH", "")])
+                os.environ["PYTHONPATH"] = os.pathsep.join([tree, path])  # the children import this tree's jaxvi
                 runs[fit, tree].append(spawn(__file__, ["--child", "fit", "--fit", fit], args.child_timeout))
-                os.environ["PYTHONPATH"] = os.environ["PYTHONPATH"].split(os.pathsep, 1)[1]
+    os.environ["PYTHONPATH"] = path
     rows, lines = {}, []
     where = next((r["machine"] for rs in runs.values() for r in rs if "machine" in r), "?")
     labels = {tree: f"{os.path.basename(tree)} ({_commit(tree)})" for tree in trees}

@@ -458,7 +458,7 @@ class CAVI:
         if layout is not None:
             local_residuals = self._local_residuals(model, structure, params, references, _head(data), dtype)
         stacked = jnp.stack(residuals) if residuals else jnp.zeros((0,), dtype)
-        return _improper(structure, prior) == 0, (prior_residuals, stacked, local_residuals)
+        return _proper(structure, prior), (prior_residuals, stacked, local_residuals)
 
     def _local_residuals(self, model, structure, params, factors, data, dtype) -> jax.Array:
         """Every local factor's worst linearity residual over ``data``, each read (checked) with the other local
@@ -513,7 +513,7 @@ class CAVI:
         structure = _structure(model)
         dtype = float_dtype(data)
         factors, prior_residuals = self._prior_factors(structure, params, dtype)
-        checks, improper = [prior_residuals], _improper(structure, factors)
+        checks, proper = [prior_residuals], _proper(structure, factors)
         if structure.local_factors is not None:  # on the first 8 data, the global factors at their priors
             checks.append(self._local_residuals(model, structure, params, factors, _head(data), dtype))
         scale = 1.0
@@ -526,7 +526,7 @@ class CAVI:
         post = self._initial_local(model, structure, params, factors, data, local_key, local_posterior)
         factors, residual = self._global_updates(model, structure, params, factors, data, post, scale, checked=True)
         linearity = jnp.max(jnp.concatenate([jnp.ravel(c).astype(dtype) for c in checks + [residual]]))
-        linearity = jnp.where(jnp.any(improper > 0), jnp.inf, linearity)  # an improper prior's reads may be NaN
+        linearity = jnp.where(jnp.all(proper), linearity, jnp.inf)  # an improper prior's reads may be NaN
         minus_inf = jnp.array(-jnp.inf, dtype)
         local = None if self.batch_size is not None else _stored(post)
         return CAVIState(params, factors, params, factors, minus_inf, linearity, local, jnp.zeros((), jnp.int32))
@@ -918,11 +918,11 @@ def _compiled_local_q(model: Model, method: CAVI, params, factors, data):
     return local
 
 
-def _improper(structure: _Structure, factors: tuple) -> jax.Array:
-    """Per global factor: inf where its natural parameters (``factors``, a prior's) have no finite log-normaliser
-    (not a proper member of its family), else 0."""
+def _proper(structure: _Structure, factors: tuple) -> jax.Array:
+    """Per global factor: whether its natural parameters (``factors``, a prior's) have a finite log-normaliser (a
+    proper member of its family)."""
     finite = [jnp.all(jnp.isfinite(expfam.log_normalizer(f.family, eta))) for f, eta in zip(structure.factors, factors)]
-    return jnp.where(jnp.stack(finite), 0.0, jnp.inf) if finite else jnp.zeros((0,))
+    return jnp.stack(finite) if finite else jnp.zeros((0,), bool)
 
 
 def _head(data: PyTree) -> PyTree:

@@ -441,14 +441,13 @@ def test_restarts_run_in_sequence_where_batched_lapack_can_deadlock_or_data_are_
 
 
 def _refused_before_the_run_compiles(model, data, match):
-    """Fits ``model`` to ``data``, expecting the ValueError ``match``: raised after the start, before the run compiles;
-    returns the names of the functions compiled."""
+    """Fits ``model`` to ``data``, expecting the ValueError ``match``: raised after the start, before the run
+    compiles."""
     from jit_events import compilations
 
     with compilations() as compiled, pytest.raises(ValueError, match=match):
         fit(model, data)
     assert not [name for name in compiled if "_run_restarts" in name], compiled
-    return compiled
 
 
 def _normal_gamma_model(log_likelihood, log_prior=lambda params, z: stats.norm.logpdf(z["mu"][0])
