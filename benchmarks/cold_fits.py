@@ -6,7 +6,7 @@ that both meet the machine in the same state. Printed per fit and checkout: the 
 compile time (JAX's compilation events, ``_common.CompileClock``), a repeat (the compiled run), and the objective,
 which must agree.
 
-Usage: python benchmarks/cold_fits.py [--trees OLD NEW] [--repeats 3] [--json F] [--markdown F]
+Usage: python benchmarks/cold_fits.py [--trees OLD NEW] [--repeats 3] [--fits bgmm,em_gmm] [--json F] [--markdown F]
 """
 from __future__ import annotations
 
@@ -22,7 +22,10 @@ FITS = {
     "CAVI, Bayesian mixture, 2,000 x 16, K=16, 20 iterations": "bgmm",
     "CAVI, variational Gaussian HMM, 50 x 40 steps x 3, K=4, 10 iterations": "vhmm",
     "CAVI, LDA, 500 documents, V=300, K=8, 10 iterations": "lda",
+    "CAVI, Bayesian mixture, wine 178 x 2, K=6 (and its posterior)": "cavi_bgmm",
+    "EM, Gaussian mixture, wine 178 x 13, K=3, n_init=4 (and its posterior)": "em_gmm",
 }
+SMALL_FITS = ("cavi_bgmm", "em_gmm")  # small_fits.py's
 
 
 def _fit(name: str):
@@ -33,6 +36,10 @@ def _fit(name: str):
 
     import jaxvi
 
+    if name in SMALL_FITS:
+        from small_fits import _fit as small_fit
+
+        return small_fit(name)
     rng = np.random.default_rng(0)
     key = jax.random.key(0)
     if name == "bgmm":
@@ -72,15 +79,21 @@ def main():
     parser.add_argument("--trees", nargs="+", default=[os.path.dirname(os.path.dirname(os.path.abspath(__file__)))],
                         help="checkouts whose jaxvi is timed (one or two folders)")
     parser.add_argument("--repeats", type=int, default=3, help="fresh processes per fit and checkout")
+    parser.add_argument("--fits", default=",".join(FITS.values()),
+                        help=f"which fits, comma-separated (default: all: {','.join(FITS.values())})")
     parser.add_argument("--fit", choices=sorted(FITS.values()), help=argparse.SUPPRESS)
     args = parse(parser, {"repeats": 1}, {"fit": child})
     if args.child:
         return run_child(child, args)
+    chosen = args.fits.split(",")
+    if not set(chosen) <= set(FITS.values()):
+        parser.error(f"--fits: expected names among {sorted(FITS.values())}, got {args.fits!r}")
+    fits = {title: fit for title, fit in FITS.items() if fit in chosen}
     trees = [os.path.abspath(t) for t in args.trees]
-    runs = {(fit, tree): [] for fit in FITS.values() for tree in trees}
+    runs = {(fit, tree): [] for fit in fits.values() for tree in trees}
     path = os.environ.get("PYTHONPATH", "")
     for _ in range(args.repeats):
-        for fit in FITS.values():
+        for fit in fits.values():
             for tree in trees:  # alternated: both checkouts meet the machine in the same state
                 os.environ["PYTHONPATH"] = os.pathsep.join([tree, path])  # the children import this tree's jaxvi
                 runs[fit, tree].append(spawn(__file__, ["--child", "fit", "--fit", fit], args.child_timeout))
@@ -91,7 +104,7 @@ def main():
     lines += [f"# Cold fits: first call in a fresh process, median of {args.repeats}, checkouts alternated",
               f"machine: {where}", "", "| fit | jaxvi | first call s | compile s | repeat s | objective |",
               "|---|---|---|---|---|---|"]
-    for title, fit in FITS.items():
+    for title, fit in fits.items():
         for tree in trees:
             good = [r for r in runs[fit, tree] if "error" not in r]
             if not good:

@@ -146,7 +146,7 @@ def _warn_unresolved(method, result: Result, n: int) -> None:
     stopping = method.schedule(n).stopping
     if not isinstance(stopping, Change) or not float(stopping.tol) > 0:
         return
-    objective = jnp.asarray(result.objective)
+    objective = np.asarray(result.objective)  # on the host: no operation for JAX to compile for one number
     least = float(resolution(objective))
     if not np.isfinite(least) or bool(stopping.resolves(objective, n)):
         return

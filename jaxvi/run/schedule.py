@@ -43,8 +43,8 @@ RESOLUTION_ULPS = 16
 def resolution(objective: jax.Array) -> jax.Array:
     r"""The smallest change of ``objective`` its floating type resolves:
     :math:`\mathrm{RESOLUTION\_ULPS} \cdot \varepsilon \cdot |L|` (ε the type's machine epsilon;
-    in float32 1.9e-6 of |L|, in float64 3.6e-15)."""
-    return RESOLUTION_ULPS * jnp.finfo(objective.dtype).eps * jnp.abs(objective)
+    in float32 1.9e-6 of |L|, in float64 3.6e-15). Of a NumPy value, a NumPy value (nothing for JAX to compile)."""
+    return RESOLUTION_ULPS * jnp.finfo(objective.dtype).eps * abs(objective)
 
 
 @dataclasses.dataclass(frozen=True)
