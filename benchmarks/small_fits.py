@@ -4,7 +4,9 @@ jaxvi compiles a fit's start, loop, final evaluation and ``Result.posterior`` fo
 (``jaxvi.run.compiled.CHEAP_CODE``) when the bytes they touch are small (``CHEAP_PASS_BYTES``, ``CHEAP_RUN_BYTES``,
 ``START_PASSES``). Each fit here runs twice in fresh processes: with jaxvi's defaults ("cheap", as a user gets it)
 and as before that rule ("optimised": the start, the loop and ``Result.posterior`` at XLA's full optimisation; the
-final evaluation of small data was cheap before too; CAVI's conjugacy checks are read by its start). Printed:
+final evaluation of small data was cheap before too; CAVI's conjugacy checks are read by its start). The fits of
+large kernels (EM's and CAVI's mixtures) take their optimised code in both modes where XLA has its older emitters
+(``jaxvi.compiler_options``): their "cheap" rows are that code, save ``Result.posterior``'s. Printed:
 compile time (JAX's compilation events), the first call (compile included), a repeat (the compiled run), and the
 objective, which must agree.
 
