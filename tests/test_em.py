@@ -255,7 +255,8 @@ print(json.dumps({"params": {k: np.asarray(v, np.float64).tolist() for k, v in r
 
 def test_a_small_fit_whose_gradient_m_step_searches_lines_under_vmapped_restarts_finishes():
     """EM with the default gradient M-step (L-BFGS and its zoom line search, a loop inside the run's loop), 8
-    restarts vmapped, on 100 points: small, so its run is compiled for ``CHEAP_CODE``. XLA:CPU's older emitters at
+    restarts vmapped, on 100 points: small, so its run asks for ``CHEAP_CODE``, and as a fit of large kernels gets its
+    optimised code where XLA has the older emitters (level 1 with them), else level 0. XLA:CPU's older emitters at
     level 0 compiled this program into one that never finished (the run's line search spun; with either option
     alone it finished). It must finish, in a child process with jaxvi's own XLA options (not this suite's
     ``XLA_FLAGS``, which ask for that pair to compile faster) and a time limit, and its log p(D) must be the

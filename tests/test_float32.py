@@ -1,6 +1,7 @@
 """EM in float32: log p(D) never falls by more than the stated resolution (``jaxvi.run.RESOLUTION_ULPS``
 units in the last place), its final value agrees with an independent float64 NumPy evaluation of the same
 parameters, and a tolerance finer than float32 resolves is reported, not "converged"."""
+import importlib
 import warnings
 
 import jax
@@ -197,8 +198,12 @@ def test_a_tolerance_finer_than_float32_resolves_is_reported_not_converged(breas
     assert isinstance(host, np.floating) and host == np.float32(resolution)
 
 
-def test_a_resolvable_tolerance_converges_without_a_warning(breast_cancer_fa):
+def test_a_resolvable_tolerance_converges_without_a_warning(breast_cancer_fa, monkeypatch):
+    # infer weighs the tolerance against the final objective's resolution on the host (no operation for JAX to compile)
+    infer_module, given = importlib.import_module("jaxvi.infer"), []
+    monkeypatch.setattr(infer_module, "resolution", lambda value: given.append(value) or resolution_of(value))
     result, messages = fit_with(breast_cancer_fa, 1e-3)
+    assert len(given) == 1 and isinstance(given[0], np.ndarray), given
     assert bool(result.converged) and STOP_REASONS[int(result.diagnostics.stop_reason)] == "tolerance"
     assert messages == []
     trace = np.asarray(result.trace, np.float64)[: int(result.n_iter) + 1]

@@ -257,6 +257,8 @@ def test_fits_whose_steps_are_large_kernels_compile_for_the_older_emitters(monke
             assert compiled.compiler_options(model=model, method=method) == expected, method
             cheap = large if expected == large and older_emitters else compiled.CHEAP_CODE
             assert compiled.compiler_options(compiled.CHEAP_CODE, model=model, method=method) == cheap, method
+            by_hand = {compiled.OPTIMIZATION_LEVEL: 0}  # a level 0 a user asks for is kept
+            assert compiled.compiler_options(by_hand, model=model, method=method) == by_hand, method
         assert compiled.compiler_options() == compiled.CPU_CODE  # no fit named: the default
         chosen = options_of_a_fit_compiled_in_full(monkeypatch)
         assert {chosen[name] for name in ("_start_restarts", "_run_restarts", "_finish_restarts")} == {
