@@ -17,11 +17,11 @@ from __future__ import annotations
 
 from typing import Callable, NamedTuple
 
-import distrax
 import jax
 import jax.numpy as jnp
 from jax.scipy.linalg import solve_triangular
 
+from jaxvi._deferred import distrax
 from jaxvi.chunks import sum_accurately, sum_blocks, sum_data
 from jaxvi.kmeans import kmeans, kmeans_plusplus, nearest, random_points
 from jaxvi.latents import Discrete

@@ -14,15 +14,13 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tensorflow_probability.substrates import jax as tfp
 
+from jaxvi._deferred import tfd
 from jaxvi.latents import Beta, Dirichlet, Gamma, Gaussian, NormalGamma, NormalWishart, OneHot, Wishart
 from jaxvi.linalg import spd_inverse
 from jaxvi.vi import expfam
 
 __all__ = ["Factor", "FactorSpec", "center", "encoded", "factor_spec", "sample_factors"]
-
-tfd = tfp.distributions
 
 
 class FactorSpec(NamedTuple):

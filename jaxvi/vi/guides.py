@@ -22,11 +22,11 @@ import dataclasses
 import math
 from typing import Any
 
-import distrax
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxvi._deferred import distrax
 from jaxvi.linalg import spd_log_det
 from jaxvi.nn import mlp_apply, mlp_init
 

@@ -18,11 +18,11 @@ import dataclasses
 import math
 from typing import Any, NamedTuple
 
-import distrax
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxvi._deferred import distrax
 from jaxvi.latents import Discrete, Gaussian, Markov, Real, is_spec
 
 __all__ = ["LatentSpace", "Ordered", "Positive", "Interval", "Simplex", "interval", "latent_space", "ordered",
@@ -69,7 +69,7 @@ class Interval(_Distrax):
     high: float
 
     def as_distrax(self) -> distrax.Bijector:
-        return distrax.Chain([distrax.ScalarAffine(shift=self.low, scale=self.high - self.low), _SIGMOID])
+        return distrax.Chain([distrax.ScalarAffine(shift=self.low, scale=self.high - self.low), _sigmoid()])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,9 +117,10 @@ class Simplex:  # by hand: distrax has no stick-breaking bijector
         return shape[:-1] + (shape[-1] - 1,)
 
 
-# The exact logistic sigmoid. distrax.Sigmoid is not used: below u = -9 its forward is exp(u) (relative error up
-# to 1.2e-4, and inconsistent with its own log-det and inverse), which would move z near an interval's lower end.
-_SIGMOID = distrax.Lambda(jax.nn.sigmoid, lambda p: jnp.log(p) - jnp.log1p(-p),
+def _sigmoid() -> distrax.Bijector:
+    """The exact logistic sigmoid. distrax.Sigmoid is not used: below u = -9 its forward is exp(u) (relative error up
+    to 1.2e-4, and inconsistent with its own log-det and inverse), which would move z near an interval's lower end."""
+    return distrax.Lambda(jax.nn.sigmoid, lambda p: jnp.log(p) - jnp.log1p(-p),
                           forward_log_det_jacobian=lambda u: jax.nn.log_sigmoid(u) + jax.nn.log_sigmoid(-u),
                           event_ndims_in=0)
 
