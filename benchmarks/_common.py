@@ -71,17 +71,27 @@ class Timing(NamedTuple):
     out: object  # the last call's output
 
 
+def _import_deferred() -> None:
+    """Imports every module ``jaxvi._deferred`` holds for its first use (none in a checkout without it, whose
+    ``import jaxvi`` imported them)."""
+    import importlib
+
+    try:
+        deferred = importlib.import_module("jaxvi._deferred")
+    except ImportError:
+        return
+    for module in vars(deferred).values():
+        if isinstance(module, deferred._Deferred):
+            importlib.import_module(module.__name__)
+
+
 def timed(fn, repeats: int = 2) -> Timing:
     """Times ``fn``'s first call (its compile time measured directly) and ``repeats`` later calls; every call is
     blocked on. Imports are not timed, no library's: what jaxvi imports at its first use (``jaxvi._deferred``) is
     imported before the clock starts, as ``import jaxvi`` did before it deferred them."""
-    import importlib
-
     import jax
 
-    for name in ("distrax", "tensorflow_probability.substrates.jax"):
-        importlib.import_module(name)
-
+    _import_deferred()
     with CompileClock() as clock:
         t0 = time.perf_counter()
         out = jax.block_until_ready(fn())

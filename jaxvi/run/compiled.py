@@ -78,9 +78,9 @@ LARGE_KERNEL_CODE = {"xla_cpu_use_fusion_emitters": False}
 # takes the older emitters: its optimised code, with them, compiles as fast as level 0 does with the fusion emitters
 # or faster, and runs faster. A Bayesian mixture's CAVI run program alone (2,000 x 16, K = 16, 20 iterations; timed
 # in one process each, twice) compiled in 2.7-2.9 s against 3.1-4.7 s and ran in 0.09 s against 0.27-0.37 s; first
-# calls in fresh processes
-# (benchmarks/results/cold_fits_cpu.md, median of three, alternated): that fit 7.58 -> 7.13 s, a Bayesian mixture on
-# wine (178 x 2, K = 6) 6.11 -> 5.13 s, EM's mixture on wine (K = 3, 4 restarts) 2.90 -> 2.81 s.
+# calls in fresh processes (benchmarks/results/cold_fits_cpu.md, median of three, alternated): that fit 7.58 ->
+# 7.13 s, a Bayesian mixture on wine (178 x 2, K = 6) 6.11 -> 5.13 s, EM's mixture on wine (K = 3, 4 restarts)
+# 2.90 -> 2.81 s.
 
 
 def _cheapest_level() -> int:
