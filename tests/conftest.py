@@ -42,6 +42,15 @@ def _taken(flags: dict) -> dict:
     return {name: value for name, value in flags.items() if name in names}
 
 
+# One thread each for NumPy's and SciPy's OpenBLAS and for OpenMP (scikit-learn), as two test workers share the
+# two cores: by default each worker's BLAS and OpenMP start a thread per core, four busy threads on two cores, and the
+# peers' reference fits (NumPy EM, scikit-learn) wait on one another. tests/models, tests/test_em.py and
+# tests/vi/test_lda.py under ``pytest -n 2``, alternated on an Intel Xeon of 2 cores: 134-188 s (median 152 s, five
+# runs) with one thread against 150-174 s (median 163 s, four) by default. Set before NumPy is imported here and in
+# the test workers (they inherit this environment); a value the caller set wins.
+for _threads in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_threads, "1")
+
 if FLAGS_CHOSEN not in os.environ:
     wanted = {flag: value for flag, value in TEST_FLAGS.items() if flag not in os.environ.get("XLA_FLAGS", "")}
     for flag, value in (_taken(wanted) if wanted else {}).items():
