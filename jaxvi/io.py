@@ -256,7 +256,7 @@ def fill(like, archive: Archive, section: str):
             if kind != "array":
                 raise archive.error(f"member {name}: expected an array, the file holds {kind!r}")
             dtype = leaf.dtype if hasattr(leaf, "dtype") else np.asarray(leaf).dtype
-            leaves.append(jnp.asarray(archive.read(name, np.shape(leaf), dtype)))
+            leaves.append(jax.device_put(archive.read(name, np.shape(leaf), dtype)))  # no staging program
     return jax.tree_util.tree_unflatten(treedef, leaves)
 
 

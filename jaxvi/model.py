@@ -423,7 +423,8 @@ def check_init_params(params: PyTree, name: str = "init_params") -> None:
         if isinstance(leaf, jax.core.Tracer):
             continue
         try:
-            array = jnp.asarray(leaf)
+            # as jnp.asarray, without its staging program (see check_data); a JAX array stays itself in a trace
+            array = leaf if isinstance(leaf, jax.Array) else jax.device_put(leaf)
         except (OverflowError, TypeError, ValueError) as err:
             raise ValueError(f"{name}: expected a numeric array, got {leaf!r} ({err})") from None
         if not (jnp.issubdtype(array.dtype, jnp.number) or array.dtype == jnp.bool_):

@@ -378,6 +378,24 @@ def test_numpy_data_reach_a_fit_without_a_program_of_their_own():
     assert padded.lengths.dtype == jnp.int32 and data[0].dtype == jnp.float32
 
 
+def test_initial_parameters_checked_and_a_result_loaded_compile_no_program(tmp_path):
+    """``check_init_params`` and ``jaxvi.load`` take NumPy values to JAX by ``device_put`` too: ``jnp.asarray``
+    compiled a staging program for every new shape of a parameter checked or of a leaf read from a file."""
+    from jaxvi.model import check_init_params
+    x = np.random.default_rng(4).normal(size=(37, 2)).astype(np.float32)
+    gm = jaxvi.models.gaussian_mixture(2)
+    result = jaxvi.infer(gm.model, jaxvi.EM(m_step=gm.m_step, max_iter=3), x, key=KEY, progress=False)
+    result.save(tmp_path / "fit.npz")
+    params = {"weights": np.full(7, 1 / 7), "scale": 2.5, "counts": np.arange(11).reshape(1, 11)}
+    with compilations() as names:
+        check_init_params(params)
+        loaded = jaxvi.load(tmp_path / "fit.npz", like=result)
+    assert names == []
+    for got, want in zip(jax.tree_util.tree_leaves(loaded), jax.tree_util.tree_leaves(result)):
+        assert isinstance(got, jax.Array) and got.dtype == want.dtype
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
 def test_a_method_s_init_and_finalize_called_outside_jit_are_one_program_each_per_structure():
     """``method.init`` and ``method.finalize`` called on concrete values, as a user's own loop starts and ends
     (docs/methods.md), run as one compiled program each, once per model and method structure (a fresh equal method
