@@ -7,6 +7,11 @@ the 2-core CPU against 0.08 s here. Where a matrix is not positive definite the 
 result, is NaN, where ``slogdet`` would quietly return the log of the absolute determinant. The inputs are
 symmetrised first (``jnp.linalg.cholesky``'s default), so derivatives with respect to them are symmetric.
 Every function takes a batch of matrices ``(..., d, d)``.
+
+The log-determinant's derivative is written in closed form, :math:`d \log|A| = \mathrm{tr}(A^{-1} dA)`
+(``_spd_log_det_jvp``): differentiated through the factorisation instead, XLA compiled the Cholesky factor's
+derivative, its transpose and their triangular solves. A vmapped value and gradient of a 16 x 16 log-determinant
+compiled in 0.09 s against 0.21 s that way (0.25 s by ``slogdet``) on the 2-core CPU.
 """
 from __future__ import annotations
 
@@ -18,7 +23,29 @@ __all__ = ["spd_inverse", "spd_log_det", "spd_solve"]
 
 def spd_log_det(a: jax.Array) -> jax.Array:
     r""":math:`\log|A|`, ``(...)``."""
-    return 2 * jnp.sum(jnp.log(jnp.diagonal(jnp.linalg.cholesky(a), axis1=-2, axis2=-1)), axis=-1)
+    # a copy (XLA removes it): inside jit, a NumPy array that vmap batches reaches a function with its own derivative
+    # as a NumPy constant, which JAX 0.10 refuses ("non-canonical constant"); jnp.asarray leaves it as it is
+    return _spd_log_det(jnp.array(a, copy=True))
+
+
+@jax.custom_jvp
+def _spd_log_det(a: jax.Array) -> jax.Array:
+    return _log_det_of_factor(jnp.linalg.cholesky(a))
+
+
+def _log_det_of_factor(chol: jax.Array) -> jax.Array:
+    return 2 * jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)
+
+
+@_spd_log_det.defjvp
+def _spd_log_det_jvp(primals, tangents):
+    r""":math:`\mathrm{tr}(A^{-1} dA)`, :math:`A^{-1}` solved from A's Cholesky factor and symmetrised (the
+    factorisation reads A's symmetric part): linear in dA, so the gradient is :math:`A^{-1}` itself."""
+    (a,), (da,) = primals, tangents
+    chol = jnp.linalg.cholesky(a)
+    inverse = jax.scipy.linalg.cho_solve((chol, True), jnp.broadcast_to(jnp.eye(a.shape[-1], dtype=a.dtype), a.shape))
+    inverse = 0.5 * (inverse + jnp.swapaxes(inverse, -1, -2))
+    return _log_det_of_factor(chol), jnp.sum(inverse * da, axis=(-2, -1))
 
 
 def spd_solve(a: jax.Array, b: jax.Array) -> jax.Array:

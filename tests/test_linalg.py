@@ -35,3 +35,19 @@ def test_the_log_det_s_gradient_is_the_symmetric_inverse_and_a_matrix_not_positi
         indefinite = np.diag([1.0, -2.0, 3.0])
         assert np.isnan(float(spd_log_det(jnp.asarray(indefinite))))
         assert np.all(np.isnan(np.asarray(spd_inverse(jnp.asarray(indefinite)))))
+
+
+def test_the_log_det_s_second_derivative_is_minus_the_inverse_s_and_numpy_priors_vmapped_inside_jit_are_taken():
+    """Its derivative is written by hand (tr(A^-1 dA)); differentiated again it is -A^-1 dA A^-1, as a Wishart's
+    expected statistics' derivatives need. A NumPy array batched by vmap inside jit (a model's fixed priors) is
+    taken, not refused as a constant JAX cannot hand to a function with its own derivative."""
+    rng = np.random.default_rng(2)
+    with jax.enable_x64(True):
+        a, direction = _spd(rng, (), 4), rng.normal(size=(4, 4))
+        direction = direction + direction.T
+        _, change = jax.jvp(jax.grad(spd_log_det), (jnp.asarray(a),), (jnp.asarray(direction),))
+        inverse = np.linalg.inv(a)
+        np.testing.assert_allclose(change, -inverse @ direction @ inverse, rtol=1e-9, atol=1e-12)
+    priors, values = _spd(rng, (3,), 2).astype(np.float32), _spd(rng, (3,), 2).astype(np.float32)
+    both = jax.jit(lambda v: jax.vmap(lambda x, p: spd_log_det(x) + spd_log_det(p))(v, priors))(jnp.asarray(values))
+    np.testing.assert_allclose(both, np.linalg.slogdet(values)[1] + np.linalg.slogdet(priors)[1], rtol=1e-5)

@@ -19,6 +19,7 @@ import numpy as np
 from jax.custom_derivatives import SymbolicZero
 from jax.scipy.special import gammaln, multigammaln
 
+from jaxvi.linalg import spd_log_det
 from jaxvi.latents import Dirichlet, Discrete, Global, NormalGamma, NormalWishart
 from jaxvi.model import Model, check_data
 from jaxvi.models import priors
@@ -28,10 +29,31 @@ __all__ = ["bayesian_gaussian_mixture", "wishart_log_prob"]
 COVARIANCES = ("full", "diag")
 
 
+def _log_det(precision: jax.Array) -> jax.Array:
+    r""":math:`\log|\Lambda|` by ``slogdet`` (LU), with ``spd_log_det``'s derivative :math:`\mathrm{tr}(\Lambda^{-1}
+    d\Lambda)` from a Cholesky factor (``_slogdet_jvp``). The value is LU's: a precision drawn from q (its
+    predictive draws), rounded by float32 to a nearly singular or slightly indefinite matrix, keeps a finite density
+    (a Cholesky factor is NaN there: 3 of 12,000 draws of a switched-off component in two dimensions). The
+    derivative, taken only in fits, where precisions are well inside the cone, is the Cholesky's: differentiated
+    through LU, XLA compiled its derivative and the transpose of that in every CAVI read of the likelihood: the
+    start and 5 iterations of a fit (2,000 x 16, K = 16) took XLA 2.2-2.4 s to compile against 2.5-2.7 s."""
+    return _slogdet(jnp.array(precision, copy=True))  # copied: a NumPy array vmap batches in jit (spd_log_det)
+
+
+@jax.custom_jvp
+def _slogdet(precision: jax.Array) -> jax.Array:
+    return jnp.linalg.slogdet(precision)[1]
+
+
+@_slogdet.defjvp
+def _slogdet_jvp(primals, tangents):
+    return _slogdet(*primals), jax.jvp(spd_log_det, primals, tangents)[1]
+
+
 def wishart_log_prob(precision: jax.Array, dof, scale_inverse: jax.Array) -> jax.Array:
     r""":math:`\log W(\Lambda \mid W, \nu)` with :math:`W^{-1}` given (Bishop B.78)."""
     d = precision.shape[-1]
-    return (0.5 * (dof - d - 1) * jnp.linalg.slogdet(precision)[1] - 0.5 * jnp.sum(scale_inverse * precision)
+    return (0.5 * (dof - d - 1) * _log_det(precision) - 0.5 * jnp.sum(scale_inverse * precision)
             + 0.5 * dof * jnp.linalg.slogdet(scale_inverse)[1] - 0.5 * dof * d * jnp.log(2.0)
             - multigammaln(0.5 * dof, d))
 
@@ -78,7 +100,7 @@ def _normal_log_prob(x, mean, precision, center=None):
     d = x.shape[-1]
     center = mean if center is None else center
     quadratic = _quadratic(x - center, mean - center, precision)
-    return 0.5 * (jnp.linalg.slogdet(precision)[1] - quadratic - d * jnp.log(2 * jnp.pi))
+    return 0.5 * (_log_det(precision) - quadratic - d * jnp.log(2 * jnp.pi))
 
 
 def bayesian_gaussian_mixture(data, K: int, covariance: str = "full", *, weight_concentration=None,
