@@ -151,8 +151,14 @@ def check_data(data: PyTree) -> PyTree:
             bad = np.argwhere(~np.isfinite(np.asarray(a)))[0]
             raise ValueError(f"{path}: expected finite values, got {np.asarray(a)[tuple(bad)]} at index "
                              f"{tuple(bad.tolist())}")
-    # device_put, not jnp.asarray: JAX compiles a small program to stage each new shape of NumPy array (12-35 ms)
-    return jax.tree_util.tree_unflatten(treedef, [a if isinstance(a, jax.Array) else jax.device_put(a) for a in arrays])
+    return jax.tree_util.tree_unflatten(treedef, [_as_jax_array(a) for a in arrays])
+
+
+def _as_jax_array(value) -> jax.Array:
+    """``jnp.asarray(value)`` without its staging program: JAX compiled a small program for each new shape and dtype
+    of NumPy array it staged (12-35 ms); ``device_put`` makes the same array (float64 to float32 with x64 off). A JAX
+    array stays itself (in a user's trace too)."""
+    return value if isinstance(value, jax.Array) else jax.device_put(value)
 
 
 def check_new_data(model: Model, params: PyTree, data: PyTree, fitted: DatumShapes | None = None) -> PyTree:
@@ -292,18 +298,17 @@ def _check_sequences(data: Sequences) -> Sequences:
     n, t = shapes[0][:2]
     if any(shape[1] != t for shape in shapes):
         raise ValueError(f"data.obs: every leaf needs the same time axis (axis 1), got shapes {shapes}")
-    lengths = data.lengths
-    if not isinstance(lengths, jax.core.Tracer):
-        lengths = np.asarray(lengths)
-        if not np.issubdtype(lengths.dtype, np.integer) or lengths.shape != (n,):
-            raise ValueError(f"data.lengths: expected {n} integers (one per sequence), got dtype "
-                             f"{lengths.dtype} and shape {lengths.shape}")
-        if lengths.min() < 1 or lengths.max() > t:
-            bad = int(np.argmax((lengths < 1) | (lengths > t)))
-            raise ValueError(f"data.lengths: expected lengths in [1, {t}] (the padded length), got "
-                             f"{lengths[bad]} for sequence {bad}")
-    lengths = jax.device_put(lengths.astype(np.int32)) if isinstance(lengths, np.ndarray) else lengths.astype(jnp.int32)
-    return Sequences(obs, lengths)
+    if isinstance(data.lengths, jax.core.Tracer):
+        return Sequences(obs, data.lengths.astype(jnp.int32))
+    lengths = np.asarray(data.lengths)
+    if not np.issubdtype(lengths.dtype, np.integer) or lengths.shape != (n,):
+        raise ValueError(f"data.lengths: expected {n} integers (one per sequence), got dtype "
+                         f"{lengths.dtype} and shape {lengths.shape}")
+    if lengths.min() < 1 or lengths.max() > t:
+        bad = int(np.argmax((lengths < 1) | (lengths > t)))
+        raise ValueError(f"data.lengths: expected lengths in [1, {t}] (the padded length), got "
+                         f"{lengths[bad]} for sequence {bad}")
+    return Sequences(obs, _as_jax_array(lengths.astype(np.int32)))
 
 
 def check_key(key) -> jax.Array:
@@ -423,8 +428,7 @@ def check_init_params(params: PyTree, name: str = "init_params") -> None:
         if isinstance(leaf, jax.core.Tracer):
             continue
         try:
-            # as jnp.asarray, without its staging program (see check_data); a JAX array stays itself in a trace
-            array = leaf if isinstance(leaf, jax.Array) else jax.device_put(leaf)
+            array = _as_jax_array(leaf)
         except (OverflowError, TypeError, ValueError) as err:
             raise ValueError(f"{name}: expected a numeric array, got {leaf!r} ({err})") from None
         if not (jnp.issubdtype(array.dtype, jnp.number) or array.dtype == jnp.bool_):
