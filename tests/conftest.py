@@ -123,6 +123,31 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))
 
 
+OPTIMIZATION_FLAG = "--xla_backend_optimization_level="
+
+
+@pytest.fixture
+def optimized_code():
+    """For a test whose fits run long and compile little: jaxvi compiles them with its own options
+    (``jaxvi.compiler_options()``: optimised code) where the suite's XLA_FLAGS ask for level 0 (see the module's
+    docstring), which jaxvi otherwise keeps. XLA read XLA_FLAGS at its first compile; a program's own compiler options
+    override them, so only jaxvi's choice of options (``_cpu_code``, cached) reads the flags without the level. A test's
+    own ``jit`` takes ``compiler_options=jaxvi.compiler_options()`` for the same code, and a child process started in
+    the test inherits these flags. Alone on the 2-core Intel Xeon, level 0 against this: tests/models/
+    test_bernoulli_mixture.py (77 EM iterations of 20 L-BFGS steps each) 22.5 s -> 10.4 s; the six bound estimates
+    over 4,000 keys of tests/vi/test_iwae_estimators.py 26.1 s -> 18.1 s; test_float32.py's seven fits 23.3 s ->
+    13.5 s; the killed and resumed SVI fit of test_checkpoint.py 14.7 s -> 10.2 s. A test that compiles more than it
+    runs is slower so (CAVI's fits from eight keys of 500 iterations: 14.5 s -> 16.0 s) and keeps level 0."""
+    from jaxvi.run import compiled
+
+    flags = " ".join(flag for flag in os.environ.get("XLA_FLAGS", "").split() if not flag.startswith(OPTIMIZATION_FLAG))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XLA_FLAGS", flags)
+        compiled._cpu_code.cache_clear()
+        yield
+    compiled._cpu_code.cache_clear()
+
+
 @pytest.fixture(scope="session")
 def blobs():
     """Four Gaussian clusters in 3-D, 500 points each, of different spreads (float64 NumPy)."""

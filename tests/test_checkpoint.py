@@ -50,7 +50,7 @@ def fit(path=None):
                        progress=False, checkpoint=path, checkpoint_every=None if path is None else 2000)
 
 
-def test_a_killed_fit_resumes_to_the_uninterrupted_result(tmp_path):
+def test_a_killed_fit_resumes_to_the_uninterrupted_result(tmp_path, optimized_code):
     path = str(tmp_path / "fit.ckpt")
     script = MODEL + f"\njaxvi.infer(model, method, x, key=jax.random.key(0), progress=False, checkpoint={path!r}, " \
                      f"checkpoint_every=2000)\n"

@@ -114,7 +114,7 @@ def as_numpy64(tree):
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_log_evidence_in_float32_never_falls_beyond_its_resolution(case):
+def test_log_evidence_in_float32_never_falls_beyond_its_resolution(case, optimized_code):
     zoo, data, log_evidence = CASES[case]
     zoo, x = zoo(), data()
     result = jaxvi.infer(zoo.model, jaxvi.EM(max_iter=ITERATIONS, tol=0.0, m_step=zoo.m_step),

@@ -47,7 +47,7 @@ def digits():
     return (load_digits().data > 7).astype(np.float64)
 
 
-def test_default_fit_reaches_closed_form_em_on_digits(digits):
+def test_default_fit_reaches_closed_form_em_on_digits(digits, optimized_code):
     """From the same start: EM's defaults (tol=1e-3 per datum) end above closed-form EM stopped by the same rule
     (-19.2325 against -19.3312), and EM(tol=1e-5), continued from there, ends within 1e-3 per datum of the optimum closed-form EM
     reaches when continued from its fit (-19.2304 against -19.2298; from the defaults' fit 2.7e-3 is left: the

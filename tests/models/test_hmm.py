@@ -304,7 +304,7 @@ def test_defaults_reach_hmmlearn_s_converged_fit_on_stock_returns(n_states):
     np.testing.assert_allclose(ours[2][np.ix_(mine, mine)], reference.transmat_[np.ix_(theirs, theirs)], atol=0.01)
 
 
-def test_categorical_defaults_reach_the_best_known_fit_on_return_terciles():
+def test_categorical_defaults_reach_the_best_known_fit_on_return_terciles(optimized_code):
     """Google's daily log returns (matplotlib's sample data, 1046 steps) cut at their terciles into symbols 0, 1, 2:
     categorical_hmm(K, 3)'s init from 4 keys (EM's n_init=4, tol=1e-4 on the sequence's log p) against hmmlearn's
     CategoricalHMM from 4 random states, run to convergence (tol=1e-6). K=2: hmmlearn reaches -1131.00 (a calm

@@ -270,7 +270,7 @@ def test_bad_models_and_data_for_amortized_inference():
         jaxvi.models.vae(2, 0)
 
 
-def test_a_gaussian_vae_with_a_linear_decoder_is_factor_analysis():
+def test_a_gaussian_vae_with_a_linear_decoder_is_factor_analysis(optimized_code):
     """A linear decoder with a per-dimension Gaussian noise is factor analysis: the amortized ELBO approaches
     the factor-analysis maximum likelihood from EM (and stays below it), and the progress bar changes nothing."""
     rng = np.random.default_rng(3)

@@ -75,7 +75,7 @@ def _decaying(rate):
     return optax.adam(optax.exponential_decay(rate, STEPS, 1e-4 / 0.05))
 
 
-def test_a_mixture_with_global_means_matches_numpyro_traceenum():
+def test_a_mixture_with_global_means_matches_numpyro_traceenum(optimized_code):
     """Global component means (Normal prior) with the local assignments summed out, by SVI against NumPyro's
     TraceEnum_ELBO with an AutoNormal guide on the means: the same model, data, start, step sizes and particles."""
     import numpyro_reference as ref

@@ -430,7 +430,7 @@ def test_the_same_corpus_as_single_tokens_gives_the_same_fit(corpus, fitted):
                                    atol=1e-9)
 
 
-def test_topics_of_a_corpus_drawn_from_lda_are_recovered():
+def test_topics_of_a_corpus_drawn_from_lda_are_recovered(optimized_code):
     rng = np.random.default_rng(2)
     topics, counts = draw_corpus(rng, 400, np.float32)
     docs = bag_of_words(counts)
@@ -443,7 +443,7 @@ def test_topics_of_a_corpus_drawn_from_lda_are_recovered():
     assert distance[rows, columns].max() < 0.1, distance[rows, columns]
 
 
-def test_a_fit_by_default_settings_reaches_scikit_learn_s_optimum():
+def test_a_fit_by_default_settings_reaches_scikit_learn_s_optimum(optimized_code):
     """``jaxvi.infer``'s defaults on a corpus drawn from LDA (6 topics over 300 words, 400 documents): held-out
     perplexity within 2% of scikit-learn's batch fit and every topic found. Before, the fit's topics
     started at a draw from their sparse prior (a random partition of the vocabulary) and every local step swept each
