@@ -154,7 +154,7 @@ def test_the_joint_objective_s_gradient_matches_finite_differences():
             moved = state._replace(params=params, variational=variational)
             return method._bound(vae.model, moved, x, jax.random.key(3), 3, "elbo").surrogate
 
-        jax.test_util.check_grads(objective, (state.params, state.variational), order=1, modes=["rev"],
+        jax.test_util.check_grads(jax.jit(objective), (state.params, state.variational), order=1, modes=["rev"],
                                   atol=1e-6, rtol=1e-6)
 
 
