@@ -66,8 +66,8 @@ def test_one_chain_is_exact_its_bound_is_the_log_evidence():
         model = jaxvi.models.factorial_hmm(1, 3, 2)
         params = model.init(KEY, jnp.asarray(x))
         layout = chains.chain_layout(model.latent)
-        table = chains.tables(model.log_joint, params, jnp.asarray(x), layout)
-        post = chains.sweep(table, chains.initial(KEY, jnp.asarray(x), layout, jnp.float64))
+        table = jax.jit(chains.tables, static_argnums=(0, 3))(model.log_joint, params, jnp.asarray(x), layout)
+        post = jax.jit(chains.sweep)(table, chains.initial(KEY, jnp.asarray(x), layout, jnp.float64))
         bound, marginals = np.asarray(post.bound), np.asarray(post.marginals[0])
     start = log_softmax(np.asarray(params["start"][0]))
     move = log_softmax(np.asarray(params["transitions"][0]), -1)
@@ -91,10 +91,10 @@ def test_a_chain_update_is_ghahramani_and_jordan_s():
         model = jaxvi.models.factorial_hmm(M, K, d)
         params = model.init(KEY, jnp.asarray(x))
         layout = chains.chain_layout(model.latent)
-        table = chains.tables(model.log_joint, params, jnp.asarray(x), layout)
+        table = jax.jit(chains.tables, static_argnums=(0, 3))(model.log_joint, params, jnp.asarray(x), layout)
         start = chains.initial(jax.random.key(3), jnp.asarray(x), layout, jnp.float64)
         others = [np.asarray(m) for m in start.marginals]
-        updated = chains.sweep(table, start)
+        updated = jax.jit(chains.sweep)(table, start)
         marginals = [np.asarray(m) for m in updated.marginals]
         rescored = float(updated.expected_log_joint(model.log_joint, params, jnp.asarray(x))
                          + jnp.sum(updated.entropy))
