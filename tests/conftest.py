@@ -123,9 +123,6 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))
 
 
-OPTIMIZATION_FLAG = "--xla_backend_optimization_level="
-
-
 @pytest.fixture
 def optimized_code():
     """For a test whose fits run long and compile little: jaxvi compiles them with its own options
@@ -140,7 +137,8 @@ def optimized_code():
     runs is slower so (CAVI's fits from eight keys of 500 iterations: 14.5 s -> 16.0 s) and keeps level 0."""
     from jaxvi.run import compiled
 
-    flags = " ".join(flag for flag in os.environ.get("XLA_FLAGS", "").split() if not flag.startswith(OPTIMIZATION_FLAG))
+    level = f"--{compiled.OPTIMIZATION_LEVEL}="
+    flags = " ".join(flag for flag in os.environ.get("XLA_FLAGS", "").split() if not flag.startswith(level))
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("XLA_FLAGS", flags)
         compiled._cpu_code.cache_clear()

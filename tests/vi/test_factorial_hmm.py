@@ -15,6 +15,9 @@ from jaxvi.run.schedule import RESOLUTION_ULPS
 from jaxvi.vi import chains
 
 KEY = jax.random.key(0)
+# a chain's step tables and one sweep, each one compiled program (run op by op they compiled one per operation)
+step_tables = jax.jit(chains.tables, static_argnums=(0, 3))
+sweep = jax.jit(chains.sweep)
 
 
 def sample_factorial_hmm(rng, M, K, d, N, T, noise=0.3):
@@ -66,8 +69,8 @@ def test_one_chain_is_exact_its_bound_is_the_log_evidence():
         model = jaxvi.models.factorial_hmm(1, 3, 2)
         params = model.init(KEY, jnp.asarray(x))
         layout = chains.chain_layout(model.latent)
-        table = jax.jit(chains.tables, static_argnums=(0, 3))(model.log_joint, params, jnp.asarray(x), layout)
-        post = jax.jit(chains.sweep)(table, chains.initial(KEY, jnp.asarray(x), layout, jnp.float64))
+        table = step_tables(model.log_joint, params, jnp.asarray(x), layout)
+        post = sweep(table, chains.initial(KEY, jnp.asarray(x), layout, jnp.float64))
         bound, marginals = np.asarray(post.bound), np.asarray(post.marginals[0])
     start = log_softmax(np.asarray(params["start"][0]))
     move = log_softmax(np.asarray(params["transitions"][0]), -1)
@@ -91,10 +94,10 @@ def test_a_chain_update_is_ghahramani_and_jordan_s():
         model = jaxvi.models.factorial_hmm(M, K, d)
         params = model.init(KEY, jnp.asarray(x))
         layout = chains.chain_layout(model.latent)
-        table = jax.jit(chains.tables, static_argnums=(0, 3))(model.log_joint, params, jnp.asarray(x), layout)
+        table = step_tables(model.log_joint, params, jnp.asarray(x), layout)
         start = chains.initial(jax.random.key(3), jnp.asarray(x), layout, jnp.float64)
         others = [np.asarray(m) for m in start.marginals]
-        updated = jax.jit(chains.sweep)(table, start)
+        updated = sweep(table, start)
         marginals = [np.asarray(m) for m in updated.marginals]
         rescored = float(updated.expected_log_joint(model.log_joint, params, jnp.asarray(x))
                          + jnp.sum(updated.entropy))
