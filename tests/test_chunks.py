@@ -92,9 +92,9 @@ def test_sums_over_data_differentiate_and_keep_their_type():
     loss = lambda v: chunks.sum_accurately(jnp.sin(v)) ** 2  # noqa: E731
     grad = jax.jit(jax.grad(loss))(values)
     np.testing.assert_allclose(grad, 2 * jnp.sum(jnp.sin(values)) * jnp.cos(values), rtol=2e-5)
-    np.testing.assert_allclose(jax.vmap(jax.grad(lambda v: chunks.sum_accurately(v * v)))(values.reshape(5, 10)),
-                               2 * values.reshape(5, 10), rtol=1e-6)
-    hessian = jax.hessian(lambda v: chunks.sum_accurately(v ** 3))(values[:4])
+    np.testing.assert_allclose(jax.jit(jax.vmap(jax.grad(lambda v: chunks.sum_accurately(v * v))))(
+        values.reshape(5, 10)), 2 * values.reshape(5, 10), rtol=1e-6)
+    hessian = jax.jit(jax.hessian(lambda v: chunks.sum_accurately(v ** 3)))(values[:4])
     np.testing.assert_allclose(hessian, np.diag(6 * np.asarray(values[:4])), rtol=1e-6)
     assert chunks.sum_accurately(values.astype(jnp.bfloat16)).dtype == jnp.bfloat16
     assert int(chunks.sum_accurately(jnp.arange(100, dtype=jnp.int32))) == 4950

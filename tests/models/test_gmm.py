@@ -137,7 +137,7 @@ def test_lloyd_stops_where_scikit_learn_s_kmeans_stops():
             seeds = x[kept][rng.choice(kept.sum(), 6, replace=False)]
             theirs = KMeans(6, init=seeds, n_init=1, max_iter=100, algorithm="lloyd").fit(x[kept])
             strict = KMeans(6, init=seeds, n_init=1, max_iter=100, tol=0.0, algorithm="lloyd").fit(x[kept])
-            centers, rounds = lloyd(jnp.asarray(x), jnp.asarray(seeds), jnp.asarray(kept, jnp.float64))
+            centers, rounds = jax.jit(lloyd)(jnp.asarray(x), jnp.asarray(seeds), jnp.asarray(kept, jnp.float64))
             assert int(rounds) == theirs.n_iter_ < strict.n_iter_, (seed, int(rounds), theirs.n_iter_, strict.n_iter_)
             np.testing.assert_allclose(centers, theirs.cluster_centers_, rtol=0, atol=1e-12)
 

@@ -296,15 +296,15 @@ def test_a_stochastic_step_of_normal_wishart_factors_is_the_natural_gradient_ste
     minibatch's optimum) and the factors before, means 40 units out."""
     rng = np.random.default_rng(0)
     x = np.concatenate([rng.normal(37, 1, (20, 2)), rng.normal(43, 1, (20, 2))])
-    with jax.enable_x64(True):
+    with jax.enable_x64(True):  # the start and the steps jitted: op by op, they compiled 200 small programs
         model = jaxvi.models.bayesian_gaussian_mixture(x, 2)
         data = jnp.asarray(x)
-        start = jaxvi.CAVI(batch_size=20).init(model, KEY, data, num_data=40)
-        batch = data[jnp.arange(0, 40, 2)]
+        start = jax.jit(lambda d: jaxvi.CAVI(batch_size=20).init(model, KEY, d, num_data=40))(data)
+        batch = data[::2]
 
         def step(tau0):  # rho = (tau0 + 1) ** -0.75 at the first step
             method = jaxvi.CAVI(batch_size=20, step_size=(tau0, 0.75))
-            return method.step(model, KEY, start, batch, num_data=40)[0].factors
+            return jax.jit(lambda s, b: method.step(model, KEY, s, b, num_data=40)[0].factors)(start, batch)
 
         family = expfam.NORMAL_WISHART
         (optimum, optimum_weights), (stepped, stepped_weights) = step(0.0), step(1.0)
