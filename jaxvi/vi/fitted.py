@@ -2,6 +2,7 @@
 for VI fits (one q for global latents, or one per datum)."""
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -43,7 +44,8 @@ class FittedGuide(NamedTuple):
     is_global: bool
 
     def sample(self, key: jax.Array, num_samples: int = 1) -> PyTree:
-        """``num_samples`` draws of z: leaves ``(num_samples, *shape)``, or ``(N, num_samples, *shape)`` for local q.
+        """``num_samples`` draws of z: leaves ``(num_samples, *shape)``, or ``(N, num_samples, *shape)`` for local q,
+        drawn by one compiled program (``_compiled_draws``; op by op where the space holds arrays).
 
         Raises:
           ValueError: ``key`` is not a PRNG key (a plain integer was taken as one), or ``num_samples`` not an
@@ -53,6 +55,14 @@ class FittedGuide(NamedTuple):
 
         key = check_key(key)
         check_count("num_samples", num_samples)
+        try:  # the guide and space are the compiled draws' static part: a Categorical guide's space holds arrays
+            hash((self.guide, self.space))
+        except TypeError:
+            return self._draws(key, num_samples)
+        return _compiled_draws(self, key, int(num_samples))
+
+    def _draws(self, key: jax.Array, num_samples: int) -> PyTree:
+        """``sample``'s draws, unchecked."""
         def draw(params, k):
             u, _ = self.guide.sample_and_log_prob(params, k, num_samples)
             return self._values(u)
@@ -119,6 +129,14 @@ class FittedGuide(NamedTuple):
         flat = u.reshape((-1, u.shape[-1]))
         z = jax.vmap(lambda v: self.space.constrain(v)[0])(flat)
         return jax.tree_util.tree_map(lambda a: a.reshape(batch + a.shape[1:]), z)
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _compiled_draws(fitted: FittedGuide, key: jax.Array, num_samples: int) -> PyTree:
+    """``FittedGuide.sample``'s draws as one program, found again for every q of the same guide, space and shapes
+    (``Result.posterior()`` builds a new ``FittedGuide`` at each call). Op by op, a q's first draws compiled every
+    operation alone: 1.2 s for 1,000 draws of a two-latent q on a 2-core CPU, 135 programs in the eight schools'."""
+    return fitted._draws(key, num_samples)
 
 
 jax.tree_util.register_pytree_node(

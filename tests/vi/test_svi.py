@@ -617,6 +617,38 @@ def test_fitted_guide_log_prob_is_the_change_of_variables_density():
     assert local_opt_state is None and jax.tree_util.tree_leaves(opt_state)
 
 
+def test_a_posterior_s_draws_compile_once_and_are_the_draws_op_by_op():
+    """``Result.posterior().sample`` runs as one program, found again for the next ``posterior()`` of the same fit
+    (a new ``FittedGuide`` each call): its draws are the op-by-op draws (float32 rounding), a second call with
+    another key compiles nothing. A Categorical q's space holds its enumerated values (arrays, no hash): drawn op by
+    op, each draw one of them."""
+    from jit_events import compilations
+
+    from jaxvi.vi import guides
+    from jaxvi.vi.fitted import FittedGuide
+
+    x = np.random.default_rng(7).normal(1.0, 2.0, 30).astype(np.float32)
+    latent = jaxvi.Global({"mu": jaxvi.Real(()), "sigma": jaxvi.Real((), bijector=jaxvi.positive())},
+                          log_prior=lambda params, z: jax.scipy.stats.expon.logpdf(z["sigma"]) - 0.5 * z["mu"] ** 2)
+    model = jaxvi.Model(lambda params, z, x: jax.scipy.stats.norm.logpdf(x, z["mu"], z["sigma"]), latent,
+                        lambda k, d: {})
+    result = jaxvi.infer(model, jaxvi.SVI(num_steps=20), x, key=KEY, progress=False)
+    with compilations(lambda name: "compiled_draws" in name) as first:
+        draws = result.posterior().sample(jax.random.key(1), 6)
+    with compilations() as again:
+        other = result.posterior().sample(jax.random.key(2), 6)
+    assert len(first) == 1 and again == []
+    op_by_op = result.posterior()._draws(jax.random.key(1), 6)
+    for name in ("mu", "sigma"):
+        assert draws[name].shape == other[name].shape == (6,)
+        np.testing.assert_allclose(draws[name], op_by_op[name], rtol=1e-6)
+    assert not np.allclose(draws["mu"], other["mu"])
+    values = jnp.array([-1.0, 0.5, 2.0])
+    q = FittedGuide(guides.Categorical(), {"z": values}, {"logits": jnp.log(jnp.array([[0.2, 0.3, 0.5]] * 4))}, False)
+    z = np.asarray(q.sample(jax.random.key(3), 50)["z"])
+    assert z.shape == (4, 50) and set(np.unique(z)) <= {-1.0, 0.5, 2.0} and len(np.unique(z)) == 3
+
+
 def test_simplex_and_ordered_values_round_trip_through_the_unconstrained_space():
     from jaxvi.vi.space import latent_space, unconstrain
     sp = latent_space({"w": jaxvi.Real((4,), bijector=jaxvi.simplex()), "c": jaxvi.Real((3,), bijector=jaxvi.ordered()),
