@@ -108,9 +108,9 @@ def test_a_global_model_s_minibatch_elbo_is_scaled_by_n_over_b():
     (same key: the same global particles)."""
     x = jnp.tile(_mixture_data(100), (10, 1))
     model, method = _global_model(), jaxvi.SVI()
-    state = jax.jit(lambda data: method.init(model, KEY, data))(x)  # jitted: op by op, 140 small programs to compile
+    state = method.init(model, KEY, x)
 
-    def objective(batch, num_data):
+    def objective(batch, num_data):  # the step jitted: op by op, the three steps compiled 140 small programs
         return jax.jit(lambda b: method.step(model, jax.random.key(3), state, b, num_data=num_data)[1])(batch)
 
     on_batch, on_all = objective(x[:100], 1000), objective(x, 1000)

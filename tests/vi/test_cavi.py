@@ -296,10 +296,10 @@ def test_a_stochastic_step_of_normal_wishart_factors_is_the_natural_gradient_ste
     minibatch's optimum) and the factors before, means 40 units out."""
     rng = np.random.default_rng(0)
     x = np.concatenate([rng.normal(37, 1, (20, 2)), rng.normal(43, 1, (20, 2))])
-    with jax.enable_x64(True):  # the start and the steps jitted: op by op, they compiled 200 small programs
+    with jax.enable_x64(True):  # the steps jitted: op by op, they compiled 200 small programs (init is compiled)
         model = jaxvi.models.bayesian_gaussian_mixture(x, 2)
         data = jnp.asarray(x)
-        start = jax.jit(lambda d: jaxvi.CAVI(batch_size=20).init(model, KEY, d, num_data=40))(data)
+        start = jaxvi.CAVI(batch_size=20).init(model, KEY, data, num_data=40)
         batch = data[::2]
 
         def step(tau0):  # rho = (tau0 + 1) ** -0.75 at the first step
