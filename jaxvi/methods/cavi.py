@@ -1010,15 +1010,15 @@ def _dtypes_not_real(local, data: PyTree) -> list[str]:
 
 def _kmeans_start(local, data: PyTree, key: jax.Array, dtype) -> exact.DiscretePosterior | exact.ChainPosterior:
     r"""``CAVI(start="kmeans")``'s first local q: hard responsibilities, every datum (every real step of a ``Markov``
-    chain) on its nearest center of k-means (greedy k-means++ seeds, Lloyd's rounds: ``jaxvi.kmeans``) of the data's
-    leaves flattened and side by side, one cluster per value of the latent; the other values at the smallest
-    positive float. A chain's q is the chain whose step potentials are those log-responsibilities
-    (:math:`\phi_t(i, j) = \log r_t(j)`): its marginals are the responsibilities, its pair marginals their
-    products."""
+    chain) on its nearest center of k-means (greedy k-means++ seeds, Lloyd's rounds: ``jaxvi.kmeans``; for a chain the
+    best of ``CHAIN_INITS`` runs, as hmmlearn's) of the data's leaves flattened and side by side, one cluster per value
+    of the latent; the other values at the smallest positive float. A chain's q is the chain whose step potentials are
+    those log-responsibilities (:math:`\phi_t(i, j) = \log r_t(j)`): its marginals are the responsibilities, its pair
+    marginals their products."""
     if isinstance(local, Markov):
         obs, real = exact.chain.real_steps(data)  # padding may hold anything: zeroed, and left out of the clustering
         n, t = real.shape
-        labels = _nearest_centers(key, _feature_rows(obs, 2, dtype), local.K, real.reshape(-1))
+        labels = _nearest_centers(key, _feature_rows(obs, 2, dtype), local.K, real.reshape(-1), kmeans.CHAIN_INITS)
         log_r = _log_responsibilities(jax.nn.one_hot(labels, local.K, dtype=dtype)).reshape(n, t, 1, local.K)
         return exact.chain.from_potentials(jnp.broadcast_to(log_r, (n, t, local.K, local.K)),
                                            exact.chain.split_sequences(data)[1])
@@ -1037,9 +1037,11 @@ def _feature_rows(data: PyTree, axes: int, dtype) -> jax.Array:
     return jnp.concatenate([jnp.reshape(leaf, (rows, -1)).astype(dtype) for leaf in leaves], axis=1)
 
 
-def _nearest_centers(key: jax.Array, rows: jax.Array, k: int, weights: jax.Array | None = None) -> jax.Array:
-    """Every row's nearest of the ``k`` centers k-means finds (rows of weight 0 left out of the clustering)."""
-    return kmeans.nearest(rows, kmeans.kmeans(key, rows, k, weights))
+def _nearest_centers(key: jax.Array, rows: jax.Array, k: int, weights: jax.Array | None = None, n_init: int = 1
+                     ) -> jax.Array:
+    """Every row's nearest of the ``k`` centers k-means finds, the best of ``n_init`` runs (rows of weight 0 left out
+    of the clustering)."""
+    return kmeans.nearest(rows, kmeans.kmeans(key, rows, k, weights, n_init=n_init))
 
 
 def _log_responsibilities(probs: jax.Array) -> jax.Array:

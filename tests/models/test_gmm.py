@@ -12,7 +12,7 @@ from sklearn.mixture import GaussianMixture
 
 import jaxvi
 from jaxvi.models import GMMParams, gaussian_mixture
-from jaxvi.kmeans import lloyd
+from jaxvi.kmeans import inertia, kmeans, lloyd, rows_by_potential
 
 K = 4
 
@@ -140,6 +140,40 @@ def test_lloyd_stops_where_scikit_learn_s_kmeans_stops():
             centers, rounds = jax.jit(lloyd)(jnp.asarray(x), jnp.asarray(seeds), jnp.asarray(kept, jnp.float64))
             assert int(rounds) == theirs.n_iter_ < strict.n_iter_, (seed, int(rounds), theirs.n_iter_, strict.n_iter_)
             np.testing.assert_allclose(centers, theirs.cluster_centers_, rtol=0, atol=1e-12)
+
+
+def test_k_means_plus_plus_draws_each_row_with_its_share_of_the_potential():
+    """k-means++'s draws (``rows_by_potential``), at 2^16 uniforms evenly spaced in [0, 1): each row is drawn for its
+    share p_i / sum p of them, to the grid's spacing. A row of potential 0 (a center's own row, a left-out row) is never
+    drawn, also after a potential 10^8 times larger, past which float32's running sum steps by 8."""
+    rng = np.random.default_rng(0)
+    potential = rng.exponential(size=1000)
+    potential[rng.choice(1000, 300, replace=False)] = 0.0
+    potential[0] = 1e8
+    uniforms = (np.arange(2**16) + 0.5) / 2**16
+    draw = jax.jit(rows_by_potential)
+    for p in (potential[1:], potential):
+        rows = np.asarray(draw(jnp.asarray(p, jnp.float32), jnp.asarray(uniforms, jnp.float32)))
+        assert rows.min() >= 0 and rows.max() < len(p) and not np.any(p[rows] == 0)
+        np.testing.assert_allclose(np.bincount(rows, minlength=len(p)) / 2**16, p / p.sum(), rtol=0,
+                                   atol=2 / 2**16)
+
+
+def test_k_means_of_several_runs_keeps_the_run_of_least_inertia():
+    """``kmeans(n_init=5)``: the centers of the five runs from ``split(key, 5)``, each run alone, of the least inertia
+    (sum of squared distances to the nearest center, summed in float64 here); rows of weight 0 left out of it. Twelve
+    clusters of unequal spread, so that the runs end in different optima."""
+    rng = np.random.default_rng(1)
+    x = (rng.normal(0, 4, (12, 2))[rng.integers(0, 12, 600)] + rng.normal(size=(600, 2))).astype(np.float32)
+    weights = (rng.uniform(size=600) > 0.1).astype(np.float32)
+    key = jax.random.key(0)
+    best = jax.jit(lambda k, d, w: kmeans(k, d, 12, w, n_init=5))(key, x, weights)
+    runs = [np.asarray(jax.jit(lambda k, d, w: kmeans(k, d, 12, w))(k, x, weights)) for k in jax.random.split(key, 5)]
+    sse = [float(np.sum(weights * np.min(((x[:, None].astype(np.float64) - c[None]) ** 2).sum(2), axis=1)))
+           for c in runs]
+    assert len({round(v, 3) for v in sse}) > 1, sse  # the runs differ
+    np.testing.assert_array_equal(best, runs[int(np.argmin(sse))])
+    np.testing.assert_allclose(float(inertia(jnp.asarray(x), best, jnp.asarray(weights))), min(sse), rtol=1e-6)
 
 
 def test_kmeans_of_float32_data_far_from_the_origin_are_those_of_the_same_data_near_it():
