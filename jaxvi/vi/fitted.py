@@ -74,17 +74,53 @@ class FittedGuide(NamedTuple):
 
     def log_prob(self, z: PyTree) -> jax.Array:
         r"""The density of q at a latent value z (a pytree like the latent's; local q: leaves with a
-        leading datum axis), in z's own space: :math:`\log q(u(z)) - \log|\det \partial z / \partial u|`."""
+        leading datum axis), in z's own space: :math:`\log q(u(z)) - \log|\det \partial z / \partial u|`.
+        Several values at once as ``sample`` draws them: leaves ``(S, *shape)`` (local q: ``(N, S, *shape)``), and
+        the densities ``(S,)`` (``(N, S)``). One compiled program, as ``sample``'s (``_compiled_log_prob``).
+
+        Raises:
+          ValueError: a leaf of z is not of the latent's shape, with or without the S values in front."""
+        draws = self._draws_axis(z)
         if not isinstance(self.space, LatentSpace):
             index = self._index_of(z)
             logits = jax.nn.log_softmax(self.params["logits"], axis=-1)
-            return logits[index] if self.is_global else jnp.take_along_axis(logits, index[:, None], axis=1)[:, 0]
+            if self.is_global:
+                return logits[index]
+            return jnp.take_along_axis(logits, index.reshape(index.shape[0], -1), axis=1).reshape(index.shape)
+        try:  # as in sample: the guide and space are the compiled program's static part
+            hash((self.guide, self.space))
+        except TypeError:
+            return self._log_prob(z, draws)
+        return _compiled_log_prob(self, z, draws)
 
+    def _log_prob(self, z: PyTree, draws: bool) -> jax.Array:
+        """``log_prob`` of a ``LatentSpace``'s q, unchecked; ``draws``: z holds S values (after the datum axis)."""
         def one(params, z):
             u = unconstrain(self.space, z)
             return self.guide.log_prob(params, u) - self.space.constrain(u)[1]
 
-        return one(self.params, z) if self.is_global else jax.vmap(one)(self.params, z)
+        per_q = jax.vmap(one, in_axes=(None, 0)) if draws else one
+        return per_q(self.params, z) if self.is_global else jax.vmap(per_q)(self.params, z)
+
+    def _draws_axis(self, z: PyTree) -> bool:
+        """Whether z holds several values (an S axis after the datum axis), checked against the latent's shapes."""
+        if isinstance(self.space, LatentSpace):
+            shapes = self.space.shapes
+            leaves = self.space.treedef.flatten_up_to(z)
+        else:  # enumerated values: every leaf of a value is a scalar per datum
+            leaves = jax.tree_util.tree_leaves(z)
+            shapes = [()] * len(leaves)
+        lead = () if self.is_global else (jax.tree_util.tree_leaves(self.params)[0].shape[0],)
+        found = [tuple(jnp.shape(leaf)) for leaf in leaves]
+        expected = [lead + tuple(shape) for shape in shapes]
+        if found == expected:
+            return False
+        count = found[0][len(lead)] if len(found[0]) > len(lead) else None
+        if count is not None and found == [lead + (count,) + tuple(shape) for shape in shapes]:
+            return True
+        values = "(N, S, *shape)" if lead else "(S, *shape)"
+        raise ValueError(f"z: expected leaves of shapes {expected}, or {values} for S values as sample() draws them, "
+                         f"got {found}")
 
     def _index_of(self, z: PyTree) -> jax.Array:
         """The index of a discrete value among the enumerated values (a pytree of Discrete values)."""
@@ -129,6 +165,12 @@ class FittedGuide(NamedTuple):
         flat = u.reshape((-1, u.shape[-1]))
         z = jax.vmap(lambda v: self.space.constrain(v)[0])(flat)
         return jax.tree_util.tree_map(lambda a: a.reshape(batch + a.shape[1:]), z)
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _compiled_log_prob(fitted: FittedGuide, z: PyTree, draws: bool) -> jax.Array:
+    """``FittedGuide.log_prob`` as one program, found again for every q of the same guide, space and shapes."""
+    return fitted._log_prob(z, draws)
 
 
 @functools.partial(jax.jit, static_argnums=2)

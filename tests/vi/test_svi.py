@@ -649,6 +649,53 @@ def test_a_posterior_s_draws_compile_once_and_are_the_draws_op_by_op():
     assert z.shape == (4, 50) and set(np.unique(z)) <= {-1.0, 0.5, 2.0} and len(np.unique(z)) == 3
 
 
+def test_a_posterior_s_density_takes_its_draws_at_once_in_one_program():
+    """``log_prob`` of S values as ``sample`` draws them, ``(S, *shape)`` (local q: ``(N, S, *shape)``), gives the
+    densities ``(S,)`` (``(N, S)``): each the closed form, mu's Normal plus b_i's Normal (the mean-field q of a
+    random-effects model, mu global and b_i per datum, no bijector). One compiled program, none at the next
+    ``posterior()``; a value of another shape is refused by name. A Categorical q's S values per datum: their
+    log-probabilities."""
+    from jit_events import compilations
+
+    from jaxvi.vi import guides
+    from jaxvi.vi.fitted import FittedGuide
+
+    norm = jax.scipy.stats.norm
+    x = np.random.default_rng(1).normal(1.0, 1.2, 30).astype(np.float32)
+    latent = {"mu": jaxvi.Global(jaxvi.Real(()), lambda params, mu: norm.logpdf(mu, 0.0, 5.0)), "b": jaxvi.Real(())}
+    model = jaxvi.Model(lambda params, z, x: norm.logpdf(z["b"], z["mu"], 1.0) + norm.logpdf(x, z["b"], 0.5), latent,
+                        lambda key, data: {})
+    result = jaxvi.infer(model, jaxvi.SVI(num_steps=30, learning_rate=5e-2), x, key=KEY, progress=False)
+    q = result.posterior()
+    mu, b = q.global_.sample(jax.random.key(1), 7), q.local.sample(jax.random.key(2), 7)
+    assert jax.tree_util.tree_leaves(mu)[0].shape == (7,) and jax.tree_util.tree_leaves(b)[0].shape == (30, 7)
+    with compilations(lambda name: "compiled_log_prob" in name) as first:
+        log_q_mu, log_q_b = q.global_.log_prob(mu), q.local.log_prob(b)
+    with compilations() as again:
+        next_q = result.posterior()
+        again_mu, again_b = next_q.global_.log_prob(mu), next_q.local.log_prob(b)
+    assert len(first) == 2 and again == []
+    assert log_q_mu.shape == (7,) and log_q_b.shape == (30, 7)
+    np.testing.assert_array_equal(again_mu, log_q_mu)
+    np.testing.assert_array_equal(again_b, log_q_b)
+    for fitted, values, log_q in ((q.global_, mu, log_q_mu), (q.local, b, log_q_b)):
+        mean = np.asarray(jax.tree_util.tree_leaves(fitted.mean())[0])
+        sd = np.asarray(jax.tree_util.tree_leaves(fitted.stddev())[0])
+        value = np.asarray(jax.tree_util.tree_leaves(values)[0])
+        closed = scipy.stats.norm.logpdf(value, mean[..., None] if value.ndim == 2 else mean, sd[..., None]
+                                         if value.ndim == 2 else sd)
+        np.testing.assert_allclose(log_q, closed.reshape(log_q.shape), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(q.local.log_prob(jax.tree_util.tree_map(lambda v: v[:, 3], b)), log_q_b[:, 3],
+                               rtol=1e-6)  # one value per datum
+    with pytest.raises(ValueError, match=r"z: expected leaves of shapes \[\(30,\)\], or \(N, S, \*shape\) for S "
+                                         r"values as sample\(\) draws them, got \[\(7, 30\)\]"):
+        q.local.log_prob(jax.tree_util.tree_map(lambda v: v.T, b))
+    values, probs = jnp.array([-1.0, 0.5, 2.0]), np.array([0.2, 0.3, 0.5])
+    categorical = FittedGuide(guides.Categorical(), {"z": values}, {"logits": jnp.log(jnp.array([probs] * 4))}, False)
+    z = categorical.sample(jax.random.key(3), 5)  # a Categorical q (enumerated values): its log-probabilities
+    np.testing.assert_allclose(categorical.log_prob(z), np.log(probs)[np.searchsorted(values, z["z"])], rtol=1e-6)
+
+
 def test_simplex_and_ordered_values_round_trip_through_the_unconstrained_space():
     from jaxvi.vi.space import latent_space, unconstrain
     sp = latent_space({"w": jaxvi.Real((4,), bijector=jaxvi.simplex()), "c": jaxvi.Real((3,), bijector=jaxvi.ordered()),
