@@ -147,6 +147,22 @@ def optimized_code():
 
 
 @pytest.fixture(scope="session")
+def random_effects():
+    """``(model, x)``: a random-effects model, mu ~ N(0, 5^2) global, b_i ~ N(mu, 1) per datum, x_i ~ N(b_i, 0.5^2),
+    and 30 data (float32)."""
+    import jax
+
+    import jaxvi
+
+    norm = jax.scipy.stats.norm
+    x = np.random.default_rng(1).normal(1.0, 1.2, 30).astype(np.float32)
+    latent = {"mu": jaxvi.Global(jaxvi.Real(()), lambda params, mu: norm.logpdf(mu, 0.0, 5.0)), "b": jaxvi.Real(())}
+    model = jaxvi.Model(lambda params, z, x: norm.logpdf(z["b"], z["mu"], 1.0) + norm.logpdf(x, z["b"], 0.5), latent,
+                        lambda key, data: {})
+    return model, x
+
+
+@pytest.fixture(scope="session")
 def blobs():
     """Four Gaussian clusters in 3-D, 500 points each, of different spreads (float64 NumPy)."""
     rng = np.random.default_rng(0)

@@ -150,13 +150,10 @@ def test_an_amortized_fit_exports_its_encoder_draws_and_an_evidence_estimate_bel
     assert exact - 10 < log_lik[0, 0].sum() < exact, (log_lik[0, 0].sum(), exact)
 
 
-def test_global_and_local_draws_are_named_by_the_model_s_latent():
+def test_global_and_local_draws_are_named_by_the_model_s_latent(random_effects):
     """A random-effects model, mu global and b_i per datum: the draws keep the latent's names, b on the data."""
     norm = jax.scipy.stats.norm
-    x = np.random.default_rng(1).normal(1.0, 1.2, 30).astype(np.float32)
-    latent = {"mu": jaxvi.Global(jaxvi.Real(()), lambda params, mu: norm.logpdf(mu, 0.0, 5.0)), "b": jaxvi.Real(())}
-    model = jaxvi.Model(lambda params, z, x: norm.logpdf(z["b"], z["mu"], 1.0) + norm.logpdf(x, z["b"], 0.5), latent,
-                        lambda key, data: {})
+    model, x = random_effects
     result = jaxvi.infer(model, jaxvi.SVI(num_steps=100, learning_rate=5e-2), x, key=KEY, progress=False)
     idata = result.to_arviz(x, key=jax.random.key(1), num_draws=50)
     assert set(idata.posterior.data_vars) == {"mu", "b"}

@@ -649,7 +649,7 @@ def test_a_posterior_s_draws_compile_once_and_are_the_draws_op_by_op():
     assert z.shape == (4, 50) and set(np.unique(z)) <= {-1.0, 0.5, 2.0} and len(np.unique(z)) == 3
 
 
-def test_a_posterior_s_density_takes_its_draws_at_once_in_one_program():
+def test_a_posterior_s_density_takes_its_draws_at_once_in_one_program(random_effects):
     """``log_prob`` of S values as ``sample`` draws them, ``(S, *shape)`` (local q: ``(N, S, *shape)``), gives the
     densities ``(S,)`` (``(N, S)``): each the closed form, mu's Normal plus b_i's Normal (the mean-field q of a
     random-effects model, mu global and b_i per datum, no bijector). One compiled program, none at the next
@@ -660,11 +660,7 @@ def test_a_posterior_s_density_takes_its_draws_at_once_in_one_program():
     from jaxvi.vi import guides
     from jaxvi.vi.fitted import FittedGuide
 
-    norm = jax.scipy.stats.norm
-    x = np.random.default_rng(1).normal(1.0, 1.2, 30).astype(np.float32)
-    latent = {"mu": jaxvi.Global(jaxvi.Real(()), lambda params, mu: norm.logpdf(mu, 0.0, 5.0)), "b": jaxvi.Real(())}
-    model = jaxvi.Model(lambda params, z, x: norm.logpdf(z["b"], z["mu"], 1.0) + norm.logpdf(x, z["b"], 0.5), latent,
-                        lambda key, data: {})
+    model, x = random_effects
     result = jaxvi.infer(model, jaxvi.SVI(num_steps=30, learning_rate=5e-2), x, key=KEY, progress=False)
     q = result.posterior()
     mu, b = q.global_.sample(jax.random.key(1), 7), q.local.sample(jax.random.key(2), 7)
