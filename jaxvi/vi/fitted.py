@@ -106,12 +106,20 @@ class FittedGuide(NamedTuple):
         """Whether z holds several values (an S axis after the datum axis), checked against the latent's shapes."""
         if isinstance(self.space, LatentSpace):
             shapes = self.space.shapes
-            leaves = self.space.treedef.flatten_up_to(z)
+            try:
+                leaves = self.space.treedef.flatten_up_to(z)
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"z: expected a value of the latent's structure {self.space.treedef}, got "
+                                 f"{jax.tree_util.tree_structure(z)} ({err})") from None
         else:  # enumerated values: every leaf of a value is a scalar per datum
             leaves = jax.tree_util.tree_leaves(z)
             shapes = [()] * len(leaves)
         lead = () if self.is_global else (jax.tree_util.tree_leaves(self.params)[0].shape[0],)
-        found = [tuple(jnp.shape(leaf)) for leaf in leaves]
+        try:
+            found = [tuple(jnp.shape(jnp.asarray(leaf))) for leaf in leaves]
+        except TypeError as err:
+            raise ValueError(f"z: expected a value of the latent's structure, arrays at its leaves, got {z!r} "
+                             f"({err})") from None
         expected = [lead + tuple(shape) for shape in shapes]
         if found == expected:
             return False

@@ -686,6 +686,8 @@ def test_a_posterior_s_density_takes_its_draws_at_once_in_one_program(random_eff
     with pytest.raises(ValueError, match=r"z: expected leaves of shapes \[\(30,\)\], or \(N, S, \*shape\) for S "
                                          r"values as sample\(\) draws them, got \[\(7, 30\)\]"):
         q.local.log_prob(jax.tree_util.tree_map(lambda v: v.T, b))
+    with pytest.raises(ValueError, match=r"z: expected a value of the latent's structure"):
+        q.global_.log_prob({"c": 1.0})
     values, probs = jnp.array([-1.0, 0.5, 2.0]), np.array([0.2, 0.3, 0.5])
     categorical = FittedGuide(guides.Categorical(), {"z": values}, {"logits": jnp.log(jnp.array([probs] * 4))}, False)
     z = categorical.sample(jax.random.key(3), 5)  # a Categorical q (enumerated values): its log-probabilities
