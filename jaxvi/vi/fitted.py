@@ -7,6 +7,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxvi.vi.space import LatentSpace, unconstrain
 
@@ -55,11 +56,18 @@ class FittedGuide(NamedTuple):
 
         key = check_key(key)
         check_count("num_samples", num_samples)
-        try:  # the guide and space are the compiled draws' static part: a Categorical guide's space holds arrays
-            hash((self.guide, self.space))
-        except TypeError:
+        if not self._compiles():
             return self._draws(key, num_samples)
         return _compiled_draws(self, key, int(num_samples))
+
+    def _compiles(self) -> bool:
+        """Whether ``sample`` and ``log_prob`` run as compiled programs: the guide and space are their static part,
+        which must hash (a Categorical guide's space holds arrays: op by op)."""
+        try:
+            hash((self.guide, self.space))
+        except TypeError:
+            return False
+        return True
 
     def _draws(self, key: jax.Array, num_samples: int) -> PyTree:
         """``sample``'s draws, unchecked."""
@@ -87,9 +95,7 @@ class FittedGuide(NamedTuple):
             if self.is_global:
                 return logits[index]
             return jnp.take_along_axis(logits, index.reshape(index.shape[0], -1), axis=1).reshape(index.shape)
-        try:  # as in sample: the guide and space are the compiled program's static part
-            hash((self.guide, self.space))
-        except TypeError:
+        if not self._compiles():
             return self._log_prob(z, draws)
         return _compiled_log_prob(self, z, draws)
 
@@ -115,11 +121,7 @@ class FittedGuide(NamedTuple):
             leaves = jax.tree_util.tree_leaves(z)
             shapes = [()] * len(leaves)
         lead = () if self.is_global else (jax.tree_util.tree_leaves(self.params)[0].shape[0],)
-        try:
-            found = [tuple(jnp.shape(jnp.asarray(leaf))) for leaf in leaves]
-        except TypeError as err:
-            raise ValueError(f"z: expected a value of the latent's structure, arrays at its leaves, got {z!r} "
-                             f"({err})") from None
+        found = [_shape(leaf, z) for leaf in leaves]
         expected = [lead + tuple(shape) for shape in shapes]
         if found == expected:
             return False
@@ -173,6 +175,17 @@ class FittedGuide(NamedTuple):
         flat = u.reshape((-1, u.shape[-1]))
         z = jax.vmap(lambda v: self.space.constrain(v)[0])(flat)
         return jax.tree_util.tree_map(lambda a: a.reshape(batch + a.shape[1:]), z)
+
+
+def _shape(leaf, z: PyTree) -> tuple:
+    """A leaf's shape, read without copying it; a leaf that is no numeric array (a dict where one value was due) is
+    refused by a ValueError naming z."""
+    if hasattr(leaf, "shape") and hasattr(leaf, "dtype"):
+        return tuple(leaf.shape)
+    values = np.asarray(leaf)
+    if not (np.issubdtype(values.dtype, np.number) or values.dtype == np.bool_):
+        raise ValueError(f"z: expected a value of the latent's structure, arrays at its leaves, got {z!r}")
+    return values.shape
 
 
 @functools.partial(jax.jit, static_argnums=2)
